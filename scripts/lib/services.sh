@@ -1,0 +1,128 @@
+# Shared by scripts/test and the benchmark scripts: finds or starts a real PostgreSQL and starts a
+# throwaway Garage (S3) on loopback. Source it after `set -euo pipefail`; it installs an EXIT trap
+# that stops what it started.
+
+GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
+WORK="$(mktemp -d -t media-api-test.XXXXXX)"
+GARAGE_PID=""
+PG_STARTED=""
+
+log() { printf "[%s] %s\n" "$(basename "$0")" "$*" >&2; }
+
+cleanup() {
+  local status=$?
+  if [ -n "$GARAGE_PID" ] && kill -0 "$GARAGE_PID" 2>/dev/null; then
+    kill "$GARAGE_PID" 2>/dev/null || true
+    wait "$GARAGE_PID" 2>/dev/null || true
+    log "stopped Garage"
+  fi
+  if [ -n "$PG_STARTED" ]; then
+    pg_ctl -D "$WORK/pg" -m fast stop >/dev/null 2>&1 || true
+    log "stopped the throwaway PostgreSQL cluster"
+  fi
+  if [ "$status" -ne 0 ] && [ -f "$WORK/garage/garage.log" ]; then
+    log "last lines of the Garage log:"
+    tail -n 20 "$WORK/garage/garage.log" >&2 || true
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+random_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_ready() { command -v pg_isready >/dev/null 2>&1 && pg_isready -q -d "$1"; }
+
+ensure_postgres() {
+  if [ -n "${DATABASE_URL:-}" ]; then
+    log "PostgreSQL: using \$DATABASE_URL"
+    return
+  fi
+  local local_url="postgres://postgres@127.0.0.1:5432/postgres"
+  if pg_ready "$local_url" || (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+    export DATABASE_URL="$local_url"
+    log "PostgreSQL: using the server on 127.0.0.1:5432"
+    return
+  fi
+  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+    local port; port="$(free_port)"
+    initdb -D "$WORK/pg" -U postgres -A trust >/dev/null
+    pg_ctl -D "$WORK/pg" -o "-p $port -k $WORK -c listen_addresses=127.0.0.1" -l "$WORK/pg.log" -w start >/dev/null
+    PG_STARTED=1
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    log "PostgreSQL: started a throwaway cluster on 127.0.0.1:$port"
+    return
+  fi
+  log "No PostgreSQL found. Set DATABASE_URL, run a server on 127.0.0.1:5432 (user postgres, trust auth),"
+  log "or install the server binaries (Debian: apt-get install postgresql) so a throwaway cluster can be made."
+  exit 1
+}
+
+drop_stale_test_databases() {
+  command -v psql >/dev/null 2>&1 || return 0
+  local stale
+  stale="$(psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'mediatest\_%'" 2>/dev/null || true)"
+  for db in $stale; do
+    psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  done
+}
+
+# ---------------------------------------------------------------- Garage
+find_garage() {
+  if [ -n "${GARAGE_BIN:-}" ]; then echo "$GARAGE_BIN"; return; fi
+  if command -v garage >/dev/null 2>&1; then command -v garage; return; fi
+  if [ -x "$HOME/.cargo/bin/garage" ]; then echo "$HOME/.cargo/bin/garage"; return; fi
+  log "Garage not found: installing garage $GARAGE_VERSION from crates.io (about 8 minutes, once per machine)"
+  cargo install garage --locked --version "$GARAGE_VERSION" >&2
+  echo "$HOME/.cargo/bin/garage"
+}
+
+start_garage() {
+  local bin="$1" dir="$WORK/garage"
+  mkdir -p "$dir"
+  local s3_port rpc_port admin_port
+  s3_port="$(free_port)"; rpc_port="$(free_port)"; admin_port="$(free_port)"
+  cat >"$dir/garage.toml" <<TOML
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc_port"
+rpc_public_addr = "127.0.0.1:$rpc_port"
+rpc_secret = "$(random_hex 32)"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3_port"
+
+[admin]
+api_bind_addr = "127.0.0.1:$admin_port"
+TOML
+  local garage=("$bin" -c "$dir/garage.toml")
+  RUST_LOG=warn "${garage[@]}" server >"$dir/garage.log" 2>&1 &
+  GARAGE_PID=$!
+  for _ in $(seq 1 60); do
+    if "${garage[@]}" status >/dev/null 2>&1; then break; fi
+    kill -0 "$GARAGE_PID" 2>/dev/null || { log "Garage exited at start"; exit 1; }
+    sleep 0.5
+  done
+  local node; node="$("${garage[@]}" node id -q 2>/dev/null | cut -d@ -f1)"
+  "${garage[@]}" layout assign -z dc1 -c 1G "$node" >/dev/null
+  "${garage[@]}" layout apply --version 1 >/dev/null
+  local key_id="GK$(random_hex 12)" secret; secret="$(random_hex 32)"
+  "${garage[@]}" key import --yes -n media-api-test "$key_id" "$secret" >/dev/null
+  "${garage[@]}" bucket create media-test >/dev/null
+  "${garage[@]}" bucket allow --read --write --owner media-test --key "$key_id" >/dev/null
+  export MEDIA_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+  export MEDIA_TEST_S3_REGION="garage"
+  export MEDIA_TEST_S3_BUCKET="media-test"
+  export MEDIA_TEST_S3_ACCESS_KEY="$key_id"
+  export MEDIA_TEST_S3_SECRET_KEY="$secret"
+  log "Garage: $("$bin" --version 2>/dev/null | head -n1) serving S3 on $MEDIA_TEST_S3_ENDPOINT (bucket media-test)"
+}
+

@@ -1,0 +1,6 @@
+//! Commands of the `media-api` binary, one file each, each with its clap `Opts` (where it takes any)
+//! and a `run` function.
+
+pub mod healthcheck;
+pub mod migrate;
+pub mod serve;

@@ -1,0 +1,93 @@
+//! The command line: `media-api [serve]`, `media-api migrate`, `media-api healthcheck`.
+//!
+//! Exit status: 0 on success, 2 when the configuration is refused (one line on stderr naming the
+//! variable), 1 for any other failure.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::admin;
+use crate::config::Config;
+
+/// Exit status for a refused configuration.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// media-api: media uploads, presigned URLs and per-tenant envelope encryption.
+#[derive(Debug, Parser)]
+#[command(name = "media-api", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate(admin::migrate::Opts),
+    /// Probe a running service's /healthz (for container health checks; exits 0 when healthy).
+    Healthcheck(admin::healthcheck::Opts),
+}
+
+/// Parses the arguments, runs the command and returns the process exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("media-api: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    if let Some(Command::Healthcheck(opts)) = &cli.command {
+        return admin::healthcheck::run(opts).await;
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("media-api: configuration error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(config.log_format, &config.log_level);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => admin::serve::run(config).await,
+        Command::Migrate(opts) => admin::migrate::run(&config, &opts).await,
+        Command::Healthcheck(_) => unreachable!("handled before configuration is read"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "media-api failed");
+            eprintln!("media-api: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_bare_invocation_means_serve() {
+        let cli = Cli::try_parse_from(["media-api"]).unwrap();
+        assert!(cli.command.is_none());
+        let cli = Cli::try_parse_from(["media-api", "migrate"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Migrate(_))));
+    }
+}

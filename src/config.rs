@@ -1,0 +1,672 @@
+//! Typed configuration, read from the environment once at start and validated there.
+//!
+//! Variable names follow the jan-server media-api (v1) so the service is a drop-in replacement
+//! (`MEDIA_API_PORT`, `MEDIA_DATABASE_URL`, `MEDIA_S3_*`, `AUTH_*`, …); settings the Go service did not
+//! have use the same prefixes. Every problem is reported as a [`ConfigError`] naming the variable, so a
+//! bad deployment stops with one clear line (the binary exits with status 2).
+//!
+//! Two profiles exist. `dev` (the default) fills in an embedded setup: SQLite and blobs under `./data`,
+//! generated keys under `./keys`. `production` refuses every such default: it wants an explicit
+//! database, storage, keyring and token issuer/audience, and refuses disabled auth.
+//!
+//! Secrets (database URL, S3 secret, master keys, link signing key) are held in
+//! [`secrecy::SecretString`], so `Debug` output of a [`Config`] never shows them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+/// One MiB, the unit most size settings are written in.
+pub const MIB: u64 = 1024 * 1024;
+/// The smallest part S3 accepts in a multipart upload (except the last one).
+pub const S3_MIN_PART_SIZE: u64 = 5 * MIB;
+/// The longest validity S3 (SigV4) allows for a presigned URL.
+pub const PRESIGN_HARD_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A setting that could not be accepted: the variable and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable (or variables, for profile checks) at fault.
+    pub var: String,
+    /// A sentence saying what is wrong and what is expected.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(var: &str, reason: impl Into<String>) -> Self {
+        Self {
+            var: var.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Deployment profile (`MEDIA_PROFILE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Embedded defaults allowed, with loud warnings.
+    Dev,
+    /// Every dev default is refused.
+    Production,
+}
+
+/// How bearer tokens are required (`AUTH_MODE`, or `AUTH_ENABLED=false` for `Disabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Every protected route needs a valid token.
+    Required,
+    /// A missing token means anonymous; a bad token is still refused.
+    Optional,
+    /// No authentication (dev only).
+    Disabled,
+}
+
+/// Token validation settings (used by the auth layer).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Required, optional or disabled.
+    pub mode: AuthMode,
+    /// Accepted `iss` values (`AUTH_ISSUER`, comma separated).
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (`AUTH_AUDIENCE`, comma separated).
+    pub audiences: Vec<String>,
+    /// Where the signing keys are published (`AUTH_JWKS_URL`); discovery is used when absent.
+    pub jwks_url: Option<Url>,
+}
+
+/// Where the key-encryption keys come from.
+#[derive(Debug, Clone)]
+pub enum KeyringSource {
+    /// `MEDIA_MASTER_KEYS`: `id:key,id:key`, the first is primary.
+    Env(SecretString),
+    /// `MEDIA_KEYRING_FILE`: a JSON keyring file (for example a mounted secret).
+    File(PathBuf),
+    /// Dev profile only: a keyring generated under the keys directory on first start.
+    DevGenerated,
+}
+
+/// Metadata database settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `postgres://…` or `sqlite://…` (`MEDIA_DATABASE_URL`); may contain a password.
+    pub url: SecretString,
+    /// Pool size (`MEDIA_DATABASE_MAX_CONNECTIONS`, default 10).
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection (`MEDIA_DATABASE_ACQUIRE_TIMEOUT`, 5s).
+    pub acquire_timeout: Duration,
+    /// Apply pending migrations when the service starts (`MEDIA_MIGRATE_ON_START`, default true).
+    pub migrate_on_start: bool,
+}
+
+/// S3-compatible object storage settings (`MEDIA_S3_*`).
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// API endpoint for the service's own calls (`MEDIA_S3_ENDPOINT`); AWS when absent.
+    pub endpoint: Option<Url>,
+    /// Endpoint that clients can reach, used to sign presigned URLs (`MEDIA_S3_PUBLIC_ENDPOINT`).
+    pub public_endpoint: Option<Url>,
+    /// Region (`MEDIA_S3_REGION`, default `us-east-1`).
+    pub region: String,
+    /// Bucket (`MEDIA_S3_BUCKET`).
+    pub bucket: String,
+    /// Static access key id (`MEDIA_S3_ACCESS_KEY` or `MEDIA_S3_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// Static secret (`MEDIA_S3_SECRET_KEY` or `MEDIA_S3_SECRET_ACCESS_KEY`).
+    pub secret_access_key: Option<SecretString>,
+    /// Path-style addressing (`MEDIA_S3_USE_PATH_STYLE`; default true when an endpoint is set).
+    pub path_style: bool,
+    /// Multipart part size (`MEDIA_S3_PART_SIZE`, default 8 MiB, at least 5 MiB).
+    pub part_size: u64,
+    /// Parts uploaded at once (`MEDIA_S3_UPLOAD_CONCURRENCY`, default 2).
+    pub upload_concurrency: usize,
+}
+
+/// Local filesystem blob storage settings (embedded default).
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Root directory of the blobs (`MEDIA_FS_ROOT`, default `<data dir>/blobs`).
+    pub root: PathBuf,
+    /// HMAC key for the service's signed blob links (`MEDIA_FS_SIGNING_KEY`); generated in dev.
+    pub signing_key: Option<SecretString>,
+}
+
+/// Which blob store holds the bytes.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// S3 or an S3-compatible server.
+    S3(S3Config),
+    /// A local directory, links signed by the service.
+    Filesystem(FsConfig),
+}
+
+/// Log output format (`MEDIA_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `dev` or `production`.
+    pub profile: Profile,
+    /// Listen address (`MEDIA_API_HOST`, default 0.0.0.0).
+    pub host: IpAddr,
+    /// Listen port (`MEDIA_API_PORT`, default 8285; 0 picks a free port).
+    pub port: u16,
+    /// Base URL clients use to reach this service (`MEDIA_PUBLIC_URL`); used for signed blob links.
+    pub public_url: Option<Url>,
+    /// Where embedded data lives (`MEDIA_DATA_DIR`, default `./data`).
+    pub data_dir: PathBuf,
+    /// Where generated dev keys live (`MEDIA_KEYS_DIR`, default `./keys`).
+    pub keys_dir: PathBuf,
+    /// Metadata database.
+    pub database: DatabaseConfig,
+    /// Blob storage.
+    pub storage: StorageConfig,
+    /// Default validity of presigned URLs (`MEDIA_S3_PRESIGN_TTL`, default 5m).
+    pub presign_ttl: Duration,
+    /// Cap on any presigned URL's validity (`MEDIA_PRESIGN_MAX_TTL`, default 1h).
+    pub presign_max_ttl: Duration,
+    /// Largest accepted upload in bytes (`MEDIA_MAX_BYTES`, default 20 MiB).
+    pub max_bytes: u64,
+    /// Stream bytes through the service on `GET /v1/media/{id}` (`MEDIA_PROXY_DOWNLOAD`, default true).
+    pub proxy_download: bool,
+    /// Days media are kept (`MEDIA_RETENTION_DAYS`; absent or 0 keeps them).
+    pub retention_days: Option<u32>,
+    /// Timeout of a `remote_url` fetch (`MEDIA_REMOTE_FETCH_TIMEOUT`, default 15s).
+    pub remote_fetch_timeout: Duration,
+    /// Token validation.
+    pub auth: AuthConfig,
+    /// Key-encryption keyring source.
+    pub keyring: KeyringSource,
+    /// How long in-flight requests may run after a stop signal (`SHUTDOWN_TIMEOUT`, default 30s).
+    pub shutdown_timeout: Duration,
+    /// Log format (`MEDIA_LOG_FORMAT`, default json).
+    pub log_format: LogFormat,
+    /// Log filter (`LOG_LEVEL`, an `EnvFilter` directive, default `info`).
+    pub log_level: String,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Reads the configuration from a map of variables (the environment, or a test's own map).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let env = Env { vars };
+        let profile = match env.get("MEDIA_PROFILE").as_deref() {
+            None | Some("dev") | Some("development") => Profile::Dev,
+            Some("production") | Some("prod") => Profile::Production,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "MEDIA_PROFILE",
+                    format!("expected `dev` or `production`, got {other:?}"),
+                ))
+            }
+        };
+        let data_dir = PathBuf::from(env.get("MEDIA_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let config = Config {
+            profile,
+            host: env.parse("MEDIA_API_HOST", "an IP address such as 0.0.0.0")?.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            port: env.parse("MEDIA_API_PORT", "a port number (0-65535)")?.unwrap_or(8285),
+            public_url: env.url("MEDIA_PUBLIC_URL")?,
+            keys_dir: PathBuf::from(env.get("MEDIA_KEYS_DIR").unwrap_or_else(|| "./keys".into())),
+            database: database_config(&env, &data_dir)?,
+            storage: storage_config(&env, &data_dir)?,
+            presign_ttl: env.duration("MEDIA_S3_PRESIGN_TTL")?.unwrap_or(Duration::from_secs(300)),
+            presign_max_ttl: env.duration("MEDIA_PRESIGN_MAX_TTL")?.unwrap_or(Duration::from_secs(3600)),
+            max_bytes: env.size("MEDIA_MAX_BYTES")?.unwrap_or(20 * MIB),
+            proxy_download: env.bool("MEDIA_PROXY_DOWNLOAD")?.unwrap_or(true),
+            retention_days: env.parse::<u32>("MEDIA_RETENTION_DAYS", "a whole number of days")?.filter(|d| *d > 0),
+            remote_fetch_timeout: env.duration("MEDIA_REMOTE_FETCH_TIMEOUT")?.unwrap_or(Duration::from_secs(15)),
+            auth: auth_config(&env)?,
+            keyring: keyring_source(&env),
+            shutdown_timeout: env.duration("SHUTDOWN_TIMEOUT")?.unwrap_or(Duration::from_secs(30)),
+            log_format: match env.get("MEDIA_LOG_FORMAT").as_deref() {
+                None | Some("json") => LogFormat::Json,
+                Some("pretty") | Some("text") => LogFormat::Pretty,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "MEDIA_LOG_FORMAT",
+                        format!("expected `json` or `pretty`, got {other:?}"),
+                    ))
+                }
+            },
+            log_level: env.get("LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            data_dir,
+        };
+        config.validate(&env)?;
+        Ok(config)
+    }
+
+    /// Checks that need several settings at once, and the production profile's refusals.
+    fn validate(&self, env: &Env<'_>) -> Result<(), ConfigError> {
+        if self.max_bytes == 0 {
+            return Err(ConfigError::new("MEDIA_MAX_BYTES", "must be greater than 0"));
+        }
+        if self.presign_max_ttl > PRESIGN_HARD_MAX_TTL {
+            return Err(ConfigError::new("MEDIA_PRESIGN_MAX_TTL", "must be at most 7 days (the S3 limit)"));
+        }
+        if self.presign_ttl.is_zero() || self.presign_ttl > self.presign_max_ttl {
+            return Err(ConfigError::new(
+                "MEDIA_S3_PRESIGN_TTL",
+                format!(
+                    "must be more than 0 and at most MEDIA_PRESIGN_MAX_TTL ({}s)",
+                    self.presign_max_ttl.as_secs()
+                ),
+            ));
+        }
+        if self.profile == Profile::Production {
+            self.refuse_dev_defaults(env)?;
+        }
+        Ok(())
+    }
+
+    /// The production profile refuses every embedded default; all problems are named in one line.
+    fn refuse_dev_defaults(&self, env: &Env<'_>) -> Result<(), ConfigError> {
+        let mut problems: Vec<&str> = Vec::new();
+        if self.auth.mode == AuthMode::Disabled {
+            problems.push("AUTH_ENABLED/AUTH_MODE: authentication cannot be disabled");
+        }
+        if self.auth.issuers.is_empty() {
+            problems.push("AUTH_ISSUER is not set");
+        }
+        if self.auth.audiences.is_empty() {
+            problems.push("AUTH_AUDIENCE is not set");
+        }
+        if matches!(self.keyring, KeyringSource::DevGenerated) {
+            problems.push("MEDIA_MASTER_KEYS or MEDIA_KEYRING_FILE is not set (no generated dev keyring)");
+        }
+        if env.get("MEDIA_DATABASE_URL").is_none() {
+            problems.push("MEDIA_DATABASE_URL is not set (no embedded SQLite default)");
+        }
+        match &self.storage {
+            StorageConfig::Filesystem(fs) => {
+                if env.get("MEDIA_STORAGE_BACKEND").is_none() {
+                    problems.push("MEDIA_S3_BUCKET (or MEDIA_STORAGE_BACKEND=fs) is not set");
+                }
+                if fs.signing_key.is_none() {
+                    problems.push("MEDIA_FS_SIGNING_KEY is not set (no generated link key)");
+                }
+            }
+            StorageConfig::S3(_) => {}
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            "MEDIA_PROFILE=production",
+            format!("refuses dev defaults: {}", problems.join("; ")),
+        ))
+    }
+
+    /// The database URL with any password removed, for log lines.
+    pub fn database_url_for_logs(&self) -> String {
+        redact_url(self.database.url.expose_secret())
+    }
+}
+
+fn database_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<DatabaseConfig, ConfigError> {
+    let url = match env.get("MEDIA_DATABASE_URL") {
+        Some(url) => {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
+                return Err(ConfigError::new(
+                    "MEDIA_DATABASE_URL",
+                    "expected a postgres://… or sqlite://… URL",
+                ));
+            }
+            url
+        }
+        None => format!("sqlite://{}", data_dir.join("media.db").display()),
+    };
+    let max_connections = env.parse::<u32>("MEDIA_DATABASE_MAX_CONNECTIONS", "a whole number")?.unwrap_or(10);
+    if max_connections == 0 {
+        return Err(ConfigError::new("MEDIA_DATABASE_MAX_CONNECTIONS", "must be at least 1"));
+    }
+    Ok(DatabaseConfig {
+        url: SecretString::from(url),
+        max_connections,
+        acquire_timeout: env.duration("MEDIA_DATABASE_ACQUIRE_TIMEOUT")?.unwrap_or(Duration::from_secs(5)),
+        migrate_on_start: env.bool("MEDIA_MIGRATE_ON_START")?.unwrap_or(true),
+    })
+}
+
+fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<StorageConfig, ConfigError> {
+    let backend = env.get("MEDIA_STORAGE_BACKEND");
+    let bucket = env.get("MEDIA_S3_BUCKET");
+    let use_s3 = match backend.as_deref() {
+        Some("s3") => true,
+        Some("fs") | Some("filesystem") => false,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "MEDIA_STORAGE_BACKEND",
+                format!("expected `s3` or `fs`, got {other:?}"),
+            ))
+        }
+        None => bucket.is_some(),
+    };
+    if !use_s3 {
+        return Ok(StorageConfig::Filesystem(FsConfig {
+            root: env.get("MEDIA_FS_ROOT").map(PathBuf::from).unwrap_or_else(|| data_dir.join("blobs")),
+            signing_key: env.secret("MEDIA_FS_SIGNING_KEY"),
+        }));
+    }
+    let bucket = bucket.ok_or_else(|| ConfigError::new("MEDIA_S3_BUCKET", "is required for the s3 backend"))?;
+    let endpoint = env.url("MEDIA_S3_ENDPOINT")?;
+    let access_key_id = env.get("MEDIA_S3_ACCESS_KEY").or_else(|| env.get("MEDIA_S3_ACCESS_KEY_ID"));
+    let secret_access_key = env.secret("MEDIA_S3_SECRET_KEY").or_else(|| env.secret("MEDIA_S3_SECRET_ACCESS_KEY"));
+    if access_key_id.is_some() != secret_access_key.is_some() {
+        return Err(ConfigError::new(
+            "MEDIA_S3_ACCESS_KEY",
+            "set both the access key and MEDIA_S3_SECRET_KEY, or neither (default credential chain)",
+        ));
+    }
+    let part_size = env.size("MEDIA_S3_PART_SIZE")?.unwrap_or(8 * MIB);
+    if part_size < S3_MIN_PART_SIZE {
+        return Err(ConfigError::new("MEDIA_S3_PART_SIZE", "must be at least 5 MiB (the S3 minimum)"));
+    }
+    let upload_concurrency = env.parse::<usize>("MEDIA_S3_UPLOAD_CONCURRENCY", "a whole number")?.unwrap_or(2);
+    if !(1..=16).contains(&upload_concurrency) {
+        return Err(ConfigError::new("MEDIA_S3_UPLOAD_CONCURRENCY", "must be between 1 and 16"));
+    }
+    Ok(StorageConfig::S3(S3Config {
+        path_style: env.bool("MEDIA_S3_USE_PATH_STYLE")?.unwrap_or(endpoint.is_some()),
+        public_endpoint: env.url("MEDIA_S3_PUBLIC_ENDPOINT")?,
+        region: env.get("MEDIA_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+        endpoint,
+        bucket,
+        access_key_id,
+        secret_access_key,
+        part_size,
+        upload_concurrency,
+    }))
+}
+
+fn auth_config(env: &Env<'_>) -> Result<AuthConfig, ConfigError> {
+    let mode = match env.get("AUTH_MODE").as_deref() {
+        Some("required") => AuthMode::Required,
+        Some("optional") => AuthMode::Optional,
+        Some("disabled") => AuthMode::Disabled,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "AUTH_MODE",
+                format!("expected `required`, `optional` or `disabled`, got {other:?}"),
+            ))
+        }
+        None => match env.bool("AUTH_ENABLED")? {
+            Some(false) => AuthMode::Disabled,
+            _ => AuthMode::Required,
+        },
+    };
+    Ok(AuthConfig {
+        mode,
+        issuers: env.list("AUTH_ISSUER"),
+        audiences: env.list("AUTH_AUDIENCE"),
+        jwks_url: env.url("AUTH_JWKS_URL")?,
+    })
+}
+
+fn keyring_source(env: &Env<'_>) -> KeyringSource {
+    if let Some(keys) = env.secret("MEDIA_MASTER_KEYS") {
+        KeyringSource::Env(keys)
+    } else if let Some(path) = env.get("MEDIA_KEYRING_FILE") {
+        KeyringSource::File(PathBuf::from(path))
+    } else {
+        KeyringSource::DevGenerated
+    }
+}
+
+/// Typed access to the variables; empty values count as unset.
+struct Env<'a> {
+    vars: &'a HashMap<String, String>,
+}
+
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.vars.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    fn secret(&self, name: &str) -> Option<SecretString> {
+        self.get(name).map(SecretString::from)
+    }
+
+    fn list(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &str, expected: &str) -> Result<Option<T>, ConfigError> {
+        self.get(name)
+            .map(|v| v.parse::<T>().map_err(|_| ConfigError::new(name, format!("expected {expected}, got {v:?}"))))
+            .transpose()
+    }
+
+    fn bool(&self, name: &str) -> Result<Option<bool>, ConfigError> {
+        self.get(name)
+            .map(|v| {
+                parse_bool(&v).ok_or_else(|| ConfigError::new(name, format!("expected true or false, got {v:?}")))
+            })
+            .transpose()
+    }
+
+    fn duration(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
+        self.get(name)
+            .map(|v| {
+                parse_duration(&v).ok_or_else(|| {
+                    ConfigError::new(name, format!("expected a duration such as 30s, 5m or 1h30m, got {v:?}"))
+                })
+            })
+            .transpose()
+    }
+
+    fn size(&self, name: &str) -> Result<Option<u64>, ConfigError> {
+        self.get(name)
+            .map(|v| {
+                parse_size(&v).ok_or_else(|| {
+                    ConfigError::new(name, format!("expected a size in bytes such as 20971520 or 20MiB, got {v:?}"))
+                })
+            })
+            .transpose()
+    }
+
+    fn url(&self, name: &str) -> Result<Option<Url>, ConfigError> {
+        self.get(name)
+            .map(|v| {
+                let url = Url::parse(&v)
+                    .map_err(|e| ConfigError::new(name, format!("expected an http(s) URL, got {v:?} ({e})")))?;
+                if url.scheme() != "http" && url.scheme() != "https" {
+                    return Err(ConfigError::new(name, format!("expected an http(s) URL, got {v:?}")));
+                }
+                Ok(url)
+            })
+            .transpose()
+    }
+}
+
+/// `true/false`, `1/0`, `yes/no`, `on/off`, any case.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Go-style durations (`300ms`, `15s`, `5m`, `1h30m`) or a bare number of seconds.
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = value;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.checked_mul(60)?),
+            "h" => Duration::from_secs(number.checked_mul(3600)?),
+            "d" => Duration::from_secs(number.checked_mul(86400)?),
+            _ => return None,
+        };
+        total = total.checked_add(unit)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+/// A byte count: a bare number, or a number with `KB`, `MB`, `GB` (powers of 1000) or `KiB`, `MiB`,
+/// `GiB` (powers of 1024).
+pub fn parse_size(value: &str) -> Option<u64> {
+    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    if split == 0 {
+        return None;
+    }
+    let number: u64 = value[..split].parse().ok()?;
+    let factor: u64 = match value[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1000,
+        "mb" | "m" => 1000 * 1000,
+        "gb" | "g" => 1000 * 1000 * 1000,
+        "kib" => 1024,
+        "mib" => MIB,
+        "gib" => 1024 * MIB,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// Removes user info (passwords) and query strings from a URL for logging.
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) => {
+            if !url.username().is_empty() || url.password().is_some() {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+            }
+            url.set_query(None);
+            url.to_string()
+        }
+        Err(_) => raw.split('?').next().unwrap_or_default().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn empty_environment_gives_the_embedded_dev_setup() {
+        let config = Config::from_vars(&HashMap::new()).expect("dev defaults are valid");
+        assert_eq!(config.profile, Profile::Dev);
+        assert_eq!(config.port, 8285);
+        assert_eq!(config.max_bytes, 20 * MIB);
+        assert_eq!(config.presign_ttl, Duration::from_secs(300));
+        assert!(config.database.url.expose_secret().starts_with("sqlite://"));
+        assert!(matches!(config.storage, StorageConfig::Filesystem(_)));
+        assert!(matches!(config.keyring, KeyringSource::DevGenerated));
+    }
+
+    #[test]
+    fn a_bad_number_names_the_variable() {
+        let err = Config::from_vars(&vars(&[("MEDIA_MAX_BYTES", "abc")])).unwrap_err();
+        assert_eq!(err.var, "MEDIA_MAX_BYTES");
+        assert!(err.to_string().contains("\"abc\""), "{err}");
+    }
+
+    #[test]
+    fn production_names_every_missing_setting_in_one_line() {
+        let err = Config::from_vars(&vars(&[("MEDIA_PROFILE", "production")])).unwrap_err();
+        let line = err.to_string();
+        for name in ["AUTH_ISSUER", "AUTH_AUDIENCE", "MEDIA_MASTER_KEYS", "MEDIA_DATABASE_URL", "MEDIA_S3_BUCKET"] {
+            assert!(line.contains(name), "{name} missing from: {line}");
+        }
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn production_refuses_disabled_auth_even_when_everything_else_is_set() {
+        let err = Config::from_vars(&vars(&[
+            ("MEDIA_PROFILE", "production"),
+            ("AUTH_ENABLED", "false"),
+            ("AUTH_ISSUER", "https://id.example.com/realms/jan"),
+            ("AUTH_AUDIENCE", "media-api"),
+            ("MEDIA_MASTER_KEYS", "k1:secret"),
+            ("MEDIA_DATABASE_URL", "postgres://db/media"),
+            ("MEDIA_S3_BUCKET", "media"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("authentication cannot be disabled"), "{err}");
+    }
+
+    #[test]
+    fn production_with_everything_explicit_is_accepted() {
+        let config = Config::from_vars(&vars(&[
+            ("MEDIA_PROFILE", "production"),
+            ("AUTH_ISSUER", "https://a.example.com, https://b.example.com"),
+            ("AUTH_AUDIENCE", "media-api"),
+            ("MEDIA_MASTER_KEYS", "k1:secret"),
+            ("MEDIA_DATABASE_URL", "postgres://user:pw@db/media"),
+            ("MEDIA_S3_BUCKET", "media"),
+            ("MEDIA_S3_ENDPOINT", "http://garage:3900"),
+            ("MEDIA_S3_ACCESS_KEY", "GK1"),
+            ("MEDIA_S3_SECRET_KEY", "s3cr3t"),
+        ]))
+        .expect("valid production config");
+        assert_eq!(config.auth.issuers.len(), 2);
+        let StorageConfig::S3(s3) = &config.storage else { panic!("expected s3") };
+        assert!(s3.path_style, "path style defaults on with a custom endpoint");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cr3t") && !debug.contains(":pw@") && !debug.contains("k1:secret"), "{debug}");
+        assert_eq!(config.database_url_for_logs(), "postgres://db/media");
+    }
+
+    #[test]
+    fn half_a_credential_pair_is_refused() {
+        let err = Config::from_vars(&vars(&[("MEDIA_S3_BUCKET", "b"), ("MEDIA_S3_ACCESS_KEY_ID", "GK1")])).unwrap_err();
+        assert_eq!(err.var, "MEDIA_S3_ACCESS_KEY");
+    }
+
+    #[test]
+    fn durations_and_sizes_parse_like_go_and_humans_write_them() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("5 minutes"), None);
+        assert_eq!(parse_size("20MiB"), Some(20 * MIB));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size("abc"), None);
+    }
+
+    #[test]
+    fn presign_ttl_above_the_cap_is_refused() {
+        let err = Config::from_vars(&vars(&[("MEDIA_S3_PRESIGN_TTL", "2h")])).unwrap_err();
+        assert_eq!(err.var, "MEDIA_S3_PRESIGN_TTL");
+    }
+}

@@ -1,0 +1,172 @@
+//! Metadata database: connection pools for Postgres (production) and SQLite (embedded default), and
+//! the embedded migrations of each.
+//!
+//! [`Database`] is an enum over the two sqlx pools rather than sqlx's `Any` driver, so each backend
+//! keeps its native types (`BYTEA`/`BLOB`, `TIMESTAMPTZ`) and its own migration set under
+//! `migrations/postgres` and `migrations/sqlite`. The repository built on it (rows in, plaintext
+//! structs out) lives beside this module.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::ConnectOptions;
+
+use crate::config::DatabaseConfig;
+
+/// Runs the same expression on whichever pool a [`Database`] holds, for statements whose SQL and
+/// binds are identical on both backends: `with_pool!(db, |pool| sqlx::query("…").execute(pool).await)`.
+#[macro_export]
+macro_rules! with_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::db::Database::Postgres($pool) => $body,
+            $crate::db::Database::Sqlite($pool) => $body,
+        }
+    };
+}
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Errors of the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL could not be understood.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    /// The database could not be reached or refused a statement.
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Preparing the SQLite file's directory failed.
+    #[error("cannot create the database directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A pool on one of the supported databases.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// SQLite (WAL mode).
+    Sqlite(SqlitePool),
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Migrations applied before this run.
+    pub already_applied: usize,
+    /// Migrations this run applied.
+    pub newly_applied: usize,
+}
+
+impl Database {
+    /// Connects a pool for the configured URL. SQLite files (and their directory) are created when
+    /// missing. Connections are opened lazily, so a database that is down at start makes `/readyz`
+    /// fail rather than the process.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
+        let url = config.url.expose_secret();
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| DbError::InvalidUrl(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(5))
+                .disable_statement_logging();
+            if let Some(parent) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|source| DbError::Directory {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(config.max_connections)
+                .acquire_timeout(config.acquire_timeout)
+                .connect_with(options)
+                .await?;
+            return Ok(Self::Sqlite(pool));
+        }
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| DbError::InvalidUrl(e.to_string()))?
+            .application_name("media-api")
+            .disable_statement_logging();
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_lazy_with(options);
+        Ok(Self::Postgres(pool))
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies pending migrations; safe to run any number of times and from several processes.
+    pub async fn migrate(&self) -> Result<MigrationReport, DbError> {
+        let (migrator, already_applied) = match self {
+            Self::Postgres(pool) => (&POSTGRES_MIGRATIONS, applied_count_pg(pool).await?),
+            Self::Sqlite(pool) => (&SQLITE_MIGRATIONS, applied_count_sqlite(pool).await?),
+        };
+        match self {
+            Self::Postgres(pool) => migrator.run(pool).await?,
+            Self::Sqlite(pool) => migrator.run(pool).await?,
+        }
+        let total = migrator.iter().filter(|m| m.migration_type.is_up_migration()).count();
+        Ok(MigrationReport {
+            already_applied,
+            newly_applied: total.saturating_sub(already_applied),
+        })
+    }
+
+    /// Readiness: one round trip.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        with_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        with_pool!(self, |pool| pool.close().await)
+    }
+}
+
+const APPLIED_QUERY: &str = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success";
+
+async fn applied_count_pg(pool: &PgPool) -> Result<usize, DbError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+    if !exists {
+        return Ok(0);
+    }
+    let count: i64 = sqlx::query_scalar(APPLIED_QUERY).fetch_one(pool).await?;
+    Ok(count as usize)
+}
+
+async fn applied_count_sqlite(pool: &SqlitePool) -> Result<usize, DbError> {
+    let exists: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+            .fetch_one(pool)
+            .await?;
+    if exists == 0 {
+        return Ok(0);
+    }
+    let count: i64 = sqlx::query_scalar(APPLIED_QUERY).fetch_one(pool).await?;
+    Ok(count as usize)
+}

@@ -1,0 +1,114 @@
+//! `GET`/`PUT /v1/blobs/{key}`: the filesystem backend's presigned URLs, served by the service itself.
+//!
+//! Mounted only when blobs live on the local filesystem. A request is served only if its link
+//! verifies (HMAC, constant-time) and has not expired. Downloads carry the forced `Content-Type` and
+//! `Content-Disposition` the link was signed with; uploads must declare the signed content type and,
+//! when bound, exactly the signed length, and are limited to `MEDIA_MAX_BYTES` while streaming.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+
+use super::error::ApiError;
+use super::range::parse_range;
+use crate::app::AppState;
+use crate::ingest::limit::{is_limit_exceeded, limit_stream};
+use crate::storage::links::{LinkError, LinkQuery, LinkSigner};
+use crate::storage::StorageError;
+
+/// The signed-link routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/blobs/{*key}", get(download).put(upload))
+}
+
+fn verify(
+    links: Option<&Arc<LinkSigner>>,
+    method: &str,
+    key: &str,
+    query: Result<Query<LinkQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<LinkQuery, ApiError> {
+    let links = links.ok_or(ApiError::NoRoute)?;
+    let Ok(Query(query)) = query else {
+        return Err(ApiError::forbidden("invalid_signature", "this link is missing its expiry, type or signature"));
+    };
+    links.verify(method, key, &query, Utc::now()).map_err(|err| match err {
+        LinkError::Expired => ApiError::forbidden("link_expired", err.to_string()),
+        LinkError::BadSignature => ApiError::forbidden("invalid_signature", err.to_string()),
+    })?;
+    Ok(query)
+}
+
+fn header_value(name: &str, value: &str) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(value).map_err(|_| ApiError::bad_request("invalid_link", format!("the link's {name} is not a valid header value")))
+}
+
+async fn download(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    query: Result<Query<LinkQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let link = verify(state.links.as_ref(), "GET", &key, query)?;
+    let range = parse_range(&headers)?;
+    let object = state.blobs.get(&key, range).await?;
+    let mut response = Response::new(Body::from_stream(object.body));
+    let out = response.headers_mut();
+    out.insert(header::CONTENT_TYPE, header_value("content type", &link.content_type)?);
+    if let Some(disposition) = &link.content_disposition {
+        out.insert(header::CONTENT_DISPOSITION, header_value("content disposition", disposition)?);
+    }
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(object.content_length));
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    if let Some((first, last)) = object.range {
+        let value = format!("bytes {first}-{last}/{}", object.total_size);
+        out.insert(header::CONTENT_RANGE, header_value("range", &value)?);
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    Ok(response)
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    query: Result<Query<LinkQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let link = verify(state.links.as_ref(), "PUT", &key, query)?;
+    let declared_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if declared_type != link.content_type {
+        return Err(ApiError::forbidden(
+            "invalid_signature",
+            format!("this link is for Content-Type {:?}, the request declares {declared_type:?}", link.content_type),
+        ));
+    }
+    let declared_length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(bound) = link.content_length {
+        if declared_length != Some(bound) {
+            return Err(ApiError::forbidden("invalid_signature", format!("this link is for a body of exactly {bound} bytes")));
+        }
+    }
+    let limit = link.content_length.unwrap_or(state.config.max_bytes).min(state.config.max_bytes);
+    if declared_length.is_some_and(|length| length > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let stream = limit_stream(body.into_data_stream().map_err(std::io::Error::other).boxed(), limit);
+    let written = match state.blobs.put(&key, &link.content_type, stream).await {
+        Err(StorageError::Source(err)) if is_limit_exceeded(&err).is_some() => return Err(ApiError::TooLarge { limit }),
+        other => other?,
+    };
+    if link.content_length.is_some_and(|bound| bound != written) {
+        state.blobs.delete(&key).await?;
+        return Err(ApiError::bad_request("length_mismatch", "the body ended before the signed length"));
+    }
+    Ok(StatusCode::OK.into_response())
+}
+

@@ -1,0 +1,194 @@
+//! The HTTP layer's one error type, [`ApiError`], and how it becomes a response.
+//!
+//! Every error body is `{"error": "<sentence>", "code": "<stable_snake_case>", "request_id": "…"}`.
+//! Handlers return `ApiError`; its `IntoResponse` writes the status, the sentence and the code and
+//! marks the response with [`ErrorInfo`], and the [`attach_request_id`] middleware adds the request
+//! ID to the body, so errors raised anywhere (handlers, extractors, fallbacks) carry it.
+//! Database and storage failures are logged with their details and shown only as a generic sentence.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::db::DbError;
+use crate::storage::StorageError;
+
+/// The request ID header (set or accepted by the request-ID layer, echoed on every response).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Errors a handler can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed.
+    #[error("{message}")]
+    BadRequest {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong, for a person.
+        message: String,
+    },
+    /// Nothing here, or nothing this caller may know about: both answer the same.
+    #[error("not found")]
+    NotFound,
+    /// No route for this path.
+    #[error("no such endpoint")]
+    NoRoute,
+    /// The route exists but not with this method.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    /// The caller may not do this (signed links that do not verify, missing permission).
+    #[error("{message}")]
+    Forbidden {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong, for a person.
+        message: String,
+    },
+    /// The body is larger than allowed.
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A dependency is down or overloaded; retrying later may work.
+    #[error("{message}")]
+    Unavailable {
+        /// Stable code.
+        code: &'static str,
+        /// What is down, for a person.
+        message: String,
+    },
+    /// A storage failure.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A database failure.
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+impl ApiError {
+    /// A 400 with a code and a sentence.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 403 with a code and a sentence.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Forbidden {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Storage(err) => match err {
+                StorageError::NotFound | StorageError::InvalidKey(_) => StatusCode::NOT_FOUND,
+                StorageError::InvalidRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+                StorageError::Source(_) => StatusCode::BAD_REQUEST,
+                StorageError::Backend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            Self::Database(err) => match err {
+                DbError::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. } | Self::Forbidden { code, .. } | Self::Unavailable { code, .. } => code,
+            Self::NotFound | Self::NoRoute => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::TooLarge { .. } => "too_large",
+            Self::Storage(StorageError::NotFound | StorageError::InvalidKey(_)) => "not_found",
+            Self::Storage(StorageError::InvalidRange { .. }) => "range_not_satisfiable",
+            Self::Storage(StorageError::Source(_)) => "upload_interrupted",
+            Self::Storage(StorageError::Backend { .. }) => "storage_unavailable",
+            Self::Database(_) if self.status() == StatusCode::SERVICE_UNAVAILABLE => "database_unavailable",
+            Self::Database(_) => "internal",
+        }
+    }
+
+    /// The sentence shown to the caller (never backend details).
+    fn public_message(&self) -> String {
+        match self {
+            Self::Storage(StorageError::NotFound | StorageError::InvalidKey(_)) => "not found".into(),
+            Self::Storage(StorageError::Source(_)) => "the upload body could not be read to its end".into(),
+            Self::Storage(StorageError::Backend { .. }) => "the blob store is unavailable; try again later".into(),
+            Self::Database(_) if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                "the database is unavailable; try again later".into()
+            }
+            Self::Database(_) => "an internal error occurred".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// What an error response was made of; the request-ID middleware rebuilds the body from it.
+#[derive(Debug, Clone)]
+pub struct ErrorInfo {
+    /// Stable code.
+    pub code: &'static str,
+    /// Sentence for a person.
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, code = self.code(), "request failed");
+        }
+        let info = ErrorInfo {
+            code: self.code(),
+            message: self.public_message(),
+        };
+        let mut response = (status, error_body(&info, None)).into_response();
+        response.extensions_mut().insert(info);
+        response
+    }
+}
+
+fn error_body(info: &ErrorInfo, request_id: Option<&str>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({ "error": info.message, "code": info.code, "request_id": request_id }))
+}
+
+/// Adds the request's ID to every error body made by [`ApiError`].
+pub async fn attach_request_id(request: Request, next: Next) -> Response {
+    let request_id = request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let response = next.run(request).await;
+    let Some(info) = response.extensions().get::<ErrorInfo>().cloned() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    let body = serde_json::to_vec(&error_body(&info, request_id.as_deref()).0).unwrap_or_default();
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Fallback for unknown paths.
+pub async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+/// Fallback for known paths with another method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

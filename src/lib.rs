@@ -1,0 +1,33 @@
+//! media-api: a media upload and data-protection service.
+//!
+//! Clients upload media with a Bearer token; the bytes stream through a size limit and content
+//! sniffing into a blob store (S3 or a local directory) and the client gets an opaque `jan_*` ID back.
+//! Backend services turn IDs into short-lived presigned URLs. Sensitive columns of the metadata rows
+//! are encrypted per tenant (envelope encryption), and keys rotate while the service runs. The HTTP
+//! contract and environment names are those of the jan-server media-api (v1).
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (`serve`, `migrate`, `healthcheck`); `main.rs` only calls it.
+//! - [`config`]: the typed configuration, read from the environment and validated once.
+//! - [`app`]: [`app::Application`] (build, bind, serve, graceful shutdown) and the shared
+//!   [`app::AppState`].
+//! - [`http`]: the router, one module per resource, and the one HTTP error type
+//!   ([`http::error::ApiError`]).
+//! - [`ingest`]: the streaming upload pipeline (size limits so far).
+//! - [`storage`]: the object-safe [`storage::BlobStore`] and its S3 and filesystem backends.
+//! - [`db`]: Postgres and SQLite pools and their migrations.
+//! - [`crypto`]: key material (generated dev keys so far).
+//! - [`admin`]: one file per command of the binary.
+//! - [`telemetry`]: log output.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod http;
+pub mod ingest;
+pub mod storage;
+pub mod telemetry;

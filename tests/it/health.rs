@@ -1,0 +1,96 @@
+//! Health, readiness, version, error bodies and the headers every response carries.
+
+use crate::helpers::{spawn_app, spawn_app_with, Stack, STACKS};
+
+#[tokio::test]
+async fn healthz_readyz_and_version_answer_without_auth() {
+    for stack in STACKS {
+        let app = spawn_app(stack).await;
+        let health = app.http.get(app.url("/healthz")).send().await.expect("healthz");
+        assert_eq!(health.status(), 200);
+        assert_eq!(health.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"status": "ok"}));
+
+        let ready = app.http.get(app.url("/readyz")).send().await.expect("readyz");
+        assert_eq!(ready.status(), 200, "{stack:?}");
+        let body: serde_json::Value = ready.json().await.unwrap();
+        assert_eq!(body["status"], "ready", "{stack:?}: {body}");
+        assert_eq!(body["checks"]["database"], "ok");
+        assert_eq!(body["checks"]["storage"], "ok");
+
+        let version: serde_json::Value = app.http.get(app.url("/v1/version")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    }
+}
+
+#[tokio::test]
+async fn readyz_names_the_storage_when_the_bucket_is_missing() {
+    let app = spawn_app_with(Stack::PostgresS3, &[("MEDIA_S3_BUCKET", "no-such-bucket-for-media-api")]).await;
+    let ready = app.http.get(app.url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["storage"], "down", "{body}");
+    assert_eq!(body["checks"]["database"], "ok", "{body}");
+    assert_eq!(body["code"], "not_ready");
+    assert!(body["error"].as_str().unwrap().contains("storage"), "{body}");
+}
+
+#[tokio::test]
+async fn readyz_names_the_database_when_it_is_unreachable() {
+    // Nothing listens on port 9 of loopback; the pool connects lazily, so the service still starts.
+    let app = spawn_app_with(
+        Stack::PostgresS3,
+        &[
+            ("MEDIA_DATABASE_URL", "postgres://postgres@127.0.0.1:9/none"),
+            ("MEDIA_MIGRATE_ON_START", "false"),
+            ("MEDIA_DATABASE_ACQUIRE_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let ready = app.http.get(app.url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["database"], "down", "{body}");
+    assert_eq!(body["checks"]["storage"], "ok", "{body}");
+}
+
+#[tokio::test]
+async fn errors_are_json_with_a_code_and_the_request_id_and_security_headers_are_set() {
+    let app = spawn_app(Stack::SqliteFs).await;
+    let response = app.http.get(app.url("/v1/nothing-here")).send().await.expect("request");
+    assert_eq!(response.status(), 404);
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(request_id.len(), 32);
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(response.headers()[name], value, "{name}");
+    }
+    assert!(response.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "not_found");
+    assert_eq!(body["request_id"], request_id.as_str());
+    assert!(!body["error"].as_str().unwrap().is_empty());
+
+    let wrong_method = app.http.delete(app.url("/healthz")).send().await.expect("request");
+    assert_eq!(wrong_method.status(), 405);
+    let body: serde_json::Value = wrong_method.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn a_link_without_a_signature_is_refused_with_a_clear_code() {
+    let app = spawn_app(Stack::SqliteFs).await;
+    let response = app.http.get(app.url("/v1/blobs/some/key")).send().await.expect("request");
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_signature");
+}
+
+#[tokio::test]
+async fn blob_links_do_not_exist_on_the_s3_backend() {
+    let app = spawn_app(Stack::PostgresS3).await;
+    let response = app.http.get(app.url("/v1/blobs/some/key?X-Media-Expires=1")).send().await.expect("request");
+    assert_eq!(response.status(), 404);
+}

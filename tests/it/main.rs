@@ -1,0 +1,12 @@
+//! Integration tests: the service on port 0 against a real PostgreSQL and a real S3 server (Garage),
+//! or SQLite and the filesystem, driven over real HTTP. `scripts/test` provides the servers.
+//!
+//! One test binary (modules below) so the suite links once.
+
+mod cli;
+mod health;
+mod helpers;
+mod jwks;
+mod migrations;
+mod shutdown;
+mod storage_contract;

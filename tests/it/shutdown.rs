@@ -1,0 +1,71 @@
+//! Graceful shutdown: a stop signal lets in-flight requests finish, and `SHUTDOWN_TIMEOUT` bounds
+//! how long a request that never ends can hold the process.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use media_api::storage::PresignPut;
+use tokio::sync::mpsc;
+
+use crate::helpers::{payload, spawn_app, spawn_app_with, Stack};
+
+async fn upload_link(app: &crate::helpers::TestApp, key: &str) -> String {
+    let options = PresignPut {
+        ttl: Duration::from_secs(60),
+        content_type: "image/png".into(),
+        content_length: None,
+    };
+    app.state.blobs.presign_put(key, &options).await.expect("presign").url
+}
+
+fn channel_body() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, reqwest::Body) {
+    let (tx, rx) = mpsc::channel(4);
+    (tx, reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn an_upload_in_flight_when_the_stop_signal_arrives_completes() {
+    let mut app = spawn_app(Stack::SqliteFs).await;
+    let url = upload_link(&app, "shutdown/in-flight").await;
+    let (tx, body) = channel_body();
+    let request = app.http.put(&url).header("content-type", "image/png").body(body).send();
+    let request = tokio::spawn(request);
+    tx.send(Ok(payload(1000, 1))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    app.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tx.send(Ok(payload(1000, 2))).await.unwrap();
+    drop(tx);
+
+    let response = request.await.unwrap().expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.state.blobs.head("shutdown/in-flight").await.expect("stored").size, 2000);
+    app.server.await.unwrap().expect("server stopped cleanly");
+    let refused = reqwest::Client::new().get(format!("http://127.0.0.1:{}/healthz", app.port)).send().await;
+    assert!(refused.is_err(), "no new connections after shutdown");
+}
+
+/// Bounds the wait only: the connection task of the stuck request is ended with the process (tasks
+/// still running then are dropped, which removes their temporary files).
+#[tokio::test]
+async fn a_request_that_never_ends_is_cut_at_the_shutdown_timeout() {
+    let mut app = spawn_app_with(Stack::SqliteFs, &[("SHUTDOWN_TIMEOUT", "1s")]).await;
+    let url = upload_link(&app, "shutdown/stuck").await;
+    let (tx, body) = channel_body();
+    let request = tokio::spawn(app.http.put(&url).header("content-type", "image/png").body(body).send());
+    tx.send(Ok(payload(1000, 1))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    app.begin_shutdown();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), &mut app.server).await;
+    assert!(stopped.is_ok(), "the server kept waiting for a request that never ends");
+    drop(tx);
+    request.abort();
+}
