@@ -85,17 +85,8 @@ impl Application {
         };
         let blobs = storage::from_config(&config.storage, links.clone()).await?;
         log_where_data_lives(&config, &db, local);
-        let state = AppState {
-            config: Arc::new(config),
-            db,
-            blobs,
-            links,
-        };
-        Ok(Self {
-            listener,
-            port: local.port(),
-            state,
-        })
+        let state = AppState { config: Arc::new(config), db, blobs, links };
+        Ok(Self { listener, port: local.port(), state })
     }
 
     /// The bound port (useful with port 0).
@@ -170,11 +161,9 @@ fn link_key(config: &Config, fs: &crate::config::FsConfig) -> Result<LinkKey, St
 
 fn log_where_data_lives(config: &Config, db: &Database, local: SocketAddr) {
     let storage = match &config.storage {
-        StorageConfig::S3(s3) => format!(
-            "s3 bucket {} at {}",
-            s3.bucket,
-            s3.endpoint.as_ref().map_or("AWS".to_owned(), Url::to_string)
-        ),
+        StorageConfig::S3(s3) => {
+            format!("s3 bucket {} at {}", s3.bucket, s3.endpoint.as_ref().map_or("AWS".to_owned(), Url::to_string))
+        }
         StorageConfig::Filesystem(fs) => format!("filesystem {}", fs.root.display()),
     };
     tracing::info!(

@@ -39,10 +39,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(var: &str, reason: impl Into<String>) -> Self {
-        Self {
-            var: var.to_owned(),
-            reason: reason.into(),
-        }
+        Self { var: var.to_owned(), reason: reason.into() }
     }
 }
 
@@ -139,7 +136,7 @@ pub struct FsConfig {
 #[derive(Debug, Clone)]
 pub enum StorageConfig {
     /// S3 or an S3-compatible server.
-    S3(S3Config),
+    S3(Box<S3Config>),
     /// A local directory, links signed by the service.
     Filesystem(FsConfig),
 }
@@ -210,10 +207,7 @@ impl Config {
             None | Some("dev") | Some("development") => Profile::Dev,
             Some("production") | Some("prod") => Profile::Production,
             Some(other) => {
-                return Err(ConfigError::new(
-                    "MEDIA_PROFILE",
-                    format!("expected `dev` or `production`, got {other:?}"),
-                ))
+                return Err(ConfigError::new("MEDIA_PROFILE", format!("expected `dev` or `production`, got {other:?}")))
             }
         };
         let data_dir = PathBuf::from(env.get("MEDIA_DATA_DIR").unwrap_or_else(|| "./data".into()));
@@ -262,10 +256,7 @@ impl Config {
         if self.presign_ttl.is_zero() || self.presign_ttl > self.presign_max_ttl {
             return Err(ConfigError::new(
                 "MEDIA_S3_PRESIGN_TTL",
-                format!(
-                    "must be more than 0 and at most MEDIA_PRESIGN_MAX_TTL ({}s)",
-                    self.presign_max_ttl.as_secs()
-                ),
+                format!("must be more than 0 and at most MEDIA_PRESIGN_MAX_TTL ({}s)", self.presign_max_ttl.as_secs()),
             ));
         }
         if self.profile == Profile::Production {
@@ -306,10 +297,7 @@ impl Config {
         if problems.is_empty() {
             return Ok(());
         }
-        Err(ConfigError::new(
-            "MEDIA_PROFILE=production",
-            format!("refuses dev defaults: {}", problems.join("; ")),
-        ))
+        Err(ConfigError::new("MEDIA_PROFILE=production", format!("refuses dev defaults: {}", problems.join("; "))))
     }
 
     /// The database URL with any password removed, for log lines.
@@ -322,10 +310,7 @@ fn database_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<Database
     let url = match env.get("MEDIA_DATABASE_URL") {
         Some(url) => {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
-                return Err(ConfigError::new(
-                    "MEDIA_DATABASE_URL",
-                    "expected a postgres://… or sqlite://… URL",
-                ));
+                return Err(ConfigError::new("MEDIA_DATABASE_URL", "expected a postgres://… or sqlite://… URL"));
             }
             url
         }
@@ -350,10 +335,7 @@ fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<StorageCo
         Some("s3") => true,
         Some("fs") | Some("filesystem") => false,
         Some(other) => {
-            return Err(ConfigError::new(
-                "MEDIA_STORAGE_BACKEND",
-                format!("expected `s3` or `fs`, got {other:?}"),
-            ))
+            return Err(ConfigError::new("MEDIA_STORAGE_BACKEND", format!("expected `s3` or `fs`, got {other:?}")))
         }
         None => bucket.is_some(),
     };
@@ -381,7 +363,7 @@ fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<StorageCo
     if !(1..=16).contains(&upload_concurrency) {
         return Err(ConfigError::new("MEDIA_S3_UPLOAD_CONCURRENCY", "must be between 1 and 16"));
     }
-    Ok(StorageConfig::S3(S3Config {
+    Ok(StorageConfig::S3(Box::new(S3Config {
         path_style: env.bool("MEDIA_S3_USE_PATH_STYLE")?.unwrap_or(endpoint.is_some()),
         public_endpoint: env.url("MEDIA_S3_PUBLIC_ENDPOINT")?,
         region: env.get("MEDIA_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
@@ -391,7 +373,7 @@ fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<StorageCo
         secret_access_key,
         part_size,
         upload_concurrency,
-    }))
+    })))
 }
 
 fn auth_config(env: &Env<'_>) -> Result<AuthConfig, ConfigError> {
@@ -456,9 +438,7 @@ impl Env<'_> {
 
     fn bool(&self, name: &str) -> Result<Option<bool>, ConfigError> {
         self.get(name)
-            .map(|v| {
-                parse_bool(&v).ok_or_else(|| ConfigError::new(name, format!("expected true or false, got {v:?}")))
-            })
+            .map(|v| parse_bool(&v).ok_or_else(|| ConfigError::new(name, format!("expected true or false, got {v:?}"))))
             .transpose()
     }
 

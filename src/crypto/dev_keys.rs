@@ -28,7 +28,9 @@ pub fn load_or_create(dir: &Path, name: &str, generate: impl FnOnce() -> String)
     match options.open(&path) {
         Ok(mut file) => {
             let text = generate();
-            file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| error(format!("cannot write: {e}")))?;
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| error(format!("cannot write: {e}")))?;
             tracing::warn!(
                 path = %path.display(),
                 "GENERATED A DEV KEY: fine for local development, never for production (set MEDIA_PROFILE=production and explicit keys)"

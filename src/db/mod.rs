@@ -88,10 +88,8 @@ impl Database {
                 .busy_timeout(Duration::from_secs(5))
                 .disable_statement_logging();
             if let Some(parent) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|source| DbError::Directory {
-                    path: parent.display().to_string(),
-                    source,
-                })?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|source| DbError::Directory { path: parent.display().to_string(), source })?;
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.max_connections)
@@ -130,10 +128,7 @@ impl Database {
             Self::Sqlite(pool) => migrator.run(pool).await?,
         }
         let total = migrator.iter().filter(|m| m.migration_type.is_up_migration()).count();
-        Ok(MigrationReport {
-            already_applied,
-            newly_applied: total.saturating_sub(already_applied),
-        })
+        Ok(MigrationReport { already_applied, newly_applied: total.saturating_sub(already_applied) })
     }
 
     /// Readiness: one round trip.

@@ -46,7 +46,8 @@ fn verify(
 }
 
 fn header_value(name: &str, value: &str) -> Result<HeaderValue, ApiError> {
-    HeaderValue::from_str(value).map_err(|_| ApiError::bad_request("invalid_link", format!("the link's {name} is not a valid header value")))
+    HeaderValue::from_str(value)
+        .map_err(|_| ApiError::bad_request("invalid_link", format!("the link's {name} is not a valid header value")))
 }
 
 async fn download(
@@ -93,7 +94,10 @@ async fn upload(
     let declared_length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(bound) = link.content_length {
         if declared_length != Some(bound) {
-            return Err(ApiError::forbidden("invalid_signature", format!("this link is for a body of exactly {bound} bytes")));
+            return Err(ApiError::forbidden(
+                "invalid_signature",
+                format!("this link is for a body of exactly {bound} bytes"),
+            ));
         }
     }
     let limit = link.content_length.unwrap_or(state.config.max_bytes).min(state.config.max_bytes);
@@ -102,7 +106,9 @@ async fn upload(
     }
     let stream = limit_stream(body.into_data_stream().map_err(std::io::Error::other).boxed(), limit);
     let written = match state.blobs.put(&key, &link.content_type, stream).await {
-        Err(StorageError::Source(err)) if is_limit_exceeded(&err).is_some() => return Err(ApiError::TooLarge { limit }),
+        Err(StorageError::Source(err)) if is_limit_exceeded(&err).is_some() => {
+            return Err(ApiError::TooLarge { limit })
+        }
         other => other?,
     };
     if link.content_length.is_some_and(|bound| bound != written) {
@@ -111,4 +117,3 @@ async fn upload(
     }
     Ok(StatusCode::OK.into_response())
 }
-

@@ -72,18 +72,12 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 with a code and a sentence.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::BadRequest {
-            code,
-            message: message.into(),
-        }
+        Self::BadRequest { code, message: message.into() }
     }
 
     /// A 403 with a code and a sentence.
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Forbidden {
-            code,
-            message: message.into(),
-        }
+        Self::Forbidden { code, message: message.into() }
     }
 
     /// The HTTP status.
@@ -156,10 +150,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, code = self.code(), "request failed");
         }
-        let info = ErrorInfo {
-            code: self.code(),
-            message: self.public_message(),
-        };
+        let info = ErrorInfo { code: self.code(), message: self.public_message() };
         let mut response = (status, error_body(&info, None)).into_response();
         response.extensions_mut().insert(info);
         response

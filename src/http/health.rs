@@ -19,10 +19,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `GET /healthz`, `GET /readyz`, `GET /v1/version`.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/v1/version", get(version))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/v1/version", get(version))
 }
 
 async fn healthz() -> Json<Value> {
@@ -49,8 +46,7 @@ async fn check<E: std::fmt::Display>(name: &str, probe: impl Future<Output = Res
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let (database, storage) =
-        tokio::join!(check("database", state.db.ping()), check("storage", state.blobs.check()));
+    let (database, storage) = tokio::join!(check("database", state.db.ping()), check("storage", state.blobs.check()));
     let mut checks = serde_json::Map::new();
     let mut failures = Vec::new();
     for (name, result) in [("database", database), ("storage", storage)] {

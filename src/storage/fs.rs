@@ -96,10 +96,7 @@ impl BlobStore for FsBlobStore {
         let target = self.path_of(key)?;
         let mut name = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut name);
-        let mut temp = TempFile {
-            path: self.root.join(TMP_DIR).join(hex::encode(name)),
-            keep: false,
-        };
+        let mut temp = TempFile { path: self.root.join(TMP_DIR).join(hex::encode(name)), keep: false };
         let mut file = tokio::fs::File::create(&temp.path).await.map_err(io_error("put"))?;
         let written = Self::write_stream(&mut file, body).await?;
         drop(file);
@@ -125,12 +122,7 @@ impl BlobStore for FsBlobStore {
         let content_length = if total_size == 0 { 0 } else { last - first + 1 };
         file.seek(SeekFrom::Start(first)).await.map_err(io_error("get"))?;
         let body = ReaderStream::with_capacity(file.take(content_length), READ_CHUNK).boxed();
-        Ok(BlobObject {
-            body,
-            content_length,
-            total_size,
-            range: served,
-        })
+        Ok(BlobObject { body, content_length, total_size, range: served })
     }
 
     async fn head(&self, key: &str) -> Result<BlobMeta, StorageError> {
@@ -138,10 +130,7 @@ impl BlobStore for FsBlobStore {
         if !metadata.is_file() {
             return Err(StorageError::NotFound);
         }
-        Ok(BlobMeta {
-            size: metadata.len(),
-            content_type: None,
-        })
+        Ok(BlobMeta { size: metadata.len(), content_type: None })
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {

@@ -146,7 +146,8 @@ impl LinkSigner {
     ) -> PresignedRequest {
         let content_type = query[0].1.clone();
         let bound = query.get(1).map(|(_, v)| v.clone()).unwrap_or_default();
-        let signature = hex::encode(self.mac(method, key, expires.timestamp(), &content_type, &bound).finalize().into_bytes());
+        let signature =
+            hex::encode(self.mac(method, key, expires.timestamp(), &content_type, &bound).finalize().into_bytes());
         let mut url = self.base.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.pop_if_empty().push("v1").push("blobs").extend(key.split('/'));
@@ -159,12 +160,7 @@ impl LinkSigner {
             }
             pairs.append_pair(SIGNATURE_PARAM, &signature);
         }
-        PresignedRequest {
-            url: url.to_string(),
-            method,
-            headers,
-            expires_at: expires,
-        }
+        PresignedRequest { url: url.to_string(), method, headers, expires_at: expires }
     }
 
     fn mac(&self, method: &str, key: &str, expires: i64, content_type: &str, bound: &str) -> HmacSha256 {

@@ -59,11 +59,7 @@ pub enum StorageError {
 
 impl StorageError {
     pub(crate) fn backend(backend: &'static str, operation: &'static str, err: impl std::fmt::Display) -> Self {
-        Self::Backend {
-            backend,
-            operation,
-            message: err.to_string(),
-        }
+        Self::Backend { backend, operation, message: err.to_string() }
     }
 }
 

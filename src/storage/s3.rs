@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
@@ -155,7 +155,12 @@ impl S3BlobStore {
     }
 
     /// Reads from `body` until `buffer` holds a full part or the body ends; returns whether it ended.
-    async fn fill_part(&self, body: &mut ByteStream, buffer: &mut BytesMut, carry: &mut Bytes) -> Result<bool, StorageError> {
+    async fn fill_part(
+        &self,
+        body: &mut ByteStream,
+        buffer: &mut BytesMut,
+        carry: &mut Bytes,
+    ) -> Result<bool, StorageError> {
         loop {
             if !carry.is_empty() {
                 let take = carry.len().min(self.part_size - buffer.len());
@@ -284,14 +289,15 @@ struct UploadTarget {
 }
 
 fn upload_target(upload: &MultipartGuard) -> UploadTarget {
-    UploadTarget {
-        bucket: upload.bucket.clone(),
-        key: upload.key.clone(),
-        upload_id: upload.upload_id.clone(),
-    }
+    UploadTarget { bucket: upload.bucket.clone(), key: upload.key.clone(), upload_id: upload.upload_id.clone() }
 }
 
-async fn upload_part(client: Client, target: UploadTarget, number: i32, data: Bytes) -> Result<CompletedPart, StorageError> {
+async fn upload_part(
+    client: Client,
+    target: UploadTarget,
+    number: i32,
+    data: Bytes,
+) -> Result<CompletedPart, StorageError> {
     let length = data.len() as i64;
     let output = client
         .upload_part()
@@ -360,12 +366,7 @@ impl BlobStore for S3BlobStore {
             _ => None,
         };
         let body = ReaderStream::with_capacity(output.body.into_async_read(), READ_CHUNK).boxed();
-        Ok(BlobObject {
-            body,
-            content_length,
-            total_size,
-            range: served,
-        })
+        Ok(BlobObject { body, content_length, total_size, range: served })
     }
 
     async fn head(&self, key: &str) -> Result<BlobMeta, StorageError> {
@@ -402,7 +403,8 @@ impl BlobStore for S3BlobStore {
 
     async fn presign_put(&self, key: &str, options: &PresignPut) -> Result<PresignedRequest, StorageError> {
         validate_key(key)?;
-        let mut request = self.presign_client.put_object().bucket(&self.bucket).key(key).content_type(&options.content_type);
+        let mut request =
+            self.presign_client.put_object().bucket(&self.bucket).key(key).content_type(&options.content_type);
         if let Some(length) = options.content_length {
             request = request.content_length(length as i64);
         }

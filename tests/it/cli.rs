@@ -10,12 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_media-api");
 
 fn run_with_env(vars: &[(&str, &str)]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
-    Command::new(BIN)
-        .env_clear()
-        .envs(vars.iter().copied())
-        .current_dir(dir.path())
-        .output()
-        .expect("run media-api")
+    Command::new(BIN).env_clear().envs(vars.iter().copied()).current_dir(dir.path()).output().expect("run media-api")
 }
 
 #[test]
@@ -42,6 +37,7 @@ fn a_bad_number_exits_2_naming_the_variable() {
 fn secrets_are_not_echoed_in_configuration_errors() {
     let output = run_with_env(&[
         ("MEDIA_S3_BUCKET", "b"),
+        ("MEDIA_S3_ACCESS_KEY", "GK1"),
         ("MEDIA_S3_SECRET_KEY", "very-secret-value"),
         ("MEDIA_S3_PART_SIZE", "1"),
     ]);
@@ -78,7 +74,10 @@ fn with_no_configuration_it_serves_the_embedded_default_and_stops_on_sigterm() {
         }
     }
     let addr = addr.unwrap_or_else(|| panic!("no listening line in: {seen:#?}"));
-    let body = reqwest::blocking::Client::builder().no_proxy().build().unwrap()
+    let body = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
         .get(format!("http://{addr}/healthz"))
         .timeout(Duration::from_secs(5))
         .send()

@@ -17,7 +17,8 @@ async fn healthz_readyz_and_version_answer_without_auth() {
         assert_eq!(body["checks"]["database"], "ok");
         assert_eq!(body["checks"]["storage"], "ok");
 
-        let version: serde_json::Value = app.http.get(app.url("/v1/version")).send().await.unwrap().json().await.unwrap();
+        let version: serde_json::Value =
+            app.http.get(app.url("/v1/version")).send().await.unwrap().json().await.unwrap();
         assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
     }
 }
@@ -60,11 +61,9 @@ async fn errors_are_json_with_a_code_and_the_request_id_and_security_headers_are
     assert_eq!(response.status(), 404);
     let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(request_id.len(), 32);
-    for (name, value) in [
-        ("x-content-type-options", "nosniff"),
-        ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
-    ] {
+    for (name, value) in
+        [("x-content-type-options", "nosniff"), ("x-frame-options", "DENY"), ("referrer-policy", "no-referrer")]
+    {
         assert_eq!(response.headers()[name], value, "{name}");
     }
     assert!(response.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));

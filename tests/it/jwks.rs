@@ -20,10 +20,7 @@ pub struct TestKey {
 
 impl TestKey {
     pub fn generate() -> Self {
-        Self {
-            kid: crate::helpers::random_hex(8),
-            signing: SigningKey::generate(&mut rand::rngs::OsRng),
-        }
+        Self { kid: crate::helpers::random_hex(8), signing: SigningKey::generate(&mut rand::rngs::OsRng) }
     }
 
     /// The public JWK (`OKP`/`Ed25519`, `use: sig`, `alg: EdDSA`).

@@ -3,6 +3,8 @@
 //!
 //! One test binary (modules below) so the suite links once.
 
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod health;
 mod helpers;

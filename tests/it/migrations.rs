@@ -47,7 +47,12 @@ async fn the_audit_table_refuses_update_and_delete() {
     for db in [pg, sqlite] {
         db.migrate().await.expect("migrate");
         let (inserted, update, delete) = with_pool!(&db, |pool| (
-            sqlx::query(INSERT_AUDIT).bind(vec![0u8; 32]).bind(vec![1u8; 32]).execute(pool).await.map(|r| r.rows_affected()),
+            sqlx::query(INSERT_AUDIT)
+                .bind(vec![0u8; 32])
+                .bind(vec![1u8; 32])
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
             sqlx::query("UPDATE audit_events SET kind = 'forged'").execute(pool).await.map(|_| ()),
             sqlx::query("DELETE FROM audit_events").execute(pool).await.map(|_| ()),
         ));

@@ -10,11 +10,7 @@ use tokio::sync::mpsc;
 use crate::helpers::{payload, spawn_app, spawn_app_with, Stack};
 
 async fn upload_link(app: &crate::helpers::TestApp, key: &str) -> String {
-    let options = PresignPut {
-        ttl: Duration::from_secs(60),
-        content_type: "image/png".into(),
-        content_length: None,
-    };
+    let options = PresignPut { ttl: Duration::from_secs(60), content_type: "image/png".into(), content_length: None };
     app.state.blobs.presign_put(key, &options).await.expect("presign").url
 }
 

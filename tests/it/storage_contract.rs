@@ -6,9 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use media_api::config::MIB;
-use media_api::storage::{
-    content_disposition, ByteRange, ByteStream, PresignGet, PresignPut, StorageError,
-};
+use media_api::storage::{content_disposition, ByteRange, ByteStream, PresignGet, PresignPut, StorageError};
 
 use crate::helpers::{chunked, collect, payload, random_hex, s3_env, sha256_hex, spawn_app, Stack, TestApp, STACKS};
 
@@ -54,7 +52,9 @@ async fn leftovers(app: &TestApp, stack: Stack, prefix: &str) -> usize {
 /// A stream that yields `good` bytes and then fails, as a client that goes away would.
 fn failing_after(good: usize) -> ByteStream {
     let head = chunked(payload(good, 9));
-    let failure = futures::stream::once(async { Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away")) });
+    let failure = futures::stream::once(async {
+        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away"))
+    });
     head.chain(failure).boxed()
 }
 
@@ -179,11 +179,7 @@ async fn expired_and_tampered_presigned_urls_are_refused() {
         let app = spawn_app(stack).await;
         let key = key("refused");
         app.state.blobs.put(&key, "image/png", chunked(payload(100, 6))).await.expect("put");
-        let options = |ttl| PresignGet {
-            ttl,
-            content_type: "image/png".into(),
-            content_disposition: "inline".into(),
-        };
+        let options = |ttl| PresignGet { ttl, content_type: "image/png".into(), content_disposition: "inline".into() };
         let good = app.state.blobs.presign_get(&key, &options(Duration::from_secs(60))).await.expect("presign");
         let tampered_type = good.url.replace("image%2Fpng", "text%2Fhtml");
         assert_ne!(tampered_type, good.url, "{stack:?}: the forced type is in the URL");
@@ -197,8 +193,13 @@ async fn expired_and_tampered_presigned_urls_are_refused() {
 
         let short = app.state.blobs.presign_get(&key, &options(Duration::from_secs(1))).await.expect("presign");
         tokio::time::sleep(Duration::from_millis(2200)).await;
-        let status = app.http.get(&short.url).send().await.expect("request").status();
-        assert_eq!(status, 403, "{stack:?}: expired URL answered {status}");
+        let response = app.http.get(&short.url).send().await.expect("request");
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        // AWS answers 403 "Request has expired", Garage 400 "Date is too old", the service's links 403.
+        assert!(status == 403 || status == 400, "{stack:?}: expired URL answered {status}: {body}");
+        let body = body.to_lowercase();
+        assert!(body.contains("expired") || body.contains("too old"), "{stack:?}: not refused for expiry: {body}");
     }
 }
 
@@ -260,11 +261,7 @@ async fn keys_that_could_escape_are_refused_by_every_operation() {
 async fn an_upload_link_refuses_a_body_over_the_limit_and_stores_nothing() {
     let app = crate::helpers::spawn_app_with(Stack::SqliteFs, &[("MEDIA_MAX_BYTES", "1000")]).await;
     let key = key("limit");
-    let options = PresignPut {
-        ttl: Duration::from_secs(60),
-        content_type: "image/png".into(),
-        content_length: None,
-    };
+    let options = PresignPut { ttl: Duration::from_secs(60), content_type: "image/png".into(), content_length: None };
     let link = app.state.blobs.presign_put(&key, &options).await.expect("presign put");
     let chunks: Vec<Result<Bytes, std::io::Error>> = (0..4).map(|i| Ok(payload(400, i))).collect();
     let response = app
