@@ -10,7 +10,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches examples tests/it \
  && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
- && echo "fn main() {}" > examples/upload_rss.rs && echo "" > tests/it/main.rs && echo "fn main() {}" > benches/links.rs \
+ && echo "fn main() {}" > examples/upload_rss.rs && echo "" > tests/it/main.rs && echo "fn main() {}" > benches/links.rs && echo "fn main() {}" > benches/field_cipher.rs \
  && cargo build --release --locked --bin media-api \
  && rm -rf src examples tests benches
 # 2. The service itself.

@@ -1,8 +1,8 @@
 //! Start-up and the running server.
 //!
 //! [`Application::build`] does everything that can fail before traffic is accepted — bind the port
-//! (port 0 picks a free one, which tests use), connect and migrate the database, open the blob store,
-//! load or generate dev keys — and [`Application::run_until_stopped`] serves until SIGINT/SIGTERM,
+//! (port 0 picks a free one, which tests use), load the master keyring, connect and migrate the
+//! database, open the blob store, load or generate dev keys — and [`Application::run_until_stopped`] serves until SIGINT/SIGTERM,
 //! then lets in-flight requests finish for at most `SHUTDOWN_TIMEOUT`.
 
 use std::future::{Future, IntoFuture};
@@ -15,6 +15,8 @@ use url::Url;
 
 use crate::config::{Config, StorageConfig};
 use crate::crypto::dev_keys::{self, DevKeyError};
+use crate::crypto::keyring::Keyring;
+use crate::crypto::CryptoError;
 use crate::db::{Database, DbError};
 use crate::storage::links::{LinkKey, LinkSigner};
 use crate::storage::{self, BlobStore, StorageError};
@@ -33,6 +35,8 @@ pub struct AppState {
     pub blobs: Arc<dyn BlobStore>,
     /// Verifier of the service's own signed blob links (filesystem backend only).
     pub links: Option<Arc<LinkSigner>>,
+    /// Master keys (KEKs) that wrap the tenant keys.
+    pub keyring: Arc<Keyring>,
 }
 
 /// Why the service could not start.
@@ -55,6 +59,9 @@ pub enum StartupError {
     /// A key could not be loaded or generated.
     #[error(transparent)]
     Keys(#[from] DevKeyError),
+    /// The master keyring could not be loaded.
+    #[error(transparent)]
+    Keyring(#[from] CryptoError),
     /// A key was present but malformed.
     #[error("{0}")]
     InvalidKey(String),
@@ -73,6 +80,7 @@ impl Application {
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?;
+        let keyring = Arc::new(Keyring::load(&config.keyring, &config.keys_dir)?);
         let db = Database::connect(&config.database).await?;
         if config.database.migrate_on_start {
             let report = db.migrate().await?;
@@ -84,8 +92,8 @@ impl Application {
             StorageConfig::S3(_) => None,
         };
         let blobs = storage::from_config(&config.storage, links.clone()).await?;
-        log_where_data_lives(&config, &db, local);
-        let state = AppState { config: Arc::new(config), db, blobs, links };
+        log_where_data_lives(&config, &db, &keyring, local);
+        let state = AppState { config: Arc::new(config), db, blobs, links, keyring };
         Ok(Self { listener, port: local.port(), state })
     }
 
@@ -159,7 +167,7 @@ fn link_key(config: &Config, fs: &crate::config::FsConfig) -> Result<LinkKey, St
     })
 }
 
-fn log_where_data_lives(config: &Config, db: &Database, local: SocketAddr) {
+fn log_where_data_lives(config: &Config, db: &Database, keyring: &Keyring, local: SocketAddr) {
     let storage = match &config.storage {
         StorageConfig::S3(s3) => {
             format!("s3 bucket {} at {}", s3.bucket, s3.endpoint.as_ref().map_or("AWS".to_owned(), Url::to_string))
@@ -170,6 +178,8 @@ fn log_where_data_lives(config: &Config, db: &Database, local: SocketAddr) {
         profile = ?config.profile,
         database = %config.database_url_for_logs(),
         database_backend = db.backend(),
+        master_keys = keyring.ids().count(),
+        primary_master_key = keyring.primary_id(),
         storage = %storage,
         addr = %local,
         "media-api listening"

@@ -1,4 +1,4 @@
-//! The command line: `media-api [serve]`, `media-api migrate`, `media-api healthcheck`.
+//! The command line: `media-api [serve]`, `migrate`, `keys generate`, `healthcheck`.
 //!
 //! Exit status: 0 on success, 2 when the configuration is refused (one line on stderr naming the
 //! variable), 1 for any other failure.
@@ -29,6 +29,8 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate(admin::migrate::Opts),
+    /// Master-key utilities (`keys generate`).
+    Keys(admin::keys::Opts),
     /// Probe a running service's /healthz (for container health checks; exits 0 when healthy).
     Healthcheck(admin::healthcheck::Opts),
 }
@@ -47,8 +49,13 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    if let Some(Command::Healthcheck(opts)) = &cli.command {
-        return admin::healthcheck::run(opts).await;
+    match &cli.command {
+        Some(Command::Healthcheck(opts)) => return admin::healthcheck::run(opts).await,
+        Some(Command::Keys(opts)) => {
+            admin::keys::run(opts);
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
     }
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -61,7 +68,7 @@ async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => admin::serve::run(config).await,
         Command::Migrate(opts) => admin::migrate::run(&config, &opts).await,
-        Command::Healthcheck(_) => unreachable!("handled before configuration is read"),
+        Command::Healthcheck(_) | Command::Keys(_) => unreachable!("handled before configuration is read"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

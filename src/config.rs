@@ -259,6 +259,15 @@ impl Config {
                 format!("must be more than 0 and at most MEDIA_PRESIGN_MAX_TTL ({}s)", self.presign_max_ttl.as_secs()),
             ));
         }
+        if let KeyringSource::Env(keys) = &self.keyring {
+            crate::crypto::keyring::Keyring::parse_env(keys.expose_secret())
+                .map_err(|e| ConfigError::new("MEDIA_MASTER_KEYS", e.reason()))?;
+        }
+        if let StorageConfig::Filesystem(FsConfig { signing_key: Some(key), .. }) = &self.storage {
+            if crate::storage::links::LinkKey::parse(key.expose_secret()).is_none() {
+                return Err(ConfigError::new("MEDIA_FS_SIGNING_KEY", "expected 64 hex characters (32 bytes)"));
+            }
+        }
         if self.profile == Profile::Production {
             self.refuse_dev_defaults(env)?;
         }
@@ -554,6 +563,19 @@ pub fn redact_url(raw: &str) -> String {
 mod tests {
     use super::*;
 
+    fn master_keys() -> String {
+        format!("k1:{}", crate::crypto::keyring::Keyring::generate_key())
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_at_start_naming_the_variable() {
+        let err = Config::from_vars(&vars(&[("MEDIA_MASTER_KEYS", "k1:not-a-fernet-key")])).unwrap_err();
+        assert_eq!(err.var, "MEDIA_MASTER_KEYS");
+        assert!(!err.to_string().contains("not-a-fernet-key"), "the secret is not echoed: {err}");
+        let err = Config::from_vars(&vars(&[("MEDIA_FS_SIGNING_KEY", "short")])).unwrap_err();
+        assert_eq!(err.var, "MEDIA_FS_SIGNING_KEY");
+    }
+
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
@@ -594,7 +616,7 @@ mod tests {
             ("AUTH_ENABLED", "false"),
             ("AUTH_ISSUER", "https://id.example.com/realms/jan"),
             ("AUTH_AUDIENCE", "media-api"),
-            ("MEDIA_MASTER_KEYS", "k1:secret"),
+            ("MEDIA_MASTER_KEYS", &master_keys()),
             ("MEDIA_DATABASE_URL", "postgres://db/media"),
             ("MEDIA_S3_BUCKET", "media"),
         ]))
@@ -604,11 +626,12 @@ mod tests {
 
     #[test]
     fn production_with_everything_explicit_is_accepted() {
+        let keys = master_keys();
         let config = Config::from_vars(&vars(&[
             ("MEDIA_PROFILE", "production"),
             ("AUTH_ISSUER", "https://a.example.com, https://b.example.com"),
             ("AUTH_AUDIENCE", "media-api"),
-            ("MEDIA_MASTER_KEYS", "k1:secret"),
+            ("MEDIA_MASTER_KEYS", &keys),
             ("MEDIA_DATABASE_URL", "postgres://user:pw@db/media"),
             ("MEDIA_S3_BUCKET", "media"),
             ("MEDIA_S3_ENDPOINT", "http://garage:3900"),
@@ -620,7 +643,7 @@ mod tests {
         let StorageConfig::S3(s3) = &config.storage else { panic!("expected s3") };
         assert!(s3.path_style, "path style defaults on with a custom endpoint");
         let debug = format!("{config:?}");
-        assert!(!debug.contains("s3cr3t") && !debug.contains(":pw@") && !debug.contains("k1:secret"), "{debug}");
+        assert!(!debug.contains("s3cr3t") && !debug.contains(":pw@") && !debug.contains(&keys), "{debug}");
         assert_eq!(config.database_url_for_logs(), "postgres://db/media");
     }
 

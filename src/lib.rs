@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (`serve`, `migrate`, `healthcheck`); `main.rs` only calls it.
+//! - [`cli`]: the command line (`serve`, `migrate`, `keys`, `healthcheck`); `main.rs` only calls it.
 //! - [`config`]: the typed configuration, read from the environment and validated once.
 //! - [`app`]: [`app::Application`] (build, bind, serve, graceful shutdown) and the shared
 //!   [`app::AppState`].
@@ -17,7 +17,8 @@
 //! - [`ingest`]: the streaming upload pipeline (size limits so far).
 //! - [`storage`]: the object-safe [`storage::BlobStore`] and its S3 and filesystem backends.
 //! - [`db`]: Postgres and SQLite pools and their migrations.
-//! - [`crypto`]: key material (generated dev keys so far).
+//! - [`crypto`]: the key hierarchy: master keyring, wrapped tenant keys, field cipher, blind index,
+//!   and the dev profile's generated key files.
 //! - [`admin`]: one file per command of the binary.
 //! - [`telemetry`]: log output.
 

@@ -2,5 +2,6 @@
 //! and a `run` function.
 
 pub mod healthcheck;
+pub mod keys;
 pub mod migrate;
 pub mod serve;

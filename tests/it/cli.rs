@@ -88,9 +88,22 @@ fn with_no_configuration_it_serves_the_embedded_default_and_stops_on_sigterm() {
     assert!(dir.path().join("data/media.db").exists(), "SQLite under ./data");
     assert!(dir.path().join("data/blobs").is_dir(), "blobs under ./data/blobs");
     assert!(dir.path().join("keys/fs-link.key").exists(), "generated link key under ./keys");
+    assert!(dir.path().join("keys/dev-keyring.json").exists(), "generated dev keyring under ./keys");
 
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "clean exit after SIGTERM");
+}
+
+#[test]
+fn keys_generate_prints_a_usable_master_key_each_time_a_new_one() {
+    let generate = || Command::new(BIN).args(["keys", "generate"]).env_clear().output().expect("run");
+    let (a, b) = (generate(), generate());
+    assert!(a.status.success());
+    let (a, b) = (String::from_utf8(a.stdout).unwrap(), String::from_utf8(b.stdout).unwrap());
+    assert_ne!(a, b);
+    let ring = media_api::crypto::keyring::Keyring::parse_env(&format!("k1:{}", a.trim())).expect("a Fernet key");
+    let (id, token) = ring.wrap(b"dek");
+    assert_eq!(ring.unwrap(&id, &token).unwrap().as_slice(), b"dek");
 }
