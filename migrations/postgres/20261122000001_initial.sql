@@ -5,6 +5,8 @@
 -- Wrapped tenant keys: data-encryption keys (purpose 'dek', rotated) and blind-index keys
 -- (purpose 'index', rewrapped but never rotated). `kek_id` names the master key that wraps the row,
 -- so unwrapping never needs trial decryption and a KEK can be retired once nothing references it.
+-- Several versions are 'active' (usable) while rows still use them; new writes use the highest.
+-- The primary key makes concurrent creation of the same version (first write, rotation) conflict.
 CREATE TABLE tenant_keys (
     tenant_id    TEXT        NOT NULL,
     purpose      TEXT        NOT NULL CHECK (purpose IN ('dek', 'index')),
@@ -18,8 +20,6 @@ CREATE TABLE tenant_keys (
     PRIMARY KEY (tenant_id, purpose, version),
     CHECK ((state = 'destroyed') = (wrapped_key IS NULL))
 );
--- At most one active key per tenant and purpose, even under concurrent first writes.
-CREATE UNIQUE INDEX tenant_keys_one_active ON tenant_keys (tenant_id, purpose) WHERE state = 'active';
 CREATE INDEX tenant_keys_by_kek ON tenant_keys (kek_id);
 
 CREATE TABLE media_objects (

@@ -14,7 +14,6 @@ CREATE TABLE tenant_keys (
     PRIMARY KEY (tenant_id, purpose, version),
     CHECK ((state = 'destroyed') = (wrapped_key IS NULL))
 );
-CREATE UNIQUE INDEX tenant_keys_one_active ON tenant_keys (tenant_id, purpose) WHERE state = 'active';
 CREATE INDEX tenant_keys_by_kek ON tenant_keys (kek_id);
 
 CREATE TABLE media_objects (

@@ -17,7 +17,7 @@ cleanup() {
     log "stopped Garage"
   fi
   if [ -n "$PG_STARTED" ]; then
-    pg_ctl -D "$WORK/pg" -m fast stop >/dev/null 2>&1 || true
+    as_pg_owner pg_ctl -D "$WORK/pg" -m fast stop >/dev/null 2>&1 || true
     log "stopped the throwaway PostgreSQL cluster"
   fi
   if [ "$status" -ne 0 ] && [ -f "$WORK/garage/garage.log" ]; then
@@ -50,17 +50,28 @@ ensure_postgres() {
     return
   fi
   if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
-    local port; port="$(free_port)"
-    initdb -D "$WORK/pg" -U postgres -A trust >/dev/null
-    pg_ctl -D "$WORK/pg" -o "-p $port -k $WORK -c listen_addresses=127.0.0.1" -l "$WORK/pg.log" -w start >/dev/null
-    PG_STARTED=1
-    export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
-    log "PostgreSQL: started a throwaway cluster on 127.0.0.1:$port"
+    start_throwaway_postgres
     return
   fi
   log "No PostgreSQL found. Set DATABASE_URL, run a server on 127.0.0.1:5432 (user postgres, trust auth),"
   log "or install the server binaries (Debian: apt-get install postgresql) so a throwaway cluster can be made."
   exit 1
+}
+
+# initdb refuses to run as root: as root, the cluster is owned by the `postgres` system user.
+as_pg_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_throwaway_postgres() {
+  local port; port="$(free_port)"
+  mkdir -p "$WORK/pg"
+  [ "$(id -u)" = 0 ] && chown postgres "$WORK" "$WORK/pg"
+  as_pg_owner initdb -D "$WORK/pg" -U postgres -A trust >/dev/null
+  as_pg_owner pg_ctl -D "$WORK/pg" -o "-p $port -k $WORK -c listen_addresses=127.0.0.1" -l "$WORK/pg/server.log" -w start >/dev/null
+  PG_STARTED=1
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  log "PostgreSQL: started a throwaway cluster on 127.0.0.1:$port"
 }
 
 drop_stale_test_databases() {

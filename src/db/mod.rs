@@ -17,6 +17,9 @@ use sqlx::ConnectOptions;
 
 use crate::config::DatabaseConfig;
 
+pub mod media;
+pub mod tenant_keys;
+
 /// Runs the same expression on whichever pool a [`Database`] holds, for statements whose SQL and
 /// binds are identical on both backends: `with_pool!(db, |pool| sqlx::query("…").execute(pool).await)`.
 #[macro_export]
@@ -44,6 +47,15 @@ pub enum DbError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value failed to decrypt or a wrapped key did not belong where it was found.
+    #[error("data integrity: {0}")]
+    Crypto(#[from] crate::crypto::CryptoError),
+    /// A row refers to a key version that does not exist (or was destroyed).
+    #[error("tenant key version {version} is missing or destroyed")]
+    MissingKey {
+        /// The version.
+        version: u32,
+    },
     /// Preparing the SQLite file's directory failed.
     #[error("cannot create the database directory {path}: {source}")]
     Directory {

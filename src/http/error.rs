@@ -115,6 +115,7 @@ impl ApiError {
             Self::Storage(StorageError::InvalidRange { .. }) => "range_not_satisfiable",
             Self::Storage(StorageError::Source(_)) => "upload_interrupted",
             Self::Storage(StorageError::Backend { .. }) => "storage_unavailable",
+            Self::Database(DbError::Crypto(_) | DbError::MissingKey { .. }) => "data_integrity",
             Self::Database(_) if self.status() == StatusCode::SERVICE_UNAVAILABLE => "database_unavailable",
             Self::Database(_) => "internal",
         }
@@ -128,6 +129,9 @@ impl ApiError {
             Self::Storage(StorageError::Backend { .. }) => "the blob store is unavailable; try again later".into(),
             Self::Database(_) if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
                 "the database is unavailable; try again later".into()
+            }
+            Self::Database(DbError::Crypto(_) | DbError::MissingKey { .. }) => {
+                "a stored record failed its integrity check and was not returned".into()
             }
             Self::Database(_) => "an internal error occurred".into(),
             other => other.to_string(),

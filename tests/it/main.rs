@@ -10,5 +10,6 @@ mod health;
 mod helpers;
 mod jwks;
 mod migrations;
+mod repository;
 mod shutdown;
 mod storage_contract;

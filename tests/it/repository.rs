@@ -1,0 +1,276 @@
+//! The encrypted repository on both databases: round trips, values that do not authenticate where
+//! they are found, no plaintext at rest, per-tenant dedup, key creation races and the DEK budget.
+
+use std::sync::Arc;
+
+use media_api::config::DatabaseConfig;
+use media_api::crypto::envelope::KeyPurpose;
+use media_api::crypto::keyring::Keyring;
+use media_api::crypto::CryptoError;
+use media_api::db::media::{InsertOutcome, MediaRepo, MediaStatus, NewMedia};
+use media_api::db::tenant_keys::{KeySettings, TenantKeys};
+use media_api::db::{Database, DbError};
+use media_api::with_pool;
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{fresh_postgres_url, random_hex};
+
+struct Fixture {
+    db: Database,
+    keyring: Arc<Keyring>,
+    repo: MediaRepo,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A fresh repository view over the same database (cold key cache), e.g. after tampering.
+    fn reopen(&self, settings: KeySettings) -> (Arc<TenantKeys>, MediaRepo) {
+        let keys = Arc::new(TenantKeys::new(self.db.clone(), self.keyring.clone(), settings));
+        (keys.clone(), MediaRepo::new(self.db.clone(), keys))
+    }
+}
+
+async fn fixtures(settings: KeySettings) -> Vec<Fixture> {
+    let mut out = Vec::new();
+    for postgres in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = if postgres {
+            fresh_postgres_url().await
+        } else {
+            format!("sqlite://{}", dir.path().join("media.db").display())
+        };
+        let config = DatabaseConfig {
+            url: SecretString::from(url),
+            max_connections: 8,
+            acquire_timeout: std::time::Duration::from_secs(10),
+            migrate_on_start: true,
+        };
+        let db = Database::connect(&config).await.unwrap();
+        db.migrate().await.unwrap();
+        let keyring = Arc::new(Keyring::parse_env(&format!("k1:{}", Keyring::generate_key())).unwrap());
+        let keys = Arc::new(TenantKeys::new(db.clone(), keyring.clone(), settings));
+        let repo = MediaRepo::new(db.clone(), keys.clone());
+        out.push(Fixture { db, keyring, repo, _dir: dir });
+    }
+    out
+}
+
+fn new_media(tenant: &str, content: &[u8]) -> NewMedia {
+    NewMedia {
+        id: format!("jan_{}", random_hex(13)),
+        tenant_id: tenant.into(),
+        status: MediaStatus::Ready,
+        mime: "image/png".into(),
+        size: content.len() as u64,
+        filename: Some("secret-holiday-filename.png".into()),
+        uploader: "uploader-subject-7f3a".into(),
+        user_hint: Some("client-user-hint-91".into()),
+        storage_key: format!("objects/storage-key-{}", random_hex(6)),
+        sha256: Some(Sha256::digest(content).into()),
+        metadata: Some(serde_json::json!({"camera": "metadata-value-x100"})),
+        retention_until: None,
+    }
+}
+
+fn is_integrity(err: &DbError) -> bool {
+    matches!(err, DbError::Crypto(CryptoError::Integrity | CryptoError::KeyMismatch))
+}
+
+#[tokio::test]
+async fn rows_round_trip_and_reads_are_scoped_to_the_tenant() {
+    for fx in fixtures(KeySettings::default()).await {
+        let media = new_media("acme", b"png bytes 1");
+        assert_eq!(fx.repo.insert(&media).await.unwrap(), InsertOutcome::Inserted);
+        let read = fx.repo.get("acme", &media.id).await.unwrap().expect("row");
+        assert_eq!(read.filename, media.filename);
+        assert_eq!(read.uploader, media.uploader);
+        assert_eq!(read.user_hint, media.user_hint);
+        assert_eq!(read.storage_key, media.storage_key);
+        assert_eq!(read.sha256, media.sha256);
+        assert_eq!(read.metadata, media.metadata);
+        assert_eq!((read.size, read.dek_version, read.status), (11, 1, MediaStatus::Ready));
+        assert!(fx.repo.get("other-tenant", &media.id).await.unwrap().is_none(), "{}", fx.db.backend());
+        let (_, cold) = fx.reopen(KeySettings::default());
+        assert_eq!(cold.get("acme", &media.id).await.unwrap().expect("row").storage_key, media.storage_key);
+        assert!(fx.repo.delete("acme", &media.id).await.unwrap());
+        assert!(fx.repo.get("acme", &media.id).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_ciphertext_moved_to_another_row_column_or_tenant_fails_with_data_integrity() {
+    for fx in fixtures(KeySettings::default()).await {
+        let a = new_media("acme", b"a");
+        let b = new_media("acme", b"b");
+        let other_tenant = new_media("globex", b"c");
+        for media in [&a, &b, &other_tenant] {
+            fx.repo.insert(media).await.unwrap();
+        }
+        // Another row of the same tenant and key: storage keys swapped.
+        let copy_row = "UPDATE media_objects SET storage_key_enc = (SELECT storage_key_enc FROM media_objects WHERE id = $1) WHERE id = $2";
+        with_pool!(&fx.db, |pool| sqlx::query(copy_row).bind(&a.id).bind(&b.id).execute(pool).await.map(|_| ()))
+            .unwrap();
+        let err = fx.repo.get("acme", &b.id).await.unwrap_err();
+        assert!(is_integrity(&err), "{}: {err}", fx.db.backend());
+        // Another column of the same row.
+        let copy_column = "UPDATE media_objects SET uploader_enc = user_hint_enc WHERE id = $1";
+        with_pool!(&fx.db, |pool| sqlx::query(copy_column).bind(&a.id).execute(pool).await.map(|_| ())).unwrap();
+        assert!(is_integrity(&fx.repo.get("acme", &a.id).await.unwrap_err()));
+        // Another tenant's value (sealed under another DEK and AAD).
+        let copy_tenant = "UPDATE media_objects SET filename_enc = (SELECT filename_enc FROM media_objects WHERE id = $1) WHERE id = $2";
+        let c2 = new_media("globex", b"d");
+        fx.repo.insert(&c2).await.unwrap();
+        with_pool!(&fx.db, |pool| sqlx::query(copy_tenant).bind(&a.id).bind(&c2.id).execute(pool).await.map(|_| ()))
+            .unwrap();
+        assert!(is_integrity(&fx.repo.get("globex", &c2.id).await.unwrap_err()));
+        // A flipped bit in a stored value.
+        let flip = "UPDATE media_objects SET sha256_enc = $2 WHERE id = $1";
+        let mut sealed: Vec<u8> =
+            with_pool!(&fx.db, |pool| sqlx::query_scalar("SELECT sha256_enc FROM media_objects WHERE id = $1")
+                .bind(&other_tenant.id)
+                .fetch_one(pool)
+                .await)
+            .unwrap();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        with_pool!(&fx.db, |pool| sqlx::query(flip)
+            .bind(&other_tenant.id)
+            .bind(&sealed)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+        .unwrap();
+        assert!(is_integrity(&fx.repo.get("globex", &other_tenant.id).await.unwrap_err()));
+    }
+}
+
+#[tokio::test]
+async fn a_wrapped_dek_copied_to_another_tenant_is_refused_on_unwrap() {
+    for fx in fixtures(KeySettings::default()).await {
+        let a = new_media("acme", b"a");
+        let b = new_media("globex", b"b");
+        fx.repo.insert(&a).await.unwrap();
+        fx.repo.insert(&b).await.unwrap();
+        let steal = "UPDATE tenant_keys SET wrapped_key = (SELECT wrapped_key FROM tenant_keys WHERE tenant_id = 'acme' \
+                     AND purpose = 'dek' AND version = 1) WHERE tenant_id = 'globex' AND purpose = 'dek' AND version = 1";
+        with_pool!(&fx.db, |pool| sqlx::query(steal).execute(pool).await.map(|_| ())).unwrap();
+        let (_, cold) = fx.reopen(KeySettings::default());
+        let err = cold.get("globex", &b.id).await.unwrap_err();
+        assert!(matches!(err, DbError::Crypto(CryptoError::KeyMismatch)), "{}: {err}", fx.db.backend());
+    }
+}
+
+#[tokio::test]
+async fn no_known_value_appears_in_a_plain_dump_of_the_tables() {
+    for fx in fixtures(KeySettings::default()).await {
+        let media = new_media("acme", b"content");
+        fx.repo.insert(&media).await.unwrap();
+        let dump_sql = "SELECT * FROM media_objects";
+        let keys_sql = "SELECT * FROM tenant_keys";
+        let mut dump = Vec::new();
+        match &fx.db {
+            Database::Postgres(pool) => {
+                for sql in [dump_sql, keys_sql] {
+                    let text: Vec<String> = sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM ({sql}) t"))
+                        .fetch_all(pool)
+                        .await
+                        .unwrap();
+                    dump.extend(text.join("\n").into_bytes());
+                }
+            }
+            Database::Sqlite(pool) => {
+                use sqlx::{Column, Row, ValueRef};
+                for sql in [dump_sql, keys_sql] {
+                    for row in sqlx::query(sql).fetch_all(pool).await.unwrap() {
+                        for column in row.columns() {
+                            let raw = row.try_get_raw(column.ordinal()).unwrap();
+                            if raw.is_null() {
+                                continue;
+                            }
+                            if let Ok(bytes) = row.try_get::<Vec<u8>, _>(column.ordinal()) {
+                                dump.extend(bytes);
+                            } else if let Ok(text) = row.try_get::<String, _>(column.ordinal()) {
+                                dump.extend(text.into_bytes());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let dump_text = String::from_utf8_lossy(&dump).to_lowercase();
+        let sha = media.sha256.unwrap();
+        for secret in [
+            "secret-holiday-filename",
+            "uploader-subject-7f3a",
+            "client-user-hint-91",
+            &media.storage_key,
+            "metadata-value-x100",
+            &hex::encode(sha),
+        ] {
+            assert!(!dump_text.contains(&secret.to_lowercase()), "{}: {secret} found in the dump", fx.db.backend());
+        }
+        assert!(!dump.windows(32).any(|w| w == sha), "{}: raw sha256 found", fx.db.backend());
+        assert!(dump_text.contains("image/png"), "the dump did read the rows");
+    }
+}
+
+#[tokio::test]
+async fn dedup_is_per_tenant_through_the_blind_index() {
+    for fx in fixtures(KeySettings::default()).await {
+        let first = new_media("acme", b"same bytes");
+        let second = new_media("acme", b"same bytes");
+        let elsewhere = new_media("globex", b"same bytes");
+        assert_eq!(fx.repo.insert(&first).await.unwrap(), InsertOutcome::Inserted);
+        assert_eq!(fx.repo.insert(&second).await.unwrap(), InsertOutcome::Duplicate(first.id.clone()));
+        assert_eq!(fx.repo.insert(&elsewhere).await.unwrap(), InsertOutcome::Inserted, "{}", fx.db.backend());
+        assert!(fx.repo.get("acme", &second.id).await.unwrap().is_none(), "the duplicate row was not stored");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_first_writes_create_one_key_per_purpose() {
+    for fx in fixtures(KeySettings::default()).await {
+        let tenant = format!("new-{}", random_hex(4));
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (keys, _) = fx.reopen(KeySettings::default());
+            let tenant = tenant.clone();
+            tasks.push(tokio::spawn(async move { keys.current(&tenant, KeyPurpose::Dek).await.map(|k| *k.bytes()) }));
+        }
+        let mut seen = Vec::new();
+        for task in tasks {
+            seen.push(task.await.unwrap().unwrap());
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{}: writers got different keys", fx.db.backend());
+        let rows: i64 =
+            with_pool!(&fx.db, |pool| sqlx::query_scalar("SELECT COUNT(*) FROM tenant_keys WHERE tenant_id = $1")
+                .bind(&tenant)
+                .fetch_one(pool)
+                .await)
+            .unwrap();
+        assert_eq!(rows, 1, "{}", fx.db.backend());
+    }
+}
+
+#[tokio::test]
+async fn passing_the_encryption_budget_rolls_a_new_dek_and_old_rows_stay_readable() {
+    let settings = KeySettings { encryption_budget: 10, ..KeySettings::default() };
+    for fx in fixtures(settings).await {
+        let mut inserted = Vec::new();
+        for i in 0..4u8 {
+            let media = new_media("acme", &[i]);
+            fx.repo.insert(&media).await.unwrap();
+            inserted.push(media);
+        }
+        let versions: Vec<u32> = {
+            let mut v = Vec::new();
+            for media in &inserted {
+                v.push(fx.repo.get("acme", &media.id).await.unwrap().unwrap().dek_version);
+            }
+            v
+        };
+        // Each row seals 6 values: the budget of 10 is passed by the second row.
+        assert_eq!(versions, vec![1, 1, 2, 2], "{}", fx.db.backend());
+    }
+}
