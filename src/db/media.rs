@@ -143,6 +143,9 @@ const INSERT: &str = "INSERT INTO media_objects (tenant_id, id, status, mime, si
      filename_enc, uploader_enc, user_hint_enc, storage_key_enc, sha256_enc, metadata_enc, created_at, updated_at, \
      retention_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)";
 const SELECT_BY_MAC: &str = "SELECT id FROM media_objects WHERE tenant_id = $1 AND content_mac = $2";
+const REENCRYPT: &str = "UPDATE media_objects SET dek_version = $4, filename_enc = $5, uploader_enc = $6, \
+     user_hint_enc = $7, storage_key_enc = $8, sha256_enc = $9, metadata_enc = $10, updated_at = $11 \
+     WHERE tenant_id = $1 AND id = $2 AND dek_version = $3";
 const DELETE: &str = "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2";
 
 /// Encrypted access to `media_objects`.
@@ -152,24 +155,122 @@ pub struct MediaRepo {
     keys: Arc<TenantKeys>,
 }
 
-/// Seals the optional columns of one row under one cipher, counting encryptions.
-struct Sealer<'a> {
+/// The sensitive columns of a row in the clear.
+#[derive(Debug, Clone, PartialEq)]
+struct PlainColumns {
+    filename: Option<String>,
+    uploader: String,
+    user_hint: Option<String>,
+    storage_key: String,
+    sha256: Option<[u8; 32]>,
+    metadata: Option<serde_json::Value>,
+}
+
+/// The same columns sealed under one DEK version.
+#[derive(Debug, Clone)]
+struct SealedColumns {
+    filename: Option<Vec<u8>>,
+    uploader: Vec<u8>,
+    user_hint: Option<Vec<u8>>,
+    storage_key: Vec<u8>,
+    sha256: Option<Vec<u8>>,
+    metadata: Option<Vec<u8>>,
+}
+
+impl SealedColumns {
+    /// How many values were sealed (each one is an encryption under the DEK).
+    fn count(&self) -> u64 {
+        2 + [&self.filename, &self.user_hint, &self.sha256, &self.metadata].iter().filter(|c| c.is_some()).count()
+            as u64
+    }
+}
+
+/// Seals and opens the columns of one row (tenant and id are part of every value's AAD).
+struct RowCipher<'a> {
     cipher: FieldCipher,
     tenant: &'a str,
     id: &'a str,
-    count: u64,
 }
 
-impl Sealer<'_> {
-    fn seal(&mut self, column: &str, plaintext: &[u8]) -> Vec<u8> {
-        self.count += 1;
-        let context = FieldContext { tenant: self.tenant, table: TABLE, column, row_id: self.id };
-        self.cipher.seal(&context, plaintext)
+impl RowCipher<'_> {
+    fn context<'c>(&'c self, column: &'c str) -> FieldContext<'c> {
+        FieldContext { tenant: self.tenant, table: TABLE, column, row_id: self.id }
     }
 
-    fn seal_opt(&mut self, column: &str, plaintext: Option<&[u8]>) -> Option<Vec<u8>> {
-        plaintext.map(|p| self.seal(column, p))
+    fn seal(&self, column: &str, plaintext: &[u8]) -> Vec<u8> {
+        self.cipher.seal(&self.context(column), plaintext)
     }
+
+    fn open(&self, column: &str, sealed: &[u8]) -> Result<Vec<u8>, DbError> {
+        if sealed_version(sealed)? != self.cipher.version() {
+            return Err(CryptoError::Integrity.into());
+        }
+        Ok(self.cipher.open(&self.context(column), sealed)?.to_vec())
+    }
+
+    fn open_text(&self, column: &str, sealed: &[u8]) -> Result<String, DbError> {
+        String::from_utf8(self.open(column, sealed)?).map_err(|_| CryptoError::Integrity.into())
+    }
+
+    fn seal_all(&self, plain: &PlainColumns) -> SealedColumns {
+        SealedColumns {
+            filename: plain.filename.as_ref().map(|v| self.seal("filename", v.as_bytes())),
+            uploader: self.seal("uploader", plain.uploader.as_bytes()),
+            user_hint: plain.user_hint.as_ref().map(|v| self.seal("user_hint", v.as_bytes())),
+            storage_key: self.seal("storage_key", plain.storage_key.as_bytes()),
+            sha256: plain.sha256.as_ref().map(|v| self.seal("sha256", v)),
+            metadata: plain.metadata.as_ref().map(|v| self.seal("metadata", v.to_string().as_bytes())),
+        }
+    }
+
+    fn open_all(&self, sealed: &SealedColumns) -> Result<PlainColumns, DbError> {
+        let sha256 = match &sealed.sha256 {
+            Some(s) => Some(<[u8; 32]>::try_from(self.open("sha256", s)?).map_err(|_| CryptoError::Integrity)?),
+            None => None,
+        };
+        let metadata = match &sealed.metadata {
+            Some(s) => Some(serde_json::from_slice(&self.open("metadata", s)?).map_err(|_| CryptoError::Integrity)?),
+            None => None,
+        };
+        Ok(PlainColumns {
+            filename: sealed.filename.as_deref().map(|s| self.open_text("filename", s)).transpose()?,
+            uploader: self.open_text("uploader", &sealed.uploader)?,
+            user_hint: sealed.user_hint.as_deref().map(|s| self.open_text("user_hint", s)).transpose()?,
+            storage_key: self.open_text("storage_key", &sealed.storage_key)?,
+            sha256,
+            metadata,
+        })
+    }
+}
+
+impl MediaRow {
+    fn sealed(&self) -> SealedColumns {
+        SealedColumns {
+            filename: self.filename_enc.clone(),
+            uploader: self.uploader_enc.clone(),
+            user_hint: self.user_hint_enc.clone(),
+            storage_key: self.storage_key_enc.clone(),
+            sha256: self.sha256_enc.clone(),
+            metadata: self.metadata_enc.clone(),
+        }
+    }
+
+    fn version(&self) -> Result<u32, DbError> {
+        u32::try_from(self.dek_version).map_err(|_| CryptoError::Integrity.into())
+    }
+}
+
+/// What one re-encryption batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReencryptBatch {
+    /// Rows read in this batch (0 means the tenant is done).
+    pub scanned: u64,
+    /// Rows moved to the target version.
+    pub reencrypted: u64,
+    /// Rows changed by someone else meanwhile (compare-and-set lost); the next pass sees them again.
+    pub skipped: u64,
+    /// The last id of the batch (keyset pagination cursor).
+    pub last_id: Option<String>,
 }
 
 impl MediaRepo {
@@ -193,14 +294,15 @@ impl MediaRepo {
             None => None,
         };
         let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
-        let mut sealer = Sealer { cipher: FieldCipher::new(&dek), tenant, id: &media.id, count: 0 };
-        let metadata = media.metadata.as_ref().map(|m| m.to_string().into_bytes());
-        let filename = sealer.seal_opt("filename", media.filename.as_deref().map(str::as_bytes));
-        let uploader = sealer.seal("uploader", media.uploader.as_bytes());
-        let user_hint = sealer.seal_opt("user_hint", media.user_hint.as_deref().map(str::as_bytes));
-        let storage_key = sealer.seal("storage_key", media.storage_key.as_bytes());
-        let sha256 = sealer.seal_opt("sha256", media.sha256.as_ref().map(|s| s.as_slice()));
-        let metadata = sealer.seal_opt("metadata", metadata.as_deref());
+        let row_cipher = RowCipher { cipher: FieldCipher::new(&dek), tenant, id: &media.id };
+        let sealed = row_cipher.seal_all(&PlainColumns {
+            filename: media.filename.clone(),
+            uploader: media.uploader.clone(),
+            user_hint: media.user_hint.clone(),
+            storage_key: media.storage_key.clone(),
+            sha256: media.sha256,
+            metadata: media.metadata.clone(),
+        });
         let now = Utc::now();
         let result = with_pool!(&self.db, |pool| sqlx::query(INSERT)
             .bind(tenant)
@@ -210,18 +312,18 @@ impl MediaRepo {
             .bind(media.size as i64)
             .bind(dek.version as i32)
             .bind(mac.as_ref().map(|m| m.as_slice()))
-            .bind(&filename)
-            .bind(&uploader)
-            .bind(&user_hint)
-            .bind(&storage_key)
-            .bind(&sha256)
-            .bind(&metadata)
+            .bind(&sealed.filename)
+            .bind(&sealed.uploader)
+            .bind(&sealed.user_hint)
+            .bind(&sealed.storage_key)
+            .bind(&sealed.sha256)
+            .bind(&sealed.metadata)
             .bind(now)
             .bind(media.retention_until)
             .execute(pool)
             .await
             .map(|_| ()));
-        self.keys.record_encryptions(tenant, dek.version, sealer.count).await?;
+        self.keys.record_encryptions(tenant, dek.version, sealed.count()).await?;
         match result {
             Ok(()) => Ok(InsertOutcome::Inserted),
             Err(sqlx::Error::Database(err)) if err.is_unique_violation() => match mac {
@@ -267,36 +369,17 @@ impl MediaRepo {
     }
 
     async fn open_row(&self, row: MediaRow) -> Result<Media, DbError> {
-        let version = u32::try_from(row.dek_version).map_err(|_| CryptoError::Integrity)?;
+        let version = row.version()?;
         let dek = self.keys.version(&row.tenant_id, KeyPurpose::Dek, version).await?;
-        let cipher = FieldCipher::new(&dek);
-        let open = |column: &str, sealed: &[u8]| -> Result<Vec<u8>, DbError> {
-            if sealed_version(sealed)? != version {
-                return Err(CryptoError::Integrity.into());
-            }
-            let context = FieldContext { tenant: &row.tenant_id, table: TABLE, column, row_id: &row.id };
-            Ok(cipher.open(&context, sealed)?.to_vec())
-        };
-        let text = |column: &str, sealed: &[u8]| -> Result<String, DbError> {
-            String::from_utf8(open(column, sealed)?).map_err(|_| CryptoError::Integrity.into())
-        };
-        let sha256 = match &row.sha256_enc {
-            Some(sealed) => Some(<[u8; 32]>::try_from(open("sha256", sealed)?).map_err(|_| CryptoError::Integrity)?),
-            None => None,
-        };
-        let metadata = match &row.metadata_enc {
-            Some(sealed) => {
-                Some(serde_json::from_slice(&open("metadata", sealed)?).map_err(|_| CryptoError::Integrity)?)
-            }
-            None => None,
-        };
+        let plain = RowCipher { cipher: FieldCipher::new(&dek), tenant: &row.tenant_id, id: &row.id }
+            .open_all(&row.sealed())?;
         Ok(Media {
-            filename: row.filename_enc.as_deref().map(|s| text("filename", s)).transpose()?,
-            uploader: text("uploader", &row.uploader_enc)?,
-            user_hint: row.user_hint_enc.as_deref().map(|s| text("user_hint", s)).transpose()?,
-            storage_key: text("storage_key", &row.storage_key_enc)?,
-            sha256,
-            metadata,
+            filename: plain.filename,
+            uploader: plain.uploader,
+            user_hint: plain.user_hint,
+            storage_key: plain.storage_key,
+            sha256: plain.sha256,
+            metadata: plain.metadata,
             status: MediaStatus::parse(&row.status)?,
             size: u64::try_from(row.size_bytes).map_err(|_| CryptoError::Integrity)?,
             dek_version: version,
@@ -306,5 +389,72 @@ impl MediaRepo {
             id: row.id,
             tenant_id: row.tenant_id,
         })
+    }
+
+    /// Re-encrypts up to `limit` rows of `tenant` not yet on `target` (ids after `after`, in id
+    /// order) in one transaction. Each row is opened with its own version, sealed under `target`,
+    /// the new values are opened again to verify them, and the row is updated only if it is still on
+    /// the version it was read with (compare-and-set), so concurrent writers never lose an update.
+    pub async fn reencrypt_batch(
+        &self,
+        tenant: &str,
+        target: u32,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<ReencryptBatch, DbError> {
+        let new_key = self.keys.version(tenant, KeyPurpose::Dek, target).await?;
+        let select = format!(
+            "SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND dek_version <> $2 AND id > $3 \
+             ORDER BY id LIMIT $4"
+        );
+        let rows: Vec<MediaRow> = with_pool!(&self.db, |pool| sqlx::query_as(&select)
+            .bind(tenant)
+            .bind(target as i32)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?;
+        let mut batch = ReencryptBatch { scanned: rows.len() as u64, ..ReencryptBatch::default() };
+        batch.last_id = rows.last().map(|r| r.id.clone());
+        let mut updates = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let old_version = row.version()?;
+            let old_key = self.keys.version(tenant, KeyPurpose::Dek, old_version).await?;
+            let plain =
+                RowCipher { cipher: FieldCipher::new(&old_key), tenant, id: &row.id }.open_all(&row.sealed())?;
+            let new_cipher = RowCipher { cipher: FieldCipher::new(&new_key), tenant, id: &row.id };
+            let sealed = new_cipher.seal_all(&plain);
+            if new_cipher.open_all(&sealed)? != plain {
+                return Err(CryptoError::Integrity.into());
+            }
+            updates.push((row.id.clone(), old_version, sealed));
+        }
+        let encryptions: u64 = updates.iter().map(|(_, _, sealed)| sealed.count()).sum();
+        batch.reencrypted = with_pool!(&self.db, |pool| {
+            let mut tx = pool.begin().await?;
+            let mut changed = 0u64;
+            for (id, old_version, sealed) in &updates {
+                changed += sqlx::query(REENCRYPT)
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(*old_version as i32)
+                    .bind(target as i32)
+                    .bind(&sealed.filename)
+                    .bind(&sealed.uploader)
+                    .bind(&sealed.user_hint)
+                    .bind(&sealed.storage_key)
+                    .bind(&sealed.sha256)
+                    .bind(&sealed.metadata)
+                    .bind(Utc::now())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(changed)
+        })?;
+        batch.skipped = updates.len() as u64 - batch.reencrypted;
+        self.keys.record_encryptions(tenant, target, encryptions).await?;
+        Ok(batch)
     }
 }
