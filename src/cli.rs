@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::admin;
 use crate::config::Config;
+use crate::telemetry::LogTarget;
 
 /// Exit status for a refused configuration.
 pub const EXIT_CONFIG: u8 = 2;
@@ -29,6 +30,8 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate(admin::migrate::Opts),
+    /// Rotate keys online: re-wrap under the primary master key, re-encrypt rows under new DEKs.
+    RotateKeys(admin::rotate_keys::Opts),
     /// Master-key utilities (`keys generate`).
     Keys(admin::keys::Opts),
     /// Probe a running service's /healthz (for container health checks; exits 0 when healthy).
@@ -64,10 +67,15 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::telemetry::init(config.log_format, &config.log_level);
+    let target = match cli.command {
+        None | Some(Command::Serve) => LogTarget::Stdout,
+        Some(_) => LogTarget::Stderr,
+    };
+    crate::telemetry::init(config.log_format, &config.log_level, target);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => admin::serve::run(config).await,
         Command::Migrate(opts) => admin::migrate::run(&config, &opts).await,
+        Command::RotateKeys(opts) => admin::rotate_keys::run(&config, &opts).await,
         Command::Healthcheck(_) | Command::Keys(_) => unreachable!("handled before configuration is read"),
     };
     match result {

@@ -4,10 +4,23 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output (the service).
+    Stdout,
+    /// Standard error (admin commands, whose results go to standard output).
+    Stderr,
+}
+
 /// Installs the global subscriber once; later calls (tests building several apps) do nothing.
-pub fn init(format: LogFormat, level: &str) {
+pub fn init(format: LogFormat, level: &str, target: LogTarget) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let writer = match target {
+        LogTarget::Stdout => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
+        LogTarget::Stderr => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Pretty => builder.try_init(),

@@ -4,4 +4,5 @@
 pub mod healthcheck;
 pub mod keys;
 pub mod migrate;
+pub mod rotate_keys;
 pub mod serve;

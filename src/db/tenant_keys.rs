@@ -41,6 +41,26 @@ impl Default for KeySettings {
 
 type SlotKey = (String, KeyPurpose, u32);
 
+/// One `tenant_keys` row, without key material (for status output).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyRow {
+    /// Tenant.
+    pub tenant_id: String,
+    /// `dek` or `index`.
+    pub purpose: String,
+    /// Version.
+    pub version: u32,
+    /// Master key wrapping it.
+    pub kek_id: String,
+    /// `active`, `retired` or `destroyed`.
+    pub state: String,
+    /// Encryptions counted under it.
+    pub encryptions: i64,
+}
+
+/// Key rows re-wrapped per transaction.
+const REWRAP_BATCH: usize = 500;
+
 /// Unwrapped tenant keys, backed by the `tenant_keys` table.
 pub struct TenantKeys {
     db: Database,
@@ -63,6 +83,22 @@ const SELECT_WRAPPED: &str = "SELECT kek_id, wrapped_key, state FROM tenant_keys
      WHERE tenant_id = $1 AND purpose = $2 AND version = $3";
 const INSERT_KEY: &str = "INSERT INTO tenant_keys (tenant_id, purpose, version, kek_id, wrapped_key, state) \
      VALUES ($1, $2, $3, $4, $5, 'active') ON CONFLICT DO NOTHING";
+const SELECT_TENANTS: &str = "SELECT DISTINCT tenant_id FROM tenant_keys ORDER BY tenant_id";
+const SELECT_KEY_ROWS: &str = "SELECT tenant_id, purpose, version, kek_id, state, encryptions FROM tenant_keys \
+     WHERE $1 IS NULL OR tenant_id = $1 ORDER BY tenant_id, purpose, version";
+const SELECT_ROWS_PER_VERSION: &str = "SELECT dek_version, COUNT(*) FROM media_objects WHERE tenant_id = $1 \
+     GROUP BY dek_version ORDER BY dek_version";
+const SELECT_NOT_UNDER: &str = "SELECT tenant_id, purpose, version, kek_id, wrapped_key FROM tenant_keys \
+     WHERE kek_id <> $1 AND wrapped_key IS NOT NULL AND ($2 IS NULL OR tenant_id = $2) \
+     ORDER BY tenant_id, purpose, version";
+const REWRAP: &str = "UPDATE tenant_keys SET kek_id = $5, wrapped_key = $6 \
+     WHERE tenant_id = $1 AND purpose = $2 AND version = $3 AND kek_id = $4";
+const RETIRE_UNUSED: &str = "UPDATE tenant_keys SET state = 'retired' \
+     WHERE tenant_id = $1 AND purpose = 'dek' AND state = 'active' AND version < $2 \
+     AND NOT EXISTS (SELECT 1 FROM media_objects m WHERE m.tenant_id = tenant_keys.tenant_id \
+     AND m.dek_version = tenant_keys.version) RETURNING version";
+const SELECT_KEKS: &str = "SELECT kek_id, COUNT(*) FROM tenant_keys WHERE wrapped_key IS NOT NULL \
+     GROUP BY kek_id ORDER BY kek_id";
 const COUNT_ENCRYPTIONS: &str = "UPDATE tenant_keys SET encryptions = encryptions + $4 \
      WHERE tenant_id = $1 AND purpose = $2 AND version = $3 RETURNING encryptions";
 
@@ -161,6 +197,97 @@ impl TenantKeys {
     pub fn forget_tenant(&self, tenant: &str) {
         self.keys.write().unwrap_or_else(PoisonError::into_inner).retain(|(t, _, _), _| t != tenant);
         self.current.write().unwrap_or_else(PoisonError::into_inner).retain(|(t, _), _| t != tenant);
+    }
+
+    /// Every tenant that has keys, in order.
+    pub async fn tenants(&self) -> Result<Vec<String>, DbError> {
+        Ok(with_pool!(&self.db, |pool| sqlx::query_scalar(SELECT_TENANTS).fetch_all(pool).await)?)
+    }
+
+    /// The key rows of `tenant` (all tenants when `None`), without key material.
+    pub async fn key_rows(&self, tenant: Option<&str>) -> Result<Vec<KeyRow>, DbError> {
+        let rows: Vec<(String, String, i32, String, String, i64)> =
+            with_pool!(&self.db, |pool| sqlx::query_as(SELECT_KEY_ROWS).bind(tenant).fetch_all(pool).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(tenant_id, purpose, version, kek_id, state, encryptions)| KeyRow {
+                tenant_id,
+                purpose,
+                version: version as u32,
+                kek_id,
+                state,
+                encryptions,
+            })
+            .collect())
+    }
+
+    /// Media rows of `tenant` per DEK version.
+    pub async fn rows_per_version(&self, tenant: &str) -> Result<Vec<(u32, i64)>, DbError> {
+        let rows: Vec<(i32, i64)> =
+            with_pool!(&self.db, |pool| sqlx::query_as(SELECT_ROWS_PER_VERSION).bind(tenant).fetch_all(pool).await)?;
+        Ok(rows.into_iter().map(|(v, n)| (v as u32, n)).collect())
+    }
+
+    /// Re-wraps every key of `tenant` (every tenant when `None`) that is not under the primary KEK.
+    /// Each update is a compare-and-set on the old KEK id, so concurrent runs cannot clobber each
+    /// other. Returns how many keys were re-wrapped.
+    pub async fn rewrap_to_primary(&self, tenant: Option<&str>) -> Result<u64, DbError> {
+        let primary = self.keyring.primary_id().to_owned();
+        let rows: Vec<(String, String, i32, String, Vec<u8>)> =
+            with_pool!(&self.db, |pool| sqlx::query_as(SELECT_NOT_UNDER)
+                .bind(&primary)
+                .bind(tenant)
+                .fetch_all(pool)
+                .await)?;
+        let mut rewrapped = 0;
+        for chunk in rows.chunks(REWRAP_BATCH) {
+            let mut updates = Vec::with_capacity(chunk.len());
+            for (tenant_id, purpose, version, kek_id, token) in chunk {
+                let purpose = match purpose.as_str() {
+                    "dek" => KeyPurpose::Dek,
+                    _ => KeyPurpose::Index,
+                };
+                let token = String::from_utf8(token.clone()).map_err(|_| CryptoError::Integrity)?;
+                let slot = KeySlot { tenant: tenant_id, purpose, version: *version as u32 };
+                let wrapped = envelope::rewrap(&self.keyring, slot, &WrappedKey { kek_id: kek_id.clone(), token })?;
+                updates.push((tenant_id, purpose.as_str(), *version, kek_id, wrapped));
+            }
+            rewrapped += with_pool!(&self.db, |pool| {
+                let mut tx = pool.begin().await?;
+                let mut changed = 0u64;
+                for (tenant_id, purpose, version, old_kek, wrapped) in &updates {
+                    changed += sqlx::query(REWRAP)
+                        .bind(*tenant_id)
+                        .bind(*purpose)
+                        .bind(*version)
+                        .bind(*old_kek)
+                        .bind(&wrapped.kek_id)
+                        .bind(wrapped.token.as_bytes())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                Ok::<u64, sqlx::Error>(changed)
+            })?;
+        }
+        Ok(rewrapped)
+    }
+
+    /// Retires the tenant's DEK versions below `keep` that no row uses any more (the check and the
+    /// update are one statement). Returns the versions retired.
+    pub async fn retire_unused(&self, tenant: &str, keep: u32) -> Result<Vec<u32>, DbError> {
+        let retired: Vec<i32> = with_pool!(&self.db, |pool| sqlx::query_scalar(RETIRE_UNUSED)
+            .bind(tenant)
+            .bind(keep as i32)
+            .fetch_all(pool)
+            .await)?;
+        Ok(retired.into_iter().map(|v| v as u32).collect())
+    }
+
+    /// Key rows per KEK id (destroyed keys excluded): which master keys are still needed.
+    pub async fn keks_in_use(&self) -> Result<Vec<(String, i64)>, DbError> {
+        Ok(with_pool!(&self.db, |pool| sqlx::query_as(SELECT_KEKS).fetch_all(pool).await)?)
     }
 
     async fn current_version(&self, tenant: &str, purpose: KeyPurpose) -> Result<Option<u32>, DbError> {

@@ -117,7 +117,11 @@ pub async fn spawn_app_with(stack: Stack, overrides: &[(&str, &str)]) -> TestApp
     static LOGS: Once = Once::new();
     LOGS.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            media_api::telemetry::init(media_api::config::LogFormat::Pretty, "debug");
+            media_api::telemetry::init(
+                media_api::config::LogFormat::Pretty,
+                "debug",
+                media_api::telemetry::LogTarget::Stderr,
+            );
         }
     });
     let dir = tempfile::tempdir().expect("temp dir");

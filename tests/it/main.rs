@@ -11,5 +11,6 @@ mod helpers;
 mod jwks;
 mod migrations;
 mod repository;
+mod rotation;
 mod shutdown;
 mod storage_contract;

@@ -16,22 +16,32 @@ use sha2::{Digest, Sha256};
 
 use crate::helpers::{fresh_postgres_url, random_hex};
 
-struct Fixture {
-    db: Database,
-    keyring: Arc<Keyring>,
-    repo: MediaRepo,
+pub struct Fixture {
+    pub db: Database,
+    pub db_url: String,
+    pub keyring: Arc<Keyring>,
+    /// The fixture keyring's one key (its id is `k1`).
+    pub key_text: String,
+    pub repo: MediaRepo,
     _dir: tempfile::TempDir,
 }
 
 impl Fixture {
     /// A fresh repository view over the same database (cold key cache), e.g. after tampering.
-    fn reopen(&self, settings: KeySettings) -> (Arc<TenantKeys>, MediaRepo) {
-        let keys = Arc::new(TenantKeys::new(self.db.clone(), self.keyring.clone(), settings));
+    pub fn reopen(&self, settings: KeySettings) -> (Arc<TenantKeys>, MediaRepo) {
+        self.with_keyring(self.keyring.clone(), settings)
+    }
+
+    /// A fresh view with another keyring (KEK rotation).
+    pub fn with_keyring(&self, keyring: Arc<Keyring>, settings: KeySettings) -> (Arc<TenantKeys>, MediaRepo) {
+        let keys = Arc::new(TenantKeys::new(self.db.clone(), keyring, settings));
         (keys.clone(), MediaRepo::new(self.db.clone(), keys))
     }
 }
 
-async fn fixtures(settings: KeySettings) -> Vec<Fixture> {
+/// One fixture on a fresh PostgreSQL database and one on a fresh SQLite file, each with its own
+/// single-key keyring.
+pub async fn fixtures(settings: KeySettings) -> Vec<Fixture> {
     let mut out = Vec::new();
     for postgres in [true, false] {
         let dir = tempfile::tempdir().unwrap();
@@ -41,22 +51,23 @@ async fn fixtures(settings: KeySettings) -> Vec<Fixture> {
             format!("sqlite://{}", dir.path().join("media.db").display())
         };
         let config = DatabaseConfig {
-            url: SecretString::from(url),
+            url: SecretString::from(url.clone()),
             max_connections: 8,
             acquire_timeout: std::time::Duration::from_secs(10),
             migrate_on_start: true,
         };
         let db = Database::connect(&config).await.unwrap();
         db.migrate().await.unwrap();
-        let keyring = Arc::new(Keyring::parse_env(&format!("k1:{}", Keyring::generate_key())).unwrap());
+        let key_text = Keyring::generate_key();
+        let keyring = Arc::new(Keyring::parse_env(&format!("k1:{key_text}")).unwrap());
         let keys = Arc::new(TenantKeys::new(db.clone(), keyring.clone(), settings));
         let repo = MediaRepo::new(db.clone(), keys.clone());
-        out.push(Fixture { db, keyring, repo, _dir: dir });
+        out.push(Fixture { db, db_url: url, keyring, key_text, repo, _dir: dir });
     }
     out
 }
 
-fn new_media(tenant: &str, content: &[u8]) -> NewMedia {
+pub fn new_media(tenant: &str, content: &[u8]) -> NewMedia {
     NewMedia {
         id: format!("jan_{}", random_hex(13)),
         tenant_id: tenant.into(),
