@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::crypto::envelope::KeyPurpose;
 use crate::crypto::keyring::Keyring;
+use crate::db::audit::{self, AuditEvent, SYSTEM_CHAIN};
 use crate::db::media::MediaRepo;
 use crate::db::tenant_keys::{KeySettings, TenantKeys};
 use crate::db::{Database, DbError};
@@ -165,6 +166,17 @@ pub async fn rotate(keys: &TenantKeys, repo: &MediaRepo, opts: &Opts) -> Result<
         summary.plan = plan(keys, &tenants).await?;
     } else {
         summary.keys_rewrapped = rewrap(keys, opts).await?;
+        if summary.keys_rewrapped > 0 {
+            let details = serde_json::json!({ "keys": summary.keys_rewrapped, "to_kek": summary.primary_kek });
+            let event = AuditEvent {
+                tenant: SYSTEM_CHAIN,
+                kind: "keys.rewrapped",
+                actor: Some("admin"),
+                subject: None,
+                details,
+            };
+            audit::append(keys.db(), &event).await?;
+        }
         if !opts.rewrap_only {
             let total: i64 = count_rows(keys, &tenants).await?;
             let mut progress = Progress::new(total.max(0) as u64);
@@ -244,7 +256,11 @@ async fn reencrypt_tenant(
         }
     }
     summary.rows_pending += pending;
-    for version in keys.retire_unused(tenant, target).await? {
+    let retired = keys.retire_unused(tenant, target).await?;
+    let details = serde_json::json!({ "to_version": target, "rows_pending": pending, "retired_versions": retired });
+    audit::append(keys.db(), &AuditEvent { tenant, kind: "key.rotated", actor: Some("admin"), subject: None, details })
+        .await?;
+    for version in retired {
         summary.versions_retired.push(Retired { tenant: tenant.to_owned(), version });
     }
     Ok(())

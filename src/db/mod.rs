@@ -17,6 +17,7 @@ use sqlx::ConnectOptions;
 
 use crate::config::DatabaseConfig;
 
+pub mod audit;
 pub mod media;
 pub mod tenant_keys;
 
@@ -56,6 +57,9 @@ pub enum DbError {
         /// The version.
         version: u32,
     },
+    /// Too many processes appended to one audit chain at once.
+    #[error("audit log: too many concurrent appends to one chain; try again")]
+    AuditContention,
     /// Preparing the SQLite file's directory failed.
     #[error("cannot create the database directory {path}: {source}")]
     Directory {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::crypto::envelope::{self, DataKey, KeyPurpose, KeySlot, WrappedKey};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::CryptoError;
+use crate::db::audit::{self, AuditEvent};
 use crate::db::{Database, DbError};
 use crate::with_pool;
 
@@ -106,6 +107,11 @@ impl TenantKeys {
     /// A key store over `db`, unwrapping with `keyring`.
     pub fn new(db: Database, keyring: Arc<Keyring>, settings: KeySettings) -> Self {
         Self { db, keyring, settings, keys: RwLock::default(), current: RwLock::default() }
+    }
+
+    /// The database the keys live in.
+    pub fn db(&self) -> &Database {
+        &self.db
     }
 
     /// The keyring (for rewrapping).
@@ -314,6 +320,10 @@ impl TenantKeys {
             .map(|r| r.rows_affected()))?;
         if inserted == 1 {
             tracing::info!(tenant, purpose = purpose.as_str(), version, kek = %wrapped.kek_id, "created tenant key");
+            let details =
+                serde_json::json!({ "purpose": purpose.as_str(), "version": version, "kek_id": wrapped.kek_id });
+            let event = AuditEvent { tenant, kind: "key.created", actor: Some("system"), subject: None, details };
+            audit::append(&self.db, &event).await?;
         }
         Ok(version)
     }
