@@ -17,6 +17,8 @@ use crate::config::{Config, StorageConfig};
 use crate::crypto::dev_keys::{self, DevKeyError};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::CryptoError;
+use crate::db::media::MediaRepo;
+use crate::db::tenant_keys::{KeySettings, TenantKeys};
 use crate::db::{Database, DbError};
 use crate::storage::links::{LinkKey, LinkSigner};
 use crate::storage::{self, BlobStore, StorageError};
@@ -37,6 +39,10 @@ pub struct AppState {
     pub links: Option<Arc<LinkSigner>>,
     /// Master keys (KEKs) that wrap the tenant keys.
     pub keyring: Arc<Keyring>,
+    /// Tenant keys (wrapped in the database, cached unwrapped).
+    pub keys: Arc<TenantKeys>,
+    /// Encrypted media rows.
+    pub media: MediaRepo,
 }
 
 /// Why the service could not start.
@@ -86,14 +92,11 @@ impl Application {
             let report = db.migrate().await?;
             tracing::info!(applied = report.newly_applied, already = report.already_applied, "database migrations");
         }
-        let public_base = public_base(&config, local);
-        let links = match &config.storage {
-            StorageConfig::Filesystem(fs) => Some(Arc::new(LinkSigner::new(link_key(&config, fs)?, public_base))),
-            StorageConfig::S3(_) => None,
-        };
-        let blobs = storage::from_config(&config.storage, links.clone()).await?;
+        let (blobs, links) = open_storage(&config, public_base(&config, local)).await?;
         log_where_data_lives(&config, &db, &keyring, local);
-        let state = AppState { config: Arc::new(config), db, blobs, links, keyring };
+        let keys = Arc::new(TenantKeys::new(db.clone(), keyring.clone(), key_settings(&config)));
+        let media = MediaRepo::new(db.clone(), keys.clone());
+        let state = AppState { config: Arc::new(config), db, blobs, links, keyring, keys, media };
         Ok(Self { listener, port: local.port(), state })
     }
 
@@ -141,6 +144,29 @@ impl Application {
         db.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Opens the configured blob store; for the filesystem backend also the signer of its links (served
+/// under `public_base`). Admin commands pass any base: they never sign links.
+pub async fn open_storage(
+    config: &Config,
+    public_base: Url,
+) -> Result<(Arc<dyn BlobStore>, Option<Arc<LinkSigner>>), StartupError> {
+    let links = match &config.storage {
+        StorageConfig::Filesystem(fs) => Some(Arc::new(LinkSigner::new(link_key(config, fs)?, public_base))),
+        StorageConfig::S3(_) => None,
+    };
+    let blobs = storage::from_config(&config.storage, links.clone()).await?;
+    Ok((blobs, links))
+}
+
+/// Key cache and budget settings from the configuration.
+pub fn key_settings(config: &Config) -> KeySettings {
+    KeySettings {
+        key_ttl: config.key_cache_ttl,
+        encryption_budget: config.dek_encryption_budget,
+        ..KeySettings::default()
     }
 }
 

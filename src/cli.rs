@@ -32,6 +32,8 @@ pub enum Command {
     Migrate(admin::migrate::Opts),
     /// Rotate keys online: re-wrap under the primary master key, re-encrypt rows under new DEKs.
     RotateKeys(admin::rotate_keys::Opts),
+    /// Tenant administration (`tenant shred <tenant> --yes`).
+    Tenant(admin::tenant::Opts),
     /// Audit log tools (`audit verify`).
     Audit(admin::audit::Opts),
     /// Master-key utilities (`keys generate`).
@@ -79,6 +81,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Migrate(opts) => admin::migrate::run(&config, &opts).await,
         Command::RotateKeys(opts) => admin::rotate_keys::run(&config, &opts).await,
         Command::Audit(opts) => admin::audit::run(&config, &opts).await,
+        Command::Tenant(opts) => admin::tenant::run(&config, &opts).await,
         Command::Healthcheck(_) | Command::Keys(_) => unreachable!("handled before configuration is read"),
     };
     match result {

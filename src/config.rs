@@ -185,6 +185,11 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Key-encryption keyring source.
     pub keyring: KeyringSource,
+    /// Encryptions under one DEK version before a new one is rolled (`MEDIA_DEK_ENCRYPTION_BUDGET`,
+    /// default 2^31, at most 2^32).
+    pub dek_encryption_budget: u64,
+    /// How long unwrapped tenant keys stay in memory (`MEDIA_KEY_CACHE_TTL`, default 5m).
+    pub key_cache_ttl: Duration,
     /// How long in-flight requests may run after a stop signal (`SHUTDOWN_TIMEOUT`, default 30s).
     pub shutdown_timeout: Duration,
     /// Log format (`MEDIA_LOG_FORMAT`, default json).
@@ -227,6 +232,8 @@ impl Config {
             remote_fetch_timeout: env.duration("MEDIA_REMOTE_FETCH_TIMEOUT")?.unwrap_or(Duration::from_secs(15)),
             auth: auth_config(&env)?,
             keyring: keyring_source(&env),
+            dek_encryption_budget: env.parse("MEDIA_DEK_ENCRYPTION_BUDGET", "a whole number")?.unwrap_or(1 << 31),
+            key_cache_ttl: env.duration("MEDIA_KEY_CACHE_TTL")?.unwrap_or(Duration::from_secs(300)),
             shutdown_timeout: env.duration("SHUTDOWN_TIMEOUT")?.unwrap_or(Duration::from_secs(30)),
             log_format: match env.get("MEDIA_LOG_FORMAT").as_deref() {
                 None | Some("json") => LogFormat::Json,
@@ -249,6 +256,12 @@ impl Config {
     fn validate(&self, env: &Env<'_>) -> Result<(), ConfigError> {
         if self.max_bytes == 0 {
             return Err(ConfigError::new("MEDIA_MAX_BYTES", "must be greater than 0"));
+        }
+        if self.dek_encryption_budget == 0 || self.dek_encryption_budget > 1 << 32 {
+            return Err(ConfigError::new(
+                "MEDIA_DEK_ENCRYPTION_BUDGET",
+                "must be between 1 and 2^32 (the random-nonce limit of AES-GCM)",
+            ));
         }
         if self.presign_max_ttl > PRESIGN_HARD_MAX_TTL {
             return Err(ConfigError::new("MEDIA_PRESIGN_MAX_TTL", "must be at most 7 days (the S3 limit)"));

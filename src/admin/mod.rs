@@ -7,3 +7,4 @@ pub mod keys;
 pub mod migrate;
 pub mod rotate_keys;
 pub mod serve;
+pub mod tenant;

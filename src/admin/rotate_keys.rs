@@ -25,7 +25,7 @@ use crate::crypto::envelope::KeyPurpose;
 use crate::crypto::keyring::Keyring;
 use crate::db::audit::{self, AuditEvent, SYSTEM_CHAIN};
 use crate::db::media::MediaRepo;
-use crate::db::tenant_keys::{KeySettings, TenantKeys};
+use crate::db::tenant_keys::TenantKeys;
 use crate::db::{Database, DbError};
 
 /// Passes over a tenant's rows before giving up on rows written concurrently with old keys.
@@ -102,7 +102,7 @@ pub struct Summary {
 pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
     let keyring = Arc::new(Keyring::load(&config.keyring, &config.keys_dir).context("cannot load the keyring")?);
     let db = Database::connect(&config.database).await.context("cannot open the database")?;
-    let keys = Arc::new(TenantKeys::new(db.clone(), keyring, KeySettings::default()));
+    let keys = Arc::new(TenantKeys::new(db.clone(), keyring, crate::app::key_settings(config)));
     let repo = MediaRepo::new(db.clone(), keys.clone());
     let summary = rotate(&keys, &repo, opts).await.context("rotation failed (a re-run resumes it)")?;
     println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -146,6 +146,8 @@ const SELECT_BY_MAC: &str = "SELECT id FROM media_objects WHERE tenant_id = $1 A
 const REENCRYPT: &str = "UPDATE media_objects SET dek_version = $4, filename_enc = $5, uploader_enc = $6, \
      user_hint_enc = $7, storage_key_enc = $8, sha256_enc = $9, metadata_enc = $10, updated_at = $11 \
      WHERE tenant_id = $1 AND id = $2 AND dek_version = $3";
+const SELECT_STORAGE_KEYS: &str = "SELECT id, dek_version, storage_key_enc FROM media_objects \
+     WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3";
 const DELETE: &str = "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2";
 
 /// Encrypted access to `media_objects`.
@@ -366,6 +368,36 @@ impl MediaRepo {
             .await
             .map(|r| r.rows_affected()))?;
         Ok(deleted == 1)
+    }
+
+    /// Up to `limit` of the tenant's rows after `after` (id order) with their decrypted storage keys,
+    /// or the error that kept a storage key from being read.
+    pub async fn storage_keys(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Result<String, DbError>)>, DbError> {
+        let rows: Vec<(String, i32, Vec<u8>)> = with_pool!(&self.db, |pool| sqlx::query_as(SELECT_STORAGE_KEYS)
+            .bind(tenant)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, version, sealed) in rows {
+            let key = match u32::try_from(version) {
+                Ok(version) => match self.keys.version(tenant, KeyPurpose::Dek, version).await {
+                    Ok(dek) => {
+                        RowCipher { cipher: FieldCipher::new(&dek), tenant, id: &id }.open_text("storage_key", &sealed)
+                    }
+                    Err(err) => Err(err),
+                },
+                Err(_) => Err(CryptoError::Integrity.into()),
+            };
+            out.push((id, key));
+        }
+        Ok(out)
     }
 
     async fn open_row(&self, row: MediaRow) -> Result<Media, DbError> {

@@ -100,6 +100,8 @@ const RETIRE_UNUSED: &str = "UPDATE tenant_keys SET state = 'retired' \
      AND m.dek_version = tenant_keys.version) RETURNING version";
 const SELECT_KEKS: &str = "SELECT kek_id, COUNT(*) FROM tenant_keys WHERE wrapped_key IS NOT NULL \
      GROUP BY kek_id ORDER BY kek_id";
+const DESTROY: &str = "UPDATE tenant_keys SET state = 'destroyed', wrapped_key = NULL \
+     WHERE tenant_id = $1 AND wrapped_key IS NOT NULL";
 const COUNT_ENCRYPTIONS: &str = "UPDATE tenant_keys SET encryptions = encryptions + $4 \
      WHERE tenant_id = $1 AND purpose = $2 AND version = $3 RETURNING encryptions";
 
@@ -133,7 +135,8 @@ impl TenantKeys {
             None => {
                 let version = match self.current_version(tenant, purpose).await? {
                     Some(version) => version,
-                    None => self.create_version(tenant, purpose, 1).await?,
+                    // First write, or first write after the tenant was shredded.
+                    None => self.next_version(tenant, purpose).await?,
                 };
                 self.current
                     .write()
@@ -188,15 +191,20 @@ impl TenantKeys {
     /// Creates the next version of a tenant's key and makes it current; returns its version.
     /// Concurrent rolls create one version (the loser of the insert uses the winner's).
     pub async fn roll(&self, tenant: &str, purpose: KeyPurpose) -> Result<u32, DbError> {
+        let version = self.next_version(tenant, purpose).await?;
+        self.current.write().unwrap_or_else(PoisonError::into_inner).remove(&(tenant.to_owned(), purpose));
+        Ok(version)
+    }
+
+    /// Creates version max+1 (or 1) unless a concurrent writer just did; returns it.
+    async fn next_version(&self, tenant: &str, purpose: KeyPurpose) -> Result<u32, DbError> {
         let max: Option<i32> = with_pool!(&self.db, |pool| sqlx::query_scalar(SELECT_MAX_VERSION)
             .bind(tenant)
             .bind(purpose.as_str())
             .fetch_one(pool)
             .await)?;
         let next = max.map_or(1, |v| v as u32 + 1);
-        let version = self.create_version(tenant, purpose, next).await?;
-        self.current.write().unwrap_or_else(PoisonError::into_inner).remove(&(tenant.to_owned(), purpose));
-        Ok(version)
+        self.create_version(tenant, purpose, next).await
     }
 
     /// Forgets every cached key of `tenant` (after shredding, or when a test wants a cold cache).
@@ -289,6 +297,18 @@ impl TenantKeys {
             .fetch_all(pool)
             .await)?;
         Ok(retired.into_iter().map(|v| v as u32).collect())
+    }
+
+    /// Destroys every key of `tenant`: the wrapped material is deleted, the rows stay as a record.
+    /// Returns how many keys were destroyed.
+    pub async fn destroy_tenant(&self, tenant: &str) -> Result<u64, DbError> {
+        let destroyed = with_pool!(&self.db, |pool| sqlx::query(DESTROY)
+            .bind(tenant)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        self.forget_tenant(tenant);
+        Ok(destroyed)
     }
 
     /// Key rows per KEK id (destroyed keys excluded): which master keys are still needed.

@@ -13,5 +13,6 @@ mod jwks;
 mod migrations;
 mod repository;
 mod rotation;
+mod shred;
 mod shutdown;
 mod storage_contract;
