@@ -36,7 +36,7 @@ pub enum Command {
     Tenant(admin::tenant::Opts),
     /// Audit log tools (`audit verify`).
     Audit(admin::audit::Opts),
-    /// Master-key utilities (`keys generate`).
+    /// Master-key utilities and inventory (`keys generate`, `keys status`).
     Keys(admin::keys::Opts),
     /// Probe a running service's /healthz (for container health checks; exits 0 when healthy).
     Healthcheck(admin::healthcheck::Opts),
@@ -58,8 +58,8 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     match &cli.command {
         Some(Command::Healthcheck(opts)) => return admin::healthcheck::run(opts).await,
-        Some(Command::Keys(opts)) => {
-            admin::keys::run(opts);
+        Some(Command::Keys(opts)) if !opts.needs_config() => {
+            admin::keys::generate();
             return ExitCode::SUCCESS;
         }
         _ => {}
@@ -82,7 +82,8 @@ async fn run(cli: Cli) -> ExitCode {
         Command::RotateKeys(opts) => admin::rotate_keys::run(&config, &opts).await,
         Command::Audit(opts) => admin::audit::run(&config, &opts).await,
         Command::Tenant(opts) => admin::tenant::run(&config, &opts).await,
-        Command::Healthcheck(_) | Command::Keys(_) => unreachable!("handled before configuration is read"),
+        Command::Keys(opts) => admin::keys::run(&config, &opts).await,
+        Command::Healthcheck(_) => unreachable!("handled before configuration is read"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

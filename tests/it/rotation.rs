@@ -63,6 +63,15 @@ async fn ten_thousand_rows_over_three_tenants_move_to_a_new_dek_and_the_old_one_
         assert_eq!(summary.keks_safe_to_remove, Vec::<String>::new());
         let (_, cold) = fx.reopen(KeySettings::default());
         assert_all_readable(&cold, &ids, Some(2)).await;
+        let status = media_api::admin::keys::status(&keys, Some("acme")).await.unwrap();
+        let deks: Vec<(u32, &str, Option<i64>)> = status
+            .keys
+            .iter()
+            .filter(|k| k.key.purpose == "dek")
+            .map(|k| (k.key.version, k.key.state.as_str(), k.rows))
+            .collect();
+        assert_eq!(deks, vec![(1, "retired", Some(0)), (2, "active", Some(3334))], "{}", fx.db.backend());
+        assert_eq!(status.keks_in_use.get("k1"), Some(&9), "two DEK versions and an index key per tenant");
         let states = key_states(&fx).await;
         for tenant in TENANTS {
             let dek: Vec<_> =
