@@ -14,7 +14,8 @@ CREATE TABLE tenant_keys (
     PRIMARY KEY (tenant_id, purpose, version),
     CHECK ((state = 'destroyed') = (wrapped_key IS NULL))
 );
-CREATE INDEX tenant_keys_by_kek ON tenant_keys (kek_id);
+-- Also covers the compare-and-set of a re-wrap exactly (kek_id plus the primary key).
+CREATE INDEX tenant_keys_by_kek ON tenant_keys (kek_id, tenant_id, purpose, version);
 
 CREATE TABLE media_objects (
     tenant_id        TEXT    NOT NULL,
@@ -37,7 +38,7 @@ CREATE TABLE media_objects (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX media_objects_id ON media_objects (id);
 CREATE UNIQUE INDEX media_objects_dedup ON media_objects (tenant_id, content_mac) WHERE content_mac IS NOT NULL;
-CREATE INDEX media_objects_dek_version ON media_objects (tenant_id, dek_version);
+CREATE INDEX media_objects_dek_version ON media_objects (tenant_id, dek_version, id);
 CREATE INDEX media_objects_retention ON media_objects (retention_until) WHERE retention_until IS NOT NULL;
 CREATE INDEX media_objects_pending ON media_objects (created_at) WHERE status = 'pending';
 
