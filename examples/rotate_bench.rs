@@ -3,9 +3,9 @@
 //!
 //! 1. Inserts `ROWS` media rows (one tenant) through the encrypted repository.
 //! 2. `rotate()` with batch size 500 re-encrypts them under a new DEK.
-//! 3. Raw baseline on the same rows: updates them the way rotation writes — batches of 500, one
-//!    transaction per batch, one compare-and-set `UPDATE` per row with bytea values of the same sizes
-//!    — but with no reading, decrypting or encrypting.
+//! 3. Raw baseline on the same rows: the same compare-and-set `UPDATE … FROM UNNEST` rotation writes
+//!    with, one per batch of 500, with the stored bytes as values — no reading, decrypting or
+//!    encrypting.
 //! 4. Inserts wrapped keys for `TENANTS` tenants (a DEK and an index key each) and times
 //!    `rewrap_to_primary` after a new primary KEK is added.
 //!
@@ -95,29 +95,39 @@ async fn main() -> anyhow::Result<()> {
     let rotate_seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(summary.rows_reencrypted as usize == rows, "rotation moved {} rows", summary.rows_reencrypted);
 
-    // Raw baseline on the same rows: the same batched per-row compare-and-set UPDATEs with values of
-    // the same sizes (copies of what is stored), no reading of rows, no crypto.
-    let stored: Vec<(String, Vec<u8>, Vec<u8>)> =
-        sqlx::query_as("SELECT id, filename_enc, storage_key_enc FROM media_objects ORDER BY id")
-            .fetch_all(&pool)
-            .await?;
+    // Raw baseline on the same rows: the statement rotation writes with (one compare-and-set
+    // `UPDATE … FROM UNNEST` per batch of 500, the version moving 2 → 3 so indexes change as in a
+    // rotation), with the stored bytes as values: no reading of rows, no crypto.
+    let stored: Vec<(String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, filename_enc, uploader_enc, user_hint_enc, storage_key_enc, sha256_enc FROM media_objects ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await?;
     let started = Instant::now();
     for chunk in stored.chunks(BATCH) {
-        let mut tx = pool.begin().await?;
-        for (id, filename, storage_key) in chunk {
-            sqlx::query(
-                "UPDATE media_objects SET dek_version = 2, filename_enc = $3, uploader_enc = $4, user_hint_enc = $4, \
-                 storage_key_enc = $4, sha256_enc = $4, metadata_enc = NULL, updated_at = now() \
-                 WHERE tenant_id = $1 AND id = $2 AND dek_version = 2",
-            )
-            .bind("bench")
-            .bind(id)
-            .bind(filename)
-            .bind(storage_key)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        let column = |f: fn(&(String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)) -> Vec<u8>| {
+            chunk.iter().map(|r| Some(f(r))).collect::<Vec<Option<Vec<u8>>>>()
+        };
+        sqlx::query(
+            "UPDATE media_objects AS m SET dek_version = $2, filename_enc = u.filename, uploader_enc = u.uploader, \
+             user_hint_enc = u.user_hint, storage_key_enc = u.storage_key, sha256_enc = u.sha256, \
+             metadata_enc = u.metadata, updated_at = now() \
+             FROM UNNEST($3::text[], $4::int4[], $5::bytea[], $6::bytea[], $7::bytea[], $8::bytea[], $9::bytea[], \
+             $10::bytea[]) AS u(id, old_version, filename, uploader, user_hint, storage_key, sha256, metadata) \
+             WHERE m.tenant_id = $1 AND m.id = u.id AND m.dek_version = u.old_version",
+        )
+        .bind("bench")
+        .bind(3i32)
+        .bind(chunk.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+        .bind(vec![2i32; chunk.len()])
+        .bind(column(|r| r.1.clone()))
+        .bind(column(|r| r.2.clone()))
+        .bind(column(|r| r.3.clone()))
+        .bind(column(|r| r.4.clone()))
+        .bind(column(|r| r.5.clone()))
+        .bind(vec![None::<Vec<u8>>; chunk.len()])
+        .execute(&pool)
+        .await?;
     }
     let raw_seconds = started.elapsed().as_secs_f64();
     let raw_rate = rows as f64 / raw_seconds;

@@ -148,6 +148,12 @@ const REENCRYPT: &str = "UPDATE media_objects SET dek_version = $4, filename_enc
      WHERE tenant_id = $1 AND id = $2 AND dek_version = $3";
 const SELECT_STORAGE_KEYS: &str = "SELECT id, dek_version, storage_key_enc FROM media_objects \
      WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3";
+const REENCRYPT_PG: &str = "UPDATE media_objects AS m SET dek_version = $2, filename_enc = u.filename, \
+     uploader_enc = u.uploader, user_hint_enc = u.user_hint, storage_key_enc = u.storage_key, sha256_enc = u.sha256, \
+     metadata_enc = u.metadata, updated_at = $11 \
+     FROM UNNEST($3::text[], $4::int4[], $5::bytea[], $6::bytea[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[]) \
+     AS u(id, old_version, filename, uploader, user_hint, storage_key, sha256, metadata) \
+     WHERE m.tenant_id = $1 AND m.id = u.id AND m.dek_version = u.old_version";
 const DELETE: &str = "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2";
 
 /// Encrypted access to `media_objects`.
@@ -400,6 +406,62 @@ impl MediaRepo {
         Ok(out)
     }
 
+    /// Writes a batch of re-encrypted rows, each only if still on the version it was read with. On
+    /// Postgres one `UPDATE … FROM UNNEST(…)` statement (one round trip per batch); on SQLite one
+    /// statement per row in one transaction (no network round trips there).
+    async fn write_reencrypted(
+        &self,
+        tenant: &str,
+        target: u32,
+        updates: &[(String, u32, SealedColumns)],
+    ) -> Result<u64, DbError> {
+        let now = Utc::now();
+        match &self.db {
+            Database::Postgres(pool) => {
+                let column =
+                    |f: fn(&SealedColumns) -> Option<Vec<u8>>| updates.iter().map(|(_, _, s)| f(s)).collect::<Vec<_>>();
+                let result = sqlx::query(REENCRYPT_PG)
+                    .bind(tenant)
+                    .bind(target as i32)
+                    .bind(updates.iter().map(|(id, _, _)| id.as_str()).collect::<Vec<_>>())
+                    .bind(updates.iter().map(|(_, v, _)| *v as i32).collect::<Vec<_>>())
+                    .bind(column(|s| s.filename.clone()))
+                    .bind(column(|s| Some(s.uploader.clone())))
+                    .bind(column(|s| s.user_hint.clone()))
+                    .bind(column(|s| Some(s.storage_key.clone())))
+                    .bind(column(|s| s.sha256.clone()))
+                    .bind(column(|s| s.metadata.clone()))
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
+                Ok(result.rows_affected())
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut changed = 0u64;
+                for (id, old_version, sealed) in updates {
+                    changed += sqlx::query(REENCRYPT)
+                        .bind(tenant)
+                        .bind(id)
+                        .bind(*old_version as i32)
+                        .bind(target as i32)
+                        .bind(&sealed.filename)
+                        .bind(&sealed.uploader)
+                        .bind(&sealed.user_hint)
+                        .bind(&sealed.storage_key)
+                        .bind(&sealed.sha256)
+                        .bind(&sealed.metadata)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(changed)
+            }
+        }
+    }
+
     async fn open_row(&self, row: MediaRow) -> Result<Media, DbError> {
         let version = row.version()?;
         let dek = self.keys.version(&row.tenant_id, KeyPurpose::Dek, version).await?;
@@ -462,29 +524,7 @@ impl MediaRepo {
             updates.push((row.id.clone(), old_version, sealed));
         }
         let encryptions: u64 = updates.iter().map(|(_, _, sealed)| sealed.count()).sum();
-        batch.reencrypted = with_pool!(&self.db, |pool| {
-            let mut tx = pool.begin().await?;
-            let mut changed = 0u64;
-            for (id, old_version, sealed) in &updates {
-                changed += sqlx::query(REENCRYPT)
-                    .bind(tenant)
-                    .bind(id)
-                    .bind(*old_version as i32)
-                    .bind(target as i32)
-                    .bind(&sealed.filename)
-                    .bind(&sealed.uploader)
-                    .bind(&sealed.user_hint)
-                    .bind(&sealed.storage_key)
-                    .bind(&sealed.sha256)
-                    .bind(&sealed.metadata)
-                    .bind(Utc::now())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            }
-            tx.commit().await?;
-            Ok::<u64, sqlx::Error>(changed)
-        })?;
+        batch.reencrypted = self.write_reencrypted(tenant, target, &updates).await?;
         batch.skipped = updates.len() as u64 - batch.reencrypted;
         self.keys.record_encryptions(tenant, target, encryptions).await?;
         Ok(batch)

@@ -80,6 +80,8 @@ impl std::fmt::Debug for TenantKeys {
 const SELECT_CURRENT: &str = "SELECT version FROM tenant_keys \
      WHERE tenant_id = $1 AND purpose = $2 AND state = 'active' ORDER BY version DESC LIMIT 1";
 const SELECT_MAX_VERSION: &str = "SELECT MAX(version) FROM tenant_keys WHERE tenant_id = $1 AND purpose = $2";
+const SELECT_MAX_DESTROYED: &str =
+    "SELECT MAX(version) FROM tenant_keys WHERE tenant_id = $1 AND purpose = $2 AND state = 'destroyed'";
 const SELECT_WRAPPED: &str = "SELECT kek_id, wrapped_key, state FROM tenant_keys \
      WHERE tenant_id = $1 AND purpose = $2 AND version = $3";
 const INSERT_KEY: &str = "INSERT INTO tenant_keys (tenant_id, purpose, version, kek_id, wrapped_key, state) \
@@ -94,6 +96,10 @@ const SELECT_NOT_UNDER: &str = "SELECT tenant_id, purpose, version, kek_id, wrap
      ORDER BY tenant_id, purpose, version";
 const REWRAP: &str = "UPDATE tenant_keys SET kek_id = $5, wrapped_key = $6 \
      WHERE tenant_id = $1 AND purpose = $2 AND version = $3 AND kek_id = $4";
+const REWRAP_PG: &str = "UPDATE tenant_keys AS t SET kek_id = $1, wrapped_key = u.wrapped \
+     FROM UNNEST($2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[]) \
+     AS u(tenant_id, purpose, version, old_kek, wrapped) \
+     WHERE t.tenant_id = u.tenant_id AND t.purpose = u.purpose AND t.version = u.version AND t.kek_id = u.old_kek";
 const RETIRE_UNUSED: &str = "UPDATE tenant_keys SET state = 'retired' \
      WHERE tenant_id = $1 AND purpose = 'dek' AND state = 'active' AND version < $2 \
      AND NOT EXISTS (SELECT 1 FROM media_objects m WHERE m.tenant_id = tenant_keys.tenant_id \
@@ -135,8 +141,7 @@ impl TenantKeys {
             None => {
                 let version = match self.current_version(tenant, purpose).await? {
                     Some(version) => version,
-                    // First write, or first write after the tenant was shredded.
-                    None => self.next_version(tenant, purpose).await?,
+                    None => self.first_version(tenant, purpose).await?,
                 };
                 self.current
                     .write()
@@ -194,6 +199,18 @@ impl TenantKeys {
         let version = self.next_version(tenant, purpose).await?;
         self.current.write().unwrap_or_else(PoisonError::into_inner).remove(&(tenant.to_owned(), purpose));
         Ok(version)
+    }
+
+    /// Creates the first live version: 1, or after a shred the one above the destroyed ones. Every
+    /// concurrent first writer computes the same number, so they conflict on the primary key and
+    /// share one key.
+    async fn first_version(&self, tenant: &str, purpose: KeyPurpose) -> Result<u32, DbError> {
+        let destroyed: Option<i32> = with_pool!(&self.db, |pool| sqlx::query_scalar(SELECT_MAX_DESTROYED)
+            .bind(tenant)
+            .bind(purpose.as_str())
+            .fetch_one(pool)
+            .await)?;
+        self.create_version(tenant, purpose, destroyed.map_or(1, |v| v as u32 + 1)).await
     }
 
     /// Creates version max+1 (or 1) unless a concurrent writer just did; returns it.
@@ -266,15 +283,39 @@ impl TenantKeys {
                 let wrapped = envelope::rewrap(&self.keyring, slot, &WrappedKey { kek_id: kek_id.clone(), token })?;
                 updates.push((tenant_id, purpose.as_str(), *version, kek_id, wrapped));
             }
-            rewrapped += with_pool!(&self.db, |pool| {
+            rewrapped += self.write_rewrapped(&updates).await?;
+        }
+        Ok(rewrapped)
+    }
+
+    /// Stores re-wrapped keys, each only if still under the KEK it was read with: on Postgres one
+    /// `UPDATE … FROM UNNEST(…)` per batch, on SQLite one statement per key in one transaction.
+    async fn write_rewrapped(
+        &self,
+        updates: &[(&String, &'static str, i32, &String, WrappedKey)],
+    ) -> Result<u64, DbError> {
+        match &self.db {
+            Database::Postgres(pool) => {
+                let result = sqlx::query(REWRAP_PG)
+                    .bind(&self.keyring.primary_id())
+                    .bind(updates.iter().map(|u| u.0.as_str()).collect::<Vec<_>>())
+                    .bind(updates.iter().map(|u| u.1).collect::<Vec<_>>())
+                    .bind(updates.iter().map(|u| u.2).collect::<Vec<_>>())
+                    .bind(updates.iter().map(|u| u.3.as_str()).collect::<Vec<_>>())
+                    .bind(updates.iter().map(|u| u.4.token.as_bytes().to_vec()).collect::<Vec<_>>())
+                    .execute(pool)
+                    .await?;
+                Ok(result.rows_affected())
+            }
+            Database::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
                 let mut changed = 0u64;
-                for (tenant_id, purpose, version, old_kek, wrapped) in &updates {
+                for (tenant_id, purpose, version, old_kek, wrapped) in updates {
                     changed += sqlx::query(REWRAP)
-                        .bind(*tenant_id)
+                        .bind(tenant_id.as_str())
                         .bind(*purpose)
                         .bind(*version)
-                        .bind(*old_kek)
+                        .bind(old_kek.as_str())
                         .bind(&wrapped.kek_id)
                         .bind(wrapped.token.as_bytes())
                         .execute(&mut *tx)
@@ -282,10 +323,9 @@ impl TenantKeys {
                         .rows_affected();
                 }
                 tx.commit().await?;
-                Ok::<u64, sqlx::Error>(changed)
-            })?;
+                Ok(changed)
+            }
         }
-        Ok(rewrapped)
     }
 
     /// Retires the tenant's DEK versions below `keep` that no row uses any more (the check and the
