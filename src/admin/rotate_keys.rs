@@ -240,15 +240,18 @@ async fn reencrypt_tenant(
         if pass > 0 {
             tokio::time::sleep(PASS_PAUSE).await;
         }
-        let mut after: Option<String> = None;
-        loop {
-            let batch = repo.reencrypt_batch(tenant, target, after.as_deref(), batch_size).await?;
-            if batch.scanned == 0 {
-                break;
-            }
-            summary.rows_reencrypted += batch.reencrypted;
-            progress.advance(tenant, batch.reencrypted);
-            after = batch.last_id;
+        // Pipelined: batch k is written while batch k+1 is read and re-sealed (different rows).
+        let mut prepared = repo.prepare_reencrypt(tenant, target, None, batch_size).await?;
+        while !prepared.is_empty() {
+            let after = prepared.last_id().map(str::to_owned);
+            let (written, next) = tokio::join!(
+                repo.write_reencrypted(tenant, target, prepared),
+                repo.prepare_reencrypt(tenant, target, after.as_deref(), batch_size)
+            );
+            let written = written?;
+            summary.rows_reencrypted += written.reencrypted;
+            progress.advance(tenant, written.reencrypted);
+            prepared = next?;
         }
         pending = keys.rows_per_version(tenant).await?.iter().filter(|(v, _)| *v != target).map(|(_, n)| n).sum();
         if pending == 0 {

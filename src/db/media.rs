@@ -8,6 +8,7 @@
 //! (code `data_integrity`), never a wrong value. Every read is by `(tenant_id, id)`; there is no read
 //! by id alone. Dedup goes through the blind index: `content_mac` is unique per tenant.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -195,7 +196,7 @@ impl SealedColumns {
 
 /// Seals and opens the columns of one row (tenant and id are part of every value's AAD).
 struct RowCipher<'a> {
-    cipher: FieldCipher,
+    cipher: &'a FieldCipher,
     tenant: &'a str,
     id: &'a str,
 }
@@ -268,6 +269,30 @@ impl MediaRow {
     }
 }
 
+/// Rows read and re-sealed under a new DEK version, not yet written.
+#[derive(Debug)]
+pub struct PreparedBatch {
+    last_id: Option<String>,
+    updates: Vec<(String, u32, SealedColumns)>,
+}
+
+impl PreparedBatch {
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.updates.len()
+    }
+
+    /// Whether the batch is empty (the tenant has no rows left after the cursor).
+    pub fn is_empty(&self) -> bool {
+        self.updates.is_empty()
+    }
+
+    /// The keyset cursor for the next batch.
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
+}
+
 /// What one re-encryption batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReencryptBatch {
@@ -302,7 +327,8 @@ impl MediaRepo {
             None => None,
         };
         let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
-        let row_cipher = RowCipher { cipher: FieldCipher::new(&dek), tenant, id: &media.id };
+        let cipher = FieldCipher::new(&dek);
+        let row_cipher = RowCipher { cipher: &cipher, tenant, id: &media.id };
         let sealed = row_cipher.seal_all(&PlainColumns {
             filename: media.filename.clone(),
             uploader: media.uploader.clone(),
@@ -395,7 +421,7 @@ impl MediaRepo {
             let key = match u32::try_from(version) {
                 Ok(version) => match self.keys.version(tenant, KeyPurpose::Dek, version).await {
                     Ok(dek) => {
-                        RowCipher { cipher: FieldCipher::new(&dek), tenant, id: &id }.open_text("storage_key", &sealed)
+                        RowCipher { cipher: &FieldCipher::new(&dek), tenant, id: &id }.open_text("storage_key", &sealed)
                     }
                     Err(err) => Err(err),
                 },
@@ -409,7 +435,7 @@ impl MediaRepo {
     /// Writes a batch of re-encrypted rows, each only if still on the version it was read with. On
     /// Postgres one `UPDATE … FROM UNNEST(…)` statement (one round trip per batch); on SQLite one
     /// statement per row in one transaction (no network round trips there).
-    async fn write_reencrypted(
+    async fn write_rows(
         &self,
         tenant: &str,
         target: u32,
@@ -465,7 +491,7 @@ impl MediaRepo {
     async fn open_row(&self, row: MediaRow) -> Result<Media, DbError> {
         let version = row.version()?;
         let dek = self.keys.version(&row.tenant_id, KeyPurpose::Dek, version).await?;
-        let plain = RowCipher { cipher: FieldCipher::new(&dek), tenant: &row.tenant_id, id: &row.id }
+        let plain = RowCipher { cipher: &FieldCipher::new(&dek), tenant: &row.tenant_id, id: &row.id }
             .open_all(&row.sealed())?;
         Ok(Media {
             filename: plain.filename,
@@ -485,18 +511,17 @@ impl MediaRepo {
         })
     }
 
-    /// Re-encrypts up to `limit` rows of `tenant` not yet on `target` (ids after `after`, in id
-    /// order) in one transaction. Each row is opened with its own version, sealed under `target`,
-    /// the new values are opened again to verify them, and the row is updated only if it is still on
-    /// the version it was read with (compare-and-set), so concurrent writers never lose an update.
-    pub async fn reencrypt_batch(
+    /// Reads up to `limit` rows of `tenant` not yet on `target` (ids after `after`, in id order) and
+    /// re-seals them: each row is opened with its own version, sealed under `target`, and the new
+    /// values are opened again to verify them. Nothing is written yet ([`Self::write_reencrypted`]).
+    pub async fn prepare_reencrypt(
         &self,
         tenant: &str,
         target: u32,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<ReencryptBatch, DbError> {
-        let new_key = self.keys.version(tenant, KeyPurpose::Dek, target).await?;
+    ) -> Result<PreparedBatch, DbError> {
+        let new_cipher = FieldCipher::new(&*self.keys.version(tenant, KeyPurpose::Dek, target).await?);
         let select = format!(
             "SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND dek_version <> $2 AND id > $3 \
              ORDER BY id LIMIT $4"
@@ -508,25 +533,41 @@ impl MediaRepo {
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await)?;
-        let mut batch = ReencryptBatch { scanned: rows.len() as u64, ..ReencryptBatch::default() };
-        batch.last_id = rows.last().map(|r| r.id.clone());
+        let mut old_ciphers: HashMap<u32, FieldCipher> = HashMap::new();
         let mut updates = Vec::with_capacity(rows.len());
         for row in &rows {
             let old_version = row.version()?;
-            let old_key = self.keys.version(tenant, KeyPurpose::Dek, old_version).await?;
+            if !old_ciphers.contains_key(&old_version) {
+                let key = self.keys.version(tenant, KeyPurpose::Dek, old_version).await?;
+                old_ciphers.insert(old_version, FieldCipher::new(&key));
+            }
             let plain =
-                RowCipher { cipher: FieldCipher::new(&old_key), tenant, id: &row.id }.open_all(&row.sealed())?;
-            let new_cipher = RowCipher { cipher: FieldCipher::new(&new_key), tenant, id: &row.id };
-            let sealed = new_cipher.seal_all(&plain);
-            if new_cipher.open_all(&sealed)? != plain {
+                RowCipher { cipher: &old_ciphers[&old_version], tenant, id: &row.id }.open_all(&row.sealed())?;
+            let resealer = RowCipher { cipher: &new_cipher, tenant, id: &row.id };
+            let sealed = resealer.seal_all(&plain);
+            if resealer.open_all(&sealed)? != plain {
                 return Err(CryptoError::Integrity.into());
             }
             updates.push((row.id.clone(), old_version, sealed));
         }
-        let encryptions: u64 = updates.iter().map(|(_, _, sealed)| sealed.count()).sum();
-        batch.reencrypted = self.write_reencrypted(tenant, target, &updates).await?;
-        batch.skipped = updates.len() as u64 - batch.reencrypted;
+        Ok(PreparedBatch { last_id: rows.last().map(|r| r.id.clone()), updates })
+    }
+
+    /// Writes a prepared batch (compare-and-set per row) and counts its encryptions.
+    pub async fn write_reencrypted(
+        &self,
+        tenant: &str,
+        target: u32,
+        batch: PreparedBatch,
+    ) -> Result<ReencryptBatch, DbError> {
+        let encryptions: u64 = batch.updates.iter().map(|(_, _, sealed)| sealed.count()).sum();
+        let reencrypted = self.write_rows(tenant, target, &batch.updates).await?;
         self.keys.record_encryptions(tenant, target, encryptions).await?;
-        Ok(batch)
+        Ok(ReencryptBatch {
+            scanned: batch.updates.len() as u64,
+            reencrypted,
+            skipped: batch.updates.len() as u64 - reencrypted,
+            last_id: batch.last_id,
+        })
     }
 }
