@@ -8,6 +8,7 @@
 //! (code `data_integrity`), never a wrong value. Every read is by `(tenant_id, id)`; there is no read
 //! by id alone. Dedup goes through the blind index: `content_mac` is unique per tenant.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -537,9 +538,8 @@ impl MediaRepo {
         let mut updates = Vec::with_capacity(rows.len());
         for row in &rows {
             let old_version = row.version()?;
-            if !old_ciphers.contains_key(&old_version) {
-                let key = self.keys.version(tenant, KeyPurpose::Dek, old_version).await?;
-                old_ciphers.insert(old_version, FieldCipher::new(&key));
+            if let Entry::Vacant(slot) = old_ciphers.entry(old_version) {
+                slot.insert(FieldCipher::new(&*self.keys.version(tenant, KeyPurpose::Dek, old_version).await?));
             }
             let plain =
                 RowCipher { cipher: &old_ciphers[&old_version], tenant, id: &row.id }.open_all(&row.sealed())?;

@@ -297,7 +297,7 @@ impl TenantKeys {
         match &self.db {
             Database::Postgres(pool) => {
                 let result = sqlx::query(REWRAP_PG)
-                    .bind(&self.keyring.primary_id())
+                    .bind(self.keyring.primary_id())
                     .bind(updates.iter().map(|u| u.0.as_str()).collect::<Vec<_>>())
                     .bind(updates.iter().map(|u| u.1).collect::<Vec<_>>())
                     .bind(updates.iter().map(|u| u.2).collect::<Vec<_>>())
