@@ -29,6 +29,9 @@ use sqlx::Connection;
 
 const BATCH: usize = 500;
 
+/// id and the five sealed columns the baseline writes back.
+type StoredRow = (String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+
 fn hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut buf);
@@ -98,16 +101,14 @@ async fn main() -> anyhow::Result<()> {
     // Raw baseline on the same rows: the statement rotation writes with (one compare-and-set
     // `UPDATE … FROM UNNEST` per batch of 500, the version moving 2 → 3 so indexes change as in a
     // rotation), with the stored bytes as values: no reading of rows, no crypto.
-    let stored: Vec<(String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+    let stored: Vec<StoredRow> = sqlx::query_as(
         "SELECT id, filename_enc, uploader_enc, user_hint_enc, storage_key_enc, sha256_enc FROM media_objects ORDER BY id",
     )
     .fetch_all(&pool)
     .await?;
     let started = Instant::now();
     for chunk in stored.chunks(BATCH) {
-        let column = |f: fn(&(String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)) -> Vec<u8>| {
-            chunk.iter().map(|r| Some(f(r))).collect::<Vec<Option<Vec<u8>>>>()
-        };
+        let column = |f: fn(&StoredRow) -> Vec<u8>| chunk.iter().map(|r| Some(f(r))).collect::<Vec<Option<Vec<u8>>>>();
         sqlx::query(
             "UPDATE media_objects AS m SET dek_version = $2, filename_enc = u.filename, uploader_enc = u.uploader, \
              user_hint_enc = u.user_hint, storage_key_enc = u.storage_key, sha256_enc = u.sha256, \
