@@ -264,6 +264,12 @@ async fn reencrypt_tenant(
     audit::append(keys.db(), &AuditEvent { tenant, kind: "key.rotated", actor: Some("admin"), subject: None, details })
         .await?;
     for version in retired {
+        let details = serde_json::json!({ "purpose": "dek", "version": version });
+        audit::append(
+            keys.db(),
+            &AuditEvent { tenant, kind: "key.retired", actor: Some("admin"), subject: None, details },
+        )
+        .await?;
         summary.versions_retired.push(Retired { tenant: tenant.to_owned(), version });
     }
     Ok(())

@@ -72,6 +72,19 @@ async fn ten_thousand_rows_over_three_tenants_move_to_a_new_dek_and_the_old_one_
             .collect();
         assert_eq!(deks, vec![(1, "retired", Some(0)), (2, "active", Some(3334))], "{}", fx.db.backend());
         assert_eq!(status.keks_in_use.get("k1"), Some(&9), "two DEK versions and an index key per tenant");
+        let kinds: Vec<String> = with_pool!(&fx.db, |pool| sqlx::query_scalar(
+            "SELECT kind FROM audit_events WHERE tenant_id = 'acme' ORDER BY chain_seq"
+        )
+        .fetch_all(pool)
+        .await)
+        .unwrap();
+        assert_eq!(
+            kinds,
+            ["key.created", "key.created", "key.created", "key.rotated", "key.retired"],
+            "{}",
+            fx.db.backend()
+        );
+        assert!(media_api::db::audit::verify(&fx.db).await.unwrap().broken.is_empty());
         let states = key_states(&fx).await;
         for tenant in TENANTS {
             let dek: Vec<_> =
