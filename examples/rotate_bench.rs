@@ -20,7 +20,7 @@ use media_api::admin::rotate_keys::{rotate, Opts};
 use media_api::config::DatabaseConfig;
 use media_api::crypto::envelope::{self, DataKey, KeyPurpose, KeySlot};
 use media_api::crypto::keyring::Keyring;
-use media_api::db::media::{MediaRepo, MediaStatus, NewMedia};
+use media_api::db::media::{MediaRecord, MediaRepo, MediaStatus};
 use media_api::db::tenant_keys::{KeySettings, TenantKeys};
 use media_api::db::Database;
 use rand::RngCore;
@@ -56,8 +56,8 @@ async fn fresh_database(admin_url: &str) -> anyhow::Result<(Database, sqlx::PgPo
     Ok((db, pool))
 }
 
-fn bench_row(i: usize) -> NewMedia {
-    NewMedia {
+fn bench_row(i: usize) -> MediaRecord {
+    MediaRecord {
         id: format!("jan_{}", hex(13)),
         tenant_id: "bench".into(),
         status: MediaStatus::Ready,

@@ -1,4 +1,4 @@
-//! The encrypted media repository: plaintext [`NewMedia`]/[`Media`] structs in and out, rows with
+//! The encrypted media repository: plaintext [`MediaRecord`]s in and out, rows with
 //! every sensitive column sealed under the tenant's current DEK in between.
 //!
 //! Encrypted columns: original filename, uploader subject, client `user_id` hint, storage key,
@@ -50,9 +50,9 @@ impl MediaStatus {
     }
 }
 
-/// A media row to insert, in the clear.
-#[derive(Debug, Clone)]
-pub struct NewMedia {
+/// A media row in the clear: what is inserted, and what a read gives back (in [`StoredMedia`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaRecord {
     /// `jan_…` id.
     pub id: String,
     /// Owning tenant.
@@ -79,37 +79,15 @@ pub struct NewMedia {
     pub retention_until: Option<DateTime<Utc>>,
 }
 
-/// A media row read back, decrypted.
+/// A media row read back: the record, decrypted, and what the database adds.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Media {
-    /// `jan_…` id.
-    pub id: String,
-    /// Owning tenant.
-    pub tenant_id: String,
-    /// Pending or ready.
-    pub status: MediaStatus,
-    /// Sniffed MIME type.
-    pub mime: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Original filename.
-    pub filename: Option<String>,
-    /// Uploader subject.
-    pub uploader: String,
-    /// Client `user_id` hint.
-    pub user_hint: Option<String>,
-    /// Blob store key.
-    pub storage_key: String,
-    /// SHA-256 of the bytes.
-    pub sha256: Option<[u8; 32]>,
-    /// Free-form metadata.
-    pub metadata: Option<serde_json::Value>,
+pub struct StoredMedia {
+    /// The plaintext record.
+    pub record: MediaRecord,
     /// DEK version the row is sealed under.
     pub dek_version: u32,
     /// Creation time.
     pub created_at: DateTime<Utc>,
-    /// Retention deadline.
-    pub retention_until: Option<DateTime<Utc>>,
 }
 
 /// What an insert did.
@@ -321,7 +299,7 @@ impl MediaRepo {
 
     /// Stores a row, sealing its sensitive columns. A ready row whose bytes the tenant already has
     /// is not stored: the existing id comes back as [`InsertOutcome::Duplicate`].
-    pub async fn insert(&self, media: &NewMedia) -> Result<InsertOutcome, DbError> {
+    pub async fn insert(&self, media: &MediaRecord) -> Result<InsertOutcome, DbError> {
         let tenant = media.tenant_id.as_str();
         let mac = match &media.sha256 {
             Some(sha) => Some(self.content_mac(tenant, sha).await?),
@@ -382,7 +360,7 @@ impl MediaRepo {
     }
 
     /// The tenant's media with this id, decrypted; `None` when the tenant has no such id.
-    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<Media>, DbError> {
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<StoredMedia>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2");
         let row: Option<MediaRow> =
             with_pool!(&self.db, |pool| sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(pool).await)?;
@@ -489,12 +467,12 @@ impl MediaRepo {
         }
     }
 
-    async fn open_row(&self, row: MediaRow) -> Result<Media, DbError> {
+    async fn open_row(&self, row: MediaRow) -> Result<StoredMedia, DbError> {
         let version = row.version()?;
         let dek = self.keys.version(&row.tenant_id, KeyPurpose::Dek, version).await?;
         let plain = RowCipher { cipher: &FieldCipher::new(&dek), tenant: &row.tenant_id, id: &row.id }
             .open_all(&row.sealed())?;
-        Ok(Media {
+        let record = MediaRecord {
             filename: plain.filename,
             uploader: plain.uploader,
             user_hint: plain.user_hint,
@@ -503,13 +481,12 @@ impl MediaRepo {
             metadata: plain.metadata,
             status: MediaStatus::parse(&row.status)?,
             size: u64::try_from(row.size_bytes).map_err(|_| CryptoError::Integrity)?,
-            dek_version: version,
-            created_at: row.created_at,
             retention_until: row.retention_until,
             mime: row.mime,
             id: row.id,
             tenant_id: row.tenant_id,
-        })
+        };
+        Ok(StoredMedia { record, dek_version: version, created_at: row.created_at })
     }
 
     /// Reads up to `limit` rows of `tenant` not yet on `target` (ids after `after`, in id order) and

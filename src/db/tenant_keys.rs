@@ -205,23 +205,22 @@ impl TenantKeys {
     /// concurrent first writer computes the same number, so they conflict on the primary key and
     /// share one key.
     async fn first_version(&self, tenant: &str, purpose: KeyPurpose) -> Result<u32, DbError> {
-        let destroyed: Option<i32> = with_pool!(&self.db, |pool| sqlx::query_scalar(SELECT_MAX_DESTROYED)
-            .bind(tenant)
-            .bind(purpose.as_str())
-            .fetch_one(pool)
-            .await)?;
-        self.create_version(tenant, purpose, destroyed.map_or(1, |v| v as u32 + 1)).await
+        self.create_above(tenant, purpose, SELECT_MAX_DESTROYED).await
     }
 
     /// Creates version max+1 (or 1) unless a concurrent writer just did; returns it.
     async fn next_version(&self, tenant: &str, purpose: KeyPurpose) -> Result<u32, DbError> {
-        let max: Option<i32> = with_pool!(&self.db, |pool| sqlx::query_scalar(SELECT_MAX_VERSION)
+        self.create_above(tenant, purpose, SELECT_MAX_VERSION).await
+    }
+
+    /// Creates the version one above what `max_query` (tenant, purpose → MAX(version)) returns.
+    async fn create_above(&self, tenant: &str, purpose: KeyPurpose, max_query: &str) -> Result<u32, DbError> {
+        let max: Option<i32> = with_pool!(&self.db, |pool| sqlx::query_scalar(max_query)
             .bind(tenant)
             .bind(purpose.as_str())
             .fetch_one(pool)
             .await)?;
-        let next = max.map_or(1, |v| v as u32 + 1);
-        self.create_version(tenant, purpose, next).await
+        self.create_version(tenant, purpose, max.map_or(1, |v| v as u32 + 1)).await
     }
 
     /// Forgets every cached key of `tenant` (after shredding, or when a test wants a cold cache).

@@ -7,7 +7,7 @@ use media_api::config::DatabaseConfig;
 use media_api::crypto::envelope::KeyPurpose;
 use media_api::crypto::keyring::Keyring;
 use media_api::crypto::CryptoError;
-use media_api::db::media::{InsertOutcome, MediaRepo, MediaStatus, NewMedia};
+use media_api::db::media::{InsertOutcome, MediaRecord, MediaRepo, MediaStatus};
 use media_api::db::tenant_keys::{KeySettings, TenantKeys};
 use media_api::db::{Database, DbError};
 use media_api::with_pool;
@@ -67,8 +67,8 @@ pub async fn fixtures(settings: KeySettings) -> Vec<Fixture> {
     out
 }
 
-pub fn new_media(tenant: &str, content: &[u8]) -> NewMedia {
-    NewMedia {
+pub fn new_media(tenant: &str, content: &[u8]) -> MediaRecord {
+    MediaRecord {
         id: format!("jan_{}", random_hex(13)),
         tenant_id: tenant.into(),
         status: MediaStatus::Ready,
@@ -94,16 +94,17 @@ async fn rows_round_trip_and_reads_are_scoped_to_the_tenant() {
         let media = new_media("acme", b"png bytes 1");
         assert_eq!(fx.repo.insert(&media).await.unwrap(), InsertOutcome::Inserted);
         let read = fx.repo.get("acme", &media.id).await.unwrap().expect("row");
-        assert_eq!(read.filename, media.filename);
-        assert_eq!(read.uploader, media.uploader);
-        assert_eq!(read.user_hint, media.user_hint);
-        assert_eq!(read.storage_key, media.storage_key);
-        assert_eq!(read.sha256, media.sha256);
-        assert_eq!(read.metadata, media.metadata);
-        assert_eq!((read.size, read.dek_version, read.status), (11, 1, MediaStatus::Ready));
+        assert_eq!(read.record.filename, media.filename);
+        assert_eq!(read.record.uploader, media.uploader);
+        assert_eq!(read.record.user_hint, media.user_hint);
+        assert_eq!(read.record.storage_key, media.storage_key);
+        assert_eq!(read.record.sha256, media.sha256);
+        assert_eq!(read.record.metadata, media.metadata);
+        assert_eq!((read.record.size, read.dek_version, read.record.status), (11, 1, MediaStatus::Ready));
+        assert_eq!(read.record, media, "the whole record round trips");
         assert!(fx.repo.get("other-tenant", &media.id).await.unwrap().is_none(), "{}", fx.db.backend());
         let (_, cold) = fx.reopen(KeySettings::default());
-        assert_eq!(cold.get("acme", &media.id).await.unwrap().expect("row").storage_key, media.storage_key);
+        assert_eq!(cold.get("acme", &media.id).await.unwrap().expect("row").record, media);
         assert!(fx.repo.delete("acme", &media.id).await.unwrap());
         assert!(fx.repo.get("acme", &media.id).await.unwrap().is_none());
     }

@@ -2,7 +2,7 @@
 //! `--yes` nothing happens.
 
 use media_api::admin::tenant::shred;
-use media_api::db::media::NewMedia;
+use media_api::db::media::MediaRecord;
 use media_api::storage::StorageError;
 use media_api::with_pool;
 
@@ -10,7 +10,7 @@ use crate::helpers::{chunked, payload, random_hex, spawn_app, Stack, TestApp, ST
 use crate::repository::new_media;
 
 /// Stores an object and its row; returns the row.
-async fn upload(app: &TestApp, tenant: &str, seed: u64) -> NewMedia {
+async fn upload(app: &TestApp, tenant: &str, seed: u64) -> MediaRecord {
     let mut media = new_media(tenant, &payload(64, seed));
     media.storage_key = format!("{tenant}/{}", random_hex(8));
     app.state.blobs.put(&media.storage_key, "image/png", chunked(payload(64, seed))).await.unwrap();
@@ -47,7 +47,7 @@ async fn shredding_removes_the_tenants_objects_rows_and_keys_and_nothing_else() 
         assert!(!material.is_empty() && material.iter().all(Option::is_none), "{stack:?}: key material left");
 
         let read = app.state.media.get(&kept, &survivor.id).await.unwrap().expect("other tenant untouched");
-        assert_eq!(read.storage_key, survivor.storage_key);
+        assert_eq!(read.record, survivor);
         assert!(app.state.blobs.head(&survivor.storage_key).await.is_ok(), "{stack:?}");
         // The shredded tenant id can start over with new keys.
         upload(&app, &doomed, 7).await;
