@@ -173,6 +173,27 @@ impl SealedColumns {
     }
 }
 
+/// Binds the six sealed columns, in table order, to a statement on either database.
+trait BindSealed<'q> {
+    fn bind_sealed(self, sealed: &'q SealedColumns) -> Self;
+}
+
+impl<'q, DB> BindSealed<'q> for sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    Option<Vec<u8>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    fn bind_sealed(self, sealed: &'q SealedColumns) -> Self {
+        self.bind(sealed.filename.clone())
+            .bind(sealed.uploader.clone())
+            .bind(sealed.user_hint.clone())
+            .bind(sealed.storage_key.clone())
+            .bind(sealed.sha256.clone())
+            .bind(sealed.metadata.clone())
+    }
+}
+
 /// Seals and opens the columns of one row (tenant and id are part of every value's AAD).
 struct RowCipher<'a> {
     cipher: &'a FieldCipher,
@@ -325,12 +346,7 @@ impl MediaRepo {
             .bind(media.size as i64)
             .bind(dek.version as i32)
             .bind(mac.as_ref().map(|m| m.as_slice()))
-            .bind(&sealed.filename)
-            .bind(&sealed.uploader)
-            .bind(&sealed.user_hint)
-            .bind(&sealed.storage_key)
-            .bind(&sealed.sha256)
-            .bind(&sealed.metadata)
+            .bind_sealed(&sealed)
             .bind(now)
             .bind(media.retention_until)
             .execute(pool)
@@ -450,12 +466,7 @@ impl MediaRepo {
                         .bind(id)
                         .bind(*old_version as i32)
                         .bind(target as i32)
-                        .bind(&sealed.filename)
-                        .bind(&sealed.uploader)
-                        .bind(&sealed.user_hint)
-                        .bind(&sealed.storage_key)
-                        .bind(&sealed.sha256)
-                        .bind(&sealed.metadata)
+                        .bind_sealed(sealed)
                         .bind(now)
                         .execute(&mut *tx)
                         .await?
