@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::admin;
+use crate::app::StartupError;
 use crate::config::Config;
+use crate::crypto::CryptoError;
 use crate::telemetry::LogTarget;
 
 /// Exit status for a refused configuration.
@@ -90,9 +92,24 @@ async fn run(cli: Cli) -> ExitCode {
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "media-api failed");
             eprintln!("media-api: {err:#}");
-            ExitCode::FAILURE
+            if is_key_configuration_error(&err) {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// A keyring or key file that cannot be used is a configuration problem (exit 2) like a bad variable:
+/// those are read when the service starts, not while the environment is parsed.
+fn is_key_configuration_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StartupError>(),
+            Some(StartupError::Keyring(_) | StartupError::InvalidKey(_) | StartupError::Keys(_))
+        ) || matches!(cause.downcast_ref::<CryptoError>(), Some(CryptoError::Keyring(_)))
+    })
 }
 
 #[cfg(test)]

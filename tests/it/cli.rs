@@ -34,6 +34,14 @@ fn a_bad_number_exits_2_naming_the_variable() {
 }
 
 #[test]
+fn an_unreadable_keyring_file_exits_2_naming_the_variable() {
+    let output = run_with_env(&[("MEDIA_KEYRING_FILE", "/nonexistent/keyring.json"), ("MEDIA_API_PORT", "0")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("MEDIA_KEYRING_FILE") && stderr.contains("/nonexistent/keyring.json"), "{stderr}");
+}
+
+#[test]
 fn secrets_are_not_echoed_in_configuration_errors() {
     let output = run_with_env(&[
         ("MEDIA_S3_BUCKET", "b"),
