@@ -16,10 +16,12 @@
 //!   ([`http::error::ApiError`]).
 //! - [`ingest`]: the streaming upload pipeline (size limits so far).
 //! - [`storage`]: the object-safe [`storage::BlobStore`] and its S3 and filesystem backends.
-//! - [`db`]: Postgres and SQLite pools and their migrations.
+//! - [`db`]: Postgres and SQLite pools and migrations, the tenant key store, the encrypted media
+//!   repository and the audit log.
 //! - [`crypto`]: the key hierarchy: master keyring, wrapped tenant keys, field cipher, blind index,
 //!   and the dev profile's generated key files.
-//! - [`admin`]: one file per command of the binary.
+//! - [`admin`]: one file per command of the binary (serve, migrate, keys, rotate-keys, tenant,
+//!   audit, healthcheck).
 //! - [`telemetry`]: log output.
 
 pub mod admin;
