@@ -111,7 +111,11 @@ impl BlobStore for FsBlobStore {
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<BlobObject, StorageError> {
         let path = self.path_of(key)?;
         let mut file = tokio::fs::File::open(&path).await.map_err(io_error("get"))?;
-        let total_size = file.metadata().await.map_err(io_error("get"))?.len();
+        let metadata = file.metadata().await.map_err(io_error("get"))?;
+        if !metadata.is_file() {
+            return Err(StorageError::NotFound); // a "directory" made by longer keys is not an object
+        }
+        let total_size = metadata.len();
         let (first, last, served) = match range {
             Some(range) => {
                 let (first, last) = range.resolve(total_size)?;

@@ -96,6 +96,13 @@ async fn ranges_head_and_delete_behave_alike() {
         let beyond = blobs.get(&key, Some(ByteRange { start: 1000, end: None })).await;
         assert!(matches!(beyond, Err(StorageError::InvalidRange { size: 1000 })), "{stack:?}: {beyond:?}");
 
+        let prefix = key.rsplit_once('/').expect("prefixed key").0;
+        assert!(
+            matches!(blobs.get(prefix, None).await, Err(StorageError::NotFound)),
+            "{stack:?}: a prefix is no object"
+        );
+        assert!(matches!(blobs.head(prefix).await, Err(StorageError::NotFound)), "{stack:?}");
+
         blobs.delete(&key).await.expect("delete");
         assert!(matches!(blobs.head(&key).await, Err(StorageError::NotFound)), "{stack:?}");
         assert!(matches!(blobs.get(&key, None).await, Err(StorageError::NotFound)), "{stack:?}");
