@@ -107,12 +107,8 @@ struct MediaRow {
     mime: String,
     size_bytes: i64,
     dek_version: i32,
-    filename_enc: Option<Vec<u8>>,
-    uploader_enc: Vec<u8>,
-    user_hint_enc: Option<Vec<u8>>,
-    storage_key_enc: Vec<u8>,
-    sha256_enc: Option<Vec<u8>>,
-    metadata_enc: Option<Vec<u8>>,
+    #[sqlx(flatten)]
+    sealed: SealedColumns,
     created_at: DateTime<Utc>,
     retention_until: Option<DateTime<Utc>>,
 }
@@ -154,14 +150,20 @@ struct PlainColumns {
     metadata: Option<serde_json::Value>,
 }
 
-/// The same columns sealed under one DEK version.
-#[derive(Debug, Clone)]
+/// The same columns sealed under one DEK version (as stored in the `*_enc` columns).
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct SealedColumns {
+    #[sqlx(rename = "filename_enc")]
     filename: Option<Vec<u8>>,
+    #[sqlx(rename = "uploader_enc")]
     uploader: Vec<u8>,
+    #[sqlx(rename = "user_hint_enc")]
     user_hint: Option<Vec<u8>>,
+    #[sqlx(rename = "storage_key_enc")]
     storage_key: Vec<u8>,
+    #[sqlx(rename = "sha256_enc")]
     sha256: Option<Vec<u8>>,
+    #[sqlx(rename = "metadata_enc")]
     metadata: Option<Vec<u8>>,
 }
 
@@ -253,17 +255,6 @@ impl RowCipher<'_> {
 }
 
 impl MediaRow {
-    fn sealed(&self) -> SealedColumns {
-        SealedColumns {
-            filename: self.filename_enc.clone(),
-            uploader: self.uploader_enc.clone(),
-            user_hint: self.user_hint_enc.clone(),
-            storage_key: self.storage_key_enc.clone(),
-            sha256: self.sha256_enc.clone(),
-            metadata: self.metadata_enc.clone(),
-        }
-    }
-
     fn version(&self) -> Result<u32, DbError> {
         u32::try_from(self.dek_version).map_err(|_| CryptoError::Integrity.into())
     }
@@ -481,8 +472,8 @@ impl MediaRepo {
     async fn open_row(&self, row: MediaRow) -> Result<StoredMedia, DbError> {
         let version = row.version()?;
         let dek = self.keys.version(&row.tenant_id, KeyPurpose::Dek, version).await?;
-        let plain = RowCipher { cipher: &FieldCipher::new(&dek), tenant: &row.tenant_id, id: &row.id }
-            .open_all(&row.sealed())?;
+        let plain =
+            RowCipher { cipher: &FieldCipher::new(&dek), tenant: &row.tenant_id, id: &row.id }.open_all(&row.sealed)?;
         let record = MediaRecord {
             filename: plain.filename,
             uploader: plain.uploader,
@@ -529,8 +520,7 @@ impl MediaRepo {
             if let Entry::Vacant(slot) = old_ciphers.entry(old_version) {
                 slot.insert(FieldCipher::new(&*self.keys.version(tenant, KeyPurpose::Dek, old_version).await?));
             }
-            let plain =
-                RowCipher { cipher: &old_ciphers[&old_version], tenant, id: &row.id }.open_all(&row.sealed())?;
+            let plain = RowCipher { cipher: &old_ciphers[&old_version], tenant, id: &row.id }.open_all(&row.sealed)?;
             let resealer = RowCipher { cipher: &new_cipher, tenant, id: &row.id };
             let sealed = resealer.seal_all(&plain);
             if resealer.open_all(&sealed)? != plain {
