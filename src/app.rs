@@ -2,7 +2,7 @@
 //!
 //! [`Application::build`] does everything that can fail before traffic is accepted — bind the port
 //! (port 0 picks a free one, which tests use), load the master keyring, connect and migrate the
-//! database, open the blob store, load or generate dev keys — and [`Application::run_until_stopped`] serves until SIGINT/SIGTERM,
+//! database, open the blob store, load or generate dev keys, fetch the token issuers' keys — and [`Application::run_until_stopped`] serves until SIGINT/SIGTERM,
 //! then lets in-flight requests finish for at most `SHUTDOWN_TIMEOUT`.
 
 use std::future::{Future, IntoFuture};
@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use url::Url;
 
+use crate::auth::Authenticator;
 use crate::config::{Config, StorageConfig};
 use crate::crypto::dev_keys::{self, DevKeyError};
 use crate::crypto::keyring::Keyring;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub keys: Arc<TenantKeys>,
     /// Encrypted media rows.
     pub media: MediaRepo,
+    /// Bearer token checks and principals.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Why the service could not start.
@@ -96,7 +99,9 @@ impl Application {
         log_where_data_lives(&config, &db, &keyring, local);
         let keys = Arc::new(TenantKeys::new(db.clone(), keyring.clone(), key_settings(&config)));
         let media = MediaRepo::new(db.clone(), keys.clone());
-        let state = AppState { config: Arc::new(config), db, blobs, links, keyring, keys, media };
+        let auth = Arc::new(Authenticator::new(&config.auth, &config.keys_dir, Some(db.clone()))?);
+        auth.start().await;
+        let state = AppState { config: Arc::new(config), db, blobs, links, keyring, keys, media, auth };
         Ok(Self { listener, port: local.port(), state })
     }
 

@@ -1,4 +1,5 @@
-//! The command line: `media-api [serve]`, `migrate`, `keys generate`, `healthcheck`.
+//! The command line: `media-api [serve]`, `migrate`, `rotate-keys`, `keys`, `tenant`, `audit`,
+//! `token`, `healthcheck`.
 //!
 //! Exit status: 0 on success, 2 when the configuration is refused (one line on stderr naming the
 //! variable), 1 for any other failure.
@@ -40,6 +41,8 @@ pub enum Command {
     Audit(admin::audit::Opts),
     /// Master-key utilities and inventory (`keys generate`, `keys status`).
     Keys(admin::keys::Opts),
+    /// Print a token signed by the dev issuer (dev profile only): `token --tenant T --sub S`.
+    Token(admin::token::Opts),
     /// Probe a running service's /healthz (for container health checks; exits 0 when healthy).
     Healthcheck(admin::healthcheck::Opts),
 }
@@ -85,6 +88,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Audit(opts) => admin::audit::run(&config, &opts).await,
         Command::Tenant(opts) => admin::tenant::run(&config, &opts).await,
         Command::Keys(opts) => admin::keys::run(&config, &opts).await,
+        Command::Token(opts) => admin::token::run(&config, &opts).await,
         Command::Healthcheck(_) => unreachable!("handled before configuration is read"),
     };
     match result {
@@ -109,6 +113,7 @@ fn is_key_configuration_error(err: &anyhow::Error) -> bool {
             cause.downcast_ref::<StartupError>(),
             Some(StartupError::Keyring(_) | StartupError::InvalidKey(_) | StartupError::Keys(_))
         ) || matches!(cause.downcast_ref::<CryptoError>(), Some(CryptoError::Keyring(_)))
+            || cause.is::<crate::crypto::dev_keys::DevKeyError>()
     })
 }
 

@@ -63,6 +63,18 @@ pub enum AuthMode {
     Disabled,
 }
 
+/// Issuer name of the dev profile's local token issuer (`media-api token`).
+pub const DEV_ISSUER: &str = "media-api-dev";
+/// Audience accepted in the dev profile when `AUTH_AUDIENCE` is not set.
+pub const DEV_AUDIENCE: &str = "media-api";
+/// Signature algorithms accepted when `AUTH_ALGORITHMS` is not set.
+pub const DEFAULT_ALGORITHMS: [jsonwebtoken::Algorithm; 4] = [
+    jsonwebtoken::Algorithm::RS256,
+    jsonwebtoken::Algorithm::PS256,
+    jsonwebtoken::Algorithm::ES256,
+    jsonwebtoken::Algorithm::EdDSA,
+];
+
 /// Token validation settings (used by the auth layer).
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -70,10 +82,32 @@ pub struct AuthConfig {
     pub mode: AuthMode,
     /// Accepted `iss` values (`AUTH_ISSUER`, comma separated).
     pub issuers: Vec<String>,
-    /// Accepted `aud` values (`AUTH_AUDIENCE`, comma separated).
+    /// Accepted `aud` values (`AUTH_AUDIENCE`, comma separated; `media-api` in dev when unset).
     pub audiences: Vec<String>,
-    /// Where the signing keys are published (`AUTH_JWKS_URL`); discovery is used when absent.
-    pub jwks_url: Option<Url>,
+    /// Where the signing keys are published (`AUTH_JWKS_URL`): one URL for every issuer, or one per
+    /// issuer in the order of `AUTH_ISSUER`. Issuers without one use OIDC discovery.
+    pub jwks_urls: Vec<Url>,
+    /// Accepted signature algorithms (`AUTH_ALGORITHMS`, default RS256, PS256, ES256, EdDSA).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Clock skew allowed on `exp` and `nbf` (`AUTH_LEEWAY`, default 60s).
+    pub leeway: Duration,
+    /// How often key sets are refreshed (`AUTH_JWKS_REFRESH`, default 10m).
+    pub jwks_refresh: Duration,
+    /// Dotted claim path of the tenant (`AUTH_TENANT_CLAIM`, default `tenant_id`).
+    pub tenant_claim: String,
+    /// Tenant of tokens without a tenant claim, and of anonymous callers (`MEDIA_DEFAULT_TENANT`).
+    pub default_tenant: Option<String>,
+    /// Roles or scopes granting `media:read` (`AUTH_READ_ROLES`; empty: every valid token).
+    pub read_roles: Vec<String>,
+    /// Roles or scopes granting `media:write` (`AUTH_WRITE_ROLES`; empty: every valid token).
+    pub write_roles: Vec<String>,
+    /// Roles or scopes granting `media:admin` (`AUTH_ADMIN_ROLES`; empty: every valid token).
+    pub admin_roles: Vec<String>,
+    /// Clients whose `resource_access.<client>.roles` count (`AUTH_CLIENT_ID`; default: the audiences).
+    pub client_ids: Vec<String>,
+    /// Trust the local dev issuer and serve its JWKS (`AUTH_DEV_ISSUER`; default on in dev, refused in
+    /// production).
+    pub dev_issuer: bool,
 }
 
 /// Where the key-encryption keys come from.
@@ -230,7 +264,7 @@ impl Config {
             proxy_download: env.bool("MEDIA_PROXY_DOWNLOAD")?.unwrap_or(true),
             retention_days: env.parse::<u32>("MEDIA_RETENTION_DAYS", "a whole number of days")?.filter(|d| *d > 0),
             remote_fetch_timeout: env.duration("MEDIA_REMOTE_FETCH_TIMEOUT")?.unwrap_or(Duration::from_secs(15)),
-            auth: auth_config(&env)?,
+            auth: auth_config(&env, profile)?,
             keyring: keyring_source(&env),
             dek_encryption_budget: env.parse("MEDIA_DEK_ENCRYPTION_BUDGET", "a whole number")?.unwrap_or(1 << 31),
             key_cache_ttl: env.duration("MEDIA_KEY_CACHE_TTL")?.unwrap_or(Duration::from_secs(300)),
@@ -281,8 +315,16 @@ impl Config {
                 return Err(ConfigError::new("MEDIA_FS_SIGNING_KEY", "expected 64 hex characters (32 bytes)"));
             }
         }
+        if !self.auth.jwks_urls.is_empty() && self.auth.issuers.is_empty() {
+            return Err(ConfigError::new("AUTH_JWKS_URL", "is set but AUTH_ISSUER is not: name the issuer it serves"));
+        }
         if self.profile == Profile::Production {
             self.refuse_dev_defaults(env)?;
+        } else if self.auth.mode != AuthMode::Disabled && self.auth.issuers.is_empty() && !self.auth.dev_issuer {
+            return Err(ConfigError::new(
+                "AUTH_ISSUER",
+                "is not set and AUTH_DEV_ISSUER is off, so no token could ever be accepted",
+            ));
         }
         Ok(())
     }
@@ -296,8 +338,11 @@ impl Config {
         if self.auth.issuers.is_empty() {
             problems.push("AUTH_ISSUER is not set");
         }
-        if self.auth.audiences.is_empty() {
+        if env.get("AUTH_AUDIENCE").is_none() {
             problems.push("AUTH_AUDIENCE is not set");
+        }
+        if self.auth.dev_issuer {
+            problems.push("AUTH_DEV_ISSUER: the local dev token issuer cannot be trusted");
         }
         if matches!(self.keyring, KeyringSource::DevGenerated) {
             problems.push("MEDIA_MASTER_KEYS or MEDIA_KEYRING_FILE is not set (no generated dev keyring)");
@@ -398,7 +443,7 @@ fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<StorageCo
     })))
 }
 
-fn auth_config(env: &Env<'_>) -> Result<AuthConfig, ConfigError> {
+fn auth_config(env: &Env<'_>, profile: Profile) -> Result<AuthConfig, ConfigError> {
     let mode = match env.get("AUTH_MODE").as_deref() {
         Some("required") => AuthMode::Required,
         Some("optional") => AuthMode::Optional,
@@ -414,12 +459,65 @@ fn auth_config(env: &Env<'_>) -> Result<AuthConfig, ConfigError> {
             _ => AuthMode::Required,
         },
     };
+    let issuers = env.list("AUTH_ISSUER");
+    let mut audiences = env.list("AUTH_AUDIENCE");
+    if audiences.is_empty() && profile == Profile::Dev {
+        audiences.push(DEV_AUDIENCE.to_owned());
+    }
+    let jwks_urls = env
+        .list("AUTH_JWKS_URL")
+        .iter()
+        .map(|url| parse_http_url("AUTH_JWKS_URL", url))
+        .collect::<Result<Vec<_>, _>>()?;
+    if jwks_urls.len() > 1 && jwks_urls.len() != issuers.len() {
+        return Err(ConfigError::new(
+            "AUTH_JWKS_URL",
+            format!("give one URL for all issuers or one per AUTH_ISSUER entry ({} issuers)", issuers.len()),
+        ));
+    }
+    let default_tenant = env.get("MEDIA_DEFAULT_TENANT");
+    if let Some(tenant) = &default_tenant {
+        if !crate::auth::principal::is_valid_tenant(tenant) {
+            return Err(ConfigError::new("MEDIA_DEFAULT_TENANT", crate::auth::principal::TENANT_RULE));
+        }
+    }
+    let client_ids = env.list("AUTH_CLIENT_ID");
     Ok(AuthConfig {
         mode,
-        issuers: env.list("AUTH_ISSUER"),
-        audiences: env.list("AUTH_AUDIENCE"),
-        jwks_url: env.url("AUTH_JWKS_URL")?,
+        algorithms: algorithms(env)?,
+        leeway: env.duration("AUTH_LEEWAY")?.unwrap_or(Duration::from_secs(60)),
+        jwks_refresh: env.duration("AUTH_JWKS_REFRESH")?.unwrap_or(Duration::from_secs(600)).max(Duration::from_secs(1)),
+        tenant_claim: env.get("AUTH_TENANT_CLAIM").unwrap_or_else(|| "tenant_id".into()),
+        default_tenant,
+        read_roles: env.list("AUTH_READ_ROLES"),
+        write_roles: env.list("AUTH_WRITE_ROLES"),
+        admin_roles: env.list("AUTH_ADMIN_ROLES"),
+        client_ids: if client_ids.is_empty() { audiences.clone() } else { client_ids },
+        dev_issuer: env.bool("AUTH_DEV_ISSUER")?.unwrap_or(profile == Profile::Dev),
+        issuers,
+        audiences,
+        jwks_urls,
     })
+}
+
+fn algorithms(env: &Env<'_>) -> Result<Vec<jsonwebtoken::Algorithm>, ConfigError> {
+    let names = env.list("AUTH_ALGORITHMS");
+    if names.is_empty() {
+        return Ok(DEFAULT_ALGORITHMS.to_vec());
+    }
+    names
+        .iter()
+        .map(|name| match name.parse::<jsonwebtoken::Algorithm>() {
+            Ok(alg) if alg.family() != jsonwebtoken::AlgorithmFamily::Hmac => Ok(alg),
+            _ => Err(ConfigError::new(
+                "AUTH_ALGORITHMS",
+                format!(
+                    "{name:?} is not an accepted algorithm: use RS256, RS384, RS512, PS256, PS384, PS512, ES256, \
+                     ES384 or EdDSA (shared-secret HS* algorithms are not supported)"
+                ),
+            )),
+        })
+        .collect()
 }
 
 fn keyring_source(env: &Env<'_>) -> KeyringSource {
@@ -485,17 +583,17 @@ impl Env<'_> {
     }
 
     fn url(&self, name: &str) -> Result<Option<Url>, ConfigError> {
-        self.get(name)
-            .map(|v| {
-                let url = Url::parse(&v)
-                    .map_err(|e| ConfigError::new(name, format!("expected an http(s) URL, got {v:?} ({e})")))?;
-                if url.scheme() != "http" && url.scheme() != "https" {
-                    return Err(ConfigError::new(name, format!("expected an http(s) URL, got {v:?}")));
-                }
-                Ok(url)
-            })
-            .transpose()
+        self.get(name).map(|v| parse_http_url(name, &v)).transpose()
     }
+}
+
+fn parse_http_url(name: &str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value)
+        .map_err(|e| ConfigError::new(name, format!("expected an http(s) URL, got {value:?} ({e})")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(ConfigError::new(name, format!("expected an http(s) URL, got {value:?}")));
+    }
+    Ok(url)
 }
 
 /// `true/false`, `1/0`, `yes/no`, `on/off`, any case.

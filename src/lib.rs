@@ -12,6 +12,8 @@
 //! - [`config`]: the typed configuration, read from the environment and validated once.
 //! - [`app`]: [`app::Application`] (build, bind, serve, graceful shutdown) and the shared
 //!   [`app::AppState`].
+//! - [`auth`]: Bearer JWTs checked against the issuers' JWKS, principals and permissions, the axum
+//!   extractor handlers use, and the dev profile's local token issuer.
 //! - [`http`]: the router, one module per resource, and the one HTTP error type
 //!   ([`http::error::ApiError`]).
 //! - [`ingest`]: the streaming upload pipeline (size limits so far).
@@ -26,6 +28,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crypto;

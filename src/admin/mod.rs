@@ -8,3 +8,4 @@ pub mod migrate;
 pub mod rotate_keys;
 pub mod serve;
 pub mod tenant;
+pub mod token;

@@ -13,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::auth::AuthError;
 use crate::db::DbError;
 use crate::storage::StorageError;
 
@@ -61,6 +62,9 @@ pub enum ApiError {
         /// What is down, for a person.
         message: String,
     },
+    /// Refused by the auth layer (401 with a challenge, 403, or 503).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// A storage failure.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -89,6 +93,7 @@ impl ApiError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Auth(err) => err.status(),
             Self::Storage(err) => match err {
                 StorageError::NotFound | StorageError::InvalidKey(_) => StatusCode::NOT_FOUND,
                 StorageError::InvalidRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -111,6 +116,7 @@ impl ApiError {
             Self::NotFound | Self::NoRoute => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TooLarge { .. } => "too_large",
+            Self::Auth(err) => err.code(),
             Self::Storage(StorageError::NotFound | StorageError::InvalidKey(_)) => "not_found",
             Self::Storage(StorageError::InvalidRange { .. }) => "range_not_satisfiable",
             Self::Storage(StorageError::Source(_)) => "upload_interrupted",
@@ -139,6 +145,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The `WWW-Authenticate` header of an auth refusal.
+    fn challenge(&self) -> Option<HeaderValue> {
+        match self {
+            Self::Auth(err) => err.challenge().and_then(|c| HeaderValue::from_str(&c).ok()),
+            _ => None,
+        }
+    }
+}
+
 /// What an error response was made of; the request-ID middleware rebuilds the body from it.
 #[derive(Debug, Clone)]
 pub struct ErrorInfo {
@@ -156,6 +172,9 @@ impl IntoResponse for ApiError {
         }
         let info = ErrorInfo { code: self.code(), message: self.public_message() };
         let mut response = (status, error_body(&info, None)).into_response();
+        if let Some(challenge) = self.challenge() {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
         response.extensions_mut().insert(info);
         response
     }

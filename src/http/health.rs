@@ -1,7 +1,8 @@
 //! Liveness, readiness and version: the routes an orchestrator and an operator poll, all without auth.
 //!
-//! `/healthz` only says the process answers. `/readyz` checks every dependency concurrently with a
-//! short timeout and names the one that is down (503), so a load balancer stops sending traffic and
+//! `/healthz` only says the process answers. `/readyz` checks the database and blob store concurrently
+//! with a short timeout, and that every token issuer's signing keys are loaded; it names the one
+//! that is down (503), so a load balancer stops sending traffic and
 //! an operator knows where to look; details go to the log, not to the unauthenticated response.
 
 use std::future::Future;
@@ -47,10 +48,16 @@ async fn check<E: std::fmt::Display>(name: &str, probe: impl Future<Output = Res
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (database, storage) = tokio::join!(check("database", state.db.ping()), check("storage", state.blobs.check()));
+    let mut results = vec![("database".to_owned(), database), ("storage".to_owned(), storage)];
+    for (issuer, status) in state.auth.key_status() {
+        let name = format!("jwks:{issuer}");
+        let result = if status.loaded { Ok(()) } else { Err(format!("{name} has no signing keys yet")) };
+        results.push((name, result));
+    }
     let mut checks = serde_json::Map::new();
     let mut failures = Vec::new();
-    for (name, result) in [("database", database), ("storage", storage)] {
-        checks.insert(name.into(), json!(if result.is_ok() { "ok" } else { "down" }));
+    for (name, result) in results {
+        checks.insert(name, json!(if result.is_ok() { "ok" } else { "down" }));
         if let Err(message) = result {
             failures.push(message);
         }

@@ -1,6 +1,7 @@
 //! The HTTP surface: [`router`] merges one router per resource and wraps them in the layers every
 //! response goes through (request IDs, security headers, tracing, error bodies).
 
+pub mod auth;
 pub mod blobs;
 pub mod error;
 pub mod health;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(health::router())
         .merge(blobs::router())
+        .merge(auth::router())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(error::attach_request_id));

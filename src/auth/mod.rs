@@ -1,0 +1,356 @@
+//! Authentication and tenancy: Bearer JWTs checked against the configured issuers' JWKS, turned into
+//! a [`Principal`] (subject, tenant, roles, scopes, permissions).
+//!
+//! - [`Authenticator`] holds everything a request needs: the mode (`required`, `optional`,
+//!   `disabled`), one [`jwks::JwksCache`] per issuer (or one shared when a single `AUTH_JWKS_URL` is
+//!   set), the prebuilt validation rules, the claims mapping, a cache of verified tokens, and the
+//!   failure counters and audit trail.
+//! - [`token`] reads a compact JWS before and after the signature check; [`jwks`] parses and caches
+//!   key sets; [`principal`] maps claims to permissions; [`dev_issuer`] is the dev profile's local
+//!   issuer; [`extract`] is the axum extractor handlers use; [`error`] is the layer's error type.
+//!
+//! Verified tokens are remembered (by SHA-256 of the token) until they expire, so a client reusing
+//! its token pays for one signature check, not one per request — the same trade Envoy's `jwt_authn`
+//! cache makes. The memory is cleared whenever a key set loses or gains a key, so a key removed by
+//! the provider stops working at the next refresh.
+
+pub mod dev_issuer;
+pub mod error;
+pub mod extract;
+pub mod jwks;
+pub mod principal;
+pub mod token;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderValue;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{AuthConfig, AuthMode, DEV_ISSUER};
+use crate::crypto::dev_keys::DevKeyError;
+use crate::db::audit::{self, AuditEvent, SYSTEM_CHAIN};
+use crate::db::Database;
+pub use error::AuthError;
+use jwks::{CacheStatus, JwksCache, KeySet, KeySource};
+pub use principal::{Permission, Principal};
+
+/// Most verified tokens remembered at once (the memory is pruned, then cleared, when full).
+const MAX_VERIFIED_TOKENS: usize = 10_000;
+
+/// Checks Bearer tokens and builds principals (see the module docs).
+pub struct Authenticator {
+    mode: AuthMode,
+    algorithms: Vec<Algorithm>,
+    issuers: HashMap<String, Arc<JwksCache>>,
+    caches: Vec<Arc<JwksCache>>,
+    validations: Vec<(Algorithm, Validation)>,
+    leeway: i64,
+    refresh_interval: Duration,
+    claims: principal::ClaimsMapping,
+    anonymous: Option<Arc<Principal>>,
+    unauthenticated: Arc<Principal>,
+    verified: Arc<VerifiedTokens>,
+    failures: FailureLog,
+    dev: Option<dev_issuer::DevIssuer>,
+}
+
+impl Authenticator {
+    /// Builds the authenticator; nothing is fetched until [`Authenticator::start`]. Loads (or, the
+    /// first time, generates) the dev issuer's key when it is enabled. `db` receives the audit
+    /// events of refused requests.
+    pub fn new(config: &AuthConfig, keys_dir: &Path, db: Option<Database>) -> Result<Self, DevKeyError> {
+        let http = jwks::http_client();
+        let verified = Arc::new(VerifiedTokens::default());
+        let mut issuers = HashMap::new();
+        let mut caches = Vec::new();
+        let shared_url = (config.jwks_urls.len() == 1).then(|| config.jwks_urls[0].clone());
+        if let Some(url) = shared_url {
+            let cache = remote_cache(&config.issuers.join(","), KeySource::Url(url), &http, &verified);
+            caches.push(cache.clone());
+            issuers.extend(config.issuers.iter().map(|iss| (iss.clone(), cache.clone())));
+        } else {
+            for (index, issuer) in config.issuers.iter().enumerate() {
+                let source = match config.jwks_urls.get(index) {
+                    Some(url) => KeySource::Url(url.clone()),
+                    None => KeySource::Discovery(issuer.clone()),
+                };
+                let cache = remote_cache(issuer, source, &http, &verified);
+                caches.push(cache.clone());
+                issuers.insert(issuer.clone(), cache);
+            }
+        }
+        let dev = if config.dev_issuer { Some(dev_issuer::DevIssuer::load_or_create(keys_dir)?) } else { None };
+        if let Some(key) = dev.as_ref().and_then(dev_issuer::DevIssuer::verification_key) {
+            let cache = Arc::new(JwksCache::fixed(DEV_ISSUER, KeySet::from_jwks([key]), http.clone()));
+            caches.push(cache.clone());
+            issuers.insert(DEV_ISSUER.to_owned(), cache);
+            tracing::warn!(issuer = DEV_ISSUER, "trusting the local dev token issuer (dev profile only)");
+        }
+        let accepted: Vec<String> = issuers.keys().cloned().collect();
+        let leeway = config.leeway.as_secs();
+        let validations = config
+            .algorithms
+            .iter()
+            .map(|alg| (*alg, token::validation(*alg, &accepted, &config.audiences, leeway)))
+            .collect();
+        let claims = principal::ClaimsMapping::new(config);
+        match config.mode {
+            AuthMode::Disabled => tracing::warn!(
+                "AUTHENTICATION IS DISABLED: every request acts with every permission in the default tenant (dev only)"
+            ),
+            AuthMode::Optional => tracing::info!("authentication is optional: requests without a token are anonymous"),
+            AuthMode::Required => {}
+        }
+        if config.mode != AuthMode::Disabled && config.admin_roles.is_empty() {
+            tracing::warn!("AUTH_ADMIN_ROLES is empty: every valid token may delete any media of its tenant");
+        }
+        Ok(Self {
+            mode: config.mode,
+            algorithms: config.algorithms.clone(),
+            issuers,
+            caches,
+            validations,
+            leeway: i64::try_from(leeway).unwrap_or(i64::MAX / 2),
+            refresh_interval: config.jwks_refresh,
+            anonymous: claims.anonymous().map(Arc::new),
+            unauthenticated: Arc::new(claims.unauthenticated()),
+            claims,
+            verified,
+            failures: FailureLog::new(db),
+            dev,
+        })
+    }
+
+    /// Fetches every issuer's keys once (concurrently, each bounded by the fetch timeout) and starts
+    /// the periodic refreshes. A provider that is down does not stop the start: `/readyz` reports it
+    /// and requests for that issuer get 503 until its keys arrive.
+    pub async fn start(&self) {
+        futures::future::join_all(self.caches.iter().map(|cache| cache.refresh())).await;
+        for cache in &self.caches {
+            let status = cache.status();
+            if status.loaded {
+                tracing::info!(issuer = cache.name(), keys = status.keys, "signing keys loaded");
+            } else {
+                tracing::warn!(issuer = cache.name(), "signing keys could not be loaded yet; retrying in the background");
+            }
+            cache.spawn_refresher(self.refresh_interval);
+        }
+    }
+
+    /// The principal of a request with this `Authorization` header (or none).
+    pub async fn authenticate(&self, authorization: Option<&HeaderValue>) -> Result<Arc<Principal>, AuthError> {
+        if self.mode == AuthMode::Disabled {
+            return Ok(self.unauthenticated.clone());
+        }
+        let Some(value) = authorization else {
+            return match (&self.anonymous, self.mode) {
+                (Some(anonymous), AuthMode::Optional) => Ok(anonymous.clone()),
+                _ => Err(AuthError::Missing),
+            };
+        };
+        self.verify(bearer_token(value)?).await
+    }
+
+    /// Verifies a bare token and returns its principal.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        if token.len() > token::MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(principal) = self.verified.get(&digest) {
+            return Ok(principal);
+        }
+        let inspected = token::inspect(token, &self.algorithms)?;
+        let cache = self.issuers.get(&inspected.issuer).ok_or(AuthError::Issuer)?;
+        let alg = inspected.header.alg;
+        let key = cache.key(inspected.header.kid.as_deref(), alg).await?;
+        let validation =
+            self.validations.iter().find(|(a, _)| *a == alg).map(|(_, v)| v).ok_or(AuthError::Algorithm)?;
+        let claims = token::verify(token, &key, validation)?;
+        let principal = Arc::new(self.claims.principal(&inspected.issuer, &claims)?);
+        if let Some(exp) = claims.get("exp").and_then(Value::as_i64) {
+            self.verified.insert(digest, principal.clone(), exp.saturating_add(self.leeway));
+        }
+        Ok(principal)
+    }
+
+    /// Counts a refusal by reason and records it in the audit log (rate-limited per source IP).
+    pub fn record_failure(&self, err: &AuthError, source: Option<IpAddr>) {
+        self.failures.record(err, source);
+    }
+
+    /// Refusals so far, by reason.
+    pub fn failure_counts(&self) -> Vec<(&'static str, u64)> {
+        self.failures.counts()
+    }
+
+    /// The key caches by issuer name, for readiness and metrics.
+    pub fn key_status(&self) -> Vec<(String, CacheStatus)> {
+        self.caches.iter().map(|cache| (cache.name().to_owned(), cache.status())).collect()
+    }
+
+    /// The dev issuer's public key set, when the dev issuer is on.
+    pub fn dev_jwks(&self) -> Option<Value> {
+        self.dev.as_ref().map(dev_issuer::DevIssuer::jwks)
+    }
+}
+
+fn remote_cache(name: &str, source: KeySource, http: &reqwest::Client, verified: &Arc<VerifiedTokens>) -> Arc<JwksCache> {
+    let verified = verified.clone();
+    Arc::new(JwksCache::remote(name, source, http.clone(), move || verified.clear()))
+}
+
+/// The token of a `Bearer` credential (the scheme is case-insensitive, RFC 7235).
+fn bearer_token(value: &HeaderValue) -> Result<&str, AuthError> {
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?.trim();
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::WrongScheme);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token)
+}
+
+/// A verified token's principal and the Unix time it stops being valid.
+type VerifiedEntry = (Arc<Principal>, i64);
+
+/// Verified tokens by SHA-256, each until its `exp` plus the leeway.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: Mutex<HashMap<[u8; 32], VerifiedEntry>>,
+}
+
+impl VerifiedTokens {
+    fn get(&self, digest: &[u8; 32]) -> Option<Arc<Principal>> {
+        let now = chrono::Utc::now().timestamp();
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(digest).filter(|(_, until)| *until > now).map(|(principal, _)| principal.clone())
+    }
+
+    fn insert(&self, digest: [u8; 32], principal: Arc<Principal>, until: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_VERIFIED_TOKENS {
+            let now = chrono::Utc::now().timestamp();
+            entries.retain(|_, (_, until)| *until > now);
+            if entries.len() >= MAX_VERIFIED_TOKENS {
+                entries.clear();
+            }
+        }
+        entries.insert(digest, (principal, until));
+    }
+
+    fn clear(&self) {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+}
+
+/// Audit events allowed per source IP, and in all, per window.
+const AUDIT_PER_SOURCE: u32 = 10;
+const AUDIT_PER_WINDOW: u32 = 600;
+const AUDIT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Refusal counters and the rate-limited audit trail of refusals.
+struct FailureLog {
+    counts: [AtomicU64; AuthError::REASONS.len()],
+    limiter: Mutex<AuditLimiter>,
+    db: Option<Database>,
+}
+
+struct AuditLimiter {
+    window_start: Instant,
+    total: u32,
+    per_source: HashMap<Option<IpAddr>, u32>,
+}
+
+impl AuditLimiter {
+    fn allow(&mut self, source: Option<IpAddr>) -> bool {
+        if self.window_start.elapsed() >= AUDIT_WINDOW {
+            self.window_start = Instant::now();
+            self.total = 0;
+            self.per_source.clear();
+        }
+        let count = self.per_source.entry(source).or_insert(0);
+        if *count >= AUDIT_PER_SOURCE || self.total >= AUDIT_PER_WINDOW {
+            return false;
+        }
+        *count += 1;
+        self.total += 1;
+        true
+    }
+}
+
+impl FailureLog {
+    fn new(db: Option<Database>) -> Self {
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            limiter: Mutex::new(AuditLimiter { window_start: Instant::now(), total: 0, per_source: HashMap::new() }),
+            db,
+        }
+    }
+
+    fn record(&self, err: &AuthError, source: Option<IpAddr>) {
+        let reason = err.reason();
+        if let Some(index) = AuthError::REASONS.iter().position(|r| *r == reason) {
+            self.counts[index].fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(reason, status = err.status().as_u16(), source = ?source, "request refused by the auth layer");
+        let Some(db) = self.db.clone() else { return };
+        if !self.limiter.lock().unwrap_or_else(PoisonError::into_inner).allow(source) {
+            return;
+        }
+        let details = json!({ "reason": reason, "status": err.status().as_u16() });
+        let source = source.map(|ip| ip.to_string());
+        tokio::spawn(async move {
+            let event = AuditEvent {
+                tenant: SYSTEM_CHAIN,
+                kind: "auth.refused",
+                actor: None,
+                subject: source.as_deref(),
+                details,
+            };
+            if let Err(err) = audit::append(&db, &event).await {
+                tracing::warn!(error = %err, "cannot record an auth refusal in the audit log");
+            }
+        });
+    }
+
+    fn counts(&self) -> Vec<(&'static str, u64)> {
+        AuthError::REASONS.iter().zip(&self.counts).map(|(r, c)| (*r, c.load(Ordering::Relaxed))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_refused() {
+        let header = |v: &str| HeaderValue::from_str(v).unwrap();
+        assert_eq!(bearer_token(&header("Bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer_token(&header("bearer   abc ")).unwrap(), "abc");
+        assert_eq!(bearer_token(&header("Basic dXNlcg==")), Err(AuthError::WrongScheme));
+        assert_eq!(bearer_token(&header("Bearr abc")), Err(AuthError::WrongScheme));
+        assert_eq!(bearer_token(&header("abc")), Err(AuthError::WrongScheme));
+        assert_eq!(bearer_token(&header("Bearer")), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn audit_events_are_limited_per_source_and_in_all() {
+        let mut limiter = AuditLimiter { window_start: Instant::now(), total: 0, per_source: HashMap::new() };
+        let one = Some(IpAddr::from([10, 0, 0, 1]));
+        let allowed = (0..50).filter(|_| limiter.allow(one)).count();
+        assert_eq!(allowed, AUDIT_PER_SOURCE as usize);
+        let many = (0..2000u32).filter(|i| limiter.allow(Some(IpAddr::from(i.to_be_bytes())))).count();
+        assert_eq!(many + allowed, AUDIT_PER_WINDOW as usize);
+    }
+}

@@ -1,0 +1,283 @@
+//! Who is calling: the [`Principal`] built from a verified token's claims, and the permissions its
+//! roles and scopes grant.
+//!
+//! The tenant comes from the claim path `AUTH_TENANT_CLAIM` (dotted, default `tenant_id`), else from
+//! `MEDIA_DEFAULT_TENANT`; never from a request body. Roles are read where Keycloak and most OIDC
+//! providers put them (`realm_access.roles`, `resource_access.<client>.roles` for the configured
+//! clients, `roles`), scopes from `scope` (space separated) or `scp`. A permission whose role list is
+//! empty is granted to every valid token, as the jan media-api did.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::AuthError;
+use crate::config::AuthConfig;
+
+/// The rule tenant ids follow, as a sentence for error messages.
+pub const TENANT_RULE: &str =
+    "a tenant id is 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:` or `@`, starting with a letter or digit";
+
+/// Whether `tenant` is an acceptable tenant id (checked before it reaches a query or a key slot).
+pub fn is_valid_tenant(tenant: &str) -> bool {
+    let bytes = tenant.as_bytes();
+    (1..=128).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+}
+
+/// What a principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Permission {
+    /// Read media, presign, resolve.
+    #[serde(rename = "media:read")]
+    Read,
+    /// Upload and delete one's own media.
+    #[serde(rename = "media:write")]
+    Write,
+    /// Delete anyone's media in the tenant.
+    #[serde(rename = "media:admin")]
+    Admin,
+}
+
+impl Permission {
+    /// The permission's name (`media:read`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "media:read",
+            Self::Write => "media:write",
+            Self::Admin => "media:admin",
+        }
+    }
+}
+
+/// An authenticated (or, in `optional`/`disabled` mode, anonymous) caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// The token's `sub` (`anonymous` without a token).
+    pub subject: String,
+    /// The tenant every query of this request is scoped to.
+    pub tenant: String,
+    /// The token's issuer (`None` without a token).
+    pub issuer: Option<String>,
+    /// Roles found in the token.
+    pub roles: BTreeSet<String>,
+    /// Scopes found in the token.
+    pub scopes: BTreeSet<String>,
+    /// Permissions granted by the configured role maps.
+    pub permissions: BTreeSet<Permission>,
+    /// True when no token was presented.
+    pub anonymous: bool,
+}
+
+impl Principal {
+    /// Fails with `insufficient_scope` unless the principal holds `permission`.
+    pub fn require(&self, permission: Permission) -> Result<(), AuthError> {
+        if self.permissions.contains(&permission) {
+            Ok(())
+        } else {
+            Err(AuthError::InsufficientScope(permission))
+        }
+    }
+
+    /// Whether the principal holds `permission`.
+    pub fn can(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
+    }
+}
+
+/// How claims become a principal: the configured claim path, default tenant and role maps.
+#[derive(Debug, Clone)]
+pub struct ClaimsMapping {
+    tenant_path: Vec<String>,
+    default_tenant: Option<String>,
+    client_ids: Vec<String>,
+    grants: [(Permission, Vec<String>); 3],
+}
+
+impl ClaimsMapping {
+    /// Reads the mapping from the auth settings.
+    pub fn new(config: &AuthConfig) -> Self {
+        Self {
+            tenant_path: config.tenant_claim.split('.').map(str::to_owned).collect(),
+            default_tenant: config.default_tenant.clone(),
+            client_ids: config.client_ids.clone(),
+            grants: [
+                (Permission::Read, config.read_roles.clone()),
+                (Permission::Write, config.write_roles.clone()),
+                (Permission::Admin, config.admin_roles.clone()),
+            ],
+        }
+    }
+
+    /// The principal of verified `claims` issued by `issuer`.
+    pub fn principal(&self, issuer: &str, claims: &Value) -> Result<Principal, AuthError> {
+        let subject = match claims.get("sub") {
+            Some(Value::String(sub)) if !sub.is_empty() && sub.len() <= 256 => sub.clone(),
+            _ => return Err(AuthError::Claims("the token has no usable `sub` claim")),
+        };
+        let tenant = self.tenant(claims)?;
+        let roles = roles(claims, &self.client_ids);
+        let scopes = scopes(claims);
+        let permissions = self.permissions(&roles, &scopes);
+        Ok(Principal { subject, tenant, issuer: Some(issuer.to_owned()), roles, scopes, permissions, anonymous: false })
+    }
+
+    /// The caller without a token (`optional` mode): the default tenant, and the permissions every
+    /// valid token would have (never admin).
+    pub fn anonymous(&self) -> Option<Principal> {
+        let tenant = self.default_tenant.clone()?;
+        let permissions = self
+            .grants
+            .iter()
+            .filter(|(permission, roles)| *permission != Permission::Admin && roles.is_empty())
+            .map(|(permission, _)| *permission)
+            .collect();
+        Some(Principal {
+            subject: "anonymous".into(),
+            tenant,
+            issuer: None,
+            roles: BTreeSet::new(),
+            scopes: BTreeSet::new(),
+            permissions,
+            anonymous: true,
+        })
+    }
+
+    /// The caller when authentication is disabled: every permission, in the default tenant.
+    pub fn unauthenticated(&self) -> Principal {
+        Principal {
+            subject: "anonymous".into(),
+            tenant: self.default_tenant.clone().unwrap_or_else(|| "default".into()),
+            issuer: None,
+            roles: BTreeSet::new(),
+            scopes: BTreeSet::new(),
+            permissions: [Permission::Read, Permission::Write, Permission::Admin].into_iter().collect(),
+            anonymous: true,
+        }
+    }
+
+    fn tenant(&self, claims: &Value) -> Result<String, AuthError> {
+        let mut value = Some(claims);
+        for part in &self.tenant_path {
+            value = value.and_then(|v| v.get(part));
+        }
+        let tenant = match value {
+            Some(Value::String(tenant)) => tenant.clone(),
+            Some(Value::Number(number)) => number.to_string(),
+            Some(Value::Null) | None => match &self.default_tenant {
+                Some(tenant) => tenant.clone(),
+                None => return Err(AuthError::NoTenant),
+            },
+            Some(_) => return Err(AuthError::InvalidTenant),
+        };
+        if is_valid_tenant(&tenant) {
+            Ok(tenant)
+        } else {
+            Err(AuthError::InvalidTenant)
+        }
+    }
+
+    fn permissions(&self, roles: &BTreeSet<String>, scopes: &BTreeSet<String>) -> BTreeSet<Permission> {
+        self.grants
+            .iter()
+            .filter(|(_, granted_by)| {
+                granted_by.is_empty() || granted_by.iter().any(|name| roles.contains(name) || scopes.contains(name))
+            })
+            .map(|(permission, _)| *permission)
+            .collect()
+    }
+}
+
+fn strings(value: Option<&Value>) -> impl Iterator<Item = String> + '_ {
+    value.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned)
+}
+
+fn roles(claims: &Value, client_ids: &[String]) -> BTreeSet<String> {
+    let mut roles: BTreeSet<String> = strings(claims.pointer("/realm_access/roles")).collect();
+    roles.extend(strings(claims.get("roles")));
+    if let Some(clients) = claims.get("resource_access") {
+        for client in client_ids {
+            roles.extend(strings(clients.get(client).and_then(|c| c.get("roles"))));
+        }
+    }
+    roles
+}
+
+fn scopes(claims: &Value) -> BTreeSet<String> {
+    let mut scopes: BTreeSet<String> = match claims.get("scope") {
+        Some(Value::String(scope)) => scope.split_whitespace().map(str::to_owned).collect(),
+        _ => BTreeSet::new(),
+    };
+    match claims.get("scp") {
+        Some(Value::String(scp)) => scopes.extend(scp.split_whitespace().map(str::to_owned)),
+        other => scopes.extend(strings(other)),
+    }
+    scopes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mapping(vars: &[(&str, &str)]) -> ClaimsMapping {
+        let vars = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        ClaimsMapping::new(&crate::config::Config::from_vars(&vars).unwrap().auth)
+    }
+
+    #[test]
+    fn keycloak_roles_of_the_configured_client_only_map_to_permissions() {
+        let mapping = mapping(&[
+            ("AUTH_AUDIENCE", "media-api"),
+            ("AUTH_READ_ROLES", "viewer"),
+            ("AUTH_WRITE_ROLES", "uploader,media.write"),
+            ("AUTH_ADMIN_ROLES", "media-admin"),
+        ]);
+        let claims = json!({
+            "sub": "u1", "tenant_id": "acme", "typ": "Bearer", "azp": "web",
+            "realm_access": {"roles": ["viewer", "offline_access"]},
+            "resource_access": {"media-api": {"roles": ["uploader"]}, "other": {"roles": ["media-admin"]}},
+            "scope": "openid profile",
+        });
+        let p = mapping.principal("iss", &claims).unwrap();
+        assert_eq!(p.tenant, "acme");
+        assert!(p.roles.contains("viewer") && p.roles.contains("uploader"));
+        assert!(!p.roles.contains("media-admin"), "roles of another client do not count");
+        assert_eq!(p.permissions, [Permission::Read, Permission::Write].into_iter().collect());
+        assert!(matches!(p.require(Permission::Admin), Err(AuthError::InsufficientScope(Permission::Admin))));
+
+        let scoped = json!({"sub": "svc", "tenant_id": "acme", "scp": ["media.write"]});
+        assert!(mapping.principal("iss", &scoped).unwrap().can(Permission::Write), "a scope grants like a role");
+    }
+
+    #[test]
+    fn empty_role_maps_grant_every_valid_token() {
+        let p = mapping(&[]).principal("iss", &json!({"sub": "u", "tenant_id": "t"})).unwrap();
+        assert_eq!(p.permissions.len(), 3);
+    }
+
+    #[test]
+    fn the_tenant_comes_from_a_dotted_path_or_the_default_and_is_validated() {
+        let nested = mapping(&[("AUTH_TENANT_CLAIM", "org.id")]);
+        assert_eq!(nested.principal("i", &json!({"sub": "u", "org": {"id": "t-1"}})).unwrap().tenant, "t-1");
+        assert!(matches!(nested.principal("i", &json!({"sub": "u", "tenant_id": "x"})), Err(AuthError::NoTenant)));
+        let fallback = mapping(&[("MEDIA_DEFAULT_TENANT", "main")]);
+        assert_eq!(fallback.principal("i", &json!({"sub": "u"})).unwrap().tenant, "main");
+        for bad in [json!("../etc"), json!("a b"), json!(""), json!("x".repeat(129)), json!(["t"])] {
+            let claims = json!({"sub": "u", "tenant_id": bad});
+            assert!(matches!(fallback.principal("i", &claims), Err(AuthError::InvalidTenant)), "{claims}");
+        }
+        assert!(matches!(fallback.principal("i", &json!({"tenant_id": "t"})), Err(AuthError::Claims(_))));
+    }
+
+    #[test]
+    fn anonymous_callers_get_the_open_permissions_but_never_admin() {
+        assert!(mapping(&[]).anonymous().is_none(), "no default tenant, no anonymous principal");
+        let open = mapping(&[("MEDIA_DEFAULT_TENANT", "main"), ("AUTH_WRITE_ROLES", "uploader")]);
+        let p = open.anonymous().unwrap();
+        assert_eq!(p.permissions, [Permission::Read].into_iter().collect());
+        assert!(p.anonymous);
+    }
+}
