@@ -486,7 +486,10 @@ fn auth_config(env: &Env<'_>, profile: Profile) -> Result<AuthConfig, ConfigErro
         mode,
         algorithms: algorithms(env)?,
         leeway: env.duration("AUTH_LEEWAY")?.unwrap_or(Duration::from_secs(60)),
-        jwks_refresh: env.duration("AUTH_JWKS_REFRESH")?.unwrap_or(Duration::from_secs(600)).max(Duration::from_secs(1)),
+        jwks_refresh: env
+            .duration("AUTH_JWKS_REFRESH")?
+            .unwrap_or(Duration::from_secs(600))
+            .max(Duration::from_secs(1)),
         tenant_claim: env.get("AUTH_TENANT_CLAIM").unwrap_or_else(|| "tenant_id".into()),
         default_tenant,
         read_roles: env.list("AUTH_READ_ROLES"),

@@ -278,6 +278,10 @@ impl JwksCache {
     /// The key for a token, refreshing once on an unknown kid (see the module docs).
     pub async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<VerifyKey>, AuthError> {
         match self.lookup(kid, alg) {
+            Err(AuthError::KeysUnavailable) => {
+                self.refresh_on_demand().await;
+                return self.lookup(kid, alg);
+            }
             Err(AuthError::UnknownKey) => {}
             other => return other,
         }

@@ -138,7 +138,10 @@ impl Authenticator {
             if status.loaded {
                 tracing::info!(issuer = cache.name(), keys = status.keys, "signing keys loaded");
             } else {
-                tracing::warn!(issuer = cache.name(), "signing keys could not be loaded yet; retrying in the background");
+                tracing::warn!(
+                    issuer = cache.name(),
+                    "signing keys could not be loaded yet; retrying in the background"
+                );
             }
             cache.spawn_refresher(self.refresh_interval);
         }
@@ -202,7 +205,12 @@ impl Authenticator {
     }
 }
 
-fn remote_cache(name: &str, source: KeySource, http: &reqwest::Client, verified: &Arc<VerifiedTokens>) -> Arc<JwksCache> {
+fn remote_cache(
+    name: &str,
+    source: KeySource,
+    http: &reqwest::Client,
+    verified: &Arc<VerifiedTokens>,
+) -> Arc<JwksCache> {
     let verified = verified.clone();
     Arc::new(JwksCache::remote(name, source, http.clone(), move || verified.clear()))
 }

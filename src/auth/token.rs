@@ -107,7 +107,9 @@ pub fn verify(token: &str, key: &VerifyKey, validation: &Validation) -> Result<V
             ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             ErrorKind::InvalidIssuer => AuthError::Issuer,
             ErrorKind::InvalidAudience => AuthError::Audience,
-            ErrorKind::MissingRequiredClaim(_) => AuthError::Claims("the token lacks a required claim (exp, iss or aud)"),
+            ErrorKind::MissingRequiredClaim(_) => {
+                AuthError::Claims("the token lacks a required claim (exp, iss or aud)")
+            }
             ErrorKind::InvalidClaimFormat(_) => AuthError::Claims("a time or audience claim has the wrong type"),
             ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthError::KeyMismatch,
             ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_) => {

@@ -119,6 +119,12 @@ pub async fn append(db: &Database, event: &AuditEvent<'_>) -> Result<(), DbError
     Err(DbError::AuditContention)
 }
 
+/// Number of events of one kind (all chains).
+pub async fn count_kind(db: &Database, kind: &str) -> Result<i64, DbError> {
+    const COUNT: &str = "SELECT COUNT(*) FROM audit_events WHERE kind = $1";
+    Ok(with_pool!(db, |pool| sqlx::query_scalar(COUNT).bind(kind).fetch_one(pool).await)?)
+}
+
 /// Walks every chain and reports the first broken link of each.
 pub async fn verify(db: &Database) -> Result<VerifyReport, DbError> {
     let tenants: Vec<String> = with_pool!(db, |pool| sqlx::query_scalar(CHAINS).fetch_all(pool).await)?;
