@@ -762,6 +762,34 @@ mod tests {
     }
 
     #[test]
+    fn auth_settings_are_checked_and_defaulted() {
+        let config = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(config.auth.algorithms, DEFAULT_ALGORITHMS.to_vec());
+        assert_eq!((config.auth.audiences.as_slice(), config.auth.dev_issuer), (&[DEV_AUDIENCE.to_owned()][..], true));
+        assert_eq!(config.auth.leeway, Duration::from_secs(60));
+        for (name, value) in [
+            ("AUTH_ALGORITHMS", "RS256,HS256"),
+            ("AUTH_ALGORITHMS", "none"),
+            ("AUTH_MODE", "sometimes"),
+            ("AUTH_LEEWAY", "soon"),
+            ("MEDIA_DEFAULT_TENANT", "../etc"),
+        ] {
+            let err = Config::from_vars(&vars(&[(name, value)])).unwrap_err();
+            assert_eq!(err.var, name, "{err}");
+        }
+        let mismatched = vars(&[("AUTH_ISSUER", "a,b,c"), ("AUTH_JWKS_URL", "http://x/1,http://x/2")]);
+        assert_eq!(Config::from_vars(&mismatched).unwrap_err().var, "AUTH_JWKS_URL");
+        let orphan = vars(&[("AUTH_JWKS_URL", "http://x/1")]);
+        assert_eq!(Config::from_vars(&orphan).unwrap_err().var, "AUTH_JWKS_URL");
+        let nobody = vars(&[("AUTH_DEV_ISSUER", "false")]);
+        assert_eq!(Config::from_vars(&nobody).unwrap_err().var, "AUTH_ISSUER", "no issuer at all is refused");
+        let jan = Config::from_vars(&vars(&[("AUTH_ENABLED", "false")])).unwrap();
+        assert_eq!(jan.auth.mode, AuthMode::Disabled, "AUTH_ENABLED=false is jan's way to disable auth");
+        let production = Config::from_vars(&vars(&[("MEDIA_PROFILE", "production"), ("AUTH_DEV_ISSUER", "true")]));
+        assert!(production.unwrap_err().to_string().contains("AUTH_DEV_ISSUER"));
+    }
+
+    #[test]
     fn half_a_credential_pair_is_refused() {
         let err = Config::from_vars(&vars(&[("MEDIA_S3_BUCKET", "b"), ("MEDIA_S3_ACCESS_KEY_ID", "GK1")])).unwrap_err();
         assert_eq!(err.var, "MEDIA_S3_ACCESS_KEY");
