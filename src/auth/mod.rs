@@ -311,7 +311,7 @@ impl FailureLog {
         if let Some(index) = AuthError::REASONS.iter().position(|r| *r == reason) {
             self.counts[index].fetch_add(1, Ordering::Relaxed);
         }
-        tracing::info!(reason, status = err.status().as_u16(), source = ?source, "request refused by the auth layer");
+        tracing::debug!(reason, status = err.status().as_u16(), source = ?source, "request refused by the auth layer");
         let Some(db) = self.db.clone() else { return };
         if !self.limiter.lock().unwrap_or_else(PoisonError::into_inner).allow(source) {
             return;
