@@ -21,6 +21,9 @@ use crate::crypto::CryptoError;
 use crate::db::media::MediaRepo;
 use crate::db::tenant_keys::{KeySettings, TenantKeys};
 use crate::db::{Database, DbError};
+use crate::ingest::pipeline::Pipeline;
+use crate::ingest::remote::RemoteFetcher;
+use crate::ingest::sniff::Allowlist;
 use crate::storage::links::{LinkKey, LinkSigner};
 use crate::storage::{self, BlobStore, StorageError};
 
@@ -46,6 +49,10 @@ pub struct AppState {
     pub media: MediaRepo,
     /// Bearer token checks and principals.
     pub auth: Arc<Authenticator>,
+    /// The upload pipeline (checks, blob store, encrypted rows, audit).
+    pub pipeline: Pipeline,
+    /// The `remote_url` fetcher.
+    pub remote: RemoteFetcher,
 }
 
 /// Why the service could not start.
@@ -101,7 +108,17 @@ impl Application {
         let media = MediaRepo::new(db.clone(), keys.clone());
         let auth = Arc::new(Authenticator::new(&config.auth, &config.keys_dir, Some(db.clone()))?);
         auth.start().await;
-        let state = AppState { config: Arc::new(config), db, blobs, links, keyring, keys, media, auth };
+        let pipeline = Pipeline::new(
+            blobs.clone(),
+            media.clone(),
+            db.clone(),
+            Allowlist::new(&config.allowed_types),
+            config.max_bytes,
+            config.retention_days,
+        );
+        let remote = RemoteFetcher::new(config.remote_fetch_timeout, &config.remote_fetch_allow_hosts);
+        let state =
+            AppState { config: Arc::new(config), db, blobs, links, keyring, keys, media, auth, pipeline, remote };
         Ok(Self { listener, port: local.port(), state })
     }
 

@@ -215,6 +215,18 @@ pub struct Config {
     pub retention_days: Option<u32>,
     /// Timeout of a `remote_url` fetch (`MEDIA_REMOTE_FETCH_TIMEOUT`, default 15s).
     pub remote_fetch_timeout: Duration,
+    /// Hosts (`host` or `host:port`) exempt from the remote fetch address checks
+    /// (`MEDIA_REMOTE_FETCH_ALLOW_HOSTS`).
+    pub remote_fetch_allow_hosts: Vec<String>,
+    /// Accepted content types (`MEDIA_ALLOWED_TYPES`, default JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF, HEIC).
+    pub allowed_types: Vec<String>,
+    /// Largest `POST /v1/media/resolve` body (`MEDIA_RESOLVE_MAX_BYTES`, default 8 MiB).
+    pub resolve_max_bytes: u64,
+    /// Most distinct IDs one resolve call may name (`MEDIA_RESOLVE_MAX_IDS`, default 256).
+    pub resolve_max_ids: usize,
+    /// How often expired media, stale pending uploads and abandoned multipart uploads are swept
+    /// (`MEDIA_SWEEP_INTERVAL`, default 10m; 0 turns the background sweeper off).
+    pub sweep_interval: Duration,
     /// Token validation.
     pub auth: AuthConfig,
     /// Key-encryption keyring source.
@@ -264,6 +276,11 @@ impl Config {
             proxy_download: env.bool("MEDIA_PROXY_DOWNLOAD")?.unwrap_or(true),
             retention_days: env.parse::<u32>("MEDIA_RETENTION_DAYS", "a whole number of days")?.filter(|d| *d > 0),
             remote_fetch_timeout: env.duration("MEDIA_REMOTE_FETCH_TIMEOUT")?.unwrap_or(Duration::from_secs(15)),
+            remote_fetch_allow_hosts: env.list("MEDIA_REMOTE_FETCH_ALLOW_HOSTS"),
+            allowed_types: allowed_types(&env)?,
+            resolve_max_bytes: env.size("MEDIA_RESOLVE_MAX_BYTES")?.unwrap_or(8 * MIB),
+            resolve_max_ids: env.parse("MEDIA_RESOLVE_MAX_IDS", "a whole number")?.unwrap_or(256),
+            sweep_interval: env.duration("MEDIA_SWEEP_INTERVAL")?.unwrap_or(Duration::from_secs(600)),
             auth: auth_config(&env, profile)?,
             keyring: keyring_source(&env),
             dek_encryption_budget: env.parse("MEDIA_DEK_ENCRYPTION_BUDGET", "a whole number")?.unwrap_or(1 << 31),
@@ -501,6 +518,23 @@ fn auth_config(env: &Env<'_>, profile: Profile) -> Result<AuthConfig, ConfigErro
         audiences,
         jwks_urls,
     })
+}
+
+fn allowed_types(env: &Env<'_>) -> Result<Vec<String>, ConfigError> {
+    let types = env.list("MEDIA_ALLOWED_TYPES");
+    if types.is_empty() {
+        return Ok(crate::ingest::sniff::DEFAULT_ALLOWED.iter().map(|t| (*t).to_owned()).collect());
+    }
+    for name in &types {
+        let canonical = crate::ingest::sniff::canonical(name);
+        if canonical.as_deref().is_none_or(|t| !t.contains('/') || t == "image/svg+xml" || t.starts_with("text/")) {
+            return Err(ConfigError::new(
+                "MEDIA_ALLOWED_TYPES",
+                format!("{name:?} cannot be allowed: give MIME types the bytes can be sniffed as, such as image/png"),
+            ));
+        }
+    }
+    Ok(types)
 }
 
 fn algorithms(env: &Env<'_>) -> Result<Vec<jsonwebtoken::Algorithm>, ConfigError> {

@@ -130,6 +130,11 @@ const REENCRYPT_PG: &str = "UPDATE media_objects AS m SET dek_version = $2, file
      FROM UNNEST($3::text[], $4::int4[], $5::bytea[], $6::bytea[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[]) \
      AS u(id, old_version, filename, uploader, user_hint, storage_key, sha256, metadata) \
      WHERE m.tenant_id = $1 AND m.id = u.id AND m.dek_version = u.old_version";
+const MARK_READY: &str = "UPDATE media_objects SET status = 'ready', mime = $3, size_bytes = $4, dek_version = $5, \
+     content_mac = $6, filename_enc = $7, uploader_enc = $8, user_hint_enc = $9, storage_key_enc = $10, sha256_enc = $11, \
+     metadata_enc = $12, updated_at = $13 WHERE tenant_id = $1 AND id = $2 AND status = 'pending'";
+const SWEEPABLE: &str = "SELECT tenant_id, id FROM media_objects WHERE retention_until < $1 \
+     UNION SELECT tenant_id, id FROM media_objects WHERE status = 'pending' AND created_at < $2 LIMIT $3";
 const DELETE: &str = "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2";
 
 /// Encrypted access to `media_objects`.
@@ -375,6 +380,96 @@ impl MediaRepo {
             Some(row) => Ok(Some(self.open_row(row).await?)),
             None => Ok(None),
         }
+    }
+
+    /// The tenant's media among `ids`, decrypted, in one query (ids the tenant does not have are
+    /// simply absent from the result).
+    pub async fn get_many(&self, tenant: &str, ids: &[String]) -> Result<Vec<StoredMedia>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<MediaRow> = match &self.db {
+            Database::Postgres(pool) => {
+                let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = ANY($2)");
+                sqlx::query_as(&sql).bind(tenant).bind(ids).fetch_all(pool).await?
+            }
+            Database::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id IN (SELECT value FROM json_each($2))"
+                );
+                let list = serde_json::to_string(ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                sqlx::query_as(&sql).bind(tenant).bind(list).fetch_all(pool).await?
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.open_row(row).await?);
+        }
+        Ok(out)
+    }
+
+    /// Marks a pending row ready after its bytes were verified: type, size and hash are set and the
+    /// row is re-sealed under the current DEK. With `dedup`, a tenant that already has these bytes
+    /// gets [`InsertOutcome::Duplicate`] and the row is left pending for the caller to remove;
+    /// without it the row becomes ready with no content MAC (a second copy the index does not see).
+    pub async fn mark_ready(
+        &self,
+        pending: &MediaRecord,
+        mime: &str,
+        size: u64,
+        sha256: [u8; 32],
+        dedup: bool,
+    ) -> Result<InsertOutcome, DbError> {
+        let tenant = pending.tenant_id.as_str();
+        let mac = if dedup { Some(self.content_mac(tenant, &sha256).await?) } else { None };
+        let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
+        let cipher = FieldCipher::new(&dek);
+        let sealed = RowCipher { cipher: &cipher, tenant, id: &pending.id }.seal_all(&PlainColumns {
+            filename: pending.filename.clone(),
+            uploader: pending.uploader.clone(),
+            user_hint: pending.user_hint.clone(),
+            storage_key: pending.storage_key.clone(),
+            sha256: Some(sha256),
+            metadata: pending.metadata.clone(),
+        });
+        let result = with_pool!(&self.db, |pool| sqlx::query(MARK_READY)
+            .bind(tenant)
+            .bind(&pending.id)
+            .bind(mime)
+            .bind(size as i64)
+            .bind(dek.version as i32)
+            .bind(mac.as_ref().map(|m| m.as_slice()))
+            .bind_sealed(&sealed)
+            .bind(Utc::now())
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()));
+        self.keys.record_encryptions(tenant, dek.version, sealed.count()).await?;
+        match result {
+            Ok(_) => Ok(InsertOutcome::Inserted),
+            Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                let mac = mac.ok_or_else(|| DbError::from(sqlx::Error::Database(err)))?;
+                let existing = self.id_by_mac(tenant, &mac).await?;
+                existing.map(InsertOutcome::Duplicate).ok_or_else(|| sqlx::Error::RowNotFound.into())
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Up to `limit` rows (any tenant) that are past their retention, or pending since before
+    /// `pending_before`: `(tenant, id)` pairs for the sweeper.
+    pub async fn sweepable(
+        &self,
+        now: DateTime<Utc>,
+        pending_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        Ok(with_pool!(&self.db, |pool| sqlx::query_as(SWEEPABLE)
+            .bind(now)
+            .bind(pending_before)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?)
     }
 
     /// Deletes the tenant's row; `false` when there was none.

@@ -15,6 +15,8 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::db::DbError;
+use crate::ingest::pipeline::IngestError;
+use crate::ingest::sniff::TypeError;
 use crate::storage::StorageError;
 
 /// The request ID header (set or accepted by the request-ID layer, echoed on every response).
@@ -34,6 +36,12 @@ pub enum ApiError {
     /// Nothing here, or nothing this caller may know about: both answer the same.
     #[error("not found")]
     NotFound,
+    /// A media ID named in a request (resolve) that the caller's tenant does not have.
+    #[error("media {id} was not found")]
+    MediaNotFound {
+        /// The ID as the caller sent it.
+        id: String,
+    },
     /// No route for this path.
     #[error("no such endpoint")]
     NoRoute,
@@ -62,6 +70,30 @@ pub enum ApiError {
         /// What is down, for a person.
         message: String,
     },
+    /// The content's type is not accepted, or disagrees with what was declared.
+    #[error("{message}")]
+    UnsupportedMedia {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong, for a person.
+        message: String,
+    },
+    /// The request conflicts with the resource's state.
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong, for a person.
+        message: String,
+    },
+    /// An upstream server (a `remote_url`) failed.
+    #[error("{message}")]
+    BadGateway {
+        /// Stable code.
+        code: &'static str,
+        /// What failed, for a person.
+        message: String,
+    },
     /// Refused by the auth layer (401 with a challenge, 403, or 503).
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -88,11 +120,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::NoRoute | Self::MediaNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UnsupportedMedia { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Self::Auth(err) => err.status(),
             Self::Storage(err) => match err {
                 StorageError::NotFound | StorageError::InvalidKey(_) => StatusCode::NOT_FOUND,
@@ -112,8 +147,13 @@ impl ApiError {
     /// The stable code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::BadRequest { code, .. } | Self::Forbidden { code, .. } | Self::Unavailable { code, .. } => code,
-            Self::NotFound | Self::NoRoute => "not_found",
+            Self::BadRequest { code, .. }
+            | Self::Forbidden { code, .. }
+            | Self::Unavailable { code, .. }
+            | Self::UnsupportedMedia { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::BadGateway { code, .. } => code,
+            Self::NotFound | Self::NoRoute | Self::MediaNotFound { .. } => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TooLarge { .. } => "too_large",
             Self::Auth(err) => err.code(),
@@ -151,6 +191,27 @@ impl ApiError {
         match self {
             Self::Auth(err) => err.challenge().and_then(|c| HeaderValue::from_str(&c).ok()),
             _ => None,
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(err: IngestError) -> Self {
+        let message = err.to_string();
+        match err {
+            IngestError::TooLarge { limit } => Self::TooLarge { limit },
+            IngestError::Empty => Self::bad_request("empty", message),
+            IngestError::Type(TypeError::Unsupported { .. }) => {
+                Self::UnsupportedMedia { code: "unsupported_type", message }
+            }
+            IngestError::Type(TypeError::Mismatch { .. }) => Self::UnsupportedMedia { code: "type_mismatch", message },
+            IngestError::Invalid { code: "not_uploaded", .. } => Self::Conflict { code: "not_uploaded", message },
+            IngestError::Invalid { code, .. } => Self::bad_request(code, message),
+            IngestError::Interrupted(_) => Self::bad_request("upload_interrupted", message),
+            IngestError::RemoteBlocked(_) => Self::bad_request("remote_fetch_blocked", message),
+            IngestError::RemoteFailed(_) => Self::BadGateway { code: "remote_fetch_failed", message },
+            IngestError::Storage(err) => Self::Storage(err),
+            IngestError::Database(err) => Self::Database(err),
         }
     }
 }

@@ -5,7 +5,9 @@ pub mod auth;
 pub mod blobs;
 pub mod error;
 pub mod health;
+pub mod media;
 pub mod range;
+pub mod resolve;
 
 use axum::http::{header, HeaderName, HeaderValue, Request};
 use axum::Router;
@@ -50,6 +52,8 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(blobs::router())
         .merge(auth::router())
+        .merge(media::router())
+        .merge(resolve::router())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(error::attach_request_id));

@@ -24,8 +24,7 @@ pub fn new_id() -> String {
 
 /// Whether `text` is a well-formed ID.
 pub fn is_valid(text: &str) -> bool {
-    text.strip_prefix(PREFIX)
-        .is_some_and(|rest| rest.len() == ID_CHARS && rest.bytes().all(|b| ALPHABET.contains(&b)))
+    text.strip_prefix(PREFIX).is_some_and(|rest| rest.len() == ID_CHARS && rest.bytes().all(|b| ALPHABET.contains(&b)))
 }
 
 #[cfg(test)]
@@ -41,7 +40,14 @@ mod tests {
             assert_eq!(id.len(), 30);
         }
         let id = new_id();
-        for bad in ["", "jan_", "JAN_0123456789abcdefghjkmnpqrs", "jan_0123456789abcdefghjkmnpqri", &id[..29], &format!("{id}0")] {
+        for bad in [
+            "",
+            "jan_",
+            "JAN_0123456789abcdefghjkmnpqrs",
+            "jan_0123456789abcdefghjkmnpqri",
+            &id[..29],
+            &format!("{id}0"),
+        ] {
             assert!(!is_valid(bad), "{bad:?}");
         }
         assert!(is_valid("jan_0123456789abcdefghjkmnpqrs"));

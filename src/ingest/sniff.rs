@@ -3,7 +3,8 @@
 //!
 //! Types are compared in a canonical form: lowercase, parameters dropped, and common aliases folded
 //! (`image/jpg` and `image/pjpeg` are JPEG, `image/x-png` is PNG, `image/heif` is HEIC, …).
-//! `application/octet-stream` and an absent type declare nothing.
+//! `application/octet-stream` and an absent type declare nothing — except as the type of a filename's
+//! extension (`x.exe`), which is a declaration like any other.
 
 /// Bytes read before the type is decided (or the whole body, when shorter).
 pub const SNIFF_BYTES: usize = 512;
@@ -92,6 +93,11 @@ impl Allowlist {
         Self { types: types.iter().filter_map(|t| canonical(t.as_ref())).collect() }
     }
 
+    /// Whether a canonical type is allowed.
+    pub fn allows(&self, canonical: &str) -> bool {
+        self.types.iter().any(|t| t == canonical)
+    }
+
     /// The sniffed, allowed type of `prefix` (the first bytes of the content), after checking that
     /// every declaration agrees with it.
     pub fn check(&self, prefix: &[u8], declared: &[(DeclaredBy, String)]) -> Result<String, TypeError> {
@@ -103,7 +109,13 @@ impl Allowlist {
             });
         };
         for (by, declared) in declared {
-            if let Some(declared_canonical) = canonical(declared) {
+            // A header may say "octet-stream" to declare nothing; an extension that maps to it
+            // (`.exe`, `.bin`) does declare something, and it is not an image.
+            let declared_canonical = match by {
+                DeclaredBy::Filename => Some(canonical(declared).unwrap_or_else(|| declared.to_ascii_lowercase())),
+                _ => canonical(declared),
+            };
+            if let Some(declared_canonical) = declared_canonical {
                 if declared_canonical != sniffed {
                     return Err(TypeError::Mismatch {
                         by: by.describe(),
@@ -145,9 +157,9 @@ pub(crate) mod samples {
 
     /// A 1×1 PNG.
     pub const PNG: &[u8] = &[
-        0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D, 0x49, 0x48, 0x44, 0x52, 0, 0, 0, 1, 0, 0, 0, 1, 8,
-        6, 0, 0, 0, 0x1F, 0x15, 0xC4, 0x89, 0, 0, 0, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0, 1, 0, 0, 5, 0,
-        1, 0x0D, 0x0A, 0x2D, 0xB4, 0, 0, 0, 0, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+        0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D, 0x49, 0x48, 0x44, 0x52, 0, 0, 0, 1, 0, 0, 0, 1,
+        8, 6, 0, 0, 0, 0x1F, 0x15, 0xC4, 0x89, 0, 0, 0, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0, 1, 0, 0, 5,
+        0, 1, 0x0D, 0x0A, 0x2D, 0xB4, 0, 0, 0, 0, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
     ];
     /// The start of a GIF.
     pub const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;";
@@ -167,7 +179,10 @@ mod tests {
         assert_eq!(allow().check(PNG, &[]).unwrap(), "image/png");
         let declared = [(DeclaredBy::Header, "IMAGE/PNG; charset=x".to_owned()), from_filename("a.png").unwrap()];
         assert_eq!(allow().check(PNG, &declared).unwrap(), "image/png");
-        assert_eq!(allow().check(PNG, &[(DeclaredBy::Header, "application/octet-stream".into())]).unwrap(), "image/png");
+        assert_eq!(
+            allow().check(PNG, &[(DeclaredBy::Header, "application/octet-stream".into())]).unwrap(),
+            "image/png"
+        );
         let gif_as_jpeg = allow().check(GIF, &[(DeclaredBy::Header, "image/jpg".into())]).unwrap_err();
         assert_eq!(
             gif_as_jpeg.to_string(),

@@ -1,0 +1,459 @@
+//! The media routes of the jan v1 contract (DESIGN §3): uploads from every source, download, presign,
+//! delete, and direct uploads (`prepare-upload` + `complete`). Resolve lives in [`super::resolve`].
+//!
+//! Every lookup is by `(tenant of the token, id)`: an ID that does not parse, does not exist or
+//! belongs to another tenant gets the same 404. A pending direct upload is verified the first time it
+//! is read (jan clients never call `complete`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::range::parse_range;
+use crate::app::AppState;
+use crate::auth::extract::{Authenticated, CanRead, CanWrite};
+use crate::auth::{Permission, Principal};
+use crate::db::media::{MediaRecord, MediaStatus};
+use crate::ingest::id::{is_valid, new_id};
+use crate::ingest::pipeline::{random_storage_key, Ingested, Upload};
+use crate::ingest::sniff::{canonical, extension, DeclaredBy};
+use crate::ingest::sources::{body_stream, clean_filename, decode_data_url, raw_filename};
+use crate::ingest::ByteStream;
+use crate::storage::{content_disposition, PresignGet, PresignPut, PresignedRequest};
+
+/// The media routes (resolve is merged from its own module).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/media", post(upload))
+        .route("/v1/media/upload", post(upload_form))
+        .route("/v1/media/prepare-upload", post(prepare_upload))
+        .route("/v1/media/{id}", get(download).delete(remove))
+        .route("/v1/media/{id}/presign", get(presign))
+        .route("/v1/media/{id}/complete", post(complete))
+        .layer(DefaultBodyLimit::disable())
+}
+
+/// The answer to an upload.
+#[derive(Debug, Serialize)]
+pub struct UploadResponse {
+    id: String,
+    mime: String,
+    bytes: u64,
+    deduped: bool,
+    presigned_url: String,
+    url: String,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct UploadQuery {
+    filename: Option<String>,
+}
+
+/// The jan v1 JSON upload body.
+#[derive(Debug, Deserialize)]
+struct JanUpload {
+    source: JanSource,
+    filename: Option<String>,
+    user_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JanSource {
+    #[serde(rename = "type")]
+    kind: String,
+    data_url: Option<String>,
+    url: Option<String>,
+}
+
+/// `POST /v1/media`: JSON (jan v1 sources), multipart (`file`) or a raw body, by `Content-Type`.
+async fn upload(
+    State(state): State<AppState>,
+    caller: Authenticated<CanWrite>,
+    Query(query): Query<UploadQuery>,
+    request: Request,
+) -> Result<Json<UploadResponse>, ApiError> {
+    let content_type = header_text(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ingested = if essence == "application/json" || essence.ends_with("+json") {
+        upload_json(&state, caller.0.clone(), request).await?
+    } else if essence == "multipart/form-data" {
+        upload_multipart(&state, caller.0.clone(), &content_type, request).await?
+    } else {
+        let headers = request.headers();
+        let upload = Upload {
+            declared: header_text(headers, header::CONTENT_TYPE).map(|t| (DeclaredBy::Header, t)).into_iter().collect(),
+            filename: raw_filename(headers, query.filename.as_deref()),
+            user_hint: header_text(headers, "x-principal-id"),
+            content_length: content_length(headers),
+        };
+        state.pipeline.ingest_detached(caller.0.clone(), upload, body_stream(request.into_body())).await?
+    };
+    Ok(Json(upload_response(&state, ingested).await?))
+}
+
+/// `POST /v1/media/upload`: the jan v2 multipart form (`file`, `user_id`).
+async fn upload_form(
+    State(state): State<AppState>,
+    caller: Authenticated<CanWrite>,
+    request: Request,
+) -> Result<Json<UploadResponse>, ApiError> {
+    let content_type = header_text(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
+    let ingested = upload_multipart(&state, caller.0.clone(), &content_type, request).await?;
+    Ok(Json(upload_response(&state, ingested).await?))
+}
+
+async fn upload_json(state: &AppState, caller: Arc<Principal>, request: Request) -> Result<Ingested, ApiError> {
+    // A data URL is base64 (4 bytes per 3) plus the JSON around it.
+    let limit = state.config.max_bytes.saturating_mul(4) / 3 + 64 * 1024;
+    let body = read_limited(request.into_body(), limit).await?;
+    let jan: JanUpload = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not a valid upload: {e}")))?;
+    let filename = jan.filename.as_deref().and_then(clean_filename);
+    match jan.source.kind.to_ascii_lowercase().as_str() {
+        "data_url" | "dataurl" | "datauri" | "data_uri" => {
+            let data_url = jan.source.data_url.ok_or_else(|| {
+                ApiError::bad_request("invalid_source", "source.data_url is required for a data_url source")
+            })?;
+            let (mime, bytes) = decode_data_url(&data_url, state.config.max_bytes)?;
+            drop(data_url);
+            let upload = Upload {
+                declared: mime.map(|m| (DeclaredBy::DataUrl, m)).into_iter().collect(),
+                filename,
+                user_hint: jan.user_id,
+                content_length: Some(bytes.len() as u64),
+            };
+            let body: ByteStream = futures::stream::once(async move { Ok(bytes) }).boxed();
+            Ok(state.pipeline.ingest_detached(caller, upload, body).await?)
+        }
+        "remote_url" | "remote" | "remoteuri" | "remote_uri" | "url" => {
+            let url = jan.source.url.ok_or_else(|| {
+                ApiError::bad_request("invalid_source", "source.url is required for a remote_url source")
+            })?;
+            let fetched = state.remote.fetch(&url).await?;
+            let upload = Upload {
+                declared: fetched.content_type.map(|t| (DeclaredBy::Remote, t)).into_iter().collect(),
+                filename: filename.or(fetched.filename),
+                user_hint: jan.user_id,
+                content_length: fetched.content_length,
+            };
+            Ok(state.pipeline.ingest_detached(caller, upload, fetched.body).await?)
+        }
+        other => Err(ApiError::bad_request("unknown_source_type", format!("unknown source type {other}"))),
+    }
+}
+
+/// Streams the `file` part of a multipart body through the pipeline; `user_id` (and `filename`)
+/// parts before it are taken as hints.
+async fn upload_multipart(
+    state: &AppState,
+    caller: Arc<Principal>,
+    content_type: &str,
+    request: Request,
+) -> Result<Ingested, ApiError> {
+    let invalid = |why: String| ApiError::bad_request("invalid_multipart", why);
+    let boundary = multer::parse_boundary(content_type).map_err(|e| invalid(format!("not a multipart body: {e}")))?;
+    let stream = request.into_body().into_data_stream();
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut user_hint = None;
+    let mut filename = None;
+    loop {
+        let field =
+            multipart.next_field().await.map_err(|e| invalid(format!("the multipart body is malformed: {e}")))?;
+        let Some(field) = field else {
+            return Err(ApiError::bad_request("missing_file", "the multipart body has no `file` part"));
+        };
+        match field.name() {
+            Some("file") => {
+                let upload = Upload {
+                    declared: field.content_type().map(|m| (DeclaredBy::Part, m.to_string())).into_iter().collect(),
+                    filename: field.file_name().and_then(clean_filename).or(filename),
+                    user_hint,
+                    content_length: None,
+                };
+                let body = futures::stream::unfold((field, multipart), |(mut field, multipart)| async move {
+                    match field.chunk().await {
+                        Ok(Some(chunk)) => Some((Ok(chunk), (field, multipart))),
+                        Ok(None) => None,
+                        Err(err) => Some((Err(std::io::Error::other(err)), (field, multipart))),
+                    }
+                })
+                .boxed();
+                return Ok(state.pipeline.ingest_detached(caller, upload, body).await?);
+            }
+            Some("user_id") => user_hint = Some(small_text(field).await?),
+            Some("filename") => filename = clean_filename(&small_text(field).await?),
+            _ => {}
+        }
+    }
+}
+
+/// A short text part (at most 1 KiB).
+async fn small_text(mut field: multer::Field<'static>) -> Result<String, ApiError> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_multipart", format!("the multipart body is malformed: {e}")))?
+    {
+        text.extend_from_slice(&chunk);
+        if text.len() > 1024 {
+            return Err(ApiError::bad_request("invalid_multipart", "a text part is longer than 1 KiB"));
+        }
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Reads a whole (small) body, refusing it past `limit`.
+pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge { limit }),
+        Err(_) => Err(ApiError::bad_request("upload_interrupted", "the request body could not be read to its end")),
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
+async fn upload_response(state: &AppState, ingested: Ingested) -> Result<UploadResponse, ApiError> {
+    let link = presign_get(state, &ingested.record, state.config.presign_ttl).await?;
+    Ok(UploadResponse {
+        id: ingested.record.id,
+        mime: ingested.record.mime,
+        bytes: ingested.record.size,
+        deduped: ingested.deduped,
+        presigned_url: link.url.clone(),
+        url: link.url,
+        expires_at: link.expires_at,
+    })
+}
+
+/// The download name of a media: its filename, or `<id>.<ext>`.
+fn download_name(record: &MediaRecord) -> String {
+    record.filename.clone().unwrap_or_else(|| format!("{}.{}", record.id, extension(&record.mime)))
+}
+
+/// A presigned GET of a media, forcing its sniffed type and an inline, RFC 6266-safe disposition.
+pub async fn presign_get(
+    state: &AppState,
+    record: &MediaRecord,
+    ttl: std::time::Duration,
+) -> Result<PresignedRequest, ApiError> {
+    let options = PresignGet {
+        ttl: ttl.min(state.config.presign_max_ttl),
+        content_type: record.mime.clone(),
+        content_disposition: content_disposition("inline", &download_name(record)),
+    };
+    Ok(state.blobs.presign_get(&record.storage_key, &options).await?)
+}
+
+/// The caller's media with this id, verified first when it is a pending direct upload.
+pub async fn load(state: &AppState, caller: &Arc<Principal>, id: &str) -> Result<MediaRecord, ApiError> {
+    if !is_valid(id) {
+        return Err(ApiError::NotFound);
+    }
+    let stored = state.media.get(&caller.tenant, id).await?.ok_or(ApiError::NotFound)?;
+    ready(state, caller, stored.record).await
+}
+
+/// A record made ready: pending direct uploads are verified (without dedup, so the id stays valid).
+pub async fn ready(state: &AppState, caller: &Arc<Principal>, record: MediaRecord) -> Result<MediaRecord, ApiError> {
+    match record.status {
+        MediaStatus::Ready => Ok(record),
+        MediaStatus::Pending => Ok(state.pipeline.complete(caller, record, false).await?.record),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TtlQuery {
+    ttl: Option<String>,
+}
+
+impl TtlQuery {
+    fn ttl(&self, state: &AppState) -> Result<std::time::Duration, ApiError> {
+        match &self.ttl {
+            None => Ok(state.config.presign_ttl),
+            Some(text) => crate::config::parse_duration(text)
+                .filter(|ttl| !ttl.is_zero())
+                .map(|ttl| ttl.min(state.config.presign_max_ttl))
+                .ok_or_else(|| ApiError::bad_request("invalid_ttl", "ttl must be a duration such as 60s or 5m")),
+        }
+    }
+}
+
+/// `GET /v1/media/{id}`: the bytes (proxy mode, the default) or JSON metadata with a URL.
+async fn download(
+    State(state): State<AppState>,
+    caller: Authenticated<CanRead>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let record = load(&state, &caller.0, &id).await?;
+    let wants_json = header_text(&headers, header::ACCEPT).is_some_and(|a| a.contains("application/json"));
+    if !state.config.proxy_download || wants_json {
+        let link = presign_get(&state, &record, state.config.presign_ttl).await?;
+        return Ok(Json(json!({
+            "id": record.id,
+            "mime": record.mime,
+            "bytes": record.size,
+            "filename": record.filename,
+            "url": link.url,
+            "expires_at": link.expires_at,
+        }))
+        .into_response());
+    }
+    let etag = record.sha256.map(|sha| format!("\"{}\"", hex::encode(sha)));
+    if let (Some(etag), Some(sent)) = (&etag, header_text(&headers, header::IF_NONE_MATCH)) {
+        if sent.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*") {
+            return Ok(StatusCode::NOT_MODIFIED.into_response());
+        }
+    }
+    let object = state.blobs.get(&record.storage_key, parse_range(&headers)?).await?;
+    let mut response = Response::new(Body::from_stream(object.body));
+    let out = response.headers_mut();
+    let value = |text: &str| HeaderValue::from_str(text).map_err(|_| ApiError::NotFound);
+    out.insert(header::CONTENT_TYPE, value(&record.mime)?);
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(object.content_length));
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=0"));
+    out.insert(header::CONTENT_DISPOSITION, value(&content_disposition("inline", &download_name(&record)))?);
+    if let Some(etag) = etag {
+        out.insert(header::ETAG, value(&etag)?);
+    }
+    if let Some((first, last)) = object.range {
+        out.insert(header::CONTENT_RANGE, value(&format!("bytes {first}-{last}/{}", object.total_size))?);
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    Ok(response)
+}
+
+/// `GET /v1/media/{id}/presign`.
+async fn presign(
+    State(state): State<AppState>,
+    caller: Authenticated<CanRead>,
+    Path(id): Path<String>,
+    Query(query): Query<TtlQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ttl = query.ttl(&state)?;
+    let record = load(&state, &caller.0, &id).await?;
+    let link = presign_get(&state, &record, ttl).await?;
+    let expires_in = (link.expires_at - Utc::now()).num_seconds().max(0);
+    Ok(Json(json!({ "id": record.id, "url": link.url, "expires_in": expires_in, "expires_at": link.expires_at })))
+}
+
+/// `DELETE /v1/media/{id}`: the uploader, or a caller with `media:admin`.
+async fn remove(
+    State(state): State<AppState>,
+    caller: Authenticated<CanWrite>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !is_valid(&id) {
+        return Err(ApiError::NotFound);
+    }
+    let record = state.media.get(&caller.0.tenant, &id).await?.ok_or(ApiError::NotFound)?.record;
+    if record.uploader != caller.0.subject && !caller.0.can(Permission::Admin) {
+        return Err(ApiError::forbidden("not_owner", "only the uploader or an admin may delete this media"));
+    }
+    state.pipeline.remove(&record).await?;
+    state.pipeline.audit(&caller.0, "media.deleted", &record.id, json!({"bytes": record.size})).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct PrepareUpload {
+    mime_type: Option<String>,
+    content_type: Option<String>,
+    bytes: Option<u64>,
+    filename: Option<String>,
+    user_id: Option<String>,
+}
+
+/// `POST /v1/media/prepare-upload`: a pending row and a presigned PUT bound to type (and length).
+async fn prepare_upload(
+    State(state): State<AppState>,
+    caller: Authenticated<CanWrite>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = read_limited(body, 64 * 1024).await?;
+    let request: PrepareUpload = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid: {e}")))?;
+    let declared = request
+        .mime_type
+        .or(request.content_type)
+        .ok_or_else(|| ApiError::bad_request("missing_mime_type", "mime_type (or content_type) is required"))?;
+    let mime = canonical(&declared).filter(|m| state.pipeline.allowlist().allows(m)).ok_or_else(|| {
+        ApiError::UnsupportedMedia { code: "unsupported_type", message: format!("{declared} is not an accepted type") }
+    })?;
+    let max = state.config.max_bytes;
+    match request.bytes {
+        Some(0) => return Err(ApiError::bad_request("empty", "bytes must be more than 0")),
+        Some(size) if size > max => return Err(ApiError::TooLarge { limit: max }),
+        _ => {}
+    }
+    let record = MediaRecord {
+        id: new_id(),
+        tenant_id: caller.0.tenant.clone(),
+        status: MediaStatus::Pending,
+        mime: mime.clone(),
+        size: request.bytes.unwrap_or(0),
+        filename: request.filename.as_deref().and_then(clean_filename),
+        uploader: caller.0.subject.clone(),
+        user_hint: request.user_id,
+        storage_key: random_storage_key(),
+        sha256: None,
+        metadata: None,
+        retention_until: state.config.retention_days.map(|d| Utc::now() + chrono::Duration::days(i64::from(d))),
+    };
+    let options =
+        PresignPut { ttl: state.config.presign_ttl, content_type: mime.clone(), content_length: request.bytes };
+    let link = state.blobs.presign_put(&record.storage_key, &options).await?;
+    state.media.insert(&record).await?;
+    let headers: serde_json::Map<String, serde_json::Value> =
+        link.headers.into_iter().map(|(name, value)| (name, json!(value))).collect();
+    Ok(Json(json!({
+        "id": record.id,
+        "upload_url": link.url,
+        "method": link.method,
+        "mime_type": mime,
+        "expires_in": state.config.presign_ttl.as_secs(),
+        "expires_at": link.expires_at,
+        "headers": headers,
+    })))
+}
+
+/// `POST /v1/media/{id}/complete`: verifies a direct upload and answers like an upload.
+async fn complete(
+    State(state): State<AppState>,
+    caller: Authenticated<CanWrite>,
+    Path(id): Path<String>,
+) -> Result<Json<UploadResponse>, ApiError> {
+    if !is_valid(&id) {
+        return Err(ApiError::NotFound);
+    }
+    let record = state.media.get(&caller.0.tenant, &id).await?.ok_or(ApiError::NotFound)?.record;
+    let ingested = match record.status {
+        MediaStatus::Ready => Ingested { record, deduped: false },
+        MediaStatus::Pending => state.pipeline.complete(&caller.0, record, true).await?,
+    };
+    Ok(Json(upload_response(&state, ingested).await?))
+}

@@ -1,0 +1,254 @@
+//! `POST /v1/media/resolve`: turns media IDs inside any JSON into fresh presigned URLs.
+//!
+//! `{"payload": <any JSON>}` comes back with the same structure, where every `data:<mime>;jan_<id>`
+//! placeholder inside a string (any mime) and every string that is exactly an ID is replaced by a
+//! presigned URL; everything else is untouched, so a payload without placeholders comes back equal.
+//! `{"ids": [...]}` answers `{"media": [{id, presigned_url, expires_at}]}`. All IDs of a call are
+//! looked up in one query, scoped to the caller's tenant; one unknown or foreign ID fails the whole
+//! call with a 404 naming it. Body size (`MEDIA_RESOLVE_MAX_BYTES`), nesting depth (64) and the
+//! number of distinct IDs (`MEDIA_RESOLVE_MAX_IDS`) are bounded (400 beyond them).
+
+use std::collections::{BTreeSet, HashMap};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::media::{presign_get, read_limited, ready};
+use crate::app::AppState;
+use crate::auth::extract::{Authenticated, CanRead};
+use crate::ingest::id::{is_valid, PREFIX};
+
+/// Deepest nesting of arrays and objects accepted in a payload.
+pub const MAX_DEPTH: usize = 64;
+
+/// The resolve route.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/media/resolve", post(resolve)).layer(DefaultBodyLimit::disable())
+}
+
+/// A `data:<mime>;jan_<id>` placeholder found in a string: byte span and the id.
+#[derive(Debug, PartialEq, Eq)]
+struct Placeholder<'a> {
+    start: usize,
+    end: usize,
+    id: &'a str,
+}
+
+/// Every placeholder in `text`, in order.
+fn placeholders(text: &str) -> Vec<Placeholder<'_>> {
+    let bytes = text.as_bytes();
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(offset) = text[from..].find("data:") {
+        let start = from + offset;
+        let mut i = start + "data:".len();
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || b"/+.-_".contains(&bytes[i])) {
+            i += 1;
+        }
+        let after_mime = i;
+        if after_mime > start + 5 && text[after_mime..].starts_with(';') && text[after_mime + 1..].starts_with(PREFIX) {
+            let id_start = after_mime + 1;
+            let mut end = id_start + PREFIX.len();
+            while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit()) {
+                end += 1;
+            }
+            if end > id_start + PREFIX.len() {
+                found.push(Placeholder { start, end, id: &text[id_start..end] });
+                from = end;
+                continue;
+            }
+        }
+        from = start + 1;
+    }
+    found
+}
+
+/// Collects the IDs a payload names, refusing payloads too deep or with too many IDs.
+fn collect_ids(value: &Value, depth: usize, max_ids: usize, ids: &mut BTreeSet<String>) -> Result<(), ApiError> {
+    if depth > MAX_DEPTH {
+        return Err(ApiError::bad_request(
+            "payload_too_deep",
+            format!("the payload is nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    match value {
+        Value::String(text) if is_valid(text) => {
+            ids.insert(text.clone());
+        }
+        Value::String(text) => ids.extend(placeholders(text).into_iter().map(|p| p.id.to_owned())),
+        Value::Array(items) => {
+            for item in items {
+                collect_ids(item, depth + 1, max_ids, ids)?;
+            }
+        }
+        Value::Object(map) => {
+            for item in map.values() {
+                collect_ids(item, depth + 1, max_ids, ids)?;
+            }
+        }
+        _ => {}
+    }
+    if ids.len() > max_ids {
+        return Err(ApiError::bad_request(
+            "too_many_placeholders",
+            format!("the payload names more than {max_ids} media IDs"),
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces every ID and placeholder with its URL (every ID in `urls` was collected from `value`).
+fn substitute(value: &mut Value, urls: &HashMap<String, String>) {
+    match value {
+        Value::String(text) => {
+            if let Some(url) = urls.get(text.as_str()) {
+                *text = url.clone();
+                return;
+            }
+            let found = placeholders(text);
+            if found.is_empty() {
+                return;
+            }
+            let mut out = String::with_capacity(text.len() + found.len() * 256);
+            let mut last = 0;
+            for placeholder in &found {
+                out.push_str(&text[last..placeholder.start]);
+                out.push_str(
+                    urls.get(placeholder.id).map_or(&text[placeholder.start..placeholder.end], String::as_str),
+                );
+                last = placeholder.end;
+            }
+            out.push_str(&text[last..]);
+            *text = out;
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| substitute(item, urls)),
+        Value::Object(map) => map.values_mut().for_each(|item| substitute(item, urls)),
+        _ => {}
+    }
+}
+
+/// Presigned URLs for `ids` in the caller's tenant (one query), or 404 naming the first missing one.
+async fn presign_all(
+    state: &AppState,
+    caller: &std::sync::Arc<crate::auth::Principal>,
+    ids: &BTreeSet<String>,
+) -> Result<HashMap<String, (String, DateTime<Utc>)>, ApiError> {
+    let wanted: Vec<String> = ids.iter().filter(|id| is_valid(id)).cloned().collect();
+    let found = state.media.get_many(&caller.tenant, &wanted).await?;
+    let mut records: HashMap<String, _> = found.into_iter().map(|m| (m.record.id.clone(), m.record)).collect();
+    if let Some(missing) = ids.iter().find(|id| !records.contains_key(id.as_str())) {
+        return Err(ApiError::MediaNotFound { id: missing.clone() });
+    }
+    let mut urls = HashMap::with_capacity(records.len());
+    for (id, record) in records.drain() {
+        let record = ready(state, caller, record).await?;
+        let link = presign_get(state, &record, state.config.presign_ttl).await?;
+        urls.insert(id, (link.url, link.expires_at));
+    }
+    Ok(urls)
+}
+
+async fn resolve(
+    State(state): State<AppState>,
+    caller: Authenticated<CanRead>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let limit = state.config.resolve_max_bytes;
+    let body = read_limited(body, limit).await.map_err(|err| match err {
+        ApiError::TooLarge { .. } => {
+            ApiError::bad_request("payload_too_large", format!("the request body is larger than {limit} bytes"))
+        }
+        other => other,
+    })?;
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    let max_ids = state.config.resolve_max_ids;
+    if let Some(ids) = request.get("ids") {
+        let list: Vec<String> = serde_json::from_value(ids.clone())
+            .map_err(|_| ApiError::bad_request("invalid_request", "ids must be an array of strings"))?;
+        let unique: BTreeSet<String> = list.iter().cloned().collect();
+        if unique.len() > max_ids {
+            return Err(ApiError::bad_request("too_many_placeholders", format!("more than {max_ids} media IDs")));
+        }
+        let urls = presign_all(&state, &caller.0, &unique).await?;
+        let media: Vec<Value> = list
+            .iter()
+            .map(|id| {
+                let (url, expires_at) = &urls[id];
+                json!({ "id": id, "presigned_url": url, "url": url, "expires_at": expires_at })
+            })
+            .collect();
+        return Ok(Json(json!({ "media": media })));
+    }
+    let Some(mut payload) = request.get("payload").cloned() else {
+        return Err(ApiError::bad_request("invalid_request", "the body must be {\"payload\": …} or {\"ids\": […]}"));
+    };
+    let mut ids = BTreeSet::new();
+    collect_ids(&payload, 0, max_ids, &mut ids)?;
+    if ids.is_empty() {
+        return Ok(Json(json!({ "payload": payload })));
+    }
+    let urls = presign_all(&state, &caller.0, &ids).await?;
+    let urls: HashMap<String, String> = urls.into_iter().map(|(id, (url, _))| (id, url)).collect();
+    substitute(&mut payload, &urls);
+    Ok(Json(json!({ "payload": payload })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "jan_0123456789abcdefghjkmnpqrs";
+    const B: &str = "jan_zzzzzzzzzzzzzzzzzzzzzzzzzz";
+
+    #[test]
+    fn placeholders_of_any_mime_are_found_inside_strings() {
+        let text =
+            format!("see data:image/png;{A} and data:application/pdf;{B}. not data:;jan_x nor data:text/plain;jan_");
+        let found = placeholders(&text);
+        assert_eq!(found.iter().map(|p| p.id).collect::<Vec<_>>(), vec![A, B]);
+        assert_eq!(&text[found[0].start..found[0].end], format!("data:image/png;{A}"));
+    }
+
+    #[test]
+    fn substitution_keeps_structure_and_other_values() {
+        let mut payload = json!({
+            "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": format!("data:image/jpeg;{A}")}},
+                {"type": "text", "text": format!("compare with {B} and data:image/png;{B}")},
+            ]}],
+            "n": 1, "flag": true, "none": null, "plain": B,
+        });
+        let mut ids = BTreeSet::new();
+        collect_ids(&payload, 0, 10, &mut ids).unwrap();
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![A.to_owned(), B.to_owned()]);
+        let urls: HashMap<String, String> =
+            [(A.into(), "https://s3/a?sig".into()), (B.into(), "https://s3/b".into())].into();
+        substitute(&mut payload, &urls);
+        assert_eq!(payload["messages"][0]["content"][0]["image_url"]["url"], "https://s3/a?sig");
+        assert_eq!(payload["messages"][0]["content"][1]["text"], format!("compare with {B} and https://s3/b"));
+        assert_eq!(payload["plain"], "https://s3/b");
+        assert_eq!(
+            (payload["n"].clone(), payload["flag"].clone(), payload["none"].clone()),
+            (json!(1), json!(true), json!(null))
+        );
+    }
+
+    #[test]
+    fn deep_or_crowded_payloads_are_refused() {
+        let mut deep = json!("x");
+        for _ in 0..=MAX_DEPTH {
+            deep = json!([deep]);
+        }
+        let err = collect_ids(&deep, 0, 10, &mut BTreeSet::new()).unwrap_err();
+        assert_eq!(err.code(), "payload_too_deep");
+        let crowded: Vec<String> = (0..11).map(|_| crate::ingest::id::new_id()).collect();
+        let err = collect_ids(&json!(crowded), 0, 10, &mut BTreeSet::new()).unwrap_err();
+        assert_eq!(err.code(), "too_many_placeholders");
+    }
+}

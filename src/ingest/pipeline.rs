@@ -1,0 +1,349 @@
+//! The one ingestion pipeline every upload source goes through, in a single pass over the bytes:
+//! size limit (a declared `Content-Length` first, then while streaming), type sniffing of the first
+//! bytes before anything is stored, SHA-256 and size while the bytes stream into the blob store
+//! under a random key, then per-tenant dedup through the blind index and the encrypted row.
+//!
+//! Memory is bounded by the blob store's part buffers: the body is never collected. Any failure
+//! after bytes started flowing leaves nothing behind: the blob store drops a failed or abandoned
+//! write (no object, no multipart upload), and an object whose row cannot be written is deleted.
+//! Handlers run [`Pipeline::ingest`] in its own task so that a client disconnecting after its body
+//! was stored cannot cancel the row write half-way.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use futures::{stream, StreamExt};
+use rand::RngCore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::id::new_id;
+use super::limit::{is_limit_exceeded, limit_stream};
+use super::sniff::{Allowlist, DeclaredBy, TypeError, SNIFF_BYTES};
+use super::ByteStream;
+use crate::auth::Principal;
+use crate::db::audit::{self, AuditEvent};
+use crate::db::media::{InsertOutcome, MediaRecord, MediaRepo, MediaStatus};
+use crate::db::{Database, DbError};
+use crate::storage::{BlobStore, StorageError};
+
+/// Why an upload was refused or failed. Nothing is stored in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// More than `MEDIA_MAX_BYTES`.
+    #[error("the file is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// Zero bytes.
+    #[error("the file is empty")]
+    Empty,
+    /// Not an accepted type, or a declared type disagrees with the bytes.
+    #[error(transparent)]
+    Type(#[from] TypeError),
+    /// The request itself is malformed (bad data URL, multipart without `file`, unknown source…).
+    #[error("{message}")]
+    Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The body stopped before its end (client gone, truncated multipart, lying `Content-Length`).
+    #[error("the upload body could not be read to its end")]
+    Interrupted(#[source] std::io::Error),
+    /// A `remote_url` that must not be fetched.
+    #[error("{0}")]
+    RemoteBlocked(String),
+    /// The remote server failed or answered an error.
+    #[error("{0}")]
+    RemoteFailed(String),
+    /// The blob store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+impl IngestError {
+    /// A malformed request.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { code, message: message.into() }
+    }
+}
+
+/// What the client said about the file (everything is checked against the bytes).
+#[derive(Debug, Clone, Default)]
+pub struct Upload {
+    /// Declared types and where they came from (the filename's extension is added by the pipeline).
+    pub declared: Vec<(DeclaredBy, String)>,
+    /// Original filename.
+    pub filename: Option<String>,
+    /// The jan `user_id` hint (recorded, never trusted).
+    pub user_hint: Option<String>,
+    /// The body's announced length, when known.
+    pub content_length: Option<u64>,
+}
+
+/// A stored (or deduplicated) upload.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    /// The media record (the existing one when deduplicated).
+    pub record: MediaRecord,
+    /// True when the tenant already had these bytes.
+    pub deduped: bool,
+}
+
+/// Everything the pipeline needs; cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    blobs: Arc<dyn BlobStore>,
+    media: MediaRepo,
+    db: Database,
+    allow: Arc<Allowlist>,
+    max_bytes: u64,
+    retention: Option<chrono::Duration>,
+}
+
+impl Pipeline {
+    /// A pipeline storing into `blobs` and `media`, auditing into `db`.
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        media: MediaRepo,
+        db: Database,
+        allow: Allowlist,
+        max_bytes: u64,
+        retention_days: Option<u32>,
+    ) -> Self {
+        let retention = retention_days.map(|days| chrono::Duration::days(i64::from(days)));
+        Self { blobs, media, db, allow: Arc::new(allow), max_bytes, retention }
+    }
+
+    /// The size limit in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The allowlist.
+    pub fn allowlist(&self) -> &Allowlist {
+        &self.allow
+    }
+
+    /// Runs [`Pipeline::ingest`] in its own task (see the module docs).
+    pub async fn ingest_detached(
+        &self,
+        caller: Arc<Principal>,
+        upload: Upload,
+        body: ByteStream,
+    ) -> Result<Ingested, IngestError> {
+        let pipeline = self.clone();
+        tokio::spawn(async move { pipeline.ingest(&caller, upload, body).await })
+            .await
+            .map_err(|err| IngestError::Interrupted(std::io::Error::other(err)))?
+    }
+
+    /// Checks, stores and records one upload (see the module docs).
+    pub async fn ingest(
+        &self,
+        caller: &Principal,
+        mut upload: Upload,
+        body: ByteStream,
+    ) -> Result<Ingested, IngestError> {
+        if upload.content_length.is_some_and(|length| length > self.max_bytes) {
+            return Err(IngestError::TooLarge { limit: self.max_bytes });
+        }
+        if let Some(by_name) = upload.filename.as_deref().and_then(super::sniff::from_filename) {
+            upload.declared.push(by_name);
+        }
+        let mut body = limit_stream(body, self.max_bytes);
+        let prefix = self.read_prefix(&mut body).await?;
+        if prefix.is_empty() {
+            return Err(IngestError::Empty);
+        }
+        let mime = self.allow.check(&prefix[..prefix.len().min(SNIFF_BYTES)], &upload.declared)?;
+        let hasher = Arc::new(Mutex::new(Sha256::new()));
+        let tap = hasher.clone();
+        let stream = stream::once(async move { Ok(prefix) })
+            .chain(body)
+            .inspect(move |chunk| {
+                if let Ok(bytes) = chunk {
+                    tap.lock().unwrap_or_else(PoisonError::into_inner).update(bytes);
+                }
+            })
+            .boxed();
+        let storage_key = random_storage_key();
+        let size = self.blobs.put(&storage_key, &mime, stream).await.map_err(|err| self.put_error(err))?;
+        let sha256: [u8; 32] =
+            std::mem::take(&mut *hasher.lock().unwrap_or_else(PoisonError::into_inner)).finalize().into();
+        let record = MediaRecord {
+            id: new_id(),
+            tenant_id: caller.tenant.clone(),
+            status: MediaStatus::Ready,
+            mime,
+            size,
+            filename: upload.filename,
+            uploader: caller.subject.clone(),
+            user_hint: upload.user_hint,
+            storage_key,
+            sha256: Some(sha256),
+            metadata: None,
+            retention_until: self.retention.map(|days| Utc::now() + days),
+        };
+        self.record(caller, record).await
+    }
+
+    /// Verifies a direct upload (`prepare-upload`, then a PUT to the presigned URL): the object's size
+    /// (within the limit, equal to the declared size when one was declared), its sniffed type (equal
+    /// to the declared one) and its SHA-256, computed by streaming it back. Then the row becomes
+    /// ready — deduplicated when `dedup` (the pending id then disappears in favour of the existing
+    /// one). A refused object is deleted with its row.
+    pub async fn complete(
+        &self,
+        caller: &Principal,
+        pending: MediaRecord,
+        dedup: bool,
+    ) -> Result<Ingested, IngestError> {
+        let size = match self.blobs.head(&pending.storage_key).await {
+            Ok(meta) => meta.size,
+            Err(StorageError::NotFound) => {
+                return Err(IngestError::invalid(
+                    "not_uploaded",
+                    "nothing has been uploaded to this media's upload URL yet",
+                ))
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let refusal = if size > self.max_bytes {
+            Some(IngestError::TooLarge { limit: self.max_bytes })
+        } else if size == 0 {
+            Some(IngestError::Empty)
+        } else if pending.size > 0 && size != pending.size {
+            Some(IngestError::invalid(
+                "length_mismatch",
+                format!("{size} bytes were uploaded but {} were declared", pending.size),
+            ))
+        } else {
+            None
+        };
+        if let Some(err) = refusal {
+            self.remove(&pending).await?;
+            return Err(err);
+        }
+        let mut body = self.blobs.get(&pending.storage_key, None).await?.body;
+        let prefix = self.read_prefix(&mut body).await?;
+        let declared = [(DeclaredBy::Prepared, pending.mime.clone())];
+        let mime = match self.allow.check(&prefix[..prefix.len().min(SNIFF_BYTES)], &declared) {
+            Ok(mime) => mime,
+            Err(err) => {
+                self.remove(&pending).await?;
+                return Err(err.into());
+            }
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(&prefix);
+        while let Some(chunk) = body.next().await {
+            hasher.update(&chunk.map_err(|e| StorageError::backend(self.blobs.backend(), "get", e))?);
+        }
+        let sha256: [u8; 32] = hasher.finalize().into();
+        match self.media.mark_ready(&pending, &mime, size, sha256, dedup).await? {
+            InsertOutcome::Inserted => {
+                self.audit(caller, "media.uploaded", &pending.id, json!({"bytes": size, "mime": mime, "direct": true}))
+                    .await;
+                let record = MediaRecord { mime, size, sha256: Some(sha256), status: MediaStatus::Ready, ..pending };
+                Ok(Ingested { record, deduped: false })
+            }
+            InsertOutcome::Duplicate(existing) => {
+                self.remove(&pending).await?;
+                let existing = self.media.get(&caller.tenant, &existing).await?;
+                let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
+                Ok(Ingested { record: existing.record, deduped: true })
+            }
+        }
+    }
+
+    /// Deletes a media's object and row.
+    pub async fn remove(&self, media: &MediaRecord) -> Result<(), IngestError> {
+        self.blobs.delete(&media.storage_key).await?;
+        self.media.delete(&media.tenant_id, &media.id).await?;
+        Ok(())
+    }
+
+    /// Reads from `body` until [`SNIFF_BYTES`] are buffered or the body ends.
+    async fn read_prefix(&self, body: &mut ByteStream) -> Result<Bytes, IngestError> {
+        let mut prefix = BytesMut::new();
+        while prefix.len() < SNIFF_BYTES {
+            match body.next().await {
+                Some(Ok(chunk)) => prefix.extend_from_slice(&chunk),
+                Some(Err(err)) => return Err(self.source_error(err)),
+                None => break,
+            }
+        }
+        Ok(prefix.freeze())
+    }
+
+    fn source_error(&self, err: std::io::Error) -> IngestError {
+        match is_limit_exceeded(&err) {
+            Some(limit) => IngestError::TooLarge { limit },
+            None => IngestError::Interrupted(err),
+        }
+    }
+
+    fn put_error(&self, err: StorageError) -> IngestError {
+        match err {
+            StorageError::Source(err) => self.source_error(err),
+            other => IngestError::Storage(other),
+        }
+    }
+
+    /// Writes the row of stored bytes, or — when the tenant already has them — deletes the new
+    /// object and answers with the existing media.
+    async fn record(&self, caller: &Principal, record: MediaRecord) -> Result<Ingested, IngestError> {
+        let outcome = match self.media.insert(&record).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                self.discard(&record.storage_key).await;
+                return Err(err.into());
+            }
+        };
+        match outcome {
+            InsertOutcome::Inserted => {
+                self.audit(caller, "media.uploaded", &record.id, json!({"bytes": record.size, "mime": record.mime}))
+                    .await;
+                Ok(Ingested { record, deduped: false })
+            }
+            InsertOutcome::Duplicate(existing) => {
+                self.discard(&record.storage_key).await;
+                let existing = self.media.get(&caller.tenant, &existing).await?;
+                let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
+                Ok(Ingested { record: existing.record, deduped: true })
+            }
+        }
+    }
+
+    /// Deletes an object the service wrote but will not keep (logged when it cannot).
+    pub async fn discard(&self, storage_key: &str) {
+        if let Err(err) = self.blobs.delete(storage_key).await {
+            tracing::error!(error = %err, "cannot delete an object that has no row: it stays orphaned in the blob store");
+        }
+    }
+
+    /// Appends a media event to the tenant's audit chain (failures are logged, not returned: the
+    /// media operation itself succeeded).
+    pub async fn audit(&self, caller: &Principal, kind: &str, id: &str, details: serde_json::Value) {
+        let event =
+            AuditEvent { tenant: &caller.tenant, kind, actor: Some(&caller.subject), subject: Some(id), details };
+        if let Err(err) = audit::append(&self.db, &event).await {
+            tracing::warn!(error = %err, kind, "cannot append a media event to the audit log");
+        }
+    }
+}
+
+/// A random object key: it says nothing about the tenant, the id or the content.
+pub fn random_storage_key() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("m/{}", hex::encode(bytes))
+}
