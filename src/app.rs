@@ -23,7 +23,6 @@ use crate::db::tenant_keys::{KeySettings, TenantKeys};
 use crate::db::{Database, DbError};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::remote::RemoteFetcher;
-use crate::ingest::sniff::Allowlist;
 use crate::storage::links::{LinkKey, LinkSigner};
 use crate::storage::{self, BlobStore, StorageError};
 
@@ -108,14 +107,7 @@ impl Application {
         let media = MediaRepo::new(db.clone(), keys.clone());
         let auth = Arc::new(Authenticator::new(&config.auth, &config.keys_dir, Some(db.clone()))?);
         auth.start().await;
-        let pipeline = Pipeline::new(
-            blobs.clone(),
-            media.clone(),
-            db.clone(),
-            Allowlist::new(&config.allowed_types),
-            config.max_bytes,
-            config.retention_days,
-        );
+        let pipeline = Pipeline::new(blobs.clone(), media.clone(), db.clone(), &config);
         let remote = RemoteFetcher::new(config.remote_fetch_timeout, &config.remote_fetch_allow_hosts);
         let state =
             AppState { config: Arc::new(config), db, blobs, links, keyring, keys, media, auth, pipeline, remote };

@@ -218,6 +218,9 @@ pub struct Config {
     /// Hosts (`host` or `host:port`) exempt from the remote fetch address checks
     /// (`MEDIA_REMOTE_FETCH_ALLOW_HOSTS`).
     pub remote_fetch_allow_hosts: Vec<String>,
+    /// Prefix of every object key the service creates (`MEDIA_STORAGE_PREFIX`, default none), to
+    /// share a bucket: `media/` stores objects under `media/m/…`.
+    pub storage_prefix: String,
     /// Accepted content types (`MEDIA_ALLOWED_TYPES`, default JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF, HEIC).
     pub allowed_types: Vec<String>,
     /// Largest `POST /v1/media/resolve` body (`MEDIA_RESOLVE_MAX_BYTES`, default 8 MiB).
@@ -278,6 +281,7 @@ impl Config {
             remote_fetch_timeout: env.duration("MEDIA_REMOTE_FETCH_TIMEOUT")?.unwrap_or(Duration::from_secs(15)),
             remote_fetch_allow_hosts: env.list("MEDIA_REMOTE_FETCH_ALLOW_HOSTS"),
             allowed_types: allowed_types(&env)?,
+            storage_prefix: storage_prefix(&env)?,
             resolve_max_bytes: env.size("MEDIA_RESOLVE_MAX_BYTES")?.unwrap_or(8 * MIB),
             resolve_max_ids: env.parse("MEDIA_RESOLVE_MAX_IDS", "a whole number")?.unwrap_or(256),
             sweep_interval: env.duration("MEDIA_SWEEP_INTERVAL")?.unwrap_or(Duration::from_secs(600)),
@@ -518,6 +522,14 @@ fn auth_config(env: &Env<'_>, profile: Profile) -> Result<AuthConfig, ConfigErro
         audiences,
         jwks_urls,
     })
+}
+
+fn storage_prefix(env: &Env<'_>) -> Result<String, ConfigError> {
+    let Some(prefix) = env.get("MEDIA_STORAGE_PREFIX") else { return Ok(String::new()) };
+    let prefix = format!("{}/", prefix.trim_end_matches('/'));
+    crate::storage::validate_key(&format!("{prefix}x"))
+        .map_err(|e| ConfigError::new("MEDIA_STORAGE_PREFIX", e.to_string()))?;
+    Ok(prefix)
 }
 
 fn allowed_types(env: &Env<'_>) -> Result<Vec<String>, ConfigError> {

@@ -27,7 +27,7 @@ use crate::auth::extract::{Authenticated, CanRead, CanWrite};
 use crate::auth::{Permission, Principal};
 use crate::db::media::{MediaRecord, MediaStatus};
 use crate::ingest::id::{is_valid, new_id};
-use crate::ingest::pipeline::{random_storage_key, Ingested, Upload};
+use crate::ingest::pipeline::{Ingested, Upload};
 use crate::ingest::sniff::{canonical, extension, DeclaredBy};
 use crate::ingest::sources::{body_stream, clean_filename, decode_data_url, raw_filename};
 use crate::ingest::ByteStream;
@@ -419,10 +419,10 @@ async fn prepare_upload(
         filename: request.filename.as_deref().and_then(clean_filename),
         uploader: caller.0.subject.clone(),
         user_hint: request.user_id,
-        storage_key: random_storage_key(),
+        storage_key: state.pipeline.new_storage_key(),
         sha256: None,
         metadata: None,
-        retention_until: state.config.retention_days.map(|d| Utc::now() + chrono::Duration::days(i64::from(d))),
+        retention_until: state.pipeline.retention_until(),
     };
     let options =
         PresignPut { ttl: state.config.presign_ttl, content_type: mime.clone(), content_length: request.bytes };

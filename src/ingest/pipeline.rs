@@ -106,20 +106,31 @@ pub struct Pipeline {
     allow: Arc<Allowlist>,
     max_bytes: u64,
     retention: Option<chrono::Duration>,
+    key_prefix: Arc<str>,
 }
 
 impl Pipeline {
-    /// A pipeline storing into `blobs` and `media`, auditing into `db`.
-    pub fn new(
-        blobs: Arc<dyn BlobStore>,
-        media: MediaRepo,
-        db: Database,
-        allow: Allowlist,
-        max_bytes: u64,
-        retention_days: Option<u32>,
-    ) -> Self {
-        let retention = retention_days.map(|days| chrono::Duration::days(i64::from(days)));
-        Self { blobs, media, db, allow: Arc::new(allow), max_bytes, retention }
+    /// A pipeline storing into `blobs` and `media`, auditing into `db`, with the limits of `config`.
+    pub fn new(blobs: Arc<dyn BlobStore>, media: MediaRepo, db: Database, config: &crate::config::Config) -> Self {
+        Self {
+            blobs,
+            media,
+            db,
+            allow: Arc::new(Allowlist::new(&config.allowed_types)),
+            max_bytes: config.max_bytes,
+            retention: config.retention_days.map(|days| chrono::Duration::days(i64::from(days))),
+            key_prefix: Arc::from(config.storage_prefix.as_str()),
+        }
+    }
+
+    /// A new random object key (see [`random_storage_key`]) under `MEDIA_STORAGE_PREFIX`.
+    pub fn new_storage_key(&self) -> String {
+        format!("{}{}", self.key_prefix, random_storage_key())
+    }
+
+    /// When a media stored now expires (`MEDIA_RETENTION_DAYS`).
+    pub fn retention_until(&self) -> Option<chrono::DateTime<Utc>> {
+        self.retention.map(|days| Utc::now() + days)
     }
 
     /// The size limit in bytes.
@@ -158,7 +169,8 @@ impl Pipeline {
         if let Some(by_name) = upload.filename.as_deref().and_then(super::sniff::from_filename) {
             upload.declared.push(by_name);
         }
-        let mut body = limit_stream(body, self.max_bytes);
+        // Fused: the prefix read may already have seen the end, and the rest is chained after it.
+        let mut body = limit_stream(body, self.max_bytes).fuse().boxed();
         let prefix = self.read_prefix(&mut body).await?;
         if prefix.is_empty() {
             return Err(IngestError::Empty);
@@ -174,7 +186,7 @@ impl Pipeline {
                 }
             })
             .boxed();
-        let storage_key = random_storage_key();
+        let storage_key = self.new_storage_key();
         let size = self.blobs.put(&storage_key, &mime, stream).await.map_err(|err| self.put_error(err))?;
         let sha256: [u8; 32] =
             std::mem::take(&mut *hasher.lock().unwrap_or_else(PoisonError::into_inner)).finalize().into();
@@ -190,7 +202,7 @@ impl Pipeline {
             storage_key,
             sha256: Some(sha256),
             metadata: None,
-            retention_until: self.retention.map(|days| Utc::now() + days),
+            retention_until: self.retention_until(),
         };
         self.record(caller, record).await
     }
@@ -232,7 +244,7 @@ impl Pipeline {
             self.remove(&pending).await?;
             return Err(err);
         }
-        let mut body = self.blobs.get(&pending.storage_key, None).await?.body;
+        let mut body = self.blobs.get(&pending.storage_key, None).await?.body.fuse().boxed();
         let prefix = self.read_prefix(&mut body).await?;
         let declared = [(DeclaredBy::Prepared, pending.mime.clone())];
         let mime = match self.allow.check(&prefix[..prefix.len().min(SNIFF_BYTES)], &declared) {

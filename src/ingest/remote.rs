@@ -63,8 +63,11 @@ impl Allowlist {
 
 /// A refusal raised inside reqwest (resolver or redirect policy), recognised by [`blocked`].
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+#[error("{MARKER}{0}")]
 struct Blocked(String);
+
+/// Marks a [`Blocked`] refusal in error text, for when a wrapper hides the type from downcasting.
+const MARKER: &str = "[remote fetch refused] ";
 
 /// Whether connecting to `ip` could reach only the public internet.
 pub fn is_public(ip: IpAddr) -> bool {
@@ -153,6 +156,9 @@ fn blocked(err: &reqwest::Error) -> Option<String> {
     while let Some(current) = source {
         if let Some(blocked) = current.downcast_ref::<Blocked>() {
             return Some(blocked.0.clone());
+        }
+        if let Some((_, why)) = current.to_string().split_once(MARKER) {
+            return Some(why.to_owned());
         }
         source = current.source();
     }

@@ -50,6 +50,19 @@ pub fn s3_env() -> S3Env {
     }
 }
 
+/// The S3 client of the test bucket, for what the service itself does not expose (listings).
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let env = s3_env();
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(env.region))
+        .endpoint_url(env.endpoint)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(env.access_key, env.secret_key, None, None, "test"))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 pub fn postgres_admin_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }

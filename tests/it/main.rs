@@ -11,6 +11,7 @@ mod cli;
 mod health;
 mod helpers;
 mod jwks;
+mod media;
 mod migrations;
 mod repository;
 mod rotation;

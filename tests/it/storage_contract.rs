@@ -8,23 +8,12 @@ use futures::StreamExt;
 use media_api::config::MIB;
 use media_api::storage::{content_disposition, ByteRange, ByteStream, PresignGet, PresignPut, StorageError};
 
-use crate::helpers::{chunked, collect, payload, random_hex, s3_env, sha256_hex, spawn_app, Stack, TestApp, STACKS};
+use crate::helpers::{
+    chunked, collect, payload, random_hex, s3_client, s3_env, sha256_hex, spawn_app, Stack, TestApp, STACKS,
+};
 
 fn key(prefix: &str) -> String {
     format!("{prefix}/{}", random_hex(8))
-}
-
-/// The S3 client of the test bucket, for what the service itself does not expose (listing uploads).
-async fn s3_client() -> aws_sdk_s3::Client {
-    let env = s3_env();
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(env.region))
-        .endpoint_url(env.endpoint)
-        .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(env.access_key, env.secret_key, None, None, "test"))
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// Multipart uploads still open under `prefix` (S3), or temporary files left (filesystem).

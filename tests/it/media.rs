@@ -1,0 +1,669 @@
+//! The media API over real HTTP on both stacks (Postgres + Garage, SQLite + filesystem): the jan v1
+//! contract, every refused input with nothing stored, tenant isolation, direct uploads, remote
+//! fetches that cannot reach private addresses, and presigned URLs fetched over plain HTTP.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use media_api::auth::dev_issuer::{DevIssuer, TokenRequest};
+use media_api::db::Database;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{payload, random_hex, s3_client, s3_env, spawn_app_with, Stack, TestApp, STACKS};
+
+/// The signature of a PNG plus arbitrary bytes: sniffed as PNG (the service checks the type, not
+/// that the image decodes).
+fn png(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes =
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00".to_vec();
+    bytes.extend_from_slice(&payload(len.saturating_sub(bytes.len()), seed));
+    bytes.truncate(len);
+    bytes
+}
+
+const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;";
+
+fn data_url(mime: &str, bytes: &[u8]) -> String {
+    use base64::Engine;
+    format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+struct MediaApp {
+    app: TestApp,
+    stack: Stack,
+    prefix: String,
+    issuer: DevIssuer,
+}
+
+async fn media_app(stack: Stack, extra: &[(&str, &str)]) -> MediaApp {
+    let prefix = format!("t{}", random_hex(6));
+    let mut vars = vec![("MEDIA_STORAGE_PREFIX", prefix.as_str()), ("AUTH_ADMIN_ROLES", "media-admin")];
+    vars.extend_from_slice(extra);
+    let app = spawn_app_with(stack, &vars).await;
+    let issuer = DevIssuer::load_or_create(&app.dir.path().join("keys")).unwrap();
+    MediaApp { app, stack, prefix, issuer }
+}
+
+impl MediaApp {
+    fn token(&self, tenant: &str, subject: &str, roles: &[&str]) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        let request = TokenRequest { subject, tenant, roles: &roles, scopes: &[], ttl: Duration::from_secs(600) };
+        self.issuer.mint(&self.app.state.config.auth, &request).unwrap()
+    }
+
+    fn alice(&self) -> String {
+        self.token("tenant-a", "alice", &[])
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.app.url(path)
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        &self.app.http
+    }
+
+    async fn upload_raw(&self, token: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http()
+            .post(self.url("/v1/media"))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn upload_data_url(&self, token: &str, url: &str) -> reqwest::Response {
+        let body = json!({"source": {"type": "data_url", "data_url": url}, "filename": "pic.png", "user_id": "u-hint"});
+        self.http().post(self.url("/v1/media")).bearer_auth(token).json(&body).send().await.unwrap()
+    }
+
+    /// Media rows in the database, and objects (plus open multipart uploads or temp files) in the store.
+    async fn counts(&self) -> (i64, usize) {
+        let sql = "SELECT COUNT(*) FROM media_objects";
+        let rows: i64 = match &self.app.state.db {
+            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        };
+        let objects = match self.stack {
+            Stack::PostgresS3 => {
+                let client = s3_client().await;
+                let bucket = s3_env().bucket;
+                let listed = client.list_objects_v2().bucket(&bucket).prefix(&self.prefix).send().await.unwrap();
+                let uploads =
+                    client.list_multipart_uploads().bucket(&bucket).prefix(&self.prefix).send().await.unwrap();
+                listed.contents().len() + uploads.uploads().len()
+            }
+            Stack::SqliteFs => {
+                let root = self.app.dir.path().join("data/blobs");
+                count_files(&root.join(&self.prefix)) + count_files(&root.join(".tmp"))
+            }
+        };
+        (rows, objects)
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                count_files(&e.path())
+            } else {
+                usize::from(!e.file_name().to_string_lossy().starts_with("ready-"))
+            }
+        })
+        .sum()
+}
+
+async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_jan_v1_contract_holds_on_both_stacks() {
+    for stack in STACKS {
+        let m = media_app(stack, &[]).await;
+        let alice = m.alice();
+        let image = png(3000, 1);
+
+        let (status, first) = json_of(m.upload_data_url(&alice, &data_url("image/png", &image)).await).await;
+        assert_eq!(status, StatusCode::OK, "{stack:?}: {first}");
+        let id = first["id"].as_str().unwrap().to_owned();
+        assert!(id.starts_with("jan_") && id.len() == 30, "{id}");
+        assert_eq!(
+            (first["mime"].as_str(), first["bytes"].as_u64(), first["deduped"].as_bool()),
+            (Some("image/png"), Some(3000), Some(false))
+        );
+        assert_eq!(first["url"], first["presigned_url"]);
+        assert!(first["expires_at"].is_string());
+
+        let (_, again) = json_of(m.upload_data_url(&alice, &data_url("image/png", &image)).await).await;
+        assert_eq!((again["id"].as_str(), again["deduped"].as_bool()), (Some(id.as_str()), Some(true)), "{stack:?}");
+        assert_eq!(m.counts().await, (1, 1), "{stack:?}: one row and one object after a duplicate upload");
+
+        // The presigned URL serves the bytes with the forced headers over plain HTTP.
+        let fetched = m.http().get(first["url"].as_str().unwrap()).send().await.unwrap();
+        assert_eq!(fetched.status(), StatusCode::OK, "{stack:?}");
+        assert_eq!(fetched.headers()["content-type"], "image/png");
+        assert!(fetched.headers()["content-disposition"].to_str().unwrap().starts_with("inline; filename=\"pic.png\""));
+        assert_eq!(fetched.bytes().await.unwrap(), Bytes::from(image.clone()));
+
+        // Resolve: placeholders and bare IDs become URLs; everything else stays.
+        let payload = json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;{id}")}},
+            {"type": "text", "text": "what is this?"}]}], "ref": id, "n": 2});
+        let (status, resolved) = json_of(
+            m.http()
+                .post(m.url("/v1/media/resolve"))
+                .bearer_auth(&alice)
+                .json(&json!({"payload": payload}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{resolved}");
+        let url = resolved["payload"]["messages"][0]["content"][0]["image_url"]["url"].as_str().unwrap();
+        assert!(url.starts_with("http") && !url.contains("jan_"), "{url}");
+        assert_eq!(resolved["payload"]["ref"].as_str(), Some(url), "a bare ID becomes the same URL");
+        assert_eq!(resolved["payload"]["messages"][0]["content"][1], payload["messages"][0]["content"][1]);
+        assert_eq!(m.http().get(url).send().await.unwrap().bytes().await.unwrap(), Bytes::from(image.clone()));
+        let untouched =
+            json!({"messages": [{"role": "user", "content": "hello jan_notanid data:image/png;base64,AAAA"}]});
+        let (_, same) = json_of(
+            m.http()
+                .post(m.url("/v1/media/resolve"))
+                .bearer_auth(&alice)
+                .json(&json!({"payload": untouched}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(same["payload"], untouched, "a payload without placeholders comes back equal");
+        let (status, by_ids) = json_of(
+            m.http()
+                .post(m.url("/v1/media/resolve"))
+                .bearer_auth(&alice)
+                .json(&json!({"ids": [id]}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(by_ids["media"][0]["id"], json!(id));
+        assert!(by_ids["media"][0]["presigned_url"].as_str().unwrap().starts_with("http"));
+
+        // Proxy download with the sniffed type, length, ETag, nosniff, ranges.
+        let download = m.http().get(m.url(&format!("/v1/media/{id}"))).bearer_auth(&alice).send().await.unwrap();
+        assert_eq!(download.status(), StatusCode::OK);
+        let headers = download.headers().clone();
+        assert_eq!(
+            (headers["content-type"].to_str().unwrap(), headers["content-length"].to_str().unwrap()),
+            ("image/png", "3000")
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert!(headers.contains_key("etag") && headers["accept-ranges"] == "bytes");
+        assert_eq!(download.bytes().await.unwrap(), Bytes::from(image.clone()));
+        let part = m
+            .http()
+            .get(m.url(&format!("/v1/media/{id}")))
+            .bearer_auth(&alice)
+            .header("range", "bytes=10-19")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(part.bytes().await.unwrap(), Bytes::from(image[10..20].to_vec()));
+        let beyond = m
+            .http()
+            .get(m.url(&format!("/v1/media/{id}")))
+            .bearer_auth(&alice)
+            .header("range", "bytes=5000-")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        let (_, meta) = json_of(
+            m.http()
+                .get(m.url(&format!("/v1/media/{id}")))
+                .bearer_auth(&alice)
+                .header("accept", "application/json")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(meta["url"].as_str().unwrap().starts_with("http"), "{meta}");
+
+        let (status, presigned) =
+            json_of(m.http().get(m.url(&format!("/v1/media/{id}/presign"))).bearer_auth(&alice).send().await.unwrap())
+                .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(presigned["id"], json!(id));
+        assert!(presigned["expires_in"].as_i64().unwrap() > 200 && presigned["url"].is_string(), "{presigned}");
+
+        let missing = "jan_0000000000000000000000000z";
+        let (status, body) =
+            json_of(m.http().get(m.url(&format!("/v1/media/{missing}"))).bearer_auth(&alice).send().await.unwrap())
+                .await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+        assert!(body["error"].is_string());
+        let (status, body) = json_of(
+            m.http()
+                .post(m.url("/v1/media"))
+                .bearer_auth(&alice)
+                .json(&json!({"source": {"type": "ftp", "url": "ftp://x"}}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "unknown source type ftp");
+        let unauthenticated = m
+            .http()
+            .post(m.url("/v1/media"))
+            .header("content-type", "image/png")
+            .body(image.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+
+        // jan v2 multipart route, and the raw body with a filename.
+        let gif_form = reqwest::multipart::Form::new().text("user_id", "u1").part(
+            "file",
+            reqwest::multipart::Part::bytes(GIF.to_vec()).file_name("a.gif").mime_str("image/gif").unwrap(),
+        );
+        let (status, gif) = json_of(
+            m.http().post(m.url("/v1/media/upload")).bearer_auth(&alice).multipart(gif_form).send().await.unwrap(),
+        )
+        .await;
+        assert_eq!((status, gif["mime"].as_str()), (StatusCode::OK, Some("image/gif")), "{gif}");
+        let raw = m
+            .http()
+            .post(m.url("/v1/media?filename=raw.png"))
+            .bearer_auth(&alice)
+            .header("content-type", "image/png")
+            .body(png(70_000, 2))
+            .send()
+            .await
+            .unwrap();
+        let (status, raw) = json_of(raw).await;
+        assert_eq!((status, raw["bytes"].as_u64()), (StatusCode::OK, Some(70_000)));
+        assert_eq!(m.counts().await, (3, 3), "{stack:?}");
+
+        // Delete: not by another user of the tenant, yes by the uploader; bytes and row gone.
+        let raw_id = raw["id"].as_str().unwrap();
+        let bob = m.token("tenant-a", "bob", &[]);
+        let status =
+            m.http().delete(m.url(&format!("/v1/media/{raw_id}"))).bearer_auth(&bob).send().await.unwrap().status();
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let status =
+            m.http().delete(m.url(&format!("/v1/media/{raw_id}"))).bearer_auth(&alice).send().await.unwrap().status();
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let admin = m.token("tenant-a", "root", &["media-admin"]);
+        let gif_id = gif["id"].as_str().unwrap();
+        let status =
+            m.http().delete(m.url(&format!("/v1/media/{gif_id}"))).bearer_auth(&admin).send().await.unwrap().status();
+        assert_eq!(status, StatusCode::NO_CONTENT, "an admin deletes anyone's media");
+        assert_eq!(m.counts().await, (1, 1), "{stack:?}");
+        let events = media_api::db::audit::count_kind(&m.app.state.db, "media.uploaded").await.unwrap();
+        let deleted = media_api::db::audit::count_kind(&m.app.state.db, "media.deleted").await.unwrap();
+        assert_eq!((events, deleted), (3, 2));
+    }
+}
+
+#[tokio::test]
+async fn every_bad_input_is_refused_with_its_code_and_nothing_is_stored() {
+    for stack in STACKS {
+        let m = media_app(stack, &[("MEDIA_MAX_BYTES", "100000")]).await;
+        let alice = m.alice();
+        let raw = |content_type: &'static str, body: Vec<u8>| (content_type, body);
+        type Case = (&'static str, (&'static str, Vec<u8>), StatusCode, &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                "html as png",
+                raw("image/png", b"<!DOCTYPE html><html><body>hi</body></html>".to_vec()),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_type",
+            ),
+            (
+                "svg as png",
+                raw("image/png", b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>".to_vec()),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_type",
+            ),
+            (
+                "javascript as png",
+                raw("image/png", b"alert(document.cookie);".to_vec()),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_type",
+            ),
+            (
+                "pdf as png",
+                raw("image/png", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj".to_vec()),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_type",
+            ),
+            (
+                "gif declared as jpeg",
+                raw("image/jpeg", GIF.to_vec()),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "type_mismatch",
+            ),
+            ("empty body", raw("image/png", Vec::new()), StatusCode::BAD_REQUEST, "empty"),
+            ("over the limit", raw("image/png", png(100_001, 3)), StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ];
+        for (case, (content_type, body), status, code) in cases {
+            let (got, body) = json_of(m.upload_raw(&alice, content_type, body).await).await;
+            assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{stack:?} {case}: {body}");
+        }
+        let exe = m
+            .http()
+            .post(m.url("/v1/media"))
+            .bearer_auth(&alice)
+            .header("content-type", "image/png")
+            .header("x-filename", "x.exe")
+            .body(png(500, 4))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_of(exe).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("type_mismatch")),
+            "{body}"
+        );
+        assert!(body["error"].as_str().unwrap().contains("image/png"), "names both types: {body}");
+
+        let chunks: Vec<Result<Bytes, std::io::Error>> = (0..20).map(|i| Ok(Bytes::from(png(10_000, i)))).collect();
+        let chunked = m
+            .http()
+            .post(m.url("/v1/media"))
+            .bearer_auth(&alice)
+            .header("content-type", "image/png")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(json_of(chunked).await.1["code"], "too_large", "{stack:?}: a chunked body over the limit");
+
+        let big = data_url("image/png", &png(100_001, 5));
+        assert_eq!(json_of(m.upload_data_url(&alice, &big).await).await.1["code"], "too_large");
+        let (status, body) = json_of(m.upload_data_url(&alice, "data:image/png;base64,@@not base64@@").await).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_data_url")));
+
+        let no_file = reqwest::multipart::Form::new().text("user_id", "u1");
+        let (status, body) = json_of(
+            m.http().post(m.url("/v1/media/upload")).bearer_auth(&alice).multipart(no_file).send().await.unwrap(),
+        )
+        .await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("missing_file")));
+        let truncated = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".to_owned();
+        let mut truncated = truncated.into_bytes();
+        truncated.extend_from_slice(&png(2000, 6));
+        let response = m
+            .http()
+            .post(m.url("/v1/media/upload"))
+            .bearer_auth(&alice)
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(truncated)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{stack:?} truncated multipart: {body}");
+
+        // A Content-Length that promises more than is sent, then the connection closes.
+        lying_upload(&m, &alice, 50_000, 20_000).await;
+        // A Content-Length above the limit is refused before the body is read.
+        let (status, _) = lying_upload_status(&m, &alice, 200_000).await;
+        assert_eq!(status, 413);
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(m.counts().await, (0, 0), "{stack:?}: nothing stored by any refused upload");
+    }
+}
+
+/// Sends headers announcing `announced` bytes and `sent` bytes of body, then closes the connection.
+async fn lying_upload(m: &MediaApp, token: &str, announced: usize, sent: usize) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", m.app.port)).await.unwrap();
+    let head = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: image/png\r\nContent-Length: {announced}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&png(sent, 7)).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+}
+
+/// The status line's code for an upload announcing `announced` bytes (no body sent).
+async fn lying_upload_status(m: &MediaApp, token: &str, announced: usize) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", m.app.port)).await.unwrap();
+    let head = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: image/png\r\nContent-Length: {announced}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (text[9..12].parse().unwrap(), text)
+}
+
+#[tokio::test]
+async fn tenants_cannot_see_each_others_media_and_the_same_bytes_are_two_objects() {
+    for stack in STACKS {
+        let m = media_app(stack, &[]).await;
+        let (alice, mallory) = (m.alice(), m.token("tenant-b", "mallory", &["media-admin"]));
+        let image = png(1234, 9);
+        let (_, a) = json_of(m.upload_raw(&alice, "image/png", image.clone()).await).await;
+        let id = a["id"].as_str().unwrap().to_owned();
+        let unknown = "jan_00000000000000000000000000";
+        let probe = |target: &str| {
+            let target = target.to_owned();
+            let m = &m;
+            let mallory = mallory.clone();
+            async move {
+                let requests = vec![
+                    m.http().get(m.url(&format!("/v1/media/{target}"))),
+                    m.http().get(m.url(&format!("/v1/media/{target}/presign"))),
+                    m.http().post(m.url(&format!("/v1/media/{target}/complete"))),
+                    m.http().delete(m.url(&format!("/v1/media/{target}"))),
+                    m.http()
+                        .post(m.url("/v1/media/resolve"))
+                        .json(&json!({"payload": {"u": format!("data:image/png;{target}")}})),
+                    m.http().post(m.url("/v1/media/resolve")).json(&json!({"ids": [target]})),
+                ];
+                let mut answers = Vec::new();
+                for request in requests {
+                    let (status, mut body) = json_of(request.bearer_auth(&mallory).send().await.unwrap()).await;
+                    body.as_object_mut().unwrap().remove("request_id");
+                    answers.push((status, body.to_string().replace(&target, "<id>")));
+                }
+                answers
+            }
+        };
+        let foreign = probe(&id).await;
+        assert!(foreign.iter().all(|(status, _)| *status == StatusCode::NOT_FOUND), "{stack:?}: {foreign:?}");
+        assert_eq!(foreign, probe(unknown).await, "{stack:?}: a foreign ID answers exactly like an unknown one");
+
+        let (_, b) = json_of(m.upload_raw(&mallory, "image/png", image.clone()).await).await;
+        assert_eq!(b["deduped"], false, "another tenant's identical bytes are not deduplicated");
+        assert_ne!(b["id"], a["id"]);
+        assert_eq!(m.counts().await, (2, 2), "{stack:?}");
+        let still = m.http().get(m.url(&format!("/v1/media/{id}"))).bearer_auth(&alice).send().await.unwrap();
+        assert_eq!(still.status(), StatusCode::OK, "mallory's DELETE did not touch it");
+    }
+}
+
+#[tokio::test]
+async fn identical_uploads_racing_store_one_object() {
+    for stack in STACKS {
+        let m = media_app(stack, &[]).await;
+        let alice = m.alice();
+        let image = png(200_000, 11);
+        let uploads = (0..6).map(|_| m.upload_raw(&alice, "image/png", image.clone()));
+        let answers = futures::future::join_all(uploads).await;
+        let mut ids = std::collections::HashSet::new();
+        for answer in answers {
+            let (status, body) = json_of(answer).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            ids.insert(body["id"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(ids.len(), 1, "{stack:?}: {ids:?}");
+        assert_eq!(m.counts().await, (1, 1), "{stack:?}");
+    }
+}
+
+#[tokio::test]
+async fn direct_uploads_are_verified_before_they_count() {
+    for stack in STACKS {
+        let m = media_app(stack, &[]).await;
+        let alice = m.alice();
+        let image = png(4096, 12);
+        let prepare = |mime: &str, bytes: usize| {
+            m.http()
+                .post(m.url("/v1/media/prepare-upload"))
+                .bearer_auth(&alice)
+                .json(&json!({"mime_type": mime, "bytes": bytes, "filename": "d.png"}))
+                .send()
+        };
+        let (status, prepared) = json_of(prepare("image/png", image.len()).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{prepared}");
+        let put = |prepared: &Value, body: Vec<u8>| {
+            let mut request = m.http().put(prepared["upload_url"].as_str().unwrap()).body(body);
+            for (name, value) in prepared["headers"].as_object().unwrap() {
+                request = request.header(name.as_str(), value.as_str().unwrap());
+            }
+            request.send()
+        };
+        assert!(put(&prepared, image.clone()).await.unwrap().status().is_success(), "{stack:?}");
+        // jan clients never call complete: reading the pending ID verifies it.
+        let id = prepared["id"].as_str().unwrap();
+        let download = m.http().get(m.url(&format!("/v1/media/{id}"))).bearer_auth(&alice).send().await.unwrap();
+        assert_eq!(download.status(), StatusCode::OK, "{stack:?}");
+        assert_eq!(download.bytes().await.unwrap(), Bytes::from(image.clone()));
+        let (status, completed) = json_of(
+            m.http().post(m.url(&format!("/v1/media/{id}/complete"))).bearer_auth(&alice).send().await.unwrap(),
+        )
+        .await;
+        assert_eq!((status, completed["bytes"].as_u64()), (StatusCode::OK, Some(4096)));
+
+        // A GIF uploaded to a URL prepared for PNG is refused at completion and removed.
+        let (_, liar) = json_of(prepare("image/png", GIF.len()).await.unwrap()).await;
+        let wrong_type = m
+            .http()
+            .put(liar["upload_url"].as_str().unwrap())
+            .header("content-type", "image/png")
+            .body(GIF.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(wrong_type.status().is_success());
+        let liar_id = liar["id"].as_str().unwrap();
+        let (status, body) = json_of(
+            m.http().post(m.url(&format!("/v1/media/{liar_id}/complete"))).bearer_auth(&alice).send().await.unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("type_mismatch")),
+            "{body}"
+        );
+        let (_, unsupported) = json_of(prepare("text/html", 10).await.unwrap()).await;
+        assert_eq!(unsupported["code"], "unsupported_type");
+        let (_, not_uploaded) = json_of(prepare("image/png", 10).await.unwrap()).await;
+        let pending = not_uploaded["id"].as_str().unwrap();
+        let (status, body) = json_of(
+            m.http().post(m.url(&format!("/v1/media/{pending}/complete"))).bearer_auth(&alice).send().await.unwrap(),
+        )
+        .await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::CONFLICT, Some("not_uploaded")));
+        assert_eq!(m.counts().await, (2, 1), "{stack:?}: the verified upload and one pending row without an object");
+    }
+}
+
+#[tokio::test]
+async fn remote_urls_cannot_reach_private_addresses() {
+    let image = png(5000, 13);
+    let served = image.clone();
+    let router = axum::Router::new().route(
+        "/pic.png",
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { ([("content-type", "image/png")], served) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let redirect = axum::Router::new().route(
+        "/go",
+        axum::routing::get(move || async move {
+            axum::response::Redirect::temporary(&format!("http://127.0.0.1:{port}/pic.png"))
+        }),
+    );
+    tokio::spawn(async move { axum::serve(other, redirect).await });
+
+    let allowed = format!("127.0.0.1:{other_port}");
+    let m = media_app(Stack::SqliteFs, &[("MEDIA_REMOTE_FETCH_ALLOW_HOSTS", allowed.as_str())]).await;
+    let alice = m.alice();
+    let remote = |url: String| {
+        let body = json!({"source": {"type": "remote_url", "url": url}});
+        m.http().post(m.url("/v1/media")).bearer_auth(&alice).json(&body).send()
+    };
+    for url in [
+        format!("http://127.0.0.1:{port}/pic.png"),
+        format!("http://[::1]:{port}/pic.png"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://10.0.0.1/x.png".to_owned(),
+        format!("http://localhost:{port}/pic.png"),
+        format!("http://127.0.0.1:{other_port}/go"),
+    ] {
+        let (status, body) = json_of(remote(url.clone()).await.unwrap()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("remote_fetch_blocked")),
+            "{url}: {body}"
+        );
+    }
+    assert_eq!(m.counts().await, (0, 0));
+
+    let open = format!("127.0.0.1:{port}");
+    let m = media_app(Stack::SqliteFs, &[("MEDIA_REMOTE_FETCH_ALLOW_HOSTS", open.as_str())]).await;
+    let body = json!({"source": {"type": "Remote_URL", "url": format!("http://127.0.0.1:{port}/pic.png")}});
+    let (status, stored) =
+        json_of(m.http().post(m.url("/v1/media")).bearer_auth(m.alice()).json(&body).send().await.unwrap()).await;
+    assert_eq!((status, stored["bytes"].as_u64()), (StatusCode::OK, Some(5000)), "{stored}");
+    let missing = json!({"source": {"type": "remote_url", "url": format!("http://127.0.0.1:{port}/nothing.png")}});
+    let (status, body) =
+        json_of(m.http().post(m.url("/v1/media")).bearer_auth(m.alice()).json(&missing).send().await.unwrap()).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("remote_fetch_failed")));
+}
+
+#[tokio::test]
+async fn a_presigned_url_stops_working_after_its_ttl() {
+    for stack in STACKS {
+        let m = media_app(stack, &[("MEDIA_S3_PRESIGN_TTL", "1s")]).await;
+        let (_, uploaded) = json_of(m.upload_raw(&m.alice(), "image/png", png(800, 14)).await).await;
+        let url = uploaded["url"].as_str().unwrap().to_owned();
+        assert_eq!(m.http().get(&url).send().await.unwrap().status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let late = m.http().get(&url).send().await.unwrap().status();
+        assert!(late.is_client_error(), "{stack:?}: {late}");
+    }
+}
