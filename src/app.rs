@@ -134,6 +134,15 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let grace = self.state.config.shutdown_timeout;
         let db = self.state.db.clone();
+        let sweeper = (!self.state.config.sweep_interval.is_zero()).then(|| {
+            crate::admin::sweep::spawn_background(
+                self.state.media.clone(),
+                self.state.pipeline.clone(),
+                self.state.blobs.clone(),
+                self.state.config.presign_ttl,
+                self.state.config.sweep_interval,
+            )
+        });
         let router = crate::http::router(self.state);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
@@ -145,6 +154,9 @@ impl Application {
         tokio::select! {
             result = &mut server => return result,
             () = shutdown => {}
+        }
+        if let Some(sweeper) = &sweeper {
+            sweeper.abort();
         }
         tracing::info!(grace_seconds = grace.as_secs(), "stop requested: finishing in-flight requests");
         let _ = stop_tx.send(());

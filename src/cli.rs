@@ -41,6 +41,8 @@ pub enum Command {
     Audit(admin::audit::Opts),
     /// Master-key utilities and inventory (`keys generate`, `keys status`).
     Keys(admin::keys::Opts),
+    /// Delete expired media, stale pending uploads and abandoned multipart uploads (one pass).
+    Sweep(admin::sweep::Opts),
     /// Print a token signed by the dev issuer (dev profile only): `token --tenant T --sub S`.
     Token(admin::token::Opts),
     /// Probe a running service's /healthz (for container health checks; exits 0 when healthy).
@@ -89,6 +91,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Tenant(opts) => admin::tenant::run(&config, &opts).await,
         Command::Keys(opts) => admin::keys::run(&config, &opts).await,
         Command::Token(opts) => admin::token::run(&config, &opts).await,
+        Command::Sweep(opts) => admin::sweep::run(&config, &opts).await,
         Command::Healthcheck(_) => unreachable!("handled before configuration is read"),
     };
     match result {

@@ -5,18 +5,13 @@
 //! Once the keys are destroyed nothing the tenant stored can be decrypted, even from backups of the
 //! database; every read of its IDs answers 404.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::app::open_storage;
 use crate::config::Config;
-use crate::crypto::keyring::Keyring;
 use crate::db::audit::{self, AuditEvent};
 use crate::db::media::MediaRepo;
 use crate::db::tenant_keys::TenantKeys;
-use crate::db::Database;
 use crate::storage::BlobStore;
 
 const PAGE: u32 = 500;
@@ -65,15 +60,10 @@ pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
             "refusing to shred tenant {tenant:?} without --yes: its keys, objects and rows would be destroyed for good"
         );
     }
-    let keyring = Arc::new(Keyring::load(&config.keyring, &config.keys_dir).context("cannot load the keyring")?);
-    let db = Database::connect(&config.database).await.context("cannot open the database")?;
-    let keys = Arc::new(TenantKeys::new(db.clone(), keyring, crate::app::key_settings(config)));
-    let repo = MediaRepo::new(db.clone(), keys.clone());
-    let base = url::Url::parse("http://localhost/").context("base URL")?;
-    let (blobs, _) = open_storage(config, base).await.context("cannot open the blob store")?;
-    let report = shred(&keys, &repo, blobs.as_ref(), tenant).await?;
+    let services = super::Services::open(config).await?;
+    let report = shred(&services.keys, &services.media, services.blobs.as_ref(), tenant).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    db.close().await;
+    services.db.close().await;
     Ok(())
 }
 

@@ -375,7 +375,10 @@ async fn remove(
         return Err(ApiError::forbidden("not_owner", "only the uploader or an admin may delete this media"));
     }
     state.pipeline.remove(&record).await?;
-    state.pipeline.audit(&caller.0, "media.deleted", &record.id, json!({"bytes": record.size})).await;
+    state
+        .pipeline
+        .audit(&caller.0.tenant, &caller.0.subject, "media.deleted", &record.id, json!({"bytes": record.size}))
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -128,6 +128,11 @@ impl Pipeline {
         format!("{}{}", self.key_prefix, random_storage_key())
     }
 
+    /// The prefix of every key this pipeline creates (`MEDIA_STORAGE_PREFIX`).
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
     /// When a media stored now expires (`MEDIA_RETENTION_DAYS`).
     pub fn retention_until(&self) -> Option<chrono::DateTime<Utc>> {
         self.retention.map(|days| Utc::now() + days)
@@ -262,8 +267,14 @@ impl Pipeline {
         let sha256: [u8; 32] = hasher.finalize().into();
         match self.media.mark_ready(&pending, &mime, size, sha256, dedup).await? {
             InsertOutcome::Inserted => {
-                self.audit(caller, "media.uploaded", &pending.id, json!({"bytes": size, "mime": mime, "direct": true}))
-                    .await;
+                self.audit(
+                    &caller.tenant,
+                    &caller.subject,
+                    "media.uploaded",
+                    &pending.id,
+                    json!({"bytes": size, "mime": mime, "direct": true}),
+                )
+                .await;
                 let record = MediaRecord { mime, size, sha256: Some(sha256), status: MediaStatus::Ready, ..pending };
                 Ok(Ingested { record, deduped: false })
             }
@@ -322,8 +333,14 @@ impl Pipeline {
         };
         match outcome {
             InsertOutcome::Inserted => {
-                self.audit(caller, "media.uploaded", &record.id, json!({"bytes": record.size, "mime": record.mime}))
-                    .await;
+                self.audit(
+                    &caller.tenant,
+                    &caller.subject,
+                    "media.uploaded",
+                    &record.id,
+                    json!({"bytes": record.size, "mime": record.mime}),
+                )
+                .await;
                 Ok(Ingested { record, deduped: false })
             }
             InsertOutcome::Duplicate(existing) => {
@@ -344,9 +361,8 @@ impl Pipeline {
 
     /// Appends a media event to the tenant's audit chain (failures are logged, not returned: the
     /// media operation itself succeeded).
-    pub async fn audit(&self, caller: &Principal, kind: &str, id: &str, details: serde_json::Value) {
-        let event =
-            AuditEvent { tenant: &caller.tenant, kind, actor: Some(&caller.subject), subject: Some(id), details };
+    pub async fn audit(&self, tenant: &str, actor: &str, kind: &str, id: &str, details: serde_json::Value) {
+        let event = AuditEvent { tenant, kind, actor: Some(actor), subject: Some(id), details };
         if let Err(err) = audit::append(&self.db, &event).await {
             tracing::warn!(error = %err, kind, "cannot append a media event to the audit log");
         }

@@ -163,4 +163,18 @@ impl BlobStore for FsBlobStore {
         tokio::fs::remove_file(&probe).await.map_err(io_error("check"))?;
         Ok(())
     }
+
+    async fn abort_stale_uploads(&self, _prefix: &str, older_than: std::time::Duration) -> Result<u64, StorageError> {
+        let cutoff = std::time::SystemTime::now() - older_than;
+        let mut removed = 0u64;
+        let mut entries = tokio::fs::read_dir(self.root.join(TMP_DIR)).await.map_err(io_error("sweep"))?;
+        while let Some(entry) = entries.next_entry().await.map_err(io_error("sweep"))? {
+            let modified = entry.metadata().await.and_then(|m| m.modified()).ok();
+            if modified.is_some_and(|modified| modified < cutoff) && tokio::fs::remove_file(entry.path()).await.is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }

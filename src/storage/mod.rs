@@ -184,6 +184,11 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Readiness: can the store be reached and used?
     async fn check(&self) -> Result<(), StorageError>;
+
+    /// Cleans up writes abandoned for longer than `older_than` (open multipart uploads under
+    /// `prefix` on S3, temporary files on the filesystem) — what a crash or a killed process
+    /// leaves. Returns how many were removed.
+    async fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> Result<u64, StorageError>;
 }
 
 /// The longest key accepted.

@@ -416,6 +416,41 @@ impl BlobStore for S3BlobStore {
         self.client.head_bucket().bucket(&self.bucket).send().await.map_err(sdk_error("check"))?;
         Ok(())
     }
+
+    async fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> Result<u64, StorageError> {
+        let cutoff = std::time::SystemTime::now() - older_than;
+        let mut aborted = 0u64;
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(sdk_error("list uploads"))?;
+            for upload in page.uploads() {
+                let started = upload.initiated().and_then(|t| std::time::SystemTime::try_from(*t).ok());
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
+                if started.is_some_and(|started| started < cutoff) {
+                    abort_upload(&self.client, &self.bucket, key, id).await;
+                    aborted += 1;
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        Ok(aborted)
+    }
 }
 
 fn presigning(ttl: Duration) -> Result<PresigningConfig, StorageError> {

@@ -667,3 +667,54 @@ async fn a_presigned_url_stops_working_after_its_ttl() {
         assert!(late.is_client_error(), "{stack:?}: {late}");
     }
 }
+
+/// Moves a row's time column (`retention_until` or `created_at`) into the past.
+async fn age_row(m: &MediaApp, column: &str, id: &str) {
+    let sql = format!("UPDATE media_objects SET {column} = $1 WHERE id = $2");
+    let past = chrono::Utc::now() - chrono::Duration::days(2);
+    let changed = match &m.app.state.db {
+        Database::Postgres(pool) => sqlx::query(&sql).bind(past).bind(id).execute(pool).await.unwrap().rows_affected(),
+        Database::Sqlite(pool) => sqlx::query(&sql).bind(past).bind(id).execute(pool).await.unwrap().rows_affected(),
+    };
+    assert_eq!(changed, 1);
+}
+
+#[tokio::test]
+async fn the_sweeper_removes_expired_media_stale_uploads_and_abandoned_multipart_uploads() {
+    use media_api::admin::sweep::{sweep_once, SweepAges};
+    for stack in STACKS {
+        let m = media_app(stack, &[("MEDIA_RETENTION_DAYS", "30")]).await;
+        let alice = m.alice();
+        let (_, kept) = json_of(m.upload_raw(&alice, "image/png", png(1000, 20)).await).await;
+        let (_, expired) = json_of(m.upload_raw(&alice, "image/png", png(1000, 21)).await).await;
+        let prepare = json!({"mime_type": "image/png", "bytes": 10});
+        let (_, pending) = json_of(
+            m.http().post(m.url("/v1/media/prepare-upload")).bearer_auth(&alice).json(&prepare).send().await.unwrap(),
+        )
+        .await;
+        age_row(&m, "retention_until", expired["id"].as_str().unwrap()).await;
+        age_row(&m, "created_at", pending["id"].as_str().unwrap()).await;
+        if stack == Stack::PostgresS3 {
+            let key = format!("{}/m/abandoned", m.prefix);
+            let client = s3_client().await;
+            client.create_multipart_upload().bucket(s3_env().bucket).key(key).send().await.unwrap();
+        }
+        assert_eq!(m.counts().await.0, 3);
+
+        let state = &m.app.state;
+        let ages = SweepAges { presign_ttl: Duration::from_secs(300), abandoned_after: Duration::ZERO };
+        let report = sweep_once(&state.media, &state.pipeline, state.blobs.as_ref(), ages).await.unwrap();
+        assert_eq!((report.expired, report.stale_pending, report.failed), (1, 1, 0), "{stack:?}: {report:?}");
+        if stack == Stack::PostgresS3 {
+            assert_eq!(report.abandoned_uploads, 1, "the abandoned multipart upload is aborted");
+        }
+        assert_eq!(m.counts().await, (1, 1), "{stack:?}: only the kept media is left");
+        let gone = m.http().get(m.url(&format!("/v1/media/{}", expired["id"].as_str().unwrap()))).bearer_auth(&alice);
+        assert_eq!(gone.send().await.unwrap().status(), StatusCode::NOT_FOUND);
+        let here = m.http().get(m.url(&format!("/v1/media/{}", kept["id"].as_str().unwrap()))).bearer_auth(&alice);
+        assert_eq!(here.send().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(media_api::db::audit::count_kind(&state.db, "media.expired").await.unwrap(), 2);
+        let again = sweep_once(&state.media, &state.pipeline, state.blobs.as_ref(), ages).await.unwrap();
+        assert_eq!((again.expired, again.stale_pending), (0, 0), "a second pass finds nothing");
+    }
+}
