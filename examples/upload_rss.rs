@@ -1,7 +1,7 @@
 //! Peak resident memory while streaming a large upload through the S3 blob store.
 //!
 //! Generates N MiB (default 1024) of pseudo-random bytes lazily in 64 KiB chunks, streams them into
-//! the configured S3 bucket through `S3BlobStore::put` (multipart, 8 MiB parts, 2 in flight), reads
+//! the configured S3 bucket through `S3BlobStore::put` (multipart, the configured part size and part buffers), reads
 //! the process's peak RSS (`VmHWM`) and deletes the object. Run by `scripts/bench-upload-memory`,
 //! which starts Garage and sets the `MEDIA_S3_*` variables.
 //!

@@ -151,9 +151,10 @@ pub struct S3Config {
     pub secret_access_key: Option<SecretString>,
     /// Path-style addressing (`MEDIA_S3_USE_PATH_STYLE`; default true when an endpoint is set).
     pub path_style: bool,
-    /// Multipart part size (`MEDIA_S3_PART_SIZE`, default 8 MiB, at least 5 MiB).
+    /// Multipart part size (`MEDIA_S3_PART_SIZE`, default and minimum 5 MiB, the S3 minimum).
     pub part_size: u64,
-    /// Parts uploaded at once (`MEDIA_S3_UPLOAD_CONCURRENCY`, default 2).
+    /// Part buffers one upload may hold (`MEDIA_S3_UPLOAD_CONCURRENCY`, default 2): the parts in
+    /// flight plus the one filling, so one upload holds at most this many × the part size.
     pub upload_concurrency: usize,
 }
 
@@ -443,7 +444,7 @@ fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<StorageCo
             "set both the access key and MEDIA_S3_SECRET_KEY, or neither (default credential chain)",
         ));
     }
-    let part_size = env.size("MEDIA_S3_PART_SIZE")?.unwrap_or(8 * MIB);
+    let part_size = env.size("MEDIA_S3_PART_SIZE")?.unwrap_or(S3_MIN_PART_SIZE);
     if part_size < S3_MIN_PART_SIZE {
         return Err(ConfigError::new("MEDIA_S3_PART_SIZE", "must be at least 5 MiB (the S3 minimum)"));
     }

@@ -164,6 +164,10 @@ impl S3BlobStore {
         loop {
             if !carry.is_empty() {
                 let take = carry.len().min(self.part_size - buffer.len());
+                if buffer.len() + take > buffer.capacity() {
+                    // Grow once to a whole part instead of doubling through 2, 4, … MiB copies.
+                    buffer.reserve(self.part_size - buffer.len());
+                }
                 buffer.extend_from_slice(&carry.split_to(take));
             }
             if buffer.len() == self.part_size {
@@ -238,19 +242,24 @@ impl S3BlobStore {
         body: &mut ByteStream,
         carry: &mut Bytes,
     ) -> Result<u64, StorageError> {
-        let mut in_flight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
+        let mut in_flight: JoinSet<Result<PartDone, StorageError>> = JoinSet::new();
         let mut completed = Vec::new();
+        // Part buffers come back from finished uploads and are refilled: an upload allocates at most
+        // `upload_concurrency` of them, so large uploads do not churn the allocator with part-sized blocks.
+        let mut spare: Vec<BytesMut> = Vec::with_capacity(self.upload_concurrency);
         let mut total = 0u64;
         let mut next_part = Some(first_part);
         let mut part_number = 0i32;
         while let Some(part) = next_part.take() {
             part_number += 1;
             total += part.len() as u64;
-            while in_flight.len() >= self.upload_concurrency {
-                completed.push(join_part(in_flight.join_next().await)?);
-            }
             in_flight.spawn(upload_part(self.client.clone(), upload_target(upload), part_number, part));
-            let mut buffer = BytesMut::with_capacity(self.part_size);
+            // Fill the next part only once a slot is free: at most `upload_concurrency` part
+            // buffers exist at any time (the ones in flight and the one filling).
+            while in_flight.len() >= self.upload_concurrency {
+                completed.push(join_part(in_flight.join_next().await, &mut spare)?);
+            }
+            let mut buffer = spare.pop().unwrap_or_else(|| BytesMut::with_capacity(self.part_size));
             let ended = self.fill_part(body, &mut buffer, carry).await?;
             if !buffer.is_empty() {
                 next_part = Some(buffer.freeze());
@@ -265,7 +274,7 @@ impl S3BlobStore {
             in_flight.spawn(upload_part(self.client.clone(), upload_target(upload), part_number, last));
         }
         while !in_flight.is_empty() {
-            completed.push(join_part(in_flight.join_next().await)?);
+            completed.push(join_part(in_flight.join_next().await, &mut spare)?);
         }
         completed.sort_by_key(|part| part.part_number());
         self.client
@@ -292,12 +301,10 @@ fn upload_target(upload: &MultipartGuard) -> UploadTarget {
     UploadTarget { bucket: upload.bucket.clone(), key: upload.key.clone(), upload_id: upload.upload_id.clone() }
 }
 
-async fn upload_part(
-    client: Client,
-    target: UploadTarget,
-    number: i32,
-    data: Bytes,
-) -> Result<CompletedPart, StorageError> {
+/// A finished part, and its buffer back when nothing else holds it (to fill the next part).
+type PartDone = (CompletedPart, Option<BytesMut>);
+
+async fn upload_part(client: Client, target: UploadTarget, number: i32, data: Bytes) -> Result<PartDone, StorageError> {
     let length = data.len() as i64;
     let output = client
         .upload_part()
@@ -306,18 +313,28 @@ async fn upload_part(
         .upload_id(target.upload_id)
         .part_number(number)
         .content_length(length)
-        .body(S3Body::from(data))
+        .body(S3Body::from(data.clone()))
         .send()
         .await
         .map_err(sdk_error("upload part"))?;
-    Ok(CompletedPart::builder().set_e_tag(output.e_tag().map(str::to_owned)).part_number(number).build())
+    let part = CompletedPart::builder().set_e_tag(output.e_tag().map(str::to_owned)).part_number(number).build();
+    Ok((part, data.try_into_mut().ok()))
 }
 
+/// The part of a finished upload task; its buffer, when returned, goes to `spare`.
 fn join_part(
-    joined: Option<Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>>,
+    joined: Option<Result<Result<PartDone, StorageError>, tokio::task::JoinError>>,
+    spare: &mut Vec<BytesMut>,
 ) -> Result<CompletedPart, StorageError> {
     match joined {
-        Some(Ok(result)) => result,
+        Some(Ok(Ok((part, buffer)))) => {
+            if let Some(mut buffer) = buffer {
+                buffer.clear();
+                spare.push(buffer);
+            }
+            Ok(part)
+        }
+        Some(Ok(Err(err))) => Err(err),
         Some(Err(join_error)) => Err(StorageError::backend(BACKEND, "upload part", join_error)),
         None => Err(StorageError::backend(BACKEND, "upload part", "no part upload was running")),
     }

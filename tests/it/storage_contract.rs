@@ -52,7 +52,8 @@ async fn round_trips_are_byte_for_byte_at_part_boundaries() {
     for stack in STACKS {
         let app = spawn_app(stack).await;
         let blobs = &app.state.blobs;
-        for (i, size) in [0, 1, 8 * MIB as usize - 1, 8 * MIB as usize + 1, 50 * MIB as usize].into_iter().enumerate() {
+        let part = media_api::config::S3_MIN_PART_SIZE as usize; // the default part size
+        for (i, size) in [0, 1, part - 1, part, part + 1, 50 * MIB as usize].into_iter().enumerate() {
             let data = payload(size, i as u64);
             let key = key("roundtrip");
             let written = blobs.put(&key, "application/octet-stream", chunked(data.clone())).await.expect("put");

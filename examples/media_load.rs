@@ -1,0 +1,202 @@
+//! Load generator for `scripts/bench-media`, against a running service; prints one JSON line per run.
+//!
+//! - `upload <base> <token> <MiB>`: one raw-body upload of a generated PNG-headed file, streamed.
+//! - `direct <base> <token> <MiB>`: `prepare-upload`, then the same bytes PUT straight to the
+//!   presigned URL (the service is not in the data path; only the PUT is timed).
+//! - `resolve <base> <token> <rate> <seconds>`: uploads 20 images, then sends a 20-placeholder resolve
+//!   payload at a fixed rate (open loop) and reports latency percentiles.
+//! - `presign <base> <token> <connections> <seconds>`: `GET /v1/media/{id}/presign` as fast as the
+//!   connections allow, requests per second.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+const CHUNK: usize = 64 * 1024;
+const PNG_HEAD: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00";
+
+/// A streamed body of `len` bytes: a PNG signature, then xorshift noise, made lazily in 64 KiB chunks.
+fn generated(len: u64, seed: u64) -> reqwest::Body {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut sent = 0u64;
+    let chunks = futures::stream::poll_fn(move |_| {
+        if sent >= len {
+            return std::task::Poll::Ready(None);
+        }
+        let size = CHUNK.min((len - sent) as usize);
+        let mut chunk = Vec::with_capacity(size);
+        while chunk.len() < size {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.extend_from_slice(&state.to_le_bytes());
+        }
+        chunk.truncate(size);
+        if sent == 0 {
+            let head = PNG_HEAD.len().min(size);
+            chunk[..head].copy_from_slice(&PNG_HEAD[..head]);
+        }
+        sent += size as u64;
+        std::task::Poll::Ready(Some(Ok::<Bytes, std::io::Error>(Bytes::from(chunk))))
+    });
+    reqwest::Body::wrap_stream(chunks)
+}
+
+struct Target {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Target {
+    async fn upload(&self, len: u64, seed: u64) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}/v1/media", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "image/png")
+            .header("content-length", len)
+            .body(generated(len, seed))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "upload answered {}", response.status());
+        Ok(response.json().await?)
+    }
+
+    async fn direct(&self, len: u64) -> anyhow::Result<f64> {
+        let prepared: Value = self
+            .http
+            .post(format!("{}/v1/media/prepare-upload", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({"mime_type": "image/png", "bytes": len}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let url = prepared["upload_url"].as_str().ok_or_else(|| anyhow::anyhow!("no upload_url: {prepared}"))?;
+        let mut request = self.http.put(url).body(generated(len, 7));
+        for (name, value) in prepared["headers"].as_object().into_iter().flatten() {
+            request = request.header(name.as_str(), value.as_str().unwrap_or_default());
+        }
+        let started = Instant::now();
+        let response = request.send().await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        anyhow::ensure!(response.status().is_success(), "direct PUT answered {}", response.status());
+        Ok(elapsed)
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn resolve(target: Arc<Target>, rate: u64, seconds: u64) -> anyhow::Result<Value> {
+    let mut content = Vec::new();
+    for seed in 0..20 {
+        let uploaded = target.upload(2000 + seed, 1000 + seed).await?;
+        let id = uploaded["id"].as_str().unwrap_or_default().to_owned();
+        content.push(json!({"type": "image_url", "image_url": {"url": format!("data:image/png;{id}")}}));
+    }
+    let body = Arc::new(json!({"payload": {"model": "m", "messages": [{"role": "user", "content": content}]}}));
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = rate * seconds;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..total {
+        ticker.tick().await;
+        let (target, body) = (target.clone(), body.clone());
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let response = target
+                .http
+                .post(format!("{}/v1/media/resolve", target.base))
+                .bearer_auth(&target.token)
+                .json(&*body)
+                .send()
+                .await?;
+            anyhow::ensure!(response.status().is_success(), "resolve answered {}", response.status());
+            response.bytes().await?;
+            Ok(started.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let mut latencies = Vec::with_capacity(total as usize);
+    while let Some(result) = tasks.join_next().await {
+        latencies.push(result??);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(json!({
+        "mode": "resolve", "placeholders": 20, "rate": rate, "requests": latencies.len(),
+        "p50_ms": percentile(&latencies, 0.50), "p99_ms": percentile(&latencies, 0.99),
+        "max_ms": latencies.last().copied().unwrap_or_default(),
+    }))
+}
+
+async fn presign(target: Arc<Target>, connections: usize, seconds: u64) -> anyhow::Result<Value> {
+    let uploaded = target.upload(3000, 42).await?;
+    let url = format!("{}/v1/media/{}/presign", target.base, uploaded["id"].as_str().unwrap_or_default());
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (target, url, done, stop) = (target.clone(), url.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let response = target.http.get(&url).bearer_auth(&target.token).send().await?;
+                    anyhow::ensure!(response.status().is_success(), "presign answered {}", response.status());
+                    response.bytes().await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    for worker in workers {
+        worker.await??;
+    }
+    Ok(json!({"mode": "presign", "connections": connections, "requests_per_second": done.load(Ordering::Relaxed) as f64 / elapsed}))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(mode), Some(base), Some(token)) = (args.first(), args.get(1), args.get(2)) else {
+        anyhow::bail!("usage: media_load <upload|direct|resolve|presign> <base-url> <token> <args…>");
+    };
+    let number = |i: usize| -> anyhow::Result<u64> {
+        Ok(args.get(i).ok_or_else(|| anyhow::anyhow!("missing argument {i}"))?.parse()?)
+    };
+    let target = Arc::new(Target {
+        http: reqwest::Client::builder().no_proxy().build()?,
+        base: base.trim_end_matches('/').to_owned(),
+        token: token.clone(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let report = runtime.block_on(async {
+        match mode.as_str() {
+            "upload" => {
+                let len = number(3)? * 1024 * 1024;
+                let started = Instant::now();
+                target.upload(len, 1).await?;
+                let seconds = started.elapsed().as_secs_f64();
+                Ok(json!({"mode": "upload", "mib": len >> 20, "seconds": seconds, "mib_per_s": (len >> 20) as f64 / seconds}))
+            }
+            "direct" => {
+                let len = number(3)? * 1024 * 1024;
+                let seconds = target.direct(len).await?;
+                Ok(json!({"mode": "direct", "mib": len >> 20, "seconds": seconds, "mib_per_s": (len >> 20) as f64 / seconds}))
+            }
+            "resolve" => resolve(target.clone(), number(3)?, number(4)?).await,
+            "presign" => presign(target.clone(), number(3)? as usize, number(4)?).await,
+            other => anyhow::bail!("unknown mode {other:?}"),
+        }
+    })?;
+    println!("{report}");
+    Ok(())
+}
