@@ -161,7 +161,9 @@ async fn presign(target: Arc<Target>, connections: usize, seconds: u64) -> anyho
     for worker in workers {
         worker.await??;
     }
-    Ok(json!({"mode": "presign", "connections": connections, "requests_per_second": done.load(Ordering::Relaxed) as f64 / elapsed}))
+    Ok(
+        json!({"mode": "presign", "connections": connections, "requests_per_second": done.load(Ordering::Relaxed) as f64 / elapsed}),
+    )
 }
 
 fn main() -> anyhow::Result<()> {

@@ -156,6 +156,10 @@ pub struct S3Config {
     /// Part buffers one upload may hold (`MEDIA_S3_UPLOAD_CONCURRENCY`, default 2): the parts in
     /// flight plus the one filling, so one upload holds at most this many × the part size.
     pub upload_concurrency: usize,
+    /// Sign upload payloads with SigV4 (`MEDIA_S3_SIGN_PAYLOAD`, default false): a second SHA-256
+    /// pass over every byte. Off, uploads are sent `UNSIGNED-PAYLOAD` and their integrity in
+    /// transit rests on TLS (use an `https` endpoint outside a trusted network).
+    pub sign_payload: bool,
 }
 
 /// Local filesystem blob storage settings (embedded default).
@@ -462,6 +466,7 @@ fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<StorageCo
         secret_access_key,
         part_size,
         upload_concurrency,
+        sign_payload: env.bool("MEDIA_S3_SIGN_PAYLOAD")?.unwrap_or(false),
     })))
 }
 

@@ -45,6 +45,7 @@ pub struct S3BlobStore {
     bucket: String,
     part_size: usize,
     upload_concurrency: usize,
+    sign_payload: bool,
 }
 
 fn sdk_error<E>(operation: &'static str) -> impl Fn(SdkError<E, HttpResponse>) -> StorageError
@@ -141,6 +142,7 @@ impl S3BlobStore {
             bucket: config.bucket.clone(),
             part_size: usize::try_from(config.part_size).unwrap_or(usize::MAX),
             upload_concurrency: config.upload_concurrency,
+            sign_payload: config.sign_payload,
         })
     }
 
@@ -182,16 +184,17 @@ impl S3BlobStore {
 
     async fn put_single(&self, key: &str, content_type: &str, data: Bytes) -> Result<u64, StorageError> {
         let length = data.len() as u64;
-        self.client
+        let request = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
             .content_length(length as i64)
             .body(S3Body::from(data))
-            .send()
-            .await
-            .map_err(sdk_error("put"))?;
+            .customize();
+        let request = if self.sign_payload { request } else { request.disable_payload_signing() };
+        request.send().await.map_err(sdk_error("put"))?;
         Ok(length)
     }
 
@@ -253,7 +256,12 @@ impl S3BlobStore {
         while let Some(part) = next_part.take() {
             part_number += 1;
             total += part.len() as u64;
-            in_flight.spawn(upload_part(self.client.clone(), upload_target(upload), part_number, part));
+            in_flight.spawn(upload_part(
+                self.client.clone(),
+                upload_target(upload, self.sign_payload),
+                part_number,
+                part,
+            ));
             // Fill the next part only once a slot is free: at most `upload_concurrency` part
             // buffers exist at any time (the ones in flight and the one filling).
             while in_flight.len() >= self.upload_concurrency {
@@ -271,7 +279,12 @@ impl S3BlobStore {
         if let Some(last) = next_part {
             part_number += 1;
             total += last.len() as u64;
-            in_flight.spawn(upload_part(self.client.clone(), upload_target(upload), part_number, last));
+            in_flight.spawn(upload_part(
+                self.client.clone(),
+                upload_target(upload, self.sign_payload),
+                part_number,
+                last,
+            ));
         }
         while !in_flight.is_empty() {
             completed.push(join_part(in_flight.join_next().await, &mut spare)?);
@@ -295,10 +308,16 @@ struct UploadTarget {
     bucket: String,
     key: String,
     upload_id: String,
+    sign_payload: bool,
 }
 
-fn upload_target(upload: &MultipartGuard) -> UploadTarget {
-    UploadTarget { bucket: upload.bucket.clone(), key: upload.key.clone(), upload_id: upload.upload_id.clone() }
+fn upload_target(upload: &MultipartGuard, sign_payload: bool) -> UploadTarget {
+    UploadTarget {
+        bucket: upload.bucket.clone(),
+        key: upload.key.clone(),
+        upload_id: upload.upload_id.clone(),
+        sign_payload,
+    }
 }
 
 /// A finished part, and its buffer back when nothing else holds it (to fill the next part).
@@ -306,7 +325,7 @@ type PartDone = (CompletedPart, Option<BytesMut>);
 
 async fn upload_part(client: Client, target: UploadTarget, number: i32, data: Bytes) -> Result<PartDone, StorageError> {
     let length = data.len() as i64;
-    let output = client
+    let request = client
         .upload_part()
         .bucket(target.bucket)
         .key(target.key)
@@ -314,9 +333,9 @@ async fn upload_part(client: Client, target: UploadTarget, number: i32, data: By
         .part_number(number)
         .content_length(length)
         .body(S3Body::from(data.clone()))
-        .send()
-        .await
-        .map_err(sdk_error("upload part"))?;
+        .customize();
+    let request = if target.sign_payload { request } else { request.disable_payload_signing() };
+    let output = request.send().await.map_err(sdk_error("upload part"))?;
     let part = CompletedPart::builder().set_e_tag(output.e_tag().map(str::to_owned)).part_number(number).build();
     Ok((part, data.try_into_mut().ok()))
 }
