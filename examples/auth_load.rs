@@ -6,12 +6,14 @@
 //! - `reuse`: one dev-issuer token for every request (what a client does);
 //! - `fresh`: a different token on every request (every request pays a signature check).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use media_api::auth::dev_issuer::{DevIssuer, TokenRequest};
 use media_api::config::Config;
+
+#[path = "common/load.rs"]
+mod load;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -55,35 +57,12 @@ fn tokens(keys_dir: &str, mode: &str, seconds: u64) -> anyhow::Result<Arc<Vec<Op
 
 async fn load(url: String, tokens: Arc<Vec<Option<String>>>, seconds: u64, connections: usize) -> anyhow::Result<f64> {
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(connections).build()?;
-    let done = Arc::new(AtomicU64::new(0));
-    let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..connections)
-        .map(|_| {
-            let (client, url, tokens) = (client.clone(), url.clone(), tokens.clone());
-            let (done, next, stop) = (done.clone(), next.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let index = next.fetch_add(1, Ordering::Relaxed) as usize % tokens.len();
-                    let mut request = client.get(&url);
-                    if let Some(token) = &tokens[index] {
-                        request = request.bearer_auth(token);
-                    }
-                    let response = request.send().await?;
-                    anyhow::ensure!(response.status().is_success(), "status {}", response.status());
-                    response.bytes().await?;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    for worker in workers {
-        worker.await??;
-    }
-    Ok(done.load(Ordering::Relaxed) as f64 / elapsed)
+    load::closed_loop(connections, seconds, move |n| {
+        let mut request = client.get(&url);
+        if let Some(token) = &tokens[n as usize % tokens.len()] {
+            request = request.bearer_auth(token);
+        }
+        async move { load::expect_success(request.send().await?, "whoami").await }
+    })
+    .await
 }

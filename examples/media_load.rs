@@ -8,41 +8,19 @@
 //! - `presign <base> <token> <connections> <seconds>`: `GET /v1/media/{id}/presign` as fast as the
 //!   connections allow, requests per second.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde_json::{json, Value};
 
-const CHUNK: usize = 64 * 1024;
+#[path = "common/load.rs"]
+mod load;
+
 const PNG_HEAD: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00";
 
-/// A streamed body of `len` bytes: a PNG signature, then xorshift noise, made lazily in 64 KiB chunks.
+/// A streamed body of `len` bytes starting with a PNG signature.
 fn generated(len: u64, seed: u64) -> reqwest::Body {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut sent = 0u64;
-    let chunks = futures::stream::poll_fn(move |_| {
-        if sent >= len {
-            return std::task::Poll::Ready(None);
-        }
-        let size = CHUNK.min((len - sent) as usize);
-        let mut chunk = Vec::with_capacity(size);
-        while chunk.len() < size {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            chunk.extend_from_slice(&state.to_le_bytes());
-        }
-        chunk.truncate(size);
-        if sent == 0 {
-            let head = PNG_HEAD.len().min(size);
-            chunk[..head].copy_from_slice(&PNG_HEAD[..head]);
-        }
-        sent += size as u64;
-        std::task::Poll::Ready(Some(Ok::<Bytes, std::io::Error>(Bytes::from(chunk))))
-    });
-    reqwest::Body::wrap_stream(chunks)
+    reqwest::Body::wrap_stream(load::generated(len, seed, PNG_HEAD))
 }
 
 struct Target {
@@ -138,32 +116,12 @@ async fn resolve(target: Arc<Target>, rate: u64, seconds: u64) -> anyhow::Result
 async fn presign(target: Arc<Target>, connections: usize, seconds: u64) -> anyhow::Result<Value> {
     let uploaded = target.upload(3000, 42).await?;
     let url = format!("{}/v1/media/{}/presign", target.base, uploaded["id"].as_str().unwrap_or_default());
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..connections)
-        .map(|_| {
-            let (target, url, done, stop) = (target.clone(), url.clone(), done.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let response = target.http.get(&url).bearer_auth(&target.token).send().await?;
-                    anyhow::ensure!(response.status().is_success(), "presign answered {}", response.status());
-                    response.bytes().await?;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    for worker in workers {
-        worker.await??;
-    }
-    Ok(
-        json!({"mode": "presign", "connections": connections, "requests_per_second": done.load(Ordering::Relaxed) as f64 / elapsed}),
-    )
+    let rate = load::closed_loop(connections, seconds, move |_| {
+        let request = target.http.get(&url).bearer_auth(&target.token);
+        async move { load::expect_success(request.send().await?, "presign").await }
+    })
+    .await?;
+    Ok(json!({"mode": "presign", "connections": connections, "requests_per_second": rate}))
 }
 
 fn main() -> anyhow::Result<()> {

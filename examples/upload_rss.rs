@@ -9,13 +9,12 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use media_api::config::{Config, StorageConfig, MIB};
 use media_api::storage::s3::S3BlobStore;
 use media_api::storage::BlobStore;
 
-const CHUNK: usize = 64 * 1024;
+#[path = "common/load.rs"]
+mod load;
 
 fn rss_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -36,22 +35,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let store = S3BlobStore::new(s3).await?;
     let total = mib * MIB;
-    let chunks = total.div_ceil(CHUNK as u64);
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let body = futures::stream::iter(0..chunks)
-        .map(move |i| {
-            let len = CHUNK.min((total - i * CHUNK as u64) as usize);
-            let mut chunk = Vec::with_capacity(len);
-            while chunk.len() < len {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                chunk.extend_from_slice(&state.to_le_bytes());
-            }
-            chunk.truncate(len);
-            Ok(Bytes::from(chunk))
-        })
-        .boxed();
+    let body = load::generated(total, 1, b"");
     let baseline = rss_kib("VmRSS:");
     let key = format!("bench/upload-rss-{}", std::process::id());
     let started = Instant::now();

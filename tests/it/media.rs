@@ -81,6 +81,16 @@ impl MediaApp {
         self.http().post(self.url("/v1/media")).bearer_auth(token).json(&body).send().await.unwrap()
     }
 
+    /// An authenticated GET of a service path.
+    fn get(&self, token: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http().get(self.url(path)).bearer_auth(token)
+    }
+
+    async fn resolve(&self, token: &str, body: &Value) -> (StatusCode, Value) {
+        json_of(self.http().post(self.url("/v1/media/resolve")).bearer_auth(token).json(body).send().await.unwrap())
+            .await
+    }
+
     /// Media rows in the database, and objects (plus open multipart uploads or temp files) in the store.
     async fn counts(&self) -> (i64, usize) {
         let sql = "SELECT COUNT(*) FROM media_objects";
@@ -158,16 +168,7 @@ async fn the_jan_v1_contract_holds_on_both_stacks() {
         let payload = json!({"model": "m", "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": format!("data:image/png;{id}")}},
             {"type": "text", "text": "what is this?"}]}], "ref": id, "n": 2});
-        let (status, resolved) = json_of(
-            m.http()
-                .post(m.url("/v1/media/resolve"))
-                .bearer_auth(&alice)
-                .json(&json!({"payload": payload}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, resolved) = m.resolve(&alice, &json!({"payload": payload})).await;
         assert_eq!(status, StatusCode::OK, "{resolved}");
         let url = resolved["payload"]["messages"][0]["content"][0]["image_url"]["url"].as_str().unwrap();
         assert!(url.starts_with("http") && !url.contains("jan_"), "{url}");
@@ -176,33 +177,15 @@ async fn the_jan_v1_contract_holds_on_both_stacks() {
         assert_eq!(m.http().get(url).send().await.unwrap().bytes().await.unwrap(), Bytes::from(image.clone()));
         let untouched =
             json!({"messages": [{"role": "user", "content": "hello jan_notanid data:image/png;base64,AAAA"}]});
-        let (_, same) = json_of(
-            m.http()
-                .post(m.url("/v1/media/resolve"))
-                .bearer_auth(&alice)
-                .json(&json!({"payload": untouched}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, same) = m.resolve(&alice, &json!({"payload": untouched})).await;
         assert_eq!(same["payload"], untouched, "a payload without placeholders comes back equal");
-        let (status, by_ids) = json_of(
-            m.http()
-                .post(m.url("/v1/media/resolve"))
-                .bearer_auth(&alice)
-                .json(&json!({"ids": [id]}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, by_ids) = m.resolve(&alice, &json!({"ids": [id]})).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(by_ids["media"][0]["id"], json!(id));
         assert!(by_ids["media"][0]["presigned_url"].as_str().unwrap().starts_with("http"));
 
         // Proxy download with the sniffed type, length, ETag, nosniff, ranges.
-        let download = m.http().get(m.url(&format!("/v1/media/{id}"))).bearer_auth(&alice).send().await.unwrap();
+        let download = m.get(&alice, &format!("/v1/media/{id}")).send().await.unwrap();
         assert_eq!(download.status(), StatusCode::OK);
         let headers = download.headers().clone();
         assert_eq!(
@@ -212,48 +195,25 @@ async fn the_jan_v1_contract_holds_on_both_stacks() {
         assert_eq!(headers["x-content-type-options"], "nosniff");
         assert!(headers.contains_key("etag") && headers["accept-ranges"] == "bytes");
         assert_eq!(download.bytes().await.unwrap(), Bytes::from(image.clone()));
-        let part = m
-            .http()
-            .get(m.url(&format!("/v1/media/{id}")))
-            .bearer_auth(&alice)
-            .header("range", "bytes=10-19")
-            .send()
-            .await
-            .unwrap();
+        let part = m.get(&alice, &format!("/v1/media/{id}")).header("range", "bytes=10-19").send().await.unwrap();
         assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(part.bytes().await.unwrap(), Bytes::from(image[10..20].to_vec()));
-        let beyond = m
-            .http()
-            .get(m.url(&format!("/v1/media/{id}")))
-            .bearer_auth(&alice)
-            .header("range", "bytes=5000-")
-            .send()
-            .await
-            .unwrap();
+        let beyond = m.get(&alice, &format!("/v1/media/{id}")).header("range", "bytes=5000-").send().await.unwrap();
         assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
         let (_, meta) = json_of(
-            m.http()
-                .get(m.url(&format!("/v1/media/{id}")))
-                .bearer_auth(&alice)
-                .header("accept", "application/json")
-                .send()
-                .await
-                .unwrap(),
+            m.get(&alice, &format!("/v1/media/{id}")).header("accept", "application/json").send().await.unwrap(),
         )
         .await;
         assert!(meta["url"].as_str().unwrap().starts_with("http"), "{meta}");
 
         let (status, presigned) =
-            json_of(m.http().get(m.url(&format!("/v1/media/{id}/presign"))).bearer_auth(&alice).send().await.unwrap())
-                .await;
+            json_of(m.get(&alice, &format!("/v1/media/{id}/presign")).send().await.unwrap()).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(presigned["id"], json!(id));
         assert!(presigned["expires_in"].as_i64().unwrap() > 200 && presigned["url"].is_string(), "{presigned}");
 
         let missing = "jan_0000000000000000000000000z";
-        let (status, body) =
-            json_of(m.http().get(m.url(&format!("/v1/media/{missing}"))).bearer_auth(&alice).send().await.unwrap())
-                .await;
+        let (status, body) = json_of(m.get(&alice, &format!("/v1/media/{missing}")).send().await.unwrap()).await;
         assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
         assert!(body["error"].is_string());
         let (status, body) = json_of(
@@ -503,7 +463,7 @@ async fn tenants_cannot_see_each_others_media_and_the_same_bytes_are_two_objects
         assert_eq!(b["deduped"], false, "another tenant's identical bytes are not deduplicated");
         assert_ne!(b["id"], a["id"]);
         assert_eq!(m.counts().await, (2, 2), "{stack:?}");
-        let still = m.http().get(m.url(&format!("/v1/media/{id}"))).bearer_auth(&alice).send().await.unwrap();
+        let still = m.get(&alice, &format!("/v1/media/{id}")).send().await.unwrap();
         assert_eq!(still.status(), StatusCode::OK, "mallory's DELETE did not touch it");
     }
 }
@@ -552,7 +512,7 @@ async fn direct_uploads_are_verified_before_they_count() {
         assert!(put(&prepared, image.clone()).await.unwrap().status().is_success(), "{stack:?}");
         // jan clients never call complete: reading the pending ID verifies it.
         let id = prepared["id"].as_str().unwrap();
-        let download = m.http().get(m.url(&format!("/v1/media/{id}"))).bearer_auth(&alice).send().await.unwrap();
+        let download = m.get(&alice, &format!("/v1/media/{id}")).send().await.unwrap();
         assert_eq!(download.status(), StatusCode::OK, "{stack:?}");
         assert_eq!(download.bytes().await.unwrap(), Bytes::from(image.clone()));
         let (status, completed) = json_of(

@@ -1,0 +1,78 @@
+//! Pieces the benchmark examples share: generated bodies and a closed-loop request driver.
+//! Included with `#[path = "common/load.rs"] mod load;` (not an example of its own).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+/// Chunk size of generated bodies.
+pub const CHUNK: usize = 64 * 1024;
+
+/// `len` pseudo-random bytes (xorshift, so not trivially compressible), made lazily in 64 KiB
+/// chunks; the first bytes are replaced by `head`.
+pub fn generated(len: u64, seed: u64, head: &'static [u8]) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let chunks = len.div_ceil(CHUNK as u64);
+    futures::stream::iter(0..chunks)
+        .map(move |i| {
+            let size = CHUNK.min((len - i * CHUNK as u64) as usize);
+            let mut chunk = Vec::with_capacity(size + 8);
+            while chunk.len() < size {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                chunk.extend_from_slice(&state.to_le_bytes());
+            }
+            chunk.truncate(size);
+            if i == 0 {
+                let n = head.len().min(size);
+                chunk[..n].copy_from_slice(&head[..n]);
+            }
+            Ok(Bytes::from(chunk))
+        })
+        .boxed()
+}
+
+/// Runs `request` over `connections` concurrent loops for `seconds`; returns requests per second.
+/// Each call gets a running request number; an error stops the run.
+pub async fn closed_loop<F, Fut>(connections: usize, seconds: u64, request: F) -> anyhow::Result<f64>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (request, done, stop) = (request.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    request(done.fetch_add(1, Ordering::Relaxed)).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    for worker in workers {
+        worker.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / elapsed)
+}
+
+/// Fails unless the response is a success; reads its body.
+pub async fn expect_success(response: reqwest::Response, what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(response.status().is_success(), "{what} answered {}", response.status());
+    response.bytes().await?;
+    Ok(())
+}
