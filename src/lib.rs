@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (`serve`, `migrate`, `keys`, `healthcheck`); `main.rs` only calls it.
+//! - [`cli`]: the command line (`serve` and the admin commands); `main.rs` only calls it.
 //! - [`config`]: the typed configuration, read from the environment and validated once.
 //! - [`app`]: [`app::Application`] (build, bind, serve, graceful shutdown) and the shared
 //!   [`app::AppState`].
@@ -16,14 +16,16 @@
 //!   extractor handlers use, and the dev profile's local token issuer.
 //! - [`http`]: the router, one module per resource, and the one HTTP error type
 //!   ([`http::error::ApiError`]).
-//! - [`ingest`]: the streaming upload pipeline (size limits so far).
+//! - [`ingest`]: the streaming upload pipeline every source goes through (size limit, type
+//!   sniffing, hashing, storing, dedup), upload sources (raw, data URL, SSRF-safe remote fetch) and
+//!   the `jan_*` IDs.
 //! - [`storage`]: the object-safe [`storage::BlobStore`] and its S3 and filesystem backends.
 //! - [`db`]: Postgres and SQLite pools and migrations, the tenant key store, the encrypted media
 //!   repository and the audit log.
 //! - [`crypto`]: the key hierarchy: master keyring, wrapped tenant keys, field cipher, blind index,
 //!   and the dev profile's generated key files.
 //! - [`admin`]: one file per command of the binary (serve, migrate, keys, rotate-keys, tenant,
-//!   audit, healthcheck).
+//!   audit, token, sweep, healthcheck).
 //! - [`telemetry`]: log output.
 
 pub mod admin;

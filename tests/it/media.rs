@@ -384,7 +384,9 @@ async fn every_bad_input_is_refused_with_its_code_and_nothing_is_stored() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{stack:?} truncated multipart: {body}");
 
         // A Content-Length that promises more than is sent, then the connection closes.
-        lying_upload(&m, &alice, 50_000, 20_000).await;
+        lying_upload(&m, &alice, Some(50_000), 20_000).await;
+        // A chunked upload whose client disconnects mid-stream.
+        lying_upload(&m, &alice, None, 30_000).await;
         // A Content-Length above the limit is refused before the body is read.
         let (status, _) = lying_upload_status(&m, &alice, 200_000).await;
         assert_eq!(status, 413);
@@ -394,15 +396,30 @@ async fn every_bad_input_is_refused_with_its_code_and_nothing_is_stored() {
     }
 }
 
-/// Sends headers announcing `announced` bytes and `sent` bytes of body, then closes the connection.
-async fn lying_upload(m: &MediaApp, token: &str, announced: usize, sent: usize) {
+/// Sends headers announcing `announced` bytes (or a chunked body when `None`) and `sent` bytes of
+/// body, then closes the connection, as a client that goes away mid-upload.
+async fn lying_upload(m: &MediaApp, token: &str, announced: Option<usize>, sent: usize) {
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", m.app.port)).await.unwrap();
+    let framing = match announced {
+        Some(length) => format!("Content-Length: {length}"),
+        None => "Transfer-Encoding: chunked".to_owned(),
+    };
     let head = format!(
-        "POST /v1/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: image/png\r\nContent-Length: {announced}\r\n\r\n"
+        "POST /v1/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: image/png\r\n{framing}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&png(sent, 7)).await.unwrap();
+    let body = png(sent, 7);
+    match announced {
+        Some(_) => stream.write_all(&body).await.unwrap(),
+        None => {
+            for chunk in body.chunks(4096) {
+                stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
+                stream.write_all(chunk).await.unwrap();
+                stream.write_all(b"\r\n").await.unwrap();
+            }
+        }
+    }
     stream.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(stream);
