@@ -58,9 +58,9 @@ pub async fn sweep_once(
     let mut report = SweepReport::default();
     let now = chrono::Utc::now();
     let pending_before = now - chrono::Duration::from_std(ages.presign_ttl + ages.abandoned_after)?;
+    let mut cursor: Option<(String, String)> = None;
     loop {
-        let batch = media.sweepable(now, pending_before, BATCH).await?;
-        let mut progressed = false;
+        let batch = media.sweepable(now, pending_before, cursor.as_ref(), BATCH).await?;
         for (tenant, id) in &batch {
             let record = match media.get(tenant, id).await {
                 Ok(Some(stored)) => stored.record,
@@ -76,7 +76,6 @@ pub async fn sweep_once(
                 report.failed += 1;
                 continue;
             }
-            progressed = true;
             let reason = match record.status {
                 MediaStatus::Pending => {
                     report.stale_pending += 1;
@@ -91,8 +90,10 @@ pub async fn sweep_once(
                 .audit(tenant, "system", "media.expired", id, json!({"reason": reason, "bytes": record.size}))
                 .await;
         }
-        if batch.len() < BATCH as usize || !progressed {
-            break;
+        // Keyset pagination: rows that failed stay behind the cursor, so they cannot starve the rest.
+        match batch.last() {
+            Some(last) if batch.len() == BATCH as usize => cursor = Some(last.clone()),
+            _ => break,
         }
     }
     report.abandoned_uploads = blobs.abort_stale_uploads(pipeline.key_prefix(), ages.abandoned_after).await?;

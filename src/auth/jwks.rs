@@ -18,6 +18,7 @@ use futures::StreamExt;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::AuthError;
@@ -93,6 +94,9 @@ impl VerifyKey {
 pub struct KeySet {
     keys: Vec<Arc<VerifyKey>>,
     by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// SHA-256 over every usable key (kid, type, alg and key material), in order: two sets with the
+    /// same fingerprint verify exactly the same tokens.
+    fingerprint: [u8; 32],
 }
 
 impl KeySet {
@@ -106,9 +110,12 @@ impl KeySet {
     /// A set of already-parsed keys.
     pub fn from_jwks(jwks: impl IntoIterator<Item = Jwk>) -> Self {
         let mut set = Self::default();
+        let mut fingerprint = Sha256::new();
         for jwk in jwks {
             let Some(kind) = KeyKind::of(&jwk) else { continue };
             let Ok(decoding) = DecodingKey::from_jwk(&jwk) else { continue };
+            fingerprint.update(serde_json::to_vec(&jwk).unwrap_or_default());
+            fingerprint.update([0]);
             let key = Arc::new(VerifyKey {
                 kid: jwk.common.key_id.clone(),
                 kind,
@@ -120,6 +127,7 @@ impl KeySet {
             }
             set.keys.push(key);
         }
+        set.fingerprint = fingerprint.finalize().into();
         set
     }
 
@@ -131,13 +139,6 @@ impl KeySet {
     /// True when no key is usable.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
-    }
-
-    /// The kids in the set (sorted), to tell whether a refresh changed anything.
-    fn kids(&self) -> Vec<&str> {
-        let mut kids: Vec<&str> = self.by_kid.keys().map(String::as_str).collect();
-        kids.sort_unstable();
-        kids
     }
 
     /// The key for a token: by `kid`, or — for a token without one — the only key fitting `alg`.
@@ -216,7 +217,8 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    /// A cache fetching from `source`; `on_change` runs whenever a refresh changes the set of kids.
+    /// A cache fetching from `source`; `on_change` runs whenever a refresh changes the key set (any
+    /// key added, removed or replaced, with or without a kid).
     pub fn remote(
         name: &str,
         source: KeySource,
@@ -352,7 +354,7 @@ impl JwksCache {
     async fn fetch_and_store(&self) {
         match self.fetch().await {
             Ok(set) => {
-                let changed = self.current().kids() != set.kids();
+                let changed = self.current().fingerprint != set.fingerprint;
                 let count = set.len();
                 *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
                 self.loaded.store(true, Ordering::Release);

@@ -170,6 +170,7 @@ impl Authenticator {
         if let Some(principal) = self.verified.get(&digest) {
             return Ok(principal);
         }
+        let generation = self.verified.generation();
         let inspected = token::inspect(token, &self.algorithms)?;
         let cache = self.issuers.get(&inspected.issuer).ok_or(AuthError::Issuer)?;
         let alg = inspected.header.alg;
@@ -179,7 +180,7 @@ impl Authenticator {
         let claims = token::verify(token, &key, validation)?;
         let principal = Arc::new(self.claims.principal(&inspected.issuer, &claims)?);
         if let Some(exp) = claims.get("exp").and_then(Value::as_i64) {
-            self.verified.insert(digest, principal.clone(), exp.saturating_add(self.leeway));
+            self.verified.insert(digest, principal.clone(), exp.saturating_add(self.leeway), generation);
         }
         Ok(principal)
     }
@@ -236,6 +237,8 @@ type VerifiedEntry = (Arc<Principal>, i64);
 #[derive(Default)]
 struct VerifiedTokens {
     entries: Mutex<HashMap<[u8; 32], VerifiedEntry>>,
+    /// Bumped by every clear: a token verified against keys read before a clear is not remembered.
+    generation: AtomicU64,
 }
 
 impl VerifiedTokens {
@@ -245,8 +248,15 @@ impl VerifiedTokens {
         entries.get(digest).filter(|(_, until)| *until > now).map(|(principal, _)| principal.clone())
     }
 
-    fn insert(&self, digest: [u8; 32], principal: Arc<Principal>, until: i64) {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn insert(&self, digest: [u8; 32], principal: Arc<Principal>, until: i64, generation: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
         if entries.len() >= MAX_VERIFIED_TOKENS {
             let now = chrono::Utc::now().timestamp();
             entries.retain(|_, (_, until)| *until > now);
@@ -258,7 +268,9 @@ impl VerifiedTokens {
     }
 
     fn clear(&self) {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
     }
 }
 
@@ -287,8 +299,11 @@ impl AuditLimiter {
             self.total = 0;
             self.per_source.clear();
         }
+        if self.total >= AUDIT_PER_WINDOW {
+            return false;
+        }
         let count = self.per_source.entry(source).or_insert(0);
-        if *count >= AUDIT_PER_SOURCE || self.total >= AUDIT_PER_WINDOW {
+        if *count >= AUDIT_PER_SOURCE {
             return false;
         }
         *count += 1;

@@ -133,8 +133,9 @@ const REENCRYPT_PG: &str = "UPDATE media_objects AS m SET dek_version = $2, file
 const MARK_READY: &str = "UPDATE media_objects SET status = 'ready', mime = $3, size_bytes = $4, dek_version = $5, \
      content_mac = $6, filename_enc = $7, uploader_enc = $8, user_hint_enc = $9, storage_key_enc = $10, sha256_enc = $11, \
      metadata_enc = $12, updated_at = $13 WHERE tenant_id = $1 AND id = $2 AND status = 'pending'";
-const SWEEPABLE: &str = "SELECT tenant_id, id FROM media_objects WHERE retention_until < $1 \
-     UNION SELECT tenant_id, id FROM media_objects WHERE status = 'pending' AND created_at < $2 LIMIT $3";
+const SWEEPABLE: &str = "SELECT tenant_id, id FROM media_objects \
+     WHERE (retention_until < $1 OR (status = 'pending' AND created_at < $2)) AND (tenant_id, id) > ($3, $4) \
+     ORDER BY tenant_id, id LIMIT $5";
 const DELETE: &str = "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2";
 
 /// Encrypted access to `media_objects`.
@@ -348,7 +349,7 @@ impl MediaRepo {
             .execute(pool)
             .await
             .map(|_| ()));
-        self.keys.record_encryptions(tenant, dek.version, sealed.count()).await?;
+        self.count_encryptions(tenant, dek.version, sealed.count()).await;
         match result {
             Ok(()) => Ok(InsertOutcome::Inserted),
             Err(sqlx::Error::Database(err)) if err.is_unique_violation() => match mac {
@@ -359,6 +360,15 @@ impl MediaRepo {
                 None => Err(sqlx::Error::Database(err).into()),
             },
             Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Counts encryptions after a row was written. A failure here must not turn a committed write
+    /// into an error (the caller would clean up bytes the row points to), so it is logged: the count
+    /// only decides when the next DEK version is rolled.
+    async fn count_encryptions(&self, tenant: &str, version: u32, count: u64) {
+        if let Err(err) = self.keys.record_encryptions(tenant, version, count).await {
+            tracing::warn!(tenant, version, error = %err, "cannot count encryptions under a DEK");
         }
     }
 
@@ -444,9 +454,10 @@ impl MediaRepo {
             .execute(pool)
             .await
             .map(|r| r.rows_affected()));
-        self.keys.record_encryptions(tenant, dek.version, sealed.count()).await?;
+        self.count_encryptions(tenant, dek.version, sealed.count()).await;
         match result {
-            Ok(_) => Ok(InsertOutcome::Inserted),
+            Ok(1) => Ok(InsertOutcome::Inserted),
+            Ok(_) => Err(sqlx::Error::RowNotFound.into()),
             Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
                 let mac = mac.ok_or_else(|| DbError::from(sqlx::Error::Database(err)))?;
                 let existing = self.id_by_mac(tenant, &mac).await?;
@@ -457,16 +468,20 @@ impl MediaRepo {
     }
 
     /// Up to `limit` rows (any tenant) that are past their retention, or pending since before
-    /// `pending_before`: `(tenant, id)` pairs for the sweeper.
+    /// `pending_before`, after the `(tenant, id)` cursor: `(tenant, id)` pairs for the sweeper.
     pub async fn sweepable(
         &self,
         now: DateTime<Utc>,
         pending_before: DateTime<Utc>,
+        after: Option<&(String, String)>,
         limit: u32,
     ) -> Result<Vec<(String, String)>, DbError> {
+        let (tenant, id) = after.map_or(("", ""), |(t, i)| (t.as_str(), i.as_str()));
         Ok(with_pool!(&self.db, |pool| sqlx::query_as(SWEEPABLE)
             .bind(now)
             .bind(pending_before)
+            .bind(tenant)
+            .bind(id)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await)?)

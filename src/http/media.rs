@@ -371,15 +371,22 @@ async fn remove(
         return Err(ApiError::NotFound);
     }
     let record = state.media.get(&caller.0.tenant, &id).await?.ok_or(ApiError::NotFound)?.record;
-    if record.uploader != caller.0.subject && !caller.0.can(Permission::Admin) {
-        return Err(ApiError::forbidden("not_owner", "only the uploader or an admin may delete this media"));
-    }
+    require_owner(&caller.0, &record)?;
     state.pipeline.remove(&record).await?;
     state
         .pipeline
         .audit(&caller.0.tenant, &caller.0.subject, "media.deleted", &record.id, json!({"bytes": record.size}))
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Only the uploader of a media, or a caller with `media:admin`, may delete or complete it.
+fn require_owner(caller: &Principal, record: &MediaRecord) -> Result<(), ApiError> {
+    if record.uploader == caller.subject || caller.can(Permission::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("not_owner", "only the uploader or an admin may change this media"))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -455,8 +462,15 @@ async fn complete(
     }
     let record = state.media.get(&caller.0.tenant, &id).await?.ok_or(ApiError::NotFound)?.record;
     let ingested = match record.status {
-        MediaStatus::Ready => Ingested { record, deduped: false },
-        MediaStatus::Pending => state.pipeline.complete(&caller.0, record, true).await?,
+        // Already complete: the answer carries a download URL, so it needs read access.
+        MediaStatus::Ready => {
+            caller.0.require(Permission::Read)?;
+            Ingested { record, deduped: false }
+        }
+        MediaStatus::Pending => {
+            require_owner(&caller.0, &record)?;
+            state.pipeline.complete(&caller.0, record, true).await?
+        }
     };
     Ok(Json(upload_response(&state, ingested).await?))
 }

@@ -21,7 +21,7 @@ use super::error::ApiError;
 use super::media::{presign_get, read_limited, ready};
 use crate::app::AppState;
 use crate::auth::extract::{Authenticated, CanRead};
-use crate::ingest::id::{is_valid, PREFIX};
+use crate::ingest::id::{is_valid, ID_CHARS, PREFIX};
 
 /// Deepest nesting of arrays and objects accepted in a payload.
 pub const MAX_DEPTH: usize = 64;
@@ -53,11 +53,11 @@ fn placeholders(text: &str) -> Vec<Placeholder<'_>> {
         let after_mime = i;
         if after_mime > start + 5 && text[after_mime..].starts_with(';') && text[after_mime + 1..].starts_with(PREFIX) {
             let id_start = after_mime + 1;
-            let mut end = id_start + PREFIX.len();
-            while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit()) {
-                end += 1;
-            }
-            if end > id_start + PREFIX.len() {
+            // Exactly one well-formed ID, not followed by more ID characters: anything else
+            // (`data:text/plain;jan_notes`) is ordinary text and left alone.
+            let end = id_start + PREFIX.len() + ID_CHARS;
+            let followed = bytes.get(end).is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if end <= bytes.len() && !followed && is_valid(&text[id_start..end]) {
                 found.push(Placeholder { start, end, id: &text[id_start..end] });
                 from = end;
                 continue;
@@ -69,7 +69,7 @@ fn placeholders(text: &str) -> Vec<Placeholder<'_>> {
 }
 
 /// Collects the IDs a payload names, refusing payloads too deep or with too many IDs.
-fn collect_ids(value: &Value, depth: usize, max_ids: usize, ids: &mut BTreeSet<String>) -> Result<(), ApiError> {
+fn collect_ids(value: &Value, depth: usize, max_ids: usize, ids: &mut Occurrences) -> Result<(), ApiError> {
     if depth > MAX_DEPTH {
         return Err(ApiError::bad_request(
             "payload_too_deep",
@@ -77,10 +77,8 @@ fn collect_ids(value: &Value, depth: usize, max_ids: usize, ids: &mut BTreeSet<S
         ));
     }
     match value {
-        Value::String(text) if is_valid(text) => {
-            ids.insert(text.clone());
-        }
-        Value::String(text) => ids.extend(placeholders(text).into_iter().map(|p| p.id.to_owned())),
+        Value::String(text) if is_valid(text) => ids.add(text),
+        Value::String(text) => placeholders(text).into_iter().for_each(|p| ids.add(p.id)),
         Value::Array(items) => {
             for item in items {
                 collect_ids(item, depth + 1, max_ids, ids)?;
@@ -93,13 +91,36 @@ fn collect_ids(value: &Value, depth: usize, max_ids: usize, ids: &mut BTreeSet<S
         }
         _ => {}
     }
-    if ids.len() > max_ids {
+    if ids.distinct.len() > max_ids || ids.total > max_ids * OCCURRENCES_PER_ID {
         return Err(ApiError::bad_request(
             "too_many_placeholders",
-            format!("the payload names more than {max_ids} media IDs"),
+            format!(
+                "the payload names more than {max_ids} media IDs or holds more than {} placeholders",
+                max_ids * OCCURRENCES_PER_ID
+            ),
         ));
     }
     Ok(())
+}
+
+/// Placeholders allowed per distinct ID allowance: bounds the answer's size (each placeholder
+/// becomes a URL of several hundred bytes), not only the lookups.
+const OCCURRENCES_PER_ID: usize = 4;
+
+/// The IDs a payload names, and how many placeholders name them.
+#[derive(Debug, Default)]
+struct Occurrences {
+    distinct: BTreeSet<String>,
+    total: usize,
+}
+
+impl Occurrences {
+    fn add(&mut self, id: &str) {
+        self.total += 1;
+        if !self.distinct.contains(id) {
+            self.distinct.insert(id.to_owned());
+        }
+    }
 }
 
 /// Replaces every ID and placeholder with its URL (every ID in `urls` was collected from `value`).
@@ -172,7 +193,7 @@ async fn resolve(
         let list: Vec<String> = serde_json::from_value(ids.clone())
             .map_err(|_| ApiError::bad_request("invalid_request", "ids must be an array of strings"))?;
         let unique: BTreeSet<String> = list.iter().cloned().collect();
-        if unique.len() > max_ids {
+        if unique.len() > max_ids || list.len() > max_ids * OCCURRENCES_PER_ID {
             return Err(ApiError::bad_request("too_many_placeholders", format!("more than {max_ids} media IDs")));
         }
         let urls = presign_all(&state, &caller.0, &unique).await?;
@@ -188,12 +209,12 @@ async fn resolve(
     let Some(mut payload) = request.get("payload").cloned() else {
         return Err(ApiError::bad_request("invalid_request", "the body must be {\"payload\": …} or {\"ids\": […]}"));
     };
-    let mut ids = BTreeSet::new();
+    let mut ids = Occurrences::default();
     collect_ids(&payload, 0, max_ids, &mut ids)?;
-    if ids.is_empty() {
+    if ids.distinct.is_empty() {
         return Ok(Json(json!({ "payload": payload })));
     }
-    let urls = presign_all(&state, &caller.0, &ids).await?;
+    let urls = presign_all(&state, &caller.0, &ids.distinct).await?;
     let urls: HashMap<String, String> = urls.into_iter().map(|(id, (url, _))| (id, url)).collect();
     substitute(&mut payload, &urls);
     Ok(Json(json!({ "payload": payload })))
@@ -208,8 +229,10 @@ mod tests {
 
     #[test]
     fn placeholders_of_any_mime_are_found_inside_strings() {
-        let text =
-            format!("see data:image/png;{A} and data:application/pdf;{B}. not data:;jan_x nor data:text/plain;jan_");
+        let text = format!(
+            "see data:image/png;{A} and data:application/pdf;{B}. not data:;jan_x nor data:text/plain;jan_ \
+             nor data:text/plain;jan_notes nor data:image/png;{A}x"
+        );
         let found = placeholders(&text);
         assert_eq!(found.iter().map(|p| p.id).collect::<Vec<_>>(), vec![A, B]);
         assert_eq!(&text[found[0].start..found[0].end], format!("data:image/png;{A}"));
@@ -224,9 +247,10 @@ mod tests {
             ]}],
             "n": 1, "flag": true, "none": null, "plain": B,
         });
-        let mut ids = BTreeSet::new();
+        let mut ids = Occurrences::default();
         collect_ids(&payload, 0, 10, &mut ids).unwrap();
-        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![A.to_owned(), B.to_owned()]);
+        assert_eq!(ids.distinct.into_iter().collect::<Vec<_>>(), vec![A.to_owned(), B.to_owned()]);
+        assert_eq!(ids.total, 3);
         let urls: HashMap<String, String> =
             [(A.into(), "https://s3/a?sig".into()), (B.into(), "https://s3/b".into())].into();
         substitute(&mut payload, &urls);
@@ -245,10 +269,13 @@ mod tests {
         for _ in 0..=MAX_DEPTH {
             deep = json!([deep]);
         }
-        let err = collect_ids(&deep, 0, 10, &mut BTreeSet::new()).unwrap_err();
+        let err = collect_ids(&deep, 0, 10, &mut Occurrences::default()).unwrap_err();
         assert_eq!(err.code(), "payload_too_deep");
         let crowded: Vec<String> = (0..11).map(|_| crate::ingest::id::new_id()).collect();
-        let err = collect_ids(&json!(crowded), 0, 10, &mut BTreeSet::new()).unwrap_err();
+        let err = collect_ids(&json!(crowded), 0, 10, &mut Occurrences::default()).unwrap_err();
         assert_eq!(err.code(), "too_many_placeholders");
+        let repeated = vec![A; 41];
+        let err = collect_ids(&json!(repeated), 0, 10, &mut Occurrences::default()).unwrap_err();
+        assert_eq!(err.code(), "too_many_placeholders", "one ID repeated past the occurrence cap");
     }
 }

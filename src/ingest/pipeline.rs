@@ -251,7 +251,8 @@ impl Pipeline {
         }
         let mut body = self.blobs.get(&pending.storage_key, None).await?.body.fuse().boxed();
         let prefix = self.read_prefix(&mut body).await?;
-        let declared = [(DeclaredBy::Prepared, pending.mime.clone())];
+        let mut declared = vec![(DeclaredBy::Prepared, pending.mime.clone())];
+        declared.extend(pending.filename.as_deref().and_then(super::sniff::from_filename));
         let mime = match self.allow.check(&prefix[..prefix.len().min(SNIFF_BYTES)], &declared) {
             Ok(mime) => mime,
             Err(err) => {
@@ -287,10 +288,11 @@ impl Pipeline {
         }
     }
 
-    /// Deletes a media's object and row.
+    /// Deletes a media's row, then its object. In that order a failure in between leaves an
+    /// orphaned object (logged), never a row — and its dedup entry — pointing at nothing.
     pub async fn remove(&self, media: &MediaRecord) -> Result<(), IngestError> {
-        self.blobs.delete(&media.storage_key).await?;
         self.media.delete(&media.tenant_id, &media.id).await?;
+        self.discard(&media.storage_key).await;
         Ok(())
     }
 

@@ -38,13 +38,15 @@ impl Allowlist {
             entries
                 .iter()
                 .map(|entry| {
+                    // `host`, `host:port`, `[v6]` or `[v6]:port` (a bare IPv6 address has no port).
                     let entry = entry.trim().to_ascii_lowercase();
-                    match entry.rsplit_once(':').and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?))) {
-                        Some((host, port)) => {
-                            AllowedHost { host: host.trim_matches(['[', ']']).to_owned(), port: Some(port) }
+                    let (host, port) = match entry.rsplit_once(':') {
+                        Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+                            (host.to_owned(), port.parse::<u16>().ok())
                         }
-                        None => AllowedHost { host: entry.trim_matches(['[', ']']).to_owned(), port: None },
-                    }
+                        _ => (entry.clone(), None),
+                    };
+                    AllowedHost { host: host.trim_matches(['[', ']']).to_owned(), port }
                 })
                 .collect(),
         )
@@ -56,7 +58,7 @@ impl Allowlist {
     }
 
     fn allows_any_port(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
+        let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
         self.0.iter().any(|a| a.host == host)
     }
 }
@@ -106,6 +108,8 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || ip.is_multicast()
         || (segments[0] & 0xfe00) == 0xfc00 // unique local
         || (segments[0] & 0xffc0) == 0xfe80 // link-local
+        || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (segments[..4] == [0; 4] && segments[4] == 0xffff && segments[5] == 0) // IPv4-translated
         || (segments[0] == 0x2001 && segments[1] == 0x0db8)) // documentation
 }
 
@@ -117,6 +121,11 @@ fn check_target(url: &Url, allow: &Allowlist) -> Result<(), String> {
     let host = url.host_str().ok_or("the URL has no host")?;
     if allow.allows(host, url.port_or_known_default()) {
         return Ok(());
+    }
+    if allow.allows_any_port(host) {
+        // The host is open only on the ports its entries name; the resolver would let its
+        // private addresses through, so other ports are refused here.
+        return Err(format!("{host} is allowed only on the ports MEDIA_REMOTE_FETCH_ALLOW_HOSTS names"));
     }
     if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
         if !is_public(ip) {
@@ -290,5 +299,9 @@ mod tests {
         assert!(check_target(&url("file:///etc/passwd"), &allow).is_err());
         assert!(check_target(&url("http://files.internal:1234/x"), &allow).is_ok());
         assert!(allow.allows_any_port("files.internal") && !allow.allows_any_port("evil.example"));
+        let ports = Allowlist::parse(&["files.internal:8080".into(), "[::1]:9000".into(), "::1".into()]);
+        assert!(check_target(&url("http://files.internal:8080/x"), &ports).is_ok());
+        assert!(check_target(&url("http://files.internal:6379/x"), &ports).is_err(), "other ports stay closed");
+        assert!(ports.allows("[::1]", Some(9000)) && ports.allows("::1", Some(1)), "bracketed and bare IPv6 entries");
     }
 }

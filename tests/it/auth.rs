@@ -486,3 +486,24 @@ async fn the_dev_issuer_serves_its_jwks_and_the_token_command_mints_accepted_tok
     let response = production.http.get(production.url("/v1/auth/whoami")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "dev tokens are not accepted without the dev issuer");
 }
+
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_stops_accepting_tokens_it_verified_before() {
+    let h = harness(&[("AUTH_JWKS_REFRESH", "1s")]).await;
+    let token = h.key.mint(&claims());
+    assert_eq!(h.whoami(Some(&format!("Bearer {token}"))).await.status(), StatusCode::OK);
+    let replacement = TestKey::generate().with_kid(&h.key.kid);
+    h.provider.serve(&[&replacement]);
+    let before = h.provider.fetches();
+    for _ in 0..50 {
+        if h.provider.fetches() > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let status = h.whoami(Some(&format!("Bearer {token}"))).await.status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the verified-token cache was cleared when the key changed");
+    let fresh = replacement.mint(&claims());
+    assert_eq!(h.whoami(Some(&format!("Bearer {fresh}"))).await.status(), StatusCode::OK);
+}
