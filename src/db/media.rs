@@ -156,6 +156,19 @@ struct PlainColumns {
     metadata: Option<serde_json::Value>,
 }
 
+impl From<&MediaRecord> for PlainColumns {
+    fn from(record: &MediaRecord) -> Self {
+        Self {
+            filename: record.filename.clone(),
+            uploader: record.uploader.clone(),
+            user_hint: record.user_hint.clone(),
+            storage_key: record.storage_key.clone(),
+            sha256: record.sha256,
+            metadata: record.metadata.clone(),
+        }
+    }
+}
+
 /// The same columns sealed under one DEK version (as stored in the `*_enc` columns).
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct SealedColumns {
@@ -326,14 +339,7 @@ impl MediaRepo {
         let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
         let cipher = FieldCipher::new(&dek);
         let row_cipher = RowCipher { cipher: &cipher, tenant, id: &media.id };
-        let sealed = row_cipher.seal_all(&PlainColumns {
-            filename: media.filename.clone(),
-            uploader: media.uploader.clone(),
-            user_hint: media.user_hint.clone(),
-            storage_key: media.storage_key.clone(),
-            sha256: media.sha256,
-            metadata: media.metadata.clone(),
-        });
+        let sealed = row_cipher.seal_all(&PlainColumns::from(media));
         let now = Utc::now();
         let result = with_pool!(&self.db, |pool| sqlx::query(INSERT)
             .bind(tenant)
@@ -418,35 +424,23 @@ impl MediaRepo {
         Ok(out)
     }
 
-    /// Marks a pending row ready after its bytes were verified: type, size and hash are set and the
-    /// row is re-sealed under the current DEK. With `dedup`, a tenant that already has these bytes
+    /// Marks a pending row ready after its bytes were verified: `ready` carries the verified type,
+    /// size, hash and storage key, and the row is re-sealed under the current DEK. With `dedup`, a tenant that already has these bytes
     /// gets [`InsertOutcome::Duplicate`] and the row is left pending for the caller to remove;
     /// without it the row becomes ready with no content MAC (a second copy the index does not see).
-    pub async fn mark_ready(
-        &self,
-        pending: &MediaRecord,
-        mime: &str,
-        size: u64,
-        sha256: [u8; 32],
-        dedup: bool,
-    ) -> Result<InsertOutcome, DbError> {
-        let tenant = pending.tenant_id.as_str();
+    pub async fn mark_ready(&self, ready: &MediaRecord, dedup: bool) -> Result<InsertOutcome, DbError> {
+        let sha256 = ready.sha256.ok_or(CryptoError::Integrity)?;
+        let tenant = ready.tenant_id.as_str();
+        debug_assert_eq!(ready.status, MediaStatus::Ready);
         let mac = if dedup { Some(self.content_mac(tenant, &sha256).await?) } else { None };
         let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
         let cipher = FieldCipher::new(&dek);
-        let sealed = RowCipher { cipher: &cipher, tenant, id: &pending.id }.seal_all(&PlainColumns {
-            filename: pending.filename.clone(),
-            uploader: pending.uploader.clone(),
-            user_hint: pending.user_hint.clone(),
-            storage_key: pending.storage_key.clone(),
-            sha256: Some(sha256),
-            metadata: pending.metadata.clone(),
-        });
+        let sealed = RowCipher { cipher: &cipher, tenant, id: &ready.id }.seal_all(&PlainColumns::from(ready));
         let result = with_pool!(&self.db, |pool| sqlx::query(MARK_READY)
             .bind(tenant)
-            .bind(&pending.id)
-            .bind(mime)
-            .bind(size as i64)
+            .bind(&ready.id)
+            .bind(&ready.mime)
+            .bind(ready.size as i64)
             .bind(dek.version as i32)
             .bind(mac.as_ref().map(|m| m.as_slice()))
             .bind_sealed(&sealed)

@@ -429,7 +429,7 @@ async fn prepare_upload(
         filename: request.filename.as_deref().and_then(clean_filename),
         uploader: caller.0.subject.clone(),
         user_hint: request.user_id,
-        storage_key: state.pipeline.new_storage_key(),
+        storage_key: state.pipeline.new_staging_key(),
         sha256: None,
         metadata: None,
         retention_until: state.pipeline.retention_until(),

@@ -88,6 +88,15 @@ pub struct Upload {
     pub content_length: Option<u64>,
 }
 
+/// Bytes that passed the checks and are stored.
+#[derive(Debug)]
+struct StoredBytes {
+    key: String,
+    mime: String,
+    size: u64,
+    sha256: [u8; 32],
+}
+
 /// A stored (or deduplicated) upload.
 #[derive(Debug, Clone)]
 pub struct Ingested {
@@ -133,6 +142,11 @@ impl Pipeline {
         &self.key_prefix
     }
 
+    /// A key for a client's direct upload: under `staging/`, never where verified bytes live.
+    pub fn new_staging_key(&self) -> String {
+        format!("{}staging/{}", self.key_prefix, random_storage_key().trim_start_matches("m/"))
+    }
+
     /// When a media stored now expires (`MEDIA_RETENTION_DAYS`).
     pub fn retention_until(&self) -> Option<chrono::DateTime<Utc>> {
         self.retention.map(|days| Utc::now() + days)
@@ -162,12 +176,29 @@ impl Pipeline {
     }
 
     /// Checks, stores and records one upload (see the module docs).
-    pub async fn ingest(
-        &self,
-        caller: &Principal,
-        mut upload: Upload,
-        body: ByteStream,
-    ) -> Result<Ingested, IngestError> {
+    pub async fn ingest(&self, caller: &Principal, upload: Upload, body: ByteStream) -> Result<Ingested, IngestError> {
+        let (filename, user_hint) = (upload.filename.clone(), upload.user_hint.clone());
+        let stored = self.store(upload, body).await?;
+        let record = MediaRecord {
+            id: new_id(),
+            tenant_id: caller.tenant.clone(),
+            status: MediaStatus::Ready,
+            mime: stored.mime,
+            size: stored.size,
+            filename,
+            uploader: caller.subject.clone(),
+            user_hint,
+            storage_key: stored.key,
+            sha256: Some(stored.sha256),
+            metadata: None,
+            retention_until: self.retention_until(),
+        };
+        self.record(caller, record).await
+    }
+
+    /// The single pass over the bytes: size limit, type check of the first bytes, SHA-256 while
+    /// they stream into the blob store under a fresh key. Nothing is left behind on failure.
+    async fn store(&self, mut upload: Upload, body: ByteStream) -> Result<StoredBytes, IngestError> {
         if upload.content_length.is_some_and(|length| length > self.max_bytes) {
             return Err(IngestError::TooLarge { limit: self.max_bytes });
         }
@@ -191,40 +222,27 @@ impl Pipeline {
                 }
             })
             .boxed();
-        let storage_key = self.new_storage_key();
-        let size = self.blobs.put(&storage_key, &mime, stream).await.map_err(|err| self.put_error(err))?;
-        let sha256: [u8; 32] =
-            std::mem::take(&mut *hasher.lock().unwrap_or_else(PoisonError::into_inner)).finalize().into();
-        let record = MediaRecord {
-            id: new_id(),
-            tenant_id: caller.tenant.clone(),
-            status: MediaStatus::Ready,
-            mime,
-            size,
-            filename: upload.filename,
-            uploader: caller.subject.clone(),
-            user_hint: upload.user_hint,
-            storage_key,
-            sha256: Some(sha256),
-            metadata: None,
-            retention_until: self.retention_until(),
-        };
-        self.record(caller, record).await
+        let key = self.new_storage_key();
+        let size = self.blobs.put(&key, &mime, stream).await.map_err(|err| self.put_error(err))?;
+        let sha256 = std::mem::take(&mut *hasher.lock().unwrap_or_else(PoisonError::into_inner)).finalize().into();
+        Ok(StoredBytes { key, mime, size, sha256 })
     }
 
-    /// Verifies a direct upload (`prepare-upload`, then a PUT to the presigned URL): the object's size
-    /// (within the limit, equal to the declared size when one was declared), its sniffed type (equal
-    /// to the declared one) and its SHA-256, computed by streaming it back. Then the row becomes
-    /// ready — deduplicated when `dedup` (the pending id then disappears in favour of the existing
-    /// one). A refused object is deleted with its row.
+    /// Verifies a direct upload (`prepare-upload`, then a PUT to the presigned URL). The client wrote
+    /// to a staging key; its object is streamed through the same single pass as every upload (size
+    /// within the limit and equal to the declared size, sniffed type equal to the declared one and to
+    /// the filename's, SHA-256) into a fresh key that no client can write, and the staging object is
+    /// deleted — so bytes cannot be swapped after they were checked. Then the row becomes ready,
+    /// deduplicated when `dedup` (the pending id then disappears in favour of the existing one). A
+    /// refused upload is deleted with its row.
     pub async fn complete(
         &self,
         caller: &Principal,
         pending: MediaRecord,
         dedup: bool,
     ) -> Result<Ingested, IngestError> {
-        let size = match self.blobs.head(&pending.storage_key).await {
-            Ok(meta) => meta.size,
+        let object = match self.blobs.get(&pending.storage_key, None).await {
+            Ok(object) => object,
             Err(StorageError::NotFound) => {
                 return Err(IngestError::invalid(
                     "not_uploaded",
@@ -233,57 +251,55 @@ impl Pipeline {
             }
             Err(err) => return Err(err.into()),
         };
-        let refusal = if size > self.max_bytes {
-            Some(IngestError::TooLarge { limit: self.max_bytes })
-        } else if size == 0 {
-            Some(IngestError::Empty)
-        } else if pending.size > 0 && size != pending.size {
-            Some(IngestError::invalid(
+        let mismatch = pending.size > 0 && object.total_size != pending.size && object.total_size <= self.max_bytes;
+        let checked = if mismatch {
+            Err(IngestError::invalid(
                 "length_mismatch",
-                format!("{size} bytes were uploaded but {} were declared", pending.size),
+                format!("{} bytes were uploaded but {} were declared", object.total_size, pending.size),
             ))
         } else {
-            None
+            let mut declared = vec![(DeclaredBy::Prepared, pending.mime.clone())];
+            declared.extend(pending.filename.as_deref().and_then(super::sniff::from_filename));
+            let upload = Upload { declared, content_length: Some(object.total_size), ..Upload::default() };
+            self.store(upload, object.body).await
         };
-        if let Some(err) = refusal {
-            self.remove(&pending).await?;
-            return Err(err);
-        }
-        let mut body = self.blobs.get(&pending.storage_key, None).await?.body.fuse().boxed();
-        let prefix = self.read_prefix(&mut body).await?;
-        let mut declared = vec![(DeclaredBy::Prepared, pending.mime.clone())];
-        declared.extend(pending.filename.as_deref().and_then(super::sniff::from_filename));
-        let mime = match self.allow.check(&prefix[..prefix.len().min(SNIFF_BYTES)], &declared) {
-            Ok(mime) => mime,
+        let stored = match checked {
+            Ok(stored) => stored,
             Err(err) => {
                 self.remove(&pending).await?;
-                return Err(err.into());
+                return Err(err);
             }
         };
-        let mut hasher = Sha256::new();
-        hasher.update(&prefix);
-        while let Some(chunk) = body.next().await {
-            hasher.update(&chunk.map_err(|e| StorageError::backend(self.blobs.backend(), "get", e))?);
-        }
-        let sha256: [u8; 32] = hasher.finalize().into();
-        match self.media.mark_ready(&pending, &mime, size, sha256, dedup).await? {
-            InsertOutcome::Inserted => {
-                self.audit(
-                    &caller.tenant,
-                    &caller.subject,
-                    "media.uploaded",
-                    &pending.id,
-                    json!({"bytes": size, "mime": mime, "direct": true}),
-                )
-                .await;
-                let record = MediaRecord { mime, size, sha256: Some(sha256), status: MediaStatus::Ready, ..pending };
-                Ok(Ingested { record, deduped: false })
+        self.discard(&pending.storage_key).await;
+        let ready = MediaRecord {
+            mime: stored.mime,
+            size: stored.size,
+            sha256: Some(stored.sha256),
+            storage_key: stored.key,
+            status: MediaStatus::Ready,
+            ..pending
+        };
+        match self.media.mark_ready(&ready, dedup).await {
+            Ok(InsertOutcome::Inserted) => {
+                let details = json!({"bytes": ready.size, "mime": ready.mime, "direct": true});
+                self.audit(&caller.tenant, &caller.subject, "media.uploaded", &ready.id, details).await;
+                Ok(Ingested { record: ready, deduped: false })
             }
-            InsertOutcome::Duplicate(existing) => {
-                self.remove(&pending).await?;
+            Ok(InsertOutcome::Duplicate(existing)) => {
+                self.remove(&ready).await?;
                 let existing = self.media.get(&caller.tenant, &existing).await?;
                 let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
                 Ok(Ingested { record: existing.record, deduped: true })
+            }
+            Err(err) => {
+                // Someone else completed (or removed) the row meanwhile: keep theirs.
+                self.discard(&ready.storage_key).await;
+                match self.media.get(&caller.tenant, &ready.id).await? {
+                    Some(current) if current.record.status == MediaStatus::Ready => {
+                        Ok(Ingested { record: current.record, deduped: false })
+                    }
+                    _ => Err(err.into()),
+                }
             }
         }
     }

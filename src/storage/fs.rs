@@ -164,15 +164,23 @@ impl BlobStore for FsBlobStore {
         Ok(())
     }
 
-    async fn abort_stale_uploads(&self, _prefix: &str, older_than: std::time::Duration) -> Result<u64, StorageError> {
+    async fn abort_stale_uploads(&self, prefix: &str, older_than: std::time::Duration) -> Result<u64, StorageError> {
         let cutoff = std::time::SystemTime::now() - older_than;
         let mut removed = 0u64;
-        let mut entries = tokio::fs::read_dir(self.root.join(TMP_DIR)).await.map_err(io_error("sweep"))?;
-        while let Some(entry) = entries.next_entry().await.map_err(io_error("sweep"))? {
-            let modified = entry.metadata().await.and_then(|m| m.modified()).ok();
-            if modified.is_some_and(|modified| modified < cutoff) && tokio::fs::remove_file(entry.path()).await.is_ok()
-            {
-                removed += 1;
+        for dir in [
+            self.root.join(TMP_DIR),
+            self.path_of(&format!("{prefix}staging/x"))?.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ] {
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io_error("sweep")(err)),
+            };
+            while let Some(entry) = entries.next_entry().await.map_err(io_error("sweep"))? {
+                let modified = entry.metadata().await.and_then(|m| m.modified()).ok();
+                if modified.is_some_and(|m| m < cutoff) && tokio::fs::remove_file(entry.path()).await.is_ok() {
+                    removed += 1;
+                }
             }
         }
         Ok(removed)

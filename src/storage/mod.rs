@@ -185,9 +185,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Readiness: can the store be reached and used?
     async fn check(&self) -> Result<(), StorageError>;
 
-    /// Cleans up writes abandoned for longer than `older_than` (open multipart uploads under
-    /// `prefix` on S3, temporary files on the filesystem) — what a crash or a killed process
-    /// leaves. Returns how many were removed.
+    /// Cleans up writes abandoned for longer than `older_than` — what a crash, a killed process or
+    /// an unfinished direct upload leaves: open multipart uploads under `prefix` (S3), temporary
+    /// files (filesystem), and objects under `<prefix>staging/` (both). Returns how many were
+    /// removed.
     async fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> Result<u64, StorageError>;
 }
 

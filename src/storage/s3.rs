@@ -485,6 +485,23 @@ impl BlobStore for S3BlobStore {
                 break;
             }
         }
+        let mut objects = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{prefix}staging/"))
+            .into_paginator()
+            .send();
+        while let Some(page) = objects.next().await {
+            let page = page.map_err(sdk_error("list staging objects"))?;
+            for object in page.contents() {
+                let modified = object.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok());
+                if let (Some(key), true) = (object.key(), modified.is_some_and(|m| m < cutoff)) {
+                    self.delete(key).await?;
+                    aborted += 1;
+                }
+            }
+        }
         Ok(aborted)
     }
 }

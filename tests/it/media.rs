@@ -537,6 +537,15 @@ async fn direct_uploads_are_verified_before_they_count() {
         )
         .await;
         assert_eq!((status, completed["bytes"].as_u64()), (StatusCode::OK, Some(4096)));
+        // The upload URL still works until its TTL, but what it writes is never what is served:
+        // verified bytes were copied away from the client-writable key.
+        assert!(put(&prepared, png(4096, 99)).await.unwrap().status().is_success());
+        let served = m.get(&alice, &format!("/v1/media/{id}")).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(served, Bytes::from(image.clone()), "{stack:?}: bytes swapped after verification");
+        let state = &m.app.state;
+        let ages = media_api::admin::sweep::SweepAges { presign_ttl: Duration::ZERO, abandoned_after: Duration::ZERO };
+        media_api::admin::sweep::sweep_once(&state.media, &state.pipeline, state.blobs.as_ref(), ages).await.unwrap();
+        assert_eq!(m.counts().await, (1, 1), "{stack:?}: the sweeper removed the re-uploaded staging object");
 
         // A GIF uploaded to a URL prepared for PNG is refused at completion and removed.
         let (_, liar) = json_of(prepare("image/png", GIF.len()).await.unwrap()).await;
@@ -569,6 +578,8 @@ async fn direct_uploads_are_verified_before_they_count() {
         .await;
         assert_eq!((status, body["code"].as_str()), (StatusCode::CONFLICT, Some("not_uploaded")));
         assert_eq!(m.counts().await, (2, 1), "{stack:?}: the verified upload and one pending row without an object");
+        let download = m.get(&alice, &format!("/v1/media/{id}")).send().await.unwrap();
+        assert_eq!(download.bytes().await.unwrap(), Bytes::from(image.clone()));
     }
 }
 
