@@ -85,6 +85,15 @@ impl Principal {
     pub fn can(&self, permission: Permission) -> bool {
         self.permissions.contains(&permission)
     }
+
+    /// Who owns what this principal uploads: subject and issuer together, so the same `sub` from
+    /// two configured issuers is two owners (`["<iss>","<sub>"]`; just the subject without a token).
+    pub fn owner(&self) -> String {
+        match &self.issuer {
+            Some(issuer) => serde_json::json!([issuer, self.subject]).to_string(),
+            None => self.subject.clone(),
+        }
+    }
 }
 
 /// How claims become a principal: the configured claim path, default tenant and role maps.
@@ -279,5 +288,8 @@ mod tests {
         let p = open.anonymous().unwrap();
         assert_eq!(p.permissions, [Permission::Read].into_iter().collect());
         assert!(p.anonymous);
+        let from_a = mapping(&[]).principal("https://a", &json!({"sub": "alice", "tenant_id": "t"})).unwrap();
+        let from_b = mapping(&[]).principal("https://b", &json!({"sub": "alice", "tenant_id": "t"})).unwrap();
+        assert_ne!(from_a.owner(), from_b.owner(), "one sub from two issuers is two owners");
     }
 }

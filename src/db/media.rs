@@ -65,7 +65,7 @@ pub struct MediaRecord {
     pub size: u64,
     /// Original filename, when the client gave one.
     pub filename: Option<String>,
-    /// Subject of the uploader's token.
+    /// The uploader: issuer and subject of their token ([`crate::auth::Principal::owner`]).
     pub uploader: String,
     /// The client-supplied `user_id` (a hint only).
     pub user_hint: Option<String>,

@@ -382,7 +382,7 @@ async fn remove(
 
 /// Only the uploader of a media, or a caller with `media:admin`, may delete or complete it.
 fn require_owner(caller: &Principal, record: &MediaRecord) -> Result<(), ApiError> {
-    if record.uploader == caller.subject || caller.can(Permission::Admin) {
+    if record.uploader == caller.owner() || caller.can(Permission::Admin) {
         Ok(())
     } else {
         Err(ApiError::forbidden("not_owner", "only the uploader or an admin may change this media"))
@@ -427,7 +427,7 @@ async fn prepare_upload(
         mime: mime.clone(),
         size: request.bytes.unwrap_or(0),
         filename: request.filename.as_deref().and_then(clean_filename),
-        uploader: caller.0.subject.clone(),
+        uploader: caller.0.owner(),
         user_hint: request.user_id,
         storage_key: state.pipeline.new_staging_key(),
         sha256: None,

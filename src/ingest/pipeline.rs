@@ -186,7 +186,7 @@ impl Pipeline {
             mime: stored.mime,
             size: stored.size,
             filename,
-            uploader: caller.subject.clone(),
+            uploader: caller.owner(),
             user_hint,
             storage_key: stored.key,
             sha256: Some(stored.sha256),
