@@ -1,5 +1,6 @@
 //! The HTTP surface: [`router`] merges one router per resource and wraps them in the layers every
-//! response goes through (request IDs, security headers, tracing, error bodies).
+//! response goes through (request IDs — a sane inbound `X-Request-Id` is kept, anything else is
+//! replaced by a random one —, security headers, tracing, error bodies).
 
 pub mod auth;
 pub mod blobs;
@@ -30,6 +31,29 @@ impl MakeRequestId for RandomRequestId {
         rand::thread_rng().fill_bytes(&mut bytes);
         HeaderValue::from_str(&hex::encode(bytes)).ok().map(RequestId::new)
     }
+}
+
+/// Longest inbound request ID kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Whether a client-sent request ID may be used as ours (echoed, logged): 1–128 characters of
+/// letters, digits and `-_.:`.
+fn is_sane_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    (1..=MAX_REQUEST_ID).contains(&bytes.len())
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Drops an inbound `X-Request-Id` that is not sane, so a fresh one is generated instead.
+async fn drop_insane_request_id(mut request: Request<axum::body::Body>) -> Request<axum::body::Body> {
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    let values = request.headers().get_all(&request_id);
+    let mut iter = values.iter();
+    let keep = matches!((iter.next(), iter.next()), (Some(value), None) if is_sane_request_id(value));
+    if !keep {
+        request.headers_mut().remove(&request_id);
+    }
+    request
 }
 
 /// Headers every response carries unless a handler set its own.
@@ -63,6 +87,7 @@ pub fn router(state: AppState) -> Router {
     router
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::map_request(drop_insane_request_id))
                 .layer(SetRequestIdLayer::new(request_id.clone(), RandomRequestId))
                 .layer(TraceLayer::new_for_http())
                 .layer(PropagateRequestIdLayer::new(request_id)),

@@ -72,6 +72,16 @@ async fn errors_are_json_with_a_code_and_the_request_id_and_security_headers_are
     assert_eq!(body["request_id"], request_id.as_str());
     assert!(!body["error"].as_str().unwrap().is_empty());
 
+    let sent =
+        app.http.get(app.url("/v1/nothing-here")).header("x-request-id", "client-42.a:b_c").send().await.unwrap();
+    assert_eq!(sent.headers()["x-request-id"], "client-42.a:b_c", "a sane inbound request ID is kept");
+    assert_eq!(sent.json::<serde_json::Value>().await.unwrap()["request_id"], "client-42.a:b_c");
+    for insane in ["has space", "quote\"d", &"x".repeat(129), "<script>"] {
+        let answer = app.http.get(app.url("/healthz")).header("x-request-id", insane).send().await.unwrap();
+        let echoed = answer.headers()["x-request-id"].to_str().unwrap();
+        assert!(echoed != insane && echoed.len() == 32, "{insane:?} was echoed as {echoed:?}");
+    }
+
     let wrong_method = app.http.delete(app.url("/healthz")).send().await.expect("request");
     assert_eq!(wrong_method.status(), 405);
     let body: serde_json::Value = wrong_method.json().await.unwrap();
