@@ -270,7 +270,7 @@ impl Pipeline {
                 return Err(err);
             }
         };
-        self.discard(&pending.storage_key).await;
+        let staging = pending.storage_key.clone();
         let ready = MediaRecord {
             mime: stored.mime,
             size: stored.size,
@@ -281,18 +281,21 @@ impl Pipeline {
         };
         match self.media.mark_ready(&ready, dedup).await {
             Ok(InsertOutcome::Inserted) => {
+                self.discard(&staging).await;
                 let details = json!({"bytes": ready.size, "mime": ready.mime, "direct": true});
                 self.audit(&caller.tenant, &caller.subject, "media.uploaded", &ready.id, details).await;
                 Ok(Ingested { record: ready, deduped: false })
             }
             Ok(InsertOutcome::Duplicate(existing)) => {
                 self.remove(&ready).await?;
+                self.discard(&staging).await;
                 let existing = self.media.get(&caller.tenant, &existing).await?;
                 let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
                 Ok(Ingested { record: existing.record, deduped: true })
             }
             Err(err) => {
-                // Someone else completed (or removed) the row meanwhile: keep theirs.
+                // Someone else completed (or removed) the row meanwhile: keep theirs. Otherwise the
+                // row is still pending and its staged object stays, so completing can be retried.
                 self.discard(&ready.storage_key).await;
                 match self.media.get(&caller.tenant, &ready.id).await? {
                     Some(current) if current.record.status == MediaStatus::Ready => {
