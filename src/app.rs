@@ -5,9 +5,12 @@
 //! database, open the blob store, load or generate dev keys, fetch the token issuers' keys — and [`Application::run_until_stopped`] serves until SIGINT/SIGTERM,
 //! then lets in-flight requests finish for at most `SHUTDOWN_TIMEOUT`.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
@@ -22,6 +25,10 @@ use crate::db::media::MediaRepo;
 use crate::db::tenant_keys::{KeySettings, TenantKeys};
 use crate::db::{Database, DbError};
 use crate::ingest::pipeline::Pipeline;
+use crate::http::limits::Limits;
+use crate::http::metrics::ScrapeState;
+use crate::http::server::{Server, ServerOptions};
+use crate::http::tls::{ReloadingCert, TlsError};
 use crate::ingest::remote::RemoteFetcher;
 use crate::storage::links::{LinkKey, LinkSigner};
 use crate::storage::{self, BlobStore, StorageError};
@@ -52,6 +59,12 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// The `remote_url` fetcher.
     pub remote: RemoteFetcher,
+    /// Rate limits and the upload concurrency cap.
+    pub limits: Arc<Limits>,
+    /// The Prometheus recorder's handle (renders `/metrics`).
+    pub metrics: PrometheusHandle,
+    /// Scrape-time gauge bookkeeping.
+    pub scrape: ScrapeState,
 }
 
 /// Why the service could not start.
@@ -80,21 +93,32 @@ pub enum StartupError {
     /// A key was present but malformed.
     #[error("{0}")]
     InvalidKey(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A bound, ready-to-serve instance of the service.
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    metrics_listener: Option<TcpListener>,
+    tls: Option<Arc<ReloadingCert>>,
     state: AppState,
 }
 
 impl Application {
     /// Binds, connects, migrates (unless disabled) and opens storage.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let metrics = crate::telemetry::metrics::install();
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?;
+        let metrics_listener = match config.ops.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?),
+            None => None,
+        };
+        let tls = config.ops.tls.as_ref().map(ReloadingCert::load).transpose()?;
         let keyring = Arc::new(Keyring::load(&config.keyring, &config.keys_dir)?);
         let db = Database::connect(&config.database).await?;
         if config.database.migrate_on_start {
@@ -109,14 +133,33 @@ impl Application {
         auth.start().await;
         let pipeline = Pipeline::new(blobs.clone(), media.clone(), db.clone(), &config);
         let remote = RemoteFetcher::new(config.remote_fetch_timeout, &config.remote_fetch_allow_hosts);
-        let state =
-            AppState { config: Arc::new(config), db, blobs, links, keyring, keys, media, auth, pipeline, remote };
-        Ok(Self { listener, port: local.port(), state })
+        let limits = Limits::new(&config);
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            blobs,
+            links,
+            keyring,
+            keys,
+            media,
+            auth,
+            pipeline,
+            remote,
+            limits,
+            metrics,
+            scrape: ScrapeState::default(),
+        };
+        Ok(Self { listener, port: local.port(), metrics_listener, tls, state })
     }
 
     /// The bound port (useful with port 0).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the separate metrics listener (`MEDIA_METRICS_ADDR`), when there is one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
     }
 
     /// The shared state (tests use it to reach the database and blob store directly).
@@ -129,49 +172,63 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests for at most
-    /// `SHUTDOWN_TIMEOUT` before returning.
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish for
+    /// at most `SHUTDOWN_TIMEOUT`, drops the connections still open and waits (bounded) for the
+    /// uploads they carried to clean up — so no multipart upload is left behind.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let grace = self.state.config.shutdown_timeout;
-        let db = self.state.db.clone();
-        let sweeper = (!self.state.config.sweep_interval.is_zero()).then(|| {
+        let state = self.state.clone();
+        let config = state.config.clone();
+        let sweeper = (!config.sweep_interval.is_zero()).then(|| {
             crate::admin::sweep::spawn_background(
-                self.state.media.clone(),
-                self.state.pipeline.clone(),
-                self.state.blobs.clone(),
-                self.state.config.presign_ttl,
-                self.state.config.sweep_interval,
+                state.media.clone(),
+                state.pipeline.clone(),
+                state.blobs.clone(),
+                config.presign_ttl,
+                config.sweep_interval,
             )
         });
-        let router = crate::http::router(self.state);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .into_future();
-        tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => return result,
-            () = shutdown => {}
+        if let Some(tls) = &self.tls {
+            crate::http::tls::spawn_reloader(tls);
         }
+        let stopping = tokio_util::sync::CancellationToken::new();
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let server = Server::new(
+                listener,
+                crate::http::metrics_router(state.clone()),
+                ServerOptions { max_header_bytes: config.ops.max_header_bytes, tls: None },
+            );
+            let stop = stopping.clone().cancelled_owned();
+            tokio::spawn(async move { server.run(stop, Duration::from_secs(1)).await })
+        });
+        let options = ServerOptions {
+            max_header_bytes: config.ops.max_header_bytes,
+            tls: self.tls.as_ref().map(ReloadingCert::server_config),
+        };
+        let server = Server::new(self.listener, crate::http::router(self.state), options);
+        let stop = async move {
+            shutdown.await;
+            tracing::info!(grace_seconds = config.shutdown_timeout.as_secs(), "stop requested");
+        };
+        let dropped = server.run(stop, state.config.shutdown_timeout).await;
+        stopping.cancel();
         if let Some(sweeper) = &sweeper {
             sweeper.abort();
         }
-        tracing::info!(grace_seconds = grace.as_secs(), "stop requested: finishing in-flight requests");
-        let _ = stop_tx.send(());
-        let result = match tokio::time::timeout(grace, server).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!("shutdown timeout passed: remaining requests are aborted");
-                Ok(())
-            }
-        };
-        db.close().await;
-        tracing::info!("stopped");
-        result
+        let unfinished = state.pipeline.drain(UPLOAD_CLEANUP_GRACE).await;
+        if unfinished > 0 {
+            tracing::warn!(uploads = unfinished, "uploads still cleaning up at exit; the sweeper will finish them");
+        }
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
+        state.db.close().await;
+        tracing::info!(dropped_connections = dropped, "stopped");
+        Ok(())
     }
 }
+
+/// How long interrupted uploads get to abort their multipart uploads once the connections are gone.
+const UPLOAD_CLEANUP_GRACE: Duration = Duration::from_secs(10);
 
 /// Opens the configured blob store; for the filesystem backend also the signer of its links (served
 /// under `public_base`). Admin commands pass any base: they never sign links.

@@ -189,6 +189,60 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// A token-bucket rate: `rps` requests per second on average, `burst` at once (0 turns it off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub rps: u32,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// Whether this limiter is on.
+    pub fn enabled(&self) -> bool {
+        self.rps > 0 && self.burst > 0
+    }
+}
+
+/// HTTPS settings (`MEDIA_TLS_CERT_FILE` + `MEDIA_TLS_KEY_FILE`).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// How often the files are checked for changes (`MEDIA_TLS_RELOAD_INTERVAL`, default 10s).
+    pub reload_interval: Duration,
+}
+
+/// What an operator tunes to keep the service healthy under load: listeners, limits, CORS, TLS.
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    /// Serve `/metrics` on this separate (internal) address instead of the main listener
+    /// (`MEDIA_METRICS_ADDR`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Per-principal limit (`MEDIA_RATE_LIMIT_RPS` 100, `MEDIA_RATE_LIMIT_BURST` 200).
+    pub principal_rate: RateLimit,
+    /// Per-client-IP limit for unauthenticated routes and refused tokens (`MEDIA_RATE_LIMIT_IP_RPS`
+    /// 20, `MEDIA_RATE_LIMIT_IP_BURST` 40).
+    pub ip_rate: RateLimit,
+    /// Uploads running at once (`MEDIA_MAX_CONCURRENT_UPLOADS`, default 16); past it 503 `busy`.
+    pub max_concurrent_uploads: u32,
+    /// Time limit of a non-upload request (`MEDIA_REQUEST_TIMEOUT`, default 30s).
+    pub request_timeout: Duration,
+    /// Time limit of an upload request (`MEDIA_UPLOAD_TIMEOUT`, default 10m).
+    pub upload_timeout: Duration,
+    /// Largest request head (`MEDIA_MAX_HEADER_BYTES`, default 64 KiB, at least 8 KiB); 431 past it.
+    pub max_header_bytes: usize,
+    /// Origins allowed by CORS (`CORS_ALLOWED_ORIGINS`; none by default, `*` for any).
+    pub cors_allowed_origins: Vec<String>,
+    /// HTTPS on the main listener.
+    pub tls: Option<TlsConfig>,
+    /// Extra trusted roots for outbound TLS (`MEDIA_CA_FILE`): S3, JWKS, remote fetch, Postgres.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -250,6 +304,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter (`LOG_LEVEL`, an `EnvFilter` directive, default `info`).
     pub log_level: String,
+    /// Listeners, limits, CORS and TLS.
+    pub ops: OpsConfig,
 }
 
 impl Config {
@@ -306,6 +362,7 @@ impl Config {
                 }
             },
             log_level: env.get("LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            ops: ops_config(&env)?,
             data_dir,
         };
         config.validate(&env)?;
@@ -397,6 +454,58 @@ impl Config {
     pub fn database_url_for_logs(&self) -> String {
         redact_url(self.database.url.expose_secret())
     }
+}
+
+fn rate_limit(env: &Env<'_>, rps: &str, burst: &str, defaults: (u32, u32)) -> Result<RateLimit, ConfigError> {
+    let expected = "a whole number (0 turns the limit off)";
+    let rps = env.parse(rps, expected)?.unwrap_or(defaults.0);
+    let burst = env.parse(burst, expected)?.unwrap_or(if rps == 0 { 0 } else { defaults.1.max(rps) });
+    Ok(RateLimit { rps, burst })
+}
+
+fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
+    let max_header_bytes = env.size("MEDIA_MAX_HEADER_BYTES")?.unwrap_or(64 * 1024);
+    if !(8 * 1024..=16 * MIB).contains(&max_header_bytes) {
+        return Err(ConfigError::new("MEDIA_MAX_HEADER_BYTES", "must be between 8KiB and 16MiB"));
+    }
+    let max_concurrent_uploads = env.parse("MEDIA_MAX_CONCURRENT_UPLOADS", "a whole number ≥ 1")?.unwrap_or(16);
+    if max_concurrent_uploads == 0 {
+        return Err(ConfigError::new("MEDIA_MAX_CONCURRENT_UPLOADS", "must be at least 1"));
+    }
+    let tls = match (env.get("MEDIA_TLS_CERT_FILE"), env.get("MEDIA_TLS_KEY_FILE")) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            cert_file: PathBuf::from(cert),
+            key_file: PathBuf::from(key),
+            reload_interval: env.duration("MEDIA_TLS_RELOAD_INTERVAL")?.unwrap_or(Duration::from_secs(10)),
+        }),
+        (None, None) => None,
+        (Some(_), None) => return Err(ConfigError::new("MEDIA_TLS_KEY_FILE", "is required with MEDIA_TLS_CERT_FILE")),
+        (None, Some(_)) => return Err(ConfigError::new("MEDIA_TLS_CERT_FILE", "is required with MEDIA_TLS_KEY_FILE")),
+    };
+    let cors_allowed_origins = env.list("CORS_ALLOWED_ORIGINS");
+    for origin in cors_allowed_origins.iter().filter(|o| o.as_str() != "*") {
+        let url = Url::parse(origin).ok().filter(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/" && !origin.ends_with('/')
+        });
+        if url.is_none() {
+            return Err(ConfigError::new(
+                "CORS_ALLOWED_ORIGINS",
+                format!("expected origins such as https://app.example.com (scheme, host, optional port), got {origin:?}"),
+            ));
+        }
+    }
+    Ok(OpsConfig {
+        metrics_addr: env.parse("MEDIA_METRICS_ADDR", "an address such as 0.0.0.0:9090")?,
+        principal_rate: rate_limit(env, "MEDIA_RATE_LIMIT_RPS", "MEDIA_RATE_LIMIT_BURST", (100, 200))?,
+        ip_rate: rate_limit(env, "MEDIA_RATE_LIMIT_IP_RPS", "MEDIA_RATE_LIMIT_IP_BURST", (20, 40))?,
+        max_concurrent_uploads,
+        request_timeout: env.duration("MEDIA_REQUEST_TIMEOUT")?.unwrap_or(Duration::from_secs(30)),
+        upload_timeout: env.duration("MEDIA_UPLOAD_TIMEOUT")?.unwrap_or(Duration::from_secs(600)),
+        max_header_bytes: max_header_bytes as usize,
+        cors_allowed_origins,
+        tls,
+        ca_file: env.get("MEDIA_CA_FILE").map(PathBuf::from),
+    })
 }
 
 fn database_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<DatabaseConfig, ConfigError> {

@@ -15,7 +15,8 @@
 //! - [`auth`]: Bearer JWTs checked against the issuers' JWKS, principals and permissions, the axum
 //!   extractor handlers use, and the dev profile's local token issuer.
 //! - [`http`]: the router, one module per resource, and the one HTTP error type
-//!   ([`http::error::ApiError`]).
+//!   ([`http::error::ApiError`]); the accept loop (plain or TLS, graceful drain), admission
+//!   (rate limits, upload cap, deadlines), the access log and the generated OpenAPI document.
 //! - [`ingest`]: the streaming upload pipeline every source goes through (size limit, type
 //!   sniffing, hashing, storing, dedup), upload sources (raw, data URL, SSRF-safe remote fetch) and
 //!   the `jan_*` IDs.
@@ -26,7 +27,7 @@
 //!   and the dev profile's generated key files.
 //! - [`admin`]: one file per command of the binary (serve, migrate, keys, rotate-keys, tenant,
 //!   audit, token, sweep, healthcheck).
-//! - [`telemetry`]: log output.
+//! - [`telemetry`]: log output with secret redaction, and the Prometheus metrics.
 
 pub mod admin;
 pub mod app;

@@ -7,16 +7,17 @@
 //! ```
 
 use std::marker::PhantomData;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::{Permission, Principal};
 use crate::app::AppState;
 use crate::http::error::ApiError;
+use crate::http::limits::peer_ip;
+use crate::http::observe::CallerSlot;
 
 /// What a route requires of its caller.
 pub trait Requirement: Send + Sync + 'static {
@@ -66,14 +67,20 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
             }
             Ok(principal)
         });
+        let peer = peer_ip(&parts.extensions);
         match result {
             Ok(principal) => {
+                state.limits.check_principal(&principal, peer)?;
+                if let Some(slot) = parts.extensions.get::<Arc<CallerSlot>>() {
+                    slot.set(&principal);
+                }
                 parts.extensions.insert(principal.clone());
                 Ok(Self(principal, PhantomData))
             }
             Err(err) => {
-                let source = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-                state.auth.record_failure(&err, source);
+                state.auth.record_failure(&err, peer);
+                // A refused token still spends the source's bucket: floods of bad tokens get 429.
+                state.limits.check_ip(peer)?;
                 Err(ApiError::Auth(err))
             }
         }

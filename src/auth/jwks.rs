@@ -21,6 +21,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use crate::telemetry::metrics::names;
+
 use super::AuthError;
 
 /// Shortest time between two refreshes caused by unknown kids.
@@ -363,10 +365,13 @@ impl JwksCache {
                 if changed {
                     (self.on_change)();
                 }
+                metrics::counter!(names::JWKS_REFRESHES, "issuer" => self.name.clone(), "result" => "ok").increment(1);
+                metrics::gauge!(names::JWKS_KEYS, "issuer" => self.name.clone()).set(count as f64);
                 tracing::debug!(issuer = %self.name, keys = count, "signing keys refreshed");
             }
             Err(reason) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(names::JWKS_REFRESHES, "issuer" => self.name.clone(), "result" => "error").increment(1);
                 tracing::warn!(issuer = %self.name, error = %reason, "cannot fetch signing keys; keeping the last good set");
             }
         }

@@ -187,6 +187,7 @@ impl Authenticator {
 
     /// Counts a refusal by reason and records it in the audit log (rate-limited per source IP).
     pub fn record_failure(&self, err: &AuthError, source: Option<IpAddr>) {
+        metrics::counter!(crate::telemetry::metrics::names::AUTH_FAILURES, "reason" => err.reason()).increment(1);
         self.failures.record(err, source);
     }
 

@@ -53,7 +53,7 @@ impl Permission {
 }
 
 /// An authenticated (or, in `optional`/`disabled` mode, anonymous) caller.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Principal {
     /// The token's `sub` (`anonymous` without a token).
     pub subject: String,
@@ -66,6 +66,7 @@ pub struct Principal {
     /// Scopes found in the token.
     pub scopes: BTreeSet<String>,
     /// Permissions granted by the configured role maps.
+    #[schema(value_type = Vec<String>, example = json!(["media:read", "media:write"]))]
     pub permissions: BTreeSet<Permission>,
     /// True when no token was presented.
     pub anonymous: bool,

@@ -153,6 +153,11 @@ impl Database {
         Ok(())
     }
 
+    /// Pool use: (open connections, idle connections, largest size).
+    pub fn pool_stats(&self) -> (u32, usize, u32) {
+        with_pool!(self, |pool| (pool.size(), pool.num_idle(), pool.options().get_max_connections()))
+    }
+
     /// Closes every pooled connection.
     pub async fn close(&self) {
         with_pool!(self, |pool| pool.close().await)

@@ -91,6 +91,11 @@ const SELECT_KEY_ROWS: &str = "SELECT tenant_id, purpose, version, kek_id, state
      WHERE $1 IS NULL OR tenant_id = $1 ORDER BY tenant_id, purpose, version";
 const SELECT_ROWS_PER_VERSION: &str = "SELECT dek_version, COUNT(*) FROM media_objects WHERE tenant_id = $1 \
      GROUP BY dek_version ORDER BY dek_version";
+/// Tenants with keys, and media rows whose DEK version is below their tenant's newest active one.
+const SELECT_ROTATION_BACKLOG: &str = "SELECT \
+     (SELECT COUNT(DISTINCT tenant_id) FROM tenant_keys), \
+     (SELECT COUNT(*) FROM media_objects m WHERE m.dek_version < (SELECT MAX(k.version) FROM tenant_keys k \
+        WHERE k.tenant_id = m.tenant_id AND k.purpose = 'dek' AND k.state = 'active'))";
 const SELECT_NOT_UNDER: &str = "SELECT tenant_id, purpose, version, kek_id, wrapped_key FROM tenant_keys \
      WHERE kek_id <> $1 AND wrapped_key IS NOT NULL AND ($2 IS NULL OR tenant_id = $2) \
      ORDER BY tenant_id, purpose, version";
@@ -249,6 +254,12 @@ impl TenantKeys {
                 encryptions,
             })
             .collect())
+    }
+
+    /// Tenants with keys, and media rows still encrypted under an older DEK version than their
+    /// tenant's active one (what `rotate-keys` has left to do) — for the metrics.
+    pub async fn rotation_backlog(&self) -> Result<(i64, i64), DbError> {
+        Ok(with_pool!(&self.db, |pool| sqlx::query_as(SELECT_ROTATION_BACKLOG).fetch_one(pool).await)?)
     }
 
     /// Media rows of `tenant` per DEK version.

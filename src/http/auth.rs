@@ -3,24 +3,32 @@
 //! issuer's public key (dev profile only; 404 otherwise).
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
+use super::openapi::{AuthErrors, NotFound};
 use crate::app::AppState;
 use crate::auth::extract::Authenticated;
 use crate::auth::Principal;
 
 /// The auth routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/auth/whoami", get(whoami)).route("/v1/dev/jwks.json", get(dev_jwks))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(whoami)).routes(routes!(dev_jwks))
 }
 
+/// The caller as the service sees it: subject, tenant, issuer, roles, scopes, permissions.
+#[utoipa::path(get, path = "/v1/auth/whoami", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = Principal), AuthErrors))]
 async fn whoami(caller: Authenticated) -> Json<Principal> {
     Json(caller.principal().clone())
 }
 
+/// The dev issuer's public keys (dev profile only).
+#[utoipa::path(get, path = "/v1/dev/jwks.json", tag = "auth",
+    responses((status = 200, description = "A JWK Set", body = Object), NotFound))]
 async fn dev_jwks(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.auth.dev_jwks().map(Json).ok_or(ApiError::NoRoute)
 }

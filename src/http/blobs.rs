@@ -11,12 +11,15 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 
 use super::error::ApiError;
+use super::limits::body_with_deadline;
+use super::openapi::ErrorBody;
 use super::range::parse_range;
 use crate::app::AppState;
 use crate::ingest::limit::{is_limit_exceeded, limit_stream};
@@ -24,8 +27,30 @@ use crate::storage::links::{LinkError, LinkQuery, LinkSigner};
 use crate::storage::StorageError;
 
 /// The signed-link routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/blobs/{*key}", get(download).put(upload))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(download, upload))
+}
+
+/// The object key.
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct LinkKey {
+    /// The object key (may contain `/`).
+    key: String,
+}
+
+/// The link's signed query.
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct LinkSignature {
+    /// Expiry (Unix seconds).
+    #[serde(rename = "X-Media-Expires")]
+    expires: i64,
+    /// The signature.
+    #[serde(rename = "X-Media-Signature")]
+    signature: String,
 }
 
 fn verify(
@@ -50,6 +75,12 @@ fn header_value(name: &str, value: &str) -> Result<HeaderValue, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_link", format!("the link's {name} is not a valid header value")))
 }
 
+/// Downloads an object through a link signed by the service (filesystem backend).
+#[utoipa::path(get, path = "/v1/blobs/{*key}", tag = "blobs", params(LinkKey, LinkSignature),
+    responses((status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "A byte range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, description = "Expired or invalid link", body = ErrorBody),
+        (status = 404, description = "No such object, or not the filesystem backend", body = ErrorBody)))]
 async fn download(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -76,6 +107,13 @@ async fn download(
     Ok(response)
 }
 
+/// Uploads the bytes of a prepared direct upload through a link signed by the service.
+#[utoipa::path(put, path = "/v1/blobs/{*key}", tag = "blobs", params(LinkKey, LinkSignature),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "Stored"),
+        (status = 403, description = "Expired or invalid link, or headers other than the signed ones", body = ErrorBody),
+        (status = 413, description = "Over the limit", body = ErrorBody),
+        (status = 503, description = "Busy", body = ErrorBody)))]
 async fn upload(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -84,6 +122,8 @@ async fn upload(
     body: Body,
 ) -> Result<Response, ApiError> {
     let link = verify(state.links.as_ref(), "PUT", &key, query)?;
+    let _slot = state.limits.upload_slot()?;
+    let body = body_with_deadline(body, state.config.ops.upload_timeout);
     let declared_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if declared_type != link.content_type {
         return Err(ApiError::forbidden(

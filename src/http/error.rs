@@ -18,6 +18,7 @@ use crate::db::DbError;
 use crate::ingest::pipeline::IngestError;
 use crate::ingest::sniff::TypeError;
 use crate::storage::StorageError;
+use crate::telemetry::metrics::names;
 
 /// The request ID header (set or accepted by the request-ID layer, echoed on every response).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -94,6 +95,21 @@ pub enum ApiError {
         /// What failed, for a person.
         message: String,
     },
+    /// The caller (or its IP) sent more requests than its rate limit allows.
+    #[error("too many requests; retry in {retry_after} s")]
+    RateLimited {
+        /// Seconds until a request would be admitted.
+        retry_after: u64,
+    },
+    /// Every upload slot is taken (`MEDIA_MAX_CONCURRENT_UPLOADS`).
+    #[error("the service is busy with other uploads; retry shortly")]
+    Busy,
+    /// The request ran past its deadline (`MEDIA_REQUEST_TIMEOUT`).
+    #[error("the request took longer than {seconds} s and was stopped")]
+    Timeout {
+        /// The deadline in seconds.
+        seconds: u64,
+    },
     /// Refused by the auth layer (401 with a challenge, 403, or 503).
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -128,6 +144,8 @@ impl ApiError {
             Self::UnsupportedMedia { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy | Self::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(err) => err.status(),
             Self::Storage(err) => match err {
                 StorageError::NotFound | StorageError::InvalidKey(_) => StatusCode::NOT_FOUND,
@@ -156,6 +174,9 @@ impl ApiError {
             Self::NotFound | Self::NoRoute | Self::MediaNotFound { .. } => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TooLarge { .. } => "too_large",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Busy => "busy",
+            Self::Timeout { .. } => "timeout",
             Self::Auth(err) => err.code(),
             Self::Storage(StorageError::NotFound | StorageError::InvalidKey(_)) => "not_found",
             Self::Storage(StorageError::InvalidRange { .. }) => "range_not_satisfiable",
@@ -186,6 +207,16 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// The `Retry-After` header: the limiter's wait for 429, a short pause for every 503.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after } => Some(*retry_after),
+            Self::Busy => Some(1),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(5),
+            _ => None,
+        }
+    }
+
     /// The `WWW-Authenticate` header of an auth refusal.
     fn challenge(&self) -> Option<HeaderValue> {
         match self {
@@ -231,10 +262,20 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, code = self.code(), "request failed");
         }
+        match &self {
+            Self::Storage(StorageError::Backend { operation, .. }) => {
+                metrics::counter!(names::BLOB_ERRORS, "op" => *operation).increment(1);
+            }
+            Self::Database(DbError::Sqlx(_)) => metrics::counter!(names::DB_ERRORS).increment(1),
+            _ => {}
+        }
         let info = ErrorInfo { code: self.code(), message: self.public_message() };
         let mut response = (status, error_body(&info, None)).into_response();
         if let Some(challenge) = self.challenge() {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(seconds) = self.retry_after() {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response.extensions_mut().insert(info);
         response

@@ -5,22 +5,27 @@
 //! belongs to another tenant gets the same 404. A pending direct upload is verified the first time it
 //! is read (jan clients never call `complete`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::limits::{body_with_deadline, UploadSlot};
+use super::openapi::{AuthErrors, BadRequest, ErrorBody, NotFound, UploadErrors};
 use super::range::parse_range;
 use crate::app::AppState;
 use crate::auth::extract::{Authenticated, CanRead, CanWrite};
@@ -31,54 +36,96 @@ use crate::ingest::pipeline::{Ingested, Upload};
 use crate::ingest::sniff::{canonical, extension, DeclaredBy};
 use crate::ingest::sources::{body_stream, clean_filename, decode_data_url, raw_filename};
 use crate::ingest::ByteStream;
+use crate::telemetry::metrics::names;
 use crate::storage::{content_disposition, PresignGet, PresignPut, PresignedRequest};
 
 /// The media routes (resolve is merged from its own module).
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/media", post(upload))
-        .route("/v1/media/upload", post(upload_form))
-        .route("/v1/media/prepare-upload", post(prepare_upload))
-        .route("/v1/media/{id}", get(download).delete(remove))
-        .route("/v1/media/{id}/presign", get(presign))
-        .route("/v1/media/{id}/complete", post(complete))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload))
+        .routes(routes!(upload_form))
+        .routes(routes!(prepare_upload))
+        .routes(routes!(download, remove))
+        .routes(routes!(presign))
+        .routes(routes!(complete))
         .layer(DefaultBodyLimit::disable())
 }
 
 /// The answer to an upload.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UploadResponse {
+    /// The media's ID.
+    #[schema(example = "jan_01jq4k9x2v7m3n8p5r6s0t1w2y")]
     id: String,
+    /// The sniffed type.
+    #[schema(example = "image/png")]
     mime: String,
+    /// Size in bytes.
     bytes: u64,
+    /// True when the tenant already had these bytes (the first upload's ID is returned).
     deduped: bool,
+    /// A presigned GET URL.
     presigned_url: String,
+    /// The same URL (jan v2 name).
     url: String,
+    /// When the URL stops working.
     expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UploadQuery {
+    /// Filename of a raw upload (after `Content-Disposition` and `X-Filename`).
     filename: Option<String>,
 }
 
 /// The jan v1 JSON upload body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct JanUpload {
     source: JanSource,
+    /// Filename to record (its extension must agree with the content).
     filename: Option<String>,
+    /// A client hint only; the token decides who uploads.
     user_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Where the bytes come from.
+#[derive(Debug, Deserialize, ToSchema)]
 struct JanSource {
+    /// `data_url` (also `dataurl`, `datauri`) or `remote_url` (also `remote`, `remoteuri`), any case.
     #[serde(rename = "type")]
+    #[schema(example = "data_url")]
     kind: String,
+    /// `data:<mime>;base64,<bytes>` for a `data_url` source.
     data_url: Option<String>,
+    /// An `http(s)` URL on a public address for a `remote_url` source.
     url: Option<String>,
 }
 
-/// `POST /v1/media`: JSON (jan v1 sources), multipart (`file`) or a raw body, by `Content-Type`.
+/// A multipart upload form.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// The file (its part's `Content-Type` and filename must agree with the content).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// A client hint only.
+    user_id: Option<String>,
+    /// Filename to record when the `file` part has none.
+    filename: Option<String>,
+}
+
+/// Upload: JSON (jan v1 `data_url`/`remote_url` sources), multipart (`file`) or a raw body, by
+/// `Content-Type`. The type is sniffed from the bytes and must agree with every declared one.
+#[utoipa::path(post, path = "/v1/media", tag = "media", security(("bearer" = [])),
+    params(UploadQuery),
+    request_body(content(
+        (JanUpload = "application/json"),
+        (UploadForm = "multipart/form-data"),
+        (Vec<u8> = "image/*"),
+        (Vec<u8> = "application/octet-stream"),
+    )),
+    responses((status = 200, description = "Stored, or deduplicated", body = UploadResponse), UploadErrors, AuthErrors))]
 async fn upload(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
@@ -87,10 +134,13 @@ async fn upload(
 ) -> Result<Json<UploadResponse>, ApiError> {
     let content_type = header_text(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let ingested = if essence == "application/json" || essence.ends_with("+json") {
-        upload_json(&state, caller.0.clone(), request).await?
+    let is_json = essence == "application/json" || essence.ends_with("+json");
+    let slot = if is_json { state.limits.buffered_upload_slot()? } else { state.limits.upload_slot()? };
+    let request = with_upload_deadline(&state, request);
+    let ingested = counted(if is_json {
+        upload_json(&state, caller.0.clone(), slot, request).await
     } else if essence == "multipart/form-data" {
-        upload_multipart(&state, caller.0.clone(), &content_type, request).await?
+        upload_multipart(&state, caller.0.clone(), slot, &content_type, request).await
     } else {
         let headers = request.headers();
         let upload = Upload {
@@ -99,23 +149,54 @@ async fn upload(
             user_hint: header_text(headers, "x-principal-id"),
             content_length: content_length(headers),
         };
-        state.pipeline.ingest_detached(caller.0.clone(), upload, body_stream(request.into_body())).await?
-    };
+        state.pipeline.ingest_detached(caller.0.clone(), upload, body_stream(request.into_body()), slot).await.map_err(Into::into)
+    })?;
     Ok(Json(upload_response(&state, ingested).await?))
 }
 
-/// `POST /v1/media/upload`: the jan v2 multipart form (`file`, `user_id`).
+/// Upload with the jan v2 multipart form (`file`, `user_id`).
+#[utoipa::path(post, path = "/v1/media/upload", tag = "media", security(("bearer" = [])),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "Stored, or deduplicated", body = UploadResponse), UploadErrors, AuthErrors))]
 async fn upload_form(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
     request: Request,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let content_type = header_text(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
-    let ingested = upload_multipart(&state, caller.0.clone(), &content_type, request).await?;
+    let slot = state.limits.upload_slot()?;
+    let request = with_upload_deadline(&state, request);
+    let ingested = counted(upload_multipart(&state, caller.0.clone(), slot, &content_type, request).await)?;
     Ok(Json(upload_response(&state, ingested).await?))
 }
 
-async fn upload_json(state: &AppState, caller: Arc<Principal>, request: Request) -> Result<Ingested, ApiError> {
+/// Counts an upload's outcome (`media_uploads_total`, `media_upload_bytes_total`, rejections by code).
+fn counted(result: Result<Ingested, ApiError>) -> Result<Ingested, ApiError> {
+    match &result {
+        Ok(ingested) => {
+            let kind = if ingested.deduped { "deduped" } else { "stored" };
+            metrics::counter!(names::UPLOADS, "result" => kind).increment(1);
+            if !ingested.deduped {
+                metrics::counter!(names::UPLOAD_BYTES).increment(ingested.record.size);
+            }
+        }
+        Err(err) => metrics::counter!(names::UPLOAD_REJECTIONS, "reason" => err.code()).increment(1),
+    }
+    result
+}
+
+/// The request with a body that fails once `MEDIA_UPLOAD_TIMEOUT` has passed.
+fn with_upload_deadline(state: &AppState, request: Request) -> Request {
+    let timeout = state.config.ops.upload_timeout;
+    request.map(|body| body_with_deadline(body, timeout))
+}
+
+async fn upload_json(
+    state: &AppState,
+    caller: Arc<Principal>,
+    slot: UploadSlot,
+    request: Request,
+) -> Result<Ingested, ApiError> {
     // A data URL is base64 (4 bytes per 3) plus the JSON around it.
     let limit = state.config.max_bytes.saturating_mul(4) / 3 + 64 * 1024;
     let body = read_limited(request.into_body(), limit).await?;
@@ -136,7 +217,7 @@ async fn upload_json(state: &AppState, caller: Arc<Principal>, request: Request)
                 content_length: Some(bytes.len() as u64),
             };
             let body: ByteStream = futures::stream::once(async move { Ok(bytes) }).boxed();
-            Ok(state.pipeline.ingest_detached(caller, upload, body).await?)
+            Ok(state.pipeline.ingest_detached(caller, upload, body, slot).await?)
         }
         "remote_url" | "remote" | "remoteuri" | "remote_uri" | "url" => {
             let url = jan.source.url.ok_or_else(|| {
@@ -149,7 +230,7 @@ async fn upload_json(state: &AppState, caller: Arc<Principal>, request: Request)
                 user_hint: jan.user_id,
                 content_length: fetched.content_length,
             };
-            Ok(state.pipeline.ingest_detached(caller, upload, fetched.body).await?)
+            Ok(state.pipeline.ingest_detached(caller, upload, fetched.body, slot).await?)
         }
         other => Err(ApiError::bad_request("unknown_source_type", format!("unknown source type {other}"))),
     }
@@ -160,6 +241,7 @@ async fn upload_json(state: &AppState, caller: Arc<Principal>, request: Request)
 async fn upload_multipart(
     state: &AppState,
     caller: Arc<Principal>,
+    slot: UploadSlot,
     content_type: &str,
     request: Request,
 ) -> Result<Ingested, ApiError> {
@@ -191,7 +273,7 @@ async fn upload_multipart(
                     }
                 })
                 .boxed();
-                return Ok(state.pipeline.ingest_detached(caller, upload, body).await?);
+                return Ok(state.pipeline.ingest_detached(caller, upload, body, slot).await?);
             }
             Some("user_id") => user_hint = Some(small_text(field).await?),
             Some("filename") => filename = clean_filename(&small_text(field).await?),
@@ -263,7 +345,9 @@ pub async fn presign_get(
         content_type: record.mime.clone(),
         content_disposition: content_disposition("inline", &download_name(record)),
     };
-    Ok(state.blobs.presign_get(&record.storage_key, &options).await?)
+    let link = state.blobs.presign_get(&record.storage_key, &options).await?;
+    metrics::counter!(names::PRESIGNS).increment(1);
+    Ok(link)
 }
 
 /// The caller's media with this id, verified first when it is a pending direct upload.
@@ -279,13 +363,51 @@ pub async fn load(state: &AppState, caller: &Arc<Principal>, id: &str) -> Result
 pub async fn ready(state: &AppState, caller: &Arc<Principal>, record: MediaRecord) -> Result<MediaRecord, ApiError> {
     match record.status {
         MediaStatus::Ready => Ok(record),
-        MediaStatus::Pending => Ok(state.pipeline.complete(caller, record, false).await?.record),
+        MediaStatus::Pending => {
+            let _slot = state.limits.upload_slot()?;
+            Ok(state.pipeline.complete(caller, record, false).await?.record)
+        }
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TtlQuery {
+    /// Validity of the URL (`60s`, `5m`; default `MEDIA_S3_PRESIGN_TTL`, capped by `MEDIA_PRESIGN_MAX_TTL`).
     ttl: Option<String>,
+}
+
+/// The media ID path parameter.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct MediaId {
+    /// A `jan_*` ID; anything else is simply not found.
+    #[param(example = "jan_01jq4k9x2v7m3n8p5r6s0t1w2y")]
+    id: String,
+}
+
+/// Metadata of a media with a presigned URL (`GET /v1/media/{id}` without proxying).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MediaMetadata {
+    id: String,
+    mime: String,
+    bytes: u64,
+    filename: Option<String>,
+    /// A presigned GET URL.
+    url: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// A presigned URL for one media.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresignResponse {
+    id: String,
+    /// A presigned GET URL forcing the media's type and an inline disposition.
+    url: String,
+    /// Seconds until it expires.
+    expires_in: i64,
+    expires_at: DateTime<Utc>,
 }
 
 impl TtlQuery {
@@ -300,7 +422,18 @@ impl TtlQuery {
     }
 }
 
-/// `GET /v1/media/{id}`: the bytes (proxy mode, the default) or JSON metadata with a URL.
+/// The bytes (`MEDIA_PROXY_DOWNLOAD=true`, the default; Range, ETag, nosniff) or, with proxying off
+/// or `Accept: application/json`, metadata with a presigned URL.
+#[utoipa::path(get, path = "/v1/media/{id}", tag = "media", security(("bearer" = [])), params(MediaId),
+    responses(
+        (status = 200, description = "The bytes, or metadata", content(
+            (Vec<u8> = "application/octet-stream"),
+            (MediaMetadata = "application/json"),
+        )),
+        (status = 206, description = "The requested byte range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 416, description = "Unsatisfiable range", body = ErrorBody),
+        NotFound, AuthErrors))]
 async fn download(
     State(state): State<AppState>,
     caller: Authenticated<CanRead>,
@@ -311,15 +444,15 @@ async fn download(
     let wants_json = header_text(&headers, header::ACCEPT).is_some_and(|a| a.contains("application/json"));
     if !state.config.proxy_download || wants_json {
         let link = presign_get(&state, &record, state.config.presign_ttl).await?;
-        return Ok(Json(json!({
-            "id": record.id,
-            "mime": record.mime,
-            "bytes": record.size,
-            "filename": record.filename,
-            "url": link.url,
-            "expires_at": link.expires_at,
-        }))
-        .into_response());
+        let metadata = MediaMetadata {
+            id: record.id,
+            mime: record.mime,
+            bytes: record.size,
+            filename: record.filename,
+            url: link.url,
+            expires_at: link.expires_at,
+        };
+        return Ok(Json(metadata).into_response());
     }
     let etag = record.sha256.map(|sha| format!("\"{}\"", hex::encode(sha)));
     if let (Some(etag), Some(sent)) = (&etag, header_text(&headers, header::IF_NONE_MATCH)) {
@@ -347,21 +480,26 @@ async fn download(
     Ok(response)
 }
 
-/// `GET /v1/media/{id}/presign`.
+/// A fresh presigned GET URL.
+#[utoipa::path(get, path = "/v1/media/{id}/presign", tag = "media", security(("bearer" = [])),
+    params(MediaId, TtlQuery),
+    responses((status = 200, body = PresignResponse), BadRequest, NotFound, AuthErrors))]
 async fn presign(
     State(state): State<AppState>,
     caller: Authenticated<CanRead>,
     Path(id): Path<String>,
     Query(query): Query<TtlQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PresignResponse>, ApiError> {
     let ttl = query.ttl(&state)?;
     let record = load(&state, &caller.0, &id).await?;
     let link = presign_get(&state, &record, ttl).await?;
     let expires_in = (link.expires_at - Utc::now()).num_seconds().max(0);
-    Ok(Json(json!({ "id": record.id, "url": link.url, "expires_in": expires_in, "expires_at": link.expires_at })))
+    Ok(Json(PresignResponse { id: record.id, url: link.url, expires_in, expires_at: link.expires_at }))
 }
 
-/// `DELETE /v1/media/{id}`: the uploader, or a caller with `media:admin`.
+/// Deletes the bytes and the row: the uploader, or a caller with `media:admin`.
+#[utoipa::path(delete, path = "/v1/media/{id}", tag = "media", security(("bearer" = [])), params(MediaId),
+    responses((status = 204, description = "Deleted"), NotFound, AuthErrors))]
 async fn remove(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
@@ -389,21 +527,49 @@ fn require_owner(caller: &Principal, record: &MediaRecord) -> Result<(), ApiErro
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A direct upload to prepare.
+#[derive(Debug, Deserialize, ToSchema)]
 struct PrepareUpload {
+    /// The type the file will have (jan v1 name).
+    #[schema(example = "image/png")]
     mime_type: Option<String>,
+    /// Same as `mime_type`.
     content_type: Option<String>,
+    /// Exact size; when given, the URL only accepts a body of this length.
     bytes: Option<u64>,
     filename: Option<String>,
+    /// A client hint only.
     user_id: Option<String>,
 }
 
-/// `POST /v1/media/prepare-upload`: a pending row and a presigned PUT bound to type (and length).
+/// A presigned PUT for a direct upload.
+#[derive(Debug, Serialize, ToSchema)]
+struct PreparedUpload {
+    /// The pending media's ID (completed by `POST /v1/media/{id}/complete`, or on first use).
+    id: String,
+    /// Where to PUT the bytes.
+    upload_url: String,
+    /// Always `PUT`.
+    method: String,
+    mime_type: String,
+    /// Seconds the URL stays valid.
+    expires_in: u64,
+    expires_at: DateTime<Utc>,
+    /// Headers the PUT must carry exactly (the signature binds them).
+    headers: BTreeMap<String, String>,
+}
+
+/// A pending row and a presigned PUT bound to the type (and length, when given).
+#[utoipa::path(post, path = "/v1/media/prepare-upload", tag = "media", security(("bearer" = [])),
+    request_body = PrepareUpload,
+    responses((status = 200, body = PreparedUpload), BadRequest,
+        (status = 413, description = "bytes is over MEDIA_MAX_BYTES", body = ErrorBody),
+        (status = 415, description = "The type is not accepted", body = ErrorBody), AuthErrors))]
 async fn prepare_upload(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PreparedUpload>, ApiError> {
     let body = read_limited(body, 64 * 1024).await?;
     let request: PrepareUpload = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid: {e}")))?;
@@ -438,20 +604,22 @@ async fn prepare_upload(
         PresignPut { ttl: state.config.presign_ttl, content_type: mime.clone(), content_length: request.bytes };
     let link = state.blobs.presign_put(&record.storage_key, &options).await?;
     state.media.insert(&record).await?;
-    let headers: serde_json::Map<String, serde_json::Value> =
-        link.headers.into_iter().map(|(name, value)| (name, json!(value))).collect();
-    Ok(Json(json!({
-        "id": record.id,
-        "upload_url": link.url,
-        "method": link.method,
-        "mime_type": mime,
-        "expires_in": state.config.presign_ttl.as_secs(),
-        "expires_at": link.expires_at,
-        "headers": headers,
-    })))
+    Ok(Json(PreparedUpload {
+        id: record.id,
+        upload_url: link.url,
+        method: link.method.to_string(),
+        mime_type: mime,
+        expires_in: state.config.presign_ttl.as_secs(),
+        expires_at: link.expires_at,
+        headers: link.headers.into_iter().collect(),
+    }))
 }
 
-/// `POST /v1/media/{id}/complete`: verifies a direct upload and answers like an upload.
+/// Verifies a direct upload (size, sniffed type, hash), deduplicates it and marks it ready.
+#[utoipa::path(post, path = "/v1/media/{id}/complete", tag = "media", security(("bearer" = [])), params(MediaId),
+    responses((status = 200, body = UploadResponse),
+        (status = 409, description = "Nothing was uploaded yet (`not_uploaded`)", body = ErrorBody),
+        UploadErrors, NotFound, AuthErrors))]
 async fn complete(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
@@ -469,7 +637,8 @@ async fn complete(
         }
         MediaStatus::Pending => {
             require_owner(&caller.0, &record)?;
-            state.pipeline.complete(&caller.0, record, true).await?
+            let _slot = state.limits.upload_slot()?;
+            counted(state.pipeline.complete(&caller.0, record, true).await.map_err(Into::into))?
         }
     };
     Ok(Json(upload_response(&state, ingested).await?))

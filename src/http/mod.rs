@@ -1,22 +1,39 @@
 //! The HTTP surface: [`router`] merges one router per resource and wraps them in the layers every
-//! response goes through (request IDs — a sane inbound `X-Request-Id` is kept, anything else is
-//! replaced by a random one —, security headers, tracing, error bodies).
+//! response goes through, outermost first: CORS (only for `CORS_ALLOWED_ORIGINS`), request IDs (a
+//! sane inbound `X-Request-Id` is kept, anything else is replaced by a random one), the access log
+//! and HTTP metrics ([`observe`]), security headers (plus HSTS when serving TLS), admission (per-IP
+//! rate limit on unauthenticated routes, the deadline of non-upload routes — [`limits`]), error
+//! bodies with the request ID. [`server`] accepts connections (plain or TLS) and drains them on
+//! shutdown.
 
 pub mod auth;
 pub mod blobs;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod media;
+pub mod metrics;
+pub mod observe;
+pub mod openapi;
 pub mod range;
 pub mod resolve;
+pub mod server;
+pub mod tls;
 
-use axum::http::{header, HeaderName, HeaderValue, Request};
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, Request};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rand::RngCore;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
 use error::REQUEST_ID_HEADER;
@@ -57,7 +74,7 @@ async fn drop_insane_request_id(mut request: Request<axum::body::Body>) -> Reque
 }
 
 /// Headers every response carries unless a handler set its own.
-fn security_headers() -> [(HeaderName, HeaderValue); 4] {
+fn security_headers() -> [(HeaderName, HeaderValue); 5] {
     [
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
@@ -66,31 +83,136 @@ fn security_headers() -> [(HeaderName, HeaderValue); 4] {
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; sandbox"),
         ),
         (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("same-origin")),
     ]
 }
 
-/// The whole application router.
+/// `Strict-Transport-Security` sent when the service itself serves HTTPS (two years, subdomains).
+const HSTS: &str = "max-age=63072000; includeSubDomains";
+
+/// Routes that stream an upload body: no request deadline (their bodies carry
+/// `MEDIA_UPLOAD_TIMEOUT` instead).
+const UPLOAD_ROUTES: [(&str, &str); 3] =
+    [("POST", "/v1/media"), ("POST", "/v1/media/upload"), ("PUT", "/v1/blobs/{*key}")];
+
+/// Routes without a caller to limit by principal, limited by client IP instead (unmatched paths
+/// included, so scanners are throttled). Health probes and `/metrics` are never limited.
+fn is_ip_limited(route: Option<&str>) -> bool {
+    !matches!(route, Some("/healthz" | "/readyz" | "/metrics")) && route.is_none_or(is_public_route)
+}
+
+/// Routes served without a token.
+fn is_public_route(route: &str) -> bool {
+    matches!(route, "/v1/blobs/{*key}" | "/v1/dev/jwks.json" | "/v1/version" | "/openapi.json")
+}
+
+/// Admission for every route: the per-IP bucket where there is no principal, and the request
+/// deadline except on upload routes.
+async fn admission(State(state): State<crate::app::AppState>, request: axum::extract::Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    if is_ip_limited(route.as_deref()) {
+        if let Err(err) = state.limits.check_ip(limits::peer_ip(request.extensions())) {
+            return err.into_response();
+        }
+    }
+    let method = request.method().as_str();
+    let is_upload = route.as_deref().is_some_and(|r| UPLOAD_ROUTES.iter().any(|(m, p)| *m == method && *p == r));
+    if is_upload {
+        return next.run(request).await;
+    }
+    limits::deadline(State(state), request, next).await
+}
+
+/// CORS for the configured origins; `None` when there are none (no CORS headers at all).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let request_headers = ["x-request-id", "x-filename", "x-principal-id"].map(HeaderName::from_static);
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers(
+                [header::AUTHORIZATION, header::CONTENT_TYPE, header::CONTENT_DISPOSITION, header::RANGE]
+                    .into_iter()
+                    .chain(request_headers)
+                    .collect::<Vec<_>>(),
+            )
+            .expose_headers([
+                HeaderName::from_static(REQUEST_ID_HEADER),
+                header::RETRY_AFTER,
+                header::CONTENT_DISPOSITION,
+                header::CONTENT_RANGE,
+                header::ETAG,
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// The whole application router (`/metrics` included unless `MEDIA_METRICS_ADDR` moves it).
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-    let mut router = Router::new()
+    let (router, spec) = api_router(state.config.ops.metrics_addr.is_none()).split_for_parts();
+    let spec = openapi::Spec(std::sync::Arc::new(
+        serde_json::to_value(openapi::finish(spec)).expect("the OpenAPI document serializes"),
+    ));
+    let mut router = router
+        .layer(axum::Extension(spec))
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(from_fn(error::attach_request_id))
+        .layer(from_fn_with_state(state.clone(), admission));
+    for (name, value) in security_headers() {
+        router = router.layer(SetResponseHeaderLayer::if_not_present(name, value));
+    }
+    if state.config.ops.tls.is_some() {
+        router = router.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        ));
+    }
+    let mut router = router.layer(
+        ServiceBuilder::new()
+            .layer(axum::middleware::map_request(drop_insane_request_id))
+            .layer(SetRequestIdLayer::new(request_id.clone(), RandomRequestId))
+            .layer(PropagateRequestIdLayer::new(request_id))
+            .layer(from_fn(observe::observe)),
+    );
+    if let Some(cors) = cors(&state.config.ops.cors_allowed_origins) {
+        router = router.layer(cors);
+    }
+    router.with_state(state)
+}
+
+/// Every route with its OpenAPI entry (`/metrics` when it is served on the main listener).
+pub fn api_router(with_metrics: bool) -> OpenApiRouter<AppState> {
+    let router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(health::router())
         .merge(blobs::router())
         .merge(auth::router())
         .merge(media::router())
         .merge(resolve::router())
-        .fallback(error::no_route)
-        .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(axum::middleware::from_fn(error::attach_request_id));
-    for (name, value) in security_headers() {
-        router = router.layer(SetResponseHeaderLayer::if_not_present(name, value));
+        .merge(openapi::router());
+    if with_metrics {
+        router.merge(metrics::router())
+    } else {
+        router
     }
-    router
-        .layer(
-            ServiceBuilder::new()
-                .layer(axum::middleware::map_request(drop_insane_request_id))
-                .layer(SetRequestIdLayer::new(request_id.clone(), RandomRequestId))
-                .layer(TraceLayer::new_for_http())
-                .layer(PropagateRequestIdLayer::new(request_id)),
-        )
-        .with_state(state)
+}
+
+/// The OpenAPI document of the whole surface (what `/openapi.json` serves).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(api_router(true).into_openapi())
+}
+
+/// The router of the internal metrics listener (`MEDIA_METRICS_ADDR`).
+pub fn metrics_router(state: AppState) -> Router {
+    let (router, _) = metrics::router().split_for_parts();
+    router.fallback(error::no_route).with_state(state)
 }

@@ -12,13 +12,17 @@ use std::collections::{BTreeSet, HashMap};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::media::{presign_get, read_limited, ready};
+use super::openapi::{AuthErrors, BadRequest, NotFound};
+use crate::telemetry::metrics::names;
 use crate::app::AppState;
 use crate::auth::extract::{Authenticated, CanRead};
 use crate::ingest::id::{is_valid, ID_CHARS, PREFIX};
@@ -27,8 +31,46 @@ use crate::ingest::id::{is_valid, ID_CHARS, PREFIX};
 pub const MAX_DEPTH: usize = 64;
 
 /// The resolve route.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/media/resolve", post(resolve)).layer(DefaultBodyLimit::disable())
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(resolve)).layer(DefaultBodyLimit::disable())
+}
+
+/// What to resolve: a whole payload, or a list of IDs.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum ResolveRequest {
+    /// `{"payload": <any JSON>}`: every `data:<mime>;jan_<id>` placeholder and every string that
+    /// is exactly a `jan_<id>` is replaced by a presigned URL.
+    Payload {
+        #[schema(value_type = Object)]
+        payload: Value,
+    },
+    /// `{"ids": ["jan_…", …]}`.
+    Ids { ids: Vec<String> },
+}
+
+/// One resolved ID.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ResolvedMedia {
+    id: String,
+    presigned_url: String,
+    /// The same URL (jan v2 name).
+    url: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// The answer: the payload with URLs in place, or one entry per requested ID.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum ResolveResponse {
+    /// For a `payload` request: the same JSON, placeholders replaced.
+    Payload {
+        #[schema(value_type = Object)]
+        payload: Value,
+    },
+    /// For an `ids` request.
+    Media { media: Vec<ResolvedMedia> },
 }
 
 /// A `data:<mime>;jan_<id>` placeholder found in a string: byte span and the id.
@@ -159,6 +201,7 @@ async fn presign_all(
     caller: &std::sync::Arc<crate::auth::Principal>,
     ids: &BTreeSet<String>,
 ) -> Result<HashMap<String, (String, DateTime<Utc>)>, ApiError> {
+    metrics::histogram!(names::RESOLVE_PLACEHOLDERS).record(ids.len() as f64);
     let wanted: Vec<String> = ids.iter().filter(|id| is_valid(id)).cloned().collect();
     let found = state.media.get_many(&caller.tenant, &wanted).await?;
     let mut records: HashMap<String, _> = found.into_iter().map(|m| (m.record.id.clone(), m.record)).collect();
@@ -174,6 +217,11 @@ async fn presign_all(
     Ok(urls)
 }
 
+/// Replaces every `jan_*` placeholder of a JSON payload (or a list of IDs) by presigned URLs, with
+/// one database query for the whole call; an unknown or foreign ID fails the call with 404 naming it.
+#[utoipa::path(post, path = "/v1/media/resolve", tag = "resolve", security(("bearer" = [])),
+    request_body = ResolveRequest,
+    responses((status = 200, body = ResolveResponse), BadRequest, NotFound, AuthErrors))]
 async fn resolve(
     State(state): State<AppState>,
     caller: Authenticated<CanRead>,
@@ -212,6 +260,7 @@ async fn resolve(
     let mut ids = Occurrences::default();
     collect_ids(&payload, 0, max_ids, &mut ids)?;
     if ids.distinct.is_empty() {
+        metrics::histogram!(names::RESOLVE_PLACEHOLDERS).record(0.0);
         return Ok(Json(json!({ "payload": payload })));
     }
     let urls = presign_all(&state, &caller.0, &ids.distinct).await?;

@@ -17,6 +17,7 @@ use futures::{stream, StreamExt};
 use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio_util::task::TaskTracker;
 
 use super::id::new_id;
 use super::limit::{is_limit_exceeded, limit_stream};
@@ -116,6 +117,7 @@ pub struct Pipeline {
     max_bytes: u64,
     retention: Option<chrono::Duration>,
     key_prefix: Arc<str>,
+    tasks: TaskTracker,
 }
 
 impl Pipeline {
@@ -129,6 +131,7 @@ impl Pipeline {
             max_bytes: config.max_bytes,
             retention: config.retention_days.map(|days| chrono::Duration::days(i64::from(days))),
             key_prefix: Arc::from(config.storage_prefix.as_str()),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -162,15 +165,33 @@ impl Pipeline {
         &self.allow
     }
 
-    /// Runs [`Pipeline::ingest`] in its own task (see the module docs).
+    /// Waits (at most `grace`) for detached ingests to finish — at shutdown, after the connections
+    /// are gone, so every interrupted upload has aborted its multipart upload before the process
+    /// exits. Returns how many were still running when `grace` passed.
+    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+        self.tasks.close();
+        match tokio::time::timeout(grace, self.tasks.wait()).await {
+            Ok(()) => 0,
+            Err(_) => self.tasks.len(),
+        }
+    }
+
+    /// Runs [`Pipeline::ingest`] in its own task (see the module docs), keeping `hold` (the
+    /// upload's concurrency slot) until it ends, even when the request is gone.
     pub async fn ingest_detached(
         &self,
         caller: Arc<Principal>,
         upload: Upload,
         body: ByteStream,
+        hold: impl Send + 'static,
     ) -> Result<Ingested, IngestError> {
         let pipeline = self.clone();
-        tokio::spawn(async move { pipeline.ingest(&caller, upload, body).await })
+        self.tasks
+            .spawn(async move {
+                let result = pipeline.ingest(&caller, upload, body).await;
+                drop(hold);
+                result
+            })
             .await
             .map_err(|err| IngestError::Interrupted(std::io::Error::other(err)))?
     }

@@ -95,6 +95,9 @@ pub async fn base_vars(stack: Stack, dir: &std::path::Path) -> HashMap<String, S
         ("MEDIA_KEYS_DIR", dir.join("keys").display().to_string()),
         ("SHUTDOWN_TIMEOUT", "5s".to_owned()),
         ("LOG_LEVEL", "warn".to_owned()),
+        // Tests fire requests faster than any client should; the limits have their own tests.
+        ("MEDIA_RATE_LIMIT_RPS", "0".to_owned()),
+        ("MEDIA_RATE_LIMIT_IP_RPS", "0".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -115,6 +118,7 @@ pub async fn base_vars(stack: Stack, dir: &std::path::Path) -> HashMap<String, S
 pub struct TestApp {
     pub address: String,
     pub port: u16,
+    pub metrics_port: Option<u16>,
     pub state: AppState,
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -145,6 +149,7 @@ pub async fn spawn_app_with(stack: Stack, overrides: &[(&str, &str)]) -> TestApp
     let config = Config::from_vars(&vars).expect("test configuration is valid");
     let app = Application::build(config).await.expect("the app starts");
     let port = app.port();
+    let metrics_port = app.metrics_port();
     let state = app.state().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
@@ -153,6 +158,7 @@ pub async fn spawn_app_with(stack: Stack, overrides: &[(&str, &str)]) -> TestApp
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
+        metrics_port,
         state,
         http: reqwest::Client::builder().no_proxy().build().expect("http client"),
         shutdown: Some(tx),

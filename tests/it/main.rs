@@ -13,6 +13,7 @@ mod helpers;
 mod jwks;
 mod media;
 mod migrations;
+mod operations;
 mod repository;
 mod rotation;
 mod shred;

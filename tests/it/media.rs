@@ -15,7 +15,7 @@ use crate::helpers::{payload, random_hex, s3_client, s3_env, spawn_app_with, Sta
 
 /// The signature of a PNG plus arbitrary bytes: sniffed as PNG (the service checks the type, not
 /// that the image decodes).
-fn png(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn png(len: usize, seed: u64) -> Vec<u8> {
     let mut bytes =
         b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00".to_vec();
     bytes.extend_from_slice(&payload(len.saturating_sub(bytes.len()), seed));
@@ -25,19 +25,19 @@ fn png(len: usize, seed: u64) -> Vec<u8> {
 
 const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;";
 
-fn data_url(mime: &str, bytes: &[u8]) -> String {
+pub(crate) fn data_url(mime: &str, bytes: &[u8]) -> String {
     use base64::Engine;
     format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-struct MediaApp {
-    app: TestApp,
-    stack: Stack,
-    prefix: String,
+pub(crate) struct MediaApp {
+    pub(crate) app: TestApp,
+    pub(crate) stack: Stack,
+    pub(crate) prefix: String,
     issuer: DevIssuer,
 }
 
-async fn media_app(stack: Stack, extra: &[(&str, &str)]) -> MediaApp {
+pub(crate) async fn media_app(stack: Stack, extra: &[(&str, &str)]) -> MediaApp {
     let prefix = format!("t{}", random_hex(6));
     let mut vars = vec![("MEDIA_STORAGE_PREFIX", prefix.as_str()), ("AUTH_ADMIN_ROLES", "media-admin")];
     vars.extend_from_slice(extra);
@@ -47,25 +47,25 @@ async fn media_app(stack: Stack, extra: &[(&str, &str)]) -> MediaApp {
 }
 
 impl MediaApp {
-    fn token(&self, tenant: &str, subject: &str, roles: &[&str]) -> String {
+    pub(crate) fn token(&self, tenant: &str, subject: &str, roles: &[&str]) -> String {
         let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
         let request = TokenRequest { subject, tenant, roles: &roles, scopes: &[], ttl: Duration::from_secs(600) };
         self.issuer.mint(&self.app.state.config.auth, &request).unwrap()
     }
 
-    fn alice(&self) -> String {
+    pub(crate) fn alice(&self) -> String {
         self.token("tenant-a", "alice", &[])
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         self.app.url(path)
     }
 
-    fn http(&self) -> &reqwest::Client {
+    pub(crate) fn http(&self) -> &reqwest::Client {
         &self.app.http
     }
 
-    async fn upload_raw(&self, token: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    pub(crate) async fn upload_raw(&self, token: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
         self.http()
             .post(self.url("/v1/media"))
             .bearer_auth(token)
@@ -76,23 +76,23 @@ impl MediaApp {
             .unwrap()
     }
 
-    async fn upload_data_url(&self, token: &str, url: &str) -> reqwest::Response {
+    pub(crate) async fn upload_data_url(&self, token: &str, url: &str) -> reqwest::Response {
         let body = json!({"source": {"type": "data_url", "data_url": url}, "filename": "pic.png", "user_id": "u-hint"});
         self.http().post(self.url("/v1/media")).bearer_auth(token).json(&body).send().await.unwrap()
     }
 
     /// An authenticated GET of a service path.
-    fn get(&self, token: &str, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn get(&self, token: &str, path: &str) -> reqwest::RequestBuilder {
         self.http().get(self.url(path)).bearer_auth(token)
     }
 
-    async fn resolve(&self, token: &str, body: &Value) -> (StatusCode, Value) {
+    pub(crate) async fn resolve(&self, token: &str, body: &Value) -> (StatusCode, Value) {
         json_of(self.http().post(self.url("/v1/media/resolve")).bearer_auth(token).json(body).send().await.unwrap())
             .await
     }
 
     /// Media rows in the database, and objects (plus open multipart uploads or temp files) in the store.
-    async fn counts(&self) -> (i64, usize) {
+    pub(crate) async fn counts(&self) -> (i64, usize) {
         let sql = "SELECT COUNT(*) FROM media_objects";
         let rows: i64 = match &self.app.state.db {
             Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
@@ -130,7 +130,7 @@ fn count_files(dir: &Path) -> usize {
         .sum()
 }
 
-async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
+pub(crate) async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
 }

@@ -1,0 +1,91 @@
+//! One access-log line and the HTTP metrics for every request.
+//!
+//! [`observe`] runs inside the request-ID layer, around each route: it counts the request body's
+//! bytes as the handler reads them, lets the auth extractor name the caller through a
+//! [`CallerSlot`], and when the response head is ready logs `request_id`, `tenant`, `subject`,
+//! `method`, `route` (the template, never the raw path — IDs and signed-link keys stay out of
+//! logs and metric labels), `status`, `bytes_in`, `bytes_out` and `latency_ms` at target
+//! `media_api::access`, and records `media_http_requests_total` and the latency histogram.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{MatchedPath, Request};
+use axum::http::header::CONTENT_LENGTH;
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body_util::BodyExt;
+
+use super::error::REQUEST_ID_HEADER;
+use crate::auth::Principal;
+use crate::telemetry::metrics::names;
+
+/// Where the auth extractor leaves the caller's tenant and subject for the access log.
+#[derive(Debug, Default)]
+pub struct CallerSlot(Mutex<Option<(String, String)>>);
+
+impl CallerSlot {
+    /// Records the authenticated caller.
+    pub fn set(&self, principal: &Principal) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((principal.tenant.clone(), principal.subject.clone()));
+    }
+
+    fn take(&self) -> (String, String) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_default()
+    }
+}
+
+/// The route label of requests no route matched (one label, whatever the path).
+const UNMATCHED: &str = "unmatched";
+
+/// The middleware (see the module docs).
+pub async fn observe(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request.extensions().get::<MatchedPath>().map_or(UNMATCHED, MatchedPath::as_str).to_owned();
+    let request_id =
+        request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let caller = Arc::new(CallerSlot::default());
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let (mut parts, body) = request.into_parts();
+    parts.extensions.insert(caller.clone());
+    let counter = bytes_in.clone();
+    let body = Body::new(body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        frame
+    }));
+    let in_flight = metrics::gauge!(names::HTTP_IN_FLIGHT);
+    in_flight.increment(1.0);
+    let response = next.run(Request::from_parts(parts, body)).await;
+    in_flight.decrement(1.0);
+
+    let latency = start.elapsed();
+    let status = response.status().as_u16();
+    let bytes_out = response.body().size_hint().exact().or_else(|| {
+        response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    });
+    metrics::counter!(names::HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!(names::HTTP_DURATION, "method" => method.clone(), "route" => route.clone())
+        .record(latency.as_secs_f64());
+    let (tenant, subject) = caller.take();
+    tracing::info!(
+        target: "media_api::access",
+        request_id,
+        tenant,
+        subject,
+        method,
+        route,
+        status,
+        bytes_in = bytes_in.load(Ordering::Relaxed),
+        bytes_out,
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,142 @@
+//! The accept loop: HTTP/1.1 connections, plain or TLS, each served by hyper in its own tracked
+//! task, with the connection limits axum's `serve` does not expose (request-head size, head read
+//! timeout) and a shutdown that knows its connections.
+//!
+//! Shutdown ([`Server::run`] after `stop` completes): the listener closes at once; every connection
+//! is told to finish its current request and close; after `grace` (`SHUTDOWN_TIMEOUT`) the
+//! connections still open are dropped, which ends their request bodies, so interrupted uploads fail
+//! in the pipeline and abort their multipart uploads. The caller then drains the pipeline
+//! ([`crate::ingest::pipeline::Pipeline::drain`]) before the process exits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Time a client has to send a request head (slow-loris bound) and to finish a TLS handshake.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connection settings.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Largest request head in bytes (hyper answers 431 past it).
+    pub max_header_bytes: usize,
+    /// TLS, when serving HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A listener and the router it serves.
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    options: ServerOptions,
+}
+
+impl Server {
+    /// A server for `router` on an already bound listener.
+    pub fn new(listener: TcpListener, router: Router, options: ServerOptions) -> Self {
+        Self { listener, router, options }
+    }
+
+    /// Serves until `stop` completes, then drains (see the module docs). Returns how many
+    /// connections had to be dropped at the end of `grace`.
+    pub async fn run(self, stop: impl Future<Output = ()>, grace: Duration) -> usize {
+        let connections = TaskTracker::new();
+        let finish = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let tls = self.options.tls.clone().map(TlsAcceptor::from);
+        tokio::pin!(stop);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut stop => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %err, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Connection {
+                router: self.router.clone(),
+                peer,
+                max_header_bytes: self.options.max_header_bytes,
+                finish: finish.clone(),
+                abort: abort.clone(),
+            };
+            let tls = tls.clone();
+            connections.spawn(async move {
+                match tls {
+                    None => conn.serve(stream).await,
+                    Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => conn.serve(stream).await,
+                        Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    },
+                }
+            });
+        }
+        drop(self.listener);
+        connections.close();
+        finish.cancel();
+        tracing::info!(connections = connections.len(), "listener closed; finishing in-flight requests");
+        if tokio::time::timeout(grace, connections.wait()).await.is_ok() {
+            return 0;
+        }
+        let dropped = connections.len();
+        tracing::warn!(connections = dropped, "shutdown timeout passed: dropping the remaining connections");
+        abort.cancel();
+        connections.wait().await;
+        dropped
+    }
+}
+
+/// One accepted connection.
+struct Connection {
+    router: Router,
+    peer: SocketAddr,
+    max_header_bytes: usize,
+    finish: CancellationToken,
+    abort: CancellationToken,
+}
+
+impl Connection {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
+        let Self { router, peer, max_header_bytes, finish, abort } = self;
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(request)
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(max_header_bytes);
+        let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = finish.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = abort.cancelled() => return,
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Prometheus metrics: the process-wide recorder, the names every module records under, and the
+//! text rendered at `/metrics`.
+//!
+//! Modules record through the `metrics` facade (`metrics::counter!(names::PRESIGNS).increment(1)`);
+//! [`install`] puts the Prometheus recorder behind it once per process (tests that build several
+//! apps share it, so their counters only grow). Gauges that describe state rather than events — DB
+//! pool use, JWKS key counts, rows waiting for rotation — are set when `/metrics` is scraped.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Metric names (one place, so dashboards and the operator guide can rely on them).
+pub mod names {
+    /// Counter of HTTP requests by `method`, `route` (template) and `status`.
+    pub const HTTP_REQUESTS: &str = "media_http_requests_total";
+    /// Histogram of request latency (to the response head) by `method` and `route`.
+    pub const HTTP_DURATION: &str = "media_http_request_duration_seconds";
+    /// Gauge of requests being handled.
+    pub const HTTP_IN_FLIGHT: &str = "media_http_requests_in_flight";
+    /// Counter of bytes stored by uploads.
+    pub const UPLOAD_BYTES: &str = "media_upload_bytes_total";
+    /// Counter of accepted uploads by `result` (`stored`, `deduped`).
+    pub const UPLOADS: &str = "media_uploads_total";
+    /// Counter of refused uploads by `reason` (the error code).
+    pub const UPLOAD_REJECTIONS: &str = "media_upload_rejections_total";
+    /// Gauge of uploads holding a slot.
+    pub const UPLOADS_IN_FLIGHT: &str = "media_uploads_in_flight";
+    /// Counter of 429 answers by `scope` (`principal`, `ip`).
+    pub const RATE_LIMITED: &str = "media_rate_limited_total";
+    /// Counter of refused tokens by `reason`.
+    pub const AUTH_FAILURES: &str = "media_auth_failures_total";
+    /// Counter of JWKS fetches by `issuer` and `result` (`ok`, `error`).
+    pub const JWKS_REFRESHES: &str = "media_jwks_refreshes_total";
+    /// Gauge of signing keys loaded per `issuer`.
+    pub const JWKS_KEYS: &str = "media_jwks_keys";
+    /// Counter of presigned URLs issued.
+    pub const PRESIGNS: &str = "media_presigns_total";
+    /// Histogram of placeholders (IDs) replaced per resolve call.
+    pub const RESOLVE_PLACEHOLDERS: &str = "media_resolve_placeholders";
+    /// Counter of blob store failures by `op`.
+    pub const BLOB_ERRORS: &str = "media_blob_store_errors_total";
+    /// Counter of database failures answered as errors.
+    pub const DB_ERRORS: &str = "media_db_errors_total";
+    /// Gauge of rows still encrypted under a DEK version that is not their tenant's active one.
+    pub const ROTATION_PENDING: &str = "media_rotation_rows_pending";
+    /// Gauge of tenants with keys.
+    pub const KEY_TENANTS: &str = "media_keys_tenants";
+    /// Gauge of database connections by `state` (`idle`, `in_use`).
+    pub const DB_POOL: &str = "media_db_pool_connections";
+    /// Gauge of the pool's maximum size.
+    pub const DB_POOL_MAX: &str = "media_db_pool_max_connections";
+    /// Counter of TLS certificate reloads by `result` (`ok`, `error`).
+    pub const TLS_RELOADS: &str = "media_tls_reloads_total";
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets in seconds: 1 ms to 60 s.
+const LATENCY_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0];
+/// Placeholder-count buckets.
+const COUNT_BUCKETS: [f64; 9] = [0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 256.0];
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::RESOLVE_PLACEHOLDERS.into()), &COUNT_BUCKETS))
+                .expect("bucket lists are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// Renders the current values as Prometheus text.
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.run_upkeep();
+    handle.render()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(names::HTTP_REQUESTS, "HTTP requests by method, route template and status");
+    describe_histogram!(names::HTTP_DURATION, Unit::Seconds, "Time to the response head, by method and route");
+    describe_gauge!(names::HTTP_IN_FLIGHT, "Requests being handled");
+    describe_counter!(names::UPLOAD_BYTES, Unit::Bytes, "Bytes of accepted uploads");
+    describe_counter!(names::UPLOADS, "Accepted uploads by result (stored, deduped)");
+    describe_counter!(names::UPLOAD_REJECTIONS, "Refused uploads by reason (error code)");
+    describe_gauge!(names::UPLOADS_IN_FLIGHT, "Uploads holding a concurrency slot");
+    describe_counter!(names::RATE_LIMITED, "Requests answered 429 by scope (principal, ip)");
+    describe_counter!(names::AUTH_FAILURES, "Refused bearer tokens by reason");
+    describe_counter!(names::JWKS_REFRESHES, "JWKS fetches by issuer and result");
+    describe_gauge!(names::JWKS_KEYS, "Signing keys loaded per issuer");
+    describe_counter!(names::PRESIGNS, "Presigned URLs issued");
+    describe_histogram!(names::RESOLVE_PLACEHOLDERS, "Distinct media IDs per resolve call");
+    describe_counter!(names::BLOB_ERRORS, "Blob store failures by operation");
+    describe_counter!(names::DB_ERRORS, "Database failures answered as errors");
+    describe_gauge!(names::ROTATION_PENDING, "Rows encrypted under a DEK version that is not their tenant's active one");
+    describe_gauge!(names::KEY_TENANTS, "Tenants with keys");
+    describe_gauge!(names::DB_POOL, "Database connections by state");
+    describe_gauge!(names::DB_POOL_MAX, "Largest database pool size");
+    describe_counter!(names::TLS_RELOADS, "TLS certificate reloads by result");
+}
