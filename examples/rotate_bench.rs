@@ -49,6 +49,7 @@ async fn fresh_database(admin_url: &str) -> anyhow::Result<(Database, sqlx::PgPo
         max_connections: 8,
         acquire_timeout: std::time::Duration::from_secs(10),
         migrate_on_start: true,
+        ca: None,
     };
     let db = Database::connect(&config).await?;
     db.migrate().await?;

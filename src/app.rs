@@ -24,11 +24,11 @@ use crate::crypto::CryptoError;
 use crate::db::media::MediaRepo;
 use crate::db::tenant_keys::{KeySettings, TenantKeys};
 use crate::db::{Database, DbError};
-use crate::ingest::pipeline::Pipeline;
 use crate::http::limits::Limits;
 use crate::http::metrics::ScrapeState;
 use crate::http::server::{Server, ServerOptions};
 use crate::http::tls::{ReloadingCert, TlsError};
+use crate::ingest::pipeline::Pipeline;
 use crate::ingest::remote::RemoteFetcher;
 use crate::storage::links::{LinkKey, LinkSigner};
 use crate::storage::{self, BlobStore, StorageError};
@@ -132,7 +132,8 @@ impl Application {
         let auth = Arc::new(Authenticator::new(&config.auth, &config.keys_dir, Some(db.clone()))?);
         auth.start().await;
         let pipeline = Pipeline::new(blobs.clone(), media.clone(), db.clone(), &config);
-        let remote = RemoteFetcher::new(config.remote_fetch_timeout, &config.remote_fetch_allow_hosts);
+        let remote =
+            RemoteFetcher::new(config.remote_fetch_timeout, &config.remote_fetch_allow_hosts, config.ops.ca.as_ref());
         let limits = Limits::new(&config);
         let state = AppState {
             config: Arc::new(config),
@@ -263,7 +264,8 @@ fn public_base(config: &Config, local: SocketAddr) -> Url {
         ip => ip,
     };
     let authority = SocketAddr::new(host, local.port());
-    Url::parse(&format!("http://{authority}/")).expect("an address formats as a valid URL")
+    let scheme = if config.ops.tls.is_some() { "https" } else { "http" };
+    Url::parse(&format!("{scheme}://{authority}/")).expect("an address formats as a valid URL")
 }
 
 fn link_key(config: &Config, fs: &crate::config::FsConfig) -> Result<LinkKey, StartupError> {

@@ -108,6 +108,8 @@ pub struct AuthConfig {
     /// Trust the local dev issuer and serve its JWKS (`AUTH_DEV_ISSUER`; default on in dev, refused in
     /// production).
     pub dev_issuer: bool,
+    /// Extra trusted roots for JWKS and discovery fetches (`MEDIA_CA_FILE`).
+    pub ca: Option<CaBundle>,
 }
 
 /// Where the key-encryption keys come from.
@@ -132,6 +134,8 @@ pub struct DatabaseConfig {
     pub acquire_timeout: Duration,
     /// Apply pending migrations when the service starts (`MEDIA_MIGRATE_ON_START`, default true).
     pub migrate_on_start: bool,
+    /// Extra roots for `sslmode=verify-ca`/`verify-full` (`MEDIA_CA_FILE`).
+    pub ca: Option<CaBundle>,
 }
 
 /// S3-compatible object storage settings (`MEDIA_S3_*`).
@@ -160,6 +164,8 @@ pub struct S3Config {
     /// pass over every byte. Off, uploads are sent `UNSIGNED-PAYLOAD` and their integrity in
     /// transit rests on TLS (use an `https` endpoint outside a trusted network).
     pub sign_payload: bool,
+    /// Extra trusted roots (`MEDIA_CA_FILE`).
+    pub ca: Option<CaBundle>,
 }
 
 /// Local filesystem blob storage settings (embedded default).
@@ -240,7 +246,53 @@ pub struct OpsConfig {
     /// HTTPS on the main listener.
     pub tls: Option<TlsConfig>,
     /// Extra trusted roots for outbound TLS (`MEDIA_CA_FILE`): S3, JWKS, remote fetch, Postgres.
-    pub ca_file: Option<PathBuf>,
+    pub ca: Option<CaBundle>,
+}
+
+/// Certificates trusted for outbound TLS on top of the built-in roots (`MEDIA_CA_FILE`, PEM), read
+/// and checked once at start; every client the service opens (S3, JWKS and discovery, `remote_url`
+/// fetches, Postgres) gets them.
+#[derive(Clone)]
+pub struct CaBundle {
+    /// The file they came from.
+    pub path: PathBuf,
+    /// The PEM text.
+    pub pem: std::sync::Arc<[u8]>,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaBundle").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl CaBundle {
+    fn read(path: PathBuf) -> Result<Self, ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        let fail = |why: String| ConfigError::new("MEDIA_CA_FILE", format!("{}: {why}", path.display()));
+        let pem = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+        let count = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("not a PEM certificate bundle: {e}")))?
+            .len();
+        if count == 0 {
+            return Err(fail("holds no PEM certificate".into()));
+        }
+        Ok(Self { path, pem: pem.into() })
+    }
+
+    /// The certificates for a reqwest client.
+    pub fn reqwest_certificates(&self) -> Vec<reqwest::Certificate> {
+        reqwest::Certificate::from_pem_bundle(&self.pem).unwrap_or_default()
+    }
+
+    /// Adds the certificates to a reqwest client's roots.
+    pub fn trust_in(bundle: Option<&Self>, mut builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        for certificate in bundle.map(Self::reqwest_certificates).unwrap_or_default() {
+            builder = builder.add_root_certificate(certificate);
+        }
+        builder
+    }
 }
 
 /// The whole validated configuration.
@@ -326,7 +378,7 @@ impl Config {
             }
         };
         let data_dir = PathBuf::from(env.get("MEDIA_DATA_DIR").unwrap_or_else(|| "./data".into()));
-        let config = Config {
+        let mut config = Config {
             profile,
             host: env.parse("MEDIA_API_HOST", "an IP address such as 0.0.0.0")?.unwrap_or(IpAddr::from([0, 0, 0, 0])),
             port: env.parse("MEDIA_API_PORT", "a port number (0-65535)")?.unwrap_or(8285),
@@ -365,8 +417,19 @@ impl Config {
             ops: ops_config(&env)?,
             data_dir,
         };
+        config.share_ca_bundle();
         config.validate(&env)?;
         Ok(config)
+    }
+
+    /// Hands `MEDIA_CA_FILE` to every outbound client's settings.
+    fn share_ca_bundle(&mut self) {
+        let ca = self.ops.ca.clone();
+        self.database.ca = ca.clone();
+        self.auth.ca = ca.clone();
+        if let StorageConfig::S3(s3) = &mut self.storage {
+            s3.ca = ca;
+        }
     }
 
     /// Checks that need several settings at once, and the production profile's refusals.
@@ -490,7 +553,9 @@ fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
         if url.is_none() {
             return Err(ConfigError::new(
                 "CORS_ALLOWED_ORIGINS",
-                format!("expected origins such as https://app.example.com (scheme, host, optional port), got {origin:?}"),
+                format!(
+                    "expected origins such as https://app.example.com (scheme, host, optional port), got {origin:?}"
+                ),
             ));
         }
     }
@@ -504,7 +569,7 @@ fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
         max_header_bytes: max_header_bytes as usize,
         cors_allowed_origins,
         tls,
-        ca_file: env.get("MEDIA_CA_FILE").map(PathBuf::from),
+        ca: env.get("MEDIA_CA_FILE").map(PathBuf::from).map(CaBundle::read).transpose()?,
     })
 }
 
@@ -527,6 +592,7 @@ fn database_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<Database
         max_connections,
         acquire_timeout: env.duration("MEDIA_DATABASE_ACQUIRE_TIMEOUT")?.unwrap_or(Duration::from_secs(5)),
         migrate_on_start: env.bool("MEDIA_MIGRATE_ON_START")?.unwrap_or(true),
+        ca: None,
     })
 }
 
@@ -576,6 +642,7 @@ fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<StorageCo
         part_size,
         upload_concurrency,
         sign_payload: env.bool("MEDIA_S3_SIGN_PAYLOAD")?.unwrap_or(false),
+        ca: None,
     })))
 }
 
@@ -636,6 +703,7 @@ fn auth_config(env: &Env<'_>, profile: Profile) -> Result<AuthConfig, ConfigErro
         issuers,
         audiences,
         jwks_urls,
+        ca: None,
     })
 }
 

@@ -371,7 +371,8 @@ impl JwksCache {
             }
             Err(reason) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(names::JWKS_REFRESHES, "issuer" => self.name.clone(), "result" => "error").increment(1);
+                metrics::counter!(names::JWKS_REFRESHES, "issuer" => self.name.clone(), "result" => "error")
+                    .increment(1);
                 tracing::warn!(issuer = %self.name, error = %reason, "cannot fetch signing keys; keeping the last good set");
             }
         }
@@ -469,9 +470,9 @@ async fn get_document(http: &reqwest::Client, url: &Url) -> Result<Vec<u8>, Stri
 }
 
 /// The HTTP client for key fetches: rustls, no proxy from the environment, a 5 s timeout and at
-/// most 3 redirects.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// most 3 redirects; `ca` adds trusted roots (`MEDIA_CA_FILE`).
+pub fn http_client(ca: Option<&crate::config::CaBundle>) -> reqwest::Client {
+    crate::config::CaBundle::trust_in(ca, reqwest::Client::builder())
         .timeout(FETCH_TIMEOUT)
         .connect_timeout(FETCH_TIMEOUT)
         .no_proxy()

@@ -66,7 +66,7 @@ impl Authenticator {
     /// first time, generates) the dev issuer's key when it is enabled. `db` receives the audit
     /// events of refused requests.
     pub fn new(config: &AuthConfig, keys_dir: &Path, db: Option<Database>) -> Result<Self, DevKeyError> {
-        let http = jwks::http_client();
+        let http = jwks::http_client(config.ca.as_ref());
         let verified = Arc::new(VerifiedTokens::default());
         let mut issuers = HashMap::new();
         let mut caches = Vec::new();

@@ -114,10 +114,16 @@ impl Database {
                 .await?;
             return Ok(Self::Sqlite(pool));
         }
-        let options = PgConnectOptions::from_str(url)
+        let mut options = PgConnectOptions::from_str(url)
             .map_err(|e| DbError::InvalidUrl(e.to_string()))?
             .application_name("media-api")
             .disable_statement_logging();
+        if let Some(ca) = &config.ca {
+            // `sslrootcert=` in the URL wins; MEDIA_CA_FILE is the service-wide default.
+            if !url.contains("sslrootcert=") {
+                options = options.ssl_root_cert_from_pem(ca.pem.to_vec());
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)

@@ -11,11 +11,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use chrono::Utc;
-use futures::{StreamExt, TryStreamExt};
 
 use super::error::ApiError;
 use super::limits::body_with_deadline;

@@ -127,7 +127,6 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
     if failures.is_empty() {
         return (StatusCode::OK, Json(Readiness { status: "ready", checks, error: None, code: None }));
     }
-    let body =
-        Readiness { status: "not_ready", checks, error: Some(failures.join("; ")), code: Some("not_ready") };
+    let body = Readiness { status: "not_ready", checks, error: Some(failures.join("; ")), code: Some("not_ready") };
     (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }

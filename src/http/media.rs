@@ -18,10 +18,10 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use serde_json::json;
 
 use super::error::ApiError;
 use super::limits::{body_with_deadline, UploadSlot};
@@ -36,8 +36,8 @@ use crate::ingest::pipeline::{Ingested, Upload};
 use crate::ingest::sniff::{canonical, extension, DeclaredBy};
 use crate::ingest::sources::{body_stream, clean_filename, decode_data_url, raw_filename};
 use crate::ingest::ByteStream;
-use crate::telemetry::metrics::names;
 use crate::storage::{content_disposition, PresignGet, PresignPut, PresignedRequest};
+use crate::telemetry::metrics::names;
 
 /// The media routes (resolve is merged from its own module).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -149,7 +149,11 @@ async fn upload(
             user_hint: header_text(headers, "x-principal-id"),
             content_length: content_length(headers),
         };
-        state.pipeline.ingest_detached(caller.0.clone(), upload, body_stream(request.into_body()), slot).await.map_err(Into::into)
+        state
+            .pipeline
+            .ingest_detached(caller.0.clone(), upload, body_stream(request.into_body()), slot)
+            .await
+            .map_err(Into::into)
     })?;
     Ok(Json(upload_response(&state, ingested).await?))
 }

@@ -66,9 +66,10 @@ pub async fn observe(request: Request, next: Next) -> Response {
 
     let latency = start.elapsed();
     let status = response.status().as_u16();
-    let bytes_out = response.body().size_hint().exact().or_else(|| {
-        response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
-    });
+    let bytes_out =
+        response.body().size_hint().exact().or_else(|| {
+            response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+        });
     metrics::counter!(names::HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
         .increment(1);
     metrics::histogram!(names::HTTP_DURATION, "method" => method.clone(), "route" => route.clone())

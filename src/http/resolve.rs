@@ -13,19 +13,19 @@ use std::collections::{BTreeSet, HashMap};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::Json;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::media::{presign_get, read_limited, ready};
 use super::openapi::{AuthErrors, BadRequest, NotFound};
-use crate::telemetry::metrics::names;
 use crate::app::AppState;
 use crate::auth::extract::{Authenticated, CanRead};
 use crate::ingest::id::{is_valid, ID_CHARS, PREFIX};
+use crate::telemetry::metrics::names;
 
 /// Deepest nesting of arrays and objects accepted in a payload.
 pub const MAX_DEPTH: usize = 64;

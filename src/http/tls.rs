@@ -149,7 +149,9 @@ pub fn spawn_reloader(cert: &Arc<ReloadingCert>) {
             let Some(cert) = weak.upgrade() else { return };
             match cert.reload() {
                 Ok(()) => tracing::info!(by_signal, "TLS certificate reloaded"),
-                Err(err) => tracing::error!(error = %err, "TLS certificate not reloaded; the previous one stays in use"),
+                Err(err) => {
+                    tracing::error!(error = %err, "TLS certificate not reloaded; the previous one stays in use")
+                }
             }
         }
     });

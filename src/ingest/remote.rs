@@ -194,8 +194,9 @@ pub struct RemoteFetcher {
 }
 
 impl RemoteFetcher {
-    /// A fetcher with this timeout and allowlist (`host` or `host:port` entries).
-    pub fn new(timeout: Duration, allow_hosts: &[String]) -> Self {
+    /// A fetcher with this timeout and allowlist (`host` or `host:port` entries), trusting `ca`
+    /// on top of the built-in roots.
+    pub fn new(timeout: Duration, allow_hosts: &[String], ca: Option<&crate::config::CaBundle>) -> Self {
         let allow = Arc::new(Allowlist::parse(allow_hosts));
         let policy_allow = allow.clone();
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
@@ -207,7 +208,7 @@ impl RemoteFetcher {
                 Err(why) => attempt.error(Blocked(format!("a redirect was refused: {why}"))),
             }
         });
-        let client = reqwest::Client::builder()
+        let client = crate::config::CaBundle::trust_in(ca, reqwest::Client::builder())
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)

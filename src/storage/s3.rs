@@ -103,6 +103,23 @@ async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str)
     }
 }
 
+/// An HTTPS client trusting the platform roots plus `MEDIA_CA_FILE`.
+fn https_client_trusting(
+    ca: &crate::config::CaBundle,
+) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, StorageError> {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext, TrustStore};
+    let trust = TrustStore::default().with_native_roots(true).with_pem_certificate(ca.pem.to_vec());
+    let context = TlsContext::builder().with_trust_store(trust).build().map_err(|e| StorageError::Backend {
+        backend: "s3",
+        operation: "configure",
+        message: format!("MEDIA_CA_FILE cannot be used: {e}"),
+    })?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(context)
+        .build_https())
+}
+
 impl S3BlobStore {
     /// Builds the clients: static credentials when configured, else the default AWS chain.
     pub async fn new(config: &S3Config) -> Result<Self, StorageError> {
@@ -122,6 +139,9 @@ impl S3BlobStore {
                 None,
                 "media-api-config",
             ));
+        }
+        if let Some(ca) = &config.ca {
+            loader = loader.http_client(https_client_trusting(ca)?);
         }
         let shared = loader.load().await;
         let client_for = |endpoint: Option<&url::Url>| {

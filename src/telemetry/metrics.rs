@@ -57,7 +57,8 @@ pub mod names {
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Latency buckets in seconds: 1 ms to 60 s.
-const LATENCY_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0];
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0];
 /// Placeholder-count buckets.
 const COUNT_BUCKETS: [f64; 9] = [0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 256.0];
 
@@ -67,7 +68,9 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::RESOLVE_PLACEHOLDERS.into()), &COUNT_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(names::RESOLVE_PLACEHOLDERS.into()), &COUNT_BUCKETS)
+                })
                 .expect("bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -103,7 +106,10 @@ fn describe() {
     describe_histogram!(names::RESOLVE_PLACEHOLDERS, "Distinct media IDs per resolve call");
     describe_counter!(names::BLOB_ERRORS, "Blob store failures by operation");
     describe_counter!(names::DB_ERRORS, "Database failures answered as errors");
-    describe_gauge!(names::ROTATION_PENDING, "Rows encrypted under a DEK version that is not their tenant's active one");
+    describe_gauge!(
+        names::ROTATION_PENDING,
+        "Rows encrypted under a DEK version that is not their tenant's active one"
+    );
     describe_gauge!(names::KEY_TENANTS, "Tenants with keys");
     describe_gauge!(names::DB_POOL, "Database connections by state");
     describe_gauge!(names::DB_POOL_MAX, "Largest database pool size");

@@ -100,7 +100,8 @@ mod tests {
 
     #[test]
     fn debug_formatted_headers_and_plain_text_are_covered() {
-        let out = redact(r#"headers: {"authorization": "Basic dXNlcjpwYXNz", "x-request-id": "r1"} then Bearer abc.def"#);
+        let out =
+            redact(r#"headers: {"authorization": "Basic dXNlcjpwYXNz", "x-request-id": "r1"} then Bearer abc.def"#);
         assert!(!out.contains("dXNlcjpwYXNz") && !out.contains("abc.def"), "{out}");
         assert!(out.contains("\"x-request-id\": \"r1\""), "{out}");
         assert_eq!(redact("nothing secret here"), "nothing secret here");

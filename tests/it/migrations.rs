@@ -13,6 +13,7 @@ fn config(url: String) -> DatabaseConfig {
         max_connections: 2,
         acquire_timeout: std::time::Duration::from_secs(5),
         migrate_on_start: false,
+        ca: None,
     }
 }
 

@@ -374,7 +374,9 @@ impl Service {
 fn signature_values(url: &str) -> Vec<String> {
     let url = url::Url::parse(url).unwrap();
     url.query_pairs()
-        .filter(|(k, _)| ["x-amz-signature", "x-amz-credential", "x-media-signature"].contains(&k.to_lowercase().as_str()))
+        .filter(|(k, _)| {
+            ["x-amz-signature", "x-amz-credential", "x-media-signature"].contains(&k.to_lowercase().as_str())
+        })
         .flat_map(|(_, v)| {
             let raw = v.into_owned();
             // Logged either decoded or percent-encoded.
@@ -508,4 +510,44 @@ async fn logs_of_an_upload_resolve_rotate_cycle_hold_no_token_key_or_signature()
 /// The dev issuer's private seed as stored on disk (must never be logged).
 fn issuer_seed(dir: &std::path::Path) -> String {
     std::fs::read_to_string(dir.join("keys/dev-issuer.key")).unwrap_or_default().trim().to_owned()
+}
+
+#[tokio::test]
+async fn media_ca_file_makes_a_private_ca_trusted_for_outbound_tls() {
+    // Origin: an HTTPS service with a self-signed certificate serving a PNG through a signed link.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed();
+    let (cert_file, key_file) = (dir.path().join("ca.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let tls =
+        [("MEDIA_TLS_CERT_FILE", cert_file.to_str().unwrap()), ("MEDIA_TLS_KEY_FILE", key_file.to_str().unwrap())];
+    let origin = media_app(Stack::SqliteFs, &tls).await;
+    let uploaded: Value = trusting(&cert)
+        .post(format!("https://127.0.0.1:{}/v1/media", origin.app.port))
+        .bearer_auth(origin.alice())
+        .header("content-type", "image/png")
+        .body(png(3000, 21))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = uploaded["url"].as_str().unwrap().to_owned();
+    assert!(link.starts_with("https://127.0.0.1:"), "{link}");
+
+    let allow = format!("127.0.0.1:{}", origin.app.port);
+    let fetch = |m: &crate::media::MediaApp| {
+        let body = json!({"source": {"type": "remote_url", "url": link}});
+        m.http().post(m.url("/v1/media")).bearer_auth(m.alice()).json(&body).send()
+    };
+    let without = media_app(Stack::SqliteFs, &[("MEDIA_REMOTE_FETCH_ALLOW_HOSTS", &allow)]).await;
+    let (status, body) = json_of(fetch(&without).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "an unknown CA is refused: {body}");
+    let ca = cert_file.to_str().unwrap();
+    let with = media_app(Stack::SqliteFs, &[("MEDIA_REMOTE_FETCH_ALLOW_HOSTS", &allow), ("MEDIA_CA_FILE", ca)]).await;
+    let (status, body) = json_of(fetch(&with).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["bytes"], 3000);
 }

@@ -55,6 +55,7 @@ pub async fn fixtures(settings: KeySettings) -> Vec<Fixture> {
             max_connections: 8,
             acquire_timeout: std::time::Duration::from_secs(10),
             migrate_on_start: true,
+            ca: None,
         };
         let db = Database::connect(&config).await.unwrap();
         db.migrate().await.unwrap();
