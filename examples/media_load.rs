@@ -7,6 +7,8 @@
 //!   payload at a fixed rate (open loop) and reports latency percentiles.
 //! - `presign <base> <token> <connections> <seconds>`: `GET /v1/media/{id}/presign` as fast as the
 //!   connections allow, requests per second.
+//! - `flood <base> <token> <parallel> <MiB>`: `parallel` raw uploads of `MiB` each at once (each
+//!   request once, no retry); the count of each status (`scripts/bench-limits`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,6 +126,37 @@ async fn presign(target: Arc<Target>, connections: usize, seconds: u64) -> anyho
     Ok(json!({"mode": "presign", "connections": connections, "requests_per_second": rate}))
 }
 
+/// `parallel` uploads of `len` bytes at once; how many got each status.
+async fn flood(target: Arc<Target>, parallel: u64, len: u64) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let requests = (0..parallel).map(|seed| {
+        let target = target.clone();
+        async move {
+            let response = target
+                .http
+                .post(format!("{}/v1/media", target.base))
+                .bearer_auth(&target.token)
+                .header("content-type", "image/png")
+                .header("content-length", len)
+                .body(generated(len, 1000 + seed))
+                .send()
+                .await;
+            match response {
+                Ok(response) => response.status().as_u16().to_string(),
+                Err(err) if err.is_connect() => "connect_error".to_owned(),
+                // The service answered (503/429) before reading the body and closed the request.
+                Err(err) => err.status().map_or_else(|| "transport_error".to_owned(), |s| s.as_u16().to_string()),
+            }
+        }
+    });
+    let mut statuses = std::collections::BTreeMap::<String, u64>::new();
+    for status in futures::future::join_all(requests).await {
+        *statuses.entry(status).or_default() += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(json!({"mode": "flood", "parallel": parallel, "mib": len >> 20, "seconds": seconds, "statuses": statuses}))
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(base), Some(token)) = (args.first(), args.get(1), args.get(2)) else {
@@ -154,6 +187,7 @@ fn main() -> anyhow::Result<()> {
             }
             "resolve" => resolve(target.clone(), number(3)?, number(4)?).await,
             "presign" => presign(target.clone(), number(3)? as usize, number(4)?).await,
+            "flood" => flood(target.clone(), number(3)?, number(4)? * 1024 * 1024).await,
             other => anyhow::bail!("unknown mode {other:?}"),
         }
     })?;

@@ -74,7 +74,7 @@ async fn run(cli: Cli) -> ExitCode {
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("media-api: configuration error: {err}");
+            eprintln!("media-api: configuration error: {}", crate::telemetry::redact::redact(&err.to_string()));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -98,7 +98,7 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "media-api failed");
-            eprintln!("media-api: {err:#}");
+            eprintln!("media-api: {}", crate::telemetry::redact::redact(&format!("{err:#}")));
             if is_key_configuration_error(&err) {
                 ExitCode::from(EXIT_CONFIG)
             } else {

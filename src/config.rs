@@ -559,13 +559,24 @@ fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
             ));
         }
     }
+    let at_least_a_second = |name: &str, value: Duration| {
+        if value < Duration::from_secs(1) {
+            return Err(ConfigError::new(name, "must be at least 1s"));
+        }
+        Ok(value)
+    };
+    let request_timeout = env.duration("MEDIA_REQUEST_TIMEOUT")?.unwrap_or(Duration::from_secs(30));
+    let upload_timeout = env.duration("MEDIA_UPLOAD_TIMEOUT")?.unwrap_or(Duration::from_secs(600));
+    if tls.as_ref().is_some_and(|tls| tls.reload_interval < Duration::from_millis(100)) {
+        return Err(ConfigError::new("MEDIA_TLS_RELOAD_INTERVAL", "must be at least 100ms"));
+    }
     Ok(OpsConfig {
         metrics_addr: env.parse("MEDIA_METRICS_ADDR", "an address such as 0.0.0.0:9090")?,
         principal_rate: rate_limit(env, "MEDIA_RATE_LIMIT_RPS", "MEDIA_RATE_LIMIT_BURST", (100, 200))?,
         ip_rate: rate_limit(env, "MEDIA_RATE_LIMIT_IP_RPS", "MEDIA_RATE_LIMIT_IP_BURST", (20, 40))?,
         max_concurrent_uploads,
-        request_timeout: env.duration("MEDIA_REQUEST_TIMEOUT")?.unwrap_or(Duration::from_secs(30)),
-        upload_timeout: env.duration("MEDIA_UPLOAD_TIMEOUT")?.unwrap_or(Duration::from_secs(600)),
+        request_timeout: at_least_a_second("MEDIA_REQUEST_TIMEOUT", request_timeout)?,
+        upload_timeout: at_least_a_second("MEDIA_UPLOAD_TIMEOUT", upload_timeout)?,
         max_header_bytes: max_header_bytes as usize,
         cors_allowed_origins,
         tls,

@@ -2,8 +2,9 @@
 //!
 //! Order matters for a crash in the middle: each object is deleted from the blob store before its
 //! row, and the tenant's keys are destroyed last, so a re-run finds whatever is left and finishes.
-//! Once the keys are destroyed nothing the tenant stored can be decrypted, even from backups of the
-//! database; every read of its IDs answers 404.
+//! Once the keys are destroyed the tenant's rows in the live database cannot be decrypted and every
+//! read of its IDs answers 404. Backups taken *before* the shred still hold the wrapped keys (and
+//! bucket backups hold the plain object bytes): they must be expired on their own schedule.
 
 use anyhow::Context;
 use serde::Serialize;

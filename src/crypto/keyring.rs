@@ -104,7 +104,10 @@ impl Keyring {
 
     /// Parses a keyring file's JSON.
     pub fn parse_json(text: &str) -> Result<Self, CryptoError> {
-        let file: KeyringFile = serde_json::from_str(text).map_err(|e| invalid(format!("not a keyring file: {e}")))?;
+        // serde's message may quote a value (a key): only its position is reported.
+        let file: KeyringFile = serde_json::from_str(text).map_err(|e| {
+            invalid(format!("not a keyring file (line {}, column {}: expected {{\"primary\": …, \"keys\": [{{\"id\": …, \"key\": …}}]}})", e.line(), e.column()))
+        })?;
         Self::from_entries(file.keys.iter().map(|e| (e.id.as_str(), e.key.as_str())), &file.primary)
     }
 
@@ -179,7 +182,11 @@ fn validate_id(id: &str) -> Result<(), CryptoError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!("key id {id:?} must be 1-64 characters of letters, digits, '-', '_' or '.'")))
+        // The id is not echoed: a swapped `key:id` entry would print the key.
+        Err(invalid(format!(
+            "a key id ({} characters) must be 1-64 characters of letters, digits, '-', '_' or '.' (is an entry written key:id instead of id:key?)",
+            id.len()
+        )))
     }
 }
 

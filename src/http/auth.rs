@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::openapi::{AuthErrors, NotFound};
+use super::openapi::{AuthErrors, CommonErrors, NotFound};
 use crate::app::AppState;
 use crate::auth::extract::Authenticated;
 use crate::auth::Principal;
@@ -28,7 +28,7 @@ async fn whoami(caller: Authenticated) -> Json<Principal> {
 
 /// The dev issuer's public keys (dev profile only).
 #[utoipa::path(get, path = "/v1/dev/jwks.json", tag = "auth",
-    responses((status = 200, description = "A JWK Set", body = Object), NotFound))]
+    responses((status = 200, description = "A JWK Set", body = Object), NotFound, CommonErrors))]
 async fn dev_jwks(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.auth.dev_jwks().map(Json).ok_or(ApiError::NoRoute)
 }

@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::limits::body_with_deadline;
-use super::openapi::ErrorBody;
+use super::openapi::{CommonErrors, ErrorBody};
 use super::range::parse_range;
 use crate::app::AppState;
 use crate::ingest::limit::{is_limit_exceeded, limit_stream};
@@ -77,10 +77,12 @@ fn header_value(name: &str, value: &str) -> Result<HeaderValue, ApiError> {
 
 /// Downloads an object through a link signed by the service (filesystem backend).
 #[utoipa::path(get, path = "/v1/blobs/{*key}", tag = "blobs", params(LinkKey, LinkSignature),
-    responses((status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, description = "A byte range", content_type = "application/octet-stream", body = Vec<u8>),
+    responses((status = 200, description = "The bytes, with the type the link was signed for", content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "A byte range", content_type = "*/*", body = Vec<u8>),
+        (status = 400, description = "The link's type or disposition is not a valid header (`invalid_link`)", body = ErrorBody),
         (status = 403, description = "Expired or invalid link", body = ErrorBody),
-        (status = 404, description = "No such object, or not the filesystem backend", body = ErrorBody)))]
+        (status = 404, description = "No such object, or not the filesystem backend", body = ErrorBody),
+        (status = 416, description = "Unsatisfiable range", body = ErrorBody), CommonErrors))]
 async fn download(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -99,6 +101,11 @@ async fn download(
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(object.content_length));
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    // A signed link is meant to be embedded by other origins (the web app's <img>).
+    out.insert(
+        axum::http::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("cross-origin"),
+    );
     if let Some((first, last)) = object.range {
         let value = format!("bytes {first}-{last}/{}", object.total_size);
         out.insert(header::CONTENT_RANGE, header_value("range", &value)?);
@@ -111,9 +118,10 @@ async fn download(
 #[utoipa::path(put, path = "/v1/blobs/{*key}", tag = "blobs", params(LinkKey, LinkSignature),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, description = "Stored"),
+        (status = 400, description = "The body ended early (`length_mismatch`, `upload_interrupted`)", body = ErrorBody),
         (status = 403, description = "Expired or invalid link, or headers other than the signed ones", body = ErrorBody),
-        (status = 413, description = "Over the limit", body = ErrorBody),
-        (status = 503, description = "Busy", body = ErrorBody)))]
+        (status = 404, description = "Not the filesystem backend", body = ErrorBody),
+        (status = 413, description = "Over the limit", body = ErrorBody), CommonErrors))]
 async fn upload(
     State(state): State<AppState>,
     Path(key): Path<String>,

@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::CommonErrors;
 use crate::app::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -61,13 +62,13 @@ pub struct Version {
 }
 
 /// Whether the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health), CommonErrors))]
 async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
 /// The running version.
-#[utoipa::path(get, path = "/v1/version", tag = "operations", responses((status = 200, body = Version)))]
+#[utoipa::path(get, path = "/v1/version", tag = "operations", responses((status = 200, body = Version), CommonErrors))]
 async fn version() -> Json<Version> {
     Json(Version { name: env!("CARGO_PKG_NAME"), version: env!("CARGO_PKG_VERSION") })
 }
@@ -101,7 +102,7 @@ async fn keyring_covers_stored_keys(state: &AppState) -> Result<(), String> {
 /// Whether the database, blob store, keyring and every issuer's signing keys are usable.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready", body = Readiness),
-    (status = 503, description = "A dependency is down; `error` names it", body = Readiness),
+    (status = 503, description = "A dependency is down (`error` names it), or the deadline passed", body = Readiness),
 ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let (database, storage, keyring) = tokio::join!(

@@ -51,8 +51,9 @@ impl Limits {
             StorageConfig::S3(s3) => s3.part_size,
             StorageConfig::Filesystem(_) => crate::config::S3_MIN_PART_SIZE,
         };
-        // A data URL body is 4/3 of the file plus the decoded copy: about 2.5 × the file.
-        let json_bytes = config.max_bytes.saturating_mul(5) / 2;
+        // A data URL body is 4/3 of the file, the parsed string another 4/3, the decoded copy 1:
+        // about 4 × the file at the peak.
+        let json_bytes = config.max_bytes.saturating_mul(4);
         let weight = json_bytes.div_ceil(2 * part_size).clamp(1, u64::from(max_uploads));
         let limits = Arc::new(Self {
             principals: limiter(config.ops.principal_rate),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,9 +23,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::ApiError;
+use super::error::{ApiError, ApiQuery, MediaIdPath};
 use super::limits::{body_with_deadline, UploadSlot};
-use super::openapi::{AuthErrors, BadRequest, ErrorBody, NotFound, UploadErrors};
+use super::openapi::{AuthErrors, BadRequest, ErrorBody, NotFound, PendingErrors, UploadErrors};
 use super::range::parse_range;
 use crate::app::AppState;
 use crate::auth::extract::{Authenticated, CanRead, CanWrite};
@@ -129,7 +129,7 @@ struct UploadForm {
 async fn upload(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
-    Query(query): Query<UploadQuery>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     request: Request,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let content_type = header_text(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
@@ -368,8 +368,8 @@ pub async fn ready(state: &AppState, caller: &Arc<Principal>, record: MediaRecor
     match record.status {
         MediaStatus::Ready => Ok(record),
         MediaStatus::Pending => {
-            let _slot = state.limits.upload_slot()?;
-            Ok(state.pipeline.complete(caller, record, false).await?.record)
+            let slot = state.limits.upload_slot()?;
+            Ok(state.pipeline.complete_detached(caller.clone(), record, false, slot).await?.record)
         }
     }
 }
@@ -430,18 +430,18 @@ impl TtlQuery {
 /// or `Accept: application/json`, metadata with a presigned URL.
 #[utoipa::path(get, path = "/v1/media/{id}", tag = "media", security(("bearer" = [])), params(MediaId),
     responses(
-        (status = 200, description = "The bytes, or metadata", content(
-            (Vec<u8> = "application/octet-stream"),
+        (status = 200, description = "The bytes with their sniffed type, or metadata", content(
             (MediaMetadata = "application/json"),
+            (Vec<u8> = "*/*"),
         )),
-        (status = 206, description = "The requested byte range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The requested byte range", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "Not modified (If-None-Match)"),
         (status = 416, description = "Unsatisfiable range", body = ErrorBody),
-        NotFound, AuthErrors))]
+        NotFound, PendingErrors, AuthErrors))]
 async fn download(
     State(state): State<AppState>,
     caller: Authenticated<CanRead>,
-    Path(id): Path<String>,
+    MediaIdPath(id): MediaIdPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let record = load(&state, &caller.0, &id).await?;
@@ -487,12 +487,12 @@ async fn download(
 /// A fresh presigned GET URL.
 #[utoipa::path(get, path = "/v1/media/{id}/presign", tag = "media", security(("bearer" = [])),
     params(MediaId, TtlQuery),
-    responses((status = 200, body = PresignResponse), BadRequest, NotFound, AuthErrors))]
+    responses((status = 200, body = PresignResponse), NotFound, PendingErrors, AuthErrors))]
 async fn presign(
     State(state): State<AppState>,
     caller: Authenticated<CanRead>,
-    Path(id): Path<String>,
-    Query(query): Query<TtlQuery>,
+    MediaIdPath(id): MediaIdPath,
+    ApiQuery(query): ApiQuery<TtlQuery>,
 ) -> Result<Json<PresignResponse>, ApiError> {
     let ttl = query.ttl(&state)?;
     let record = load(&state, &caller.0, &id).await?;
@@ -507,7 +507,7 @@ async fn presign(
 async fn remove(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
-    Path(id): Path<String>,
+    MediaIdPath(id): MediaIdPath,
 ) -> Result<StatusCode, ApiError> {
     if !is_valid(&id) {
         return Err(ApiError::NotFound);
@@ -627,7 +627,7 @@ async fn prepare_upload(
 async fn complete(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
-    Path(id): Path<String>,
+    MediaIdPath(id): MediaIdPath,
 ) -> Result<Json<UploadResponse>, ApiError> {
     if !is_valid(&id) {
         return Err(ApiError::NotFound);
@@ -641,8 +641,8 @@ async fn complete(
         }
         MediaStatus::Pending => {
             require_owner(&caller.0, &record)?;
-            let _slot = state.limits.upload_slot()?;
-            counted(state.pipeline.complete(&caller.0, record, true).await.map_err(Into::into))?
+            let slot = state.limits.upload_slot()?;
+            counted(state.pipeline.complete_detached(caller.0.clone(), record, true, slot).await.map_err(Into::into))?
         }
     };
     Ok(Json(upload_response(&state, ingested).await?))

@@ -31,7 +31,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Prometheus metrics (on the main listener unless `MEDIA_METRICS_ADDR` moves them).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 503, description = "The request deadline passed", body = crate::http::openapi::ErrorBody)))]
 async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     let (size, idle, max) = state.db.pool_stats();
     ::metrics::gauge!(names::DB_POOL, "state" => "idle").set(idle as f64);

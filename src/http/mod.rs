@@ -90,10 +90,14 @@ fn security_headers() -> [(HeaderName, HeaderValue); 5] {
 /// `Strict-Transport-Security` sent when the service itself serves HTTPS (two years, subdomains).
 const HSTS: &str = "max-age=63072000; includeSubDomains";
 
-/// Routes that stream an upload body: no request deadline (their bodies carry
-/// `MEDIA_UPLOAD_TIMEOUT` instead).
-const UPLOAD_ROUTES: [(&str, &str); 3] =
-    [("POST", "/v1/media"), ("POST", "/v1/media/upload"), ("PUT", "/v1/blobs/{*key}")];
+/// Routes that move a whole upload: no request deadline (their bodies carry `MEDIA_UPLOAD_TIMEOUT`
+/// instead; completion streams the staged object back, bounded by the blob store's timeouts).
+const UPLOAD_ROUTES: [(&str, &str); 4] = [
+    ("POST", "/v1/media"),
+    ("POST", "/v1/media/upload"),
+    ("POST", "/v1/media/{id}/complete"),
+    ("PUT", "/v1/blobs/{*key}"),
+];
 
 /// Routes without a caller to limit by principal, limited by client IP instead (unmatched paths
 /// included, so scanners are throttled). Health probes and `/metrics` are never limited.
@@ -110,7 +114,12 @@ fn is_public_route(route: &str) -> bool {
 /// deadline except on upload routes.
 async fn admission(State(state): State<crate::app::AppState>, request: axum::extract::Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    if is_ip_limited(route.as_deref()) {
+    // Methods no route serves never reach an extractor: they spend the IP's bucket.
+    let unserved_method = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::OPTIONS
+    );
+    if unserved_method || is_ip_limited(route.as_deref()) {
         if let Err(err) = state.limits.check_ip(limits::peer_ip(request.extensions())) {
             return err.into_response();
         }
@@ -166,8 +175,8 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::Extension(spec))
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(from_fn(error::attach_request_id))
-        .layer(from_fn_with_state(state.clone(), admission));
+        .layer(from_fn_with_state(state.clone(), admission))
+        .layer(from_fn(error::attach_request_id));
     for (name, value) in security_headers() {
         router = router.layer(SetResponseHeaderLayer::if_not_present(name, value));
     }

@@ -14,6 +14,7 @@ use std::time::Instant;
 use axum::body::{Body, HttpBody};
 use axum::extract::{MatchedPath, Request};
 use axum::http::header::CONTENT_LENGTH;
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body_util::BodyExt;
@@ -41,10 +42,42 @@ impl CallerSlot {
 /// The route label of requests no route matched (one label, whatever the path).
 const UNMATCHED: &str = "unmatched";
 
+/// The method as a metric label: the standard ones, everything else `other` (a client choosing
+/// method names must not create series).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Counts a request in `media_http_requests_in_flight` until dropped — also when the request
+/// future is dropped (client gone, shutdown).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!(names::HTTP_IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(names::HTTP_IN_FLIGHT).decrement(1.0);
+    }
+}
+
 /// The middleware (see the module docs).
 pub async fn observe(request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let route = request.extensions().get::<MatchedPath>().map_or(UNMATCHED, MatchedPath::as_str).to_owned();
     let request_id =
         request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
@@ -59,10 +92,9 @@ pub async fn observe(request: Request, next: Next) -> Response {
         }
         frame
     }));
-    let in_flight = metrics::gauge!(names::HTTP_IN_FLIGHT);
-    in_flight.increment(1.0);
+    let in_flight = InFlight::enter();
     let response = next.run(Request::from_parts(parts, body)).await;
-    in_flight.decrement(1.0);
+    drop(in_flight);
 
     let latency = start.elapsed();
     let status = response.status().as_u16();

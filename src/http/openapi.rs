@@ -83,6 +83,34 @@ pub enum AuthErrors {
     Unavailable(ErrorBody),
 }
 
+/// Answers any route can give: the per-IP rate limit, and 503 when the request deadline passes.
+#[derive(IntoResponses)]
+pub enum CommonErrors {
+    /// Rate limit reached (`rate_limited`); see `Retry-After`.
+    #[response(status = 429)]
+    TooManyRequests(ErrorBody),
+    /// The request ran past its deadline (`timeout`) or a dependency is down; see `Retry-After`.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// What reading a pending direct upload can answer (it is verified first).
+#[derive(IntoResponses)]
+pub enum PendingErrors {
+    /// The staged object fails a check (`empty`, `invalid_upload`, …).
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// Nothing was uploaded to the URL yet (`not_uploaded`).
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// The staged object is over `MEDIA_MAX_BYTES` (`too_large`).
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The staged object's type is refused (`unsupported_type`, `type_mismatch`).
+    #[response(status = 415)]
+    UnsupportedType(ErrorBody),
+}
+
 /// The media does not exist, or belongs to another tenant (indistinguishable on purpose).
 #[derive(IntoResponses)]
 #[response(status = 404)]
@@ -122,7 +150,7 @@ pub struct Spec(pub Arc<Value>);
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object), CommonErrors))]
 async fn openapi_json(Extension(spec): Extension<Spec>) -> Json<Value> {
     Json(spec.0.as_ref().clone())
 }

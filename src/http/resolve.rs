@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::media::{presign_get, read_limited, ready};
-use super::openapi::{AuthErrors, BadRequest, NotFound};
+use super::openapi::{AuthErrors, NotFound, PendingErrors};
 use crate::app::AppState;
 use crate::auth::extract::{Authenticated, CanRead};
 use crate::ingest::id::{is_valid, ID_CHARS, PREFIX};
@@ -221,7 +221,7 @@ async fn presign_all(
 /// one database query for the whole call; an unknown or foreign ID fails the call with 404 naming it.
 #[utoipa::path(post, path = "/v1/media/resolve", tag = "resolve", security(("bearer" = [])),
     request_body = ResolveRequest,
-    responses((status = 200, body = ResolveResponse), BadRequest, NotFound, AuthErrors))]
+    responses((status = 200, body = ResolveResponse), NotFound, PendingErrors, AuthErrors))]
 async fn resolve(
     State(state): State<AppState>,
     caller: Authenticated<CanRead>,

@@ -79,14 +79,18 @@ impl Server {
                 abort: abort.clone(),
             };
             let tls = tls.clone();
+            let stopping = finish.clone();
             connections.spawn(async move {
-                match tls {
-                    None => conn.serve(stream).await,
-                    Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                let Some(acceptor) = tls else { return conn.serve(stream).await };
+                // A handshake still running at shutdown is abandoned: no request was sent yet.
+                let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream));
+                tokio::select! {
+                    result = handshake => match result {
                         Ok(Ok(stream)) => conn.serve(stream).await,
                         Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     },
+                    () = stopping.cancelled() => {}
                 }
             });
         }

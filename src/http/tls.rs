@@ -145,10 +145,13 @@ pub fn spawn_reloader(cert: &Arc<ReloadingCert>) {
             if !by_signal && now == seen {
                 continue;
             }
-            seen = now;
             let Some(cert) = weak.upgrade() else { return };
             match cert.reload() {
-                Ok(()) => tracing::info!(by_signal, "TLS certificate reloaded"),
+                Ok(()) => {
+                    // Only a pair that loaded counts as seen: a half-written renewal is retried.
+                    seen = now;
+                    tracing::info!(by_signal, "TLS certificate reloaded");
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "TLS certificate not reloaded; the previous one stays in use")
                 }

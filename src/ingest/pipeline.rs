@@ -186,9 +186,32 @@ impl Pipeline {
         hold: impl Send + 'static,
     ) -> Result<Ingested, IngestError> {
         let pipeline = self.clone();
+        self.detached(async move { pipeline.ingest(&caller, upload, body).await }, hold).await
+    }
+
+    /// Runs [`Pipeline::complete`] in its own task, keeping `hold` until it ends: a request that
+    /// times out or whose client leaves cannot cut a completion between the verified copy and the
+    /// row update.
+    pub async fn complete_detached(
+        &self,
+        caller: Arc<Principal>,
+        record: MediaRecord,
+        dedup: bool,
+        hold: impl Send + 'static,
+    ) -> Result<Ingested, IngestError> {
+        let pipeline = self.clone();
+        self.detached(async move { pipeline.complete(&caller, record, dedup).await }, hold).await
+    }
+
+    /// Runs `work` as a tracked task (so [`Pipeline::drain`] waits for it) holding `hold` to its end.
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, IngestError>> + Send + 'static,
+        hold: impl Send + 'static,
+    ) -> Result<T, IngestError> {
         self.tasks
             .spawn(async move {
-                let result = pipeline.ingest(&caller, upload, body).await;
+                let result = work.await;
                 drop(hold);
                 result
             })

@@ -33,6 +33,14 @@ fn patterns() -> &'static [(Regex, &'static str)] {
             (r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+", "[redacted-jwt]"),
             // Fernet tokens (wrapped keys): version byte 0x80 → base64url `gAAAAA`.
             (r"gAAAAA[A-Za-z0-9_\-]{40,}=*", "[redacted-fernet]"),
+            // Fernet keys: 32 bytes in URL-safe base64 (43 characters and `=`).
+            (r"(^|[^A-Za-z0-9_\-])[A-Za-z0-9_\-]{43}=", "${1}[redacted-key]"),
+            // Security tokens and signatures as headers or canonical-request lines, percent-encoded
+            // query parameters, and user:password in URLs.
+            (r#"(?i)(x-amz-security-token\\?"?\s*[:=]\s*\\?"?)[^"\\\s&]+"#, "${1}[redacted]"),
+            (r"(?i)((?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-media-signature)%3D)[^&\s%]+", "${1}[redacted]"),
+            (r"(?i)(x-goog-signature=)[^&\s\x22'\\]+", "${1}[redacted]"),
+            (r"(?i)([a-z][a-z0-9+.\-]*://)[^/\s:@\x22]+:[^/\s@\x22]+@", "${1}[redacted]@"),
         ]
         .into_iter()
         .map(|(pattern, replacement)| (Regex::new(pattern).expect("redaction patterns compile"), replacement))
@@ -105,6 +113,16 @@ mod tests {
         assert!(!out.contains("dXNlcjpwYXNz") && !out.contains("abc.def"), "{out}");
         assert!(out.contains("\"x-request-id\": \"r1\""), "{out}");
         assert_eq!(redact("nothing secret here"), "nothing secret here");
+        let key = crate::crypto::keyring::Keyring::generate_key();
+        let key = key.as_str();
+        let line = format!(
+            "k1:{key} x-amz-security-token: FQoGZXIvYXdz postgres://media:hunter2@db/media u=a%2Fb?X-Amz-Signature%3Dabcdef"
+        );
+        let more = redact(&line);
+        for secret in [key, "FQoGZXIvYXdz", "hunter2", "abcdef"] {
+            assert!(!more.contains(secret), "{secret} leaked in {more}");
+        }
+        assert!(more.contains("postgres://[redacted]@db/media"), "{more}");
     }
 
     #[test]

@@ -48,8 +48,8 @@ async fn an_upload_in_flight_when_the_stop_signal_arrives_completes() {
     assert!(refused.is_err(), "no new connections after shutdown");
 }
 
-/// Bounds the wait only: the connection task of the stuck request is ended with the process (tasks
-/// still running then are dropped, which removes their temporary files).
+/// The stuck connection is dropped at the timeout: its request ends with an error and the server
+/// stops.
 #[tokio::test]
 async fn a_request_that_never_ends_is_cut_at_the_shutdown_timeout() {
     let mut app = spawn_app_with(Stack::SqliteFs, &[("SHUTDOWN_TIMEOUT", "1s")]).await;
@@ -62,6 +62,48 @@ async fn a_request_that_never_ends_is_cut_at_the_shutdown_timeout() {
     app.begin_shutdown();
     let stopped = tokio::time::timeout(Duration::from_secs(30), &mut app.server).await;
     assert!(stopped.is_ok(), "the server kept waiting for a request that never ends");
+    let answered = tokio::time::timeout(Duration::from_secs(5), request).await.expect("the client is released");
+    assert!(answered.unwrap().is_err(), "the dropped connection does not answer 200");
     drop(tx);
-    request.abort();
+}
+
+/// An upload cut by the shutdown timeout after its multipart upload began leaves no multipart
+/// upload, no object and no row: the connection is dropped, the pipeline sees the body fail and
+/// aborts, and the server waits for that before it returns.
+#[tokio::test]
+async fn an_upload_cut_at_the_shutdown_timeout_leaves_no_multipart_upload_or_row() {
+    let mut m =
+        crate::media::media_app(Stack::PostgresS3, &[("SHUTDOWN_TIMEOUT", "1s"), ("MEDIA_S3_PART_SIZE", "5MiB")]).await;
+    let image = crate::media::png(12 * 1024 * 1024, 77);
+    let (tx, body) = channel_body();
+    let request = m.http().post(m.url("/v1/media")).bearer_auth(m.alice()).header("content-type", "image/png");
+    let request = tokio::spawn(request.body(body).send());
+    tx.send(Ok(Bytes::copy_from_slice(&image[..6 * 1024 * 1024]))).await.unwrap();
+    let client = crate::helpers::s3_client().await;
+    let bucket = crate::helpers::s3_env().bucket;
+    let mut started = false;
+    for _ in 0..100 {
+        let uploads = client.list_multipart_uploads().bucket(&bucket).prefix(&m.prefix).send().await.unwrap();
+        if !uploads.uploads().is_empty() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started, "the multipart upload began");
+
+    m.app.begin_shutdown();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), &mut m.app.server).await;
+    assert!(stopped.is_ok(), "the server stopped");
+    drop(tx);
+    let _ = request.await;
+    let uploads = client.list_multipart_uploads().bucket(&bucket).prefix(&m.prefix).send().await.unwrap();
+    assert!(uploads.uploads().is_empty(), "the multipart upload was aborted");
+    let objects = client.list_objects_v2().bucket(&bucket).prefix(&m.prefix).send().await.unwrap();
+    assert!(objects.contents().is_empty(), "no object");
+    // The service closed its pool: count rows through a new one.
+    let db = media_api::db::Database::connect(&m.app.state.config.database).await.unwrap();
+    let media_api::db::Database::Postgres(pool) = &db else { panic!("postgres stack") };
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM media_objects").fetch_one(pool).await.unwrap();
+    assert_eq!(rows, 0, "no row");
 }
