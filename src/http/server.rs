@@ -127,20 +127,45 @@ impl Connection {
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(max_header_bytes);
-        let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
-        tokio::pin!(connection);
+        let mut connection = builder.serve_connection(TokioIo::new(stream), service);
+        let mut run = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx));
         let result = tokio::select! {
-            result = connection.as_mut() => result,
+            result = &mut run => result,
             () = finish.cancelled() => {
-                connection.as_mut().graceful_shutdown();
+                drop(run);
+                std::pin::Pin::new(&mut connection).graceful_shutdown();
+                let run = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx));
                 tokio::select! {
-                    result = connection.as_mut() => result,
+                    result = run => result,
                     () = abort.cancelled() => return,
                 }
             }
         };
-        if let Err(err) = result {
-            tracing::debug!(%peer, error = %err, "connection ended with an error");
+        match result {
+            Ok(()) => {
+                let io = connection.into_parts().io.into_inner();
+                tokio::select! {
+                    () = linger(io) => {}
+                    () = abort.cancelled() => {}
+                }
+            }
+            Err(err) => tracing::debug!(%peer, error = %err, "connection ended with an error"),
         }
     }
+}
+
+/// How long, and how many bytes, a closed connection's unread request body is drained for.
+const LINGER_TIME: Duration = Duration::from_secs(10);
+const LINGER_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Closes a connection the way a client can read: hyper ends a connection whose request body
+/// was not read (an upload refused with 413, 429 or 503 before its body), and closing a socket
+/// with unread data makes the kernel send a reset that destroys the response the client has not
+/// read yet. So the write side is shut (the response is complete) and what the client is still
+/// sending is read and discarded for a bounded time before the socket closes ("lingering close").
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = io.shutdown().await;
+    let mut rest = (&mut io).take(LINGER_BYTES);
+    let _ = tokio::time::timeout(LINGER_TIME, tokio::io::copy(&mut rest, &mut tokio::io::sink())).await;
 }

@@ -140,6 +140,23 @@ async fn uploads_past_the_concurrency_cap_get_503_busy_and_nothing_is_stored() {
         tx.send(Ok(Bytes::copy_from_slice(&image[..100_000]))).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
 
+        // Refused before their bodies are read, large streamed uploads still get their answer
+        // (lingering close) instead of a connection reset.
+        let streamed = (0..6).map(|_| {
+            let chunks =
+                futures::stream::iter((0..384).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![7u8; 64 * 1024]))));
+            m.http()
+                .post(m.url("/v1/media"))
+                .bearer_auth(&alice)
+                .header("content-type", "image/png")
+                .header("content-length", 384 * 64 * 1024)
+                .body(reqwest::Body::wrap_stream(chunks))
+                .send()
+        });
+        for answer in futures::future::join_all(streamed).await {
+            let status = answer.map(|r| r.status()).map_err(|e| e.to_string());
+            assert_eq!(status, Ok(StatusCode::SERVICE_UNAVAILABLE), "{stack:?}");
+        }
         let busy = m.upload_raw(&alice, "image/png", png(5000, 8)).await;
         assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE, "{stack:?}");
         assert_eq!(retry_after(&busy), 1);
