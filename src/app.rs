@@ -128,7 +128,7 @@ impl Application {
         let (blobs, links) = open_storage(&config, public_base(&config, local)).await?;
         log_where_data_lives(&config, &db, &keyring, local);
         let keys = Arc::new(TenantKeys::new(db.clone(), keyring.clone(), key_settings(&config)));
-        let media = MediaRepo::new(db.clone(), keys.clone());
+        let media = MediaRepo::new(db.clone(), keys.clone()).with_cache(config.record_cache_ttl);
         let auth = Arc::new(Authenticator::new(&config.auth, &config.keys_dir, Some(db.clone()))?);
         auth.start().await;
         let pipeline = Pipeline::new(blobs.clone(), media.clone(), db.clone(), &config);

@@ -350,6 +350,9 @@ pub struct Config {
     pub dek_encryption_budget: u64,
     /// How long unwrapped tenant keys stay in memory (`MEDIA_KEY_CACHE_TTL`, default 5m).
     pub key_cache_ttl: Duration,
+    /// How long decrypted ready media rows are cached for presign/resolve/download
+    /// (`MEDIA_RECORD_CACHE_TTL`, default 5s; 0 turns the cache off).
+    pub record_cache_ttl: Duration,
     /// How long in-flight requests may run after a stop signal (`SHUTDOWN_TIMEOUT`, default 30s).
     pub shutdown_timeout: Duration,
     /// Log format (`MEDIA_LOG_FORMAT`, default json).
@@ -402,6 +405,7 @@ impl Config {
             keyring: keyring_source(&env),
             dek_encryption_budget: env.parse("MEDIA_DEK_ENCRYPTION_BUDGET", "a whole number")?.unwrap_or(1 << 31),
             key_cache_ttl: env.duration("MEDIA_KEY_CACHE_TTL")?.unwrap_or(Duration::from_secs(300)),
+            record_cache_ttl: env.duration("MEDIA_RECORD_CACHE_TTL")?.unwrap_or(Duration::from_secs(5)),
             shutdown_timeout: env.duration("SHUTDOWN_TIMEOUT")?.unwrap_or(Duration::from_secs(30)),
             log_format: match env.get("MEDIA_LOG_FORMAT").as_deref() {
                 None | Some("json") => LogFormat::Json,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::ready_cache::ReadyCache;
 use super::tenant_keys::TenantKeys;
 use super::{Database, DbError};
 use crate::crypto::blind_index::content_mac;
@@ -143,6 +144,7 @@ const DELETE: &str = "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2
 pub struct MediaRepo {
     db: Database,
     keys: Arc<TenantKeys>,
+    cache: Option<Arc<ReadyCache>>,
 }
 
 /// The sensitive columns of a row in the clear.
@@ -319,7 +321,36 @@ pub struct ReencryptBatch {
 impl MediaRepo {
     /// A repository over `db`, keys from `keys`.
     pub fn new(db: Database, keys: Arc<TenantKeys>) -> Self {
-        Self { db, keys }
+        Self { db, keys, cache: None }
+    }
+
+    /// The same repository, caching decrypted ready rows for `ttl` (see [`ReadyCache`]; zero: off).
+    pub fn with_cache(mut self, ttl: std::time::Duration) -> Self {
+        self.cache = ReadyCache::new(ttl).map(Arc::new);
+        self
+    }
+
+    /// Drops every cached row of `tenant` (after a shred in this process).
+    pub fn forget_tenant(&self, tenant: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget_tenant(tenant);
+        }
+    }
+
+    fn cached(&self, tenant: &str, id: &str) -> Option<StoredMedia> {
+        self.cache.as_ref().and_then(|cache| cache.get(tenant, id))
+    }
+
+    fn remember(&self, media: &StoredMedia) {
+        if let Some(cache) = &self.cache {
+            cache.put(media);
+        }
+    }
+
+    fn forget(&self, tenant: &str, id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget(tenant, id);
+        }
     }
 
     /// The blind-index MAC of content with this SHA-256 in `tenant`.
@@ -389,11 +420,18 @@ impl MediaRepo {
 
     /// The tenant's media with this id, decrypted; `None` when the tenant has no such id.
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<StoredMedia>, DbError> {
+        if let Some(hit) = self.cached(tenant, id) {
+            return Ok(Some(hit));
+        }
         let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2");
         let row: Option<MediaRow> =
             with_pool!(&self.db, |pool| sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(pool).await)?;
         match row {
-            Some(row) => Ok(Some(self.open_row(row).await?)),
+            Some(row) => {
+                let media = self.open_row(row).await?;
+                self.remember(&media);
+                Ok(Some(media))
+            }
             None => Ok(None),
         }
     }
@@ -401,9 +439,18 @@ impl MediaRepo {
     /// The tenant's media among `ids`, decrypted, in one query (ids the tenant does not have are
     /// simply absent from the result).
     pub async fn get_many(&self, tenant: &str, ids: &[String]) -> Result<Vec<StoredMedia>, DbError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let mut out = Vec::with_capacity(ids.len());
+        let mut missing = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.cached(tenant, id) {
+                Some(hit) => out.push(hit),
+                None => missing.push(id.clone()),
+            }
         }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let ids = &missing;
         let rows: Vec<MediaRow> = match &self.db {
             Database::Postgres(pool) => {
                 let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = ANY($2)");
@@ -417,9 +464,10 @@ impl MediaRepo {
                 sqlx::query_as(&sql).bind(tenant).bind(list).fetch_all(pool).await?
             }
         };
-        let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            out.push(self.open_row(row).await?);
+            let media = self.open_row(row).await?;
+            self.remember(&media);
+            out.push(media);
         }
         Ok(out)
     }
@@ -483,12 +531,15 @@ impl MediaRepo {
 
     /// Deletes the tenant's row; `false` when there was none.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<bool, DbError> {
+        self.forget(tenant, id);
         let deleted = with_pool!(&self.db, |pool| sqlx::query(DELETE)
             .bind(tenant)
             .bind(id)
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))?;
+        // Again after the delete: a read racing it may have cached the row meanwhile.
+        self.forget(tenant, id);
         Ok(deleted == 1)
     }
 

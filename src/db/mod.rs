@@ -19,6 +19,7 @@ use crate::config::DatabaseConfig;
 
 pub mod audit;
 pub mod media;
+pub mod ready_cache;
 pub mod tenant_keys;
 
 /// Runs the same expression on whichever pool a [`Database`] holds, for statements whose SQL and
