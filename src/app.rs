@@ -36,9 +36,21 @@ use crate::storage::{self, BlobStore, StorageError};
 /// File name of the generated dev key that signs filesystem blob links.
 pub const DEV_LINK_KEY_FILE: &str = "fs-link.key";
 
-/// What the handlers share.
+/// What the handlers share: a cheap handle (one reference count) on [`Shared`], cloned by every
+/// extractor and middleware of every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The service's parts.
+pub struct Shared {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Metadata database.
@@ -135,7 +147,7 @@ impl Application {
         let remote =
             RemoteFetcher::new(config.remote_fetch_timeout, &config.remote_fetch_allow_hosts, config.ops.ca.as_ref());
         let limits = Limits::new(&config);
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             config: Arc::new(config),
             db,
             blobs,
@@ -149,7 +161,7 @@ impl Application {
             limits,
             metrics,
             scrape: ScrapeState::default(),
-        };
+        }));
         Ok(Self { listener, port: local.port(), metrics_listener, tls, state })
     }
 

@@ -13,6 +13,7 @@
 pub mod fs;
 pub mod links;
 pub mod s3;
+pub mod s3_presign;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -28,6 +28,7 @@ use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
 use tokio_util::io::ReaderStream;
 
+use super::s3_presign::GetSigner;
 use super::{
     validate_key, BlobMeta, BlobObject, BlobStore, ByteRange, ByteStream, PresignGet, PresignPut, PresignedRequest,
     StorageError,
@@ -42,6 +43,7 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct S3BlobStore {
     client: Client,
     presign_client: Client,
+    get_signer: std::sync::Arc<GetSigner>,
     bucket: String,
     part_size: usize,
     upload_concurrency: usize,
@@ -155,8 +157,22 @@ impl S3BlobStore {
             Client::from_conf(builder.build())
         };
         let client = client_for(config.endpoint.as_ref());
-        let presign_client = client_for(config.public_endpoint.as_ref().or(config.endpoint.as_ref()));
+        let public_endpoint = config.public_endpoint.as_ref().or(config.endpoint.as_ref());
+        let presign_client = client_for(public_endpoint);
+        let provider = shared.credentials_provider().ok_or_else(|| StorageError::Backend {
+            backend: "s3",
+            operation: "configure",
+            message: "no S3 credentials provider (set MEDIA_S3_ACCESS_KEY and MEDIA_S3_SECRET_KEY)".into(),
+        })?;
+        let get_signer = std::sync::Arc::new(GetSigner::new(
+            public_endpoint,
+            &config.bucket,
+            &config.region,
+            config.path_style,
+            provider,
+        )?);
         Ok(Self {
+            get_signer,
             client,
             presign_client,
             bucket: config.bucket.clone(),
@@ -444,17 +460,15 @@ impl BlobStore for S3BlobStore {
 
     async fn presign_get(&self, key: &str, options: &PresignGet) -> Result<PresignedRequest, StorageError> {
         validate_key(key)?;
-        let presigned = self
-            .presign_client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .response_content_type(&options.content_type)
-            .response_content_disposition(&options.content_disposition)
-            .presigned(presigning(options.ttl)?)
-            .await
-            .map_err(sdk_error("presign get"))?;
-        Ok(to_presigned(presigned, "GET", options.ttl))
+        presigning(options.ttl)?;
+        let url =
+            self.get_signer.get_url(key, &options.content_type, &options.content_disposition, options.ttl).await?;
+        Ok(PresignedRequest {
+            url,
+            method: "GET",
+            headers: Vec::new(),
+            expires_at: Utc::now() + chrono::Duration::from_std(options.ttl).unwrap_or_default(),
+        })
     }
 
     async fn presign_put(&self, key: &str, options: &PresignPut) -> Result<PresignedRequest, StorageError> {
