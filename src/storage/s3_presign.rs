@@ -96,13 +96,14 @@ impl GetSigner {
         ttl: Duration,
     ) -> Result<String, StorageError> {
         let credentials = self.credentials().await?;
+        let path = format!("{}{}", self.base, fmt_string(key, EncodingStrategy::Greedy));
         let mut query =
-            QueryWriter::new_from_string(&format!("{}{}", self.base, fmt_string(key, EncodingStrategy::Greedy)))
-                .map_err(|e| failure(format!("cannot build the URL: {e}")))?;
+            QueryWriter::new_from_string(&path).map_err(|e| failure(format!("cannot build the URL: {e}")))?;
         query.insert("response-content-disposition", content_disposition);
         query.insert("response-content-type", content_type);
         query.insert("x-id", "GetObject");
-        let unsigned = query.build_uri().to_string();
+        let forced = query.build_query();
+        let unsigned = format!("{path}?{forced}");
 
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
@@ -122,8 +123,12 @@ impl GetSigner {
             .map_err(|e| failure(format!("cannot sign: {e}")))?;
         let (instructions, _) =
             sign(signable, &params.into()).map_err(|e| failure(format!("cannot sign: {e}")))?.into_parts();
-        let mut request = http::Request::get(&unsigned).body(()).map_err(|e| failure(format!("cannot sign: {e}")))?;
-        instructions.apply_to_request_http1x(&mut request);
-        Ok(request.uri().to_string())
+        // The signing parameters go after the forced ones, encoded the way the SDK applies them.
+        let mut signed =
+            QueryWriter::new_from_string(&path).map_err(|e| failure(format!("cannot build the URL: {e}")))?;
+        for (name, value) in instructions.into_parts().1 {
+            signed.insert(name, &value);
+        }
+        Ok(format!("{unsigned}&{}", signed.build_query()))
     }
 }
