@@ -32,16 +32,18 @@ struct Target {
 }
 
 impl Target {
-    async fn upload(&self, len: u64, seed: u64) -> anyhow::Result<Value> {
-        let response = self
-            .http
+    /// A raw upload of a generated PNG-headed file of `len` bytes.
+    fn upload_request(&self, len: u64, seed: u64) -> reqwest::RequestBuilder {
+        self.http
             .post(format!("{}/v1/media", self.base))
             .bearer_auth(&self.token)
             .header("content-type", "image/png")
             .header("content-length", len)
             .body(generated(len, seed))
-            .send()
-            .await?;
+    }
+
+    async fn upload(&self, len: u64, seed: u64) -> anyhow::Result<Value> {
+        let response = self.upload_request(len, seed).send().await?;
         anyhow::ensure!(response.status().is_success(), "upload answered {}", response.status());
         Ok(response.json().await?)
     }
@@ -132,15 +134,7 @@ async fn flood(target: Arc<Target>, parallel: u64, len: u64) -> anyhow::Result<V
     let requests = (0..parallel).map(|seed| {
         let target = target.clone();
         async move {
-            let response = target
-                .http
-                .post(format!("{}/v1/media", target.base))
-                .bearer_auth(&target.token)
-                .header("content-type", "image/png")
-                .header("content-length", len)
-                .body(generated(len, 1000 + seed))
-                .send()
-                .await;
+            let response = target.upload_request(len, 1000 + seed).send().await;
             match response {
                 Ok(response) => response.status().as_u16().to_string(),
                 Err(err) if err.is_connect() => "connect_error".to_owned(),

@@ -227,10 +227,7 @@ fn trusting(cert_pem: &str) -> reqwest::Client {
 #[tokio::test]
 async fn https_serves_uploads_with_hsts_and_reloads_a_replaced_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let (first_cert, first_key) = self_signed();
-    std::fs::write(&cert_file, &first_cert).unwrap();
-    std::fs::write(&key_file, &first_key).unwrap();
+    let (first_cert, cert_file, key_file) = write_pair(dir.path(), "tls");
     let tls_vars = [
         ("MEDIA_TLS_CERT_FILE", cert_file.to_str().unwrap()),
         ("MEDIA_TLS_KEY_FILE", key_file.to_str().unwrap()),
@@ -353,6 +350,20 @@ async fn readyz_says_when_stored_keys_need_a_master_key_the_keyring_lacks() {
     assert!(!body["error"].as_str().unwrap().contains("old"), "{body}");
 }
 
+/// Sends a request and parses its JSON answer.
+async fn json_body(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+/// A self-signed pair written to `dir`: (certificate PEM, certificate file, key file).
+fn write_pair(dir: &std::path::Path, name: &str) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = self_signed();
+    let (cert_file, key_file) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    (cert, cert_file, key_file)
+}
+
 /// A free loopback port (bound and released; the child binds it right after).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -446,18 +457,14 @@ async fn logs_of_an_upload_resolve_rotate_cycle_hold_no_token_key_or_signature()
         let token = issuer.mint(&config.auth, &request).unwrap();
         let url = |path: &str| format!("{}{path}", service.base);
 
-        let uploaded: Value = http
-            .post(url("/v1/media?filename=cat.png"))
-            .bearer_auth(&token)
-            .header("content-type", "image/png")
-            .header("cookie", "session=cookie-secret-value")
-            .body(png(5000, 11))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let uploaded: Value = json_body(
+            http.post(url("/v1/media?filename=cat.png"))
+                .bearer_auth(&token)
+                .header("content-type", "image/png")
+                .header("cookie", "session=cookie-secret-value")
+                .body(png(5000, 11)),
+        )
+        .await;
         let id = uploaded["id"].as_str().unwrap_or_else(|| panic!("{stack:?}: {uploaded}")).to_owned();
         let mut secrets: Vec<String> =
             vec![token.clone(), master.clone(), "cookie-secret-value".into(), issuer_seed(dir.path())];
@@ -473,16 +480,12 @@ async fn logs_of_an_upload_resolve_rotate_cycle_hold_no_token_key_or_signature()
             .await
             .unwrap();
         secrets.extend(signature_values(resolved["payload"]["image"].as_str().unwrap()));
-        let prepared: Value = http
-            .post(url("/v1/media/prepare-upload"))
-            .bearer_auth(&token)
-            .json(&json!({"mime_type": "image/png", "bytes": 100}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let prepared: Value = json_body(
+            http.post(url("/v1/media/prepare-upload"))
+                .bearer_auth(&token)
+                .json(&json!({"mime_type": "image/png", "bytes": 100})),
+        )
+        .await;
         secrets.extend(signature_values(prepared["upload_url"].as_str().unwrap()));
         let refused = http.get(url("/v1/auth/whoami")).bearer_auth(format!("{token}x")).send().await.unwrap();
         assert_eq!(refused.status(), 401);
@@ -535,24 +538,18 @@ fn issuer_seed(dir: &std::path::Path) -> String {
 async fn media_ca_file_makes_a_private_ca_trusted_for_outbound_tls() {
     // Origin: an HTTPS service with a self-signed certificate serving a PNG through a signed link.
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed();
-    let (cert_file, key_file) = (dir.path().join("ca.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, &cert).unwrap();
-    std::fs::write(&key_file, &key).unwrap();
+    let (cert, cert_file, key_file) = write_pair(dir.path(), "origin");
     let tls =
         [("MEDIA_TLS_CERT_FILE", cert_file.to_str().unwrap()), ("MEDIA_TLS_KEY_FILE", key_file.to_str().unwrap())];
     let origin = media_app(Stack::SqliteFs, &tls).await;
-    let uploaded: Value = trusting(&cert)
-        .post(format!("https://127.0.0.1:{}/v1/media", origin.app.port))
-        .bearer_auth(origin.alice())
-        .header("content-type", "image/png")
-        .body(png(3000, 21))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let uploaded: Value = json_body(
+        trusting(&cert)
+            .post(format!("https://127.0.0.1:{}/v1/media", origin.app.port))
+            .bearer_auth(origin.alice())
+            .header("content-type", "image/png")
+            .body(png(3000, 21)),
+    )
+    .await;
     let link = uploaded["url"].as_str().unwrap().to_owned();
     assert!(link.starts_with("https://127.0.0.1:"), "{link}");
 
