@@ -168,9 +168,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let (router, spec) = api_router(state.config.ops.metrics_addr.is_none()).split_for_parts();
-    let spec = openapi::Spec(std::sync::Arc::new(
-        serde_json::to_value(openapi::finish(spec)).expect("the OpenAPI document serializes"),
-    ));
+    let spec = openapi::Spec::new(&openapi::finish(spec));
     let mut router = router
         .layer(axum::Extension(spec))
         .fallback(error::no_route)

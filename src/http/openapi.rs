@@ -6,11 +6,11 @@
 //! schemas of bodies built with `json!` in handlers, the shared error responses, and
 //! `GET /openapi.json`.
 
-use std::sync::Arc;
-
-use axum::{Extension, Json};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Extension;
+use bytes::Bytes;
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
@@ -144,15 +144,22 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(openapi_json))
 }
 
-/// The spec served at `/openapi.json` (set once the routers are assembled).
+/// The spec served at `/openapi.json`, serialized once when the routers are assembled.
 #[derive(Clone)]
-pub struct Spec(pub Arc<Value>);
+pub struct Spec(pub Bytes);
+
+impl Spec {
+    /// The serialized document.
+    pub fn new(doc: &OpenApiDoc) -> Self {
+        Self(Bytes::from(serde_json::to_vec(doc).expect("the OpenAPI document serializes")))
+    }
+}
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object), CommonErrors))]
-async fn openapi_json(Extension(spec): Extension<Spec>) -> Json<Value> {
-    Json(spec.0.as_ref().clone())
+async fn openapi_json(Extension(spec): Extension<Spec>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], spec.0)
 }
 
 /// The document as served: OpenAPI path templates for axum's catch-all segments (`{*key}` →
