@@ -158,7 +158,12 @@ impl S3BlobStore {
         };
         let client = client_for(config.endpoint.as_ref());
         let public_endpoint = config.public_endpoint.as_ref().or(config.endpoint.as_ref());
-        let presign_client = client_for(public_endpoint);
+        // A second client (its own connector and TLS roots) only when URLs are signed for another
+        // endpoint than the one the service talks to.
+        let presign_client = match &config.public_endpoint {
+            Some(_) => client_for(public_endpoint),
+            None => client.clone(),
+        };
         let provider = shared.credentials_provider().ok_or_else(|| StorageError::Backend {
             backend: "s3",
             operation: "configure",

@@ -132,3 +132,36 @@ impl GetSigner {
         Ok(format!("{unsigned}&{}", signed.build_query()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer(endpoint: Option<&str>, path_style: bool) -> GetSigner {
+        let credentials = Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
+        let endpoint = endpoint.map(|e| Url::parse(e).expect("url"));
+        GetSigner::new(endpoint.as_ref(), "media", "eu-west-1", path_style, SharedCredentialsProvider::new(credentials))
+            .expect("signer")
+    }
+
+    #[tokio::test]
+    async fn urls_name_the_bucket_like_the_sdk_and_carry_the_forced_headers_and_signature() {
+        let ttl = Duration::from_secs(300);
+        let aws = signer(None, false).get_url("m/a b", "image/png", "inline; filename=\"x.png\"", ttl).await;
+        let aws = aws.expect("signed");
+        assert!(aws.starts_with("https://media.s3.eu-west-1.amazonaws.com/m/a%20b?"), "{aws}");
+        let path = signer(Some("http://127.0.0.1:3900/base/"), true).get_url("m/k", "image/png", "inline", ttl).await;
+        let path = path.expect("signed");
+        assert!(path.starts_with("http://127.0.0.1:3900/base/media/m/k?"), "{path}");
+        for part in [
+            "response-content-type=image%2Fpng",
+            "response-content-disposition=inline",
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+            "X-Amz-Credential=AKIDEXAMPLE%2F",
+            "X-Amz-Expires=300",
+            "X-Amz-Signature=",
+        ] {
+            assert!(path.contains(part), "{part} missing in {path}");
+        }
+    }
+}

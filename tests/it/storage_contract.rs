@@ -275,3 +275,29 @@ async fn an_upload_link_refuses_a_body_over_the_limit_and_stores_nothing() {
     assert!(matches!(app.state.blobs.head(&key).await, Err(StorageError::NotFound)));
     assert_eq!(std::fs::read_dir(app.dir.path().join("data/blobs/.tmp")).expect("tmp").count(), 0);
 }
+
+/// URLs are signed for `MEDIA_S3_PUBLIC_ENDPOINT` (here the same Garage under another host name),
+/// never rewritten: the URL names that host and Garage accepts its signature.
+#[tokio::test]
+async fn presigned_urls_are_signed_for_the_public_endpoint() {
+    let internal = crate::helpers::s3_env().endpoint;
+    let public = internal.replace("127.0.0.1", "localhost");
+    assert_ne!(public, internal, "the test needs a different host name: {internal}");
+    let app = crate::helpers::spawn_app_with(Stack::PostgresS3, &[("MEDIA_S3_PUBLIC_ENDPOINT", &public)]).await;
+    let data = payload(2048, 9);
+    let key = key("public");
+    app.state.blobs.put(&key, "image/png", chunked(data.clone())).await.expect("put");
+    let options = PresignGet {
+        ttl: Duration::from_secs(60),
+        content_type: "image/png".into(),
+        content_disposition: content_disposition("inline", "a b.png"),
+    };
+    let link = app.state.blobs.presign_get(&key, &options).await.expect("presign");
+    assert!(link.url.starts_with(&public), "{}", link.url);
+    let response = app.http.get(&link.url).send().await.expect("fetch");
+    assert_eq!(response.status(), 200, "{}", link.url);
+    assert_eq!(response.bytes().await.expect("body"), data);
+    let put = PresignPut { ttl: Duration::from_secs(60), content_type: "image/png".into(), content_length: Some(3) };
+    let upload = app.state.blobs.presign_put(&format!("{key}-put"), &put).await.expect("presign put");
+    assert!(upload.url.starts_with(&public), "{}", upload.url);
+}
