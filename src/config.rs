@@ -235,6 +235,9 @@ pub struct OpsConfig {
     pub ip_rate: RateLimit,
     /// Uploads running at once (`MEDIA_MAX_CONCURRENT_UPLOADS`, default 16); past it 503 `busy`.
     pub max_concurrent_uploads: u32,
+    /// Uploads one caller (principal, or client network for signed links) may run at once
+    /// (`MEDIA_MAX_UPLOADS_PER_CALLER`, default a quarter of the total, at least 1); past it 429.
+    pub max_uploads_per_caller: u32,
     /// Time limit of a non-upload request (`MEDIA_REQUEST_TIMEOUT`, default 30s).
     pub request_timeout: Duration,
     /// Time limit of an upload request (`MEDIA_UPLOAD_TIMEOUT`, default 10m).
@@ -574,11 +577,17 @@ fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
     if tls.as_ref().is_some_and(|tls| tls.reload_interval < Duration::from_millis(100)) {
         return Err(ConfigError::new("MEDIA_TLS_RELOAD_INTERVAL", "must be at least 100ms"));
     }
+    let max_uploads_per_caller: u32 =
+        env.parse("MEDIA_MAX_UPLOADS_PER_CALLER", "a whole number ≥ 1")?.unwrap_or((max_concurrent_uploads / 4).max(1));
+    if max_uploads_per_caller == 0 {
+        return Err(ConfigError::new("MEDIA_MAX_UPLOADS_PER_CALLER", "must be at least 1"));
+    }
     Ok(OpsConfig {
         metrics_addr: env.parse("MEDIA_METRICS_ADDR", "an address such as 0.0.0.0:9090")?,
         principal_rate: rate_limit(env, "MEDIA_RATE_LIMIT_RPS", "MEDIA_RATE_LIMIT_BURST", (100, 200))?,
         ip_rate: rate_limit(env, "MEDIA_RATE_LIMIT_IP_RPS", "MEDIA_RATE_LIMIT_IP_BURST", (20, 40))?,
         max_concurrent_uploads,
+        max_uploads_per_caller,
         request_timeout: at_least_a_second("MEDIA_REQUEST_TIMEOUT", request_timeout)?,
         upload_timeout: at_least_a_second("MEDIA_UPLOAD_TIMEOUT", upload_timeout)?,
         max_header_bytes: max_header_bytes as usize,

@@ -5,10 +5,11 @@
 //! `Content-Disposition` the link was signed with; uploads must declare the signed content type and,
 //! when bound, exactly the signed length, and are limited to `MEDIA_MAX_BYTES` while streaming.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -18,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::limits::body_with_deadline;
+use super::limits::{body_with_deadline, client_network};
 use super::openapi::{CommonErrors, ErrorBody};
 use super::range::parse_range;
 use crate::app::AppState;
@@ -124,13 +125,14 @@ async fn download(
         (status = 413, description = "Over the limit", body = ErrorBody), CommonErrors))]
 async fn upload(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(key): Path<String>,
     query: Result<Query<LinkQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let link = verify(state.links.as_ref(), "PUT", &key, query)?;
-    let _slot = state.limits.upload_slot()?;
+    let _slot = state.limits.upload_slot(&format!("ip:{}", client_network(peer.ip())))?;
     let body = body_with_deadline(body, state.config.ops.upload_timeout);
     let declared_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if declared_type != link.content_type {

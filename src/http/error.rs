@@ -101,6 +101,12 @@ pub enum ApiError {
         /// Seconds until a request would be admitted.
         retry_after: u64,
     },
+    /// The caller already runs as many uploads as it may (`MEDIA_MAX_UPLOADS_PER_CALLER`).
+    #[error("you already have {limit} uploads running; retry when one finishes")]
+    TooManyUploads {
+        /// The per-caller limit.
+        limit: u32,
+    },
     /// Every upload slot is taken (`MEDIA_MAX_CONCURRENT_UPLOADS`).
     #[error("the service is busy with other uploads; retry shortly")]
     Busy,
@@ -144,7 +150,7 @@ impl ApiError {
             Self::UnsupportedMedia { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Busy | Self::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(err) => err.status(),
             Self::Storage(err) => match err {
@@ -175,6 +181,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TooLarge { .. } => "too_large",
             Self::RateLimited { .. } => "rate_limited",
+            Self::TooManyUploads { .. } => "too_many_uploads",
             Self::Busy => "busy",
             Self::Timeout { .. } => "timeout",
             Self::Auth(err) => err.code(),
@@ -211,7 +218,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Busy => Some(1),
+            Self::Busy | Self::TooManyUploads { .. } => Some(1),
             _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(5),
             _ => None,
         }

@@ -11,9 +11,10 @@
 //! takes as many slots as its worst case is worth, so resident memory stays near
 //! `MEDIA_MAX_CONCURRENT_UPLOADS × 2 × part size` whatever the mix.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -41,6 +42,8 @@ pub struct Limits {
     uploads: Arc<Semaphore>,
     max_uploads: u32,
     json_upload_weight: u32,
+    per_caller: Arc<Mutex<HashMap<String, u32>>>,
+    max_per_caller: u32,
 }
 
 impl Limits {
@@ -61,6 +64,8 @@ impl Limits {
             uploads: Arc::new(Semaphore::new(max_uploads as usize)),
             max_uploads,
             json_upload_weight: weight as u32,
+            per_caller: Arc::new(Mutex::new(HashMap::new())),
+            max_per_caller: config.ops.max_uploads_per_caller,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(prune(Arc::downgrade(&limits)));
@@ -78,22 +83,24 @@ impl Limits {
         check(limiter, &key, "principal")
     }
 
-    /// Takes a token from the client IP's bucket.
+    /// Takes a token from the client IP's bucket (IPv6 clients by their /64).
     pub fn check_ip(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
         match (&self.ips, peer) {
-            (Some(limiter), Some(ip)) => check(limiter, &ip, "ip"),
+            (Some(limiter), Some(ip)) => check(limiter, &client_network(ip), "ip"),
             _ => Ok(()),
         }
     }
 
-    /// A slot for a streamed upload, or 503 `busy`.
-    pub fn upload_slot(&self) -> Result<UploadSlot, ApiError> {
-        self.slots(1)
+    /// A slot for a streamed upload by `caller` (a principal's owner key, or `ip:<network>` for a
+    /// signed link): 429 `too_many_uploads` past `MEDIA_MAX_UPLOADS_PER_CALLER`, 503 `busy` when
+    /// every slot is taken.
+    pub fn upload_slot(&self, caller: &str) -> Result<UploadSlot, ApiError> {
+        self.slots(caller, 1)
     }
 
-    /// Slots for an upload held in memory whole (a JSON data URL), or 503 `busy`.
-    pub fn buffered_upload_slot(&self) -> Result<UploadSlot, ApiError> {
-        self.slots(self.json_upload_weight)
+    /// Slots for an upload held in memory whole (a JSON data URL).
+    pub fn buffered_upload_slot(&self, caller: &str) -> Result<UploadSlot, ApiError> {
+        self.slots(caller, self.json_upload_weight)
     }
 
     /// Slots free now (tests, metrics).
@@ -101,11 +108,21 @@ impl Limits {
         self.uploads.available_permits()
     }
 
-    fn slots(&self, weight: u32) -> Result<UploadSlot, ApiError> {
+    fn slots(&self, caller: &str, weight: u32) -> Result<UploadSlot, ApiError> {
+        {
+            let mut running = self.per_caller.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = running.entry(caller.to_owned()).or_default();
+            if *count >= self.max_per_caller {
+                metrics::counter!(names::UPLOAD_REJECTIONS, "reason" => "too_many_uploads").increment(1);
+                return Err(ApiError::TooManyUploads { limit: self.max_per_caller });
+            }
+            *count += 1;
+        }
+        let caller = CallerCount { running: self.per_caller.clone(), caller: caller.to_owned() };
         match self.uploads.clone().try_acquire_many_owned(weight.min(self.max_uploads)) {
             Ok(permit) => {
                 metrics::gauge!(names::UPLOADS_IN_FLIGHT).increment(1.0);
-                Ok(UploadSlot { _permit: permit })
+                Ok(UploadSlot { _permit: permit, _caller: caller })
             }
             Err(_) => {
                 metrics::counter!(names::UPLOAD_REJECTIONS, "reason" => "busy").increment(1);
@@ -115,14 +132,45 @@ impl Limits {
     }
 }
 
-/// Held while an upload runs; frees its slots when dropped.
+/// One running upload of a caller; counted down when dropped.
+struct CallerCount {
+    running: Arc<Mutex<HashMap<String, u32>>>,
+    caller: String,
+}
+
+impl Drop for CallerCount {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = running.get_mut(&self.caller) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// Held while an upload runs; frees its slots (and the caller's count) when dropped.
 pub struct UploadSlot {
     _permit: OwnedSemaphorePermit,
+    _caller: CallerCount,
 }
 
 impl Drop for UploadSlot {
     fn drop(&mut self) {
         metrics::gauge!(names::UPLOADS_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// The rate-limit key of a client address: IPv4 as is, IPv6 by its /64 (one subscriber's
+/// network; a single host can use any address in it), IPv4-mapped IPv6 as the IPv4 address.
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
     }
 }
 
@@ -197,4 +245,20 @@ pub fn body_with_deadline(body: Body, timeout: Duration) -> Body {
         }
     });
     Body::from_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_share_their_slash_64_and_mapped_addresses_count_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(client_network(a), client_network(b));
+        assert_ne!(client_network(a), client_network(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(client_network(mapped), "192.0.2.7".parse::<IpAddr>().expect("ip"));
+    }
 }

@@ -135,7 +135,8 @@ async fn upload(
     let content_type = header_text(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let is_json = essence == "application/json" || essence.ends_with("+json");
-    let slot = if is_json { state.limits.buffered_upload_slot()? } else { state.limits.upload_slot()? };
+    let owner = caller.0.owner();
+    let slot = if is_json { state.limits.buffered_upload_slot(&owner)? } else { state.limits.upload_slot(&owner)? };
     let request = with_upload_deadline(&state, request);
     let ingested = counted(if is_json {
         upload_json(&state, caller.0.clone(), slot, request).await
@@ -168,7 +169,7 @@ async fn upload_form(
     request: Request,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let content_type = header_text(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
-    let slot = state.limits.upload_slot()?;
+    let slot = state.limits.upload_slot(&caller.0.owner())?;
     let request = with_upload_deadline(&state, request);
     let ingested = counted(upload_multipart(&state, caller.0.clone(), slot, &content_type, request).await)?;
     Ok(Json(upload_response(&state, ingested).await?))
@@ -368,7 +369,7 @@ pub async fn ready(state: &AppState, caller: &Arc<Principal>, record: MediaRecor
     match record.status {
         MediaStatus::Ready => Ok(record),
         MediaStatus::Pending => {
-            let slot = state.limits.upload_slot()?;
+            let slot = state.limits.upload_slot(&caller.owner())?;
             Ok(state.pipeline.complete_detached(caller.clone(), record, false, slot).await?.record)
         }
     }
@@ -641,7 +642,7 @@ async fn complete(
         }
         MediaStatus::Pending => {
             require_owner(&caller.0, &record)?;
-            let slot = state.limits.upload_slot()?;
+            let slot = state.limits.upload_slot(&caller.0.owner())?;
             counted(state.pipeline.complete_detached(caller.0.clone(), record, true, slot).await.map_err(Into::into))?
         }
     };

@@ -131,7 +131,7 @@ fn channel_body() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, reqwest::Body
 #[tokio::test]
 async fn uploads_past_the_concurrency_cap_get_503_busy_and_nothing_is_stored() {
     for stack in STACKS {
-        let m = media_app(stack, &[("MEDIA_MAX_CONCURRENT_UPLOADS", "1")]).await;
+        let m = media_app(stack, &[("MEDIA_MAX_CONCURRENT_UPLOADS", "1"), ("MEDIA_MAX_UPLOADS_PER_CALLER", "8")]).await;
         let alice = m.alice();
         let image = png(200_000, 7);
         let (tx, body) = channel_body();
@@ -566,4 +566,29 @@ async fn media_ca_file_makes_a_private_ca_trusted_for_outbound_tls() {
     let (status, body) = json_of(fetch(&with).await.unwrap()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["bytes"], 3000);
+}
+
+#[tokio::test]
+async fn one_caller_cannot_take_every_upload_slot() {
+    let vars = [("MEDIA_MAX_CONCURRENT_UPLOADS", "4"), ("MEDIA_MAX_UPLOADS_PER_CALLER", "1")];
+    let m = media_app(Stack::SqliteFs, &vars).await;
+    let (alice, bob) = (m.alice(), m.token("tenant-a", "bob", &[]));
+    let image = png(100_000, 30);
+    let (tx, body) = channel_body();
+    let held = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
+    let held = tokio::spawn(held.body(body).send());
+    tx.send(Ok(Bytes::copy_from_slice(&image[..50_000]))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let second = m.upload_raw(&alice, "image/png", png(5000, 31)).await;
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&second), 1);
+    let (_, body) = json_of(second).await;
+    assert_eq!(body["code"], "too_many_uploads", "{body}");
+    assert_eq!(m.upload_raw(&bob, "image/png", png(5000, 32)).await.status(), 200, "bob is not held back");
+
+    tx.send(Ok(Bytes::copy_from_slice(&image[50_000..]))).await.unwrap();
+    drop(tx);
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    assert_eq!(m.upload_raw(&alice, "image/png", png(5000, 33)).await.status(), 200, "her count went back down");
 }
