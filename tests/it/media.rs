@@ -488,7 +488,8 @@ async fn tenants_cannot_see_each_others_media_and_the_same_bytes_are_two_objects
 #[tokio::test]
 async fn identical_uploads_racing_store_one_object() {
     for stack in STACKS {
-        let m = media_app(stack, &[]).await;
+        // Six at once from one caller: above the default per-caller cap (its own test covers it).
+        let m = media_app(stack, &[("MEDIA_MAX_UPLOADS_PER_CALLER", "16")]).await;
         let alice = m.alice();
         let image = png(200_000, 11);
         let uploads = (0..6).map(|_| m.upload_raw(&alice, "image/png", image.clone()));
