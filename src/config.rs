@@ -236,7 +236,7 @@ pub struct OpsConfig {
     /// Uploads running at once (`MEDIA_MAX_CONCURRENT_UPLOADS`, default 16); past it 503 `busy`.
     pub max_concurrent_uploads: u32,
     /// Uploads one caller (principal, or client network for signed links) may run at once
-    /// (`MEDIA_MAX_UPLOADS_PER_CALLER`, default a quarter of the total, at least 1); past it 429.
+    /// (`MEDIA_MAX_UPLOADS_PER_CALLER`, default half of the total, at least 1); past it 429.
     pub max_uploads_per_caller: u32,
     /// Time limit of a non-upload request (`MEDIA_REQUEST_TIMEOUT`, default 30s).
     pub request_timeout: Duration,
@@ -578,7 +578,7 @@ fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
         return Err(ConfigError::new("MEDIA_TLS_RELOAD_INTERVAL", "must be at least 100ms"));
     }
     let max_uploads_per_caller: u32 =
-        env.parse("MEDIA_MAX_UPLOADS_PER_CALLER", "a whole number ≥ 1")?.unwrap_or((max_concurrent_uploads / 4).max(1));
+        env.parse("MEDIA_MAX_UPLOADS_PER_CALLER", "a whole number ≥ 1")?.unwrap_or((max_concurrent_uploads / 2).max(1));
     if max_uploads_per_caller == 0 {
         return Err(ConfigError::new("MEDIA_MAX_UPLOADS_PER_CALLER", "must be at least 1"));
     }
