@@ -110,6 +110,12 @@ pub enum ApiError {
     /// Every upload slot is taken (`MEDIA_MAX_CONCURRENT_UPLOADS`).
     #[error("the service is busy with other uploads; retry shortly")]
     Busy,
+    /// The upload body did not arrive within `MEDIA_UPLOAD_TIMEOUT`.
+    #[error("{message}")]
+    UploadTimeout {
+        /// What happened, for a person.
+        message: String,
+    },
     /// The request ran past its deadline (`MEDIA_REQUEST_TIMEOUT`).
     #[error("the request took longer than {seconds} s and was stopped")]
     Timeout {
@@ -152,6 +158,7 @@ impl ApiError {
             Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Self::RateLimited { .. } | Self::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Busy | Self::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UploadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Auth(err) => err.status(),
             Self::Storage(err) => match err {
                 StorageError::NotFound | StorageError::InvalidKey(_) => StatusCode::NOT_FOUND,
@@ -184,6 +191,7 @@ impl ApiError {
             Self::TooManyUploads { .. } => "too_many_uploads",
             Self::Busy => "busy",
             Self::Timeout { .. } => "timeout",
+            Self::UploadTimeout { .. } => "upload_timeout",
             Self::Auth(err) => err.code(),
             Self::Storage(StorageError::NotFound | StorageError::InvalidKey(_)) => "not_found",
             Self::Storage(StorageError::InvalidRange { .. }) => "range_not_satisfiable",
@@ -245,6 +253,7 @@ impl From<IngestError> for ApiError {
             IngestError::Type(TypeError::Mismatch { .. }) => Self::UnsupportedMedia { code: "type_mismatch", message },
             IngestError::Invalid { code: "not_uploaded", .. } => Self::Conflict { code: "not_uploaded", message },
             IngestError::Invalid { code, .. } => Self::bad_request(code, message),
+            IngestError::Interrupted(err) if timed_out(&err) => Self::UploadTimeout { message: err_text(&err) },
             IngestError::Interrupted(_) => Self::bad_request("upload_interrupted", message),
             IngestError::RemoteBlocked(_) => Self::bad_request("remote_fetch_blocked", message),
             IngestError::RemoteFailed(_) => Self::BadGateway { code: "remote_fetch_failed", message },
@@ -252,6 +261,27 @@ impl From<IngestError> for ApiError {
             IngestError::Database(err) => Self::Database(err),
         }
     }
+}
+
+/// Whether an upload's read error is (or wraps) the upload deadline's timeout.
+fn timed_out(err: &std::io::Error) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = current {
+        if error.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// The innermost message of an error chain (the deadline's own sentence).
+fn err_text(err: &std::io::Error) -> String {
+    let mut current: &(dyn std::error::Error + 'static) = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
 }
 
 /// What an error response was made of; the request-ID middleware rebuilds the body from it.

@@ -592,3 +592,23 @@ async fn one_caller_cannot_take_every_upload_slot() {
     assert_eq!(held.await.unwrap().unwrap().status(), 200);
     assert_eq!(m.upload_raw(&alice, "image/png", png(5000, 33)).await.status(), 200, "her count went back down");
 }
+
+#[tokio::test]
+async fn an_upload_slower_than_its_deadline_gets_408_and_stores_nothing() {
+    for stack in STACKS {
+        let m = media_app(stack, &[("MEDIA_UPLOAD_TIMEOUT", "1s")]).await;
+        let image = png(100_000, 40);
+        let (tx, body) = channel_body();
+        let upload = m.http().post(m.url("/v1/media")).bearer_auth(m.alice()).header("content-type", "image/png");
+        let upload = tokio::spawn(upload.body(body).send());
+        tx.send(Ok(Bytes::copy_from_slice(&image[..10_000]))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = tx.send(Ok(Bytes::copy_from_slice(&image[10_000..]))).await;
+        drop(tx);
+        let (status, body) = json_of(upload.await.unwrap().unwrap()).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{stack:?}: {body}");
+        assert_eq!(body["code"], "upload_timeout", "{body}");
+        assert!(body["error"].as_str().unwrap().contains("MEDIA_UPLOAD_TIMEOUT"), "{body}");
+        assert_eq!(m.counts().await, (0, 0), "{stack:?}: nothing stored");
+    }
+}
