@@ -6,7 +6,8 @@
 # - Runtime: distroless (no shell, no package manager), numeric non-root user 65532 (so Kubernetes'
 #   runAsNonRoot can verify it), nothing written to the root filesystem in the production profile
 #   (run it with a read-only root filesystem), HEALTHCHECK through the binary itself.
-# - No OpenSSL anywhere: TLS is rustls (ring), so the cc base (glibc + libgcc) is all it needs.
+# - No OpenSSL anywhere: TLS is rustls (ring; the AWS SDK's client uses aws-lc-rs, built from C by
+#   cc, no cmake), so the cc base (glibc + libgcc) is all it needs at run time.
 #
 # Build: docker build -t media-api .        Run: see deploy/README.md and docs/operations.md.
 
