@@ -208,13 +208,14 @@ impl Application {
             let server = Server::new(
                 listener,
                 crate::http::metrics_router(state.clone()),
-                ServerOptions { max_header_bytes: config.ops.max_header_bytes, tls: None },
+                ServerOptions { max_header_bytes: config.ops.max_header_bytes, max_connections: 64, tls: None },
             );
             let stop = stopping.clone().cancelled_owned();
             tokio::spawn(async move { server.run(stop, Duration::from_secs(1)).await })
         });
         let options = ServerOptions {
             max_header_bytes: config.ops.max_header_bytes,
+            max_connections: config.ops.max_connections,
             tls: self.tls.as_ref().map(ReloadingCert::server_config),
         };
         let server = Server::new(self.listener, crate::http::router(self.state), options);

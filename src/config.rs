@@ -244,6 +244,8 @@ pub struct OpsConfig {
     pub upload_timeout: Duration,
     /// Largest request head (`MEDIA_MAX_HEADER_BYTES`, default 64 KiB, at least 8 KiB); 431 past it.
     pub max_header_bytes: usize,
+    /// Connections served at once (`MEDIA_MAX_CONNECTIONS`, default 1024); more wait in the backlog.
+    pub max_connections: usize,
     /// Origins allowed by CORS (`CORS_ALLOWED_ORIGINS`; none by default, `*` for any).
     pub cors_allowed_origins: Vec<String>,
     /// HTTPS on the main listener.
@@ -582,6 +584,10 @@ fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
     if max_uploads_per_caller == 0 {
         return Err(ConfigError::new("MEDIA_MAX_UPLOADS_PER_CALLER", "must be at least 1"));
     }
+    let max_connections: usize = env.parse("MEDIA_MAX_CONNECTIONS", "a whole number ≥ 1")?.unwrap_or(1024);
+    if max_connections == 0 {
+        return Err(ConfigError::new("MEDIA_MAX_CONNECTIONS", "must be at least 1"));
+    }
     Ok(OpsConfig {
         metrics_addr: env.parse("MEDIA_METRICS_ADDR", "an address such as 0.0.0.0:9090")?,
         principal_rate: rate_limit(env, "MEDIA_RATE_LIMIT_RPS", "MEDIA_RATE_LIMIT_BURST", (100, 200))?,
@@ -591,6 +597,7 @@ fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
         request_timeout: at_least_a_second("MEDIA_REQUEST_TIMEOUT", request_timeout)?,
         upload_timeout: at_least_a_second("MEDIA_UPLOAD_TIMEOUT", upload_timeout)?,
         max_header_bytes: max_header_bytes as usize,
+        max_connections,
         cors_allowed_origins,
         tls,
         ca: env.get("MEDIA_CA_FILE").map(PathBuf::from).map(CaBundle::read).transpose()?,

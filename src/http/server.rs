@@ -32,6 +32,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServerOptions {
     /// Largest request head in bytes (hyper answers 431 past it).
     pub max_header_bytes: usize,
+    /// Connections served at once; past it new ones wait in the kernel's backlog.
+    pub max_connections: usize,
     /// TLS, when serving HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -56,8 +58,14 @@ impl Server {
         let finish = CancellationToken::new();
         let abort = CancellationToken::new();
         let tls = self.options.tls.clone().map(TlsAcceptor::from);
+        let open = Arc::new(tokio::sync::Semaphore::new(self.options.max_connections));
         tokio::pin!(stop);
         loop {
+            // At the connection limit, stop accepting until one closes (backpressure, no busy loop).
+            let permit = tokio::select! {
+                () = &mut stop => break,
+                permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
             let (stream, peer) = tokio::select! {
                 () = &mut stop => break,
                 accepted = self.listener.accept() => match accepted {
@@ -81,6 +89,7 @@ impl Server {
             let tls = tls.clone();
             let stopping = finish.clone();
             connections.spawn(async move {
+                let _permit = permit;
                 let Some(acceptor) = tls else { return conn.serve(stream).await };
                 // A handshake still running at shutdown is abandoned: no request was sent yet.
                 let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream));

@@ -612,3 +612,23 @@ async fn an_upload_slower_than_its_deadline_gets_408_and_stores_nothing() {
         assert_eq!(m.counts().await, (0, 0), "{stack:?}: nothing stored");
     }
 }
+
+#[tokio::test]
+async fn past_max_connections_new_connections_wait_until_one_closes() {
+    let app = spawn_app_with(Stack::SqliteFs, &[("MEDIA_MAX_CONNECTIONS", "2")]).await;
+    let addr = format!("127.0.0.1:{}", app.port);
+    let first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(800)).build().unwrap();
+    assert!(client.get(app.url("/healthz")).send().await.is_err(), "a third connection is not served");
+    drop(first);
+    let mut served = false;
+    for _ in 0..20 {
+        if client.get(app.url("/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "a closed connection frees its place");
+}
