@@ -123,6 +123,18 @@ async fn rate_limits_answer_429_with_retry_after_per_principal_and_per_ip() {
     assert_eq!(bad.iter().filter(|s| **s == 429).count(), 1, "a flood of bad tokens is throttled: {bad:?}");
 }
 
+/// Waits (≤ 10 s) until the service has exactly `free` upload slots left: the held upload reached
+/// its handler.
+async fn wait_for_free_slots(m: &crate::media::MediaApp, free: usize) {
+    for _ in 0..200 {
+        if m.app.state.limits.free_upload_slots() == free {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the held upload never took its slot");
+}
+
 fn channel_body() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, reqwest::Body) {
     let (tx, mut rx) = mpsc::channel(4);
     (tx, reqwest::Body::wrap_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))))
@@ -138,7 +150,7 @@ async fn uploads_past_the_concurrency_cap_get_503_busy_and_nothing_is_stored() {
         let first = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
         let first = tokio::spawn(first.body(body).send());
         tx.send(Ok(Bytes::copy_from_slice(&image[..100_000]))).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_for_free_slots(&m, 0).await;
 
         // Refused before their bodies are read, large streamed uploads still get their answer
         // (lingering close) instead of a connection reset.
@@ -578,7 +590,7 @@ async fn one_caller_cannot_take_every_upload_slot() {
     let held = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
     let held = tokio::spawn(held.body(body).send());
     tx.send(Ok(Bytes::copy_from_slice(&image[..50_000]))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_free_slots(&m, 3).await;
 
     let second = m.upload_raw(&alice, "image/png", png(5000, 31)).await;
     assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
