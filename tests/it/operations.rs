@@ -135,6 +135,22 @@ async fn wait_for_free_slots(m: &crate::media::MediaApp, free: usize) {
     panic!("the held upload never took its slot");
 }
 
+/// An upload by `token` whose body is held open after its first half: it keeps its slot until the
+/// returned sender gets the rest (and is dropped). Returns once the slot is taken (`free` left).
+async fn held_upload(
+    m: &crate::media::MediaApp,
+    token: &str,
+    image: &[u8],
+    free: usize,
+) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) {
+    let (tx, body) = channel_body();
+    let request = m.http().post(m.url("/v1/media")).bearer_auth(token).header("content-type", "image/png");
+    let response = tokio::spawn(request.body(body).send());
+    tx.send(Ok(Bytes::copy_from_slice(&image[..image.len() / 2]))).await.unwrap();
+    wait_for_free_slots(m, free).await;
+    (tx, response)
+}
+
 fn channel_body() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, reqwest::Body) {
     let (tx, mut rx) = mpsc::channel(4);
     (tx, reqwest::Body::wrap_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))))
@@ -146,11 +162,7 @@ async fn uploads_past_the_concurrency_cap_get_503_busy_and_nothing_is_stored() {
         let m = media_app(stack, &[("MEDIA_MAX_CONCURRENT_UPLOADS", "1"), ("MEDIA_MAX_UPLOADS_PER_CALLER", "8")]).await;
         let alice = m.alice();
         let image = png(200_000, 7);
-        let (tx, body) = channel_body();
-        let first = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
-        let first = tokio::spawn(first.body(body).send());
-        tx.send(Ok(Bytes::copy_from_slice(&image[..100_000]))).await.unwrap();
-        wait_for_free_slots(&m, 0).await;
+        let (tx, first) = held_upload(&m, &alice, &image, 0).await;
 
         // Refused before their bodies are read, large streamed uploads still get their answer
         // (lingering close) instead of a connection reset.
@@ -586,11 +598,7 @@ async fn one_caller_cannot_take_every_upload_slot() {
     let m = media_app(Stack::SqliteFs, &vars).await;
     let (alice, bob) = (m.alice(), m.token("tenant-a", "bob", &[]));
     let image = png(100_000, 30);
-    let (tx, body) = channel_body();
-    let held = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
-    let held = tokio::spawn(held.body(body).send());
-    tx.send(Ok(Bytes::copy_from_slice(&image[..50_000]))).await.unwrap();
-    wait_for_free_slots(&m, 3).await;
+    let (tx, held) = held_upload(&m, &alice, &image, 3).await;
 
     let second = m.upload_raw(&alice, "image/png", png(5000, 31)).await;
     assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
