@@ -36,6 +36,8 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod http;
 pub mod ingest;
 pub mod storage;

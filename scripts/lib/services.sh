@@ -117,6 +117,7 @@ TOML
   local garage=("$bin" -c "$dir/garage.toml")
   RUST_LOG=warn "${garage[@]}" server >"$dir/garage.log" 2>&1 &
   GARAGE_PID=$!
+  export GARAGE_BIN="$bin"
   for _ in $(seq 1 60); do
     if "${garage[@]}" status >/dev/null 2>&1; then break; fi
     kill -0 "$GARAGE_PID" 2>/dev/null || { log "Garage exited at start"; exit 1; }

@@ -259,6 +259,7 @@ async fn reencrypt_tenant(
         }
     }
     summary.rows_pending += pending;
+    tracing::info!(tenant, version = target, rows_pending = pending, "retiring unused DEK versions");
     let retired = keys.retire_unused(tenant, target).await?;
     let details = serde_json::json!({ "to_version": target, "rows_pending": pending, "retired_versions": retired });
     audit::append(keys.db(), &AuditEvent { tenant, kind: "key.rotated", actor: Some("admin"), subject: None, details })

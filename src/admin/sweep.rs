@@ -4,7 +4,8 @@
 //! A pass deletes (object first, then row) every media past its `retention_until`
 //! (`MEDIA_RETENTION_DAYS`) and every direct upload still pending after its URL's TTL plus an hour,
 //! each recorded as `media.expired` in the tenant's audit chain; then it aborts multipart uploads
-//! and removes temporary files abandoned for more than an hour (what a crash leaves behind).
+//! and removes temporary files abandoned for more than an hour, and deletes the objects whose
+//! journal entries are that old (`db::journal`): together, what a crash leaves behind.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use serde_json::json;
 
 use super::Services;
 use crate::config::Config;
+use crate::db::journal;
 use crate::db::media::{MediaRepo, MediaStatus};
 use crate::ingest::pipeline::Pipeline;
 use crate::storage::BlobStore;
@@ -22,9 +24,18 @@ const BATCH: u32 = 200;
 /// Age after which an unfinished write is abandoned.
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
-/// Options of `sweep` (none yet: it runs one pass and prints its report).
+/// Options of `sweep` (one pass, then its report as JSON).
 #[derive(Debug, Clone, clap::Args)]
-pub struct Opts {}
+pub struct Opts {
+    /// Age after which an unfinished write counts as abandoned ("1h", "10m", "0s"). Lower it only
+    /// while no upload is in flight — after a crash, with the service stopped or idle.
+    #[arg(long, default_value = "1h", value_parser = parse_age)]
+    pub abandoned_after: Duration,
+}
+
+fn parse_age(value: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(value).ok_or_else(|| format!("{value:?} is not a duration such as 1h, 10m or 0s"))
+}
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -35,6 +46,8 @@ pub struct SweepReport {
     pub stale_pending: u64,
     /// Multipart uploads aborted / temporary files removed.
     pub abandoned_uploads: u64,
+    /// Objects no row references that a crash left behind (journaled keys, see `db::journal`).
+    pub orphans_deleted: u64,
     /// Rows that could not be read or deleted (logged; retried next pass).
     pub failed: u64,
 }
@@ -97,6 +110,27 @@ pub async fn sweep_once(
         }
     }
     report.abandoned_uploads = blobs.abort_stale_uploads(pipeline.key_prefix(), ages.abandoned_after).await?;
+    let journaled_before = now - chrono::Duration::from_std(ages.abandoned_after)?;
+    loop {
+        let keys = journal::stale(pipeline.db(), journaled_before, BATCH).await?;
+        let mut progressed = false;
+        for key in &keys {
+            match blobs.delete(key).await {
+                Ok(()) => {
+                    journal::close(pipeline.db(), key).await?;
+                    report.orphans_deleted += 1;
+                    progressed = true;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "sweeper cannot delete an orphaned object");
+                    report.failed += 1;
+                }
+            }
+        }
+        if keys.len() < BATCH as usize || !progressed {
+            break;
+        }
+    }
     Ok(report)
 }
 
@@ -122,9 +156,9 @@ pub fn spawn_background(
 }
 
 /// Runs one pass and prints its report as JSON.
-pub async fn run(config: &Config, _opts: &Opts) -> anyhow::Result<()> {
+pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
     let services = Services::open(config).await?;
-    let ages = SweepAges { presign_ttl: config.presign_ttl, abandoned_after: ABANDONED_AFTER };
+    let ages = SweepAges { presign_ttl: config.presign_ttl, abandoned_after: opts.abandoned_after };
     let report = sweep_once(&services.media, &services.pipeline, services.blobs.as_ref(), ages).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     services.db.close().await;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::journal;
 use super::ready_cache::ReadyCache;
 use super::tenant_keys::TenantKeys;
 use super::{Database, DbError};
@@ -372,20 +373,26 @@ impl MediaRepo {
         let row_cipher = RowCipher { cipher: &cipher, tenant, id: &media.id };
         let sealed = row_cipher.seal_all(&PlainColumns::from(media));
         let now = Utc::now();
-        let result = with_pool!(&self.db, |pool| sqlx::query(INSERT)
-            .bind(tenant)
-            .bind(&media.id)
-            .bind(media.status.as_str())
-            .bind(&media.mime)
-            .bind(media.size as i64)
-            .bind(dek.version as i32)
-            .bind(mac.as_ref().map(|m| m.as_slice()))
-            .bind_sealed(&sealed)
-            .bind(now)
-            .bind(media.retention_until)
-            .execute(pool)
-            .await
-            .map(|_| ()));
+        // The row and the end of its key's journal entry commit together (see `db::journal`).
+        let result = with_pool!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(INSERT)
+                .bind(tenant)
+                .bind(&media.id)
+                .bind(media.status.as_str())
+                .bind(&media.mime)
+                .bind(media.size as i64)
+                .bind(dek.version as i32)
+                .bind(mac.as_ref().map(|m| m.as_slice()))
+                .bind_sealed(&sealed)
+                .bind(now)
+                .bind(media.retention_until)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(journal::CLOSE).bind(&media.storage_key).execute(&mut *tx).await?;
+            tx.commit().await
+        }
+        .await);
         self.count_encryptions(tenant, dek.version, sealed.count()).await;
         match result {
             Ok(()) => Ok(InsertOutcome::Inserted),
@@ -476,7 +483,12 @@ impl MediaRepo {
     /// size, hash and storage key, and the row is re-sealed under the current DEK. With `dedup`, a tenant that already has these bytes
     /// gets [`InsertOutcome::Duplicate`] and the row is left pending for the caller to remove;
     /// without it the row becomes ready with no content MAC (a second copy the index does not see).
-    pub async fn mark_ready(&self, ready: &MediaRecord, dedup: bool) -> Result<InsertOutcome, DbError> {
+    pub async fn mark_ready(
+        &self,
+        ready: &MediaRecord,
+        staging_key: &str,
+        dedup: bool,
+    ) -> Result<InsertOutcome, DbError> {
         let sha256 = ready.sha256.ok_or(CryptoError::Integrity)?;
         let tenant = ready.tenant_id.as_str();
         debug_assert_eq!(ready.status, MediaStatus::Ready);
@@ -484,18 +496,29 @@ impl MediaRepo {
         let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
         let cipher = FieldCipher::new(&dek);
         let sealed = RowCipher { cipher: &cipher, tenant, id: &ready.id }.seal_all(&PlainColumns::from(ready));
-        let result = with_pool!(&self.db, |pool| sqlx::query(MARK_READY)
-            .bind(tenant)
-            .bind(&ready.id)
-            .bind(&ready.mime)
-            .bind(ready.size as i64)
-            .bind(dek.version as i32)
-            .bind(mac.as_ref().map(|m| m.as_slice()))
-            .bind_sealed(&sealed)
-            .bind(Utc::now())
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()));
+        // The row moves to its verified key, whose journal entry ends, and the staging key it
+        // leaves gets one, in one transaction (see `db::journal`).
+        let result = with_pool!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            let updated = sqlx::query(MARK_READY)
+                .bind(tenant)
+                .bind(&ready.id)
+                .bind(&ready.mime)
+                .bind(ready.size as i64)
+                .bind(dek.version as i32)
+                .bind(mac.as_ref().map(|m| m.as_slice()))
+                .bind_sealed(&sealed)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated == 1 {
+                sqlx::query(journal::CLOSE).bind(&ready.storage_key).execute(&mut *tx).await?;
+                sqlx::query(journal::OPEN).bind(staging_key).bind(Utc::now()).execute(&mut *tx).await?;
+            }
+            tx.commit().await.map(|()| updated)
+        }
+        .await);
         self.count_encryptions(tenant, dek.version, sealed.count()).await;
         match result {
             Ok(1) => Ok(InsertOutcome::Inserted),
@@ -529,15 +552,20 @@ impl MediaRepo {
             .await)?)
     }
 
-    /// Deletes the tenant's row; `false` when there was none.
-    pub async fn delete(&self, tenant: &str, id: &str) -> Result<bool, DbError> {
+    /// Deletes the tenant's row; `false` when there was none. With `journal_key` (the key of the
+    /// object the row referenced, still to be deleted), the key is journaled in the same
+    /// transaction, so a crash before the object is gone leaves it to the sweeper (`db::journal`).
+    pub async fn delete(&self, tenant: &str, id: &str, journal_key: Option<&str>) -> Result<bool, DbError> {
         self.forget(tenant, id);
-        let deleted = with_pool!(&self.db, |pool| sqlx::query(DELETE)
-            .bind(tenant)
-            .bind(id)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))?;
+        let deleted = with_pool!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            let deleted = sqlx::query(DELETE).bind(tenant).bind(id).execute(&mut *tx).await?.rows_affected();
+            if let (1, Some(key)) = (deleted, journal_key) {
+                sqlx::query(journal::OPEN).bind(key).bind(Utc::now()).execute(&mut *tx).await?;
+            }
+            tx.commit().await.map(|()| deleted)
+        }
+        .await)?;
         // Again after the delete: a read racing it may have cached the row meanwhile.
         self.forget(tenant, id);
         Ok(deleted == 1)

@@ -18,6 +18,7 @@ use sqlx::ConnectOptions;
 use crate::config::DatabaseConfig;
 
 pub mod audit;
+pub mod journal;
 pub mod media;
 pub mod ready_cache;
 pub mod tenant_keys;
@@ -69,6 +70,23 @@ pub enum DbError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl DbError {
+    /// Whether the database itself is out of reach (down, restarting, out of connections) rather
+    /// than the statement being wrong: callers answer "try again later" (503), not a server error.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)) => true,
+            Self::Sqlx(sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed) => true,
+            // SQLSTATE class 08 (connection exception), 57P01-57P03 (shutdown, crash, starting up),
+            // 53300 (too many connections); SQLite: busy or locked past the busy timeout.
+            Self::Sqlx(sqlx::Error::Database(err)) => err.code().is_some_and(|code| {
+                code.starts_with("08") || ["57P01", "57P02", "57P03", "53300", "5", "6"].contains(&code.as_ref())
+            }),
+            _ => false,
+        }
+    }
 }
 
 /// A pool on one of the supported databases.

@@ -166,12 +166,8 @@ impl ApiError {
                 StorageError::Source(_) => StatusCode::BAD_REQUEST,
                 StorageError::Backend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
-            Self::Database(err) => match err {
-                DbError::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
+            Self::Database(err) if err.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -165,8 +165,17 @@ impl Occurrences {
     }
 }
 
-/// Replaces every ID and placeholder with its URL (every ID in `urls` was collected from `value`).
-fn substitute(value: &mut Value, urls: &HashMap<String, String>) {
+/// The distinct IDs a payload names (as exact strings or `data:<mime>;jan_<id>` placeholders),
+/// refusing payloads nested deeper than [`MAX_DEPTH`] or naming more than `max_ids` IDs.
+pub fn payload_ids(payload: &Value, max_ids: usize) -> Result<BTreeSet<String>, ApiError> {
+    let mut ids = Occurrences::default();
+    collect_ids(payload, 0, max_ids, &mut ids)?;
+    Ok(ids.distinct)
+}
+
+/// Replaces every ID and placeholder with its URL (every ID in `urls` was collected from `value`
+/// by [`payload_ids`]); everything else is left as it was.
+pub fn substitute(value: &mut Value, urls: &HashMap<String, String>) {
     match value {
         Value::String(text) => {
             if let Some(url) = urls.get(text.as_str()) {
@@ -257,13 +266,12 @@ async fn resolve(
     let Some(mut payload) = request.get("payload").cloned() else {
         return Err(ApiError::bad_request("invalid_request", "the body must be {\"payload\": …} or {\"ids\": […]}"));
     };
-    let mut ids = Occurrences::default();
-    collect_ids(&payload, 0, max_ids, &mut ids)?;
-    if ids.distinct.is_empty() {
+    let ids = payload_ids(&payload, max_ids)?;
+    if ids.is_empty() {
         metrics::histogram!(names::RESOLVE_PLACEHOLDERS).record(0.0);
         return Ok(Json(json!({ "payload": payload })));
     }
-    let urls = presign_all(&state, &caller.0, &ids.distinct).await?;
+    let urls = presign_all(&state, &caller.0, &ids).await?;
     let urls: HashMap<String, String> = urls.into_iter().map(|(id, (url, _))| (id, url)).collect();
     substitute(&mut payload, &urls);
     Ok(Json(json!({ "payload": payload })))

@@ -6,6 +6,8 @@
 //! Memory is bounded by the blob store's part buffers: the body is never collected. Any failure
 //! after bytes started flowing leaves nothing behind: the blob store drops a failed or abandoned
 //! write (no object, no multipart upload), and an object whose row cannot be written is deleted.
+//! Every key is journaled before its first byte (`db::journal`), so what a crash interrupts is
+//! found and deleted by the sweeper.
 //! Handlers run [`Pipeline::ingest`] in its own task so that a client disconnecting after its body
 //! was stored cannot cancel the row write half-way.
 
@@ -25,6 +27,7 @@ use super::sniff::{Allowlist, DeclaredBy, TypeError, SNIFF_BYTES};
 use super::ByteStream;
 use crate::auth::Principal;
 use crate::db::audit::{self, AuditEvent};
+use crate::db::journal;
 use crate::db::media::{InsertOutcome, MediaRecord, MediaRepo, MediaStatus};
 use crate::db::{Database, DbError};
 use crate::storage::{BlobStore, StorageError};
@@ -138,6 +141,11 @@ impl Pipeline {
     /// A new random object key (see [`random_storage_key`]) under `MEDIA_STORAGE_PREFIX`.
     pub fn new_storage_key(&self) -> String {
         format!("{}{}", self.key_prefix, random_storage_key())
+    }
+
+    /// The metadata database (rows, audit, blob journal).
+    pub fn db(&self) -> &Database {
+        &self.db
     }
 
     /// The prefix of every key this pipeline creates (`MEDIA_STORAGE_PREFIX`).
@@ -267,7 +275,15 @@ impl Pipeline {
             })
             .boxed();
         let key = self.new_storage_key();
-        let size = self.blobs.put(&key, &mime, stream).await.map_err(|err| self.put_error(err))?;
+        journal::open(&self.db, &key).await?;
+        let size = match self.blobs.put(&key, &mime, stream).await {
+            Ok(size) => size,
+            Err(err) => {
+                // Normally nothing was written; the delete makes sure before the entry goes.
+                self.discard(&key).await;
+                return Err(self.put_error(err));
+            }
+        };
         let sha256 = std::mem::take(&mut *hasher.lock().unwrap_or_else(PoisonError::into_inner)).finalize().into();
         Ok(StoredBytes { key, mime, size, sha256 })
     }
@@ -323,7 +339,7 @@ impl Pipeline {
             status: MediaStatus::Ready,
             ..pending
         };
-        match self.media.mark_ready(&ready, dedup).await {
+        match self.media.mark_ready(&ready, &staging, dedup).await {
             Ok(InsertOutcome::Inserted) => {
                 self.discard(&staging).await;
                 let details = json!({"bytes": ready.size, "mime": ready.mime, "direct": true});
@@ -331,7 +347,9 @@ impl Pipeline {
                 Ok(Ingested { record: ready, deduped: false })
             }
             Ok(InsertOutcome::Duplicate(existing)) => {
-                self.remove(&ready).await?;
+                // The row still references the staging object; the verified copy is journaled.
+                self.media.delete(&ready.tenant_id, &ready.id, Some(&staging)).await?;
+                self.discard(&ready.storage_key).await;
                 self.discard(&staging).await;
                 let existing = self.media.get(&caller.tenant, &existing).await?;
                 let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
@@ -351,10 +369,11 @@ impl Pipeline {
         }
     }
 
-    /// Deletes a media's row, then its object. In that order a failure in between leaves an
-    /// orphaned object (logged), never a row — and its dedup entry — pointing at nothing.
+    /// Deletes a media's row, then its object. In that order a failure in between leaves no row —
+    /// and no dedup entry — pointing at nothing; the object's key is journaled with the row delete,
+    /// so the sweeper finishes the job if this process dies first.
     pub async fn remove(&self, media: &MediaRecord) -> Result<(), IngestError> {
-        self.media.delete(&media.tenant_id, &media.id).await?;
+        self.media.delete(&media.tenant_id, &media.id, Some(&media.storage_key)).await?;
         self.discard(&media.storage_key).await;
         Ok(())
     }
@@ -417,10 +436,15 @@ impl Pipeline {
         }
     }
 
-    /// Deletes an object the service wrote but will not keep (logged when it cannot).
+    /// Deletes an object no row references, then its journal entry. When either fails the entry
+    /// stays and the sweeper retries (logged).
     pub async fn discard(&self, storage_key: &str) {
         if let Err(err) = self.blobs.delete(storage_key).await {
-            tracing::error!(error = %err, "cannot delete an object that has no row: it stays orphaned in the blob store");
+            tracing::warn!(error = %err, "cannot delete an object that has no row: the sweeper will retry");
+            return;
+        }
+        if let Err(err) = journal::close(&self.db, storage_key).await {
+            tracing::warn!(error = %err, "cannot close the journal entry of a deleted object: the sweeper will retry");
         }
     }
 

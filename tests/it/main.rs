@@ -8,12 +8,15 @@
 mod audit;
 mod auth;
 mod cli;
+mod faults;
+mod fuzz_regressions;
 mod health;
 mod helpers;
 mod jwks;
 mod media;
 mod migrations;
 mod operations;
+mod process;
 mod repository;
 mod rotation;
 mod shred;

@@ -3,8 +3,6 @@
 //! the keyring, and logs that never carry a secret (checked on the real binary's output).
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,8 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::helpers::{base_vars, random_hex, spawn_app_with, Stack, STACKS};
+use crate::helpers::{spawn_app_with, Stack, STACKS};
 use crate::media::{json_of, media_app, png};
+use crate::process::{binary_vars, run, token, var, Service};
 
 /// Sum of the samples of `name` whose labels include every `(label, value)` of `labels`.
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -388,42 +387,6 @@ fn write_pair(dir: &std::path::Path, name: &str) -> (String, std::path::PathBuf,
     (cert, cert_file, key_file)
 }
 
-/// A free loopback port (bound and released; the child binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Service {
-    fn start(vars: &[(String, String)]) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_media-api"))
-            .arg("serve")
-            .env_clear()
-            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("MEDIA_API_PORT", port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Self { child, base: format!("http://127.0.0.1:{port}") }
-    }
-
-    /// Stops the process (SIGTERM) and returns everything it logged.
-    fn stop(mut self) -> String {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        let _ = self.child.wait();
-        let mut logs = String::new();
-        self.child.stdout.take().unwrap().read_to_string(&mut logs).unwrap();
-        self.child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
-        logs
-    }
-}
-
 /// Values of the query parameters of `url` that carry signatures or credentials.
 fn signature_values(url: &str) -> Vec<String> {
     let url = url::Url::parse(url).unwrap();
@@ -443,42 +406,12 @@ fn signature_values(url: &str) -> Vec<String> {
 async fn logs_of_an_upload_resolve_rotate_cycle_hold_no_token_key_or_signature() {
     for stack in STACKS {
         let dir = tempfile::tempdir().unwrap();
-        let master = media_api::crypto::keyring::Keyring::generate_key();
-        let mut vars: Vec<(String, String)> = base_vars(stack, dir.path()).await.into_iter().collect();
-        vars.retain(|(k, _)| k != "LOG_LEVEL" && k != "MEDIA_API_PORT");
-        let prefix = format!("t{}", random_hex(6));
-        vars.extend(
-            [
-                ("LOG_LEVEL", "debug".to_owned()),
-                ("MEDIA_LOG_FORMAT", "json".to_owned()),
-                ("MEDIA_MASTER_KEYS", format!("k1:{master}")),
-                ("MEDIA_STORAGE_PREFIX", prefix),
-                ("PATH", std::env::var("PATH").unwrap_or_default()),
-            ]
-            .map(|(k, v)| (k.to_owned(), v)),
-        );
-        let service = Service::start(&vars);
+        let vars = binary_vars(stack, dir.path(), &[("LOG_LEVEL", "debug"), ("MEDIA_LOG_FORMAT", "json")]).await;
+        let master = var(&vars, "MEDIA_MASTER_KEYS").trim_start_matches("k1:").to_owned();
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let mut up = false;
-        for _ in 0..100 {
-            if http.get(format!("{}/healthz", service.base)).send().await.is_ok() {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(up, "{stack:?}: the service did not start: {}", service.stop());
-
-        let config = media_api::config::Config::from_vars(&vars.iter().cloned().collect()).unwrap();
-        let issuer = media_api::auth::dev_issuer::DevIssuer::load_or_create(&dir.path().join("keys")).unwrap();
-        let request = media_api::auth::dev_issuer::TokenRequest {
-            subject: "alice",
-            tenant: "tenant-a",
-            roles: &[],
-            scopes: &[],
-            ttl: Duration::from_secs(600),
-        };
-        let token = issuer.mint(&config.auth, &request).unwrap();
+        let mut service = Service::start(&vars);
+        service.wait_up(&http).await;
+        let token = token(&vars, "tenant-a", "alice");
         let url = |path: &str| format!("{}{path}", service.base);
 
         let uploaded: Value = json_body(
@@ -517,12 +450,7 @@ async fn logs_of_an_upload_resolve_rotate_cycle_hold_no_token_key_or_signature()
             secrets.push(crate::helpers::s3_env().secret_key);
         }
 
-        let rotate = Command::new(env!("CARGO_BIN_EXE_media-api"))
-            .arg("rotate-keys")
-            .env_clear()
-            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .unwrap();
+        let rotate = run(&vars, &["rotate-keys"]);
         assert!(rotate.status.success(), "{}", String::from_utf8_lossy(&rotate.stderr));
         let mut logs = service.stop();
         logs.push_str(&String::from_utf8_lossy(&rotate.stdout));

@@ -1,0 +1,198 @@
+//! The properties the fuzz targets in `fuzz/` check, one function per target, kept in the library
+//! so that the inputs a fuzzer once crashed on (`fuzz/regressions/<target>/`) are replayed by the
+//! ordinary test suite (`tests/it/fuzz_regressions.rs`) against exactly the same checks.
+//!
+//! Each function takes arbitrary bytes and panics when a property fails; an input that is simply
+//! refused (an error) is fine. None of this runs in the service.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use axum::http::{header, HeaderMap, HeaderValue};
+use base64::Engine;
+use serde_json::Value;
+
+use crate::crypto::envelope::{self, DataKey, KeyPurpose, KeySlot, WrappedKey};
+use crate::crypto::field::{sealed_version, FieldCipher, FieldContext};
+use crate::crypto::keyring::Keyring;
+use crate::ingest::id::{is_valid, new_id, ID_CHARS, PREFIX};
+use crate::ingest::sniff::{Allowlist, DeclaredBy};
+use crate::ingest::sources::{clean_filename, decode_data_url, raw_filename};
+
+/// The names of the targets, as in `fuzz/fuzz_targets/<name>.rs`.
+pub const TARGETS: [&str; 7] =
+    ["field_ciphertext", "wrapped_key", "data_url", "resolve_payload", "media_id", "content_disposition", "sniff"];
+
+/// Runs the check of `target` on `data` (for the regression replay).
+pub fn run(target: &str, data: &[u8]) {
+    match target {
+        "field_ciphertext" => field_ciphertext(data),
+        "wrapped_key" => wrapped_key(data),
+        "data_url" => data_url(data),
+        "resolve_payload" => resolve_payload(data),
+        "media_id" => media_id(data),
+        "content_disposition" => content_disposition(data),
+        "sniff" => sniff(data),
+        other => panic!("no fuzz target named {other}"),
+    }
+}
+
+const CONTEXT: FieldContext<'static> =
+    FieldContext { tenant: "acme", table: "media_objects", column: "filename", row_id: "jan_fuzz" };
+
+static DEK: LazyLock<DataKey> = LazyLock::new(|| DataKey::generate(3));
+
+/// Field ciphertext decoder: arbitrary bytes never open (and never panic); a sealed value opens to
+/// its plaintext, and any single flipped bit makes it fail.
+pub fn field_ciphertext(data: &[u8]) {
+    let cipher = FieldCipher::new(&DEK);
+    if let Ok(version) = sealed_version(data) {
+        assert_eq!(version, u32::from_be_bytes([data[1], data[2], data[3], data[4]]));
+    }
+    assert!(cipher.open(&CONTEXT, data).is_err(), "random bytes opened as a ciphertext");
+    let sealed = cipher.seal(&CONTEXT, data);
+    assert_eq!(sealed_version(&sealed).ok(), Some(3));
+    assert_eq!(cipher.open(&CONTEXT, &sealed).expect("a sealed value opens").as_slice(), data);
+    if !data.is_empty() {
+        let mut tampered = sealed.clone();
+        let bit = usize::from(data[0]) * 7 % (tampered.len() * 8);
+        tampered[bit / 8] ^= 1 << (bit % 8);
+        assert!(cipher.open(&CONTEXT, &tampered).is_err(), "a tampered ciphertext opened");
+    }
+    let other_row = FieldContext { row_id: "jan_other", ..CONTEXT };
+    assert!(cipher.open(&other_row, &sealed).is_err(), "a ciphertext opened under another row's context");
+}
+
+static KEYRING: LazyLock<Arc<Keyring>> = LazyLock::new(|| {
+    let text = format!("k1:{}", Keyring::generate_key());
+    Arc::new(Keyring::parse_env(&text).expect("a generated keyring parses"))
+});
+
+/// Wrapped-key decoder: `<kek id>\n<token>` from arbitrary bytes never unwraps (nor panics); a
+/// genuine wrap unwraps only into its own slot.
+pub fn wrapped_key(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (kek_id, token) = text.split_once('\n').unwrap_or(("k1", &text));
+    let slot = KeySlot { tenant: "acme", purpose: KeyPurpose::Dek, version: 1 };
+    let forged = WrappedKey { kek_id: kek_id.to_owned(), token: token.to_owned() };
+    assert!(envelope::unwrap(&KEYRING, slot, &forged).is_err(), "arbitrary input unwrapped as a key");
+    let tenant = String::from_utf8_lossy(&data[..data.len().min(40)]).into_owned();
+    let own = KeySlot { tenant: &tenant, purpose: KeyPurpose::Index, version: data.len() as u32 };
+    let key = DataKey::generate(own.version);
+    let wrapped = envelope::wrap(&KEYRING, own, &key);
+    let unwrapped = envelope::unwrap(&KEYRING, own, &wrapped).expect("a genuine wrap unwraps");
+    assert_eq!(unwrapped.bytes(), key.bytes());
+    let elsewhere = KeySlot { tenant: "acme-other", ..own };
+    if tenant != elsewhere.tenant {
+        assert!(envelope::unwrap(&KEYRING, elsewhere, &wrapped).is_err(), "a key unwrapped into another tenant");
+    }
+    assert!(envelope::unwrap(&KEYRING, KeySlot { purpose: KeyPurpose::Dek, ..own }, &wrapped).is_err());
+}
+
+const DATA_URL_LIMIT: u64 = 64 * 1024;
+
+/// Data URL decoder: never more than the limit, never a panic; what it decodes re-encodes to a
+/// data URL that decodes to the same bytes.
+pub fn data_url(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok((mime, bytes)) = decode_data_url(&text, DATA_URL_LIMIT) {
+        assert!(bytes.len() as u64 <= DATA_URL_LIMIT);
+        let mime = mime.unwrap_or_default().replace([',', ';'], "");
+        let again = format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(&bytes));
+        let (_, round) = decode_data_url(&again, DATA_URL_LIMIT).expect("a re-encoded data URL decodes");
+        assert_eq!(round, bytes);
+    }
+}
+
+/// Resolve payload walker: any JSON either is refused (depth, count) or has every ID it names
+/// replaced — none is found in the result — and a payload naming none comes back equal.
+pub fn resolve_payload(data: &[u8]) {
+    let Ok(payload) = serde_json::from_slice::<Value>(data) else { return };
+    let Ok(ids) = crate::http::resolve::payload_ids(&payload, 50) else { return };
+    let mut rewritten = payload.clone();
+    let urls: HashMap<String, String> =
+        ids.iter().enumerate().map(|(i, id)| (id.clone(), format!("https://s3.example/o{i}?sig=x"))).collect();
+    crate::http::resolve::substitute(&mut rewritten, &urls);
+    if ids.is_empty() {
+        assert_eq!(rewritten, payload, "a payload without IDs changed");
+    }
+    let left = crate::http::resolve::payload_ids(&rewritten, 50).expect("a rewritten payload is still within limits");
+    assert!(left.is_empty(), "IDs left unresolved: {left:?}");
+}
+
+/// `jan_*` ID parser: accepts exactly `jan_` + 26 lowercase Crockford base32 characters.
+pub fn media_id(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let expected = text.len() == PREFIX.len() + ID_CHARS
+        && text.starts_with(PREFIX)
+        && text[PREFIX.len()..].bytes().all(|b| b"0123456789abcdefghjkmnpqrstvwxyz".contains(&b));
+    assert_eq!(is_valid(&text), expected, "{text:?}");
+    assert!(is_valid(&new_id()));
+}
+
+/// Content-Disposition filename handling: whatever header comes in, the stored name is a clean
+/// last path component, and the download header built from it is a valid, unbreakable header
+/// whose `filename*` decodes back to the name.
+pub fn content_disposition(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_bytes(data) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    for name in [raw_filename(&headers, None), clean_filename(&text)].into_iter().flatten() {
+        assert!(!name.is_empty() && name != "." && name != "..");
+        assert!(!name.contains(['/', '\\']) && !name.chars().any(char::is_control), "{name:?}");
+        assert!(name.chars().count() <= 255);
+        let built = crate::storage::content_disposition("attachment", &name);
+        HeaderValue::from_str(&built).expect("a download header is a valid header value");
+        let (plain, encoded) = built.split_once("; filename*=UTF-8''").expect("filename* is present");
+        let fallback = plain.strip_prefix("attachment; filename=\"").and_then(|f| f.strip_suffix('"'));
+        let fallback = fallback.expect("the ASCII fallback is one quoted string");
+        assert!(!fallback.contains(['"', '\\']), "{fallback:?}");
+        assert!(!encoded.contains([' ', ';', '"', ',']), "{encoded:?}");
+        let decoded = percent_decode(encoded);
+        assert_eq!(decoded.as_deref(), Some(name.as_str()));
+    }
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+static ALLOW: LazyLock<Allowlist> = LazyLock::new(|| Allowlist::new(&crate::ingest::sniff::DEFAULT_ALLOWED));
+
+const DECLARATIONS: [&str; 8] =
+    ["image/png", "image/jpg", "image/jpeg", "image/gif", "application/octet-stream", "text/html", "IMAGE/PNG", ""];
+
+/// Sniffing and type agreement: the first byte picks declarations, the rest is the content. An
+/// accepted type is the sniffed one, allowed, and equal to every declaration that names a type.
+pub fn sniff(data: &[u8]) {
+    let Some((&choice, content)) = data.split_first() else { return };
+    let declared: Vec<(DeclaredBy, String)> = (0..3)
+        .filter(|bit| choice & (1 << bit) != 0)
+        .map(|bit| (DeclaredBy::Header, DECLARATIONS[(usize::from(choice >> 3) % DECLARATIONS.len()) ^ bit].to_owned()))
+        .collect();
+    if let Ok(mime) = ALLOW.check(content, &declared) {
+        assert!(ALLOW.allows(&mime), "{mime} is not in the allowlist");
+        let sniffed = infer::get(content).map(|kind| kind.mime_type()).and_then(crate::ingest::sniff::canonical);
+        assert_eq!(sniffed.as_deref(), Some(mime.as_str()));
+        for (_, declared) in &declared {
+            if let Some(canonical) = crate::ingest::sniff::canonical(declared) {
+                assert_eq!(canonical, mime, "declared {declared} accepted as {mime}");
+            }
+        }
+    }
+}
