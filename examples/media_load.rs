@@ -9,6 +9,10 @@
 //!   connections allow, requests per second.
 //! - `flood <base> <token> <parallel> <MiB>`: `parallel` raw uploads of `MiB` each at once (each
 //!   request once, no retry); the count of each status (`scripts/bench-limits`).
+//! - `mixed <base> <token> <rate> <seconds>`: the soak workload (`scripts/soak`), open loop at
+//!   `rate` requests/s: 15 % uploads of 10 KiB–20 MiB (log-uniform sizes), 40 % presigns, 40 %
+//!   resolves (4–20 placeholders), 5 % bad requests (each of a kind with a known answer). One
+//!   JSON line per request on stdout (`t`, `route`, `status`, `ms`, `expected`), then a summary.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,10 +155,118 @@ async fn flood(target: Arc<Target>, parallel: u64, len: u64) -> anyhow::Result<V
     Ok(json!({"mode": "flood", "parallel": parallel, "mib": len >> 20, "seconds": seconds, "statuses": statuses}))
 }
 
+/// One request of the mixed workload: its route label, the request, and the status a correct
+/// service answers (`None`: 200).
+fn mixed_request(target: &Target, known: &[String], n: u64) -> (&'static str, reqwest::RequestBuilder, Option<u16>) {
+    let pick = |k: u64| known[(k % known.len() as u64) as usize].clone();
+    let base = &target.base;
+    match n % 20 {
+        0..=2 => {
+            // log-uniform between 10 KiB and 20 MiB
+            let fraction = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+            let len = (10.0 * 1024.0 * 2048f64.powf(fraction)) as u64;
+            ("upload", target.upload_request(len, 50_000 + n), None)
+        }
+        3..=10 => (
+            "presign",
+            target.http.get(format!("{base}/v1/media/{}/presign", pick(n))).bearer_auth(&target.token),
+            None,
+        ),
+        11..=18 => {
+            let content: Vec<Value> = (0..4 + n % 17)
+                .map(|k| json!({"type": "image_url", "image_url": {"url": format!("data:image/png;{}", pick(n + k))}}))
+                .collect();
+            let body = json!({"payload": {"messages": [{"role": "user", "content": content}]}});
+            (
+                "resolve",
+                target.http.post(format!("{base}/v1/media/resolve")).bearer_auth(&target.token).json(&body),
+                None,
+            )
+        }
+        _ => match (n / 20) % 4 {
+            0 => (
+                "bad:token",
+                target.http.get(format!("{base}/v1/media/{}", pick(n))).bearer_auth("not-a-token"),
+                Some(401),
+            ),
+            1 => (
+                "bad:unknown_id",
+                target
+                    .http
+                    .get(format!("{base}/v1/media/jan_00000000000000000000000000/presign"))
+                    .bearer_auth(&target.token),
+                Some(404),
+            ),
+            2 => (
+                "bad:json",
+                target
+                    .http
+                    .post(format!("{base}/v1/media/resolve"))
+                    .bearer_auth(&target.token)
+                    .header("content-type", "application/json")
+                    .body("{\"payload\":"),
+                Some(400),
+            ),
+            _ => (
+                "bad:type",
+                target
+                    .http
+                    .post(format!("{base}/v1/media"))
+                    .bearer_auth(&target.token)
+                    .header("content-type", "image/png")
+                    .body("<html><script>alert(1)</script></html>"),
+                Some(415),
+            ),
+        },
+    }
+}
+
+/// The soak workload (see the module docs).
+async fn mixed(target: Arc<Target>, rate: u64, seconds: u64) -> anyhow::Result<Value> {
+    let mut known = Vec::new();
+    for seed in 0..20 {
+        known.push(target.upload(4000 + seed, 7000 + seed).await?["id"].as_str().unwrap_or_default().to_owned());
+    }
+    let known = Arc::new(known);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..rate * seconds {
+        ticker.tick().await;
+        let (target, known) = (target.clone(), known.clone());
+        tasks.spawn(async move {
+            let (route, request, expected) = mixed_request(&target, &known, n);
+            let sent = Instant::now();
+            let status = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let _ = response.bytes().await;
+                    status
+                }
+                Err(_) => 0,
+            };
+            let line = json!({
+                "t": sent.duration_since(started).as_secs_f64(), "route": route, "status": status,
+                "ms": sent.elapsed().as_secs_f64() * 1000.0, "expected": expected.unwrap_or(200),
+            });
+            println!("{line}");
+            (route, status == expected.unwrap_or(200))
+        });
+    }
+    let (mut total, mut unexpected) = (0u64, 0u64);
+    while let Some(result) = tasks.join_next().await {
+        let (_, ok) = result?;
+        total += 1;
+        unexpected += u64::from(!ok);
+    }
+    Ok(json!({"mode": "mixed", "rate": rate, "seconds": seconds, "requests": total, "unexpected": unexpected}))
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(base), Some(token)) = (args.first(), args.get(1), args.get(2)) else {
-        anyhow::bail!("usage: media_load <upload|direct|resolve|presign> <base-url> <token> <args…>");
+        anyhow::bail!("usage: media_load <upload|direct|resolve|presign|flood|mixed> <base-url> <token> <args…>");
     };
     let number = |i: usize| -> anyhow::Result<u64> {
         Ok(args.get(i).ok_or_else(|| anyhow::anyhow!("missing argument {i}"))?.parse()?)
@@ -182,6 +294,7 @@ fn main() -> anyhow::Result<()> {
             "resolve" => resolve(target.clone(), number(3)?, number(4)?).await,
             "presign" => presign(target.clone(), number(3)? as usize, number(4)?).await,
             "flood" => flood(target.clone(), number(3)?, number(4)? * 1024 * 1024).await,
+            "mixed" => mixed(target.clone(), number(3)?, number(4)?).await,
             other => anyhow::bail!("unknown mode {other:?}"),
         }
     })?;

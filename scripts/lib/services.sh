@@ -138,3 +138,36 @@ TOML
   log "Garage: $("$bin" --version 2>/dev/null | head -n1) serving S3 on $MEDIA_TEST_S3_ENDPOINT (bucket media-test)"
 }
 
+
+# ---------------------------------------------------------------- the service (benchmarks)
+# Starts target/release/media-api on a free port against $DATABASE_URL (a fresh database) and the
+# Garage above, with the rate limits off (capacity is measured, not the limits). Extra VAR=value
+# arguments are added to its environment. Sets SERVER (pid), BASE, TOKEN and BENCH_URL;
+# stop_media_service stops it and drops the database.
+start_media_service() {
+  local db="mediabench_$(random_hex 4)"
+  psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
+  BENCH_URL="${DATABASE_URL%/*}/$db"
+  local port; port="$(free_port)"
+  env MEDIA_API_HOST=127.0.0.1 MEDIA_API_PORT="$port" MEDIA_DATABASE_URL="$BENCH_URL" \
+    MEDIA_KEYS_DIR="$WORK/keys" MEDIA_DATA_DIR="$WORK/data" MEDIA_STORAGE_PREFIX="bench-$(random_hex 4)" \
+    MEDIA_S3_ENDPOINT="$MEDIA_TEST_S3_ENDPOINT" MEDIA_S3_REGION="$MEDIA_TEST_S3_REGION" \
+    MEDIA_S3_BUCKET="$MEDIA_TEST_S3_BUCKET" MEDIA_S3_ACCESS_KEY="$MEDIA_TEST_S3_ACCESS_KEY" \
+    MEDIA_S3_SECRET_KEY="$MEDIA_TEST_S3_SECRET_KEY" MEDIA_PRESIGN_MAX_TTL=1h LOG_LEVEL=error \
+    MEDIA_RATE_LIMIT_RPS=0 MEDIA_RATE_LIMIT_IP_RPS=0 "$@" \
+    target/release/media-api >>"$WORK/server.log" 2>&1 &
+  SERVER=$!
+  BASE="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do curl -fsS "$BASE/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  TOKEN="$(MEDIA_KEYS_DIR="$WORK/keys" target/release/media-api token --tenant bench --sub bench --ttl 2h 2>/dev/null)"
+}
+
+stop_media_service() {
+  kill "$SERVER" 2>/dev/null || true
+  wait "$SERVER" 2>/dev/null || true
+  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS ${BENCH_URL##*/} WITH (FORCE)" >/dev/null 2>&1 || true
+}
+
+# Resident set (VmRSS) and its peak (VmHWM) of a process, in KiB.
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use media_api::auth::dev_issuer::{DevIssuer, TokenRequest};
 use media_api::db::Database;
 use reqwest::StatusCode;
@@ -689,11 +690,28 @@ async fn the_sweeper_removes_expired_media_stale_uploads_and_abandoned_multipart
             client.create_multipart_upload().bucket(s3_env().bucket).key(key).send().await.unwrap();
         }
         assert_eq!(m.counts().await.0, 3);
-
         let state = &m.app.state;
+        // What a crash between an upload's last byte and its row leaves: a journaled object.
+        let orphan = state.pipeline.new_storage_key();
+        media_api::db::journal::open(&state.db, &orphan).await.unwrap();
+        let body = futures::stream::iter([Ok(Bytes::from(png(500, 22)))]).boxed();
+        state.blobs.put(&orphan, "image/png", body).await.unwrap();
+        let objects_with_orphan = m.counts().await.1;
+
         let ages = SweepAges { presign_ttl: Duration::from_secs(300), abandoned_after: Duration::ZERO };
         let report = sweep_once(&state.media, &state.pipeline, state.blobs.as_ref(), ages).await.unwrap();
         assert_eq!((report.expired, report.stale_pending, report.failed), (1, 1, 0), "{stack:?}: {report:?}");
+        // The expired media's key was journaled with its row delete and cleared with its object,
+        // so only the crash's orphan was left for the journal pass.
+        assert_eq!(report.orphans_deleted, 1, "{stack:?}: {report:?}");
+        assert!(matches!(state.blobs.head(&orphan).await, Err(media_api::storage::StorageError::NotFound)));
+        assert!(objects_with_orphan >= 3, "{stack:?}: the orphan was counted before the sweep");
+        let journaled: i64 =
+            media_api::with_pool!(&state.db, |pool| sqlx::query_scalar("SELECT COUNT(*) FROM blob_journal")
+                .fetch_one(pool)
+                .await)
+            .unwrap();
+        assert_eq!(journaled, 0, "{stack:?}: every journal entry was cleared");
         if stack == Stack::PostgresS3 {
             assert_eq!(report.abandoned_uploads, 1, "the abandoned multipart upload is aborted");
         }
