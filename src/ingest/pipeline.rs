@@ -276,7 +276,11 @@ impl Pipeline {
             .boxed();
         let key = self.new_storage_key();
         journal::open(&self.db, &key).await?;
-        let size = match self.blobs.put(&key, &mime, stream).await {
+        let written = match upload.content_length {
+            Some(length) => self.blobs.put_sized(&key, &mime, length, stream).await,
+            None => self.blobs.put(&key, &mime, stream).await,
+        };
+        let size = match written {
             Ok(size) => size,
             Err(err) => {
                 // Normally nothing was written; the delete makes sure before the entry goes.

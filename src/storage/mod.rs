@@ -168,6 +168,19 @@ pub trait BlobStore: Send + Sync + 'static {
     /// only when the stream ended cleanly; on any error (or if the future is dropped) nothing is left.
     async fn put(&self, key: &str, content_type: &str, body: ByteStream) -> Result<u64, StorageError>;
 
+    /// [`BlobStore::put`] of a body whose length is known in advance (a `Content-Length`, or an
+    /// object being copied). A store may use it to stream the body in one request instead of
+    /// buffering parts; a body that ends early or runs long fails, leaving nothing.
+    async fn put_sized(
+        &self,
+        key: &str,
+        content_type: &str,
+        length: u64,
+        body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        self.put(key, content_type, exact_length(body, length)).await
+    }
+
     /// Reads an object, or a byte range of it, as a stream.
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<BlobObject, StorageError>;
 
@@ -191,6 +204,34 @@ pub trait BlobStore: Send + Sync + 'static {
     /// files (filesystem), and objects under `<prefix>staging/` (both). Returns how many were
     /// removed.
     async fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> Result<u64, StorageError>;
+}
+
+/// `body`, failing (as a source error) when it runs past `length` or ends before it.
+pub fn exact_length(body: ByteStream, length: u64) -> ByteStream {
+    use futures::StreamExt;
+    let error = |kind, message: &str| std::io::Error::new(kind, message.to_owned());
+    futures::stream::unfold((body, 0u64, false), move |(mut body, seen, done)| async move {
+        if done {
+            return None;
+        }
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                let seen = seen + chunk.len() as u64;
+                if seen > length {
+                    let err = error(std::io::ErrorKind::InvalidData, "the body is longer than announced");
+                    return Some((Err(err), (body, seen, true)));
+                }
+                Some((Ok(chunk), (body, seen, false)))
+            }
+            Some(Err(err)) => Some((Err(err), (body, seen, true))),
+            None if seen < length => {
+                let err = error(std::io::ErrorKind::UnexpectedEof, "the body ended before its announced length");
+                Some((Err(err), (body, seen, true)))
+            }
+            None => None,
+        }
+    })
+    .boxed()
 }
 
 /// The longest key accepted.

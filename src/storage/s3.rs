@@ -1,16 +1,21 @@
 //! S3 blob store (AWS S3, Garage, MinIO, Ceph …) through aws-sdk-s3 over rustls.
 //!
-//! Uploads stream with bounded memory: the body is cut into parts of `part_size` bytes; a body that
-//! ends inside the first part goes up as one `PutObject`, anything larger as a multipart upload with
-//! at most `upload_concurrency` parts in flight (memory ≈ part size × (concurrency + 1)). Any error —
-//! a failing source stream, a refused part, the future being dropped — aborts the multipart upload so
-//! no part is left billed and invisible in the bucket.
+//! Uploads stream with bounded memory. A body of known length (`put_sized`: a `Content-Length`, a
+//! copy) above one part goes up as one streamed `PutObject` without buffering — no part buffers, one
+//! request, and a PUT is atomic: an interrupted body leaves no object and nothing to abort. Otherwise
+//! the body is cut into parts of `part_size` bytes; a body that ends inside the first part goes up as
+//! one `PutObject`, anything larger as a multipart upload with at most `upload_concurrency` parts in
+//! flight (memory ≈ part size × (concurrency + 1)). Any error — a failing source stream, a refused
+//! part, the future being dropped — aborts the multipart upload so no part is left billed and
+//! invisible in the bucket.
 //!
 //! Presigned URLs are signed by a second client configured for `MEDIA_S3_PUBLIC_ENDPOINT` when that
 //! is set, so the URL a client gets is exactly the one that was signed (never rewritten afterwards).
 //! Payload checksums beyond SigV4's own are only sent when an operation requires them, which keeps
 //! the SDK compatible with S3 servers that do not implement the newer checksum trailers.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +42,66 @@ use crate::config::S3Config;
 
 const BACKEND: &str = "s3";
 const READ_CHUNK: usize = 64 * 1024;
+/// The largest object S3 takes in one `PutObject`.
+const MAX_STREAMED_PUT: u64 = 5 << 30;
+
+/// A body of announced length streamed into one request: it counts what it passes, fails when the
+/// source does or when the source runs past `length`, and keeps the source's error for the caller.
+/// `Sync` (which the SDK requires) through a mutex only ever reached through `&mut`.
+struct SizedBody {
+    inner: Mutex<ByteStream>,
+    length: u64,
+    sent: Arc<AtomicU64>,
+    failure: Arc<Mutex<Option<std::io::Error>>>,
+}
+
+impl SizedBody {
+    fn new(inner: ByteStream, length: u64) -> Self {
+        Self { inner: Mutex::new(inner), length, sent: Arc::default(), failure: Arc::default() }
+    }
+
+    fn fail(&self, err: std::io::Error) -> Box<dyn std::error::Error + Send + Sync> {
+        let message = err.to_string();
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(err);
+        message.into()
+    }
+}
+
+impl http_body::Body for SizedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let inner = this.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+        match futures::ready!(inner.poll_next_unpin(cx)) {
+            Some(Ok(chunk)) => {
+                let sent = this.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+                if sent > this.length {
+                    let err = std::io::Error::new(std::io::ErrorKind::InvalidData, "the body is longer than announced");
+                    return std::task::Poll::Ready(Some(Err(this.fail(err))));
+                }
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+            }
+            Some(Err(err)) => std::task::Poll::Ready(Some(Err(this.fail(err)))),
+            None if this.sent.load(Ordering::Relaxed) < this.length => {
+                let err = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the body ended before its announced length",
+                );
+                std::task::Poll::Ready(Some(Err(this.fail(err))))
+            }
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.length)
+    }
+}
 
 /// Blobs in one S3 bucket.
 #[derive(Debug, Clone)]
@@ -420,6 +485,43 @@ impl BlobStore for S3BlobStore {
             return self.put_single(key, content_type, buffer.freeze()).await;
         }
         self.put_multipart(key, content_type, buffer.freeze(), body, carry).await
+    }
+
+    async fn put_sized(
+        &self,
+        key: &str,
+        content_type: &str,
+        length: u64,
+        body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        // Streaming needs an unsigned payload (SigV4 would have to hash the body first).
+        if self.sign_payload || length <= self.part_size as u64 || length > MAX_STREAMED_PUT {
+            return self.put(key, content_type, body).await;
+        }
+        validate_key(key)?;
+        let body = SizedBody::new(body, length);
+        let (failure, sent) = (body.failure.clone(), body.sent.clone());
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(length as i64)
+            .body(S3Body::from_body_1_x(body))
+            .customize()
+            .disable_payload_signing();
+        let result = request.send().await;
+        // The source's own error (client gone, limit, deadline) says more than the SDK's wrapper.
+        let failed = failure.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(err) = failed {
+            if result.is_ok() {
+                self.delete(key).await?;
+            }
+            return Err(StorageError::Source(err));
+        }
+        result.map_err(sdk_error("put"))?;
+        Ok(sent.load(Ordering::Relaxed))
     }
 
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<BlobObject, StorageError> {

@@ -117,6 +117,33 @@ async fn a_source_failing_mid_upload_leaves_no_object_and_no_multipart_upload() 
 }
 
 #[tokio::test]
+async fn sized_uploads_round_trip_and_a_body_short_long_or_failing_leaves_nothing() {
+    for stack in STACKS {
+        let app = spawn_app(stack).await;
+        let blobs = &app.state.blobs;
+        let size = 12 * MIB as usize; // above one part: S3 streams it as one PutObject
+        let data = payload(size, 77);
+        let key = key("sized");
+        let written = blobs.put_sized(&key, "image/png", size as u64, chunked(data.clone())).await.expect("put");
+        assert_eq!(written, size as u64, "{stack:?}");
+        assert_eq!(sha256_hex(&collect(blobs.get(&key, None).await.unwrap().body).await), sha256_hex(&data));
+        blobs.delete(&key).await.unwrap();
+        let prefix = format!("sized-bad-{}", random_hex(6));
+        for (announced, body) in [
+            (size as u64 + 1, chunked(data.clone())),
+            (size as u64 - 1, chunked(data.clone())),
+            (size as u64, failing_after(7 * MIB as usize)),
+        ] {
+            let key = format!("{prefix}/{announced}");
+            let result = blobs.put_sized(&key, "image/png", announced, body).await;
+            assert!(matches!(result, Err(StorageError::Source(_))), "{stack:?} {announced}: {result:?}");
+            assert!(matches!(blobs.head(&key).await, Err(StorageError::NotFound)), "{stack:?}: {announced}");
+        }
+        assert_eq!(leftovers(&app, stack, &prefix).await, 0, "{stack:?}");
+    }
+}
+
+#[tokio::test]
 async fn an_upload_abandoned_mid_stream_is_cleaned_up() {
     for stack in STACKS {
         let app = spawn_app(stack).await;
