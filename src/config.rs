@@ -576,6 +576,12 @@ fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
     };
     let request_timeout = env.duration("MEDIA_REQUEST_TIMEOUT")?.unwrap_or(Duration::from_secs(30));
     let upload_timeout = env.duration("MEDIA_UPLOAD_TIMEOUT")?.unwrap_or(Duration::from_secs(600));
+    if upload_timeout > MAX_UPLOAD_TIMEOUT {
+        return Err(ConfigError::new(
+            "MEDIA_UPLOAD_TIMEOUT",
+            "must be at most 30m (the sweeper takes writes older than an hour for abandoned)",
+        ));
+    }
     if tls.as_ref().is_some_and(|tls| tls.reload_interval < Duration::from_millis(100)) {
         return Err(ConfigError::new("MEDIA_TLS_RELOAD_INTERVAL", "must be at least 100ms"));
     }
@@ -867,6 +873,10 @@ pub fn parse_bool(value: &str) -> Option<bool> {
         _ => None,
     }
 }
+
+/// The longest `MEDIA_UPLOAD_TIMEOUT`: well below the hour after which the sweeper treats an
+/// unfinished write as abandoned, so it never deletes an upload still running.
+pub const MAX_UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Go-style durations (`300ms`, `15s`, `5m`, `1h30m`) or a bare number of seconds.
 pub fn parse_duration(value: &str) -> Option<Duration> {

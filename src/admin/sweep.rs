@@ -84,10 +84,15 @@ pub async fn sweep_once(
                     continue;
                 }
             };
-            if let Err(err) = pipeline.remove(&record).await {
-                tracing::warn!(tenant, id, error = %err, "sweeper cannot delete a media");
-                report.failed += 1;
-                continue;
+            match pipeline.remove(&record).await {
+                Ok(true) => {}
+                // Completed or deleted meanwhile: nothing for the sweeper.
+                Ok(false) => continue,
+                Err(err) => {
+                    tracing::warn!(tenant, id, error = %err, "sweeper cannot delete a media");
+                    report.failed += 1;
+                    continue;
+                }
             }
             let reason = match record.status {
                 MediaStatus::Pending => {

@@ -92,7 +92,7 @@ pub async fn shred(
                     report.objects_unreadable += 1;
                 }
             }
-            if repo.delete(tenant, &id, None).await? {
+            if repo.delete(tenant, &id, None, None).await? {
                 report.rows_deleted += 1;
             }
         }

@@ -138,7 +138,7 @@ const MARK_READY: &str = "UPDATE media_objects SET status = 'ready', mime = $3, 
 const SWEEPABLE: &str = "SELECT tenant_id, id FROM media_objects \
      WHERE (retention_until < $1 OR (status = 'pending' AND created_at < $2)) AND (tenant_id, id) > ($3, $4) \
      ORDER BY tenant_id, id LIMIT $5";
-const DELETE: &str = "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2";
+const DELETE: &str = "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2 AND ($3 IS NULL OR status = $3)";
 
 /// Encrypted access to `media_objects`.
 #[derive(Debug, Clone)]
@@ -552,16 +552,25 @@ impl MediaRepo {
             .await)?)
     }
 
-    /// Deletes the tenant's row; `false` when there was none. With `journal_key` (the key of the
-    /// object the row referenced, still to be deleted), the key is journaled in the same
-    /// transaction, so a crash before the object is gone leaves it to the sweeper (`db::journal`).
-    pub async fn delete(&self, tenant: &str, id: &str, journal_key: Option<&str>) -> Result<bool, DbError> {
+    /// Deletes the tenant's row — only while its status is still `status`, when given — and says
+    /// whether it did. With `journal` (the key of the object the row referenced, still to be deleted,
+    /// and when the sweeper may take it), the key is journaled in the same transaction, so a crash
+    /// before the object is gone leaves it to the sweeper (`db::journal`).
+    pub async fn delete(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: Option<MediaStatus>,
+        journal: Option<(&str, DateTime<Utc>)>,
+    ) -> Result<bool, DbError> {
         self.forget(tenant, id);
+        let status = status.map(MediaStatus::as_str);
         let deleted = with_pool!(&self.db, |pool| async {
             let mut tx = pool.begin().await?;
-            let deleted = sqlx::query(DELETE).bind(tenant).bind(id).execute(&mut *tx).await?.rows_affected();
-            if let (1, Some(key)) = (deleted, journal_key) {
-                sqlx::query(journal::OPEN).bind(key).bind(Utc::now()).execute(&mut *tx).await?;
+            let deleted =
+                sqlx::query(DELETE).bind(tenant).bind(id).bind(status).execute(&mut *tx).await?.rows_affected();
+            if let (1, Some((key, at))) = (deleted, journal) {
+                sqlx::query(journal::OPEN).bind(key).bind(at).execute(&mut *tx).await?;
             }
             tx.commit().await.map(|()| deleted)
         }

@@ -513,14 +513,20 @@ async fn remove(
     if !is_valid(&id) {
         return Err(ApiError::NotFound);
     }
-    let record = state.media.get(&caller.0.tenant, &id).await?.ok_or(ApiError::NotFound)?.record;
-    require_owner(&caller.0, &record)?;
-    state.pipeline.remove(&record).await?;
-    state
-        .pipeline
-        .audit(&caller.0.tenant, &caller.0.subject, "media.deleted", &record.id, json!({"bytes": record.size}))
-        .await;
-    Ok(StatusCode::NO_CONTENT)
+    // A pending upload completing at the same moment changes the row under the delete: read again.
+    for _ in 0..3 {
+        let record = state.media.get(&caller.0.tenant, &id).await?.ok_or(ApiError::NotFound)?.record;
+        require_owner(&caller.0, &record)?;
+        if state.pipeline.remove(&record).await? {
+            let details = json!({"bytes": record.size});
+            state.pipeline.audit(&caller.0.tenant, &caller.0.subject, "media.deleted", &record.id, details).await;
+            return Ok(StatusCode::NO_CONTENT);
+        }
+    }
+    Err(ApiError::Conflict {
+        code: "media_changed",
+        message: "the media kept changing while it was being deleted; try again".into(),
+    })
 }
 
 /// Only the uploader of a media, or a caller with `media:admin`, may delete or complete it.

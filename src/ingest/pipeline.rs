@@ -121,6 +121,8 @@ pub struct Pipeline {
     retention: Option<chrono::Duration>,
     key_prefix: Arc<str>,
     tasks: TaskTracker,
+    /// How long a direct-upload URL can stay usable (`MEDIA_PRESIGN_MAX_TTL`).
+    staging_ttl: std::time::Duration,
 }
 
 impl Pipeline {
@@ -134,6 +136,7 @@ impl Pipeline {
             max_bytes: config.max_bytes,
             retention: config.retention_days.map(|days| chrono::Duration::days(i64::from(days))),
             key_prefix: Arc::from(config.storage_prefix.as_str()),
+            staging_ttl: config.presign_max_ttl,
             tasks: TaskTracker::new(),
         }
     }
@@ -352,9 +355,9 @@ impl Pipeline {
             }
             Ok(InsertOutcome::Duplicate(existing)) => {
                 // The row still references the staging object; the verified copy is journaled.
-                self.media.delete(&ready.tenant_id, &ready.id, Some(&staging)).await?;
+                let pending = MediaRecord { storage_key: staging, status: MediaStatus::Pending, ..ready.clone() };
                 self.discard(&ready.storage_key).await;
-                self.discard(&staging).await;
+                self.remove(&pending).await?;
                 let existing = self.media.get(&caller.tenant, &existing).await?;
                 let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
                 Ok(Ingested { record: existing.record, deduped: true })
@@ -362,7 +365,11 @@ impl Pipeline {
             Err(err) => {
                 // Someone else completed (or removed) the row meanwhile: keep theirs. Otherwise the
                 // row is still pending and its staged object stays, so completing can be retried.
-                self.discard(&ready.storage_key).await;
+                // The verified copy is deleted only when the update certainly did not happen; after
+                // a lost commit its journal entry says which way it went, and the sweeper follows.
+                if matches!(err, DbError::Sqlx(sqlx::Error::RowNotFound)) {
+                    self.discard(&ready.storage_key).await;
+                }
                 match self.media.get(&caller.tenant, &ready.id).await? {
                     Some(current) if current.record.status == MediaStatus::Ready => {
                         Ok(Ingested { record: current.record, deduped: false })
@@ -373,13 +380,32 @@ impl Pipeline {
         }
     }
 
-    /// Deletes a media's row, then its object. In that order a failure in between leaves no row —
+    /// Deletes a media's row, then its object (`false`: the row was gone or had changed). In that order a failure in between leaves no row —
     /// and no dedup entry — pointing at nothing; the object's key is journaled with the row delete,
     /// so the sweeper finishes the job if this process dies first.
-    pub async fn remove(&self, media: &MediaRecord) -> Result<(), IngestError> {
-        self.media.delete(&media.tenant_id, &media.id, Some(&media.storage_key)).await?;
-        self.discard(&media.storage_key).await;
-        Ok(())
+    ///
+    /// Only a row still in the state the caller read is deleted (a pending upload that became ready
+    /// meanwhile stays). A pending row's staging key stays journaled until its upload URL has expired
+    /// — a client may still PUT to it after the row is gone — and the sweeper deletes it then.
+    pub async fn remove(&self, media: &MediaRecord) -> Result<bool, IngestError> {
+        let now = Utc::now();
+        let sweep_at = match media.status {
+            MediaStatus::Pending => now + chrono::Duration::from_std(self.staging_ttl).unwrap_or_default(),
+            MediaStatus::Ready => now,
+        };
+        let journal = Some((media.storage_key.as_str(), sweep_at));
+        if !self.media.delete(&media.tenant_id, &media.id, Some(media.status), journal).await? {
+            return Ok(false);
+        }
+        match media.status {
+            MediaStatus::Ready => self.discard(&media.storage_key).await,
+            MediaStatus::Pending => {
+                if let Err(err) = self.blobs.delete(&media.storage_key).await {
+                    tracing::warn!(error = %err, "cannot delete a staged upload: the sweeper will retry");
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Reads from `body` until [`SNIFF_BYTES`] are buffered or the body ends.
@@ -412,13 +438,9 @@ impl Pipeline {
     /// Writes the row of stored bytes, or — when the tenant already has them — deletes the new
     /// object and answers with the existing media.
     async fn record(&self, caller: &Principal, record: MediaRecord) -> Result<Ingested, IngestError> {
-        let outcome = match self.media.insert(&record).await {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                self.discard(&record.storage_key).await;
-                return Err(err.into());
-            }
-        };
+        // On an error the object stays: if the commit happened after all (its answer lost), the row
+        // references it; if not, its journal entry is still there and the sweeper deletes it.
+        let outcome = self.media.insert(&record).await?;
         match outcome {
             InsertOutcome::Inserted => {
                 self.audit(

@@ -496,7 +496,7 @@ impl BlobStore for S3BlobStore {
     ) -> Result<u64, StorageError> {
         // Streaming needs an unsigned payload (SigV4 would have to hash the body first).
         if self.sign_payload || length <= self.part_size as u64 || length > MAX_STREAMED_PUT {
-            return self.put(key, content_type, body).await;
+            return self.put(key, content_type, super::exact_length(body, length)).await;
         }
         validate_key(key)?;
         let body = SizedBody::new(body, length);
@@ -510,6 +510,16 @@ impl BlobStore for S3BlobStore {
             .content_length(length as i64)
             .body(S3Body::from_body_1_x(body))
             .customize()
+            // The client's read timeout covers the whole request, body included: a slow client
+            // is bounded by MEDIA_UPLOAD_TIMEOUT upstream, so this request gets the longest one.
+            .config_override(
+                aws_sdk_s3::config::Builder::default().timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_secs(5))
+                        .read_timeout(crate::config::MAX_UPLOAD_TIMEOUT + Duration::from_secs(60))
+                        .build(),
+                ),
+            )
             .disable_payload_signing();
         let result = request.send().await;
         // The source's own error (client gone, limit, deadline) says more than the SDK's wrapper.

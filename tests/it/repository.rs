@@ -106,7 +106,7 @@ async fn rows_round_trip_and_reads_are_scoped_to_the_tenant() {
         assert!(fx.repo.get("other-tenant", &media.id).await.unwrap().is_none(), "{}", fx.db.backend());
         let (_, cold) = fx.reopen(KeySettings::default());
         assert_eq!(cold.get("acme", &media.id).await.unwrap().expect("row").record, media);
-        assert!(fx.repo.delete("acme", &media.id, None).await.unwrap());
+        assert!(fx.repo.delete("acme", &media.id, None, None).await.unwrap());
         assert!(fx.repo.get("acme", &media.id).await.unwrap().is_none());
     }
 }
