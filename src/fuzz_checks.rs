@@ -106,17 +106,19 @@ pub fn data_url(data: &[u8]) {
 
 /// Resolve payload walker: any JSON either is refused (depth, count) or has every ID it names
 /// replaced — none of them is found in the result — and a payload naming none comes back equal.
-/// The stand-in URLs start with a character no ID has: a real `https://…` URL spliced in right
-/// after text such as `data:x;jan_<21 chars>` completes a new, made-up placeholder (the fuzzer
-/// found it twice — `fuzz/regressions/resolve_payload/url-completes-*` — once naming an ID the
-/// payload also held). That is output text only (a second resolve of it would 404), so the check
-/// rules it out rather than the walker.
+/// The stand-in URLs start with `u`: lowercase, so, like a real `https://…`, it does not end an ID
+/// written right before the placeholder (an upper-case start did, and the fuzzer found the new
+/// placeholder that made — `…/url-ends-an-id`), and not a Crockford character, so, unlike `h`, it
+/// cannot complete text such as `data:x;jan_<21 chars>` into a made-up placeholder (found twice —
+/// `fuzz/regressions/resolve_payload/url-completes-*` — once naming an ID the payload also held).
+/// With real URLs that completion can happen: output text only (a second resolve of it would
+/// answer 404), so the check rules it out rather than the walker.
 pub fn resolve_payload(data: &[u8]) {
     let Ok(payload) = serde_json::from_slice::<Value>(data) else { return };
     let Ok(ids) = crate::http::resolve::payload_ids(&payload, 50) else { return };
     let mut rewritten = payload.clone();
     let urls: HashMap<String, String> =
-        ids.iter().enumerate().map(|(i, id)| (id.clone(), format!("HTTPS://s3.example/o{i}?sig=x"))).collect();
+        ids.iter().enumerate().map(|(i, id)| (id.clone(), format!("u:s3.example/o{i}?sig=x"))).collect();
     crate::http::resolve::substitute(&mut rewritten, &urls);
     if ids.is_empty() {
         assert_eq!(rewritten, payload, "a payload without IDs changed");
