@@ -315,6 +315,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The answer when a handler panicked (a bug): a 500 with a stable code instead of a dropped
+/// connection; the panic message goes to the log, never to the client.
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = detail, "a request handler panicked");
+    metrics::counter!(names::PANICS).increment(1);
+    let info = ErrorInfo { code: "internal", message: "the service failed on this request; it has been logged".into() };
+    let mut response = (StatusCode::INTERNAL_SERVER_ERROR, error_body(&info, None)).into_response();
+    response.extensions_mut().insert(info);
+    response
+}
+
 fn error_body(info: &ErrorInfo, request_id: Option<&str>) -> axum::Json<serde_json::Value> {
     axum::Json(json!({ "error": info.message, "code": info.code, "request_id": request_id }))
 }
@@ -367,5 +383,20 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for MediaIdPath {
             .await
             .map(|axum::extract::Path(id)| Self(id))
             .map_err(|_| ApiError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_becomes_a_500_with_a_stable_code_and_no_detail() {
+        let response = panicked(Box::new("index 70 is not a char boundary in secret-ish text"));
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "internal");
+        assert!(!body.to_string().contains("char boundary"), "{body}");
     }
 }

@@ -173,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::Extension(spec))
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
         .layer(from_fn_with_state(state.clone(), admission))
         .layer(from_fn(error::attach_request_id));
     for (name, value) in security_headers() {

@@ -99,8 +99,9 @@ fn placeholders(text: &str) -> Vec<Placeholder<'_>> {
             // (`data:text/plain;jan_notes`) is ordinary text and left alone.
             let end = id_start + PREFIX.len() + ID_CHARS;
             let followed = bytes.get(end).is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-            if end <= bytes.len() && !followed && is_valid(&text[id_start..end]) {
-                found.push(Placeholder { start, end, id: &text[id_start..end] });
+            // `get`, not indexing: `end` may fall inside a multi-byte character (found by fuzzing).
+            if let Some(id) = text.get(id_start..end).filter(|id| !followed && is_valid(id)) {
+                found.push(Placeholder { start, end, id });
                 from = end;
                 continue;
             }
@@ -318,6 +319,14 @@ mod tests {
             (payload["n"].clone(), payload["flag"].clone(), payload["none"].clone()),
             (json!(1), json!(true), json!(null))
         );
+    }
+
+    #[test]
+    fn a_placeholder_cut_inside_a_multi_byte_character_is_text_not_a_panic() {
+        // 26 bytes after `jan_` end inside the two-byte `Ň` (an input the fuzzer found).
+        let text = "data:x;jan_0123456789abcdefghjkmnpqrŇ;data:image/png;jan_0123456789abcdefghjkmnpqrs";
+        let found = placeholders(text);
+        assert_eq!(found.iter().map(|p| p.id).collect::<Vec<_>>(), ["jan_0123456789abcdefghjkmnpqrs"]);
     }
 
     #[test]

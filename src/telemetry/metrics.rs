@@ -42,6 +42,8 @@ pub mod names {
     pub const BLOB_ERRORS: &str = "media_blob_store_errors_total";
     /// Counter of database failures answered as errors.
     pub const DB_ERRORS: &str = "media_db_errors_total";
+    /// Counter of request handlers that panicked (answered 500 `internal`); any is a bug.
+    pub const PANICS: &str = "media_handler_panics_total";
     /// Gauge of rows still encrypted under a DEK version that is not their tenant's active one.
     pub const ROTATION_PENDING: &str = "media_rotation_rows_pending";
     /// Gauge of tenants with keys.
@@ -106,6 +108,7 @@ fn describe() {
     describe_histogram!(names::RESOLVE_PLACEHOLDERS, "Distinct media IDs per resolve call");
     describe_counter!(names::BLOB_ERRORS, "Blob store failures by operation");
     describe_counter!(names::DB_ERRORS, "Database failures answered as errors");
+    describe_counter!(names::PANICS, "Request handlers that panicked (answered 500 internal); any is a bug");
     describe_gauge!(
         names::ROTATION_PENDING,
         "Rows encrypted under a DEK version that is not their tenant's active one"

@@ -441,6 +441,15 @@ async fn lying_upload_status(m: &MediaApp, token: &str, announced: usize) -> (u1
 }
 
 #[tokio::test]
+async fn a_payload_whose_placeholder_is_cut_inside_a_character_resolves_unchanged() {
+    // Found by the resolve_payload fuzz target: the scan used to slice inside `Ň` and panic.
+    let m = media_app(Stack::SqliteFs, &[]).await;
+    let payload = json!({"text": "data:x;jan_0123456789abcdefghjkmnpqrŇ and more"});
+    let (status, body) = m.resolve(&m.alice(), &json!({"payload": payload})).await;
+    assert_eq!((status, &body["payload"]), (StatusCode::OK, &payload), "{body}");
+}
+
+#[tokio::test]
 async fn tenants_cannot_see_each_others_media_and_the_same_bytes_are_two_objects() {
     for stack in STACKS {
         let m = media_app(stack, &[]).await;
