@@ -288,17 +288,21 @@ impl S3BlobStore {
         }
     }
 
+    /// A `PutObject` of `length` bytes of `body`.
+    fn put_object(
+        &self,
+        key: &str,
+        content_type: &str,
+        length: u64,
+        body: S3Body,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let request = self.client.put_object().bucket(&self.bucket).key(key).content_type(content_type);
+        request.content_length(length as i64).body(body)
+    }
+
     async fn put_single(&self, key: &str, content_type: &str, data: Bytes) -> Result<u64, StorageError> {
         let length = data.len() as u64;
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .content_length(length as i64)
-            .body(S3Body::from(data))
-            .customize();
+        let request = self.put_object(key, content_type, length, S3Body::from(data)).customize();
         let request = if self.sign_payload { request } else { request.disable_payload_signing() };
         request.send().await.map_err(sdk_error("put"))?;
         Ok(length)
@@ -502,13 +506,7 @@ impl BlobStore for S3BlobStore {
         let body = SizedBody::new(body, length);
         let (failure, sent) = (body.failure.clone(), body.sent.clone());
         let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .content_length(length as i64)
-            .body(S3Body::from_body_1_x(body))
+            .put_object(key, content_type, length, S3Body::from_body_1_x(body))
             .customize()
             // The client's read timeout covers the whole request, body included: a slow client
             // is bounded by MEDIA_UPLOAD_TIMEOUT upstream, so this request gets the longest one.

@@ -613,6 +613,32 @@ async fn wait_ready(http: &reqwest::Client, service: &Service, want: u16, within
     }
 }
 
+/// Takes a dependency down with `switch(false)` until `/readyz` names it (and only it) down and an
+/// upload has failed, then brings it back with `switch(true)` and waits for readiness. Returns when
+/// it went down, when it came back, and how long readiness took to return.
+async fn outage(
+    http: &reqwest::Client,
+    service: &Service,
+    log: &Mutex<Vec<Outcome>>,
+    dependency: &str,
+    mut switch: impl FnMut(bool),
+) -> (Instant, Instant, Duration) {
+    let down = Instant::now();
+    switch(false);
+    wait_ready(http, service, 503, Duration::from_secs(15)).await;
+    let (_, body) = readiness(http, service).await;
+    for check in ["database", "storage"] {
+        let expected = if check == dependency { "down" } else { "ok" };
+        assert_eq!(body["checks"][check].as_str(), Some(expected), "{dependency} down: {body}");
+    }
+    wait_for_failed_upload(log, down).await;
+    let back = Instant::now();
+    switch(true);
+    let recovery = wait_ready(http, service, 200, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (down, back, recovery)
+}
+
 /// Waits (at most 30 s) until an upload sent after `since` has failed, so each outage window holds
 /// at least one, however slow the machine.
 async fn wait_for_failed_upload(log: &Mutex<Vec<Outcome>>, since: Instant) {
@@ -666,38 +692,12 @@ async fn postgres_then_garage_stopped_under_load_fail_fast_with_503_and_recover_
     let load = steady_load(service.base.clone(), token.clone(), stop.clone(), log.clone(), stored.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // PostgreSQL goes away.
+    // PostgreSQL goes away, then Garage.
     let t_healthy = Instant::now();
-    postgres.stop();
-    let t_pg_down = Instant::now();
-    wait_ready(&http, &service, 503, Duration::from_secs(10)).await;
-    let (_, body) = readiness(&http, &service).await;
-    assert_eq!(
-        (body["checks"]["database"].as_str(), body["checks"]["storage"].as_str()),
-        (Some("down"), Some("ok")),
-        "{body}"
-    );
-    wait_for_failed_upload(&log, t_pg_down).await;
-    let t_pg_back = Instant::now();
-    postgres.start();
-    let pg_recovery = wait_ready(&http, &service, 200, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    // Garage goes away.
-    let t_s3_down = Instant::now();
-    garage.stop();
-    wait_ready(&http, &service, 503, Duration::from_secs(15)).await;
-    let (_, body) = readiness(&http, &service).await;
-    assert_eq!(
-        (body["checks"]["database"].as_str(), body["checks"]["storage"].as_str()),
-        (Some("ok"), Some("down")),
-        "{body}"
-    );
-    wait_for_failed_upload(&log, t_s3_down).await;
-    let t_s3_back = Instant::now();
-    garage.start();
-    let s3_recovery = wait_ready(&http, &service, 200, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (t_pg_down, t_pg_back, pg_recovery) =
+        outage(&http, &service, &log, "database", |up| if up { postgres.start() } else { postgres.stop() }).await;
+    let (t_s3_down, t_s3_back, s3_recovery) =
+        outage(&http, &service, &log, "storage", |up| if up { garage.start() } else { garage.stop() }).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap();
     let t_end = Instant::now();
