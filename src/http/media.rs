@@ -504,7 +504,10 @@ async fn presign(
 
 /// Deletes the bytes and the row: the uploader, or a caller with `media:admin`.
 #[utoipa::path(delete, path = "/v1/media/{id}", tag = "media", security(("bearer" = [])), params(MediaId),
-    responses((status = 204, description = "Deleted"), NotFound, AuthErrors))]
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, description = "`media_changed`: the media kept changing (a pending upload completing) while it was being deleted; try again", body = ErrorBody),
+        NotFound, AuthErrors))]
 async fn remove(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
