@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use media_api::admin::rotate_keys::{rotate, Opts};
 use media_api::config::DatabaseConfig;
 use media_api::crypto::envelope::{self, DataKey, KeyPurpose, KeySlot};
 use media_api::crypto::keyring::Keyring;
 use media_api::db::media::{MediaRecord, MediaRepo, MediaStatus};
 use media_api::db::tenant_keys::{KeySettings, TenantKeys};
 use media_api::db::Database;
+use media_api::jobs::rotate::{rotate, RotateOptions};
 use rand::RngCore;
 use secrecy::SecretString;
 use sqlx::Connection;
@@ -93,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
     println!("inserted {rows} rows in {:.1} s", started.elapsed().as_secs_f64());
 
     // rotate-keys on the rows as they are.
-    let opts = Opts { tenants: Vec::new(), batch_size: BATCH as u32, rewrap_only: false, dry_run: false };
+    let opts = RotateOptions { tenants: Vec::new(), batch_size: BATCH as u32, rewrap_only: false, dry_run: false };
     let started = Instant::now();
     let summary = rotate(&keys, &repo, &opts).await?;
     let rotate_seconds = started.elapsed().as_secs_f64();

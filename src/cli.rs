@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::admin;
-use crate::app::StartupError;
 use crate::config::Config;
 use crate::crypto::CryptoError;
+use crate::services::StartupError;
 use crate::telemetry::LogTarget;
 
 /// Exit status for a refused configuration.

@@ -15,9 +15,9 @@ use serde_json::Value;
 use crate::crypto::envelope::{self, DataKey, KeyPurpose, KeySlot, WrappedKey};
 use crate::crypto::field::{sealed_version, FieldCipher, FieldContext};
 use crate::crypto::keyring::Keyring;
-use crate::ingest::id::{is_valid, new_id, ID_CHARS, PREFIX};
-use crate::ingest::sniff::{Allowlist, DeclaredBy};
-use crate::ingest::sources::{clean_filename, decode_data_url, raw_filename};
+use crate::domain::media_id::{is_valid, new_id, ID_CHARS, PREFIX};
+use crate::media::ingest::sniff::{Allowlist, DeclaredBy};
+use crate::media::ingest::sources::{clean_filename, decode_data_url, raw_filename};
 
 /// The names of the targets, as in `fuzz/fuzz_targets/<name>.rs`.
 pub const TARGETS: [&str; 7] =
@@ -115,15 +115,15 @@ pub fn data_url(data: &[u8]) {
 /// answer 404), so the check rules it out rather than the walker.
 pub fn resolve_payload(data: &[u8]) {
     let Ok(payload) = serde_json::from_slice::<Value>(data) else { return };
-    let Ok(ids) = crate::http::resolve::payload_ids(&payload, 50) else { return };
+    let Ok(ids) = crate::media::resolve::payload_ids(&payload, 50) else { return };
     let mut rewritten = payload.clone();
     let urls: HashMap<String, String> =
         ids.iter().enumerate().map(|(i, id)| (id.clone(), format!("u:s3.example/o{i}?sig=x"))).collect();
-    crate::http::resolve::substitute(&mut rewritten, &urls);
+    crate::media::resolve::substitute(&mut rewritten, &urls);
     if ids.is_empty() {
         assert_eq!(rewritten, payload, "a payload without IDs changed");
     }
-    let Ok(left) = crate::http::resolve::payload_ids(&rewritten, usize::MAX / 8) else {
+    let Ok(left) = crate::media::resolve::payload_ids(&rewritten, usize::MAX / 8) else {
         panic!("a rewritten payload is nested deeper than its original")
     };
     let missed: Vec<&String> = left.intersection(&ids).collect();
@@ -182,7 +182,7 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-static ALLOW: LazyLock<Allowlist> = LazyLock::new(|| Allowlist::new(&crate::ingest::sniff::DEFAULT_ALLOWED));
+static ALLOW: LazyLock<Allowlist> = LazyLock::new(|| Allowlist::new(&crate::media::ingest::sniff::DEFAULT_ALLOWED));
 
 const DECLARATIONS: [&str; 8] =
     ["image/png", "image/jpg", "image/jpeg", "image/gif", "application/octet-stream", "text/html", "IMAGE/PNG", ""];
@@ -197,10 +197,10 @@ pub fn sniff(data: &[u8]) {
         .collect();
     if let Ok(mime) = ALLOW.check(content, &declared) {
         assert!(ALLOW.allows(&mime), "{mime} is not in the allowlist");
-        let sniffed = infer::get(content).map(|kind| kind.mime_type()).and_then(crate::ingest::sniff::canonical);
+        let sniffed = infer::get(content).map(|kind| kind.mime_type()).and_then(crate::media::ingest::sniff::canonical);
         assert_eq!(sniffed.as_deref(), Some(mime.as_str()));
         for (_, declared) in &declared {
-            if let Some(canonical) = crate::ingest::sniff::canonical(declared) {
+            if let Some(canonical) = crate::media::ingest::sniff::canonical(declared) {
                 assert_eq!(canonical, mime, "declared {declared} accepted as {mime}");
             }
         }

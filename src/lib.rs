@@ -8,26 +8,30 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (`serve` and the admin commands); `main.rs` only calls it.
-//! - [`config`]: the typed configuration, read from the environment and validated once.
-//! - [`app`]: [`app::Application`] (build, bind, serve, graceful shutdown) and the shared
-//!   [`app::AppState`].
-//! - [`auth`]: Bearer JWTs checked against the issuers' JWKS, principals and permissions, the axum
-//!   extractor handlers use, and the dev profile's local token issuer.
-//! - [`http`]: the router, one module per resource, and the one HTTP error type
-//!   ([`http::error::ApiError`]); the accept loop (plain or TLS, graceful drain), admission
-//!   (rate limits, upload cap, deadlines), the access log and the generated OpenAPI document.
-//! - [`ingest`]: the streaming upload pipeline every source goes through (size limit, type
-//!   sniffing, hashing, storing, dedup), upload sources (raw, data URL, SSRF-safe remote fetch) and
-//!   the `jan_*` IDs.
-//! - [`storage`]: the object-safe [`storage::BlobStore`] and its S3 and filesystem backends.
+//! Layers, imports pointing down only (`docs/architecture.md` has the picture and where each kind of
+//! change goes):
+//!
+//! - [`cli`], [`admin`], [`app`]: the binary's commands (`Opts` + `run` each) and
+//!   [`app::Application`] (bind, serve, graceful drain).
+//! - [`services`]: the one place the service's parts are assembled, for `serve` and every command.
+//! - [`http`]: the router, [`http::state::AppState`], the principal extractor, admission (rate
+//!   limits, upload slots, deadlines), the one HTTP error type ([`http::error::ApiError`]), the
+//!   accept loop (plain or TLS), the OpenAPI document, and `routes/`, one file per resource.
+//! - [`media`]: the use cases ([`media::MediaService`]) and their [`media::MediaError`]; the ingest
+//!   pipeline every upload goes through (size limit, type sniffing, hashing, storing, dedup) and its
+//!   sources (raw, data URL, SSRF-safe remote fetch).
+//! - [`jobs`]: long work shared by the server and the CLI: sweep, rotate, shred, removal.
+//! - [`auth`]: Bearer JWTs checked against the issuers' JWKS, principals and permissions, and the
+//!   dev profile's local token issuer.
 //! - [`db`]: Postgres and SQLite pools and migrations, the tenant key store, the encrypted media
-//!   repository and the audit log.
+//!   repository, the audit log, the blob journal.
+//! - [`storage`]: the object-safe [`storage::BlobStore`], its S3 and filesystem backends, signed links.
 //! - [`crypto`]: the key hierarchy: master keyring, wrapped tenant keys, field cipher, blind index,
 //!   and the dev profile's generated key files.
-//! - [`admin`]: one file per command of the binary (serve, migrate, keys, rotate-keys, tenant,
-//!   audit, token, sweep, healthcheck).
 //! - [`telemetry`]: log output with secret redaction, and the Prometheus metrics.
+//! - [`config`]: the typed configuration, read from the environment and validated once.
+//! - [`domain`]: value rules every layer shares (tenant and media ids, object keys, MIME types, key
+//!   formats); it imports nothing of the crate.
 
 pub mod admin;
 pub mod app;
@@ -36,9 +40,13 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod domain;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub mod http;
-pub mod ingest;
+pub mod jobs;
+pub mod media;
+pub mod services;
 pub mod storage;
 pub mod telemetry;

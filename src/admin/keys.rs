@@ -7,15 +7,12 @@
 //!   keys can be removed.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::crypto::keyring::Keyring;
 use crate::db::tenant_keys::{KeyRow, TenantKeys};
-use crate::db::Database;
 
 /// Options of `keys`.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,11 +77,9 @@ pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
         generate();
         return Ok(());
     };
-    let keyring = Arc::new(Keyring::load(&config.keyring, &config.keys_dir).context("cannot load the keyring")?);
-    let db = Database::connect(&config.database).await.context("cannot open the database")?;
-    let keys = TenantKeys::new(db.clone(), keyring, crate::app::key_settings(config));
-    let status = status(&keys, tenant.as_deref()).await?;
-    db.close().await;
+    let services = super::open_key_services(config).await?;
+    let status = status(&services.keys, tenant.as_deref()).await?;
+    services.db.close().await;
     if *json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

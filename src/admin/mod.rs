@@ -1,5 +1,6 @@
 //! Commands of the `media-api` binary, one file each, each with its clap `Opts` (where it takes any)
-//! and a `run` function.
+//! and a `run` function; the work itself is library code in [`crate::jobs`], the parts it works on are
+//! opened by [`crate::services`].
 
 pub mod audit;
 pub mod healthcheck;
@@ -11,43 +12,25 @@ pub mod sweep;
 pub mod tenant;
 pub mod token;
 
-use std::sync::Arc;
-
-use anyhow::Context;
-
-use crate::app::open_storage;
 use crate::config::Config;
-use crate::crypto::keyring::Keyring;
-use crate::db::media::MediaRepo;
-use crate::db::tenant_keys::TenantKeys;
-use crate::db::Database;
-use crate::ingest::pipeline::Pipeline;
-use crate::storage::BlobStore;
+use crate::services::{KeyServices, Role, Services, StartupError};
 
-/// What the data commands (`tenant shred`, `sweep`) work with, opened from the configuration.
-pub struct Services {
-    /// The database.
-    pub db: Database,
-    /// Tenant keys.
-    pub keys: Arc<TenantKeys>,
-    /// Encrypted media rows.
-    pub media: MediaRepo,
-    /// The blob store.
-    pub blobs: Arc<dyn BlobStore>,
-    /// The pipeline (removals and audit events).
-    pub pipeline: Pipeline,
+/// Opens every part of the service, as an admin command (no record cache, no migration).
+pub async fn open_services(config: &Config) -> anyhow::Result<Services> {
+    Services::open(config, Role::Admin).await.map_err(with_context)
 }
 
-impl Services {
-    /// Loads the keyring, connects the database and opens the blob store.
-    pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        let keyring = Arc::new(Keyring::load(&config.keyring, &config.keys_dir).context("cannot load the keyring")?);
-        let db = Database::connect(&config.database).await.context("cannot open the database")?;
-        let keys = Arc::new(TenantKeys::new(db.clone(), keyring, crate::app::key_settings(config)));
-        let media = MediaRepo::new(db.clone(), keys.clone());
-        let base = url::Url::parse("http://localhost/").context("base URL")?;
-        let (blobs, _) = open_storage(config, base).await.context("cannot open the blob store")?;
-        let pipeline = Pipeline::new(blobs.clone(), media.clone(), db.clone(), config);
-        Ok(Self { db, keys, media, blobs, pipeline })
-    }
+/// Opens the keyring, the database and the media rows, as an admin command.
+pub async fn open_key_services(config: &Config) -> anyhow::Result<KeyServices> {
+    KeyServices::open(config, &Role::Admin).await.map_err(with_context)
+}
+
+/// What an admin command could not open, as the first line of its error.
+fn with_context(err: StartupError) -> anyhow::Error {
+    let what = match &err {
+        StartupError::Keyring(_) => "cannot load the keyring",
+        StartupError::Database(_) => "cannot open the database",
+        _ => "cannot open the blob store",
+    };
+    anyhow::Error::new(err).context(what)
 }

@@ -1,28 +1,9 @@
-//! `media-api sweep`: one pass of the retention sweeper, which the service also runs in the
-//! background every `MEDIA_SWEEP_INTERVAL`.
-//!
-//! A pass deletes (object first, then row) every media past its `retention_until`
-//! (`MEDIA_RETENTION_DAYS`) and every direct upload still pending after its URL's TTL plus an hour,
-//! each recorded as `media.expired` in the tenant's audit chain; then it aborts multipart uploads
-//! and removes temporary files abandoned for more than an hour, and deletes the objects whose
-//! journal entries are that old (`db::journal`): together, what a crash leaves behind.
+//! `media-api sweep`: one pass of the retention sweeper ([`crate::jobs::sweep`]), its report as JSON.
 
 use std::time::Duration;
 
-use serde::Serialize;
-use serde_json::json;
-
-use super::Services;
 use crate::config::Config;
-use crate::db::journal;
-use crate::db::media::{MediaRepo, MediaStatus};
-use crate::ingest::pipeline::Pipeline;
-use crate::storage::BlobStore;
-
-/// Rows handled per query.
-const BATCH: u32 = 200;
-/// Age after which an unfinished write is abandoned.
-pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+use crate::jobs::sweep::{sweep_once, SweepAges};
 
 /// Options of `sweep` (one pass, then its report as JSON).
 #[derive(Debug, Clone, clap::Args)]
@@ -37,134 +18,11 @@ fn parse_age(value: &str) -> Result<Duration, String> {
     crate::config::parse_duration(value).ok_or_else(|| format!("{value:?} is not a duration such as 1h, 10m or 0s"))
 }
 
-/// What one pass did.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
-pub struct SweepReport {
-    /// Media deleted because their retention passed.
-    pub expired: u64,
-    /// Pending direct uploads deleted because they were never completed.
-    pub stale_pending: u64,
-    /// Multipart uploads aborted / temporary files removed.
-    pub abandoned_uploads: u64,
-    /// Objects no row references that a crash left behind (journaled keys, see `db::journal`).
-    pub orphans_deleted: u64,
-    /// Rows that could not be read or deleted (logged; retried next pass).
-    pub failed: u64,
-}
-
-/// What a pass considers abandoned.
-#[derive(Debug, Clone, Copy)]
-pub struct SweepAges {
-    /// Validity of upload URLs: a pending upload older than this plus `abandoned_after` is stale.
-    pub presign_ttl: Duration,
-    /// Age after which an unfinished write is abandoned ([`ABANDONED_AFTER`]).
-    pub abandoned_after: Duration,
-}
-
-/// One pass (see the module docs).
-pub async fn sweep_once(
-    media: &MediaRepo,
-    pipeline: &Pipeline,
-    blobs: &dyn BlobStore,
-    ages: SweepAges,
-) -> anyhow::Result<SweepReport> {
-    let mut report = SweepReport::default();
-    let now = chrono::Utc::now();
-    let pending_before = now - chrono::Duration::from_std(ages.presign_ttl + ages.abandoned_after)?;
-    let mut cursor: Option<(String, String)> = None;
-    loop {
-        let batch = media.sweepable(now, pending_before, cursor.as_ref(), BATCH).await?;
-        for (tenant, id) in &batch {
-            let record = match media.get(tenant, id).await {
-                Ok(Some(stored)) => stored.record,
-                Ok(None) => continue,
-                Err(err) => {
-                    tracing::warn!(tenant, id, error = %err, "sweeper cannot read a row");
-                    report.failed += 1;
-                    continue;
-                }
-            };
-            match pipeline.remove(&record).await {
-                Ok(true) => {}
-                // Completed or deleted meanwhile: nothing for the sweeper.
-                Ok(false) => continue,
-                Err(err) => {
-                    tracing::warn!(tenant, id, error = %err, "sweeper cannot delete a media");
-                    report.failed += 1;
-                    continue;
-                }
-            }
-            let reason = match record.status {
-                MediaStatus::Pending => {
-                    report.stale_pending += 1;
-                    "never_completed"
-                }
-                MediaStatus::Ready => {
-                    report.expired += 1;
-                    "retention"
-                }
-            };
-            pipeline
-                .audit(tenant, "system", "media.expired", id, json!({"reason": reason, "bytes": record.size}))
-                .await;
-        }
-        // Keyset pagination: rows that failed stay behind the cursor, so they cannot starve the rest.
-        match batch.last() {
-            Some(last) if batch.len() == BATCH as usize => cursor = Some(last.clone()),
-            _ => break,
-        }
-    }
-    report.abandoned_uploads = blobs.abort_stale_uploads(pipeline.key_prefix(), ages.abandoned_after).await?;
-    let journaled_before = now - chrono::Duration::from_std(ages.abandoned_after)?;
-    loop {
-        let keys = journal::stale(pipeline.db(), journaled_before, BATCH).await?;
-        let mut progressed = false;
-        for key in &keys {
-            match blobs.delete(key).await {
-                Ok(()) => {
-                    journal::close(pipeline.db(), key).await?;
-                    report.orphans_deleted += 1;
-                    progressed = true;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "sweeper cannot delete an orphaned object");
-                    report.failed += 1;
-                }
-            }
-        }
-        if keys.len() < BATCH as usize || !progressed {
-            break;
-        }
-    }
-    Ok(report)
-}
-
-/// Runs [`sweep_once`] every `interval` until the returned task is aborted.
-pub fn spawn_background(
-    media: MediaRepo,
-    pipeline: Pipeline,
-    blobs: std::sync::Arc<dyn BlobStore>,
-    presign_ttl: Duration,
-    interval: Duration,
-) -> tokio::task::JoinHandle<()> {
-    let ages = SweepAges { presign_ttl, abandoned_after: ABANDONED_AFTER };
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(interval).await;
-            match sweep_once(&media, &pipeline, blobs.as_ref(), ages).await {
-                Ok(report) if report != SweepReport::default() => tracing::info!(?report, "sweep done"),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %format!("{err:#}"), "sweep failed"),
-            }
-        }
-    })
-}
-
 /// Runs one pass and prints its report as JSON.
 pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
-    let services = Services::open(config).await?;
+    let services = super::open_services(config).await?;
     let ages = SweepAges { presign_ttl: config.presign_ttl, abandoned_after: opts.abandoned_after };
-    let report = sweep_once(&services.media, &services.pipeline, services.blobs.as_ref(), ages).await?;
+    let report = sweep_once(services.pipeline.removal(), ages).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     services.db.close().await;
     Ok(())

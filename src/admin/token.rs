@@ -5,8 +5,8 @@
 use anyhow::{bail, Context};
 
 use crate::auth::dev_issuer::{DevIssuer, TokenRequest};
-use crate::auth::principal::{is_valid_tenant, TENANT_RULE};
 use crate::config::{parse_duration, Config};
+use crate::domain::tenant::{is_valid_tenant, TENANT_RULE};
 
 /// Options of `token`.
 #[derive(Debug, Clone, clap::Args)]

@@ -6,7 +6,8 @@
 
 use axum::http::StatusCode;
 
-use super::principal::{Permission, TENANT_RULE};
+use super::principal::Permission;
+use crate::domain::tenant::TENANT_RULE;
 
 /// Why a request was refused by the auth layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,7 @@
 //!   failure counters and audit trail.
 //! - [`token`] reads a compact JWS before and after the signature check; [`jwks`] parses and caches
 //!   key sets; [`principal`] maps claims to permissions; [`dev_issuer`] is the dev profile's local
-//!   issuer; [`extract`] is the axum extractor handlers use; [`error`] is the layer's error type.
+//!   issuer; [`error`] is the layer's error type. The axum extractor lives in `http::extract`.
 //!
 //! Verified tokens are remembered (by SHA-256 of the token) until they expire, so a client reusing
 //! its token pays for one signature check, not one per request — the same trade Envoy's `jwt_authn`
@@ -16,7 +16,6 @@
 
 pub mod dev_issuer;
 pub mod error;
-pub mod extract;
 pub mod jwks;
 pub mod principal;
 pub mod token;

@@ -14,18 +14,7 @@ use serde_json::Value;
 
 use super::AuthError;
 use crate::config::AuthConfig;
-
-/// The rule tenant ids follow, as a sentence for error messages.
-pub const TENANT_RULE: &str =
-    "a tenant id is 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:` or `@`, starting with a letter or digit";
-
-/// Whether `tenant` is an acceptable tenant id (checked before it reaches a query or a key slot).
-pub fn is_valid_tenant(tenant: &str) -> bool {
-    let bytes = tenant.as_bytes();
-    (1..=128).contains(&bytes.len())
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
-}
+use crate::domain::tenant::is_valid_tenant;
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

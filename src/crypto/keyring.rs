@@ -21,12 +21,10 @@ use zeroize::Zeroizing;
 
 use super::CryptoError;
 use crate::config::KeyringSource;
+use crate::domain::master_keys;
 
 /// File name of the generated dev keyring under the keys directory.
 pub const DEV_KEYRING_FILE: &str = "dev-keyring.json";
-
-/// The longest KEK id accepted (it is stored in every `tenant_keys` row).
-const MAX_ID_LEN: usize = 64;
 
 /// Fernet master keys by id, one of them primary.
 pub struct Keyring {
@@ -73,9 +71,8 @@ impl Keyring {
     ) -> Result<Self, CryptoError> {
         let mut keys = BTreeMap::new();
         for (id, key) in entries {
-            validate_id(id)?;
-            let fernet = Fernet::new(key.trim())
-                .ok_or_else(|| invalid(format!("key {id:?} is not a Fernet key (32 bytes, URL-safe base64)")))?;
+            master_keys::check_kek_id(id).map_err(invalid)?;
+            let fernet = Fernet::new(key.trim()).ok_or_else(|| invalid(master_keys::not_a_fernet_key(id)))?;
             if keys.insert(id.to_owned(), fernet).is_some() {
                 return Err(invalid(format!("key id {id:?} appears twice")));
             }
@@ -91,13 +88,7 @@ impl Keyring {
 
     /// Parses `MEDIA_MASTER_KEYS`: `id:key,id:key`, the first entry is primary.
     pub fn parse_env(value: &str) -> Result<Self, CryptoError> {
-        let mut entries = Vec::new();
-        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (id, key) = item
-                .split_once(':')
-                .ok_or_else(|| invalid("each entry must be id:key (for example k1:<fernet key>)"))?;
-            entries.push((id.trim(), key.trim()));
-        }
+        let entries = master_keys::split_entries(value).map_err(invalid)?;
         let primary = entries.first().map(|(id, _)| *id).ok_or_else(|| invalid("the keyring holds no key"))?;
         Self::from_entries(entries.iter().copied(), primary)
     }
@@ -172,21 +163,6 @@ impl Keyring {
     pub fn unwrap(&self, id: &str, token: &str) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let fernet = self.keys.get(id).ok_or_else(|| CryptoError::UnknownKek(id.to_owned()))?;
         fernet.decrypt(token).map(Zeroizing::new).map_err(|_| CryptoError::Integrity)
-    }
-}
-
-fn validate_id(id: &str) -> Result<(), CryptoError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        // The id is not echoed: a swapped `key:id` entry would print the key.
-        Err(invalid(format!(
-            "a key id ({} characters) must be 1-64 characters of letters, digits, '-', '_' or '.' (is an entry written key:id instead of id:key?)",
-            id.len()
-        )))
     }
 }
 

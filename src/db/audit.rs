@@ -119,6 +119,22 @@ pub async fn append(db: &Database, event: &AuditEvent<'_>) -> Result<(), DbError
     Err(DbError::AuditContention)
 }
 
+/// Appends a media event to the tenant's audit chain; a failure is logged, not returned (the media
+/// operation it records has already happened).
+pub async fn record_media_event(
+    db: &Database,
+    tenant: &str,
+    actor: &str,
+    kind: &str,
+    id: &str,
+    details: serde_json::Value,
+) {
+    let event = AuditEvent { tenant, kind, actor: Some(actor), subject: Some(id), details };
+    if let Err(err) = append(db, &event).await {
+        tracing::warn!(error = %err, kind, "cannot append a media event to the audit log");
+    }
+}
+
 /// Number of events of one kind (all chains).
 pub async fn count_kind(db: &Database, kind: &str) -> Result<i64, DbError> {
     const COUNT: &str = "SELECT COUNT(*) FROM audit_events WHERE kind = $1";

@@ -20,8 +20,8 @@ use crate::config::DatabaseConfig;
 pub mod audit;
 pub mod journal;
 pub mod media;
-pub mod ready_cache;
 pub mod tenant_keys;
+pub mod ttl_cache;
 
 /// Runs the same expression on whichever pool a [`Database`] holds, for statements whose SQL and
 /// binds are identical on both backends: `with_pool!(db, |pool| sqlx::query("…").execute(pool).await)`.
@@ -73,6 +73,15 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// The stable code a client sees for this failure (no detail: database errors are never shown).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Crypto(_) | Self::MissingKey { .. } => "data_integrity",
+            _ if self.is_unavailable() => "database_unavailable",
+            _ => "internal",
+        }
+    }
+
     /// Whether the database itself is out of reach (down, restarting, out of connections) rather
     /// than the statement being wrong: callers answer "try again later" (503), not a server error.
     pub fn is_unavailable(&self) -> bool {

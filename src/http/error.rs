@@ -15,8 +15,7 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::db::DbError;
-use crate::ingest::pipeline::IngestError;
-use crate::ingest::sniff::TypeError;
+use crate::media::error::{is_timeout, MediaError};
 use crate::storage::StorageError;
 use crate::telemetry::metrics::names;
 
@@ -189,13 +188,8 @@ impl ApiError {
             Self::Timeout { .. } => "timeout",
             Self::UploadTimeout { .. } => "upload_timeout",
             Self::Auth(err) => err.code(),
-            Self::Storage(StorageError::NotFound | StorageError::InvalidKey(_)) => "not_found",
-            Self::Storage(StorageError::InvalidRange { .. }) => "range_not_satisfiable",
-            Self::Storage(StorageError::Source(_)) => "upload_interrupted",
-            Self::Storage(StorageError::Backend { .. }) => "storage_unavailable",
-            Self::Database(DbError::Crypto(_) | DbError::MissingKey { .. }) => "data_integrity",
-            Self::Database(_) if self.status() == StatusCode::SERVICE_UNAVAILABLE => "database_unavailable",
-            Self::Database(_) => "internal",
+            Self::Storage(err) => err.code(),
+            Self::Database(err) => err.code(),
         }
     }
 
@@ -237,38 +231,29 @@ impl ApiError {
     }
 }
 
-impl From<IngestError> for ApiError {
-    fn from(err: IngestError) -> Self {
+impl From<MediaError> for ApiError {
+    fn from(err: MediaError) -> Self {
+        let code = err.code();
         let message = err.to_string();
         match err {
-            IngestError::TooLarge { limit } => Self::TooLarge { limit },
-            IngestError::Empty => Self::bad_request("empty", message),
-            IngestError::Type(TypeError::Unsupported { .. }) => {
-                Self::UnsupportedMedia { code: "unsupported_type", message }
+            MediaError::TooLarge { limit } => Self::TooLarge { limit },
+            MediaError::Type(_) | MediaError::UnacceptedType { .. } => Self::UnsupportedMedia { code, message },
+            MediaError::Invalid { code: "not_uploaded", .. } | MediaError::Conflict { .. } => {
+                Self::Conflict { code, message }
             }
-            IngestError::Type(TypeError::Mismatch { .. }) => Self::UnsupportedMedia { code: "type_mismatch", message },
-            IngestError::Invalid { code: "not_uploaded", .. } => Self::Conflict { code: "not_uploaded", message },
-            IngestError::Invalid { code, .. } => Self::bad_request(code, message),
-            IngestError::Interrupted(err) if timed_out(&err) => Self::UploadTimeout { message: err_text(&err) },
-            IngestError::Interrupted(_) => Self::bad_request("upload_interrupted", message),
-            IngestError::RemoteBlocked(_) => Self::bad_request("remote_fetch_blocked", message),
-            IngestError::RemoteFailed(_) => Self::BadGateway { code: "remote_fetch_failed", message },
-            IngestError::Storage(err) => Self::Storage(err),
-            IngestError::Database(err) => Self::Database(err),
+            MediaError::Interrupted(err) if is_timeout(&err) => Self::UploadTimeout { message: err_text(&err) },
+            MediaError::Empty
+            | MediaError::Invalid { .. }
+            | MediaError::Interrupted(_)
+            | MediaError::RemoteBlocked(_) => Self::BadRequest { code, message },
+            MediaError::RemoteFailed(_) => Self::BadGateway { code, message },
+            MediaError::NotFound => Self::NotFound,
+            MediaError::MediaNotFound { id } => Self::MediaNotFound { id },
+            MediaError::Forbidden { code, message } => Self::Forbidden { code, message },
+            MediaError::Storage(err) => Self::Storage(err),
+            MediaError::Database(err) => Self::Database(err),
         }
     }
-}
-
-/// Whether an upload's read error is (or wraps) the upload deadline's timeout.
-fn timed_out(err: &std::io::Error) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(error) = current {
-        if error.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
-            return true;
-        }
-        current = error.source();
-    }
-    false
 }
 
 /// The innermost message of an error chain (the deadline's own sentence).

@@ -2,30 +2,26 @@
 //! response goes through, outermost first: CORS (only for `CORS_ALLOWED_ORIGINS`), request IDs (a
 //! sane inbound `X-Request-Id` is kept, anything else is replaced by a random one), the access log
 //! and HTTP metrics ([`observe`]), security headers (plus HSTS when serving TLS), admission (per-IP
-//! rate limit on unauthenticated routes, the deadline of non-upload routes — [`limits`]), error
+//! rate limit on unauthenticated routes, the deadline of non-upload routes — [`admission`]), error
 //! bodies with the request ID. [`server`] accepts connections (plain or TLS) and drains them on
 //! shutdown.
 
-pub mod auth;
-pub mod blobs;
+pub mod admission;
 pub mod error;
-pub mod health;
-pub mod limits;
-pub mod media;
-pub mod metrics;
+pub mod extract;
 pub mod observe;
 pub mod openapi;
 pub mod range;
-pub mod resolve;
+pub mod request;
+pub mod routes;
 pub mod server;
+pub mod state;
 pub mod tls;
 
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, Request};
-use axum::middleware::{from_fn, from_fn_with_state, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::Router;
 use rand::RngCore;
 use tower::ServiceBuilder;
@@ -35,8 +31,8 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
 use error::REQUEST_ID_HEADER;
+use state::AppState;
 
 /// Generates request IDs: 16 random bytes, hex.
 #[derive(Clone, Copy, Debug, Default)]
@@ -90,48 +86,6 @@ fn security_headers() -> [(HeaderName, HeaderValue); 5] {
 /// `Strict-Transport-Security` sent when the service itself serves HTTPS (two years, subdomains).
 const HSTS: &str = "max-age=63072000; includeSubDomains";
 
-/// Routes that move a whole upload: no request deadline (their bodies carry `MEDIA_UPLOAD_TIMEOUT`
-/// instead; completion streams the staged object back, bounded by the blob store's timeouts).
-const UPLOAD_ROUTES: [(&str, &str); 4] = [
-    ("POST", "/v1/media"),
-    ("POST", "/v1/media/upload"),
-    ("POST", "/v1/media/{id}/complete"),
-    ("PUT", "/v1/blobs/{*key}"),
-];
-
-/// Routes without a caller to limit by principal, limited by client IP instead (unmatched paths
-/// included, so scanners are throttled). Health probes and `/metrics` are never limited.
-fn is_ip_limited(route: Option<&str>) -> bool {
-    !matches!(route, Some("/healthz" | "/readyz" | "/metrics")) && route.is_none_or(is_public_route)
-}
-
-/// Routes served without a token.
-fn is_public_route(route: &str) -> bool {
-    matches!(route, "/v1/blobs/{*key}" | "/v1/dev/jwks.json" | "/v1/version" | "/openapi.json")
-}
-
-/// Admission for every route: the per-IP bucket where there is no principal, and the request
-/// deadline except on upload routes.
-async fn admission(State(state): State<crate::app::AppState>, request: axum::extract::Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    // Methods no route serves never reach an extractor: they spend the IP's bucket.
-    let unserved_method = !matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::OPTIONS
-    );
-    if unserved_method || is_ip_limited(route.as_deref()) {
-        if let Err(err) = state.limits.check_ip(limits::peer_ip(request.extensions())) {
-            return err.into_response();
-        }
-    }
-    let method = request.method().as_str();
-    let is_upload = route.as_deref().is_some_and(|r| UPLOAD_ROUTES.iter().any(|(m, p)| *m == method && *p == r));
-    if is_upload {
-        return next.run(request).await;
-    }
-    limits::deadline(State(state), request, next).await
-}
-
 /// CORS for the configured origins; `None` when there are none (no CORS headers at all).
 fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
@@ -174,7 +128,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
-        .layer(from_fn_with_state(state.clone(), admission))
+        .layer(from_fn_with_state(state.clone(), admission::admission))
         .layer(from_fn(error::attach_request_id));
     for (name, value) in security_headers() {
         router = router.layer(SetResponseHeaderLayer::if_not_present(name, value));
@@ -201,14 +155,16 @@ pub fn router(state: AppState) -> Router {
 /// Every route with its OpenAPI entry (`/metrics` when it is served on the main listener).
 pub fn api_router(with_metrics: bool) -> OpenApiRouter<AppState> {
     let router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .merge(health::router())
-        .merge(blobs::router())
-        .merge(auth::router())
-        .merge(media::router())
-        .merge(resolve::router())
+        .merge(routes::health::router())
+        .merge(routes::blobs::router())
+        .merge(routes::auth::router())
+        .merge(routes::upload::router())
+        .merge(routes::direct::router())
+        .merge(routes::media::router())
+        .merge(routes::resolve::router())
         .merge(openapi::router());
     if with_metrics {
-        router.merge(metrics::router())
+        router.merge(routes::metrics::router())
     } else {
         router
     }
@@ -221,6 +177,6 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 /// The router of the internal metrics listener (`MEDIA_METRICS_ADDR`).
 pub fn metrics_router(state: AppState) -> Router {
-    let (router, _) = metrics::router().split_for_parts();
+    let (router, _) = routes::metrics::router().split_for_parts();
     router.fallback(error::no_route).with_state(state)
 }

@@ -17,7 +17,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 /// Name of the bearer security scheme.
 pub const BEARER: &str = "bearer";

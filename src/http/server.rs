@@ -6,7 +6,7 @@
 //! is told to finish its current request and close; after `grace` (`SHUTDOWN_TIMEOUT`) the
 //! connections still open are dropped, which ends their request bodies, so interrupted uploads fail
 //! in the pipeline and abort their multipart uploads. The caller then drains the pipeline
-//! ([`crate::ingest::pipeline::Pipeline::drain`]) before the process exits.
+//! ([`crate::media::ingest::pipeline::Pipeline::drain`]) before the process exits.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 use crate::config::StorageConfig;
+pub use crate::domain::storage_key::{check_storage_key, MAX_KEY_LEN};
 
 /// A stream of body chunks; an `Err` item means the source failed and the write must not land.
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
@@ -59,6 +60,16 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The stable code a client sees for this failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound | Self::InvalidKey(_) => "not_found",
+            Self::InvalidRange { .. } => "range_not_satisfiable",
+            Self::Source(_) => "upload_interrupted",
+            Self::Backend { .. } => "storage_unavailable",
+        }
+    }
+
     pub(crate) fn backend(backend: &'static str, operation: &'static str, err: impl std::fmt::Display) -> Self {
         Self::Backend { backend, operation, message: err.to_string() }
     }
@@ -234,28 +245,9 @@ pub fn exact_length(body: ByteStream, length: u64) -> ByteStream {
     .boxed()
 }
 
-/// The longest key accepted.
-pub const MAX_KEY_LEN: usize = 512;
-
-/// Accepts keys made of `/`-separated segments of `[A-Za-z0-9._-]`, with no empty, `.` or `..`
-/// segment and no leading `/`, so a key can never name a path outside the store.
+/// Accepts keys made of `/`-separated segments of `[A-Za-z0-9._-]` (see [`check_storage_key`]).
 pub fn validate_key(key: &str) -> Result<(), StorageError> {
-    let invalid = |why: &str| Err(StorageError::InvalidKey(why.to_owned()));
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return invalid("length must be 1 to 512 bytes");
-    }
-    if key.starts_with('/') {
-        return invalid("must be relative");
-    }
-    for segment in key.split('/') {
-        if segment.is_empty() || segment == "." || segment == ".." {
-            return invalid("empty, `.` and `..` segments are not allowed");
-        }
-        if !segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-            return invalid("only letters, digits, `.`, `_`, `-` and `/` are allowed");
-        }
-    }
-    Ok(())
+    check_storage_key(key).map_err(|why| StorageError::InvalidKey(why.to_owned()))
 }
 
 /// `attachment`/`inline` disposition with an RFC 6266-safe filename: an ASCII fallback (quotes,

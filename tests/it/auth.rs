@@ -11,13 +11,13 @@ use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use media_api::app::AppState;
-use media_api::auth::extract::{AnyCaller, Authenticated, CanAdmin, CanRead, CanWrite, Requirement};
+use media_api::http::extract::{AnyCaller, Authenticated, CanAdmin, CanRead, CanWrite, Requirement};
+use media_api::http::state::AppState;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_with, Stack, TestApp};
 use crate::jwks::{JwksServer, TestKey};
+use crate::support::app::{spawn_app_with, Stack, TestApp};
 
 const ISSUER: &str = "https://idp.example/realms/jan";
 const AUDIENCE: &str = "media-api";
@@ -30,7 +30,7 @@ fn now() -> i64 {
 fn claims() -> Value {
     json!({
         "iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "tenant_id": "acme",
-        "exp": now() + 300, "iat": now(), "jti": crate::helpers::random_hex(8),
+        "exp": now() + 300, "iat": now(), "jti": crate::support::app::random_hex(8),
     })
 }
 

@@ -1,6 +1,6 @@
 //! Health, readiness, version, error bodies and the headers every response carries.
 
-use crate::helpers::{spawn_app, spawn_app_with, Stack, STACKS};
+use crate::support::app::{spawn_app, spawn_app_with, Stack, STACKS};
 
 #[tokio::test]
 async fn healthz_readyz_and_version_answer_without_auth() {

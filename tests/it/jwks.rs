@@ -54,7 +54,7 @@ impl TestKey {
     }
 
     fn with(material: Material) -> Self {
-        Self { kid: crate::helpers::random_hex(8), material }
+        Self { kid: crate::support::app::random_hex(8), material }
     }
 
     /// The same key material under another kid (or another key under this kid, with `with_kid`).

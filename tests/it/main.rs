@@ -1,7 +1,8 @@
 //! Integration tests: the service on port 0 against a real PostgreSQL and a real S3 server (Garage),
 //! or SQLite and the filesystem, driven over real HTTP. `scripts/test` provides the servers.
 //!
-//! One test binary (modules below) so the suite links once.
+//! One test binary (modules below) so the suite links once. `support/` holds the harness; every
+//! other module holds tests only.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,16 +10,16 @@ mod audit;
 mod auth;
 mod cli;
 mod faults;
+#[cfg(feature = "fuzzing")]
 mod fuzz_regressions;
 mod health;
-mod helpers;
 mod jwks;
 mod media;
 mod migrations;
 mod operations;
-mod process;
 mod repository;
 mod rotation;
 mod shred;
 mod shutdown;
 mod storage_contract;
+mod support;

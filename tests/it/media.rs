@@ -2,139 +2,18 @@
 //! contract, every refused input with nothing stored, tenant isolation, direct uploads, remote
 //! fetches that cannot reach private addresses, and presigned URLs fetched over plain HTTP.
 
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use media_api::auth::dev_issuer::{DevIssuer, TokenRequest};
 use media_api::db::Database;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{payload, random_hex, s3_client, s3_env, spawn_app_with, Stack, TestApp, STACKS};
-
-/// The signature of a PNG plus arbitrary bytes: sniffed as PNG (the service checks the type, not
-/// that the image decodes).
-pub(crate) fn png(len: usize, seed: u64) -> Vec<u8> {
-    let mut bytes =
-        b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00".to_vec();
-    bytes.extend_from_slice(&payload(len.saturating_sub(bytes.len()), seed));
-    bytes.truncate(len);
-    bytes
-}
+use crate::support::app::{s3_client, s3_env, Stack, STACKS};
+use crate::support::media::{data_url, json_of, media_app, png, MediaApp};
 
 const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;";
-
-pub(crate) fn data_url(mime: &str, bytes: &[u8]) -> String {
-    use base64::Engine;
-    format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
-}
-
-pub(crate) struct MediaApp {
-    pub(crate) app: TestApp,
-    pub(crate) stack: Stack,
-    pub(crate) prefix: String,
-    issuer: DevIssuer,
-}
-
-pub(crate) async fn media_app(stack: Stack, extra: &[(&str, &str)]) -> MediaApp {
-    let prefix = format!("t{}", random_hex(6));
-    let mut vars = vec![("MEDIA_STORAGE_PREFIX", prefix.as_str()), ("AUTH_ADMIN_ROLES", "media-admin")];
-    vars.extend_from_slice(extra);
-    let app = spawn_app_with(stack, &vars).await;
-    let issuer = DevIssuer::load_or_create(&app.dir.path().join("keys")).unwrap();
-    MediaApp { app, stack, prefix, issuer }
-}
-
-impl MediaApp {
-    pub(crate) fn token(&self, tenant: &str, subject: &str, roles: &[&str]) -> String {
-        let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
-        let request = TokenRequest { subject, tenant, roles: &roles, scopes: &[], ttl: Duration::from_secs(600) };
-        self.issuer.mint(&self.app.state.config.auth, &request).unwrap()
-    }
-
-    pub(crate) fn alice(&self) -> String {
-        self.token("tenant-a", "alice", &[])
-    }
-
-    pub(crate) fn url(&self, path: &str) -> String {
-        self.app.url(path)
-    }
-
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.app.http
-    }
-
-    pub(crate) async fn upload_raw(&self, token: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
-        self.http()
-            .post(self.url("/v1/media"))
-            .bearer_auth(token)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    pub(crate) async fn upload_data_url(&self, token: &str, url: &str) -> reqwest::Response {
-        let body = json!({"source": {"type": "data_url", "data_url": url}, "filename": "pic.png", "user_id": "u-hint"});
-        self.http().post(self.url("/v1/media")).bearer_auth(token).json(&body).send().await.unwrap()
-    }
-
-    /// An authenticated GET of a service path.
-    pub(crate) fn get(&self, token: &str, path: &str) -> reqwest::RequestBuilder {
-        self.http().get(self.url(path)).bearer_auth(token)
-    }
-
-    pub(crate) async fn resolve(&self, token: &str, body: &Value) -> (StatusCode, Value) {
-        json_of(self.http().post(self.url("/v1/media/resolve")).bearer_auth(token).json(body).send().await.unwrap())
-            .await
-    }
-
-    /// Media rows in the database, and objects (plus open multipart uploads or temp files) in the store.
-    pub(crate) async fn counts(&self) -> (i64, usize) {
-        let sql = "SELECT COUNT(*) FROM media_objects";
-        let rows: i64 = match &self.app.state.db {
-            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-        };
-        let objects = match self.stack {
-            Stack::PostgresS3 => {
-                let client = s3_client().await;
-                let bucket = s3_env().bucket;
-                let listed = client.list_objects_v2().bucket(&bucket).prefix(&self.prefix).send().await.unwrap();
-                let uploads =
-                    client.list_multipart_uploads().bucket(&bucket).prefix(&self.prefix).send().await.unwrap();
-                listed.contents().len() + uploads.uploads().len()
-            }
-            Stack::SqliteFs => {
-                let root = self.app.dir.path().join("data/blobs");
-                count_files(&root.join(&self.prefix)) + count_files(&root.join(".tmp"))
-            }
-        };
-        (rows, objects)
-    }
-}
-
-fn count_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| {
-            if e.path().is_dir() {
-                count_files(&e.path())
-            } else {
-                usize::from(!e.file_name().to_string_lossy().starts_with("ready-"))
-            }
-        })
-        .sum()
-}
-
-pub(crate) async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn the_jan_v1_contract_holds_on_both_stacks() {
@@ -554,8 +433,8 @@ async fn direct_uploads_are_verified_before_they_count() {
         let served = m.get(&alice, &format!("/v1/media/{id}")).send().await.unwrap().bytes().await.unwrap();
         assert_eq!(served, Bytes::from(image.clone()), "{stack:?}: bytes swapped after verification");
         let state = &m.app.state;
-        let ages = media_api::admin::sweep::SweepAges { presign_ttl: Duration::ZERO, abandoned_after: Duration::ZERO };
-        media_api::admin::sweep::sweep_once(&state.media, &state.pipeline, state.blobs.as_ref(), ages).await.unwrap();
+        let ages = media_api::jobs::sweep::SweepAges { presign_ttl: Duration::ZERO, abandoned_after: Duration::ZERO };
+        media_api::jobs::sweep::sweep_once(state.pipeline.removal(), ages).await.unwrap();
         assert_eq!(m.counts().await, (1, 1), "{stack:?}: the sweeper removed the re-uploaded staging object");
 
         // A GIF uploaded to a URL prepared for PNG is refused at completion and removed.
@@ -680,7 +559,7 @@ async fn age_row(m: &MediaApp, column: &str, id: &str) {
 
 #[tokio::test]
 async fn the_sweeper_removes_expired_media_stale_uploads_and_abandoned_multipart_uploads() {
-    use media_api::admin::sweep::{sweep_once, SweepAges};
+    use media_api::jobs::sweep::{sweep_once, SweepAges};
     for stack in STACKS {
         let m = media_app(stack, &[("MEDIA_RETENTION_DAYS", "30")]).await;
         let alice = m.alice();
@@ -708,7 +587,7 @@ async fn the_sweeper_removes_expired_media_stale_uploads_and_abandoned_multipart
         let objects_with_orphan = m.counts().await.1;
 
         let ages = SweepAges { presign_ttl: Duration::from_secs(300), abandoned_after: Duration::ZERO };
-        let report = sweep_once(&state.media, &state.pipeline, state.blobs.as_ref(), ages).await.unwrap();
+        let report = sweep_once(state.pipeline.removal(), ages).await.unwrap();
         assert_eq!((report.expired, report.stale_pending, report.failed), (1, 1, 0), "{stack:?}: {report:?}");
         // The expired media's key was journaled with its row delete and cleared with its object,
         // so only the crash's orphan was left for the journal pass.
@@ -732,7 +611,7 @@ async fn the_sweeper_removes_expired_media_stale_uploads_and_abandoned_multipart
         let here = m.http().get(m.url(&format!("/v1/media/{}", kept["id"].as_str().unwrap()))).bearer_auth(&alice);
         assert_eq!(here.send().await.unwrap().status(), StatusCode::OK);
         assert_eq!(media_api::db::audit::count_kind(&state.db, "media.expired").await.unwrap(), 2);
-        let again = sweep_once(&state.media, &state.pipeline, state.blobs.as_ref(), ages).await.unwrap();
+        let again = sweep_once(state.pipeline.removal(), ages).await.unwrap();
         assert_eq!((again.expired, again.stale_pending), (0, 0), "a second pass finds nothing");
     }
 }

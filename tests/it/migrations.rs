@@ -5,7 +5,7 @@ use media_api::db::Database;
 use media_api::with_pool;
 use secrecy::SecretString;
 
-use crate::helpers::fresh_postgres_url;
+use crate::support::app::fresh_postgres_url;
 
 fn config(url: String) -> DatabaseConfig {
     DatabaseConfig {

@@ -10,9 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::helpers::{spawn_app_with, Stack, STACKS};
-use crate::media::{json_of, media_app, png};
-use crate::process::{binary_vars, run, token, var, Service};
+use crate::support::app::{spawn_app_with, Stack, STACKS};
+use crate::support::media::{json_of, media_app, png};
+use crate::support::process::{binary_vars, run, token, var, Service};
 
 /// Sum of the samples of `name` whose labels include every `(label, value)` of `labels`.
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -124,7 +124,7 @@ async fn rate_limits_answer_429_with_retry_after_per_principal_and_per_ip() {
 
 /// Waits (≤ 10 s) until the service has exactly `free` upload slots left: the held upload reached
 /// its handler.
-async fn wait_for_free_slots(m: &crate::media::MediaApp, free: usize) {
+async fn wait_for_free_slots(m: &crate::support::media::MediaApp, free: usize) {
     for _ in 0..200 {
         if m.app.state.limits.free_upload_slots() == free {
             return;
@@ -137,7 +137,7 @@ async fn wait_for_free_slots(m: &crate::media::MediaApp, free: usize) {
 /// An upload by `token` whose body is held open after its first half: it keeps its slot until the
 /// returned sender gets the rest (and is dropped). Returns once the slot is taken (`free` left).
 async fn held_upload(
-    m: &crate::media::MediaApp,
+    m: &crate::support::media::MediaApp,
     token: &str,
     image: &[u8],
     free: usize,
@@ -185,7 +185,7 @@ async fn uploads_past_the_concurrency_cap_get_503_busy_and_nothing_is_stored() {
         assert_eq!(retry_after(&busy), 1);
         let (_, body) = json_of(busy).await;
         assert_eq!(body["code"], "busy", "{body}");
-        let data_url = crate::media::data_url("image/png", &png(5000, 9));
+        let data_url = crate::support::media::data_url("image/png", &png(5000, 9));
         assert_eq!(m.upload_data_url(&alice, &data_url).await.status(), 503, "data URLs count too");
 
         tx.send(Ok(Bytes::copy_from_slice(&image[100_000..]))).await.unwrap();
@@ -198,7 +198,7 @@ async fn uploads_past_the_concurrency_cap_get_503_busy_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn cors_headers_only_for_configured_origins() {
-    let preflight = |app: &crate::helpers::TestApp, origin: &str| {
+    let preflight = |app: &crate::support::app::TestApp, origin: &str| {
         app.http
             .request(reqwest::Method::OPTIONS, app.url("/v1/media"))
             .header("origin", origin)
@@ -356,7 +356,7 @@ async fn every_route_is_in_the_openapi_document_and_every_documented_route_exist
 #[tokio::test]
 async fn readyz_says_when_stored_keys_need_a_master_key_the_keyring_lacks() {
     let first_key = media_api::crypto::keyring::Keyring::generate_key();
-    let url = crate::helpers::fresh_postgres_url().await;
+    let url = crate::support::app::fresh_postgres_url().await;
     let keys = format!("old:{first_key}");
     let m = media_app(Stack::PostgresS3, &[("MEDIA_DATABASE_URL", &url), ("MEDIA_MASTER_KEYS", &keys)]).await;
     assert_eq!(m.upload_raw(&m.alice(), "image/png", png(3000, 5)).await.status(), 200);
@@ -447,7 +447,7 @@ async fn logs_of_an_upload_resolve_rotate_cycle_hold_no_token_key_or_signature()
         let refused = http.get(url("/v1/auth/whoami")).bearer_auth(format!("{token}x")).send().await.unwrap();
         assert_eq!(refused.status(), 401);
         if stack == Stack::PostgresS3 {
-            secrets.push(crate::helpers::s3_env().secret_key);
+            secrets.push(crate::support::app::s3_env().secret_key);
         }
 
         let rotate = run(&vars, &["rotate-keys"]);
@@ -506,7 +506,7 @@ async fn media_ca_file_makes_a_private_ca_trusted_for_outbound_tls() {
     assert!(link.starts_with("https://127.0.0.1:"), "{link}");
 
     let allow = format!("127.0.0.1:{}", origin.app.port);
-    let fetch = |m: &crate::media::MediaApp| {
+    let fetch = |m: &crate::support::media::MediaApp| {
         let body = json!({"source": {"type": "remote_url", "url": link}});
         m.http().post(m.url("/v1/media")).bearer_auth(m.alice()).json(&body).send()
     };

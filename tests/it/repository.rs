@@ -14,7 +14,7 @@ use media_api::with_pool;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{fresh_postgres_url, random_hex};
+use crate::support::app::{fresh_postgres_url, random_hex};
 
 pub struct Fixture {
     pub db: Database,

@@ -4,18 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use media_api::admin::rotate_keys::{rotate, Opts};
 use media_api::crypto::keyring::Keyring;
 use media_api::db::media::MediaRepo;
 use media_api::db::tenant_keys::KeySettings;
+use media_api::jobs::rotate::{rotate, RotateOptions};
 use media_api::with_pool;
 
 use crate::repository::{fixtures, new_media, Fixture};
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 
-fn opts() -> Opts {
-    Opts { tenants: Vec::new(), batch_size: 500, rewrap_only: false, dry_run: false }
+fn opts() -> RotateOptions {
+    RotateOptions { tenants: Vec::new(), batch_size: 500, rewrap_only: false, dry_run: false }
 }
 
 /// Inserts `per_tenant` rows in each tenant; returns (tenant, id) of each.
@@ -103,7 +103,7 @@ async fn a_new_primary_kek_then_removing_the_old_one_keeps_every_row_readable() 
         let new_key = Keyring::generate_key();
         let both = format!("k2:{new_key},{fixture_ring_id}:{}", fx.key_text);
         let (keys, repo) = fx.with_keyring(Arc::new(Keyring::parse_env(&both).unwrap()), KeySettings::default());
-        let summary = rotate(&keys, &repo, &Opts { rewrap_only: true, ..opts() }).await.unwrap();
+        let summary = rotate(&keys, &repo, &RotateOptions { rewrap_only: true, ..opts() }).await.unwrap();
         assert_eq!(summary.keys_rewrapped, 6, "{}: a DEK and an index key per tenant", fx.db.backend());
         assert_eq!(summary.rows_reencrypted, 0);
         assert_eq!(summary.keks_safe_to_remove, vec![fixture_ring_id.clone()]);
@@ -119,7 +119,7 @@ async fn a_dry_run_changes_nothing() {
         populate(&fx.repo, 5).await;
         let before = (key_states(&fx).await, versions_in_use(&fx).await);
         let (keys, repo) = fx.reopen(KeySettings::default());
-        let summary = rotate(&keys, &repo, &Opts { dry_run: true, ..opts() }).await.unwrap();
+        let summary = rotate(&keys, &repo, &RotateOptions { dry_run: true, ..opts() }).await.unwrap();
         assert!(summary.dry_run);
         assert_eq!(summary.plan.len(), 3);
         assert_eq!(summary.plan[0].rows_per_version.get(&1), Some(&5));
@@ -146,7 +146,7 @@ async fn rows_written_during_a_rotation_all_survive() {
                 written
             })
         };
-        let summary = rotate(&keys, &repo, &Opts { batch_size: 50, ..opts() }).await.unwrap();
+        let summary = rotate(&keys, &repo, &RotateOptions { batch_size: 50, ..opts() }).await.unwrap();
         ids.extend(writer.await.unwrap());
         let (_, cold) = fx.reopen(KeySettings::default());
         assert_all_readable(&cold, &ids, None).await;

@@ -1,13 +1,13 @@
 //! `tenant shred`: the tenant's objects, rows and keys go; other tenants are untouched; without
 //! `--yes` nothing happens.
 
-use media_api::admin::tenant::shred;
 use media_api::db::media::MediaRecord;
+use media_api::jobs::shred::shred;
 use media_api::storage::StorageError;
 use media_api::with_pool;
 
-use crate::helpers::{chunked, payload, random_hex, spawn_app, Stack, TestApp, STACKS};
 use crate::repository::new_media;
+use crate::support::app::{chunked, payload, random_hex, spawn_app, Stack, TestApp, STACKS};
 
 /// Stores an object and its row; returns the row.
 async fn upload(app: &TestApp, tenant: &str, seed: u64) -> MediaRecord {

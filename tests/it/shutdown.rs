@@ -7,9 +7,9 @@ use bytes::Bytes;
 use media_api::storage::PresignPut;
 use tokio::sync::mpsc;
 
-use crate::helpers::{payload, spawn_app, spawn_app_with, Stack};
+use crate::support::app::{payload, spawn_app, spawn_app_with, Stack};
 
-async fn upload_link(app: &crate::helpers::TestApp, key: &str) -> String {
+async fn upload_link(app: &crate::support::app::TestApp, key: &str) -> String {
     let options = PresignPut { ttl: Duration::from_secs(60), content_type: "image/png".into(), content_length: None };
     app.state.blobs.presign_put(key, &options).await.expect("presign").url
 }
@@ -72,15 +72,18 @@ async fn a_request_that_never_ends_is_cut_at_the_shutdown_timeout() {
 /// aborts, and the server waits for that before it returns.
 #[tokio::test]
 async fn an_upload_cut_at_the_shutdown_timeout_leaves_no_multipart_upload_or_row() {
-    let mut m =
-        crate::media::media_app(Stack::PostgresS3, &[("SHUTDOWN_TIMEOUT", "1s"), ("MEDIA_S3_PART_SIZE", "5MiB")]).await;
-    let image = crate::media::png(12 * 1024 * 1024, 77);
+    let mut m = crate::support::media::media_app(
+        Stack::PostgresS3,
+        &[("SHUTDOWN_TIMEOUT", "1s"), ("MEDIA_S3_PART_SIZE", "5MiB")],
+    )
+    .await;
+    let image = crate::support::media::png(12 * 1024 * 1024, 77);
     let (tx, body) = channel_body();
     let request = m.http().post(m.url("/v1/media")).bearer_auth(m.alice()).header("content-type", "image/png");
     let request = tokio::spawn(request.body(body).send());
     tx.send(Ok(Bytes::copy_from_slice(&image[..6 * 1024 * 1024]))).await.unwrap();
-    let client = crate::helpers::s3_client().await;
-    let bucket = crate::helpers::s3_env().bucket;
+    let client = crate::support::app::s3_client().await;
+    let bucket = crate::support::app::s3_env().bucket;
     let mut started = false;
     for _ in 0..100 {
         let uploads = client.list_multipart_uploads().bucket(&bucket).prefix(&m.prefix).send().await.unwrap();

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use media_api::config::MIB;
 use media_api::storage::{content_disposition, ByteRange, ByteStream, PresignGet, PresignPut, StorageError};
 
-use crate::helpers::{
+use crate::support::app::{
     chunked, collect, payload, random_hex, s3_client, s3_env, sha256_hex, spawn_app, Stack, TestApp, STACKS,
 };
 
@@ -283,7 +283,7 @@ async fn keys_that_could_escape_are_refused_by_every_operation() {
 
 #[tokio::test]
 async fn an_upload_link_refuses_a_body_over_the_limit_and_stores_nothing() {
-    let app = crate::helpers::spawn_app_with(Stack::SqliteFs, &[("MEDIA_MAX_BYTES", "1000")]).await;
+    let app = crate::support::app::spawn_app_with(Stack::SqliteFs, &[("MEDIA_MAX_BYTES", "1000")]).await;
     let key = key("limit");
     let options = PresignPut { ttl: Duration::from_secs(60), content_type: "image/png".into(), content_length: None };
     let link = app.state.blobs.presign_put(&key, &options).await.expect("presign put");
@@ -307,10 +307,10 @@ async fn an_upload_link_refuses_a_body_over_the_limit_and_stores_nothing() {
 /// never rewritten: the URL names that host and Garage accepts its signature.
 #[tokio::test]
 async fn presigned_urls_are_signed_for_the_public_endpoint() {
-    let internal = crate::helpers::s3_env().endpoint;
+    let internal = crate::support::app::s3_env().endpoint;
     let public = internal.replace("127.0.0.1", "localhost");
     assert_ne!(public, internal, "the test needs a different host name: {internal}");
-    let app = crate::helpers::spawn_app_with(Stack::PostgresS3, &[("MEDIA_S3_PUBLIC_ENDPOINT", &public)]).await;
+    let app = crate::support::app::spawn_app_with(Stack::PostgresS3, &[("MEDIA_S3_PUBLIC_ENDPOINT", &public)]).await;
     let data = payload(2048, 9);
     let key = key("public");
     app.state.blobs.put(&key, "image/png", chunked(data.clone())).await.expect("put");

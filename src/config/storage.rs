@@ -1,0 +1,138 @@
+//! Blob storage settings: S3 (`MEDIA_S3_*`) or a local directory (`MEDIA_FS_*`), the key prefix and
+//! the accepted content types.
+
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use url::Url;
+
+use super::env::{Env, MIB};
+use super::ops::CaBundle;
+use super::ConfigError;
+use crate::domain::mime::{may_be_allowed, DEFAULT_ALLOWED};
+use crate::domain::storage_key::check_storage_key;
+
+/// The smallest part S3 accepts in a multipart upload (except the last one).
+pub const S3_MIN_PART_SIZE: u64 = 5 * MIB;
+
+/// S3-compatible object storage settings (`MEDIA_S3_*`).
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// API endpoint for the service's own calls (`MEDIA_S3_ENDPOINT`); AWS when absent.
+    pub endpoint: Option<Url>,
+    /// Endpoint that clients can reach, used to sign presigned URLs (`MEDIA_S3_PUBLIC_ENDPOINT`).
+    pub public_endpoint: Option<Url>,
+    /// Region (`MEDIA_S3_REGION`, default `us-east-1`).
+    pub region: String,
+    /// Bucket (`MEDIA_S3_BUCKET`).
+    pub bucket: String,
+    /// Static access key id (`MEDIA_S3_ACCESS_KEY` or `MEDIA_S3_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// Static secret (`MEDIA_S3_SECRET_KEY` or `MEDIA_S3_SECRET_ACCESS_KEY`).
+    pub secret_access_key: Option<SecretString>,
+    /// Path-style addressing (`MEDIA_S3_USE_PATH_STYLE`; default true when an endpoint is set).
+    pub path_style: bool,
+    /// Multipart part size (`MEDIA_S3_PART_SIZE`, default and minimum 5 MiB, the S3 minimum).
+    pub part_size: u64,
+    /// Part buffers one upload may hold (`MEDIA_S3_UPLOAD_CONCURRENCY`, default 2): the parts in
+    /// flight plus the one filling, so one upload holds at most this many × the part size.
+    pub upload_concurrency: usize,
+    /// Sign upload payloads with SigV4 (`MEDIA_S3_SIGN_PAYLOAD`, default false): a second SHA-256
+    /// pass over every byte. Off, uploads are sent `UNSIGNED-PAYLOAD` and their integrity in
+    /// transit rests on TLS (use an `https` endpoint outside a trusted network).
+    pub sign_payload: bool,
+    /// Extra trusted roots (`MEDIA_CA_FILE`).
+    pub ca: Option<CaBundle>,
+}
+
+/// Local filesystem blob storage settings (embedded default).
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Root directory of the blobs (`MEDIA_FS_ROOT`, default `<data dir>/blobs`).
+    pub root: PathBuf,
+    /// HMAC key for the service's signed blob links (`MEDIA_FS_SIGNING_KEY`); generated in dev.
+    pub signing_key: Option<SecretString>,
+}
+
+/// Which blob store holds the bytes.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// S3 or an S3-compatible server.
+    S3(Box<S3Config>),
+    /// A local directory, links signed by the service.
+    Filesystem(FsConfig),
+}
+
+pub(super) fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Result<StorageConfig, ConfigError> {
+    let backend = env.get("MEDIA_STORAGE_BACKEND");
+    let bucket = env.get("MEDIA_S3_BUCKET");
+    let use_s3 = match backend.as_deref() {
+        Some("s3") => true,
+        Some("fs") | Some("filesystem") => false,
+        Some(other) => {
+            return Err(ConfigError::new("MEDIA_STORAGE_BACKEND", format!("expected `s3` or `fs`, got {other:?}")))
+        }
+        None => bucket.is_some(),
+    };
+    if !use_s3 {
+        return Ok(StorageConfig::Filesystem(FsConfig {
+            root: env.get("MEDIA_FS_ROOT").map(PathBuf::from).unwrap_or_else(|| data_dir.join("blobs")),
+            signing_key: env.secret("MEDIA_FS_SIGNING_KEY"),
+        }));
+    }
+    let bucket = bucket.ok_or_else(|| ConfigError::new("MEDIA_S3_BUCKET", "is required for the s3 backend"))?;
+    let endpoint = env.url("MEDIA_S3_ENDPOINT")?;
+    let access_key_id = env.get("MEDIA_S3_ACCESS_KEY").or_else(|| env.get("MEDIA_S3_ACCESS_KEY_ID"));
+    let secret_access_key = env.secret("MEDIA_S3_SECRET_KEY").or_else(|| env.secret("MEDIA_S3_SECRET_ACCESS_KEY"));
+    if access_key_id.is_some() != secret_access_key.is_some() {
+        return Err(ConfigError::new(
+            "MEDIA_S3_ACCESS_KEY",
+            "set both the access key and MEDIA_S3_SECRET_KEY, or neither (default credential chain)",
+        ));
+    }
+    let part_size = env.size("MEDIA_S3_PART_SIZE")?.unwrap_or(S3_MIN_PART_SIZE);
+    if part_size < S3_MIN_PART_SIZE {
+        return Err(ConfigError::new("MEDIA_S3_PART_SIZE", "must be at least 5 MiB (the S3 minimum)"));
+    }
+    let upload_concurrency = env.parse::<usize>("MEDIA_S3_UPLOAD_CONCURRENCY", "a whole number")?.unwrap_or(2);
+    if !(1..=16).contains(&upload_concurrency) {
+        return Err(ConfigError::new("MEDIA_S3_UPLOAD_CONCURRENCY", "must be between 1 and 16"));
+    }
+    Ok(StorageConfig::S3(Box::new(S3Config {
+        path_style: env.bool("MEDIA_S3_USE_PATH_STYLE")?.unwrap_or(endpoint.is_some()),
+        public_endpoint: env.url("MEDIA_S3_PUBLIC_ENDPOINT")?,
+        region: env.get("MEDIA_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+        endpoint,
+        bucket,
+        access_key_id,
+        secret_access_key,
+        part_size,
+        upload_concurrency,
+        sign_payload: env.bool("MEDIA_S3_SIGN_PAYLOAD")?.unwrap_or(false),
+        ca: None,
+    })))
+}
+
+pub(super) fn storage_prefix(env: &Env<'_>) -> Result<String, ConfigError> {
+    let Some(prefix) = env.get("MEDIA_STORAGE_PREFIX") else { return Ok(String::new()) };
+    let prefix = format!("{}/", prefix.trim_end_matches('/'));
+    check_storage_key(&format!("{prefix}x"))
+        .map_err(|why| ConfigError::new("MEDIA_STORAGE_PREFIX", format!("invalid object key: {why}")))?;
+    Ok(prefix)
+}
+
+pub(super) fn allowed_types(env: &Env<'_>) -> Result<Vec<String>, ConfigError> {
+    let types = env.list("MEDIA_ALLOWED_TYPES");
+    if types.is_empty() {
+        return Ok(DEFAULT_ALLOWED.iter().map(|t| (*t).to_owned()).collect());
+    }
+    for name in &types {
+        if !may_be_allowed(name) {
+            return Err(ConfigError::new(
+                "MEDIA_ALLOWED_TYPES",
+                format!("{name:?} cannot be allowed: give MIME types the bytes can be sniffed as, such as image/png"),
+            ));
+        }
+    }
+    Ok(types)
+}

@@ -1,0 +1,141 @@
+//! Unit tests of the configuration: defaults, refusals naming the variable, secrets never shown.
+
+use super::*;
+
+fn master_keys() -> String {
+    format!("k1:{}", fernet::Fernet::generate_key())
+}
+
+#[test]
+fn malformed_keys_are_refused_at_start_naming_the_variable() {
+    let err = Config::from_vars(&vars(&[("MEDIA_MASTER_KEYS", "k1:not-a-fernet-key")])).unwrap_err();
+    assert_eq!(err.var, "MEDIA_MASTER_KEYS");
+    assert!(!err.to_string().contains("not-a-fernet-key"), "the secret is not echoed: {err}");
+    let err = Config::from_vars(&vars(&[("MEDIA_FS_SIGNING_KEY", "short")])).unwrap_err();
+    assert_eq!(err.var, "MEDIA_FS_SIGNING_KEY");
+}
+
+fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn empty_environment_gives_the_embedded_dev_setup() {
+    let config = Config::from_vars(&HashMap::new()).expect("dev defaults are valid");
+    assert_eq!(config.profile, Profile::Dev);
+    assert_eq!(config.port, 8285);
+    assert_eq!(config.max_bytes, 20 * MIB);
+    assert_eq!(config.presign_ttl, Duration::from_secs(300));
+    assert!(config.database.url.expose_secret().starts_with("sqlite://"));
+    assert!(matches!(config.storage, StorageConfig::Filesystem(_)));
+    assert!(matches!(config.keyring, KeyringSource::DevGenerated));
+}
+
+#[test]
+fn a_bad_number_names_the_variable() {
+    let err = Config::from_vars(&vars(&[("MEDIA_MAX_BYTES", "abc")])).unwrap_err();
+    assert_eq!(err.var, "MEDIA_MAX_BYTES");
+    assert!(err.to_string().contains("\"abc\""), "{err}");
+}
+
+#[test]
+fn production_names_every_missing_setting_in_one_line() {
+    let err = Config::from_vars(&vars(&[("MEDIA_PROFILE", "production")])).unwrap_err();
+    let line = err.to_string();
+    for name in ["AUTH_ISSUER", "AUTH_AUDIENCE", "MEDIA_MASTER_KEYS", "MEDIA_DATABASE_URL", "MEDIA_S3_BUCKET"] {
+        assert!(line.contains(name), "{name} missing from: {line}");
+    }
+    assert!(!line.contains('\n'));
+}
+
+#[test]
+fn production_refuses_disabled_auth_even_when_everything_else_is_set() {
+    let err = Config::from_vars(&vars(&[
+        ("MEDIA_PROFILE", "production"),
+        ("AUTH_ENABLED", "false"),
+        ("AUTH_ISSUER", "https://id.example.com/realms/jan"),
+        ("AUTH_AUDIENCE", "media-api"),
+        ("MEDIA_MASTER_KEYS", &master_keys()),
+        ("MEDIA_DATABASE_URL", "postgres://db/media"),
+        ("MEDIA_S3_BUCKET", "media"),
+    ]))
+    .unwrap_err();
+    assert!(err.to_string().contains("authentication cannot be disabled"), "{err}");
+}
+
+#[test]
+fn production_with_everything_explicit_is_accepted() {
+    let keys = master_keys();
+    let config = Config::from_vars(&vars(&[
+        ("MEDIA_PROFILE", "production"),
+        ("AUTH_ISSUER", "https://a.example.com, https://b.example.com"),
+        ("AUTH_AUDIENCE", "media-api"),
+        ("MEDIA_MASTER_KEYS", &keys),
+        ("MEDIA_DATABASE_URL", "postgres://user:pw@db/media"),
+        ("MEDIA_S3_BUCKET", "media"),
+        ("MEDIA_S3_ENDPOINT", "http://garage:3900"),
+        ("MEDIA_S3_ACCESS_KEY", "GK1"),
+        ("MEDIA_S3_SECRET_KEY", "s3cr3t"),
+    ]))
+    .expect("valid production config");
+    assert_eq!(config.auth.issuers.len(), 2);
+    let StorageConfig::S3(s3) = &config.storage else { panic!("expected s3") };
+    assert!(s3.path_style, "path style defaults on with a custom endpoint");
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cr3t") && !debug.contains(":pw@") && !debug.contains(&keys), "{debug}");
+    assert_eq!(config.database_url_for_logs(), "postgres://db/media");
+}
+
+#[test]
+fn auth_settings_are_checked_and_defaulted() {
+    let config = Config::from_vars(&HashMap::new()).unwrap();
+    assert_eq!(config.auth.algorithms, DEFAULT_ALGORITHMS.to_vec());
+    assert_eq!((config.auth.audiences.as_slice(), config.auth.dev_issuer), (&[DEV_AUDIENCE.to_owned()][..], true));
+    assert_eq!(config.auth.leeway, Duration::from_secs(60));
+    for (name, value) in [
+        ("AUTH_ALGORITHMS", "RS256,HS256"),
+        ("AUTH_ALGORITHMS", "none"),
+        ("AUTH_MODE", "sometimes"),
+        ("AUTH_LEEWAY", "soon"),
+        ("MEDIA_DEFAULT_TENANT", "../etc"),
+    ] {
+        let err = Config::from_vars(&vars(&[(name, value)])).unwrap_err();
+        assert_eq!(err.var, name, "{err}");
+    }
+    let mismatched = vars(&[("AUTH_ISSUER", "a,b,c"), ("AUTH_JWKS_URL", "http://x/1,http://x/2")]);
+    assert_eq!(Config::from_vars(&mismatched).unwrap_err().var, "AUTH_JWKS_URL");
+    let orphan = vars(&[("AUTH_JWKS_URL", "http://x/1")]);
+    assert_eq!(Config::from_vars(&orphan).unwrap_err().var, "AUTH_JWKS_URL");
+    let nobody = vars(&[("AUTH_DEV_ISSUER", "false")]);
+    assert_eq!(Config::from_vars(&nobody).unwrap_err().var, "AUTH_ISSUER", "no issuer at all is refused");
+    let jan = Config::from_vars(&vars(&[("AUTH_ENABLED", "false")])).unwrap();
+    assert_eq!(jan.auth.mode, AuthMode::Disabled, "AUTH_ENABLED=false is jan's way to disable auth");
+    let production = Config::from_vars(&vars(&[("MEDIA_PROFILE", "production"), ("AUTH_DEV_ISSUER", "true")]));
+    assert!(production.unwrap_err().to_string().contains("AUTH_DEV_ISSUER"));
+}
+
+#[test]
+fn half_a_credential_pair_is_refused() {
+    let err = Config::from_vars(&vars(&[("MEDIA_S3_BUCKET", "b"), ("MEDIA_S3_ACCESS_KEY_ID", "GK1")])).unwrap_err();
+    assert_eq!(err.var, "MEDIA_S3_ACCESS_KEY");
+}
+
+#[test]
+fn durations_and_sizes_parse_like_go_and_humans_write_them() {
+    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+    assert_eq!(parse_duration("m"), None);
+    assert_eq!(parse_duration("5 minutes"), None);
+    assert_eq!(parse_size("20MiB"), Some(20 * MIB));
+    assert_eq!(parse_size("1000"), Some(1000));
+    assert_eq!(parse_size("-1"), None);
+    assert_eq!(parse_size("abc"), None);
+}
+
+#[test]
+fn presign_ttl_above_the_cap_is_refused() {
+    let err = Config::from_vars(&vars(&[("MEDIA_S3_PRESIGN_TTL", "2h")])).unwrap_err();
+    assert_eq!(err.var, "MEDIA_S3_PRESIGN_TTL");
+}

@@ -1,0 +1,397 @@
+//! The encrypted media repository: plaintext [`MediaRecord`]s in and out, rows with
+//! every sensitive column sealed under the tenant's current DEK in between.
+//!
+//! Encrypted columns: original filename, uploader subject, client `user_id` hint, storage key,
+//! sha256 and free-form metadata. Plain columns: id, tenant, mime, size, status, timestamps,
+//! retention and `dek_version`. Each value's AAD names its tenant, table, column and row, so a value
+//! copied anywhere else fails with [`CryptoError::Integrity`](crate::crypto::CryptoError::Integrity)
+//! (code `data_integrity`), never a wrong value. Every read is by `(tenant_id, id)`; there is no read
+//! by id alone. Dedup goes through the blind index: `content_mac` is unique per tenant.
+//!
+//! Files: [`model`] (plaintext records), [`sql`], [`cipher`] (sealing a row), [`rotate`]
+//! (re-encryption batches); decrypted ready rows are cached for a few seconds in a
+//! [`TtlCache`](crate::db::ttl_cache::TtlCache).
+
+mod cipher;
+mod model;
+mod rotate;
+mod sql;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+pub use model::{InsertOutcome, MediaRecord, MediaStatus, StoredMedia};
+pub use rotate::{PreparedBatch, ReencryptBatch};
+
+use super::journal;
+use super::tenant_keys::TenantKeys;
+use super::ttl_cache::TtlCache;
+use super::{Database, DbError};
+use crate::crypto::blind_index::content_mac;
+use crate::crypto::envelope::KeyPurpose;
+use crate::crypto::field::FieldCipher;
+use crate::crypto::CryptoError;
+use crate::with_pool;
+use cipher::{BindSealed, PlainColumns, RowCipher};
+use model::MediaRow;
+use sql::*;
+
+/// Encrypted access to `media_objects`.
+#[derive(Debug, Clone)]
+pub struct MediaRepo {
+    db: Database,
+    keys: Arc<TenantKeys>,
+    cache: Option<Arc<TtlCache<(String, String), StoredMedia>>>,
+}
+
+impl MediaRepo {
+    /// A repository over `db`, keys from `keys`.
+    pub fn new(db: Database, keys: Arc<TenantKeys>) -> Self {
+        Self { db, keys, cache: None }
+    }
+
+    /// The same repository, caching decrypted ready rows for `ttl` (see [`TtlCache`]; zero: off).
+    pub fn with_cache(mut self, ttl: std::time::Duration) -> Self {
+        self.cache = TtlCache::new(ttl).map(Arc::new);
+        self
+    }
+
+    /// Drops every cached row of `tenant` (after a shred in this process).
+    pub fn forget_tenant(&self, tenant: &str) {
+        if let Some(cache) = &self.cache {
+            cache.retain(|(t, _)| t != tenant);
+        }
+    }
+
+    fn cached(&self, tenant: &str, id: &str) -> Option<StoredMedia> {
+        self.cache.as_ref().and_then(|cache| cache.get(&(tenant.to_owned(), id.to_owned())))
+    }
+
+    fn remember(&self, media: &StoredMedia) {
+        match &self.cache {
+            Some(cache) if is_cacheable(media) => {
+                cache.put((media.record.tenant_id.clone(), media.record.id.clone()), media.clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn forget(&self, tenant: &str, id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.remove(&(tenant.to_owned(), id.to_owned()));
+        }
+    }
+
+    /// The blind-index MAC of content with this SHA-256 in `tenant`.
+    pub async fn content_mac(&self, tenant: &str, sha256: &[u8; 32]) -> Result<[u8; 32], DbError> {
+        let index_key = self.keys.current(tenant, KeyPurpose::Index).await?;
+        Ok(content_mac(&index_key, sha256))
+    }
+
+    /// Stores a row, sealing its sensitive columns. A ready row whose bytes the tenant already has
+    /// is not stored: the existing id comes back as [`InsertOutcome::Duplicate`].
+    pub async fn insert(&self, media: &MediaRecord) -> Result<InsertOutcome, DbError> {
+        let tenant = media.tenant_id.as_str();
+        let mac = match &media.sha256 {
+            Some(sha) => Some(self.content_mac(tenant, sha).await?),
+            None => None,
+        };
+        let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
+        let cipher = FieldCipher::new(&dek);
+        let row_cipher = RowCipher { cipher: &cipher, tenant, id: &media.id };
+        let sealed = row_cipher.seal_all(&PlainColumns::from(media));
+        let now = Utc::now();
+        // The row and the end of its key's journal entry commit together (see `db::journal`).
+        let result = with_pool!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(INSERT)
+                .bind(tenant)
+                .bind(&media.id)
+                .bind(media.status.as_str())
+                .bind(&media.mime)
+                .bind(media.size as i64)
+                .bind(dek.version as i32)
+                .bind(mac.as_ref().map(|m| m.as_slice()))
+                .bind_sealed(&sealed)
+                .bind(now)
+                .bind(media.retention_until)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(journal::CLOSE).bind(&media.storage_key).execute(&mut *tx).await?;
+            tx.commit().await
+        }
+        .await);
+        self.count_encryptions(tenant, dek.version, sealed.count()).await;
+        match result {
+            Ok(()) => Ok(InsertOutcome::Inserted),
+            Err(sqlx::Error::Database(err)) if err.is_unique_violation() => match mac {
+                Some(mac) => match self.id_by_mac(tenant, &mac).await? {
+                    Some(existing) => Ok(InsertOutcome::Duplicate(existing)),
+                    None => Err(sqlx::Error::Database(err).into()),
+                },
+                None => Err(sqlx::Error::Database(err).into()),
+            },
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Counts encryptions after a row was written. A failure here must not turn a committed write
+    /// into an error (the caller would clean up bytes the row points to), so it is logged: the count
+    /// only decides when the next DEK version is rolled.
+    async fn count_encryptions(&self, tenant: &str, version: u32, count: u64) {
+        if let Err(err) = self.keys.record_encryptions(tenant, version, count).await {
+            tracing::warn!(tenant, version, error = %err, "cannot count encryptions under a DEK");
+        }
+    }
+
+    /// The id of the tenant's media with this content MAC, if any.
+    pub async fn id_by_mac(&self, tenant: &str, mac: &[u8; 32]) -> Result<Option<String>, DbError> {
+        Ok(with_pool!(&self.db, |pool| sqlx::query_scalar(SELECT_BY_MAC)
+            .bind(tenant)
+            .bind(mac.as_slice())
+            .fetch_optional(pool)
+            .await)?)
+    }
+
+    /// The tenant's media with this id, decrypted; `None` when the tenant has no such id.
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<StoredMedia>, DbError> {
+        if let Some(hit) = self.cached(tenant, id) {
+            return Ok(Some(hit));
+        }
+        let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2");
+        let row: Option<MediaRow> =
+            with_pool!(&self.db, |pool| sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(pool).await)?;
+        match row {
+            Some(row) => {
+                let media = self.open_row(row).await?;
+                self.remember(&media);
+                Ok(Some(media))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The tenant's media among `ids`, decrypted, in one query (ids the tenant does not have are
+    /// simply absent from the result).
+    pub async fn get_many(&self, tenant: &str, ids: &[String]) -> Result<Vec<StoredMedia>, DbError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut missing = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.cached(tenant, id) {
+                Some(hit) => out.push(hit),
+                None => missing.push(id.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let ids = &missing;
+        let rows: Vec<MediaRow> = match &self.db {
+            Database::Postgres(pool) => {
+                let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = ANY($2)");
+                sqlx::query_as(&sql).bind(tenant).bind(ids).fetch_all(pool).await?
+            }
+            Database::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id IN (SELECT value FROM json_each($2))"
+                );
+                let list = serde_json::to_string(ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                sqlx::query_as(&sql).bind(tenant).bind(list).fetch_all(pool).await?
+            }
+        };
+        for row in rows {
+            let media = self.open_row(row).await?;
+            self.remember(&media);
+            out.push(media);
+        }
+        Ok(out)
+    }
+
+    /// Marks a pending row ready after its bytes were verified: `ready` carries the verified type,
+    /// size, hash and storage key, and the row is re-sealed under the current DEK. With `dedup`, a tenant that already has these bytes
+    /// gets [`InsertOutcome::Duplicate`] and the row is left pending for the caller to remove;
+    /// without it the row becomes ready with no content MAC (a second copy the index does not see).
+    pub async fn mark_ready(
+        &self,
+        ready: &MediaRecord,
+        staging_key: &str,
+        dedup: bool,
+    ) -> Result<InsertOutcome, DbError> {
+        let sha256 = ready.sha256.ok_or(CryptoError::Integrity)?;
+        let tenant = ready.tenant_id.as_str();
+        debug_assert_eq!(ready.status, MediaStatus::Ready);
+        let mac = if dedup { Some(self.content_mac(tenant, &sha256).await?) } else { None };
+        let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
+        let cipher = FieldCipher::new(&dek);
+        let sealed = RowCipher { cipher: &cipher, tenant, id: &ready.id }.seal_all(&PlainColumns::from(ready));
+        // The row moves to its verified key, whose journal entry ends, and the staging key it
+        // leaves gets one, in one transaction (see `db::journal`).
+        let result = with_pool!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            let updated = sqlx::query(MARK_READY)
+                .bind(tenant)
+                .bind(&ready.id)
+                .bind(&ready.mime)
+                .bind(ready.size as i64)
+                .bind(dek.version as i32)
+                .bind(mac.as_ref().map(|m| m.as_slice()))
+                .bind_sealed(&sealed)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated == 1 {
+                sqlx::query(journal::CLOSE).bind(&ready.storage_key).execute(&mut *tx).await?;
+                sqlx::query(journal::OPEN).bind(staging_key).bind(Utc::now()).execute(&mut *tx).await?;
+            }
+            tx.commit().await.map(|()| updated)
+        }
+        .await);
+        self.count_encryptions(tenant, dek.version, sealed.count()).await;
+        match result {
+            Ok(1) => Ok(InsertOutcome::Inserted),
+            Ok(_) => Err(sqlx::Error::RowNotFound.into()),
+            Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                let mac = mac.ok_or_else(|| DbError::from(sqlx::Error::Database(err)))?;
+                let existing = self.id_by_mac(tenant, &mac).await?;
+                existing.map(InsertOutcome::Duplicate).ok_or_else(|| sqlx::Error::RowNotFound.into())
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Up to `limit` rows (any tenant) that are past their retention, or pending since before
+    /// `pending_before`, after the `(tenant, id)` cursor: `(tenant, id)` pairs for the sweeper.
+    pub async fn sweepable(
+        &self,
+        now: DateTime<Utc>,
+        pending_before: DateTime<Utc>,
+        after: Option<&(String, String)>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        let (tenant, id) = after.map_or(("", ""), |(t, i)| (t.as_str(), i.as_str()));
+        Ok(with_pool!(&self.db, |pool| sqlx::query_as(SWEEPABLE)
+            .bind(now)
+            .bind(pending_before)
+            .bind(tenant)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?)
+    }
+
+    /// Deletes the tenant's row — only while its status is still `status`, when given — and says
+    /// whether it did. With `journal` (the key of the object the row referenced, still to be deleted,
+    /// and when the sweeper may take it), the key is journaled in the same transaction, so a crash
+    /// before the object is gone leaves it to the sweeper (`db::journal`).
+    pub async fn delete(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: Option<MediaStatus>,
+        journal: Option<(&str, DateTime<Utc>)>,
+    ) -> Result<bool, DbError> {
+        self.forget(tenant, id);
+        let status = status.map(MediaStatus::as_str);
+        let deleted = with_pool!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            let deleted =
+                sqlx::query(DELETE).bind(tenant).bind(id).bind(status).execute(&mut *tx).await?.rows_affected();
+            if let (1, Some((key, at))) = (deleted, journal) {
+                sqlx::query(journal::OPEN).bind(key).bind(at).execute(&mut *tx).await?;
+            }
+            tx.commit().await.map(|()| deleted)
+        }
+        .await)?;
+        // Again after the delete: a read racing it may have cached the row meanwhile.
+        self.forget(tenant, id);
+        Ok(deleted == 1)
+    }
+
+    /// Up to `limit` of the tenant's rows after `after` (id order) with their decrypted storage keys,
+    /// or the error that kept a storage key from being read.
+    pub async fn storage_keys(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Result<String, DbError>)>, DbError> {
+        let rows: Vec<(String, i32, Vec<u8>)> = with_pool!(&self.db, |pool| sqlx::query_as(SELECT_STORAGE_KEYS)
+            .bind(tenant)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, version, sealed) in rows {
+            let key = match u32::try_from(version) {
+                Ok(version) => match self.keys.version(tenant, KeyPurpose::Dek, version).await {
+                    Ok(dek) => {
+                        RowCipher { cipher: &FieldCipher::new(&dek), tenant, id: &id }.open_text("storage_key", &sealed)
+                    }
+                    Err(err) => Err(err),
+                },
+                Err(_) => Err(CryptoError::Integrity.into()),
+            };
+            out.push((id, key));
+        }
+        Ok(out)
+    }
+
+    async fn open_row(&self, row: MediaRow) -> Result<StoredMedia, DbError> {
+        let version = row.version()?;
+        let dek = self.keys.version(&row.tenant_id, KeyPurpose::Dek, version).await?;
+        let plain =
+            RowCipher { cipher: &FieldCipher::new(&dek), tenant: &row.tenant_id, id: &row.id }.open_all(&row.sealed)?;
+        let record = MediaRecord {
+            filename: plain.filename,
+            uploader: plain.uploader,
+            user_hint: plain.user_hint,
+            storage_key: plain.storage_key,
+            sha256: plain.sha256,
+            metadata: plain.metadata,
+            status: MediaStatus::parse(&row.status)?,
+            size: u64::try_from(row.size_bytes).map_err(|_| CryptoError::Integrity)?,
+            retention_until: row.retention_until,
+            mime: row.mime,
+            id: row.id,
+            tenant_id: row.tenant_id,
+        };
+        Ok(StoredMedia { record, dek_version: version, created_at: row.created_at })
+    }
+}
+
+/// Only ready rows are cached: a pending one changes when its upload completes.
+fn is_cacheable(media: &StoredMedia) -> bool {
+    media.record.status == MediaStatus::Ready
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn media(status: MediaStatus) -> StoredMedia {
+        let record = MediaRecord {
+            id: "jan_1".into(),
+            tenant_id: "a".into(),
+            status,
+            mime: "image/png".into(),
+            size: 1,
+            filename: None,
+            uploader: "u".into(),
+            user_hint: None,
+            storage_key: "m/jan_1".into(),
+            sha256: Some([0; 32]),
+            metadata: None,
+            retention_until: None,
+        };
+        StoredMedia { record, dek_version: 1, created_at: chrono::Utc::now() }
+    }
+
+    #[test]
+    fn ready_rows_are_cached_and_pending_rows_are_not() {
+        assert!(is_cacheable(&media(MediaStatus::Ready)));
+        assert!(!is_cacheable(&media(MediaStatus::Pending)), "pending rows are not cached");
+    }
+}

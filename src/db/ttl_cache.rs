@@ -1,0 +1,116 @@
+//! A short-lived, bounded, in-process cache. The media repository keeps decrypted *ready* rows in
+//! one, so the hot read paths
+//! (presign, resolve, download) of an ID read again within seconds skip the database round trip
+//! and the row decryption. LLM chat clients resend the whole conversation every turn, so the same
+//! IDs are resolved over and over.
+//!
+//! Bounded in time (`MEDIA_RECORD_CACHE_TTL`, default 5 s; 0 turns it off) and size
+//! ([`MAX_ENTRIES`]). Keyed by `(tenant, id)`, so tenant isolation is the database's. Deleting a
+//! media or shredding a tenant in this process drops its entries at once; in *another* process
+//! (a second replica, `media-api tenant shred`, `media-api sweep`) the change is seen here within
+//! the TTL — a presigned URL issued in that window points at an object that is already gone
+//! (S3 answers 404), and the decrypted fields (filename, storage key) stay in this process's
+//! memory at most that long after a shred. Operators who cannot accept that set the TTL to 0.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Most entries held; past it expired entries are dropped, and if that is not enough, all.
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// Values by key, each served for `ttl` after it was put (see the module docs).
+#[derive(Debug)]
+pub struct TtlCache<K, V> {
+    ttl: Duration,
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
+    /// A cache keeping entries for `ttl`; `None` when `ttl` is zero (caching off).
+    pub fn new(ttl: Duration) -> Option<Self> {
+        (!ttl.is_zero()).then(|| Self { ttl, entries: Mutex::new(HashMap::new()) })
+    }
+
+    /// The value, when present and fresh.
+    pub fn get(&self, key: &K) -> Option<V> {
+        self.get_at(key, Instant::now())
+    }
+
+    fn get_at(&self, key: &K, now: Instant) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, value) = entries.get(key)?;
+        (now.saturating_duration_since(*at) < self.ttl).then(|| value.clone())
+    }
+
+    /// Remembers a value from now on.
+    pub fn put(&self, key: K, value: V) {
+        self.put_at(key, value, Instant::now());
+    }
+
+    fn put_at(&self, key: K, value: V, now: Instant) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_ENTRIES {
+            let ttl = self.ttl;
+            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (now, value));
+    }
+
+    /// Forgets one entry.
+    pub fn remove(&self, key: &K) {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+    }
+
+    /// Forgets every entry whose key fails `keep`.
+    pub fn retain(&self, mut keep: impl FnMut(&K) -> bool) {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).retain(|key, _| keep(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_served_until_their_ttl() {
+        let cache: TtlCache<(String, String), u32> = TtlCache::new(Duration::from_millis(50)).expect("on");
+        let start = Instant::now();
+        let key = ("a".to_owned(), "jan_1".to_owned());
+        cache.put_at(key.clone(), 7, start);
+        assert_eq!(cache.get_at(&key, start + Duration::from_millis(49)), Some(7));
+        assert_eq!(cache.get_at(&("b".to_owned(), "jan_1".to_owned()), start), None, "another key never sees it");
+        assert_eq!(cache.get_at(&key, start + Duration::from_millis(60)), None, "expired");
+    }
+
+    #[test]
+    fn forgetting_drops_one_entry_or_every_matching_one() {
+        let cache: TtlCache<(String, String), u32> = TtlCache::new(Duration::from_secs(60)).expect("on");
+        for (tenant, id) in [("a", "jan_1"), ("a", "jan_2"), ("b", "jan_3")] {
+            cache.put((tenant.to_owned(), id.to_owned()), 1);
+        }
+        let key = |t: &str, i: &str| (t.to_owned(), i.to_owned());
+        cache.remove(&key("a", "jan_1"));
+        assert!(cache.get(&key("a", "jan_1")).is_none() && cache.get(&key("a", "jan_2")).is_some());
+        cache.retain(|(t, _)| t != "a");
+        assert!(cache.get(&key("a", "jan_2")).is_none() && cache.get(&key("b", "jan_3")).is_some());
+        assert!(TtlCache::<u8, u8>::new(Duration::ZERO).is_none(), "a zero TTL turns caching off");
+    }
+
+    #[test]
+    fn a_full_cache_drops_expired_entries_first() {
+        let cache: TtlCache<usize, usize> = TtlCache::new(Duration::from_secs(1)).expect("on");
+        let start = Instant::now();
+        for i in 0..MAX_ENTRIES {
+            cache.put_at(i, i, start);
+        }
+        let later = start + Duration::from_secs(2);
+        cache.put_at(MAX_ENTRIES, 1, later);
+        assert_eq!(cache.get_at(&MAX_ENTRIES, later), Some(1));
+        assert_eq!(cache.entries.lock().unwrap().len(), 1, "the expired entries were dropped");
+    }
+}

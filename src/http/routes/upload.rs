@@ -1,0 +1,278 @@
+//! Uploads: `POST /v1/media` (JSON jan v1 `data_url`/`remote_url` sources, multipart, or a raw
+//! body, by `Content-Type`) and `POST /v1/media/upload` (the jan v2 multipart form). The handler
+//! takes an upload slot and puts `MEDIA_UPLOAD_TIMEOUT` on the body before the use case runs.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Principal;
+use crate::http::admission::{body_with_deadline, UploadSlot};
+use crate::http::error::{ApiError, ApiQuery};
+use crate::http::extract::{Authenticated, CanWrite};
+use crate::http::openapi::{AuthErrors, UploadErrors};
+use crate::http::request::{content_length, header_text, read_limited};
+use crate::http::state::AppState;
+use crate::media::ingest::pipeline::{Ingested, Upload};
+use crate::media::ingest::sniff::DeclaredBy;
+use crate::media::ingest::sources::{body_stream, clean_filename, raw_filename};
+use crate::telemetry::metrics::names;
+
+/// The upload routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upload)).routes(routes!(upload_form)).layer(DefaultBodyLimit::disable())
+}
+
+/// The answer to an upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadResponse {
+    /// The media's ID.
+    #[schema(example = "jan_01jq4k9x2v7m3n8p5r6s0t1w2y")]
+    id: String,
+    /// The sniffed type.
+    #[schema(example = "image/png")]
+    mime: String,
+    /// Size in bytes.
+    bytes: u64,
+    /// True when the tenant already had these bytes (the first upload's ID is returned).
+    deduped: bool,
+    /// A presigned GET URL.
+    presigned_url: String,
+    /// The same URL (jan v2 name).
+    url: String,
+    /// When the URL stops working.
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct UploadQuery {
+    /// Filename of a raw upload (after `Content-Disposition` and `X-Filename`).
+    filename: Option<String>,
+}
+
+/// The jan v1 JSON upload body.
+#[derive(Debug, Deserialize, ToSchema)]
+struct JanUpload {
+    source: JanSource,
+    /// Filename to record (its extension must agree with the content).
+    filename: Option<String>,
+    /// A client hint only; the token decides who uploads.
+    user_id: Option<String>,
+}
+
+/// Where the bytes come from.
+#[derive(Debug, Deserialize, ToSchema)]
+struct JanSource {
+    /// `data_url` (also `dataurl`, `datauri`) or `remote_url` (also `remote`, `remoteuri`), any case.
+    #[serde(rename = "type")]
+    #[schema(example = "data_url")]
+    kind: String,
+    /// `data:<mime>;base64,<bytes>` for a `data_url` source.
+    data_url: Option<String>,
+    /// An `http(s)` URL on a public address for a `remote_url` source.
+    url: Option<String>,
+}
+
+/// A multipart upload form.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// The file (its part's `Content-Type` and filename must agree with the content).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// A client hint only.
+    user_id: Option<String>,
+    /// Filename to record when the `file` part has none.
+    filename: Option<String>,
+}
+
+/// Upload: JSON (jan v1 `data_url`/`remote_url` sources), multipart (`file`) or a raw body, by
+/// `Content-Type`. The type is sniffed from the bytes and must agree with every declared one.
+#[utoipa::path(post, path = "/v1/media", tag = "media", security(("bearer" = [])),
+    params(UploadQuery),
+    request_body(content(
+        (JanUpload = "application/json"),
+        (UploadForm = "multipart/form-data"),
+        (Vec<u8> = "image/*"),
+        (Vec<u8> = "application/octet-stream"),
+    )),
+    responses((status = 200, description = "Stored, or deduplicated", body = UploadResponse), UploadErrors, AuthErrors))]
+async fn upload(
+    State(state): State<AppState>,
+    caller: Authenticated<CanWrite>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
+    request: Request,
+) -> Result<Json<UploadResponse>, ApiError> {
+    let content_type = header_text(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let is_json = essence == "application/json" || essence.ends_with("+json");
+    let owner = caller.0.owner();
+    let slot = if is_json { state.limits.buffered_upload_slot(&owner)? } else { state.limits.upload_slot(&owner)? };
+    let request = with_upload_deadline(&state, request);
+    let ingested = counted(if is_json {
+        upload_json(&state, caller.0.clone(), slot, request).await
+    } else if essence == "multipart/form-data" {
+        upload_multipart(&state, caller.0.clone(), slot, &content_type, request).await
+    } else {
+        let headers = request.headers();
+        let upload = Upload {
+            declared: header_text(headers, header::CONTENT_TYPE).map(|t| (DeclaredBy::Header, t)).into_iter().collect(),
+            filename: raw_filename(headers, query.filename.as_deref()),
+            user_hint: header_text(headers, "x-principal-id"),
+            content_length: content_length(headers),
+        };
+        state.service.upload(caller.0.clone(), upload, body_stream(request.into_body()), slot).await.map_err(Into::into)
+    })?;
+    Ok(Json(upload_response(&state, ingested).await?))
+}
+
+/// Upload with the jan v2 multipart form (`file`, `user_id`).
+#[utoipa::path(post, path = "/v1/media/upload", tag = "media", security(("bearer" = [])),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "Stored, or deduplicated", body = UploadResponse), UploadErrors, AuthErrors))]
+async fn upload_form(
+    State(state): State<AppState>,
+    caller: Authenticated<CanWrite>,
+    request: Request,
+) -> Result<Json<UploadResponse>, ApiError> {
+    let content_type = header_text(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
+    let slot = state.limits.upload_slot(&caller.0.owner())?;
+    let request = with_upload_deadline(&state, request);
+    let ingested = counted(upload_multipart(&state, caller.0.clone(), slot, &content_type, request).await)?;
+    Ok(Json(upload_response(&state, ingested).await?))
+}
+
+/// Counts an upload's outcome (`media_uploads_total`, `media_upload_bytes_total`, rejections by code).
+pub fn counted(result: Result<Ingested, ApiError>) -> Result<Ingested, ApiError> {
+    match &result {
+        Ok(ingested) => {
+            let kind = if ingested.deduped { "deduped" } else { "stored" };
+            metrics::counter!(names::UPLOADS, "result" => kind).increment(1);
+            if !ingested.deduped {
+                metrics::counter!(names::UPLOAD_BYTES).increment(ingested.record.size);
+            }
+        }
+        Err(err) => metrics::counter!(names::UPLOAD_REJECTIONS, "reason" => err.code()).increment(1),
+    }
+    result
+}
+
+/// The request with a body that fails once `MEDIA_UPLOAD_TIMEOUT` has passed.
+fn with_upload_deadline(state: &AppState, request: Request) -> Request {
+    let timeout = state.config.ops.upload_timeout;
+    request.map(|body| body_with_deadline(body, timeout))
+}
+
+async fn upload_json(
+    state: &AppState,
+    caller: Arc<Principal>,
+    slot: UploadSlot,
+    request: Request,
+) -> Result<Ingested, ApiError> {
+    // A data URL is base64 (4 bytes per 3) plus the JSON around it.
+    let limit = state.config.max_bytes.saturating_mul(4) / 3 + 64 * 1024;
+    let body = read_limited(request.into_body(), limit).await?;
+    let jan: JanUpload = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not a valid upload: {e}")))?;
+    let filename = jan.filename.as_deref().and_then(clean_filename);
+    let service = &state.service;
+    match jan.source.kind.to_ascii_lowercase().as_str() {
+        "data_url" | "dataurl" | "datauri" | "data_uri" => {
+            let data_url = jan.source.data_url.ok_or_else(|| {
+                ApiError::bad_request("invalid_source", "source.data_url is required for a data_url source")
+            })?;
+            Ok(service.upload_data_url(caller, data_url, filename, jan.user_id, slot).await?)
+        }
+        "remote_url" | "remote" | "remoteuri" | "remote_uri" | "url" => {
+            let url = jan.source.url.ok_or_else(|| {
+                ApiError::bad_request("invalid_source", "source.url is required for a remote_url source")
+            })?;
+            Ok(service.upload_remote(caller, &url, filename, jan.user_id, slot).await?)
+        }
+        other => Err(ApiError::bad_request("unknown_source_type", format!("unknown source type {other}"))),
+    }
+}
+
+/// Streams the `file` part of a multipart body through the pipeline; `user_id` (and `filename`)
+/// parts before it are taken as hints.
+async fn upload_multipart(
+    state: &AppState,
+    caller: Arc<Principal>,
+    slot: UploadSlot,
+    content_type: &str,
+    request: Request,
+) -> Result<Ingested, ApiError> {
+    let invalid = |why: String| ApiError::bad_request("invalid_multipart", why);
+    let boundary = multer::parse_boundary(content_type).map_err(|e| invalid(format!("not a multipart body: {e}")))?;
+    let stream = request.into_body().into_data_stream();
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut user_hint = None;
+    let mut filename = None;
+    loop {
+        let field =
+            multipart.next_field().await.map_err(|e| invalid(format!("the multipart body is malformed: {e}")))?;
+        let Some(field) = field else {
+            return Err(ApiError::bad_request("missing_file", "the multipart body has no `file` part"));
+        };
+        match field.name() {
+            Some("file") => {
+                let upload = Upload {
+                    declared: field.content_type().map(|m| (DeclaredBy::Part, m.to_string())).into_iter().collect(),
+                    filename: field.file_name().and_then(clean_filename).or(filename),
+                    user_hint,
+                    content_length: None,
+                };
+                let body = futures::stream::unfold((field, multipart), |(mut field, multipart)| async move {
+                    match field.chunk().await {
+                        Ok(Some(chunk)) => Some((Ok(chunk), (field, multipart))),
+                        Ok(None) => None,
+                        Err(err) => Some((Err(std::io::Error::other(err)), (field, multipart))),
+                    }
+                })
+                .boxed();
+                return Ok(state.service.upload(caller, upload, body, slot).await?);
+            }
+            Some("user_id") => user_hint = Some(small_text(field).await?),
+            Some("filename") => filename = clean_filename(&small_text(field).await?),
+            _ => {}
+        }
+    }
+}
+
+/// A short text part (at most 1 KiB).
+async fn small_text(mut field: multer::Field<'static>) -> Result<String, ApiError> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_multipart", format!("the multipart body is malformed: {e}")))?
+    {
+        text.extend_from_slice(&chunk);
+        if text.len() > 1024 {
+            return Err(ApiError::bad_request("invalid_multipart", "a text part is longer than 1 KiB"));
+        }
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+pub async fn upload_response(state: &AppState, ingested: Ingested) -> Result<UploadResponse, ApiError> {
+    let link = state.service.presign(&ingested.record, state.config.presign_ttl).await?;
+    Ok(UploadResponse {
+        id: ingested.record.id,
+        mime: ingested.record.mime,
+        bytes: ingested.record.size,
+        deduped: ingested.deduped,
+        presigned_url: link.url.clone(),
+        url: link.url,
+        expires_at: link.expires_at,
+    })
+}

@@ -1,0 +1,100 @@
+//! Removing what is stored, in the order that leaves nothing unreachable: a media's row goes first
+//! (its object key journaled in the same transaction), then its object, then the journal entry.
+//! The delete use case, a refused direct upload and the sweeper all remove through [`Removal`], so
+//! the rule lives in one place; whatever a crash interrupts stays journaled and the sweeper ends it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::db::journal;
+use crate::db::media::{MediaRecord, MediaRepo, MediaStatus};
+use crate::db::{Database, DbError};
+use crate::storage::BlobStore;
+
+/// Deletes rows and objects (cheap to clone).
+#[derive(Clone)]
+pub struct Removal {
+    blobs: Arc<dyn BlobStore>,
+    media: MediaRepo,
+    db: Database,
+    /// How long a direct-upload URL can stay usable (`MEDIA_PRESIGN_MAX_TTL`).
+    staging_ttl: Duration,
+    /// The prefix of every key the service creates (`MEDIA_STORAGE_PREFIX`).
+    key_prefix: Arc<str>,
+}
+
+impl Removal {
+    /// Removes from `blobs` and `media`, journaling in `db`; staging keys stay journaled for
+    /// `staging_ttl` (a client may still PUT to them). `key_prefix` is `MEDIA_STORAGE_PREFIX`.
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        media: MediaRepo,
+        db: Database,
+        staging_ttl: Duration,
+        key_prefix: &str,
+    ) -> Self {
+        Self { blobs, media, db, staging_ttl, key_prefix: Arc::from(key_prefix) }
+    }
+
+    /// The metadata database (rows, audit, blob journal).
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &dyn BlobStore {
+        self.blobs.as_ref()
+    }
+
+    /// The media rows.
+    pub fn media(&self) -> &MediaRepo {
+        &self.media
+    }
+
+    /// The prefix of every key the service creates (`MEDIA_STORAGE_PREFIX`).
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// Deletes a media's row, then its object (`false`: the row was gone or had changed). In that order a failure in between leaves no row —
+    /// and no dedup entry — pointing at nothing; the object's key is journaled with the row delete,
+    /// so the sweeper finishes the job if this process dies first.
+    ///
+    /// Only a row still in the state the caller read is deleted (a pending upload that became ready
+    /// meanwhile stays). A pending row's staging key stays journaled until its upload URL has expired
+    /// — a client may still PUT to it after the row is gone — and the sweeper deletes it then.
+    pub async fn remove(&self, media: &MediaRecord) -> Result<bool, DbError> {
+        let now = Utc::now();
+        let sweep_at = match media.status {
+            MediaStatus::Pending => now + chrono::Duration::from_std(self.staging_ttl).unwrap_or_default(),
+            MediaStatus::Ready => now,
+        };
+        let journal = Some((media.storage_key.as_str(), sweep_at));
+        if !self.media.delete(&media.tenant_id, &media.id, Some(media.status), journal).await? {
+            return Ok(false);
+        }
+        match media.status {
+            MediaStatus::Ready => self.discard(&media.storage_key).await,
+            MediaStatus::Pending => {
+                if let Err(err) = self.blobs.delete(&media.storage_key).await {
+                    tracing::warn!(error = %err, "cannot delete a staged upload: the sweeper will retry");
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deletes an object no row references, then its journal entry. When either fails the entry
+    /// stays and the sweeper retries (logged).
+    pub async fn discard(&self, storage_key: &str) {
+        if let Err(err) = self.blobs.delete(storage_key).await {
+            tracing::warn!(error = %err, "cannot delete an object that has no row: the sweeper will retry");
+            return;
+        }
+        if let Err(err) = journal::close(&self.db, storage_key).await {
+            tracing::warn!(error = %err, "cannot close the journal entry of a deleted object: the sweeper will retry");
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The one ingestion pipeline every upload source goes through, in a single pass over the bytes:
+//! size limit (a declared `Content-Length` first, then while streaming), type sniffing of the first
+//! bytes before anything is stored, SHA-256 and size while the bytes stream into the blob store
+//! under a random key, then per-tenant dedup through the blind index and the encrypted row.
+//!
+//! Memory is bounded by the blob store's part buffers: the body is never collected. Any failure
+//! after bytes started flowing leaves nothing behind: the blob store drops a failed or abandoned
+//! write (no object, no multipart upload), and an object whose row cannot be written is deleted.
+//! Every key is journaled before its first byte (`db::journal`), so what a crash interrupts is
+//! found and deleted by the sweeper.
+//! Handlers run [`Pipeline::ingest`] in its own task so that a client disconnecting after its body
+//! was stored cannot cancel the row write half-way.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use futures::{stream, StreamExt};
+use rand::RngCore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_util::task::TaskTracker;
+
+use super::limit::{is_limit_exceeded, limit_stream};
+use super::sniff::{Allowlist, DeclaredBy, SNIFF_BYTES};
+use super::ByteStream;
+use crate::auth::Principal;
+use crate::db::audit;
+use crate::db::journal;
+use crate::db::media::{InsertOutcome, MediaRecord, MediaRepo, MediaStatus};
+use crate::db::{Database, DbError};
+use crate::domain::media_id::new_id;
+use crate::jobs::removal::Removal;
+use crate::media::error::MediaError;
+use crate::storage::{BlobStore, StorageError};
+
+/// What the client said about the file (everything is checked against the bytes).
+#[derive(Debug, Clone, Default)]
+pub struct Upload {
+    /// Declared types and where they came from (the filename's extension is added by the pipeline).
+    pub declared: Vec<(DeclaredBy, String)>,
+    /// Original filename.
+    pub filename: Option<String>,
+    /// The jan `user_id` hint (recorded, never trusted).
+    pub user_hint: Option<String>,
+    /// The body's announced length, when known.
+    pub content_length: Option<u64>,
+}
+
+/// Bytes that passed the checks and are stored.
+#[derive(Debug)]
+struct StoredBytes {
+    key: String,
+    mime: String,
+    size: u64,
+    sha256: [u8; 32],
+}
+
+/// A stored (or deduplicated) upload.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    /// The media record (the existing one when deduplicated).
+    pub record: MediaRecord,
+    /// True when the tenant already had these bytes.
+    pub deduped: bool,
+}
+
+/// Everything the pipeline needs; cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    blobs: Arc<dyn BlobStore>,
+    media: MediaRepo,
+    db: Database,
+    allow: Arc<Allowlist>,
+    max_bytes: u64,
+    retention: Option<chrono::Duration>,
+    key_prefix: Arc<str>,
+    tasks: TaskTracker,
+    removal: Removal,
+}
+
+impl Pipeline {
+    /// A pipeline storing into `blobs` and `media`, auditing into `db`, with the limits of `config`.
+    pub fn new(blobs: Arc<dyn BlobStore>, media: MediaRepo, db: Database, config: &crate::config::Config) -> Self {
+        Self {
+            removal: Removal::new(
+                blobs.clone(),
+                media.clone(),
+                db.clone(),
+                config.presign_max_ttl,
+                &config.storage_prefix,
+            ),
+            blobs,
+            media,
+            db,
+            allow: Arc::new(Allowlist::new(&config.allowed_types)),
+            max_bytes: config.max_bytes,
+            retention: config.retention_days.map(|days| chrono::Duration::days(i64::from(days))),
+            key_prefix: Arc::from(config.storage_prefix.as_str()),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// A new random object key (see [`random_storage_key`]) under `MEDIA_STORAGE_PREFIX`.
+    pub fn new_storage_key(&self) -> String {
+        format!("{}{}", self.key_prefix, random_storage_key())
+    }
+
+    /// The metadata database (rows, audit, blob journal).
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The prefix of every key this pipeline creates (`MEDIA_STORAGE_PREFIX`).
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// A key for a client's direct upload: under `staging/`, never where verified bytes live.
+    pub fn new_staging_key(&self) -> String {
+        format!("{}staging/{}", self.key_prefix, random_storage_key().trim_start_matches("m/"))
+    }
+
+    /// When a media stored now expires (`MEDIA_RETENTION_DAYS`).
+    pub fn retention_until(&self) -> Option<chrono::DateTime<Utc>> {
+        self.retention.map(|days| Utc::now() + days)
+    }
+
+    /// The size limit in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The allowlist.
+    pub fn allowlist(&self) -> &Allowlist {
+        &self.allow
+    }
+
+    /// Waits (at most `grace`) for detached ingests to finish — at shutdown, after the connections
+    /// are gone, so every interrupted upload has aborted its multipart upload before the process
+    /// exits. Returns how many were still running when `grace` passed.
+    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+        self.tasks.close();
+        match tokio::time::timeout(grace, self.tasks.wait()).await {
+            Ok(()) => 0,
+            Err(_) => self.tasks.len(),
+        }
+    }
+
+    /// Runs [`Pipeline::ingest`] in its own task (see the module docs), keeping `hold` (the
+    /// upload's concurrency slot) until it ends, even when the request is gone.
+    pub async fn ingest_detached(
+        &self,
+        caller: Arc<Principal>,
+        upload: Upload,
+        body: ByteStream,
+        hold: impl Send + 'static,
+    ) -> Result<Ingested, MediaError> {
+        let pipeline = self.clone();
+        self.detached(async move { pipeline.ingest(&caller, upload, body).await }, hold).await
+    }
+
+    /// Runs [`Pipeline::complete`] in its own task, keeping `hold` until it ends: a request that
+    /// times out or whose client leaves cannot cut a completion between the verified copy and the
+    /// row update.
+    pub async fn complete_detached(
+        &self,
+        caller: Arc<Principal>,
+        record: MediaRecord,
+        dedup: bool,
+        hold: impl Send + 'static,
+    ) -> Result<Ingested, MediaError> {
+        let pipeline = self.clone();
+        self.detached(async move { pipeline.complete(&caller, record, dedup).await }, hold).await
+    }
+
+    /// Runs `work` as a tracked task (so [`Pipeline::drain`] waits for it) holding `hold` to its end.
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, MediaError>> + Send + 'static,
+        hold: impl Send + 'static,
+    ) -> Result<T, MediaError> {
+        self.tasks
+            .spawn(async move {
+                let result = work.await;
+                drop(hold);
+                result
+            })
+            .await
+            .map_err(|err| MediaError::Interrupted(std::io::Error::other(err)))?
+    }
+
+    /// Checks, stores and records one upload (see the module docs).
+    pub async fn ingest(&self, caller: &Principal, upload: Upload, body: ByteStream) -> Result<Ingested, MediaError> {
+        let (filename, user_hint) = (upload.filename.clone(), upload.user_hint.clone());
+        let stored = self.store(upload, body).await?;
+        let record = MediaRecord {
+            id: new_id(),
+            tenant_id: caller.tenant.clone(),
+            status: MediaStatus::Ready,
+            mime: stored.mime,
+            size: stored.size,
+            filename,
+            uploader: caller.owner(),
+            user_hint,
+            storage_key: stored.key,
+            sha256: Some(stored.sha256),
+            metadata: None,
+            retention_until: self.retention_until(),
+        };
+        self.record(caller, record).await
+    }
+
+    /// The single pass over the bytes: size limit, type check of the first bytes, SHA-256 while
+    /// they stream into the blob store under a fresh key. Nothing is left behind on failure.
+    async fn store(&self, mut upload: Upload, body: ByteStream) -> Result<StoredBytes, MediaError> {
+        if upload.content_length.is_some_and(|length| length > self.max_bytes) {
+            return Err(MediaError::TooLarge { limit: self.max_bytes });
+        }
+        if let Some(by_name) = upload.filename.as_deref().and_then(super::sniff::from_filename) {
+            upload.declared.push(by_name);
+        }
+        // Fused: the prefix read may already have seen the end, and the rest is chained after it.
+        let mut body = limit_stream(body, self.max_bytes).fuse().boxed();
+        let prefix = self.read_prefix(&mut body).await?;
+        if prefix.is_empty() {
+            return Err(MediaError::Empty);
+        }
+        let mime = self.allow.check(&prefix[..prefix.len().min(SNIFF_BYTES)], &upload.declared)?;
+        let hasher = Arc::new(Mutex::new(Sha256::new()));
+        let tap = hasher.clone();
+        let stream = stream::once(async move { Ok(prefix) })
+            .chain(body)
+            .inspect(move |chunk| {
+                if let Ok(bytes) = chunk {
+                    tap.lock().unwrap_or_else(PoisonError::into_inner).update(bytes);
+                }
+            })
+            .boxed();
+        let key = self.new_storage_key();
+        journal::open(&self.db, &key).await?;
+        let written = match upload.content_length {
+            Some(length) => self.blobs.put_sized(&key, &mime, length, stream).await,
+            None => self.blobs.put(&key, &mime, stream).await,
+        };
+        let size = match written {
+            Ok(size) => size,
+            Err(err) => {
+                // Normally nothing was written; the delete makes sure before the entry goes.
+                self.discard(&key).await;
+                return Err(self.put_error(err));
+            }
+        };
+        let sha256 = std::mem::take(&mut *hasher.lock().unwrap_or_else(PoisonError::into_inner)).finalize().into();
+        Ok(StoredBytes { key, mime, size, sha256 })
+    }
+
+    /// Verifies a direct upload (`prepare-upload`, then a PUT to the presigned URL). The client wrote
+    /// to a staging key; its object is streamed through the same single pass as every upload (size
+    /// within the limit and equal to the declared size, sniffed type equal to the declared one and to
+    /// the filename's, SHA-256) into a fresh key that no client can write, and the staging object is
+    /// deleted — so bytes cannot be swapped after they were checked. Then the row becomes ready,
+    /// deduplicated when `dedup` (the pending id then disappears in favour of the existing one). A
+    /// refused upload is deleted with its row.
+    pub async fn complete(
+        &self,
+        caller: &Principal,
+        pending: MediaRecord,
+        dedup: bool,
+    ) -> Result<Ingested, MediaError> {
+        let object = match self.blobs.get(&pending.storage_key, None).await {
+            Ok(object) => object,
+            Err(StorageError::NotFound) => {
+                return Err(MediaError::invalid(
+                    "not_uploaded",
+                    "nothing has been uploaded to this media's upload URL yet",
+                ))
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let mismatch = pending.size > 0 && object.total_size != pending.size && object.total_size <= self.max_bytes;
+        let checked = if mismatch {
+            Err(MediaError::invalid(
+                "length_mismatch",
+                format!("{} bytes were uploaded but {} were declared", object.total_size, pending.size),
+            ))
+        } else {
+            let mut declared = vec![(DeclaredBy::Prepared, pending.mime.clone())];
+            declared.extend(pending.filename.as_deref().and_then(super::sniff::from_filename));
+            let upload = Upload { declared, content_length: Some(object.total_size), ..Upload::default() };
+            self.store(upload, object.body).await
+        };
+        let stored = match checked {
+            Ok(stored) => stored,
+            Err(err) => {
+                self.remove(&pending).await?;
+                return Err(err);
+            }
+        };
+        let staging = pending.storage_key.clone();
+        let ready = MediaRecord {
+            mime: stored.mime,
+            size: stored.size,
+            sha256: Some(stored.sha256),
+            storage_key: stored.key,
+            status: MediaStatus::Ready,
+            ..pending
+        };
+        match self.media.mark_ready(&ready, &staging, dedup).await {
+            Ok(InsertOutcome::Inserted) => {
+                self.discard(&staging).await;
+                let details = json!({"bytes": ready.size, "mime": ready.mime, "direct": true});
+                self.audit(&caller.tenant, &caller.subject, "media.uploaded", &ready.id, details).await;
+                Ok(Ingested { record: ready, deduped: false })
+            }
+            Ok(InsertOutcome::Duplicate(existing)) => {
+                // The row still references the staging object; the verified copy is journaled.
+                let pending = MediaRecord { storage_key: staging, status: MediaStatus::Pending, ..ready.clone() };
+                self.discard(&ready.storage_key).await;
+                self.remove(&pending).await?;
+                let existing = self.media.get(&caller.tenant, &existing).await?;
+                let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
+                Ok(Ingested { record: existing.record, deduped: true })
+            }
+            Err(err) => {
+                // Someone else completed (or removed) the row meanwhile: keep theirs. Otherwise the
+                // row is still pending and its staged object stays, so completing can be retried.
+                // The verified copy is deleted only when the update certainly did not happen; after
+                // a lost commit its journal entry says which way it went, and the sweeper follows.
+                if matches!(err, DbError::Sqlx(sqlx::Error::RowNotFound)) {
+                    self.discard(&ready.storage_key).await;
+                }
+                match self.media.get(&caller.tenant, &ready.id).await? {
+                    Some(current) if current.record.status == MediaStatus::Ready => {
+                        Ok(Ingested { record: current.record, deduped: false })
+                    }
+                    _ => Err(err.into()),
+                }
+            }
+        }
+    }
+
+    /// Deletes a media's row, then its object (see [`Removal::remove`]).
+    pub async fn remove(&self, media: &MediaRecord) -> Result<bool, MediaError> {
+        Ok(self.removal.remove(media).await?)
+    }
+
+    /// Reads from `body` until [`SNIFF_BYTES`] are buffered or the body ends.
+    async fn read_prefix(&self, body: &mut ByteStream) -> Result<Bytes, MediaError> {
+        let mut prefix = BytesMut::new();
+        while prefix.len() < SNIFF_BYTES {
+            match body.next().await {
+                Some(Ok(chunk)) => prefix.extend_from_slice(&chunk),
+                Some(Err(err)) => return Err(self.source_error(err)),
+                None => break,
+            }
+        }
+        Ok(prefix.freeze())
+    }
+
+    fn source_error(&self, err: std::io::Error) -> MediaError {
+        match is_limit_exceeded(&err) {
+            Some(limit) => MediaError::TooLarge { limit },
+            None => MediaError::Interrupted(err),
+        }
+    }
+
+    fn put_error(&self, err: StorageError) -> MediaError {
+        match err {
+            StorageError::Source(err) => self.source_error(err),
+            other => MediaError::Storage(other),
+        }
+    }
+
+    /// Writes the row of stored bytes, or — when the tenant already has them — deletes the new
+    /// object and answers with the existing media.
+    async fn record(&self, caller: &Principal, record: MediaRecord) -> Result<Ingested, MediaError> {
+        // On an error the object stays: if the commit happened after all (its answer lost), the row
+        // references it; if not, its journal entry is still there and the sweeper deletes it.
+        let outcome = self.media.insert(&record).await?;
+        match outcome {
+            InsertOutcome::Inserted => {
+                self.audit(
+                    &caller.tenant,
+                    &caller.subject,
+                    "media.uploaded",
+                    &record.id,
+                    json!({"bytes": record.size, "mime": record.mime}),
+                )
+                .await;
+                Ok(Ingested { record, deduped: false })
+            }
+            InsertOutcome::Duplicate(existing) => {
+                self.discard(&record.storage_key).await;
+                let existing = self.media.get(&caller.tenant, &existing).await?;
+                let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
+                Ok(Ingested { record: existing.record, deduped: true })
+            }
+        }
+    }
+
+    /// Deletes an object no row references, then its journal entry (see [`Removal::discard`]).
+    pub async fn discard(&self, storage_key: &str) {
+        self.removal.discard(storage_key).await;
+    }
+
+    /// Appends a media event to the tenant's audit chain (failures are logged, not returned: the
+    /// media operation itself succeeded).
+    pub async fn audit(&self, tenant: &str, actor: &str, kind: &str, id: &str, details: serde_json::Value) {
+        audit::record_media_event(&self.db, tenant, actor, kind, id, details).await;
+    }
+
+    /// The removal shared with the sweeper.
+    pub fn removal(&self) -> &Removal {
+        &self.removal
+    }
+}
+
+/// A random object key: it says nothing about the tenant, the id or the content.
+pub fn random_storage_key() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("m/{}", hex::encode(bytes))
+}

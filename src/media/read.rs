@@ -1,0 +1,95 @@
+//! Reading a caller's media: every lookup is by `(tenant of the caller, id)`, so an ID that does not
+//! parse, does not exist or belongs to another tenant gets the same answer. A pending direct upload
+//! is verified the first time it is read (jan clients never call `complete`): [`Found::Pending`]
+//! tells the caller to admit the work and call [`MediaService::verify_pending`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ingest::pipeline::Ingested;
+use super::ingest::sniff::extension;
+use super::{MediaError, MediaService};
+use crate::auth::Principal;
+use crate::db::media::{MediaRecord, MediaStatus};
+use crate::domain::media_id::is_valid;
+use crate::storage::{content_disposition, BlobObject, ByteRange, PresignGet, PresignedRequest};
+use crate::telemetry::metrics::names;
+
+/// A media of the caller's tenant, as stored.
+#[derive(Debug)]
+pub enum Found {
+    /// Ready to be served.
+    Ready(MediaRecord),
+    /// A direct upload not verified yet.
+    Pending(MediaRecord),
+}
+
+impl From<MediaRecord> for Found {
+    fn from(record: MediaRecord) -> Self {
+        match record.status {
+            MediaStatus::Ready => Self::Ready(record),
+            MediaStatus::Pending => Self::Pending(record),
+        }
+    }
+}
+
+impl MediaService {
+    /// The caller's media with this id.
+    pub async fn find(&self, caller: &Principal, id: &str) -> Result<Found, MediaError> {
+        if !is_valid(id) {
+            return Err(MediaError::NotFound);
+        }
+        let stored = self.repo.get(&caller.tenant, id).await?.ok_or(MediaError::NotFound)?;
+        Ok(stored.record.into())
+    }
+
+    /// The caller's media with these ids (one query), or [`MediaError::MediaNotFound`] naming the
+    /// first one the tenant does not have.
+    pub async fn find_many(&self, caller: &Principal, ids: &BTreeSet<String>) -> Result<Vec<Found>, MediaError> {
+        let wanted: Vec<String> = ids.iter().filter(|id| is_valid(id)).cloned().collect();
+        let found = self.repo.get_many(&caller.tenant, &wanted).await?;
+        let mut records: HashMap<String, _> = found.into_iter().map(|m| (m.record.id.clone(), m.record)).collect();
+        if let Some(missing) = ids.iter().find(|id| !records.contains_key(id.as_str())) {
+            return Err(MediaError::MediaNotFound { id: missing.clone() });
+        }
+        Ok(records.drain().map(|(_, record)| record.into()).collect())
+    }
+
+    /// Verifies a pending direct upload (see [`Pipeline::complete`]), holding `hold` to the end;
+    /// with `dedup` the pending id may give way to an existing media with the same bytes.
+    ///
+    /// [`Pipeline::complete`]: super::ingest::pipeline::Pipeline::complete
+    pub async fn verify_pending(
+        &self,
+        caller: Arc<Principal>,
+        pending: MediaRecord,
+        dedup: bool,
+        hold: impl Send + 'static,
+    ) -> Result<Ingested, MediaError> {
+        self.pipeline.complete_detached(caller, pending, dedup, hold).await
+    }
+
+    /// A presigned GET of a media (at most `MEDIA_PRESIGN_MAX_TTL`), forcing its sniffed type and
+    /// an inline, RFC 6266-safe disposition.
+    pub async fn presign(&self, record: &MediaRecord, ttl: Duration) -> Result<PresignedRequest, MediaError> {
+        let options = PresignGet {
+            ttl: ttl.min(self.settings.presign_max_ttl),
+            content_type: record.mime.clone(),
+            content_disposition: content_disposition("inline", &download_name(record)),
+        };
+        let link = self.blobs.presign_get(&record.storage_key, &options).await?;
+        metrics::counter!(names::PRESIGNS).increment(1);
+        Ok(link)
+    }
+
+    /// The bytes of a media (a range of them, when asked).
+    pub async fn open(&self, record: &MediaRecord, range: Option<ByteRange>) -> Result<BlobObject, MediaError> {
+        Ok(self.blobs.get(&record.storage_key, range).await?)
+    }
+}
+
+/// The download name of a media: its filename, or `<id>.<ext>`.
+pub fn download_name(record: &MediaRecord) -> String {
+    record.filename.clone().unwrap_or_else(|| format!("{}.{}", record.id, extension(&record.mime)))
+}

@@ -1,0 +1,69 @@
+//! Uploads from every source: a body streamed as it arrives (raw, or a multipart `file` part), a
+//! `data:` URL (decoded within the size limit) and a `remote_url` (fetched by the SSRF-safe
+//! fetcher). Each goes through the same pipeline, in its own task ([`Pipeline::ingest_detached`]).
+//!
+//! [`Pipeline::ingest_detached`]: super::ingest::pipeline::Pipeline::ingest_detached
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use super::ingest::pipeline::{Ingested, Upload};
+use super::ingest::sniff::DeclaredBy;
+use super::ingest::sources::decode_data_url;
+use super::ingest::ByteStream;
+use super::{MediaError, MediaService};
+use crate::auth::Principal;
+
+impl MediaService {
+    /// Stores `body` as described by `upload`, holding `hold` (the upload's slot) to the end.
+    pub async fn upload(
+        &self,
+        caller: Arc<Principal>,
+        upload: Upload,
+        body: ByteStream,
+        hold: impl Send + 'static,
+    ) -> Result<Ingested, MediaError> {
+        self.pipeline.ingest_detached(caller, upload, body, hold).await
+    }
+
+    /// Stores the bytes of a `data:<mime>;base64,…` URL (its type is a declaration like any other).
+    pub async fn upload_data_url(
+        &self,
+        caller: Arc<Principal>,
+        data_url: String,
+        filename: Option<String>,
+        user_hint: Option<String>,
+        hold: impl Send + 'static,
+    ) -> Result<Ingested, MediaError> {
+        let (mime, bytes) = decode_data_url(&data_url, self.settings.max_bytes)?;
+        drop(data_url);
+        let upload = Upload {
+            declared: mime.map(|m| (DeclaredBy::DataUrl, m)).into_iter().collect(),
+            filename,
+            user_hint,
+            content_length: Some(bytes.len() as u64),
+        };
+        let body: ByteStream = futures::stream::once(async move { Ok(bytes) }).boxed();
+        self.upload(caller, upload, body, hold).await
+    }
+
+    /// Fetches `url` (public addresses only) and stores what it serves.
+    pub async fn upload_remote(
+        &self,
+        caller: Arc<Principal>,
+        url: &str,
+        filename: Option<String>,
+        user_hint: Option<String>,
+        hold: impl Send + 'static,
+    ) -> Result<Ingested, MediaError> {
+        let fetched = self.remote.fetch(url).await?;
+        let upload = Upload {
+            declared: fetched.content_type.map(|t| (DeclaredBy::Remote, t)).into_iter().collect(),
+            filename: filename.or(fetched.filename),
+            user_hint,
+            content_length: fetched.content_length,
+        };
+        self.upload(caller, upload, fetched.body, hold).await
+    }
+}

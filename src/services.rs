@@ -1,0 +1,171 @@
+//! The one place the service's parts are assembled from the configuration: the master keyring, the
+//! database, tenant keys, the encrypted media repository, the blob store (and its link signer), the
+//! ingest pipeline. `serve` ([`crate::app::Application`]) and every admin command open them here, so
+//! the service and its tools can never be wired differently.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use url::Url;
+
+use crate::config::{Config, FsConfig, StorageConfig};
+use crate::crypto::dev_keys::{self, DevKeyError};
+use crate::crypto::keyring::Keyring;
+use crate::crypto::CryptoError;
+use crate::db::media::MediaRepo;
+use crate::db::tenant_keys::{KeySettings, TenantKeys};
+use crate::db::{Database, DbError};
+use crate::domain::link_key::LinkKey;
+use crate::http::tls::TlsError;
+use crate::media::ingest::pipeline::Pipeline;
+use crate::storage::links::LinkSigner;
+use crate::storage::{self, BlobStore, StorageError};
+
+/// File name of the generated dev key that signs filesystem blob links.
+pub const DEV_LINK_KEY_FILE: &str = "fs-link.key";
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// The blob store could not be opened.
+    #[error("blob store: {0}")]
+    Storage(#[from] StorageError),
+    /// A key could not be loaded or generated.
+    #[error(transparent)]
+    Keys(#[from] DevKeyError),
+    /// The master keyring could not be loaded.
+    #[error(transparent)]
+    Keyring(#[from] CryptoError),
+    /// A key was present but malformed.
+    #[error("{0}")]
+    InvalidKey(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Who opens the parts: the server caches decrypted rows and migrates on start (when configured);
+/// an admin command does neither.
+pub enum Role {
+    /// `serve`: links are signed for `public_base` (the service's public URL).
+    Server {
+        /// Where clients reach this service.
+        public_base: Url,
+    },
+    /// An admin command: no record cache, no migration, links never signed.
+    Admin,
+}
+
+/// The keyring, the database, tenant keys and the media repository: what key and row commands
+/// (`rotate-keys`, `keys status`) need, without a blob store.
+pub struct KeyServices {
+    /// Master keys (KEKs) that wrap the tenant keys.
+    pub keyring: Arc<Keyring>,
+    /// The database.
+    pub db: Database,
+    /// Tenant keys (wrapped in the database, cached unwrapped).
+    pub keys: Arc<TenantKeys>,
+    /// Encrypted media rows.
+    pub media: MediaRepo,
+}
+
+impl KeyServices {
+    /// Loads the keyring and connects the database (a server also migrates it when configured).
+    pub async fn open(config: &Config, role: &Role) -> Result<Self, StartupError> {
+        let keyring = Arc::new(Keyring::load(&config.keyring, &config.keys_dir)?);
+        let db = Database::connect(&config.database).await?;
+        let mut media_cache = None;
+        if let Role::Server { .. } = role {
+            if config.database.migrate_on_start {
+                let report = db.migrate().await?;
+                tracing::info!(applied = report.newly_applied, already = report.already_applied, "database migrations");
+            }
+            media_cache = Some(config.record_cache_ttl);
+        }
+        let keys = Arc::new(TenantKeys::new(db.clone(), keyring.clone(), key_settings(config)));
+        let media = MediaRepo::new(db.clone(), keys.clone());
+        let media = match media_cache {
+            Some(ttl) => media.with_cache(ttl),
+            None => media,
+        };
+        Ok(Self { keyring, db, keys, media })
+    }
+}
+
+/// Every part the service and the data commands (`tenant shred`, `sweep`) work with.
+pub struct Services {
+    /// Master keys (KEKs) that wrap the tenant keys.
+    pub keyring: Arc<Keyring>,
+    /// The database.
+    pub db: Database,
+    /// Tenant keys.
+    pub keys: Arc<TenantKeys>,
+    /// Encrypted media rows.
+    pub media: MediaRepo,
+    /// The blob store.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Verifier of the service's own signed blob links (filesystem backend only).
+    pub links: Option<Arc<LinkSigner>>,
+    /// The ingest pipeline (uploads, removals, audit events).
+    pub pipeline: Pipeline,
+}
+
+impl Services {
+    /// Loads the keyring, connects (and for a server migrates) the database, opens the blob store.
+    pub async fn open(config: &Config, role: Role) -> Result<Self, StartupError> {
+        let KeyServices { keyring, db, keys, media } = KeyServices::open(config, &role).await?;
+        let public_base = match role {
+            Role::Server { public_base } => public_base,
+            // Admin commands never sign links: any base will do.
+            Role::Admin => Url::parse("http://localhost/").expect("a valid URL"),
+        };
+        let (blobs, links) = open_storage(config, public_base).await?;
+        let pipeline = Pipeline::new(blobs.clone(), media.clone(), db.clone(), config);
+        Ok(Self { keyring, db, keys, media, blobs, links, pipeline })
+    }
+}
+
+/// Opens the configured blob store; for the filesystem backend also the signer of its links (served
+/// under `public_base`). Admin commands pass any base: they never sign links.
+pub async fn open_storage(
+    config: &Config,
+    public_base: Url,
+) -> Result<(Arc<dyn BlobStore>, Option<Arc<LinkSigner>>), StartupError> {
+    let links = match &config.storage {
+        StorageConfig::Filesystem(fs) => Some(Arc::new(LinkSigner::new(link_key(config, fs)?, public_base))),
+        StorageConfig::S3(_) => None,
+    };
+    let blobs = storage::from_config(&config.storage, links.clone()).await?;
+    Ok((blobs, links))
+}
+
+/// Key cache and budget settings from the configuration.
+pub fn key_settings(config: &Config) -> KeySettings {
+    KeySettings {
+        key_ttl: config.key_cache_ttl,
+        encryption_budget: config.dek_encryption_budget,
+        ..KeySettings::default()
+    }
+}
+
+fn link_key(config: &Config, fs: &FsConfig) -> Result<LinkKey, StartupError> {
+    let text = match &fs.signing_key {
+        Some(key) => key.expose_secret().to_owned(),
+        None => dev_keys::load_or_create(&config.keys_dir, DEV_LINK_KEY_FILE, || LinkKey::generate().to_hex())?,
+    };
+    LinkKey::parse(&text).ok_or_else(|| {
+        StartupError::InvalidKey("the filesystem link signing key must be 64 hex characters (32 bytes)".into())
+    })
+}

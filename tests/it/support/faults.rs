@@ -1,0 +1,316 @@
+//! What the fault tests share: uploads that can be caught in flight, the proofs run after a fault
+//! (every acknowledged upload reads back, rows and objects match one to one, the journal), a
+//! `rotate-keys` run that can be killed at a logged point, and a steady load whose every outcome is
+//! recorded with its send time, for the outage test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use media_api::config::Config;
+use media_api::services::{Role, Services};
+use serde_json::{json, Value};
+
+use super::app::sha256_hex;
+use super::media::png;
+use super::own::S3Target;
+use super::process::{var, Service, BIN};
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// Uploads `body` as a stream of 256 KiB chunks, pausing between them (so a kill finds uploads
+/// in flight); returns the id when the service answered 200.
+pub async fn upload(http: &reqwest::Client, url: &str, token: &str, body: Bytes, pause: Duration) -> Option<String> {
+    upload_framed(http, url, token, body, pause, true).await
+}
+
+/// [`upload`], announcing the length (`sized`: one streamed PUT to S3) or sending it chunked (a
+/// multipart upload beyond one part).
+pub async fn upload_framed(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: Bytes,
+    pause: Duration,
+    sized: bool,
+) -> Option<String> {
+    let length = body.len();
+    let chunks: Vec<Bytes> = body.chunks(256 * 1024).map(Bytes::copy_from_slice).collect();
+    let stream = futures::stream::iter(chunks).then(move |chunk| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let request = http.post(url).bearer_auth(token).header("content-type", "image/png");
+    let request = if sized { request.header("content-length", length) } else { request };
+    let response = request.body(reqwest::Body::wrap_stream(stream)).send().await.ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let answer: Value = response.json().await.ok()?;
+    answer["id"].as_str().map(str::to_owned)
+}
+
+/// Every acknowledged upload downloads byte-identical through `service`.
+pub async fn assert_readable(
+    service: &Service,
+    token_of: impl Fn(&str) -> String,
+    acknowledged: &[(String, String, String)],
+) {
+    let http = http();
+    for (tenant, id, sha) in acknowledged {
+        let response = http.get(service.url(&format!("/v1/media/{id}"))).bearer_auth(token_of(tenant)).send().await;
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200, "{tenant}/{id} is gone");
+        let bytes = response.bytes().await.unwrap();
+        assert_eq!(&sha256_hex(&bytes), sha, "{tenant}/{id} changed");
+    }
+}
+
+/// Entries in the blob journal of the service run with `vars`.
+pub async fn journaled(vars: &[(String, String)]) -> u64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(var(vars, "MEDIA_DATABASE_URL")).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blob_journal").fetch_one(&mut conn).await.unwrap();
+    count as u64
+}
+
+/// Rows and objects match one to one: every row's object exists, every object under the prefix
+/// has a row, and no multipart upload is left. Returns the number of rows.
+pub async fn assert_rows_match_objects(vars: &[(String, String)], s3: &S3Target) -> usize {
+    let config = Config::from_vars(&vars.iter().cloned().collect()).unwrap();
+    let services = Services::open(&config, Role::Admin).await.unwrap();
+    let tenants: Vec<String> =
+        media_api::with_pool!(&services.db, |pool| sqlx::query_scalar("SELECT DISTINCT tenant_id FROM media_objects")
+            .fetch_all(pool)
+            .await)
+        .unwrap();
+    let mut referenced = BTreeSet::new();
+    for tenant in &tenants {
+        let mut after: Option<String> = None;
+        loop {
+            let page = services.media.storage_keys(tenant, after.as_deref(), 500).await.unwrap();
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (id, key) in page {
+                referenced.insert(key.unwrap_or_else(|e| panic!("{tenant}/{id} does not decrypt: {e}")));
+            }
+        }
+    }
+    services.db.close().await;
+    let prefix = var(vars, "MEDIA_STORAGE_PREFIX");
+    let client = s3.client().await;
+    let mut stored = BTreeSet::new();
+    let mut pages = client.list_objects_v2().bucket(&s3.bucket).prefix(prefix).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        stored.extend(page.unwrap().contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+    }
+    let uploads = client.list_multipart_uploads().bucket(&s3.bucket).prefix(prefix).send().await.unwrap();
+    assert_eq!(uploads.uploads().len(), 0, "multipart uploads left behind");
+    let missing: Vec<_> = referenced.difference(&stored).collect();
+    let orphans: Vec<_> = stored.difference(&referenced).collect();
+    assert!(missing.is_empty(), "rows without an object: {missing:?}");
+    assert!(orphans.is_empty(), "objects without a row: {orphans:?}");
+    referenced.len()
+}
+
+/// A `rotate-keys` run, its log lines delivered as they come.
+pub struct Rotation {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Rotation {
+    pub fn start(vars: &[(String, String)]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["rotate-keys", "--batch-size", "10"])
+            .env_clear()
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for the `nth` line containing `event`, then `delay`, then `kill -9`. False when the
+    /// run ended first.
+    pub fn kill_at(mut self, event: &str, nth: usize, delay: Duration) -> bool {
+        let mut seen = 0;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) if line.contains(event) => {
+                    seen += 1;
+                    if seen == nth {
+                        std::thread::sleep(delay);
+                        let landed = self.child.try_wait().unwrap().is_none();
+                        let _ = self.child.kill();
+                        let _ = self.child.wait();
+                        return landed;
+                    }
+                }
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+/// One request of the steady load: what it was, when it was sent, its status and code, its latency.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub kind: &'static str,
+    pub at: Instant,
+    pub status: u16,
+    pub code: String,
+    pub latency: Duration,
+}
+
+/// Uploads, presigns and resolves in a loop until `stop`, recording every outcome; acknowledged
+/// uploads go to `stored`.
+pub fn steady_load(
+    base: String,
+    token: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    log: Arc<Mutex<Vec<Outcome>>>,
+    stored: Arc<Mutex<Vec<(String, String, String)>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let known = stored.lock().unwrap().last().map(|(_, id, _): &(String, String, String)| id.clone());
+            let started = Instant::now();
+            let (kind, request, sha) = match (i % 3, &known) {
+                (1, Some(id)) => ("presign", http.get(format!("{base}/v1/media/{id}/presign")), None),
+                (2, Some(id)) => {
+                    ("resolve", http.post(format!("{base}/v1/media/resolve")).json(&json!({"ids": [id]})), None)
+                }
+                _ => {
+                    let body = png(20_000, 500_000 + i);
+                    let sha = sha256_hex(&body);
+                    let request = http.post(format!("{base}/v1/media")).header("content-type", "image/png").body(body);
+                    ("upload", request, Some(sha))
+                }
+            };
+            let sent = request.bearer_auth(&token).send().await;
+            let (status, code) = match sent {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let answer: Value = response.json().await.unwrap_or(Value::Null);
+                    if let (200, Some(sha), Some(id)) = (status, sha, answer["id"].as_str()) {
+                        stored.lock().unwrap().push(("tenant-a".into(), id.to_owned(), sha));
+                    }
+                    (status, answer["code"].as_str().unwrap_or_default().to_owned())
+                }
+                Err(err) => (0, format!("transport: {err}")),
+            };
+            log.lock().unwrap().push(Outcome { kind, at: started, status, code, latency: started.elapsed() });
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    })
+}
+
+pub async fn readiness(http: &reqwest::Client, service: &Service) -> (u16, Value) {
+    let response = http.get(service.url("/readyz")).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `/readyz` until it answers `want` (at most `within`); returns how long that took.
+pub async fn wait_ready(http: &reqwest::Client, service: &Service, want: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (status, body) = readiness(http, service).await;
+        if status == want {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "/readyz still {status} after {within:?}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Takes a dependency down with `switch(false)` until `/readyz` names it (and only it) down and an
+/// upload has failed, then brings it back with `switch(true)` and waits until the service itself
+/// reports ready again and an upload sent after that has succeeded. Returns when it went down, when
+/// it was brought back, and when the service reported ready. `switch` blocks (pg_ctl, a Garage
+/// start), so it runs with the load going on beside it.
+pub async fn outage(
+    http: &reqwest::Client,
+    service: &Service,
+    log: &Mutex<Vec<Outcome>>,
+    dependency: &str,
+    mut switch: impl FnMut(bool),
+) -> (Instant, Instant, Instant) {
+    let down = Instant::now();
+    tokio::task::block_in_place(|| switch(false));
+    wait_ready(http, service, 503, Duration::from_secs(15)).await;
+    let (_, body) = readiness(http, service).await;
+    for check in ["database", "storage"] {
+        let expected = if check == dependency { "down" } else { "ok" };
+        assert_eq!(body["checks"][check].as_str(), Some(expected), "{dependency} down: {body}");
+    }
+    wait_for_upload(log, down, "failed", |o| o.status != 200).await;
+    let back = Instant::now();
+    tokio::task::block_in_place(|| switch(true));
+    wait_ready(http, service, 200, Duration::from_secs(30)).await;
+    let ready = Instant::now();
+    wait_for_upload(log, ready, "succeeded", |o| o.status == 200).await;
+    (down, back, ready)
+}
+
+/// Waits (at most 30 s) until an upload sent after `since` has `what` (`matches`), so each window
+/// of the outage test holds at least one, however slow the machine.
+pub async fn wait_for_upload(
+    log: &Mutex<Vec<Outcome>>,
+    since: Instant,
+    what: &str,
+    matches: impl Fn(&Outcome) -> bool,
+) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let seen = log.lock().unwrap().iter().any(|o| o.kind == "upload" && o.at > since && matches(o));
+        if seen {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no upload sent after {since:?} {what} within 30 s");
+}
+
+/// Waits (at most 60 s) until the steady load has `count` acknowledged uploads.
+pub async fn wait_for_acknowledged(stored: &Mutex<Vec<(String, String, String)>>, count: usize) {
+    let started = Instant::now();
+    while stored.lock().unwrap().len() < count {
+        assert!(started.elapsed() < Duration::from_secs(60), "fewer than {count} uploads acknowledged in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Outcomes of requests sent within `from..to`, as (kind, status, code) → count.
+pub fn tally(log: &[Outcome], from: Instant, to: Instant) -> BTreeMap<(&'static str, u16, String), usize> {
+    let mut counts = BTreeMap::new();
+    for outcome in log.iter().filter(|o| o.at >= from && o.at < to) {
+        *counts.entry((outcome.kind, outcome.status, outcome.code.clone())).or_insert(0) += 1;
+    }
+    counts
+}

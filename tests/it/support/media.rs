@@ -1,0 +1,132 @@
+//! The media API as a test drives it: an app with its own storage prefix and a dev token issuer
+//! ([`MediaApp`]), counts of what is stored, PNG and data-URL fixtures, JSON answers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use media_api::auth::dev_issuer::{DevIssuer, TokenRequest};
+use media_api::db::Database;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use super::app::{payload, random_hex, s3_client, s3_env, spawn_app_with, Stack, TestApp};
+
+/// The signature of a PNG plus arbitrary bytes: sniffed as PNG (the service checks the type, not
+/// that the image decodes).
+pub fn png(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes =
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00".to_vec();
+    bytes.extend_from_slice(&payload(len.saturating_sub(bytes.len()), seed));
+    bytes.truncate(len);
+    bytes
+}
+
+pub fn data_url(mime: &str, bytes: &[u8]) -> String {
+    use base64::Engine;
+    format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+pub struct MediaApp {
+    pub app: TestApp,
+    pub stack: Stack,
+    pub prefix: String,
+    issuer: DevIssuer,
+}
+
+pub async fn media_app(stack: Stack, extra: &[(&str, &str)]) -> MediaApp {
+    let prefix = format!("t{}", random_hex(6));
+    let mut vars = vec![("MEDIA_STORAGE_PREFIX", prefix.as_str()), ("AUTH_ADMIN_ROLES", "media-admin")];
+    vars.extend_from_slice(extra);
+    let app = spawn_app_with(stack, &vars).await;
+    let issuer = DevIssuer::load_or_create(&app.dir.path().join("keys")).unwrap();
+    MediaApp { app, stack, prefix, issuer }
+}
+
+impl MediaApp {
+    pub fn token(&self, tenant: &str, subject: &str, roles: &[&str]) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        let request = TokenRequest { subject, tenant, roles: &roles, scopes: &[], ttl: Duration::from_secs(600) };
+        self.issuer.mint(&self.app.state.config.auth, &request).unwrap()
+    }
+
+    pub fn alice(&self) -> String {
+        self.token("tenant-a", "alice", &[])
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.app.url(path)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.app.http
+    }
+
+    pub async fn upload_raw(&self, token: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http()
+            .post(self.url("/v1/media"))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn upload_data_url(&self, token: &str, url: &str) -> reqwest::Response {
+        let body = json!({"source": {"type": "data_url", "data_url": url}, "filename": "pic.png", "user_id": "u-hint"});
+        self.http().post(self.url("/v1/media")).bearer_auth(token).json(&body).send().await.unwrap()
+    }
+
+    /// An authenticated GET of a service path.
+    pub fn get(&self, token: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http().get(self.url(path)).bearer_auth(token)
+    }
+
+    pub async fn resolve(&self, token: &str, body: &Value) -> (StatusCode, Value) {
+        json_of(self.http().post(self.url("/v1/media/resolve")).bearer_auth(token).json(body).send().await.unwrap())
+            .await
+    }
+
+    /// Media rows in the database, and objects (plus open multipart uploads or temp files) in the store.
+    pub async fn counts(&self) -> (i64, usize) {
+        let sql = "SELECT COUNT(*) FROM media_objects";
+        let rows: i64 = match &self.app.state.db {
+            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        };
+        let objects = match self.stack {
+            Stack::PostgresS3 => {
+                let client = s3_client().await;
+                let bucket = s3_env().bucket;
+                let listed = client.list_objects_v2().bucket(&bucket).prefix(&self.prefix).send().await.unwrap();
+                let uploads =
+                    client.list_multipart_uploads().bucket(&bucket).prefix(&self.prefix).send().await.unwrap();
+                listed.contents().len() + uploads.uploads().len()
+            }
+            Stack::SqliteFs => {
+                let root = self.app.dir.path().join("data/blobs");
+                count_files(&root.join(&self.prefix)) + count_files(&root.join(".tmp"))
+            }
+        };
+        (rows, objects)
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                count_files(&e.path())
+            } else {
+                usize::from(!e.file_name().to_string_lossy().starts_with("ready-"))
+            }
+        })
+        .sum()
+}
+
+pub async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
