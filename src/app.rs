@@ -55,8 +55,7 @@ impl Application {
         let remote =
             RemoteFetcher::new(config.remote_fetch_timeout, &config.remote_fetch_allow_hosts, config.ops.ca.as_ref());
         let settings = MediaSettings::from_config(&config);
-        let service =
-            MediaService::new(media.clone(), blobs.clone(), links.clone(), pipeline.clone(), remote, settings);
+        let service = MediaService::new(pipeline.clone(), links.clone(), remote, settings);
         let limits = Limits::new(&config);
         let state = AppState(Arc::new(Shared {
             config: Arc::new(config),

@@ -243,7 +243,7 @@ impl Config {
             ));
         }
         if let KeyringSource::Env(keys) = &self.keyring {
-            crate::domain::master_keys::check(keys.expose_secret())
+            crate::domain::master_keys::parse(keys.expose_secret())
                 .map_err(|reason| ConfigError::new("MEDIA_MASTER_KEYS", reason))?;
         }
         if let StorageConfig::Filesystem(FsConfig { signing_key: Some(key), .. }) = &self.storage {

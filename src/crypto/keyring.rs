@@ -88,7 +88,7 @@ impl Keyring {
 
     /// Parses `MEDIA_MASTER_KEYS`: `id:key,id:key`, the first entry is primary.
     pub fn parse_env(value: &str) -> Result<Self, CryptoError> {
-        let entries = master_keys::split_entries(value).map_err(invalid)?;
+        let entries = master_keys::parse(value).map_err(invalid)?;
         let primary = entries.first().map(|(id, _)| *id).ok_or_else(|| invalid("the keyring holds no key"))?;
         Self::from_entries(entries.iter().copied(), primary)
     }

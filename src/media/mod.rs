@@ -66,16 +66,15 @@ pub struct MediaService {
 }
 
 impl MediaService {
-    /// The use cases over these parts.
+    /// The use cases over the pipeline's rows and blob store, signing links with `links` (the
+    /// filesystem backend's), fetching `remote_url`s with `remote`.
     pub fn new(
-        repo: MediaRepo,
-        blobs: Arc<dyn BlobStore>,
-        links: Option<Arc<LinkSigner>>,
         pipeline: Pipeline,
+        links: Option<Arc<LinkSigner>>,
         remote: RemoteFetcher,
         settings: MediaSettings,
     ) -> Self {
-        Self { repo, blobs, links, pipeline, remote, settings }
+        Self { repo: pipeline.repo().clone(), blobs: pipeline.blobs().clone(), links, pipeline, remote, settings }
     }
 
     /// The settings applied.

@@ -67,7 +67,8 @@ impl MediaService {
         dedup: bool,
         hold: impl Send + 'static,
     ) -> Result<Ingested, MediaError> {
-        self.pipeline.complete_detached(caller, pending, dedup, hold).await
+        let pipeline = self.pipeline.clone();
+        self.pipeline.detached(async move { pipeline.complete(&caller, pending, dedup).await }, hold).await
     }
 
     /// A presigned GET of a media (at most `MEDIA_PRESIGN_MAX_TTL`), forcing its sniffed type and

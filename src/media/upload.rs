@@ -1,8 +1,8 @@
 //! Uploads from every source: a body streamed as it arrives (raw, or a multipart `file` part), a
 //! `data:` URL (decoded within the size limit) and a `remote_url` (fetched by the SSRF-safe
-//! fetcher). Each goes through the same pipeline, in its own task ([`Pipeline::ingest_detached`]).
+//! fetcher). Each goes through the same pipeline, in its own task ([`Pipeline::detached`]).
 //!
-//! [`Pipeline::ingest_detached`]: super::ingest::pipeline::Pipeline::ingest_detached
+//! [`Pipeline::detached`]: super::ingest::pipeline::Pipeline::detached
 
 use std::sync::Arc;
 
@@ -24,7 +24,8 @@ impl MediaService {
         body: ByteStream,
         hold: impl Send + 'static,
     ) -> Result<Ingested, MediaError> {
-        self.pipeline.ingest_detached(caller, upload, body, hold).await
+        let pipeline = self.pipeline.clone();
+        self.pipeline.detached(async move { pipeline.ingest(&caller, upload, body).await }, hold).await
     }
 
     /// Stores the bytes of a `data:<mime>;base64,…` URL (its type is a declaration like any other).

@@ -106,6 +106,16 @@ impl Pipeline {
         format!("{}{}", self.key_prefix, random_storage_key())
     }
 
+    /// The media rows.
+    pub fn repo(&self) -> &MediaRepo {
+        &self.media
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.blobs
+    }
+
     /// The metadata database (rows, audit, blob journal).
     pub fn db(&self) -> &Database {
         &self.db
@@ -147,35 +157,10 @@ impl Pipeline {
         }
     }
 
-    /// Runs [`Pipeline::ingest`] in its own task (see the module docs), keeping `hold` (the
-    /// upload's concurrency slot) until it ends, even when the request is gone.
-    pub async fn ingest_detached(
-        &self,
-        caller: Arc<Principal>,
-        upload: Upload,
-        body: ByteStream,
-        hold: impl Send + 'static,
-    ) -> Result<Ingested, MediaError> {
-        let pipeline = self.clone();
-        self.detached(async move { pipeline.ingest(&caller, upload, body).await }, hold).await
-    }
-
-    /// Runs [`Pipeline::complete`] in its own task, keeping `hold` until it ends: a request that
-    /// times out or whose client leaves cannot cut a completion between the verified copy and the
-    /// row update.
-    pub async fn complete_detached(
-        &self,
-        caller: Arc<Principal>,
-        record: MediaRecord,
-        dedup: bool,
-        hold: impl Send + 'static,
-    ) -> Result<Ingested, MediaError> {
-        let pipeline = self.clone();
-        self.detached(async move { pipeline.complete(&caller, record, dedup).await }, hold).await
-    }
-
-    /// Runs `work` as a tracked task (so [`Pipeline::drain`] waits for it) holding `hold` to its end.
-    async fn detached<T: Send + 'static>(
+    /// Runs `work` as a tracked task (so [`Pipeline::drain`] waits for it) holding `hold` (the
+    /// upload's concurrency slot) to its end, even when the request is gone: a client that leaves
+    /// or times out cannot cut an upload or a completion between its stored bytes and its row.
+    pub async fn detached<T: Send + 'static>(
         &self,
         work: impl std::future::Future<Output = Result<T, MediaError>> + Send + 'static,
         hold: impl Send + 'static,
