@@ -4,8 +4,6 @@
 //! Descriptions are fixed sentences: nothing from the token (kid, issuer, claims) is echoed into a
 //! header or a body, so a crafted token cannot inject text into either.
 
-use axum::http::StatusCode;
-
 use super::principal::Permission;
 use crate::domain::tenant::TENANT_RULE;
 
@@ -115,12 +113,12 @@ impl AuthError {
         "keys_unavailable",
     ];
 
-    /// 401, 403 or 503.
-    pub fn status(&self) -> StatusCode {
+    /// The HTTP status it answers: 401, 403 or 503.
+    pub fn status(&self) -> u16 {
         match self {
-            Self::NoTenant | Self::InvalidTenant | Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
-            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::UNAUTHORIZED,
+            Self::NoTenant | Self::InvalidTenant | Self::InsufficientScope(_) => 403,
+            Self::KeysUnavailable => 503,
+            _ => 401,
         }
     }
 

@@ -158,7 +158,7 @@ impl ApiError {
             Self::RateLimited { .. } | Self::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Busy | Self::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UploadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::Auth(err) => err.status(),
+            Self::Auth(err) => StatusCode::from_u16(err.status()).unwrap_or(StatusCode::UNAUTHORIZED),
             Self::Storage(err) => match err {
                 StorageError::NotFound | StorageError::InvalidKey(_) => StatusCode::NOT_FOUND,
                 StorageError::InvalidRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,

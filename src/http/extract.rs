@@ -61,7 +61,8 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let result = state.auth.authenticate(parts.headers.get(AUTHORIZATION)).await.and_then(|principal| {
+        let authorization = parts.headers.get(AUTHORIZATION).map(|value| value.as_bytes());
+        let result = state.auth.authenticate(authorization).await.and_then(|principal| {
             if let Some(permission) = R::PERMISSION {
                 principal.require(permission)?;
             }
