@@ -22,8 +22,6 @@ use crate::http::routes::metrics::ScrapeState;
 use crate::http::server::{Server, ServerOptions};
 use crate::http::state::{AppState, Shared};
 use crate::http::tls::ReloadingCert;
-use crate::media::ingest::remote::RemoteFetcher;
-use crate::media::{MediaService, MediaSettings};
 use crate::services::{Role, Services, StartupError};
 
 /// A bound, ready-to-serve instance of the service.
@@ -48,20 +46,15 @@ impl Application {
         };
         let tls = config.ops.tls.as_ref().map(ReloadingCert::load).transpose()?;
         let role = Role::Server { public_base: public_base(&config, local) };
-        let Services { keyring, db, keys, media, blobs, links, pipeline } = Services::open(&config, role).await?;
+        let Services { keyring, db, keys, media, blobs, pipeline, service, .. } = Services::open(&config, role).await?;
         log_where_data_lives(&config, &db, &keyring, local);
         let auth = Arc::new(Authenticator::new(&config.auth, &config.keys_dir, Some(db.clone()))?);
         auth.start().await;
-        let remote =
-            RemoteFetcher::new(config.remote_fetch_timeout, &config.remote_fetch_allow_hosts, config.ops.ca.as_ref());
-        let settings = MediaSettings::from_config(&config);
-        let service = MediaService::new(pipeline.clone(), links.clone(), remote, settings);
         let limits = Limits::new(&config);
         let state = AppState(Arc::new(Shared {
             config: Arc::new(config),
             db,
             blobs,
-            links,
             keyring,
             keys,
             media,

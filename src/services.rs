@@ -1,6 +1,7 @@
 //! The one place the service's parts are assembled from the configuration: the master keyring, the
 //! database, tenant keys, the encrypted media repository, the blob store (and its link signer), the
-//! ingest pipeline. `serve` ([`crate::app::Application`]) and every admin command open them here, so
+//! ingest pipeline and the media use cases over them. (The HTTP front adds only its own: the
+//! token authenticator, admission limits, the metrics handle.) `serve` ([`crate::app::Application`]) and every admin command open them here, so
 //! the service and its tools can never be wired differently.
 
 use std::net::SocketAddr;
@@ -19,6 +20,8 @@ use crate::db::{Database, DbError};
 use crate::domain::link_key::LinkKey;
 use crate::http::tls::TlsError;
 use crate::media::ingest::pipeline::Pipeline;
+use crate::media::ingest::remote::RemoteFetcher;
+use crate::media::{MediaService, MediaSettings};
 use crate::storage::links::LinkSigner;
 use crate::storage::{self, BlobStore, StorageError};
 
@@ -120,6 +123,8 @@ pub struct Services {
     pub links: Option<Arc<LinkSigner>>,
     /// The ingest pipeline (uploads, removals, audit events).
     pub pipeline: Pipeline,
+    /// The media use cases over these parts (what the HTTP handlers call).
+    pub service: MediaService,
 }
 
 impl Services {
@@ -133,7 +138,11 @@ impl Services {
         };
         let (blobs, links) = open_storage(config, public_base).await?;
         let pipeline = Pipeline::new(blobs.clone(), media.clone(), db.clone(), config);
-        Ok(Self { keyring, db, keys, media, blobs, links, pipeline })
+        let remote =
+            RemoteFetcher::new(config.remote_fetch_timeout, &config.remote_fetch_allow_hosts, config.ops.ca.as_ref());
+        let settings = MediaSettings::from_config(config);
+        let service = MediaService::new(pipeline.clone(), links.clone(), remote, settings);
+        Ok(Self { keyring, db, keys, media, blobs, links, pipeline, service })
     }
 }
 

@@ -16,7 +16,6 @@ use crate::db::tenant_keys::TenantKeys;
 use crate::db::Database;
 use crate::media::ingest::pipeline::Pipeline;
 use crate::media::MediaService;
-use crate::storage::links::LinkSigner;
 use crate::storage::BlobStore;
 
 /// What the handlers share: a cheap handle (one reference count) on [`Shared`], cloned by every
@@ -40,8 +39,6 @@ pub struct Shared {
     pub db: Database,
     /// Blob storage.
     pub blobs: Arc<dyn BlobStore>,
-    /// Verifier of the service's own signed blob links (filesystem backend only).
-    pub links: Option<Arc<LinkSigner>>,
     /// Master keys (KEKs) that wrap the tenant keys.
     pub keyring: Arc<Keyring>,
     /// Tenant keys (wrapped in the database, cached unwrapped).
