@@ -9,19 +9,20 @@ pub const MAX_ID_LEN: usize = 64;
 /// every id well formed and used once, every key a Fernet key (32 bytes, URL-safe base64).
 pub fn parse(value: &str) -> Result<Vec<(&str, &str)>, String> {
     let mut entries = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (id, key) =
             item.split_once(':').ok_or("each entry must be id:key (for example k1:<fernet key>)".to_owned())?;
-        let (id, key) = (id.trim(), key.trim());
+        entries.push((id.trim(), key.trim()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (id, key) in &entries {
         check_kek_id(id)?;
         if fernet::Fernet::new(key).is_none() {
             return Err(not_a_fernet_key(id));
         }
-        if !seen.insert(id) {
+        if !seen.insert(*id) {
             return Err(format!("key id {id:?} appears twice"));
         }
-        entries.push((id, key));
     }
     if entries.is_empty() {
         return Err("the keyring holds no key".into());

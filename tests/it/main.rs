@@ -12,6 +12,14 @@ mod cli;
 mod faults;
 #[cfg(feature = "fuzzing")]
 mod fuzz_regressions;
+
+/// Without the `fuzzing` feature the recorded fuzz inputs are not replayed: say so, loudly, rather
+/// than pass without them.
+#[cfg(not(feature = "fuzzing"))]
+#[test]
+fn fuzz_regressions_are_replayed_only_with_the_fuzzing_feature() {
+    panic!("the fuzz regressions (fuzz/regressions/) replay only with `--features fuzzing`: run scripts/test");
+}
 mod health;
 mod jwks;
 mod media;

@@ -251,9 +251,9 @@ pub async fn wait_ready(http: &reqwest::Client, service: &Service, want: u16, wi
 
 /// Takes a dependency down with `switch(false)` until `/readyz` names it (and only it) down and an
 /// upload has failed, then brings it back with `switch(true)` and waits until the service itself
-/// reports ready again and an upload sent after that has succeeded. Returns when it went down, when
-/// it was brought back, and when the service reported ready. `switch` blocks (pg_ctl, a Garage
-/// start), so it runs with the load going on beside it.
+/// reports ready again and [`AFTER_RECOVERY`] requests of every kind sent after that have been
+/// answered. Returns when it went down, when it was brought back, and when the service reported
+/// ready. `switch` blocks (pg_ctl, a Garage start), so it runs with the load going on beside it.
 pub async fn outage(
     http: &reqwest::Client,
     service: &Service,
@@ -274,8 +274,27 @@ pub async fn outage(
     tokio::task::block_in_place(|| switch(true));
     wait_ready(http, service, 200, Duration::from_secs(30)).await;
     let ready = Instant::now();
-    wait_for_upload(log, ready, "succeeded", |o| o.status == 200).await;
+    wait_for_each_kind(log, ready, AFTER_RECOVERY).await;
     (down, back, ready)
+}
+
+/// Requests of each kind (upload, presign, resolve) answered after a recovery before the next step.
+pub const AFTER_RECOVERY: usize = 5;
+
+/// The kinds of request the steady load sends.
+pub const KINDS: [&str; 3] = ["upload", "presign", "resolve"];
+
+/// Waits (at most 60 s) until `count` requests of every kind sent after `since` have been answered.
+pub async fn wait_for_each_kind(log: &Mutex<Vec<Outcome>>, since: Instant, count: usize) {
+    let started = Instant::now();
+    loop {
+        let answered = |kind: &str| log.lock().unwrap().iter().filter(|o| o.kind == kind && o.at > since).count();
+        if KINDS.iter().all(|kind| answered(kind) >= count) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "fewer than {count} of each kind answered in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits (at most 30 s) until an upload sent after `since` has `what` (`matches`), so each window
