@@ -4,9 +4,9 @@
 //! A pass deletes (row first, its key journaled, then the object: [`super::removal`]) every media
 //! past its `retention_until` (`MEDIA_RETENTION_DAYS`) and every direct upload still pending after
 //! its URL's TTL plus an hour, each recorded as `media.expired` in the tenant's audit chain; then it
-//! aborts multipart uploads
-//! and removes temporary files abandoned for more than an hour, and deletes the objects whose
-//! journal entries are that old (`db::journal`): together, what a crash leaves behind.
+//! aborts multipart uploads and removes temporary files abandoned for more than an hour, and deletes
+//! the objects whose journal entries are that old (`db::journal`): together, what a crash leaves
+//! behind.
 
 use std::time::Duration;
 
