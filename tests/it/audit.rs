@@ -7,7 +7,7 @@ use media_api::db::tenant_keys::KeySettings;
 use media_api::db::Database;
 use media_api::with_pool;
 
-use crate::repository::{fixtures, new_media};
+use crate::support::repository::{fixtures, new_media};
 
 #[tokio::test]
 async fn key_events_chain_per_tenant_and_an_edit_behind_the_triggers_is_found() {

@@ -16,8 +16,8 @@ use media_api::http::state::AppState;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::jwks::{JwksServer, TestKey};
 use crate::support::app::{spawn_app_with, Stack, TestApp};
+use crate::support::jwks::{JwksServer, TestKey};
 
 const ISSUER: &str = "https://idp.example/realms/jan";
 const AUDIENCE: &str = "media-api";
@@ -183,7 +183,7 @@ async fn every_forged_or_malformed_token_is_refused_before_the_handler() {
     let public_pem = {
         use rsa::pkcs8::EncodePublicKey;
         let public = match &rsa.material {
-            crate::jwks::Material::Rsa(k) => k.to_public_key(),
+            crate::support::jwks::Material::Rsa(k) => k.to_public_key(),
             _ => unreachable!(),
         };
         public.to_public_key_pem(rsa::pkcs8::LineEnding::LF).unwrap()

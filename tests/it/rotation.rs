@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use media_api::crypto::envelope::KeyPurpose;
 use media_api::crypto::keyring::Keyring;
-use media_api::db::media::MediaRepo;
+use media_api::db::media::{InsertOutcome, MediaRecord, MediaRepo, MediaStatus};
 use media_api::db::tenant_keys::KeySettings;
 use media_api::jobs::rotate::{rotate, RotateOptions};
 use media_api::with_pool;
 
-use crate::repository::{fixtures, new_media, Fixture};
+use crate::support::repository::{fixtures, new_media, Fixture};
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 
@@ -208,5 +209,47 @@ async fn killing_the_binary_mid_rotation_and_running_it_again_finishes_with_noth
             let versions: Vec<i32> = in_use.iter().filter(|v| v.0 == tenant).map(|v| v.1).collect();
             assert_eq!(versions.len(), 1, "{}: {tenant} left on several versions: {in_use:?}", fx.db.backend());
         }
+    }
+}
+
+#[tokio::test]
+async fn a_completion_between_a_rotation_batch_read_and_its_write_is_not_overwritten() {
+    for fx in fixtures(KeySettings::default()).await {
+        // The completing process still takes version 1 for the current DEK (its cache has not seen
+        // the rotation yet), as a replica would for a few seconds.
+        let stale = KeySettings { current_ttl: Duration::from_secs(3600), ..KeySettings::default() };
+        let (_, completer) = fx.reopen(stale);
+        let pending = MediaRecord {
+            status: MediaStatus::Pending,
+            storage_key: "staging/direct-upload".into(),
+            sha256: None,
+            ..new_media("acme", b"direct upload")
+        };
+        completer.insert(&pending).await.unwrap();
+        // The rotation reads the pending row and re-seals it under a new version...
+        let (keys, rotator) = fx.reopen(KeySettings::default());
+        let target = keys.roll("acme", KeyPurpose::Dek).await.unwrap();
+        let batch = rotator.prepare_reencrypt("acme", target, None, 10).await.unwrap();
+        assert_eq!(batch.len(), 1);
+        // ...while the upload is verified and completed, sealed under the version the completer knows.
+        let ready = MediaRecord {
+            status: MediaStatus::Ready,
+            storage_key: "objects/verified-copy".into(),
+            sha256: new_media("acme", b"direct upload").sha256,
+            ..pending.clone()
+        };
+        let completed = completer.mark_ready(&ready, &pending.storage_key, false).await.unwrap();
+        assert_eq!(completed, InsertOutcome::Inserted, "{}", fx.db.backend());
+        // The batch read before the completion must not write the pending columns over it.
+        let written = rotator.write_reencrypted("acme", target, batch).await.unwrap();
+        assert_eq!((written.reencrypted, written.skipped), (0, 1), "{}", fx.db.backend());
+        let row = rotator.get("acme", &pending.id).await.unwrap().expect("row");
+        assert_eq!((row.record.status, row.record.storage_key.as_str()), (MediaStatus::Ready, "objects/verified-copy"));
+        // The next pass moves the completed row, as completed.
+        let batch = rotator.prepare_reencrypt("acme", target, None, 10).await.unwrap();
+        assert_eq!(rotator.write_reencrypted("acme", target, batch).await.unwrap().reencrypted, 1);
+        let row = rotator.get("acme", &pending.id).await.unwrap().expect("row");
+        assert_eq!(row.record, ready, "{}", fx.db.backend());
+        assert_eq!(row.dek_version, target);
     }
 }

@@ -6,8 +6,8 @@ use media_api::jobs::shred::shred;
 use media_api::storage::StorageError;
 use media_api::with_pool;
 
-use crate::repository::new_media;
 use crate::support::app::{chunked, payload, random_hex, spawn_app, Stack, TestApp, STACKS};
+use crate::support::repository::new_media;
 
 /// Stores an object and its row; returns the row.
 async fn upload(app: &TestApp, tenant: &str, seed: u64) -> MediaRecord {

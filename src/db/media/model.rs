@@ -92,4 +92,6 @@ pub(super) struct MediaRow {
     pub(super) sealed: super::cipher::SealedColumns,
     pub(super) created_at: DateTime<Utc>,
     pub(super) retention_until: Option<DateTime<Utc>>,
+    /// Raised by every in-place write (compare-and-set).
+    pub(super) revision: i64,
 }

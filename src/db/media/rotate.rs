@@ -1,6 +1,7 @@
 //! Re-encrypting a tenant's rows under a new DEK version (what `rotate-keys` drives): batches are
-//! read and re-sealed, verified, then written with a compare-and-set on the version they were read
-//! with, so a row changed meanwhile is skipped and seen again by the next pass.
+//! read and re-sealed, verified, then written with a compare-and-set on the revision (and version)
+//! they were read at, so a row changed meanwhile — a direct upload completed, sealed by a writer whose
+//! cache still named the old version — is skipped and seen again by the next pass, never overwritten.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -17,11 +18,22 @@ use crate::crypto::CryptoError;
 use crate::db::{Database, DbError};
 use crate::with_pool;
 
+/// One row re-sealed under the target version, with what it was read as.
+#[derive(Debug)]
+struct RowUpdate {
+    id: String,
+    /// The DEK version it was read under.
+    old_version: u32,
+    /// The revision it was read at: the write happens only if it is still the row's.
+    revision: i64,
+    sealed: SealedColumns,
+}
+
 /// Rows read and re-sealed under a new DEK version, not yet written.
 #[derive(Debug)]
 pub struct PreparedBatch {
     last_id: Option<String>,
-    updates: Vec<(String, u32, SealedColumns)>,
+    updates: Vec<RowUpdate>,
 }
 
 impl PreparedBatch {
@@ -55,25 +67,21 @@ pub struct ReencryptBatch {
 }
 
 impl MediaRepo {
-    /// Writes a batch of re-encrypted rows, each only if still on the version it was read with. On
+    /// Writes a batch of re-encrypted rows, each only if it is still at the revision (and on the
+    /// version) it was read at — a row completed or otherwise rewritten meanwhile is left alone. On
     /// Postgres one `UPDATE … FROM UNNEST(…)` statement (one round trip per batch); on SQLite one
     /// statement per row in one transaction (no network round trips there).
-    async fn write_rows(
-        &self,
-        tenant: &str,
-        target: u32,
-        updates: &[(String, u32, SealedColumns)],
-    ) -> Result<u64, DbError> {
+    async fn write_rows(&self, tenant: &str, target: u32, updates: &[RowUpdate]) -> Result<u64, DbError> {
         let now = Utc::now();
         match &self.db {
             Database::Postgres(pool) => {
                 let column =
-                    |f: fn(&SealedColumns) -> Option<Vec<u8>>| updates.iter().map(|(_, _, s)| f(s)).collect::<Vec<_>>();
+                    |f: fn(&SealedColumns) -> Option<Vec<u8>>| updates.iter().map(|u| f(&u.sealed)).collect::<Vec<_>>();
                 let result = sqlx::query(REENCRYPT_PG)
                     .bind(tenant)
                     .bind(target as i32)
-                    .bind(updates.iter().map(|(id, _, _)| id.as_str()).collect::<Vec<_>>())
-                    .bind(updates.iter().map(|(_, v, _)| *v as i32).collect::<Vec<_>>())
+                    .bind(updates.iter().map(|u| u.id.as_str()).collect::<Vec<_>>())
+                    .bind(updates.iter().map(|u| u.old_version as i32).collect::<Vec<_>>())
                     .bind(column(|s| s.filename.clone()))
                     .bind(column(|s| Some(s.uploader.clone())))
                     .bind(column(|s| s.user_hint.clone()))
@@ -81,6 +89,7 @@ impl MediaRepo {
                     .bind(column(|s| s.sha256.clone()))
                     .bind(column(|s| s.metadata.clone()))
                     .bind(now)
+                    .bind(updates.iter().map(|u| u.revision).collect::<Vec<_>>())
                     .execute(pool)
                     .await?;
                 Ok(result.rows_affected())
@@ -88,14 +97,15 @@ impl MediaRepo {
             Database::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
                 let mut changed = 0u64;
-                for (id, old_version, sealed) in updates {
+                for update in updates {
                     changed += sqlx::query(REENCRYPT)
                         .bind(tenant)
-                        .bind(id)
-                        .bind(*old_version as i32)
+                        .bind(&update.id)
+                        .bind(update.old_version as i32)
                         .bind(target as i32)
-                        .bind_sealed(sealed)
+                        .bind_sealed(&update.sealed)
                         .bind(now)
+                        .bind(update.revision)
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
@@ -141,7 +151,7 @@ impl MediaRepo {
             if resealer.open_all(&sealed)? != plain {
                 return Err(CryptoError::Integrity.into());
             }
-            updates.push((row.id.clone(), old_version, sealed));
+            updates.push(RowUpdate { id: row.id.clone(), old_version, revision: row.revision, sealed });
         }
         Ok(PreparedBatch { last_id: rows.last().map(|r| r.id.clone()), updates })
     }
@@ -153,7 +163,7 @@ impl MediaRepo {
         target: u32,
         batch: PreparedBatch,
     ) -> Result<ReencryptBatch, DbError> {
-        let encryptions: u64 = batch.updates.iter().map(|(_, _, sealed)| sealed.count()).sum();
+        let encryptions: u64 = batch.updates.iter().map(|u| u.sealed.count()).sum();
         let reencrypted = self.write_rows(tenant, target, &batch.updates).await?;
         self.keys.record_encryptions(tenant, target, encryptions).await?;
         Ok(ReencryptBatch {
