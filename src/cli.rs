@@ -1,5 +1,5 @@
 //! The command line: `media-api [serve]`, `migrate`, `rotate-keys`, `keys`, `tenant`, `audit`,
-//! `token`, `healthcheck`.
+//! `sweep`, `reconcile`, `token`, `healthcheck`.
 //!
 //! Exit status: 0 on success, 2 when the configuration is refused (one line on stderr naming the
 //! variable), 1 for any other failure.
@@ -43,6 +43,8 @@ pub enum Command {
     Keys(admin::keys::Opts),
     /// Delete expired media, stale pending uploads and abandoned multipart uploads (one pass).
     Sweep(admin::sweep::Opts),
+    /// Delete objects that no media row and no journal entry references (older than --grace).
+    Reconcile(admin::reconcile::Opts),
     /// Print a token signed by the dev issuer (dev profile only): `token --tenant T --sub S`.
     Token(admin::token::Opts),
     /// Probe a running service's /healthz (for container health checks; exits 0 when healthy).
@@ -92,6 +94,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Keys(opts) => admin::keys::run(&config, &opts).await,
         Command::Token(opts) => admin::token::run(&config, &opts).await,
         Command::Sweep(opts) => admin::sweep::run(&config, &opts).await,
+        Command::Reconcile(opts) => admin::reconcile::run(&config, &opts).await,
         Command::Healthcheck(_) => unreachable!("handled before configuration is read"),
     };
     match result {

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod healthcheck;
 pub mod keys;
 pub mod migrate;
+pub mod reconcile;
 pub mod rotate_keys;
 pub mod serve;
 pub mod sweep;

@@ -14,7 +14,8 @@ pub struct Opts {
     pub abandoned_after: Duration,
 }
 
-fn parse_age(value: &str) -> Result<Duration, String> {
+/// A duration argument ("1h", "10m", "0s").
+pub fn parse_age(value: &str) -> Result<Duration, String> {
     crate::config::parse_duration(value).ok_or_else(|| format!("{value:?} is not a duration such as 1h, 10m or 0s"))
 }
 

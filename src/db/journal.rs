@@ -20,6 +20,7 @@ use crate::with_pool;
 pub(crate) const OPEN: &str =
     "INSERT INTO blob_journal (storage_key, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING";
 pub(crate) const CLOSE: &str = "DELETE FROM blob_journal WHERE storage_key = $1";
+const ALL: &str = "SELECT storage_key FROM blob_journal";
 const STALE: &str = "SELECT storage_key FROM blob_journal WHERE created_at < $1 ORDER BY created_at LIMIT $2";
 
 /// Journals `key` before an object is written under it.
@@ -37,4 +38,9 @@ pub async fn close(db: &Database, key: &str) -> Result<(), DbError> {
 /// Up to `limit` journaled keys older than `before`, oldest first: objects a crash left behind.
 pub async fn stale(db: &Database, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, DbError> {
     Ok(with_pool!(db, |pool| sqlx::query_scalar(STALE).bind(before).bind(i64::from(limit)).fetch_all(pool).await)?)
+}
+
+/// Every journaled key (what `reconcile` must not delete, whatever its age).
+pub async fn keys(db: &Database) -> Result<Vec<String>, DbError> {
+    Ok(with_pool!(db, |pool| sqlx::query_scalar(ALL).fetch_all(pool).await)?)
 }

@@ -185,4 +185,43 @@ impl BlobStore for FsBlobStore {
         }
         Ok(removed)
     }
+
+    async fn list_older_than(
+        &self,
+        prefix: &str,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        let cutoff = std::time::SystemTime::now() - older_than;
+        // The directory holding every key that starts with `prefix` (a prefix names directories).
+        let start = match prefix.rsplit_once('/') {
+            Some((dir, _)) if !dir.is_empty() => self.path_of(dir)?,
+            _ => self.root.clone(),
+        };
+        let mut keys = Vec::new();
+        let mut dirs = vec![start];
+        while let Some(dir) = dirs.pop() {
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io_error("list")(err)),
+            };
+            while let Some(entry) = entries.next_entry().await.map_err(io_error("list"))? {
+                let path = entry.path();
+                let metadata = entry.metadata().await.map_err(io_error("list"))?;
+                if path == self.root.join(TMP_DIR) {
+                    continue;
+                }
+                if metadata.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let Some(key) = path.strip_prefix(&self.root).ok().and_then(|p| p.to_str()) else { continue };
+                let key = key.replace(std::path::MAIN_SEPARATOR, "/");
+                if key.starts_with(prefix) && metadata.modified().is_ok_and(|m| m < cutoff) {
+                    keys.push(key);
+                }
+            }
+        }
+        Ok(keys)
+    }
 }

@@ -215,6 +215,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// files (filesystem), and objects under `<prefix>staging/` (both). Returns how many were
     /// removed.
     async fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> Result<u64, StorageError>;
+
+    /// The keys of the objects under `prefix` last written more than `older_than` ago (what
+    /// `reconcile` compares with the rows and the journal). Holds every such key in memory.
+    async fn list_older_than(&self, prefix: &str, older_than: Duration) -> Result<Vec<String>, StorageError>;
 }
 
 /// `body`, failing (as a source error) when it runs past `length` or ends before it.

@@ -25,6 +25,7 @@ mod jwks;
 mod media;
 mod migrations;
 mod operations;
+mod reconcile;
 mod repository;
 mod rotation;
 mod shred;

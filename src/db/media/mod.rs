@@ -309,6 +309,11 @@ impl MediaRepo {
         Ok(deleted == 1)
     }
 
+    /// Every tenant that has media rows.
+    pub async fn tenants(&self) -> Result<Vec<String>, DbError> {
+        Ok(with_pool!(&self.db, |pool| sqlx::query_scalar(TENANTS).fetch_all(pool).await)?)
+    }
+
     /// Up to `limit` of the tenant's rows after `after` (id order) with their decrypted storage keys,
     /// or the error that kept a storage key from being read.
     pub async fn storage_keys(

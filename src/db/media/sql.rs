@@ -30,3 +30,4 @@ pub(super) const SWEEPABLE: &str = "SELECT tenant_id, id FROM media_objects \
      ORDER BY tenant_id, id LIMIT $5";
 pub(super) const DELETE: &str =
     "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2 AND ($3 IS NULL OR status = $3)";
+pub(super) const TENANTS: &str = "SELECT DISTINCT tenant_id FROM media_objects ORDER BY tenant_id";

@@ -354,6 +354,21 @@ impl BlobStore for S3BlobStore {
         }
         Ok(aborted)
     }
+
+    async fn list_older_than(&self, prefix: &str, older_than: Duration) -> Result<Vec<String>, StorageError> {
+        let cutoff = std::time::SystemTime::now() - older_than;
+        let mut keys = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            for object in page.map_err(sdk_error("list objects"))?.contents() {
+                let modified = object.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok());
+                if let (Some(key), true) = (object.key(), modified.is_some_and(|m| m < cutoff)) {
+                    keys.push(key.to_owned());
+                }
+            }
+        }
+        Ok(keys)
+    }
 }
 
 fn presigning(ttl: Duration) -> Result<PresigningConfig, StorageError> {

@@ -1,0 +1,98 @@
+//! The net under every crash and race: objects in the store that no media row and no journal entry
+//! references, older than a grace period, are deleted (`media-api reconcile`).
+//!
+//! Order matters. The store is listed first (only objects older than the grace period count), then
+//! the journal is read, then the rows: an upload journals its key before its first byte and the row
+//! that comes to reference the key closes the entry in its own transaction, so a key is in the
+//! journal when it is read or in a row when the rows are read after it — never in neither while
+//! it is live. A row whose storage key cannot be decrypted makes the whole pass refuse to delete:
+//! its object cannot be told from an orphan.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::removal::Removal;
+use crate::db::journal;
+
+/// Rows read per query.
+const PAGE: u32 = 1000;
+
+/// What a pass found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    /// Objects under the service's prefix older than the grace period.
+    pub objects_listed: u64,
+    /// Storage keys media rows reference.
+    pub rows: u64,
+    /// Keys in the blob journal (uploads in flight, deletes to finish).
+    pub journaled: u64,
+    /// Objects referenced by nothing.
+    pub orphans: u64,
+    /// Orphans deleted (0 with `dry_run`).
+    pub orphans_deleted: u64,
+    /// Orphans whose delete failed (logged; the next pass retries).
+    pub failed: u64,
+}
+
+/// Why a pass deleted nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] crate::db::DbError),
+    /// The store could not be listed.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// Some rows' storage keys did not decrypt.
+    #[error("{0} rows' storage keys cannot be read (a missing master key?): nothing was deleted")]
+    UnreadableRows(u64),
+}
+
+/// One pass over the store under the service's key prefix (see the module docs).
+pub async fn reconcile(removal: &Removal, grace: Duration, dry_run: bool) -> Result<ReconcileReport, ReconcileError> {
+    let mut report = ReconcileReport::default();
+    let listed = removal.blobs().list_older_than(removal.key_prefix(), grace).await?;
+    report.objects_listed = listed.len() as u64;
+    let mut live: HashSet<String> = journal::keys(removal.db()).await?.into_iter().collect();
+    report.journaled = live.len() as u64;
+    let mut unreadable = 0u64;
+    for tenant in removal.media().tenants().await? {
+        let mut after: Option<String> = None;
+        loop {
+            let page = removal.media().storage_keys(&tenant, after.as_deref(), PAGE).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (id, key) in page {
+                match key {
+                    Ok(key) => {
+                        report.rows += 1;
+                        live.insert(key);
+                    }
+                    Err(err) => {
+                        tracing::warn!(tenant, id, error = %err, "reconcile cannot read a row's storage key");
+                        unreadable += 1;
+                    }
+                }
+            }
+        }
+    }
+    if unreadable > 0 {
+        return Err(ReconcileError::UnreadableRows(unreadable));
+    }
+    for key in listed.iter().filter(|key| !live.contains(*key)) {
+        report.orphans += 1;
+        if dry_run {
+            continue;
+        }
+        match removal.blobs().delete(key).await {
+            Ok(()) => report.orphans_deleted += 1,
+            Err(err) => {
+                tracing::warn!(error = %err, "reconcile cannot delete an orphaned object");
+                report.failed += 1;
+            }
+        }
+    }
+    Ok(report)
+}
