@@ -19,6 +19,7 @@ use crate::config::DatabaseConfig;
 
 pub mod audit;
 pub mod journal;
+pub mod locks;
 pub mod media;
 pub mod tenant_keys;
 pub mod ttl_cache;
@@ -59,6 +60,9 @@ pub enum DbError {
         /// The version.
         version: u32,
     },
+    /// Another process is doing work that must run once at a time (see [`locks`]).
+    #[error("{0}")]
+    Locked(String),
     /// Too many processes appended to one audit chain at once.
     #[error("audit log: too many concurrent appends to one chain; try again")]
     AuditContention,

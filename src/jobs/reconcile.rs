@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::removal::Removal;
-use crate::db::journal;
+use crate::db::{journal, locks};
 
 /// Rows read per query.
 const PAGE: u32 = 1000;
@@ -45,6 +45,9 @@ pub enum ReconcileError {
     /// The store could not be listed.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// Another process is reconciling.
+    #[error("another reconcile pass is running on this database; run this again when it ends")]
+    Busy,
     /// Some rows' storage keys did not decrypt.
     #[error("{0} rows' storage keys cannot be read (a missing master key?): nothing was deleted")]
     UnreadableRows(u64),
@@ -52,6 +55,18 @@ pub enum ReconcileError {
 
 /// One pass over the store under the service's key prefix (see the module docs).
 pub async fn reconcile(removal: &Removal, grace: Duration, dry_run: bool) -> Result<ReconcileReport, ReconcileError> {
+    let lock = locks::try_lock(removal.db(), locks::RECONCILE).await?.ok_or(ReconcileError::Busy)?;
+    let report = reconcile_locked(removal, grace, dry_run).await;
+    lock.release().await;
+    report
+}
+
+/// [`reconcile`] with its lock held.
+async fn reconcile_locked(
+    removal: &Removal,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<ReconcileReport, ReconcileError> {
     let mut report = ReconcileReport::default();
     let listed = removal.blobs().list_older_than(removal.key_prefix(), grace).await?;
     report.objects_listed = listed.len() as u64;

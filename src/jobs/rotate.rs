@@ -22,7 +22,7 @@ use crate::crypto::envelope::KeyPurpose;
 use crate::db::audit::{self, AuditEvent, SYSTEM_CHAIN};
 use crate::db::media::MediaRepo;
 use crate::db::tenant_keys::TenantKeys;
-use crate::db::DbError;
+use crate::db::{locks, DbError};
 
 /// Passes over a tenant's rows before giving up on rows written concurrently with old keys.
 const MAX_PASSES: u32 = 6;
@@ -214,6 +214,8 @@ async fn reencrypt_tenant(
     progress: &mut Progress,
     summary: &mut Summary,
 ) -> Result<(), DbError> {
+    // Rotation and shredding of one tenant exclude each other, in every process.
+    let lock = locks::lock_tenant(keys.db(), tenant).await?;
     let target = keys.roll(tenant, KeyPurpose::Dek).await?;
     let mut pending = 0;
     for pass in 0..MAX_PASSES {
@@ -253,5 +255,6 @@ async fn reencrypt_tenant(
         .await?;
         summary.versions_retired.push(Retired { tenant: tenant.to_owned(), version });
     }
+    lock.release().await;
     Ok(())
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::db::audit::{self, AuditEvent};
+use crate::db::locks;
 use crate::db::media::MediaRepo;
 use crate::db::tenant_keys::TenantKeys;
 use crate::storage::BlobStore;
@@ -38,6 +39,8 @@ pub async fn shred(
     blobs: &dyn BlobStore,
     tenant: &str,
 ) -> anyhow::Result<ShredReport> {
+    // Rotation and shredding of one tenant exclude each other, in every process.
+    let lock = locks::lock_tenant(keys.db(), tenant).await?;
     let mut report = ShredReport { tenant: tenant.to_owned(), ..ShredReport::default() };
     let mut after: Option<String> = None;
     loop {
@@ -67,5 +70,6 @@ pub async fn shred(
         &AuditEvent { tenant, kind: "tenant.shredded", actor: Some("admin"), subject: None, details },
     )
     .await?;
+    lock.release().await;
     Ok(report)
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::removal::Removal;
 use crate::db::media::MediaStatus;
-use crate::db::{audit, journal};
+use crate::db::{audit, journal, locks};
 
 /// Rows handled per query.
 const BATCH: u32 = 200;
@@ -35,6 +35,8 @@ pub struct SweepReport {
     pub orphans_deleted: u64,
     /// Rows that could not be read or deleted (logged; retried next pass).
     pub failed: u64,
+    /// Another process was sweeping: this pass did nothing (one sweeper runs at a time per database).
+    pub skipped: bool,
 }
 
 /// What a pass considers abandoned.
@@ -48,6 +50,16 @@ pub struct SweepAges {
 
 /// One pass (see the module docs).
 pub async fn sweep_once(removal: &Removal, ages: SweepAges) -> anyhow::Result<SweepReport> {
+    let Some(lock) = locks::try_lock(removal.db(), locks::SWEEP).await? else {
+        return Ok(SweepReport { skipped: true, ..SweepReport::default() });
+    };
+    let report = sweep_locked(removal, ages).await;
+    lock.release().await;
+    report
+}
+
+/// [`sweep_once`] with the sweeper's lock held.
+async fn sweep_locked(removal: &Removal, ages: SweepAges) -> anyhow::Result<SweepReport> {
     let (media, blobs) = (removal.media(), removal.blobs());
     let mut report = SweepReport::default();
     let now = chrono::Utc::now();
@@ -126,6 +138,7 @@ pub fn spawn_background(removal: Removal, presign_ttl: Duration, interval: Durat
         loop {
             tokio::time::sleep(interval).await;
             match sweep_once(&removal, ages).await {
+                Ok(report) if report.skipped => tracing::debug!("another process is sweeping; pass skipped"),
                 Ok(report) if report != SweepReport::default() => tracing::info!(?report, "sweep done"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %format!("{err:#}"), "sweep failed"),

@@ -9,6 +9,7 @@
 mod audit;
 mod auth;
 mod cli;
+mod exclusion;
 mod faults;
 #[cfg(feature = "fuzzing")]
 mod fuzz_regressions;
