@@ -31,6 +31,8 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     tls: Option<Arc<ReloadingCert>>,
     state: AppState,
+    /// The cache invalidation listener (Postgres).
+    invalidation: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -46,8 +48,10 @@ impl Application {
         };
         let tls = config.ops.tls.as_ref().map(ReloadingCert::load).transpose()?;
         let role = Role::Server { public_base: public_base(&config, local) };
-        let Services { keyring, db, keys, media, blobs, pipeline, service, .. } = Services::open(&config, role).await?;
+        let Services { keyring, db, keys, media, blobs, pipeline, service, gate, .. } =
+            Services::open(&config, role).await?;
         log_where_data_lives(&config, &db, &keyring, local);
+        let invalidation = crate::db::notify::spawn_listener(&db, gate.clone(), media.clone(), keys.clone());
         let auth = Arc::new(Authenticator::new(&config.auth, &config.keys_dir, Some(db.clone()))?);
         auth.start().await;
         let limits = Limits::new(&config);
@@ -61,11 +65,12 @@ impl Application {
             auth,
             pipeline,
             service,
+            cache_gate: gate,
             limits,
             metrics,
             scrape: ScrapeState::default(),
         }));
-        Ok(Self { listener, port: local.port(), metrics_listener, tls, state })
+        Ok(Self { listener, port: local.port(), metrics_listener, tls, state, invalidation })
     }
 
     /// The bound port (useful with port 0).
@@ -128,6 +133,9 @@ impl Application {
         stopping.cancel();
         if let Some(sweeper) = &sweeper {
             sweeper.abort();
+        }
+        if let Some(invalidation) = &self.invalidation {
+            invalidation.abort();
         }
         let unfinished = state.service.drain(UPLOAD_CLEANUP_GRACE).await;
         if unfinished > 0 {

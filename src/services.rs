@@ -15,6 +15,7 @@ use crate::crypto::dev_keys::{self, DevKeyError};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::CryptoError;
 use crate::db::media::MediaRepo;
+use crate::db::notify::CacheGate;
 use crate::db::tenant_keys::{KeySettings, TenantKeys};
 use crate::db::{Database, DbError};
 use crate::domain::link_key::LinkKey;
@@ -82,6 +83,8 @@ pub struct KeyServices {
     pub keys: Arc<TenantKeys>,
     /// Encrypted media rows.
     pub media: MediaRepo,
+    /// Whether the caches may be used (closed for a server on Postgres until its listener is up).
+    pub gate: CacheGate,
 }
 
 impl KeyServices {
@@ -90,20 +93,25 @@ impl KeyServices {
         let keyring = Arc::new(Keyring::load(&config.keyring, &config.keys_dir)?);
         let db = Database::connect(&config.database).await?;
         let mut media_cache = None;
+        // A server on Postgres caches only while its invalidation listener is connected.
+        let mut gate = CacheGate::open();
         if let Role::Server { .. } = role {
+            if let Database::Postgres(_) = db {
+                gate = CacheGate::closed();
+            }
             if config.database.migrate_on_start {
                 let report = db.migrate().await?;
                 tracing::info!(applied = report.newly_applied, already = report.already_applied, "database migrations");
             }
             media_cache = Some(config.record_cache_ttl);
         }
-        let keys = Arc::new(TenantKeys::new(db.clone(), keyring.clone(), key_settings(config)));
-        let media = MediaRepo::new(db.clone(), keys.clone());
+        let keys = Arc::new(TenantKeys::new(db.clone(), keyring.clone(), key_settings(config)).with_gate(gate.clone()));
+        let media = MediaRepo::new(db.clone(), keys.clone()).with_gate(gate.clone());
         let media = match media_cache {
             Some(ttl) => media.with_cache(ttl),
             None => media,
         };
-        Ok(Self { keyring, db, keys, media })
+        Ok(Self { keyring, db, keys, media, gate })
     }
 }
 
@@ -125,12 +133,14 @@ pub struct Services {
     pub pipeline: Pipeline,
     /// The media use cases over these parts (what the HTTP handlers call).
     pub service: MediaService,
+    /// Whether the caches may be used (see [`KeyServices::gate`]).
+    pub gate: CacheGate,
 }
 
 impl Services {
     /// Loads the keyring, connects (and for a server migrates) the database, opens the blob store.
     pub async fn open(config: &Config, role: Role) -> Result<Self, StartupError> {
-        let KeyServices { keyring, db, keys, media } = KeyServices::open(config, &role).await?;
+        let KeyServices { keyring, db, keys, media, gate } = KeyServices::open(config, &role).await?;
         let public_base = match role {
             Role::Server { public_base } => public_base,
             // Admin commands never sign links: any base will do.
@@ -142,7 +152,7 @@ impl Services {
             RemoteFetcher::new(config.remote_fetch_timeout, &config.remote_fetch_allow_hosts, config.ops.ca.as_ref());
         let settings = MediaSettings::from_config(config);
         let service = MediaService::new(pipeline.clone(), links.clone(), remote, settings);
-        Ok(Self { keyring, db, keys, media, blobs, links, pipeline, service })
+        Ok(Self { keyring, db, keys, media, blobs, links, pipeline, service, gate })
     }
 }
 

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod journal;
 pub mod locks;
 pub mod media;
+pub mod notify;
 pub mod tenant_keys;
 pub mod ttl_cache;
 

@@ -20,6 +20,7 @@ use crate::crypto::envelope::{self, DataKey, KeyPurpose, KeySlot, WrappedKey};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::CryptoError;
 use crate::db::audit::{self, AuditEvent};
+use crate::db::notify::{self, CacheGate, Change};
 use crate::db::{Database, DbError};
 use crate::with_pool;
 
@@ -69,6 +70,8 @@ pub struct TenantKeys {
     settings: KeySettings,
     keys: RwLock<HashMap<SlotKey, (Arc<DataKey>, Instant)>>,
     current: RwLock<HashMap<(String, KeyPurpose), (u32, Instant)>>,
+    /// Closed while changes by other processes cannot be heard (see [`super::notify`]).
+    gate: CacheGate,
 }
 
 impl std::fmt::Debug for TenantKeys {
@@ -119,7 +122,13 @@ const COUNT_ENCRYPTIONS: &str = "UPDATE tenant_keys SET encryptions = encryption
 impl TenantKeys {
     /// A key store over `db`, unwrapping with `keyring`.
     pub fn new(db: Database, keyring: Arc<Keyring>, settings: KeySettings) -> Self {
-        Self { db, keyring, settings, keys: RwLock::default(), current: RwLock::default() }
+        Self { db, keyring, settings, keys: RwLock::default(), current: RwLock::default(), gate: CacheGate::open() }
+    }
+
+    /// The same store, using its caches only while `gate` is open.
+    pub fn with_gate(mut self, gate: CacheGate) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// The database the keys live in.
@@ -139,7 +148,7 @@ impl TenantKeys {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&(tenant.to_owned(), purpose))
-            .filter(|(_, at)| at.elapsed() < self.settings.current_ttl)
+            .filter(|(_, at)| self.gate.is_open() && at.elapsed() < self.settings.current_ttl)
             .map(|(version, _)| *version);
         let version = match cached {
             Some(version) => version,
@@ -162,7 +171,7 @@ impl TenantKeys {
     pub async fn version(&self, tenant: &str, purpose: KeyPurpose, version: u32) -> Result<Arc<DataKey>, DbError> {
         let slot_key = (tenant.to_owned(), purpose, version);
         if let Some((key, at)) = self.keys.read().unwrap_or_else(PoisonError::into_inner).get(&slot_key) {
-            if at.elapsed() < self.settings.key_ttl {
+            if self.gate.is_open() && at.elapsed() < self.settings.key_ttl {
                 return Ok(key.clone());
             }
         }
@@ -203,6 +212,7 @@ impl TenantKeys {
     pub async fn roll(&self, tenant: &str, purpose: KeyPurpose) -> Result<u32, DbError> {
         let version = self.next_version(tenant, purpose).await?;
         self.current.write().unwrap_or_else(PoisonError::into_inner).remove(&(tenant.to_owned(), purpose));
+        notify::publish(&self.db, &Change::Tenant(tenant.to_owned())).await;
         Ok(version)
     }
 
@@ -232,6 +242,12 @@ impl TenantKeys {
     pub fn forget_tenant(&self, tenant: &str) {
         self.keys.write().unwrap_or_else(PoisonError::into_inner).retain(|(t, _, _), _| t != tenant);
         self.current.write().unwrap_or_else(PoisonError::into_inner).retain(|(t, _), _| t != tenant);
+    }
+
+    /// Forgets every cached key (the invalidation listener reconnected).
+    pub fn forget_all(&self) {
+        self.keys.write().unwrap_or_else(PoisonError::into_inner).clear();
+        self.current.write().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
     /// Every tenant that has keys, in order.
@@ -346,6 +362,10 @@ impl TenantKeys {
             .bind(keep as i32)
             .fetch_all(pool)
             .await)?;
+        if !retired.is_empty() {
+            self.forget_tenant(tenant);
+            notify::publish(&self.db, &Change::Tenant(tenant.to_owned())).await;
+        }
         Ok(retired.into_iter().map(|v| v as u32).collect())
     }
 
@@ -358,6 +378,7 @@ impl TenantKeys {
             .await
             .map(|r| r.rows_affected()))?;
         self.forget_tenant(tenant);
+        notify::publish(&self.db, &Change::Tenant(tenant.to_owned())).await;
         Ok(destroyed)
     }
 

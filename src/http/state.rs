@@ -12,6 +12,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::crypto::keyring::Keyring;
 use crate::db::media::MediaRepo;
+use crate::db::notify::CacheGate;
 use crate::db::tenant_keys::TenantKeys;
 use crate::db::Database;
 use crate::media::ingest::pipeline::Pipeline;
@@ -51,6 +52,8 @@ pub struct Shared {
     pub pipeline: Pipeline,
     /// The media use cases: what handlers call.
     pub service: MediaService,
+    /// Whether caches are in use (closed while the cache invalidation listener is down).
+    pub cache_gate: CacheGate,
     /// Rate limits and the upload concurrency cap.
     pub limits: Arc<Limits>,
     /// The Prometheus recorder's handle (renders `/metrics`).

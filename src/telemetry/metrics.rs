@@ -54,6 +54,8 @@ pub mod names {
     pub const DB_POOL_MAX: &str = "media_db_pool_max_connections";
     /// Counter of TLS certificate reloads by `result` (`ok`, `error`).
     pub const TLS_RELOADS: &str = "media_tls_reloads_total";
+    /// Gauge: 1 while this process hears other processes' cache invalidations (Postgres).
+    pub const CACHE_LISTENING: &str = "media_cache_invalidation_listening";
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -117,4 +119,5 @@ fn describe() {
     describe_gauge!(names::DB_POOL, "Database connections by state");
     describe_gauge!(names::DB_POOL_MAX, "Largest database pool size");
     describe_counter!(names::TLS_RELOADS, "TLS certificate reloads by result");
+    describe_gauge!(names::CACHE_LISTENING, "1 while other processes' cache invalidations are heard (Postgres)");
 }

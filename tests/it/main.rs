@@ -27,6 +27,7 @@ mod media;
 mod migrations;
 mod operations;
 mod reconcile;
+mod replicas;
 mod repository;
 mod rotation;
 mod shred;

@@ -25,6 +25,7 @@ pub use model::{InsertOutcome, MediaRecord, MediaStatus, StoredMedia};
 pub use rotate::{PreparedBatch, ReencryptBatch};
 
 use super::journal;
+use super::notify::{self, CacheGate, Change};
 use super::tenant_keys::TenantKeys;
 use super::ttl_cache::TtlCache;
 use super::{Database, DbError};
@@ -43,12 +44,20 @@ pub struct MediaRepo {
     db: Database,
     keys: Arc<TenantKeys>,
     cache: Option<Arc<TtlCache<(String, String), StoredMedia>>>,
+    /// Closed while changes by other processes cannot be heard (see [`super::notify`]).
+    gate: CacheGate,
 }
 
 impl MediaRepo {
     /// A repository over `db`, keys from `keys`.
     pub fn new(db: Database, keys: Arc<TenantKeys>) -> Self {
-        Self { db, keys, cache: None }
+        Self { db, keys, cache: None, gate: CacheGate::open() }
+    }
+
+    /// The same repository, using its cache only while `gate` is open.
+    pub fn with_gate(mut self, gate: CacheGate) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// The same repository, caching decrypted ready rows for `ttl` (see [`TtlCache`]; zero: off).
@@ -64,20 +73,29 @@ impl MediaRepo {
         }
     }
 
+    /// Drops every cached row (the invalidation listener reconnected).
+    pub fn forget_all(&self) {
+        if let Some(cache) = &self.cache {
+            cache.retain(|_| false);
+        }
+    }
+
     fn cached(&self, tenant: &str, id: &str) -> Option<StoredMedia> {
-        self.cache.as_ref().and_then(|cache| cache.get(&(tenant.to_owned(), id.to_owned())))
+        let cache = self.cache.as_ref().filter(|_| self.gate.is_open())?;
+        cache.get(&(tenant.to_owned(), id.to_owned()))
     }
 
     fn remember(&self, media: &StoredMedia) {
         match &self.cache {
-            Some(cache) if is_cacheable(media) => {
+            Some(cache) if is_cacheable(media) && self.gate.is_open() => {
                 cache.put((media.record.tenant_id.clone(), media.record.id.clone()), media.clone());
             }
             _ => {}
         }
     }
 
-    fn forget(&self, tenant: &str, id: &str) {
+    /// Drops a cached row (deleted here or, said the listener, in another process).
+    pub fn forget(&self, tenant: &str, id: &str) {
         if let Some(cache) = &self.cache {
             cache.remove(&(tenant.to_owned(), id.to_owned()));
         }
@@ -306,6 +324,9 @@ impl MediaRepo {
         .await)?;
         // Again after the delete: a read racing it may have cached the row meanwhile.
         self.forget(tenant, id);
+        if deleted == 1 {
+            notify::publish(&self.db, &Change::Row { tenant: tenant.to_owned(), id: id.to_owned() }).await;
+        }
         Ok(deleted == 1)
     }
 
