@@ -36,7 +36,7 @@ async fn a_delete_through_one_replica_stops_the_other_serving_it_at_once() {
     wait_until_caching(&b).await;
     let (token_a, token_b) = (a.alice(), b.alice());
     let mut ids = Vec::new();
-    for seed in [1, 2] {
+    for seed in 1..=6 {
         let (status, body) = json_of(a.upload_raw(&token_a, "image/png", png(2000, seed)).await).await;
         assert_eq!(status, 200, "{body}");
         let id = body["id"].as_str().unwrap().to_owned();
@@ -55,12 +55,21 @@ async fn a_delete_through_one_replica_stops_the_other_serving_it_at_once() {
     assert_eq!(gone, 1);
     assert_eq!(presign_status(&b, &token_b, &ids[0]).await, 200, "b's cache is on");
 
-    let deleted = a.http().delete(a.url(&format!("/v1/media/{}", ids[1]))).bearer_auth(&token_a).send().await;
-    assert_eq!(deleted.unwrap().status(), 204);
-    let started = Instant::now();
-    while presign_status(&b, &token_b, &ids[1]).await != 404 {
-        assert!(started.elapsed() < Duration::from_secs(10), "b still serves a deleted media");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    // Deletes through a: b stops serving each at once. The times are in docs/performance.md.
+    let mut seen_after = Vec::new();
+    for id in &ids[1..] {
+        let deleted = a.http().delete(a.url(&format!("/v1/media/{id}"))).bearer_auth(&token_a).send().await;
+        assert_eq!(deleted.unwrap().status(), 204);
+        let started = Instant::now();
+        while presign_status(&b, &token_b, id).await != 404 {
+            assert!(started.elapsed() < Duration::from_secs(10), "b still serves a deleted media");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        seen_after.push(started.elapsed());
     }
-    eprintln!("replicas: delete through a seen by b after {:?}", started.elapsed());
+    seen_after.sort();
+    eprintln!(
+        "replicas: a delete through a is seen by b after {:?} (median of 5), at most {:?}",
+        seen_after[2], seen_after[4]
+    );
 }
