@@ -33,7 +33,7 @@ pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
         );
     }
     let services = super::open_services(config).await?;
-    let report = shred(&services.keys, &services.media, services.blobs.as_ref(), tenant).await?;
+    let report = shred(&services.keys, services.pipeline.removal(), tenant).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     services.db.close().await;
     Ok(())

@@ -23,6 +23,7 @@ pub mod locks;
 pub mod media;
 pub mod notify;
 pub mod tenant_keys;
+pub mod tenants;
 pub mod ttl_cache;
 
 /// Runs the same expression on whichever pool a [`Database`] holds, for statements whose SQL and
@@ -61,6 +62,12 @@ pub enum DbError {
         /// The version.
         version: u32,
     },
+    /// The tenant is being shredded: no row may be written until that ends.
+    #[error("this tenant's data is being destroyed; nothing can be stored for it until that ends")]
+    TenantShredding,
+    /// The tenant's keys kept changing while a row was being written (a rotation rolling versions).
+    #[error("the tenant's keys changed while the row was written; try again")]
+    KeyChanged,
     /// Another process is doing work that must run once at a time (see [`locks`]).
     #[error("{0}")]
     Locked(String),
@@ -82,6 +89,8 @@ impl DbError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Crypto(_) | Self::MissingKey { .. } => "data_integrity",
+            Self::TenantShredding => "tenant_shredding",
+            Self::KeyChanged => "key_changed",
             _ if self.is_unavailable() => "database_unavailable",
             _ => "internal",
         }

@@ -165,6 +165,8 @@ impl ApiError {
                 StorageError::Source(_) => StatusCode::BAD_REQUEST,
                 StorageError::Backend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
+            Self::Database(DbError::TenantShredding) => StatusCode::CONFLICT,
+            Self::Database(DbError::KeyChanged) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(err) if err.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -199,6 +201,7 @@ impl ApiError {
             Self::Storage(StorageError::NotFound | StorageError::InvalidKey(_)) => "not found".into(),
             Self::Storage(StorageError::Source(_)) => "the upload body could not be read to its end".into(),
             Self::Storage(StorageError::Backend { .. }) => "the blob store is unavailable; try again later".into(),
+            Self::Database(err @ (DbError::TenantShredding | DbError::KeyChanged)) => err.to_string(),
             Self::Database(_) if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
                 "the database is unavailable; try again later".into()
             }

@@ -53,6 +53,11 @@ impl Removal {
         &self.media
     }
 
+    /// How long a direct-upload URL can stay usable (`MEDIA_PRESIGN_MAX_TTL`).
+    pub fn staging_ttl(&self) -> Duration {
+        self.staging_ttl
+    }
+
     /// The prefix of every key the service creates (`MEDIA_STORAGE_PREFIX`).
     pub fn key_prefix(&self) -> &str {
         &self.key_prefix

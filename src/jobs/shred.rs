@@ -7,13 +7,13 @@
 //! bucket backups hold the plain object bytes): they must be expired on their own schedule.
 
 use anyhow::Context;
+use chrono::Utc;
 use serde::Serialize;
 
+use super::removal::Removal;
 use crate::db::audit::{self, AuditEvent};
-use crate::db::locks;
-use crate::db::media::MediaRepo;
 use crate::db::tenant_keys::TenantKeys;
-use crate::storage::BlobStore;
+use crate::db::{locks, tenants};
 
 const PAGE: u32 = 500;
 
@@ -32,38 +32,42 @@ pub struct ShredReport {
     pub keys_destroyed: u64,
 }
 
-/// Deletes the tenant's objects and rows, then destroys its keys.
-pub async fn shred(
-    keys: &TenantKeys,
-    repo: &MediaRepo,
-    blobs: &dyn BlobStore,
-    tenant: &str,
-) -> anyhow::Result<ShredReport> {
+/// Moves the tenant to `shredding` (every write of it is refused from then on, in every process;
+/// writes in flight are waited for), deletes its objects and rows — each key journaled until
+/// upload URLs still out there have expired, so an object PUT to one later is swept — then destroys
+/// its keys and marks it `shredded` (its next write starts afresh, with new keys).
+pub async fn shred(keys: &TenantKeys, removal: &Removal, tenant: &str) -> anyhow::Result<ShredReport> {
     // Rotation and shredding of one tenant exclude each other, in every process.
     let lock = locks::lock_tenant(keys.db(), tenant).await?;
+    tenants::set_state(keys.db(), tenant, "shredding").await?;
+    let (repo, blobs) = (removal.media(), removal.blobs());
     let mut report = ShredReport { tenant: tenant.to_owned(), ..ShredReport::default() };
     let mut after: Option<String> = None;
     loop {
         let page = repo.storage_keys(tenant, after.as_deref(), PAGE).await?;
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
+        let sweep_at = Utc::now() + chrono::Duration::from_std(removal.staging_ttl()).unwrap_or_default();
         for (id, storage_key) in page {
-            match storage_key {
+            let key = match storage_key {
                 Ok(key) => {
                     blobs.delete(&key).await.with_context(|| format!("cannot delete the object of {id}"))?;
                     report.objects_deleted += 1;
+                    Some(key)
                 }
                 Err(err) => {
                     tracing::warn!(tenant, id, error = %err, "storage key unreadable: its object cannot be deleted");
                     report.objects_unreadable += 1;
+                    None
                 }
-            }
-            if repo.delete(tenant, &id, None, None).await? {
+            };
+            if repo.delete(tenant, &id, None, key.as_deref().map(|key| (key, sweep_at))).await? {
                 report.rows_deleted += 1;
             }
         }
     }
     report.keys_destroyed = keys.destroy_tenant(tenant).await?;
+    tenants::set_state(keys.db(), tenant, "shredded").await?;
     let details = serde_json::to_value(&report)?;
     audit::append(
         keys.db(),

@@ -32,7 +32,7 @@ async fn a_held_tenant_lock_refuses_rotation_and_shred_and_held_job_locks_skip_t
         let held = locks::lock_tenant(&state.db, &tenant).await.unwrap();
         let err = rotate(&state.keys, &state.media, &only(&tenant)).await.unwrap_err();
         assert!(err.to_string().contains("is being rotated or shredded by another process"), "{stack:?}: {err}");
-        let err = match shred(&state.keys, &state.media, state.blobs.as_ref(), &tenant).await {
+        let err = match shred(&state.keys, state.pipeline.removal(), &tenant).await {
             Ok(report) => panic!("{stack:?}: shredded while locked: {report:?}"),
             Err(err) => err,
         };

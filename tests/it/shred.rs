@@ -1,13 +1,23 @@
 //! `tenant shred`: the tenant's objects, rows and keys go; other tenants are untouched; without
-//! `--yes` nothing happens.
+//! `--yes` nothing happens; while it runs the tenant's writes are refused everywhere, and no process
+//! can seal a row under the destroyed keys afterwards.
 
-use media_api::db::media::MediaRecord;
+use std::sync::Arc;
+use std::time::Duration;
+
+use media_api::db::media::{InsertOutcome, MediaRecord};
+use media_api::db::tenant_keys::KeySettings;
+use media_api::db::{tenants, DbError};
+use media_api::jobs::removal::Removal;
 use media_api::jobs::shred::shred;
+use media_api::storage::fs::FsBlobStore;
+use media_api::storage::links::{LinkKey, LinkSigner};
 use media_api::storage::StorageError;
 use media_api::with_pool;
 
 use crate::support::app::{chunked, payload, random_hex, spawn_app, Stack, TestApp, STACKS};
-use crate::support::repository::new_media;
+use crate::support::media::{json_of, media_app, png};
+use crate::support::repository::{fixtures, new_media};
 
 /// Stores an object and its row; returns the row.
 async fn upload(app: &TestApp, tenant: &str, seed: u64) -> MediaRecord {
@@ -29,7 +39,7 @@ async fn shredding_removes_the_tenants_objects_rows_and_keys_and_nothing_else() 
         }
         let survivor = upload(&app, &kept, 99).await;
 
-        let report = shred(&app.state.keys, &app.state.media, app.state.blobs.as_ref(), &doomed).await.unwrap();
+        let report = shred(&app.state.keys, app.state.pipeline.removal(), &doomed).await.unwrap();
         assert_eq!((report.objects_deleted, report.rows_deleted, report.keys_destroyed), (3, 3, 2), "{stack:?}");
 
         for media in &gone {
@@ -69,4 +79,64 @@ async fn without_yes_nothing_is_shredded() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("without --yes"));
     assert!(app.state.media.get("acme", &media.id).await.unwrap().is_some());
     assert!(app.state.blobs.head(&media.storage_key).await.is_ok());
+}
+
+#[tokio::test]
+async fn while_a_tenant_is_shredding_every_write_is_refused_and_after_it_the_tenant_starts_afresh() {
+    for stack in STACKS {
+        let m = media_app(stack, &[]).await;
+        let state = &m.app.state;
+        let tenant = format!("shredding-{}", random_hex(3));
+        let token = m.token(&tenant, "alice", &[]);
+        let (status, before) = json_of(m.upload_raw(&token, "image/png", png(1500, 40)).await).await;
+        assert_eq!(status, 200, "{before}");
+        let counts = m.counts().await;
+
+        tenants::set_state(&state.db, &tenant, "shredding").await.unwrap();
+        let (status, refused) = json_of(m.upload_raw(&token, "image/png", png(1500, 41)).await).await;
+        assert_eq!(
+            (status.as_u16(), refused["code"].as_str()),
+            (409, Some("tenant_shredding")),
+            "{stack:?}: {refused}"
+        );
+        assert!(refused["error"].as_str().unwrap().contains("being destroyed"), "{refused}");
+        assert_eq!(m.counts().await, counts, "{stack:?}: a refused upload left something");
+        let err = state.media.insert(&new_media(&tenant, b"direct")).await.unwrap_err();
+        assert!(matches!(err, DbError::TenantShredding), "{stack:?}: {err}");
+
+        let report = shred(&state.keys, state.pipeline.removal(), &tenant).await.unwrap();
+        assert_eq!((report.rows_deleted, report.objects_unreadable), (1, 0), "{stack:?}");
+        assert_eq!(tenants::state(&state.db, &tenant).await.unwrap().as_deref(), Some("shredded"));
+        let (status, after) = json_of(m.upload_raw(&token, "image/png", png(1500, 42)).await).await;
+        assert_eq!(status, 200, "{stack:?}: the tenant starts afresh: {after}");
+        let stored = state.media.get(&tenant, after["id"].as_str().unwrap()).await.unwrap().expect("row");
+        assert!(stored.dek_version > 1, "{stack:?}: sealed under a new key, not a destroyed one");
+        assert_eq!(tenants::state(&state.db, &tenant).await.unwrap().as_deref(), Some("active"));
+    }
+}
+
+#[tokio::test]
+async fn a_process_whose_key_cache_predates_a_shred_cannot_seal_under_the_destroyed_key() {
+    for fx in fixtures(KeySettings::default()).await {
+        // Another process: it learned the tenant's current DEK before the shred and would keep it.
+        let stale = KeySettings { current_ttl: Duration::from_secs(3600), ..KeySettings::default() };
+        let (_, writer) = fx.reopen(stale);
+        writer.insert(&new_media("acme", b"before the shred")).await.unwrap();
+        // The shred here destroys every key of the tenant (its row is gone with it).
+        let dir = tempfile::tempdir().unwrap();
+        let signer = LinkSigner::new(LinkKey::generate(), url::Url::parse("http://127.0.0.1/").unwrap());
+        let blobs = FsBlobStore::open(dir.path(), Arc::new(signer)).await.unwrap();
+        let (keys, repo) = fx.reopen(KeySettings::default());
+        let removal = Removal::new(Arc::new(blobs), repo.clone(), fx.db.clone(), Duration::from_secs(60), "");
+        let report = shred(&keys, &removal, "acme").await.unwrap();
+        assert_eq!(report.rows_deleted, 1, "{}", fx.db.backend());
+        // The stale process writes again: its cached version is destroyed, so the database refuses
+        // it, and the write is sealed again under a fresh key.
+        let after = new_media("acme", b"after the shred");
+        assert_eq!(writer.insert(&after).await.unwrap(), InsertOutcome::Inserted);
+        let (_, cold) = fx.reopen(KeySettings::default());
+        let read = cold.get("acme", &after.id).await.unwrap().expect("readable: not sealed under a destroyed key");
+        assert_eq!(read.record, after);
+        assert!(read.dek_version > 1, "{}: {}", fx.db.backend(), read.dek_version);
+    }
 }

@@ -27,6 +27,7 @@ pub use rotate::{PreparedBatch, ReencryptBatch};
 use super::journal;
 use super::notify::{self, CacheGate, Change};
 use super::tenant_keys::TenantKeys;
+use super::tenants::{self, WriteCheck};
 use super::ttl_cache::TtlCache;
 use super::{Database, DbError};
 use crate::crypto::blind_index::content_mac;
@@ -37,6 +38,30 @@ use crate::with_pool;
 use cipher::{BindSealed, PlainColumns, RowCipher};
 use model::MediaRow;
 use sql::*;
+
+/// Times a write is sealed again when the tenant's keys changed under it.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// Inside a write's transaction: checks the tenant's state and current DEK version (see
+/// [`super::tenants`]) and returns early from the transaction's block when the write may not happen.
+macro_rules! check_write {
+    ($tx:expr, $guard:expr, $tenant:expr, $version:expr) => {{
+        let mut row: Option<(String, Option<i32>)> =
+            sqlx::query_as($guard).bind($tenant).fetch_optional(&mut *$tx).await?;
+        if row.is_none() {
+            sqlx::query(tenants::ENSURE).bind($tenant).execute(&mut *$tx).await?;
+            row = sqlx::query_as($guard).bind($tenant).fetch_optional(&mut *$tx).await?;
+        }
+        match WriteCheck::of(row, $version) {
+            (WriteCheck::Allowed, restart) => {
+                if restart {
+                    sqlx::query(tenants::REACTIVATE).bind($tenant).bind(Utc::now()).execute(&mut *$tx).await?;
+                }
+            }
+            (refused, _) => return Ok(Err(refused)),
+        }
+    }};
+}
 
 /// Encrypted access to `media_objects`.
 #[derive(Debug, Clone)]
@@ -108,8 +133,30 @@ impl MediaRepo {
     }
 
     /// Stores a row, sealing its sensitive columns. A ready row whose bytes the tenant already has
-    /// is not stored: the existing id comes back as [`InsertOutcome::Duplicate`].
+    /// is not stored: the existing id comes back as [`InsertOutcome::Duplicate`]. Refused with
+    /// [`DbError::TenantShredding`] while the tenant is being shredded; sealed again with fresh keys
+    /// when the key this process had cached is no longer the tenant's current one.
     pub async fn insert(&self, media: &MediaRecord) -> Result<InsertOutcome, DbError> {
+        self.with_fresh_keys(&media.tenant_id, || self.insert_once(media)).await
+    }
+
+    /// Runs a write until its key check passes: a stale cached key is forgotten and the write
+    /// sealed again, at most [`WRITE_ATTEMPTS`] times.
+    async fn with_fresh_keys<T, F>(&self, tenant: &str, write: impl Fn() -> F) -> Result<T, DbError>
+    where
+        F: std::future::Future<Output = Result<Result<T, WriteCheck>, DbError>>,
+    {
+        for _ in 0..WRITE_ATTEMPTS {
+            match write().await? {
+                Ok(done) => return Ok(done),
+                Err(WriteCheck::Shredding) => return Err(DbError::TenantShredding),
+                Err(_) => self.keys.forget_tenant(tenant),
+            }
+        }
+        Err(DbError::KeyChanged)
+    }
+
+    async fn insert_once(&self, media: &MediaRecord) -> Result<Result<InsertOutcome, WriteCheck>, DbError> {
         let tenant = media.tenant_id.as_str();
         let mac = match &media.sha256 {
             Some(sha) => Some(self.content_mac(tenant, sha).await?),
@@ -120,9 +167,12 @@ impl MediaRepo {
         let row_cipher = RowCipher { cipher: &cipher, tenant, id: &media.id };
         let sealed = row_cipher.seal_all(&PlainColumns::from(media));
         let now = Utc::now();
-        // The row and the end of its key's journal entry commit together (see `db::journal`).
+        let guard = tenants::guard_sql(&self.db);
+        // The check, the row and the end of its key's journal entry commit together (see
+        // `db::tenants` and `db::journal`).
         let result = with_pool!(&self.db, |pool| async {
             let mut tx = pool.begin().await?;
+            check_write!(tx, guard.as_str(), tenant, dek.version);
             sqlx::query(INSERT)
                 .bind(tenant)
                 .bind(&media.id)
@@ -137,15 +187,17 @@ impl MediaRepo {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(journal::CLOSE).bind(&media.storage_key).execute(&mut *tx).await?;
-            tx.commit().await
+            tx.commit().await.map(Ok)
         }
         .await);
+        // Counted whatever happened to the row: the values were sealed (the budget is about nonces).
         self.count_encryptions(tenant, dek.version, sealed.count()).await;
         match result {
-            Ok(()) => Ok(InsertOutcome::Inserted),
+            Ok(Err(refused)) => Ok(Err(refused)),
+            Ok(Ok(())) => Ok(Ok(InsertOutcome::Inserted)),
             Err(sqlx::Error::Database(err)) if err.is_unique_violation() => match mac {
                 Some(mac) => match self.id_by_mac(tenant, &mac).await? {
-                    Some(existing) => Ok(InsertOutcome::Duplicate(existing)),
+                    Some(existing) => Ok(Ok(InsertOutcome::Duplicate(existing))),
                     None => Err(sqlx::Error::Database(err).into()),
                 },
                 None => Err(sqlx::Error::Database(err).into()),
@@ -236,6 +288,15 @@ impl MediaRepo {
         staging_key: &str,
         dedup: bool,
     ) -> Result<InsertOutcome, DbError> {
+        self.with_fresh_keys(&ready.tenant_id, || self.mark_ready_once(ready, staging_key, dedup)).await
+    }
+
+    async fn mark_ready_once(
+        &self,
+        ready: &MediaRecord,
+        staging_key: &str,
+        dedup: bool,
+    ) -> Result<Result<InsertOutcome, WriteCheck>, DbError> {
         let sha256 = ready.sha256.ok_or(CryptoError::Integrity)?;
         let tenant = ready.tenant_id.as_str();
         debug_assert_eq!(ready.status, MediaStatus::Ready);
@@ -243,10 +304,12 @@ impl MediaRepo {
         let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
         let cipher = FieldCipher::new(&dek);
         let sealed = RowCipher { cipher: &cipher, tenant, id: &ready.id }.seal_all(&PlainColumns::from(ready));
-        // The row moves to its verified key, whose journal entry ends, and the staging key it
-        // leaves gets one, in one transaction (see `db::journal`).
+        let guard = tenants::guard_sql(&self.db);
+        // The check, then the row moves to its verified key, whose journal entry ends, and the
+        // staging key it leaves gets one, in one transaction (see `db::tenants`, `db::journal`).
         let result = with_pool!(&self.db, |pool| async {
             let mut tx = pool.begin().await?;
+            check_write!(tx, guard.as_str(), tenant, dek.version);
             let updated = sqlx::query(MARK_READY)
                 .bind(tenant)
                 .bind(&ready.id)
@@ -263,17 +326,18 @@ impl MediaRepo {
                 sqlx::query(journal::CLOSE).bind(&ready.storage_key).execute(&mut *tx).await?;
                 sqlx::query(journal::OPEN).bind(staging_key).bind(Utc::now()).execute(&mut *tx).await?;
             }
-            tx.commit().await.map(|()| updated)
+            tx.commit().await.map(|()| Ok(updated))
         }
         .await);
         self.count_encryptions(tenant, dek.version, sealed.count()).await;
         match result {
-            Ok(1) => Ok(InsertOutcome::Inserted),
-            Ok(_) => Err(sqlx::Error::RowNotFound.into()),
+            Ok(Err(refused)) => Ok(Err(refused)),
+            Ok(Ok(1)) => Ok(Ok(InsertOutcome::Inserted)),
+            Ok(Ok(_)) => Err(sqlx::Error::RowNotFound.into()),
             Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
                 let mac = mac.ok_or_else(|| DbError::from(sqlx::Error::Database(err)))?;
                 let existing = self.id_by_mac(tenant, &mac).await?;
-                existing.map(InsertOutcome::Duplicate).ok_or_else(|| sqlx::Error::RowNotFound.into())
+                existing.map(|id| Ok(InsertOutcome::Duplicate(id))).ok_or_else(|| sqlx::Error::RowNotFound.into())
             }
             Err(err) => Err(err.into()),
         }

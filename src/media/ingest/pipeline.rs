@@ -312,7 +312,10 @@ impl Pipeline {
                 // row is still pending and its staged object stays, so completing can be retried.
                 // The verified copy is deleted only when the update certainly did not happen; after
                 // a lost commit its journal entry says which way it went, and the sweeper follows.
-                if matches!(err, DbError::Sqlx(sqlx::Error::RowNotFound)) {
+                if matches!(
+                    err,
+                    DbError::Sqlx(sqlx::Error::RowNotFound) | DbError::TenantShredding | DbError::KeyChanged
+                ) {
                     self.discard(&ready.storage_key).await;
                 }
                 match self.media.get(&caller.tenant, &ready.id).await? {
@@ -361,8 +364,16 @@ impl Pipeline {
     /// object and answers with the existing media.
     async fn record(&self, caller: &Principal, record: MediaRecord) -> Result<Ingested, MediaError> {
         // On an error the object stays: if the commit happened after all (its answer lost), the row
-        // references it; if not, its journal entry is still there and the sweeper deletes it.
-        let outcome = self.media.insert(&record).await?;
+        // references it; if not, its journal entry is still there and the sweeper deletes it. A
+        // refusal certainly wrote nothing, so its object goes at once.
+        let outcome = match self.media.insert(&record).await {
+            Ok(outcome) => outcome,
+            Err(err @ (DbError::TenantShredding | DbError::KeyChanged)) => {
+                self.discard(&record.storage_key).await;
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
         match outcome {
             InsertOutcome::Inserted => {
                 self.audit(

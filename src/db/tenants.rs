@@ -1,0 +1,90 @@
+//! Tenant state (`tenants`): `active` → `shredding` → `shredded`, and what a row write checks in its
+//! own transaction: the tenant is not being shredded, and the DEK version it sealed under is the
+//! tenant's current active one. So no process — a replica whose key cache is stale, a CLI — can
+//! write a row under a retired or destroyed key, or a row a running shred would miss: it gets
+//! [`WriteCheck::StaleKey`] (retry with fresh keys) or [`DbError::TenantShredding`].
+
+use chrono::Utc;
+
+use super::{Database, DbError};
+use crate::with_pool;
+
+/// Makes sure the tenant has a state row (its first key is being created).
+pub(crate) const ENSURE: &str = "INSERT INTO tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING";
+/// Starts a shredded tenant afresh (its first write after the shred).
+pub(crate) const REACTIVATE: &str =
+    "UPDATE tenants SET state = 'active', updated_at = $2 WHERE tenant_id = $1 AND state = 'shredded'";
+const SET_STATE: &str = "INSERT INTO tenants (tenant_id, state, updated_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (tenant_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at";
+const CURRENT_DEK: &str = "(SELECT MAX(version) FROM tenant_keys k \
+     WHERE k.tenant_id = t.tenant_id AND k.purpose = 'dek' AND k.state = 'active')";
+
+/// The state of `tenant` and its current DEK version, read in a write's transaction; on Postgres
+/// the row is held `FOR SHARE`, so a shred's move to `shredding` waits for the write to end.
+pub(crate) fn guard_sql(db: &Database) -> String {
+    let lock = match db {
+        Database::Postgres(_) => " FOR SHARE OF t",
+        Database::Sqlite(_) => "",
+    };
+    format!("SELECT t.state, {CURRENT_DEK} FROM tenants t WHERE t.tenant_id = $1{lock}")
+}
+
+/// What a write's check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteCheck {
+    /// Write.
+    Allowed,
+    /// The tenant is being shredded.
+    Shredding,
+    /// The version sealed under is not the tenant's current active one (a stale key cache).
+    StaleKey,
+}
+
+impl WriteCheck {
+    /// The verdict on a `(state, current version)` row for a write sealed under `version`.
+    pub fn of(row: Option<(String, Option<i32>)>, version: u32) -> (Self, bool) {
+        match row {
+            Some((state, _)) if state == "shredding" => (Self::Shredding, false),
+            Some((state, current)) if current == Some(version as i32) => (Self::Allowed, state == "shredded"),
+            Some(_) => (Self::StaleKey, false),
+            // No state row: a tenant from before state rows whose keys were made elsewhere.
+            None => (Self::StaleKey, false),
+        }
+    }
+}
+
+/// Moves `tenant` to `state` (`shredding`, `shredded`), waiting on Postgres for writes in flight.
+pub async fn set_state(db: &Database, tenant: &str, state: &str) -> Result<(), DbError> {
+    with_pool!(db, |pool| sqlx::query(SET_STATE)
+        .bind(tenant)
+        .bind(state)
+        .bind(Utc::now())
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// The state of `tenant`, if it has one.
+pub async fn state(db: &Database, tenant: &str) -> Result<Option<String>, DbError> {
+    Ok(with_pool!(db, |pool| sqlx::query_scalar("SELECT state FROM tenants WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_optional(pool)
+        .await)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_current_version_of_a_tenant_not_being_shredded_may_seal() {
+        let row = |state: &str, current| Some((state.to_owned(), current));
+        assert_eq!(WriteCheck::of(row("active", Some(2)), 2), (WriteCheck::Allowed, false));
+        assert_eq!(WriteCheck::of(row("active", Some(2)), 1), (WriteCheck::StaleKey, false));
+        assert_eq!(WriteCheck::of(row("active", None), 1), (WriteCheck::StaleKey, false));
+        assert_eq!(WriteCheck::of(row("shredding", Some(2)), 2), (WriteCheck::Shredding, false));
+        assert_eq!(WriteCheck::of(row("shredded", Some(3)), 3), (WriteCheck::Allowed, true), "a fresh start");
+        assert_eq!(WriteCheck::of(None, 1), (WriteCheck::StaleKey, false));
+    }
+}
