@@ -9,7 +9,7 @@ use chrono::Utc;
 use super::{Database, DbError};
 use crate::with_pool;
 
-/// Makes sure the tenant has a state row (its first key is being created).
+/// Makes sure the tenant has a state row (run first in every write's transaction).
 pub(crate) const ENSURE: &str = "INSERT INTO tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING";
 /// Starts a shredded tenant afresh (its first write after the shred).
 pub(crate) const REACTIVATE: &str =
@@ -47,7 +47,7 @@ impl WriteCheck {
             Some((state, _)) if state == "shredding" => (Self::Shredding, false),
             Some((state, current)) if current == Some(version as i32) => (Self::Allowed, state == "shredded"),
             Some(_) => (Self::StaleKey, false),
-            // No state row: a tenant from before state rows whose keys were made elsewhere.
+            // No state row (writes create it first): nothing is known, so nothing is written.
             None => (Self::StaleKey, false),
         }
     }

@@ -1,6 +1,7 @@
 //! Crypto-shredding of one tenant (what `media-api tenant shred <tenant> --yes` runs).
 //!
-//! Order matters for a crash in the middle: each object is deleted from the blob store before its
+//! Order matters for a crash in the middle: the tenant moves to `shredding` first (refusing its
+//! writes everywhere until a run completes), each object is deleted from the blob store before its
 //! row, and the tenant's keys are destroyed last, so a re-run finds whatever is left and finishes.
 //! Once the keys are destroyed the tenant's rows in the live database cannot be decrypted and every
 //! read of its IDs answers 404. Backups taken *before* the shred still hold the wrapped keys (and

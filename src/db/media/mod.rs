@@ -46,12 +46,10 @@ const WRITE_ATTEMPTS: usize = 3;
 /// [`super::tenants`]) and returns early from the transaction's block when the write may not happen.
 macro_rules! check_write {
     ($tx:expr, $guard:expr, $tenant:expr, $version:expr) => {{
-        let mut row: Option<(String, Option<i32>)> =
-            sqlx::query_as($guard).bind($tenant).fetch_optional(&mut *$tx).await?;
-        if row.is_none() {
-            sqlx::query(tenants::ENSURE).bind($tenant).execute(&mut *$tx).await?;
-            row = sqlx::query_as($guard).bind($tenant).fetch_optional(&mut *$tx).await?;
-        }
+        // A write first: on SQLite it takes the write lock before anything is read (a read that
+        // later turned into a write could fail on another writer's commit instead of waiting).
+        sqlx::query(tenants::ENSURE).bind($tenant).execute(&mut *$tx).await?;
+        let row: Option<(String, Option<i32>)> = sqlx::query_as($guard).bind($tenant).fetch_optional(&mut *$tx).await?;
         match WriteCheck::of(row, $version) {
             (WriteCheck::Allowed, restart) => {
                 if restart {
