@@ -15,22 +15,29 @@ pub struct DevKeyError {
 }
 
 /// Reads `dir/name`, or creates it with `generate()`'s text (mode 0600) when it does not exist yet.
-/// Two processes starting at once cannot both create it: creation is exclusive, and the loser reads
-/// the winner's file.
+/// Two processes starting at once cannot both create it, nor read it half written: the key is
+/// written to a file of its own and then linked to its name, which fails when the name is taken —
+/// the loser reads the winner's complete file.
 pub fn load_or_create(dir: &Path, name: &str, generate: impl FnOnce() -> String) -> Result<String, DevKeyError> {
     let path = dir.join(name);
     let error = |reason: String| DevKeyError { path: path.clone(), reason };
     std::fs::create_dir_all(dir).map_err(|e| error(format!("cannot create the directory: {e}")))?;
+    if let Some(text) = read_existing(&path).map_err(error)? {
+        return Ok(text);
+    }
+    let text = generate();
+    let draft = dir.join(format!(".{name}.{}.{}", std::process::id(), rand::random::<u64>()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(&path) {
-        Ok(mut file) => {
-            let text = generate();
-            file.write_all(text.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| error(format!("cannot write: {e}")))?;
+    let written = options
+        .open(&draft)
+        .and_then(|mut file| file.write_all(text.as_bytes()).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::hard_link(&draft, &path));
+    let _ = std::fs::remove_file(&draft);
+    match written {
+        Ok(()) => {
             tracing::warn!(
                 path = %path.display(),
                 "GENERATED A DEV KEY: fine for local development, never for production (set MEDIA_PROFILE=production and explicit keys)"
@@ -38,11 +45,21 @@ pub fn load_or_create(dir: &Path, name: &str, generate: impl FnOnce() -> String)
             Ok(text)
         }
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            let text = std::fs::read_to_string(&path).map_err(|e| error(format!("cannot read: {e}")))?;
-            tracing::warn!(path = %path.display(), "using a generated dev key");
-            Ok(text)
+            read_existing(&path).map_err(error)?.ok_or_else(|| error("vanished while being created".into()))
         }
         Err(err) => Err(error(format!("cannot create: {err}"))),
+    }
+}
+
+/// The text of an existing key file, `None` when there is none.
+fn read_existing(path: &Path) -> Result<Option<String>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            tracing::warn!(path = %path.display(), "using a generated dev key");
+            Ok(Some(text))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(format!("cannot read: {err}")),
     }
 }
 

@@ -11,7 +11,8 @@ use crate::with_pool;
 
 /// Makes sure the tenant has a state row (run first in every write's transaction).
 pub(crate) const ENSURE: &str = "INSERT INTO tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING";
-/// Starts a shredded tenant afresh (its first write after the shred).
+/// Starts a shredded tenant afresh (run by every write before its check; matches nothing unless
+/// the tenant is `shredded`).
 pub(crate) const REACTIVATE: &str =
     "UPDATE tenants SET state = 'active', updated_at = $2 WHERE tenant_id = $1 AND state = 'shredded'";
 const SET_STATE: &str = "INSERT INTO tenants (tenant_id, state, updated_at) VALUES ($1, $2, $3) \
@@ -41,14 +42,14 @@ pub enum WriteCheck {
 }
 
 impl WriteCheck {
-    /// The verdict on a `(state, current version)` row for a write sealed under `version`.
-    pub fn of(row: Option<(String, Option<i32>)>, version: u32) -> (Self, bool) {
+    /// The verdict on a `(state, current version)` row for a write sealed under `version` (a
+    /// shredded tenant was started afresh by the write before it asked).
+    pub fn of(row: Option<(String, Option<i32>)>, version: u32) -> Self {
         match row {
-            Some((state, _)) if state == "shredding" => (Self::Shredding, false),
-            Some((state, current)) if current == Some(version as i32) => (Self::Allowed, state == "shredded"),
-            Some(_) => (Self::StaleKey, false),
-            // No state row (writes create it first): nothing is known, so nothing is written.
-            None => (Self::StaleKey, false),
+            Some((state, _)) if state == "shredding" => Self::Shredding,
+            Some((_, current)) if current == Some(version as i32) => Self::Allowed,
+            // Another version is current, or (writes create the state row first) nothing is known.
+            Some(_) | None => Self::StaleKey,
         }
     }
 }
@@ -80,11 +81,10 @@ mod tests {
     #[test]
     fn only_the_current_version_of_a_tenant_not_being_shredded_may_seal() {
         let row = |state: &str, current| Some((state.to_owned(), current));
-        assert_eq!(WriteCheck::of(row("active", Some(2)), 2), (WriteCheck::Allowed, false));
-        assert_eq!(WriteCheck::of(row("active", Some(2)), 1), (WriteCheck::StaleKey, false));
-        assert_eq!(WriteCheck::of(row("active", None), 1), (WriteCheck::StaleKey, false));
-        assert_eq!(WriteCheck::of(row("shredding", Some(2)), 2), (WriteCheck::Shredding, false));
-        assert_eq!(WriteCheck::of(row("shredded", Some(3)), 3), (WriteCheck::Allowed, true), "a fresh start");
-        assert_eq!(WriteCheck::of(None, 1), (WriteCheck::StaleKey, false));
+        assert_eq!(WriteCheck::of(row("active", Some(2)), 2), WriteCheck::Allowed);
+        assert_eq!(WriteCheck::of(row("active", Some(2)), 1), WriteCheck::StaleKey);
+        assert_eq!(WriteCheck::of(row("active", None), 1), WriteCheck::StaleKey);
+        assert_eq!(WriteCheck::of(row("shredding", Some(2)), 2), WriteCheck::Shredding);
+        assert_eq!(WriteCheck::of(None, 1), WriteCheck::StaleKey);
     }
 }

@@ -46,17 +46,15 @@ const WRITE_ATTEMPTS: usize = 3;
 /// [`super::tenants`]) and returns early from the transaction's block when the write may not happen.
 macro_rules! check_write {
     ($tx:expr, $guard:expr, $tenant:expr, $version:expr) => {{
-        // A write first: on SQLite it takes the write lock before anything is read (a read that
-        // later turned into a write could fail on another writer's commit instead of waiting).
+        // Writes first: on SQLite they take the write lock before anything is read (a read that
+        // later turned into a write could fail on another writer's commit instead of waiting), and
+        // on Postgres a shredded tenant is started afresh before its row is held shared (two
+        // writers upgrading a shared hold to an update would deadlock).
         sqlx::query(tenants::ENSURE).bind($tenant).execute(&mut *$tx).await?;
+        sqlx::query(tenants::REACTIVATE).bind($tenant).bind(Utc::now()).execute(&mut *$tx).await?;
         let row: Option<(String, Option<i32>)> = sqlx::query_as($guard).bind($tenant).fetch_optional(&mut *$tx).await?;
-        match WriteCheck::of(row, $version) {
-            (WriteCheck::Allowed, restart) => {
-                if restart {
-                    sqlx::query(tenants::REACTIVATE).bind($tenant).bind(Utc::now()).execute(&mut *$tx).await?;
-                }
-            }
-            (refused, _) => return Ok(Err(refused)),
+        if let refused @ (WriteCheck::Shredding | WriteCheck::StaleKey) = WriteCheck::of(row, $version) {
+            return Ok(Err(refused));
         }
     }};
 }
