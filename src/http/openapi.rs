@@ -121,6 +121,11 @@ pub struct NotFound(pub ErrorBody);
 #[response(status = 400)]
 pub struct BadRequest(pub ErrorBody);
 
+/// The tenant is being shredded (`tenant_shredding`): nothing is stored for it until that ends.
+#[derive(IntoResponses)]
+#[response(status = 409)]
+pub struct Shredding(pub ErrorBody);
+
 /// Refusals of the upload routes.
 #[derive(IntoResponses)]
 pub enum UploadErrors {

@@ -18,7 +18,7 @@ use super::upload::{counted, upload_response, UploadResponse};
 use crate::auth::Permission;
 use crate::http::error::{ApiError, MediaIdPath};
 use crate::http::extract::{Authenticated, CanWrite};
-use crate::http::openapi::{AuthErrors, BadRequest, ErrorBody, NotFound, UploadErrors};
+use crate::http::openapi::{AuthErrors, BadRequest, ErrorBody, NotFound, Shredding, UploadErrors};
 use crate::http::request::read_limited;
 use crate::http::state::AppState;
 use crate::media::direct::{require_owner, PrepareRequest, Prepared};
@@ -67,7 +67,7 @@ struct PreparedUpload {
     request_body = PrepareUpload,
     responses((status = 200, body = PreparedUpload), BadRequest,
         (status = 413, description = "bytes is over MEDIA_MAX_BYTES", body = ErrorBody),
-        (status = 415, description = "The type is not accepted", body = ErrorBody), AuthErrors))]
+        (status = 415, description = "The type is not accepted", body = ErrorBody), Shredding, AuthErrors))]
 async fn prepare_upload(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
@@ -101,7 +101,7 @@ async fn prepare_upload(
 /// Verifies a direct upload (size, sniffed type, hash), deduplicates it and marks it ready.
 #[utoipa::path(post, path = "/v1/media/{id}/complete", tag = "media", security(("bearer" = [])), params(MediaId),
     responses((status = 200, body = UploadResponse),
-        (status = 409, description = "Nothing was uploaded yet (`not_uploaded`)", body = ErrorBody),
+        (status = 409, description = "Nothing was uploaded yet (`not_uploaded`), or the tenant is being shredded (`tenant_shredding`)", body = ErrorBody),
         UploadErrors, NotFound, AuthErrors))]
 async fn complete(
     State(state): State<AppState>,

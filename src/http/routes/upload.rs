@@ -18,7 +18,7 @@ use crate::auth::Principal;
 use crate::http::admission::{body_with_deadline, UploadSlot};
 use crate::http::error::{ApiError, ApiQuery};
 use crate::http::extract::{Authenticated, CanWrite};
-use crate::http::openapi::{AuthErrors, UploadErrors};
+use crate::http::openapi::{AuthErrors, Shredding, UploadErrors};
 use crate::http::request::{content_length, header_text, read_limited};
 use crate::http::state::AppState;
 use crate::media::ingest::pipeline::{Ingested, Upload};
@@ -105,7 +105,7 @@ struct UploadForm {
         (Vec<u8> = "image/*"),
         (Vec<u8> = "application/octet-stream"),
     )),
-    responses((status = 200, description = "Stored, or deduplicated", body = UploadResponse), UploadErrors, AuthErrors))]
+    responses((status = 200, description = "Stored, or deduplicated", body = UploadResponse), UploadErrors, Shredding, AuthErrors))]
 async fn upload(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
@@ -138,7 +138,7 @@ async fn upload(
 /// Upload with the jan v2 multipart form (`file`, `user_id`).
 #[utoipa::path(post, path = "/v1/media/upload", tag = "media", security(("bearer" = [])),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
-    responses((status = 200, description = "Stored, or deduplicated", body = UploadResponse), UploadErrors, AuthErrors))]
+    responses((status = 200, description = "Stored, or deduplicated", body = UploadResponse), UploadErrors, Shredding, AuthErrors))]
 async fn upload_form(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
