@@ -1,6 +1,7 @@
 //! `media-api tenant shred <tenant> --yes`: crypto-shredding of one tenant ([`crate::jobs::shred`]).
 
 use crate::config::Config;
+use crate::domain::tenant::{is_valid_tenant, TENANT_RULE};
 use crate::jobs::shred::shred;
 
 /// Options of `tenant`.
@@ -27,6 +28,9 @@ pub enum TenantCommand {
 /// Runs `tenant shred`.
 pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
     let TenantCommand::Shred { tenant, yes } = &opts.command;
+    if !is_valid_tenant(tenant) {
+        anyhow::bail!("{tenant:?} is not a tenant id: {TENANT_RULE}");
+    }
     if !yes {
         anyhow::bail!(
             "refusing to shred tenant {tenant:?} without --yes: its keys, objects and rows would be destroyed for good"

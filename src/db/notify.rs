@@ -119,6 +119,8 @@ pub fn spawn_listener(
 /// One connection's worth of listening; returns when the connection is lost.
 async fn listen(pool: &sqlx::PgPool, gate: &CacheGate, media: &MediaRepo, keys: &TenantKeys) -> Result<(), DbError> {
     let mut listener = PgListener::connect_with(pool).await?;
+    // A lost connection must close the gate at once, not be mended quietly inside `try_recv`.
+    listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
     // Whatever changed while nobody was listening is unknown: start from empty caches.
     media.forget_all();

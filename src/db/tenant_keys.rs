@@ -13,6 +13,7 @@
 //!   (default 2^31, below the 2^32 random-nonce bound), the next write rolls a new version.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,8 @@ pub struct TenantKeys {
     current: RwLock<HashMap<(String, KeyPurpose), (u32, Instant)>>,
     /// Closed while changes by other processes cannot be heard (see [`super::notify`]).
     gate: CacheGate,
+    /// Raised by every forget: a key read before a forget is not cached after it.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for TenantKeys {
@@ -122,7 +125,15 @@ const COUNT_ENCRYPTIONS: &str = "UPDATE tenant_keys SET encryptions = encryption
 impl TenantKeys {
     /// A key store over `db`, unwrapping with `keyring`.
     pub fn new(db: Database, keyring: Arc<Keyring>, settings: KeySettings) -> Self {
-        Self { db, keyring, settings, keys: RwLock::default(), current: RwLock::default(), gate: CacheGate::open() }
+        Self {
+            db,
+            keyring,
+            settings,
+            keys: RwLock::default(),
+            current: RwLock::default(),
+            gate: CacheGate::open(),
+            generation: AtomicU64::new(0),
+        }
     }
 
     /// The same store, using its caches only while `gate` is open.
@@ -153,14 +164,17 @@ impl TenantKeys {
         let version = match cached {
             Some(version) => version,
             None => {
+                let generation = self.generation.load(Ordering::Acquire);
                 let version = match self.current_version(tenant, purpose).await? {
                     Some(version) => version,
                     None => self.first_version(tenant, purpose).await?,
                 };
-                self.current
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert((tenant.to_owned(), purpose), (version, Instant::now()));
+                if self.may_fill(generation) {
+                    self.current
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert((tenant.to_owned(), purpose), (version, Instant::now()));
+                }
                 version
             }
         };
@@ -175,6 +189,7 @@ impl TenantKeys {
                 return Ok(key.clone());
             }
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let row: Option<(String, Option<Vec<u8>>, String)> =
             with_pool!(&self.db, |pool| sqlx::query_as(SELECT_WRAPPED)
                 .bind(tenant)
@@ -187,8 +202,16 @@ impl TenantKeys {
         let token = String::from_utf8(wrapped).map_err(|_| CryptoError::Integrity)?;
         let slot = KeySlot { tenant, purpose, version };
         let key = Arc::new(envelope::unwrap(&self.keyring, slot, &WrappedKey { kek_id, token })?);
-        self.keys.write().unwrap_or_else(PoisonError::into_inner).insert(slot_key, (key.clone(), Instant::now()));
+        if self.may_fill(generation) {
+            self.keys.write().unwrap_or_else(PoisonError::into_inner).insert(slot_key, (key.clone(), Instant::now()));
+        }
         Ok(key)
+    }
+
+    /// Whether what was read at `generation` may be cached: the gate is open and nothing was
+    /// forgotten since (a key destroyed by another process, announced while this one was reading).
+    fn may_fill(&self, generation: u64) -> bool {
+        self.gate.is_open() && self.generation.load(Ordering::Acquire) == generation
     }
 
     /// Counts `count` encryptions under a DEK version; rolls a new version once the budget is spent.
@@ -240,12 +263,14 @@ impl TenantKeys {
 
     /// Forgets every cached key of `tenant` (after shredding, or when a test wants a cold cache).
     pub fn forget_tenant(&self, tenant: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.keys.write().unwrap_or_else(PoisonError::into_inner).retain(|(t, _, _), _| t != tenant);
         self.current.write().unwrap_or_else(PoisonError::into_inner).retain(|(t, _), _| t != tenant);
     }
 
     /// Forgets every cached key (the invalidation listener reconnected).
     pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.keys.write().unwrap_or_else(PoisonError::into_inner).clear();
         self.current.write().unwrap_or_else(PoisonError::into_inner).clear();
     }

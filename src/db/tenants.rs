@@ -17,17 +17,19 @@ pub(crate) const REACTIVATE: &str =
     "UPDATE tenants SET state = 'active', updated_at = $2 WHERE tenant_id = $1 AND state = 'shredded'";
 const SET_STATE: &str = "INSERT INTO tenants (tenant_id, state, updated_at) VALUES ($1, $2, $3) \
      ON CONFLICT (tenant_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at";
-const CURRENT_DEK: &str = "(SELECT MAX(version) FROM tenant_keys k \
-     WHERE k.tenant_id = t.tenant_id AND k.purpose = 'dek' AND k.state = 'active')";
+/// The tenant's current DEK version, read after the state row is held.
+pub(crate) const CURRENT_DEK: &str = "SELECT MAX(version) FROM tenant_keys \
+     WHERE tenant_id = $1 AND purpose = 'dek' AND state = 'active'";
 
-/// The state of `tenant` and its current DEK version, read in a write's transaction; on Postgres
-/// the row is held `FOR SHARE`, so a shred's move to `shredding` waits for the write to end.
-pub(crate) fn guard_sql(db: &Database) -> String {
-    let lock = match db {
-        Database::Postgres(_) => " FOR SHARE OF t",
-        Database::Sqlite(_) => "",
-    };
-    format!("SELECT t.state, {CURRENT_DEK} FROM tenants t WHERE t.tenant_id = $1{lock}")
+/// The state of `tenant`, read in a write's transaction; on Postgres the row is held `FOR SHARE`, so
+/// a shred's move to `shredding` waits for the write to end. The current DEK version is read by a
+/// statement of its own after this one: under READ COMMITTED that statement sees every key change
+/// committed before the hold was granted (one statement would read the keys as of its start).
+pub(crate) fn guard_sql(db: &Database) -> &'static str {
+    match db {
+        Database::Postgres(_) => "SELECT state FROM tenants WHERE tenant_id = $1 FOR SHARE",
+        Database::Sqlite(_) => "SELECT state FROM tenants WHERE tenant_id = $1",
+    }
 }
 
 /// What a write's check found.
@@ -42,14 +44,16 @@ pub enum WriteCheck {
 }
 
 impl WriteCheck {
-    /// The verdict on a `(state, current version)` row for a write sealed under `version` (a
-    /// shredded tenant was started afresh by the write before it asked).
-    pub fn of(row: Option<(String, Option<i32>)>, version: u32) -> Self {
-        match row {
-            Some((state, _)) if state == "shredding" => Self::Shredding,
-            Some((_, current)) if current == Some(version as i32) => Self::Allowed,
-            // Another version is current, or (writes create the state row first) nothing is known.
-            Some(_) | None => Self::StaleKey,
+    /// The verdict for a write sealed under `version`, given the tenant's state and current DEK
+    /// version. Only an `active` tenant is written: a `shredded` one (its restart raced a shred
+    /// ending) is retried, and the retry starts it afresh.
+    pub fn of(state: Option<&str>, current: Option<i32>, version: u32) -> Self {
+        match state {
+            Some("shredding") => Self::Shredding,
+            Some("active") if current == Some(version as i32) => Self::Allowed,
+            // Another version is current, the tenant just finished a shred, or (writes create the
+            // state row first) nothing is known.
+            _ => Self::StaleKey,
         }
     }
 }
@@ -80,11 +84,11 @@ mod tests {
 
     #[test]
     fn only_the_current_version_of_a_tenant_not_being_shredded_may_seal() {
-        let row = |state: &str, current| Some((state.to_owned(), current));
-        assert_eq!(WriteCheck::of(row("active", Some(2)), 2), WriteCheck::Allowed);
-        assert_eq!(WriteCheck::of(row("active", Some(2)), 1), WriteCheck::StaleKey);
-        assert_eq!(WriteCheck::of(row("active", None), 1), WriteCheck::StaleKey);
-        assert_eq!(WriteCheck::of(row("shredding", Some(2)), 2), WriteCheck::Shredding);
-        assert_eq!(WriteCheck::of(None, 1), WriteCheck::StaleKey);
+        assert_eq!(WriteCheck::of(Some("active"), Some(2), 2), WriteCheck::Allowed);
+        assert_eq!(WriteCheck::of(Some("active"), Some(2), 1), WriteCheck::StaleKey);
+        assert_eq!(WriteCheck::of(Some("active"), None, 1), WriteCheck::StaleKey);
+        assert_eq!(WriteCheck::of(Some("shredding"), Some(2), 2), WriteCheck::Shredding);
+        assert_eq!(WriteCheck::of(Some("shredded"), Some(2), 2), WriteCheck::StaleKey, "a shred ended: retry afresh");
+        assert_eq!(WriteCheck::of(None, Some(1), 1), WriteCheck::StaleKey);
     }
 }

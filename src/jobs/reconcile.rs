@@ -1,5 +1,6 @@
-//! The net under every crash and race: objects in the store that no media row and no journal entry
-//! references, older than a grace period, are deleted (`media-api reconcile`).
+//! The net under every crash and race: objects in the service's key spaces (`<prefix>m/`,
+//! `<prefix>staging/`) that no media row and no journal entry references, older than a grace period,
+//! are deleted (`media-api reconcile`). Nothing else in the bucket is ever listed or touched.
 //!
 //! Order matters. The store is listed first (only objects older than the grace period count), then
 //! the journal is read, then the rows: an upload journals its key before its first byte and the row
@@ -15,6 +16,9 @@ use serde::Serialize;
 
 use super::removal::Removal;
 use crate::db::{journal, locks};
+
+/// The key spaces the service creates objects in (see `media::ingest::pipeline`).
+const KEY_SPACES: [&str; 2] = ["m/", "staging/"];
 
 /// Rows read per query.
 const PAGE: u32 = 1000;
@@ -68,7 +72,13 @@ async fn reconcile_locked(
     dry_run: bool,
 ) -> Result<ReconcileReport, ReconcileError> {
     let mut report = ReconcileReport::default();
-    let listed = removal.blobs().list_older_than(removal.key_prefix(), grace).await?;
+    // Only the key spaces the service writes (`m/`, `staging/`) under its prefix: with no prefix
+    // the bucket may be shared, and nothing else in it is the service's to judge.
+    let mut listed = Vec::new();
+    for space in KEY_SPACES {
+        let prefix = format!("{}{space}", removal.key_prefix());
+        listed.extend(removal.blobs().list_older_than(&prefix, grace).await?);
+    }
     report.objects_listed = listed.len() as u64;
     let mut live: HashSet<String> = journal::keys(removal.db()).await?.into_iter().collect();
     report.journaled = live.len() as u64;

@@ -42,6 +42,9 @@ async fn reconcile_deletes_only_old_objects_that_nothing_references() {
         // Another deployment's object in the same bucket or directory: outside the prefix.
         let foreign = format!("other-{}/m/{}", random_hex(4), random_hex(8));
         put(state, &foreign, png(800, 33)).await;
+        // Something else under the service's own prefix, outside the key spaces it writes.
+        let beside = format!("{}/notes/{}", m.prefix, random_hex(8));
+        put(state, &beside, png(900, 35)).await;
         let before = m.counts().await;
         let removal = state.pipeline.removal();
 
@@ -58,11 +61,13 @@ async fn reconcile_deletes_only_old_objects_that_nothing_references() {
         assert!(matches!(state.blobs.head(&orphan).await, Err(StorageError::NotFound)), "{stack:?}: orphan kept");
         assert!(state.blobs.head(&in_flight).await.is_ok(), "{stack:?}: a journaled object was deleted");
         assert!(state.blobs.head(&foreign).await.is_ok(), "{stack:?}: an object outside the prefix was deleted");
+        assert!(state.blobs.head(&beside).await.is_ok(), "{stack:?}: an object outside the key spaces was deleted");
         let download = m.get(&alice, &format!("/v1/media/{}", kept["id"].as_str().unwrap())).send().await.unwrap();
         assert_eq!(download.status(), 200, "{stack:?}");
         assert_eq!(sha256_hex(&download.bytes().await.unwrap()), sha256_hex(&image), "{stack:?}");
         let (rows, objects) = m.counts().await;
         assert_eq!((rows, objects), (before.0, before.1 - 1), "{stack:?}: exactly the orphan went");
+        state.blobs.delete(&beside).await.unwrap();
         let again = reconcile(removal, Duration::ZERO, false).await.unwrap();
         assert_eq!(again.orphans, 0, "{stack:?}: {again:?}");
 

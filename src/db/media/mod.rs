@@ -12,11 +12,13 @@
 //! (re-encryption batches); decrypted ready rows are cached for a few seconds in a
 //! [`TtlCache`](crate::db::ttl_cache::TtlCache).
 
+mod cache;
 mod cipher;
 mod model;
 mod rotate;
 mod sql;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -52,8 +54,11 @@ macro_rules! check_write {
         // writers upgrading a shared hold to an update would deadlock).
         sqlx::query(tenants::ENSURE).bind($tenant).execute(&mut *$tx).await?;
         sqlx::query(tenants::REACTIVATE).bind($tenant).bind(Utc::now()).execute(&mut *$tx).await?;
-        let row: Option<(String, Option<i32>)> = sqlx::query_as($guard).bind($tenant).fetch_optional(&mut *$tx).await?;
-        if let refused @ (WriteCheck::Shredding | WriteCheck::StaleKey) = WriteCheck::of(row, $version) {
+        let state: Option<String> = sqlx::query_scalar($guard).bind($tenant).fetch_optional(&mut *$tx).await?;
+        let current: Option<i32> = sqlx::query_scalar(tenants::CURRENT_DEK).bind($tenant).fetch_one(&mut *$tx).await?;
+        if let refused @ (WriteCheck::Shredding | WriteCheck::StaleKey) =
+            WriteCheck::of(state.as_deref(), current, $version)
+        {
             return Ok(Err(refused));
         }
     }};
@@ -67,12 +72,14 @@ pub struct MediaRepo {
     cache: Option<Arc<TtlCache<(String, String), StoredMedia>>>,
     /// Closed while changes by other processes cannot be heard (see [`super::notify`]).
     gate: CacheGate,
+    /// Raised by every forget: a row read before a forget is not cached after it.
+    generation: Arc<AtomicU64>,
 }
 
 impl MediaRepo {
     /// A repository over `db`, keys from `keys`.
     pub fn new(db: Database, keys: Arc<TenantKeys>) -> Self {
-        Self { db, keys, cache: None, gate: CacheGate::open() }
+        Self { db, keys, cache: None, gate: CacheGate::open(), generation: Arc::default() }
     }
 
     /// The same repository, using its cache only while `gate` is open.
@@ -85,41 +92,6 @@ impl MediaRepo {
     pub fn with_cache(mut self, ttl: std::time::Duration) -> Self {
         self.cache = TtlCache::new(ttl).map(Arc::new);
         self
-    }
-
-    /// Drops every cached row of `tenant` (after a shred in this process).
-    pub fn forget_tenant(&self, tenant: &str) {
-        if let Some(cache) = &self.cache {
-            cache.retain(|(t, _)| t != tenant);
-        }
-    }
-
-    /// Drops every cached row (the invalidation listener reconnected).
-    pub fn forget_all(&self) {
-        if let Some(cache) = &self.cache {
-            cache.retain(|_| false);
-        }
-    }
-
-    fn cached(&self, tenant: &str, id: &str) -> Option<StoredMedia> {
-        let cache = self.cache.as_ref().filter(|_| self.gate.is_open())?;
-        cache.get(&(tenant.to_owned(), id.to_owned()))
-    }
-
-    fn remember(&self, media: &StoredMedia) {
-        match &self.cache {
-            Some(cache) if is_cacheable(media) && self.gate.is_open() => {
-                cache.put((media.record.tenant_id.clone(), media.record.id.clone()), media.clone());
-            }
-            _ => {}
-        }
-    }
-
-    /// Drops a cached row (deleted here or, said the listener, in another process).
-    pub fn forget(&self, tenant: &str, id: &str) {
-        if let Some(cache) = &self.cache {
-            cache.remove(&(tenant.to_owned(), id.to_owned()));
-        }
     }
 
     /// The blind-index MAC of content with this SHA-256 in `tenant`.
@@ -168,7 +140,7 @@ impl MediaRepo {
         // `db::tenants` and `db::journal`).
         let result = with_pool!(&self.db, |pool| async {
             let mut tx = pool.begin().await?;
-            check_write!(tx, guard.as_str(), tenant, dek.version);
+            check_write!(tx, guard, tenant, dek.version);
             sqlx::query(INSERT)
                 .bind(tenant)
                 .bind(&media.id)
@@ -225,13 +197,14 @@ impl MediaRepo {
         if let Some(hit) = self.cached(tenant, id) {
             return Ok(Some(hit));
         }
+        let generation = self.generation();
         let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2");
         let row: Option<MediaRow> =
             with_pool!(&self.db, |pool| sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(pool).await)?;
         match row {
             Some(row) => {
                 let media = self.open_row(row).await?;
-                self.remember(&media);
+                self.remember(&media, generation);
                 Ok(Some(media))
             }
             None => Ok(None),
@@ -253,6 +226,7 @@ impl MediaRepo {
             return Ok(out);
         }
         let ids = &missing;
+        let generation = self.generation();
         let rows: Vec<MediaRow> = match &self.db {
             Database::Postgres(pool) => {
                 let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = ANY($2)");
@@ -268,7 +242,7 @@ impl MediaRepo {
         };
         for row in rows {
             let media = self.open_row(row).await?;
-            self.remember(&media);
+            self.remember(&media, generation);
             out.push(media);
         }
         Ok(out)
@@ -305,7 +279,7 @@ impl MediaRepo {
         // staging key it leaves gets one, in one transaction (see `db::tenants`, `db::journal`).
         let result = with_pool!(&self.db, |pool| async {
             let mut tx = pool.begin().await?;
-            check_write!(tx, guard.as_str(), tenant, dek.version);
+            check_write!(tx, guard, tenant, dek.version);
             let updated = sqlx::query(MARK_READY)
                 .bind(tenant)
                 .bind(&ready.id)
@@ -445,39 +419,5 @@ impl MediaRepo {
             tenant_id: row.tenant_id,
         };
         Ok(StoredMedia { record, dek_version: version, created_at: row.created_at })
-    }
-}
-
-/// Only ready rows are cached: a pending one changes when its upload completes.
-fn is_cacheable(media: &StoredMedia) -> bool {
-    media.record.status == MediaStatus::Ready
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn media(status: MediaStatus) -> StoredMedia {
-        let record = MediaRecord {
-            id: "jan_1".into(),
-            tenant_id: "a".into(),
-            status,
-            mime: "image/png".into(),
-            size: 1,
-            filename: None,
-            uploader: "u".into(),
-            user_hint: None,
-            storage_key: "m/jan_1".into(),
-            sha256: Some([0; 32]),
-            metadata: None,
-            retention_until: None,
-        };
-        StoredMedia { record, dek_version: 1, created_at: chrono::Utc::now() }
-    }
-
-    #[test]
-    fn ready_rows_are_cached_and_pending_rows_are_not() {
-        assert!(is_cacheable(&media(MediaStatus::Ready)));
-        assert!(!is_cacheable(&media(MediaStatus::Pending)), "pending rows are not cached");
     }
 }

@@ -322,6 +322,8 @@ impl Pipeline {
                     Some(current) if current.record.status == MediaStatus::Ready => {
                         Ok(Ingested { record: current.record, deduped: false })
                     }
+                    // Deleted meanwhile (a DELETE, the sweeper): there is nothing to complete.
+                    None if matches!(err, DbError::Sqlx(sqlx::Error::RowNotFound)) => Err(MediaError::NotFound),
                     _ => Err(err.into()),
                 }
             }

@@ -1,0 +1,91 @@
+//! The repository's cache of decrypted *ready* rows: what a read may take from it, when a read's
+//! result may go in (the gate is open and nothing was forgotten since the read began), and
+//! forgetting (a delete here, or one another process announced).
+
+use std::sync::atomic::Ordering;
+
+use super::model::{MediaStatus, StoredMedia};
+use super::MediaRepo;
+
+impl MediaRepo {
+    /// Drops every cached row of `tenant` (after a shred in this process).
+    pub fn forget_tenant(&self, tenant: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(cache) = &self.cache {
+            cache.retain(|(t, _)| t != tenant);
+        }
+    }
+
+    /// Drops every cached row (the invalidation listener reconnected).
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(cache) = &self.cache {
+            cache.retain(|_| false);
+        }
+    }
+
+    /// A cached row, while the gate is open.
+    pub(super) fn cached(&self, tenant: &str, id: &str) -> Option<StoredMedia> {
+        let cache = self.cache.as_ref().filter(|_| self.gate.is_open())?;
+        cache.get(&(tenant.to_owned(), id.to_owned()))
+    }
+
+    /// The generation to pass to [`Self::remember`] for rows about to be read.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Caches a row read at `generation`, unless something was forgotten since (the row may be the
+    /// one, deleted by another process after this read).
+    pub(super) fn remember(&self, media: &StoredMedia, generation: u64) {
+        match &self.cache {
+            Some(cache) if is_cacheable(media) && self.gate.is_open() && self.generation() == generation => {
+                cache.put((media.record.tenant_id.clone(), media.record.id.clone()), media.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Drops a cached row (deleted here or, said the listener, in another process).
+    pub fn forget(&self, tenant: &str, id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(cache) = &self.cache {
+            cache.remove(&(tenant.to_owned(), id.to_owned()));
+        }
+    }
+}
+
+/// Only ready rows are cached: a pending one changes when its upload completes.
+fn is_cacheable(media: &StoredMedia) -> bool {
+    media.record.status == MediaStatus::Ready
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::media::MediaRecord;
+
+    fn media(status: MediaStatus) -> StoredMedia {
+        let record = MediaRecord {
+            id: "jan_1".into(),
+            tenant_id: "a".into(),
+            status,
+            mime: "image/png".into(),
+            size: 1,
+            filename: None,
+            uploader: "u".into(),
+            user_hint: None,
+            storage_key: "m/jan_1".into(),
+            sha256: Some([0; 32]),
+            metadata: None,
+            retention_until: None,
+        };
+        StoredMedia { record, dek_version: 1, created_at: chrono::Utc::now() }
+    }
+
+    #[test]
+    fn ready_rows_are_cached_and_pending_rows_are_not() {
+        assert!(is_cacheable(&media(MediaStatus::Ready)));
+        assert!(!is_cacheable(&media(MediaStatus::Pending)), "pending rows are not cached");
+    }
+}
