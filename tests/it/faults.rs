@@ -260,7 +260,7 @@ async fn postgres_then_garage_stopped_under_load_fail_fast_with_503_and_recover_
             assert!(served, "no {kind} succeeded after recovery: {after:?}");
         }
         let ok = after.keys().all(|(_, status, _)| *status == 200);
-        assert!(ok, "after recovery: {after:?}\n{}", service.logs());
+        assert!(ok, "after recovery: {after:?}\n{}\ngarage:\n{}", service.logs(), garage.logs());
     }
     // Nothing acknowledged was lost, nothing is left unreferenced.
     let stored = stored.lock().unwrap().clone();

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::{RetryPartition, TokenBucket};
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -118,8 +119,14 @@ impl S3BlobStore {
             loader = loader.http_client(https_client_trusting(ca)?);
         }
         let shared = loader.load().await;
+        // Retries are bounded by the attempt count, not by a shared quota: the SDK's default retry
+        // quota is drained by an outage (every failed request spends it), and then refuses to retry
+        // the first transient error after the store is back — the service would answer 503 for a
+        // while after every outage. Load on the store is bounded by the upload slots instead.
+        let retries = RetryPartition::custom("media-api-s3").token_bucket(TokenBucket::unlimited()).build();
         let client_for = |endpoint: Option<&url::Url>| {
             let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+                .retry_partition(retries.clone())
                 .force_path_style(config.path_style)
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                 .response_checksum_validation(ResponseChecksumValidation::WhenRequired);

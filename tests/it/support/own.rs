@@ -167,7 +167,7 @@ impl OwnGarage {
             .arg("-c")
             .arg(&self.config)
             .arg("server")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -181,6 +181,11 @@ impl OwnGarage {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("garage did not start");
+    }
+
+    /// What the node logged so far (for a failure message).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.config.with_file_name("garage.log")).unwrap_or_default()
     }
 
     pub fn stop(&mut self) {
