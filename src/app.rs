@@ -16,6 +16,7 @@ use url::Url;
 use crate::auth::Authenticator;
 use crate::config::{Config, StorageConfig};
 use crate::crypto::keyring::Keyring;
+use crate::db::audit::AuditLog;
 use crate::db::Database;
 use crate::http::admission::Limits;
 use crate::http::routes::metrics::ScrapeState;
@@ -52,7 +53,7 @@ impl Application {
             Services::open(&config, role).await?;
         log_where_data_lives(&config, &db, &keyring, local);
         let invalidation = crate::db::notify::spawn_listener(&db, gate.clone(), media.clone(), keys.clone());
-        let auth = Arc::new(Authenticator::new(&config.auth, &config.keys_dir, Some(db.clone()))?);
+        let auth = Arc::new(Authenticator::new(&config.auth, &config.keys_dir, Some(AuditLog::new(keys.clone())))?);
         auth.start().await;
         let limits = Limits::new(&config);
         let state = AppState(Arc::new(Shared {

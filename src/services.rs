@@ -14,6 +14,7 @@ use crate::config::{Config, FsConfig, StorageConfig};
 use crate::crypto::dev_keys::{self, DevKeyError};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::CryptoError;
+use crate::db::audit::AuditLog;
 use crate::db::media::MediaRepo;
 use crate::db::notify::CacheGate;
 use crate::db::tenant_keys::{KeySettings, TenantKeys};
@@ -95,6 +96,7 @@ impl KeyServices {
         let mut media_cache = None;
         // A server on Postgres caches only while its invalidation listener is connected.
         let mut gate = CacheGate::open();
+        let mut migrated = false;
         if let Role::Server { .. } = role {
             if let Database::Postgres(_) = db {
                 gate = CacheGate::closed();
@@ -102,10 +104,15 @@ impl KeyServices {
             if config.database.migrate_on_start {
                 let report = db.migrate().await?;
                 tracing::info!(applied = report.newly_applied, already = report.already_applied, "database migrations");
+                migrated = true;
             }
             media_cache = Some(config.record_cache_ttl);
         }
         let keys = Arc::new(TenantKeys::new(db.clone(), keyring.clone(), key_settings(config)).with_gate(gate.clone()));
+        if migrated {
+            // Carries audit events of before the keyed format forward (a no-op once done).
+            AuditLog::new(keys.clone()).seal_legacy().await?;
+        }
         let media = MediaRepo::new(db.clone(), keys.clone()).with_gate(gate.clone());
         let media = match media_cache {
             Some(ttl) => media.with_cache(ttl),

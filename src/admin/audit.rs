@@ -1,10 +1,21 @@
-//! `media-api audit verify`: walk every tenant's audit hash chain and report the first broken link.
-//! Exits 0 when every chain holds, 1 otherwise; prints a JSON report either way.
+//! `media-api audit`: check the audit log, take a checkpoint of it, look a pseudonym up.
+//!
+//! - `audit verify [--checkpoint FILE]` walks every chain and prints a JSON report; exits non-zero
+//!   when a link does not hold or, with a checkpoint, when a checkpointed head is gone (a cut tail).
+//! - `audit checkpoint` prints the head of every chain as JSON: keep it where the database's
+//!   administrators cannot write (a ticket, an object-locked bucket, a second system).
+//! - `audit pseudonym --tenant T (--caller SUB | --media ID)` prints the pseudonym a caller or media
+//!   ID is recorded under in T's chain (callers and IDs are never stored in the clear).
+
+use std::path::PathBuf;
 
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::db::{audit, Database};
+use crate::crypto::audit_mac::PseudonymKind;
+use crate::db::audit::{AuditLog, Checkpoint};
+use crate::domain::tenant::{is_valid_tenant, TENANT_RULE};
+use crate::services::{KeyServices, Role};
 
 /// Options of `audit`.
 #[derive(Debug, Clone, clap::Args)]
@@ -17,16 +28,77 @@ pub struct Opts {
 /// Subcommands of `audit`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum AuditCommand {
-    /// Check every chain's hashes and links.
-    Verify,
+    /// Check every chain's links and MACs (and, with a checkpoint, that no tail was cut).
+    Verify {
+        /// A checkpoint printed earlier by `audit checkpoint`.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print the head of every chain (JSON), to keep out of the database's reach.
+    Checkpoint,
+    /// Print the pseudonym a caller or a media ID is recorded under in a tenant's chain.
+    Pseudonym {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// A caller's subject (`sub` claim).
+        #[arg(long, conflicts_with = "media", required_unless_present = "media")]
+        caller: Option<String>,
+        /// A media ID (`jan_…`).
+        #[arg(long)]
+        media: Option<String>,
+    },
 }
 
-/// Runs `audit verify`; an error when a chain is broken.
+/// Runs an `audit` subcommand.
 pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
-    let AuditCommand::Verify = opts.command;
-    let db = Database::connect(&config.database).await.context("cannot open the database")?;
-    let report = audit::verify(&db).await.context("cannot read the audit log")?;
-    db.close().await;
+    let services = KeyServices::open(config, &Role::Admin).await.context("cannot open the keys and the database")?;
+    let audit = AuditLog::new(services.keys.clone());
+    let outcome = match &opts.command {
+        AuditCommand::Verify { checkpoint } => verify(&audit, checkpoint.as_deref()).await,
+        AuditCommand::Checkpoint => {
+            let checkpoint = audit.checkpoint().await.context("cannot read the audit log")?;
+            println!("{}", serde_json::to_string_pretty(&checkpoint)?);
+            Ok(())
+        }
+        AuditCommand::Pseudonym { tenant, caller, media } => {
+            if !is_valid_tenant(tenant) {
+                anyhow::bail!("{tenant:?} is not a tenant id: {TENANT_RULE}");
+            }
+            let (kind, value) = match (caller, media) {
+                (Some(caller), _) => (PseudonymKind::Caller, caller.as_str()),
+                (None, Some(media)) => (PseudonymKind::Media, media.as_str()),
+                (None, None) => anyhow::bail!("name a --caller or a --media"),
+            };
+            match audit.pseudonym(tenant, kind, value).await? {
+                Some(pseudonym) => {
+                    println!("{pseudonym}");
+                    Ok(())
+                }
+                None => Err(anyhow::anyhow!(
+                    "tenant {tenant:?} has no keys (never used, or shredded): its events link to no one"
+                )),
+            }
+        }
+    };
+    services.db.close().await;
+    outcome
+}
+
+/// `audit verify`: the report on stdout; an error naming the first broken link.
+async fn verify(audit: &AuditLog, checkpoint: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let checkpoint: Option<Checkpoint> = match checkpoint {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the checkpoint {}", path.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not an audit checkpoint", path.display()))?,
+            )
+        }
+    };
+    let report = audit.verify(checkpoint.as_ref()).await.context("cannot read the audit log")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     match report.broken.first() {
         None => Ok(()),

@@ -33,8 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{AuthConfig, AuthMode, DEV_ISSUER};
 use crate::crypto::dev_keys::DevKeyError;
-use crate::db::audit::{self, AuditEvent, SYSTEM_CHAIN};
-use crate::db::Database;
+use crate::db::audit::{Actor, AuditEvent, AuditLog, Subject, SYSTEM_CHAIN};
 pub use error::AuthError;
 use jwks::{CacheStatus, JwksCache, KeySet, KeySource};
 pub use principal::{Permission, Principal};
@@ -61,9 +60,9 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Builds the authenticator; nothing is fetched until [`Authenticator::start`]. Loads (or, the
-    /// first time, generates) the dev issuer's key when it is enabled. `db` receives the audit
-    /// events of refused requests.
-    pub fn new(config: &AuthConfig, keys_dir: &Path, db: Option<Database>) -> Result<Self, DevKeyError> {
+    /// first time, generates) the dev issuer's key when it is enabled. `audit` receives the
+    /// audit events of refused requests.
+    pub fn new(config: &AuthConfig, keys_dir: &Path, audit: Option<AuditLog>) -> Result<Self, DevKeyError> {
         let http = jwks::http_client(config.ca.as_ref());
         let verified = Arc::new(VerifiedTokens::default());
         let mut issuers = HashMap::new();
@@ -121,7 +120,7 @@ impl Authenticator {
             unauthenticated: Arc::new(claims.unauthenticated()),
             claims,
             verified,
-            failures: FailureLog::new(db),
+            failures: FailureLog::new(audit),
             dev,
         })
     }
@@ -286,7 +285,7 @@ const AUDIT_WINDOW: Duration = Duration::from_secs(60);
 struct FailureLog {
     counts: [AtomicU64; AuthError::REASONS.len()],
     limiter: Mutex<AuditLimiter>,
-    db: Option<Database>,
+    audit: Option<AuditLog>,
 }
 
 struct AuditLimiter {
@@ -316,11 +315,11 @@ impl AuditLimiter {
 }
 
 impl FailureLog {
-    fn new(db: Option<Database>) -> Self {
+    fn new(audit: Option<AuditLog>) -> Self {
         Self {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             limiter: Mutex::new(AuditLimiter { window_start: Instant::now(), total: 0, per_source: HashMap::new() }),
-            db,
+            audit,
         }
     }
 
@@ -330,23 +329,17 @@ impl FailureLog {
             self.counts[index].fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(reason, status = err.status(), source = ?source, "request refused by the auth layer");
-        let Some(db) = self.db.clone() else { return };
+        let Some(audit) = self.audit.clone() else { return };
         if !self.limiter.lock().unwrap_or_else(PoisonError::into_inner).allow(source) {
             return;
         }
         let details = json!({ "reason": reason, "status": err.status() });
         let source = source.map(|ip| ip.to_string());
         tokio::spawn(async move {
-            let event = AuditEvent {
-                tenant: SYSTEM_CHAIN,
-                kind: "auth.refused",
-                actor: None,
-                subject: source.as_deref(),
-                details,
-            };
-            if let Err(err) = audit::append(&db, &event).await {
-                tracing::warn!(error = %err, "cannot record an auth refusal in the audit log");
-            }
+            let subject = source.as_deref().map_or(Subject::Nothing, Subject::Address);
+            let event =
+                AuditEvent { tenant: SYSTEM_CHAIN, kind: "auth.refused", actor: Actor::Nobody, subject, details };
+            audit.record(&event).await;
         });
     }
 

@@ -5,11 +5,13 @@
 //!   └─ wraps ─► tenant DEK v1, v2, … (32 random bytes)  envelope.rs
 //!                 └─ AES-256-GCM ─► encrypted columns   field.rs
 //!   └─ wraps ─► tenant index key (HMAC-SHA256)          blind_index.rs
+//!                 └─ audit pseudonyms; the system's one keys the audit chain   audit_mac.rs
 //! ```
 //!
 //! Everything here is pure computation over keys held in memory; the tables that store wrapped keys
 //! and the caches in front of them build on it. [`dev_keys`] creates the key files of the dev profile.
 
+pub mod audit_mac;
 pub mod blind_index;
 pub mod dev_keys;
 pub mod envelope;

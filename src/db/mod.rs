@@ -71,9 +71,6 @@ pub enum DbError {
     /// Another process is doing work that must run once at a time (see [`locks`]).
     #[error("{0}")]
     Locked(String),
-    /// Too many processes appended to one audit chain at once.
-    #[error("audit log: too many concurrent appends to one chain; try again")]
-    AuditContention,
     /// Preparing the SQLite file's directory failed.
     #[error("cannot create the database directory {path}: {source}")]
     Directory {

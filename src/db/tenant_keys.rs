@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use crate::crypto::envelope::{self, DataKey, KeyPurpose, KeySlot, WrappedKey};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::CryptoError;
-use crate::db::audit::{self, AuditEvent};
+use crate::db::audit::chain::{self, Record};
+use crate::db::audit::SYSTEM_CHAIN;
 use crate::db::notify::{self, CacheGate, Change};
 use crate::db::{Database, DbError};
 use crate::with_pool;
@@ -92,14 +93,15 @@ const SELECT_WRAPPED: &str = "SELECT kek_id, wrapped_key, state FROM tenant_keys
      WHERE tenant_id = $1 AND purpose = $2 AND version = $3";
 const INSERT_KEY: &str = "INSERT INTO tenant_keys (tenant_id, purpose, version, kek_id, wrapped_key, state) \
      VALUES ($1, $2, $3, $4, $5, 'active') ON CONFLICT DO NOTHING";
-const SELECT_TENANTS: &str = "SELECT DISTINCT tenant_id FROM tenant_keys ORDER BY tenant_id";
+/// Tenants with keys (not the system's audit key, held under the empty tenant id).
+const SELECT_TENANTS: &str = "SELECT DISTINCT tenant_id FROM tenant_keys WHERE tenant_id <> '' ORDER BY tenant_id";
 const SELECT_KEY_ROWS: &str = "SELECT tenant_id, purpose, version, kek_id, state, encryptions FROM tenant_keys \
      WHERE $1 IS NULL OR tenant_id = $1 ORDER BY tenant_id, purpose, version";
 const SELECT_ROWS_PER_VERSION: &str = "SELECT dek_version, COUNT(*) FROM media_objects WHERE tenant_id = $1 \
      GROUP BY dek_version ORDER BY dek_version";
 /// Tenants with keys, and media rows whose DEK version is below their tenant's newest active one.
 const SELECT_ROTATION_BACKLOG: &str = "SELECT \
-     (SELECT COUNT(DISTINCT tenant_id) FROM tenant_keys), \
+     (SELECT COUNT(DISTINCT tenant_id) FROM tenant_keys WHERE tenant_id <> ''), \
      (SELECT COUNT(*) FROM media_objects m WHERE m.dek_version < (SELECT MAX(k.version) FROM tenant_keys k \
         WHERE k.tenant_id = m.tenant_id AND k.purpose = 'dek' AND k.state = 'active'))";
 const SELECT_NOT_UNDER: &str = "SELECT tenant_id, purpose, version, kek_id, wrapped_key FROM tenant_keys \
@@ -154,6 +156,18 @@ impl TenantKeys {
 
     /// The key new writes of `tenant` use for `purpose`, created on first use.
     pub async fn current(&self, tenant: &str, purpose: KeyPurpose) -> Result<Arc<DataKey>, DbError> {
+        self.lookup(tenant, purpose, true).await?.ok_or(DbError::MissingKey { version: 0 })
+    }
+
+    /// The key new writes of `tenant` use for `purpose` if it has one; never creates one (the
+    /// audit log pseudonymizes under a tenant's index key, and must not give a shredded tenant a
+    /// key back).
+    pub async fn existing(&self, tenant: &str, purpose: KeyPurpose) -> Result<Option<Arc<DataKey>>, DbError> {
+        self.lookup(tenant, purpose, false).await
+    }
+
+    /// The current key (through the version cache), created when missing and `create` is set.
+    async fn lookup(&self, tenant: &str, purpose: KeyPurpose, create: bool) -> Result<Option<Arc<DataKey>>, DbError> {
         let cached = self
             .current
             .read()
@@ -167,7 +181,8 @@ impl TenantKeys {
                 let generation = self.generation.load(Ordering::Acquire);
                 let version = match self.current_version(tenant, purpose).await? {
                     Some(version) => version,
-                    None => self.first_version(tenant, purpose).await?,
+                    None if create => self.first_version(tenant, purpose).await?,
+                    None => return Ok(None),
                 };
                 if self.may_fill(generation) {
                     self.current
@@ -178,7 +193,7 @@ impl TenantKeys {
                 version
             }
         };
-        self.version(tenant, purpose, version).await
+        self.version(tenant, purpose, version).await.map(Some)
     }
 
     /// The key of one version (to open values sealed under it).
@@ -438,8 +453,17 @@ impl TenantKeys {
             tracing::info!(tenant, purpose = purpose.as_str(), version, kek = %wrapped.kek_id, "created tenant key");
             let details =
                 serde_json::json!({ "purpose": purpose.as_str(), "version": version, "kek_id": wrapped.kek_id });
-            let event = AuditEvent { tenant, kind: "key.created", actor: Some("system"), subject: None, details };
-            audit::append(&self.db, &event).await?;
+            let details = details.to_string();
+            let record =
+                Record { tenant, kind: "key.created", actor: Some("system"), subject: None, details: &details };
+            // The audit key is the system's index key: the one just made, or looked up (boxed: the
+            // lookup may create it, which records its creation here in turn).
+            if tenant == SYSTEM_CHAIN && purpose == KeyPurpose::Index {
+                chain::append(&self.db, &key, &record).await?;
+            } else {
+                let audit_key = Box::pin(self.current(SYSTEM_CHAIN, KeyPurpose::Index)).await?;
+                chain::append(&self.db, &audit_key, &record).await?;
+            }
         }
         Ok(version)
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use crate::db::audit::AuditLog;
 use crate::db::journal;
 use crate::db::media::{MediaRecord, MediaRepo, MediaStatus};
 use crate::db::{Database, DbError};
@@ -19,6 +20,7 @@ pub struct Removal {
     blobs: Arc<dyn BlobStore>,
     media: MediaRepo,
     db: Database,
+    audit: AuditLog,
     /// How long a direct-upload URL can stay usable (`MEDIA_PRESIGN_MAX_TTL`).
     staging_ttl: Duration,
     /// The prefix of every key the service creates (`MEDIA_STORAGE_PREFIX`).
@@ -35,12 +37,18 @@ impl Removal {
         staging_ttl: Duration,
         key_prefix: &str,
     ) -> Self {
-        Self { blobs, media, db, staging_ttl, key_prefix: Arc::from(key_prefix) }
+        let audit = AuditLog::new(media.keys().clone());
+        Self { blobs, media, db, audit, staging_ttl, key_prefix: Arc::from(key_prefix) }
     }
 
-    /// The metadata database (rows, audit, blob journal).
+    /// The metadata database (rows, blob journal).
     pub fn db(&self) -> &Database {
         &self.db
+    }
+
+    /// The audit log (in the same database, keyed by its tenant keys).
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// The blob store.

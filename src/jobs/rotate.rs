@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::crypto::envelope::KeyPurpose;
-use crate::db::audit::{self, AuditEvent, SYSTEM_CHAIN};
+use crate::db::audit::{AuditLog, SYSTEM_CHAIN};
 use crate::db::media::MediaRepo;
 use crate::db::tenant_keys::TenantKeys;
 use crate::db::{locks, DbError};
@@ -148,14 +148,7 @@ pub async fn rotate(keys: &TenantKeys, repo: &MediaRepo, opts: &RotateOptions) -
         summary.keys_rewrapped = rewrap(keys, opts).await?;
         if summary.keys_rewrapped > 0 {
             let details = serde_json::json!({ "keys": summary.keys_rewrapped, "to_kek": summary.primary_kek });
-            let event = AuditEvent {
-                tenant: SYSTEM_CHAIN,
-                kind: "keys.rewrapped",
-                actor: Some("admin"),
-                subject: None,
-                details,
-            };
-            audit::append(keys.db(), &event).await?;
+            AuditLog::new(repo.keys().clone()).admin(SYSTEM_CHAIN, "keys.rewrapped", details).await?;
         }
         if !opts.rewrap_only {
             let total: i64 = count_rows(keys, &tenants).await?;
@@ -244,15 +237,11 @@ async fn reencrypt_tenant(
     tracing::info!(tenant, version = target, rows_pending = pending, "retiring unused DEK versions");
     let retired = keys.retire_unused(tenant, target).await?;
     let details = serde_json::json!({ "to_version": target, "rows_pending": pending, "retired_versions": retired });
-    audit::append(keys.db(), &AuditEvent { tenant, kind: "key.rotated", actor: Some("admin"), subject: None, details })
-        .await?;
+    let audit = AuditLog::new(repo.keys().clone());
+    audit.admin(tenant, "key.rotated", details).await?;
     for version in retired {
         let details = serde_json::json!({ "purpose": "dek", "version": version });
-        audit::append(
-            keys.db(),
-            &AuditEvent { tenant, kind: "key.retired", actor: Some("admin"), subject: None, details },
-        )
-        .await?;
+        audit.admin(tenant, "key.retired", details).await?;
         summary.versions_retired.push(Retired { tenant: tenant.to_owned(), version });
     }
     lock.release().await;

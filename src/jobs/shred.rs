@@ -12,7 +12,6 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::removal::Removal;
-use crate::db::audit::{self, AuditEvent};
 use crate::db::tenant_keys::TenantKeys;
 use crate::db::{locks, tenants};
 
@@ -70,11 +69,7 @@ pub async fn shred(keys: &TenantKeys, removal: &Removal, tenant: &str) -> anyhow
     report.keys_destroyed = keys.destroy_tenant(tenant).await?;
     tenants::set_state(keys.db(), tenant, "shredded").await?;
     let details = serde_json::to_value(&report)?;
-    audit::append(
-        keys.db(),
-        &AuditEvent { tenant, kind: "tenant.shredded", actor: Some("admin"), subject: None, details },
-    )
-    .await?;
+    removal.audit().admin(tenant, "tenant.shredded", details).await?;
     lock.release().await;
     Ok(report)
 }

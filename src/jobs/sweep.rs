@@ -14,8 +14,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::removal::Removal;
+use crate::db::audit::{Actor, AuditEvent, Subject};
 use crate::db::media::MediaStatus;
-use crate::db::{audit, journal, locks};
+use crate::db::{journal, locks};
 
 /// Rows handled per query.
 const BATCH: u32 = 200;
@@ -98,7 +99,14 @@ async fn sweep_locked(removal: &Removal, ages: SweepAges) -> anyhow::Result<Swee
                 }
             };
             let details = json!({"reason": reason, "bytes": record.size});
-            audit::record_media_event(removal.db(), tenant, "system", "media.expired", id, details).await;
+            let event = AuditEvent {
+                tenant,
+                kind: "media.expired",
+                actor: Actor::System,
+                subject: Subject::Media(id),
+                details,
+            };
+            removal.audit().record(&event).await;
         }
         // Keyset pagination: rows that failed stay behind the cursor, so they cannot starve the rest.
         match batch.last() {

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod audit;
+mod audit_privacy;
 mod auth;
 mod cli;
 mod exclusion;

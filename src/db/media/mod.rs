@@ -77,6 +77,11 @@ pub struct MediaRepo {
 }
 
 impl MediaRepo {
+    /// The tenant keys that seal the rows.
+    pub fn keys(&self) -> &Arc<TenantKeys> {
+        &self.keys
+    }
+
     /// A repository over `db`, keys from `keys`.
     pub fn new(db: Database, keys: Arc<TenantKeys>) -> Self {
         Self { db, keys, cache: None, gate: CacheGate::open(), generation: Arc::default() }

@@ -25,7 +25,7 @@ use super::limit::{is_limit_exceeded, limit_stream};
 use super::sniff::{Allowlist, DeclaredBy, SNIFF_BYTES};
 use super::ByteStream;
 use crate::auth::Principal;
-use crate::db::audit;
+use crate::db::audit::{Actor, AuditEvent, Subject};
 use crate::db::journal;
 use crate::db::media::{InsertOutcome, MediaRecord, MediaRepo, MediaStatus};
 use crate::db::{Database, DbError};
@@ -404,8 +404,9 @@ impl Pipeline {
 
     /// Appends a media event to the tenant's audit chain (failures are logged, not returned: the
     /// media operation itself succeeded).
-    pub async fn audit(&self, tenant: &str, actor: &str, kind: &str, id: &str, details: serde_json::Value) {
-        audit::record_media_event(&self.db, tenant, actor, kind, id, details).await;
+    pub async fn audit(&self, tenant: &str, caller: &str, kind: &str, id: &str, details: serde_json::Value) {
+        let event = AuditEvent { tenant, kind, actor: Actor::Caller(caller), subject: Subject::Media(id), details };
+        self.removal.audit().record(&event).await;
     }
 
     /// The removal shared with the sweeper.
