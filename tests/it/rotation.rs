@@ -72,7 +72,11 @@ async fn ten_thousand_rows_over_three_tenants_move_to_a_new_dek_and_the_old_one_
             .map(|k| (k.key.version, k.key.state.as_str(), k.rows))
             .collect();
         assert_eq!(deks, vec![(1, "retired", Some(0)), (2, "active", Some(3334))], "{}", fx.db.backend());
-        assert_eq!(status.keks_in_use.get("k1"), Some(&9), "two DEK versions and an index key per tenant");
+        assert_eq!(
+            status.keks_in_use.get("k1"),
+            Some(&10),
+            "two DEK versions and an index key per tenant, the audit key"
+        );
         let kinds: Vec<String> = with_pool!(&fx.db, |pool| sqlx::query_scalar(
             "SELECT kind FROM audit_events WHERE tenant_id = 'acme' ORDER BY chain_seq"
         )
@@ -106,12 +110,15 @@ async fn a_new_primary_kek_then_removing_the_old_one_keeps_every_row_readable() 
         let both = format!("k2:{new_key},{fixture_ring_id}:{}", fx.key_text);
         let (keys, repo) = fx.with_keyring(Arc::new(Keyring::parse_env(&both).unwrap()), KeySettings::default());
         let summary = rotate(&keys, &repo, &RotateOptions { rewrap_only: true, ..opts() }).await.unwrap();
-        assert_eq!(summary.keys_rewrapped, 6, "{}: a DEK and an index key per tenant", fx.db.backend());
+        assert_eq!(summary.keys_rewrapped, 7, "{}: a DEK and an index key per tenant, the audit key", fx.db.backend());
         assert_eq!(summary.rows_reencrypted, 0);
         assert_eq!(summary.keks_safe_to_remove, vec![fixture_ring_id.clone()]);
         let only_new = Arc::new(Keyring::parse_env(&format!("k2:{new_key}")).unwrap());
-        let (_, after) = fx.with_keyring(only_new, KeySettings::default());
+        let (after_keys, after) = fx.with_keyring(only_new, KeySettings::default());
         assert_all_readable(&after, &ids, Some(1)).await;
+        // The audit chain is checked with the audit key, now unwrapped by the new KEK alone.
+        let report = media_api::db::audit::AuditLog::new(after_keys).verify(None).await.unwrap();
+        assert!(report.events > 0 && report.broken.is_empty(), "{report:?}");
     }
 }
 
