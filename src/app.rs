@@ -105,6 +105,7 @@ impl Application {
                 state.pipeline.removal().clone(),
                 config.presign_ttl,
                 config.sweep_interval,
+                config.reconcile_grace,
             )
         });
         if let Some(tls) = &self.tls {

@@ -127,6 +127,10 @@ pub struct Config {
     /// How often expired media, stale pending uploads and abandoned multipart uploads are swept
     /// (`MEDIA_SWEEP_INTERVAL`, default 10m; 0 turns the background sweeper off).
     pub sweep_interval: Duration,
+    /// Grace period of the sweeper's bounded reconcile pass, which follows each sweep and deletes
+    /// the unreferenced objects of one sixteenth of the key space (`MEDIA_RECONCILE_GRACE`, default
+    /// 24h; 0 turns the pass off). See `jobs::reconcile`.
+    pub reconcile_grace: Option<Duration>,
     /// Token validation.
     pub auth: AuthConfig,
     /// Key-encryption keyring source.
@@ -187,6 +191,8 @@ impl Config {
             resolve_max_bytes: env.size("MEDIA_RESOLVE_MAX_BYTES")?.unwrap_or(8 * MIB),
             resolve_max_ids: env.parse("MEDIA_RESOLVE_MAX_IDS", "a whole number")?.unwrap_or(256),
             sweep_interval: env.duration("MEDIA_SWEEP_INTERVAL")?.unwrap_or(Duration::from_secs(600)),
+            reconcile_grace: Some(env.duration("MEDIA_RECONCILE_GRACE")?.unwrap_or(Duration::from_secs(86_400)))
+                .filter(|grace| !grace.is_zero()),
             auth: auth_config(&env, profile)?,
             keyring: keyring_source(&env),
             dek_encryption_budget: env.parse("MEDIA_DEK_ENCRYPTION_BUDGET", "a whole number")?.unwrap_or(1 << 31),

@@ -8,8 +8,14 @@
 //! journal when it is read or in a row when the rows are read after it — never in neither while
 //! it is live. A row whose storage key cannot be decrypted makes the whole pass refuse to delete:
 //! its object cannot be told from an orphan.
+//!
+//! Memory holds the listed keys and the journal, never every row's key: rows are read page by page
+//! and each key crosses off the listed one it names. The background pass of the sweeper
+//! ([`reconcile_shard`]) lists one sixteenth of the key space at a time (keys are random hex after
+//! `m/` and `staging/`), so a pass stays bounded whatever the bucket holds.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -22,6 +28,8 @@ const KEY_SPACES: [&str; 2] = ["m/", "staging/"];
 
 /// Rows read per query.
 const PAGE: u32 = 1000;
+/// Shards of the key space (the first hex digit of a random key).
+pub const SHARDS: u8 = 16;
 
 /// What a pass found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -59,29 +67,64 @@ pub enum ReconcileError {
 
 /// One pass over the store under the service's key prefix (see the module docs).
 pub async fn reconcile(removal: &Removal, grace: Duration, dry_run: bool) -> Result<ReconcileReport, ReconcileError> {
+    // Only the key spaces the service writes (`m/`, `staging/`) under its prefix: with no prefix
+    // the bucket may be shared, and nothing else in it is the service's to judge.
+    let spaces = KEY_SPACES.map(|space| format!("{}{space}", removal.key_prefix()));
+    locked(removal, &spaces, grace, dry_run).await
+}
+
+/// One pass over shard `shard` (mod [`SHARDS`]) of the key spaces: the keys whose random part
+/// starts with that hex digit.
+pub async fn reconcile_shard(removal: &Removal, shard: u8, grace: Duration) -> Result<ReconcileReport, ReconcileError> {
+    let digit = char::from_digit(u32::from(shard % SHARDS), 16).expect("a hex digit");
+    let spaces = KEY_SPACES.map(|space| format!("{}{space}{digit}", removal.key_prefix()));
+    locked(removal, &spaces, grace, false).await
+}
+
+/// The sweeper's bounded pass: the next shard each time (per process; replicas skip while another
+/// one holds the lock).
+#[derive(Debug, Default)]
+pub struct ShardCursor(AtomicU8);
+
+impl ShardCursor {
+    /// Reconciles the next shard.
+    pub async fn next_pass(&self, removal: &Removal, grace: Duration) -> Result<ReconcileReport, ReconcileError> {
+        let shard = self.0.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        reconcile_shard(removal, shard, grace).await
+    }
+}
+
+/// A pass over the keys under `spaces`, holding the reconcile lock.
+async fn locked(
+    removal: &Removal,
+    spaces: &[String],
+    grace: Duration,
+    dry_run: bool,
+) -> Result<ReconcileReport, ReconcileError> {
     let lock = locks::try_lock(removal.db(), locks::RECONCILE).await?.ok_or(ReconcileError::Busy)?;
-    let report = reconcile_locked(removal, grace, dry_run).await;
+    let report = reconcile_locked(removal, spaces, grace, dry_run).await;
     lock.release().await;
     report
 }
 
-/// [`reconcile`] with its lock held.
+/// [`reconcile`] over `spaces` with its lock held.
 async fn reconcile_locked(
     removal: &Removal,
+    spaces: &[String],
     grace: Duration,
     dry_run: bool,
 ) -> Result<ReconcileReport, ReconcileError> {
     let mut report = ReconcileReport::default();
-    // Only the key spaces the service writes (`m/`, `staging/`) under its prefix: with no prefix
-    // the bucket may be shared, and nothing else in it is the service's to judge.
-    let mut listed = Vec::new();
-    for space in KEY_SPACES {
-        let prefix = format!("{}{space}", removal.key_prefix());
-        listed.extend(removal.blobs().list_older_than(&prefix, grace).await?);
+    let mut listed = HashSet::new();
+    for prefix in spaces {
+        listed.extend(removal.blobs().list_older_than(prefix, grace).await?);
     }
     report.objects_listed = listed.len() as u64;
-    let mut live: HashSet<String> = journal::keys(removal.db()).await?.into_iter().collect();
-    report.journaled = live.len() as u64;
+    let journaled = journal::keys(removal.db()).await?;
+    report.journaled = journaled.len() as u64;
+    for key in &journaled {
+        listed.remove(key);
+    }
     let mut unreadable = 0u64;
     for tenant in removal.media().tenants().await? {
         let mut after: Option<String> = None;
@@ -93,7 +136,7 @@ async fn reconcile_locked(
                 match key {
                     Ok(key) => {
                         report.rows += 1;
-                        live.insert(key);
+                        listed.remove(&key);
                     }
                     Err(err) => {
                         tracing::warn!(tenant, id, error = %err, "reconcile cannot read a row's storage key");
@@ -106,7 +149,8 @@ async fn reconcile_locked(
     if unreadable > 0 {
         return Err(ReconcileError::UnreadableRows(unreadable));
     }
-    for key in listed.iter().filter(|key| !live.contains(*key)) {
+    // What is left is referenced by nothing.
+    for key in &listed {
         report.orphans += 1;
         if dry_run {
             continue;

@@ -6,13 +6,15 @@
 //! its URL's TTL plus an hour, each recorded as `media.expired` in the tenant's audit chain; then it
 //! aborts multipart uploads and removes temporary files abandoned for more than an hour, and deletes
 //! the objects whose journal entries are that old (`db::journal`): together, what a crash leaves
-//! behind.
+//! behind. In the service each pass is followed by a bounded reconcile pass over the next shard of
+//! the key space ([`super::reconcile::ShardCursor`]).
 
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::json;
 
+use super::reconcile::{ReconcileError, ShardCursor};
 use super::removal::Removal;
 use crate::db::audit::{Actor, AuditEvent, Subject};
 use crate::db::media::MediaStatus;
@@ -139,9 +141,16 @@ async fn sweep_locked(removal: &Removal, ages: SweepAges) -> anyhow::Result<Swee
     Ok(report)
 }
 
-/// Runs [`sweep_once`] every `interval` until the returned task is aborted.
-pub fn spawn_background(removal: Removal, presign_ttl: Duration, interval: Duration) -> tokio::task::JoinHandle<()> {
+/// Runs [`sweep_once`] every `interval` until the returned task is aborted, each followed (with a
+/// `reconcile_grace`) by a reconcile pass over the next shard of the key space.
+pub fn spawn_background(
+    removal: Removal,
+    presign_ttl: Duration,
+    interval: Duration,
+    reconcile_grace: Option<Duration>,
+) -> tokio::task::JoinHandle<()> {
     let ages = SweepAges { presign_ttl, abandoned_after: ABANDONED_AFTER };
+    let shards = ShardCursor::default();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(interval).await;
@@ -150,6 +159,12 @@ pub fn spawn_background(removal: Removal, presign_ttl: Duration, interval: Durat
                 Ok(report) if report != SweepReport::default() => tracing::info!(?report, "sweep done"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %format!("{err:#}"), "sweep failed"),
+            }
+            let Some(grace) = reconcile_grace else { continue };
+            match shards.next_pass(&removal, grace).await {
+                Ok(report) if report.orphans > 0 => tracing::info!(?report, "reconcile pass done"),
+                Ok(_) | Err(ReconcileError::Busy) => {}
+                Err(err) => tracing::warn!(error = %err, "reconcile pass failed"),
             }
         }
     })

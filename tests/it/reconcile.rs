@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use media_api::db::journal;
 use media_api::http::state::AppState;
-use media_api::jobs::reconcile::reconcile;
+use media_api::jobs::reconcile::{reconcile, reconcile_shard};
 use media_api::storage::StorageError;
 use serde_json::json;
 
@@ -89,5 +89,65 @@ async fn reconcile_deletes_only_old_objects_that_nothing_references() {
         assert!(refused.to_string().contains("1 rows' storage keys cannot be read"), "{stack:?}: {refused}");
         assert!(state.blobs.head(&second_orphan).await.is_ok(), "{stack:?}: deleted despite an unreadable row");
         state.blobs.delete(&foreign).await.unwrap();
+    }
+}
+
+/// An object key under the service's prefix whose random part starts with hex digit `shard`.
+fn key_in_shard(m: &crate::support::media::MediaApp, space: &str, shard: u8) -> String {
+    let digit = char::from_digit(u32::from(shard), 16).unwrap();
+    format!("{}{space}{digit}{}", m.app.state.pipeline.key_prefix(), &random_hex(16)[1..])
+}
+
+#[tokio::test]
+async fn a_shard_pass_lists_and_deletes_only_its_own_sixteenth_of_the_key_space() {
+    for stack in STACKS {
+        let m = media_app(stack, &[("MEDIA_SWEEP_INTERVAL", "0")]).await;
+        let state = &m.app.state;
+        let (three, five, staging_three) =
+            (key_in_shard(&m, "m/", 3), key_in_shard(&m, "m/", 5), key_in_shard(&m, "staging/", 3));
+        for key in [&three, &five, &staging_three] {
+            put(state, key, png(500, 40)).await;
+        }
+        let report = reconcile_shard(state.pipeline.removal(), 3, Duration::ZERO).await.unwrap();
+        assert_eq!((report.objects_listed, report.orphans_deleted), (2, 2), "{stack:?}: {report:?}");
+        assert!(matches!(state.blobs.head(&three).await, Err(StorageError::NotFound)), "{stack:?}");
+        assert!(matches!(state.blobs.head(&staging_three).await, Err(StorageError::NotFound)), "{stack:?}");
+        assert!(state.blobs.head(&five).await.is_ok(), "{stack:?}: another shard's object was touched");
+    }
+}
+
+#[tokio::test]
+async fn the_background_sweeper_reconciles_every_shard_in_turn_and_keeps_what_is_referenced() {
+    let vars = [("MEDIA_SWEEP_INTERVAL", "20ms"), ("MEDIA_RECONCILE_GRACE", "1ms")];
+    let m = media_app(crate::support::app::Stack::PostgresS3, &vars).await;
+    let alice = m.alice();
+    let state = &m.app.state;
+    let mut kept = Vec::new();
+    for seed in 0..4 {
+        let image = png(800, 50 + seed);
+        let (status, body) = json_of(m.upload_raw(&alice, "image/png", image.clone()).await).await;
+        assert_eq!(status, 200);
+        kept.push((body["id"].as_str().unwrap().to_owned(), sha256_hex(&image)));
+    }
+    let in_flight = state.pipeline.new_storage_key();
+    journal::open(&state.db, &in_flight).await.unwrap();
+    put(state, &in_flight, png(600, 60)).await;
+    let orphans: Vec<String> = (0..16).map(|shard| key_in_shard(&m, "m/", shard)).collect();
+    for key in &orphans {
+        put(state, key, png(300, 61)).await;
+    }
+    // Every shard has had a pass once every orphan (one per shard) is gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for key in &orphans {
+        while state.blobs.head(key).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "the background passes never reached {key}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(state.blobs.head(&in_flight).await.is_ok(), "a journaled object was deleted");
+    for (id, sha) in &kept {
+        let download = m.get(&alice, &format!("/v1/media/{id}")).send().await.unwrap();
+        assert_eq!(download.status(), 200, "{id}");
+        assert_eq!(&sha256_hex(&download.bytes().await.unwrap()), sha);
     }
 }
