@@ -96,7 +96,7 @@ impl KeyServices {
         let mut media_cache = None;
         // A server on Postgres caches only while its invalidation listener is connected.
         let mut gate = CacheGate::open();
-        let mut migrated = false;
+        let mut migrated = None;
         if let Role::Server { .. } = role {
             if let Database::Postgres(_) = db {
                 gate = CacheGate::closed();
@@ -104,14 +104,14 @@ impl KeyServices {
             if config.database.migrate_on_start {
                 let report = db.migrate().await?;
                 tracing::info!(applied = report.newly_applied, already = report.already_applied, "database migrations");
-                migrated = true;
+                migrated = Some(report);
             }
             media_cache = Some(config.record_cache_ttl);
         }
         let keys = Arc::new(TenantKeys::new(db.clone(), keyring.clone(), key_settings(config)).with_gate(gate.clone()));
-        if migrated {
-            // Carries audit events of before the keyed format forward (a no-op once done).
-            AuditLog::new(keys.clone()).seal_legacy().await?;
+        if let Some(report) = migrated {
+            // Carries audit events of before the keyed format forward, in the run that added it.
+            AuditLog::new(keys.clone()).after_migration(&report).await?;
         }
         let media = MediaRepo::new(db.clone(), keys.clone()).with_gate(gate.clone());
         let media = match media_cache {

@@ -6,6 +6,8 @@
 //!   administrators cannot write (a ticket, an object-locked bucket, a second system).
 //! - `audit pseudonym --tenant T (--caller SUB | --media ID)` prints the pseudonym a caller or media
 //!   ID is recorded under in T's chain (callers and IDs are never stored in the clear).
+//! - `audit reseal-legacy`: the upgrade step `migrate` runs, by hand, for a first migrate run cut
+//!   short before it resealed; refused once a reseal is on record.
 
 use std::path::PathBuf;
 
@@ -13,7 +15,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::crypto::audit_mac::PseudonymKind;
-use crate::db::audit::{AuditLog, Checkpoint};
+use crate::db::audit::{AuditLog, Checkpoint, CHECKPOINT_FORMAT};
 use crate::domain::tenant::{is_valid_tenant, TENANT_RULE};
 use crate::services::{KeyServices, Role};
 
@@ -48,6 +50,8 @@ pub enum AuditCommand {
         #[arg(long)]
         media: Option<String>,
     },
+    /// Reseal events of before the keyed format (only if the upgrading `migrate` was cut short).
+    ResealLegacy,
 }
 
 /// Runs an `audit` subcommand.
@@ -56,11 +60,26 @@ pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
     let audit = AuditLog::new(services.keys.clone());
     let outcome = match &opts.command {
         AuditCommand::Verify { checkpoint } => verify(&audit, checkpoint.as_deref()).await,
-        AuditCommand::Checkpoint => {
-            let checkpoint = audit.checkpoint().await.context("cannot read the audit log")?;
-            println!("{}", serde_json::to_string_pretty(&checkpoint)?);
-            Ok(())
-        }
+        AuditCommand::Checkpoint => match audit.checkpoint().await.context("cannot read the audit log")? {
+            Ok(checkpoint) => {
+                println!("{}", serde_json::to_string_pretty(&checkpoint)?);
+                Ok(())
+            }
+            Err(report) => {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Err(anyhow::anyhow!("no checkpoint taken: a chain does not hold (see the report)"))
+            }
+        },
+        AuditCommand::ResealLegacy => match audit.reseal_by_hand().await? {
+            Some(report) => {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
+            }
+            None => Err(anyhow::anyhow!(
+                "the audit log was resealed already: events in the old format found since were written or altered \
+                 without the audit key (`media-api audit verify` names them)"
+            )),
+        },
         AuditCommand::Pseudonym { tenant, caller, media } => {
             if !is_valid_tenant(tenant) {
                 anyhow::bail!("{tenant:?} is not a tenant id: {TENANT_RULE}");
@@ -92,10 +111,12 @@ async fn verify(audit: &AuditLog, checkpoint: Option<&std::path::Path>) -> anyho
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the checkpoint {}", path.display()))?;
-            Some(
-                serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not an audit checkpoint", path.display()))?,
-            )
+            let checkpoint: Checkpoint = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not an audit checkpoint", path.display()))?;
+            if checkpoint.format != CHECKPOINT_FORMAT {
+                anyhow::bail!("{} is a {:?}, not a {CHECKPOINT_FORMAT:?}", path.display(), checkpoint.format);
+            }
+            Some(checkpoint)
         }
     };
     let report = audit.verify(checkpoint.as_ref()).await.context("cannot read the audit log")?;

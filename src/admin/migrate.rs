@@ -25,7 +25,7 @@ pub async fn run(config: &Config, _opts: &Opts) -> anyhow::Result<()> {
     );
     db.close().await;
     let services = KeyServices::open(config, &Role::Admin).await.context("cannot open the keys")?;
-    let sealed = AuditLog::new(services.keys.clone()).seal_legacy().await;
+    let sealed = AuditLog::new(services.keys.clone()).after_migration(&report).await;
     services.db.close().await;
     let sealed = sealed.context("cannot reseal the audit events of before the keyed format")?;
     if sealed.chains > 0 || !sealed.broken_chains.is_empty() {

@@ -71,6 +71,12 @@ pub enum DbError {
     /// Another process is doing work that must run once at a time (see [`locks`]).
     #[error("{0}")]
     Locked(String),
+    /// The audit key's row is gone while the log holds events keyed with it.
+    #[error(
+        "the audit key is missing from the database while the audit log holds events keyed with it: restore \
+         its tenant_keys row (tenant '', purpose index) from a backup; a new key would leave the history unverifiable"
+    )]
+    AuditKeyMissing,
     /// Preparing the SQLite file's directory failed.
     #[error("cannot create the database directory {path}: {source}")]
     Directory {
@@ -85,7 +91,7 @@ impl DbError {
     /// The stable code a client sees for this failure (no detail: database errors are never shown).
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Crypto(_) | Self::MissingKey { .. } => "data_integrity",
+            Self::Crypto(_) | Self::MissingKey { .. } | Self::AuditKeyMissing => "data_integrity",
             Self::TenantShredding => "tenant_shredding",
             Self::KeyChanged => "key_changed",
             _ if self.is_unavailable() => "database_unavailable",
@@ -125,6 +131,8 @@ pub struct MigrationReport {
     pub already_applied: usize,
     /// Migrations this run applied.
     pub newly_applied: usize,
+    /// Their versions.
+    pub applied_now: Vec<i64>,
 }
 
 impl Database {
@@ -180,16 +188,20 @@ impl Database {
 
     /// Applies pending migrations; safe to run any number of times and from several processes.
     pub async fn migrate(&self) -> Result<MigrationReport, DbError> {
-        let (migrator, already_applied) = match self {
-            Self::Postgres(pool) => (&POSTGRES_MIGRATIONS, applied_count_pg(pool).await?),
-            Self::Sqlite(pool) => (&SQLITE_MIGRATIONS, applied_count_sqlite(pool).await?),
+        let (migrator, before) = match self {
+            Self::Postgres(pool) => (&POSTGRES_MIGRATIONS, applied_pg(pool).await?),
+            Self::Sqlite(pool) => (&SQLITE_MIGRATIONS, applied_sqlite(pool).await?),
         };
         match self {
             Self::Postgres(pool) => migrator.run(pool).await?,
             Self::Sqlite(pool) => migrator.run(pool).await?,
         }
-        let total = migrator.iter().filter(|m| m.migration_type.is_up_migration()).count();
-        Ok(MigrationReport { already_applied, newly_applied: total.saturating_sub(already_applied) })
+        let after = match self {
+            Self::Postgres(pool) => applied_pg(pool).await?,
+            Self::Sqlite(pool) => applied_sqlite(pool).await?,
+        };
+        let applied_now: Vec<i64> = after.into_iter().filter(|v| !before.contains(v)).collect();
+        Ok(MigrationReport { already_applied: before.len(), newly_applied: applied_now.len(), applied_now })
     }
 
     /// Readiness: one round trip.
@@ -209,25 +221,23 @@ impl Database {
     }
 }
 
-const APPLIED_QUERY: &str = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success";
+const APPLIED_QUERY: &str = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
 
-async fn applied_count_pg(pool: &PgPool) -> Result<usize, DbError> {
+async fn applied_pg(pool: &PgPool) -> Result<Vec<i64>, DbError> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
     if !exists {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let count: i64 = sqlx::query_scalar(APPLIED_QUERY).fetch_one(pool).await?;
-    Ok(count as usize)
+    Ok(sqlx::query_scalar(APPLIED_QUERY).fetch_all(pool).await?)
 }
 
-async fn applied_count_sqlite(pool: &SqlitePool) -> Result<usize, DbError> {
+async fn applied_sqlite(pool: &SqlitePool) -> Result<Vec<i64>, DbError> {
     let exists: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
             .fetch_one(pool)
             .await?;
     if exists == 0 {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let count: i64 = sqlx::query_scalar(APPLIED_QUERY).fetch_one(pool).await?;
-    Ok(count as usize)
+    Ok(sqlx::query_scalar(APPLIED_QUERY).fetch_all(pool).await?)
 }

@@ -166,6 +166,22 @@ impl TenantKeys {
         self.lookup(tenant, purpose, false).await
     }
 
+    /// The audit key (the system's index key). Created on first use only while the log holds no
+    /// keyed event: missing afterwards, it was removed, and a new one would leave the whole history
+    /// unverifiable (and a forger free to start over) — refused instead.
+    pub async fn audit_key(&self) -> Result<Arc<DataKey>, DbError> {
+        if let Some(key) = self.existing(SYSTEM_CHAIN, KeyPurpose::Index).await? {
+            return Ok(key);
+        }
+        const KEYED: &str = "SELECT 1 FROM audit_events WHERE format = 2 LIMIT 1";
+        let keyed: Option<i32> = with_pool!(&self.db, |pool| sqlx::query_scalar(KEYED).fetch_optional(pool).await)?;
+        if keyed.is_some() {
+            // A concurrent first use may have made it (its row lands before any event it keys).
+            return self.existing(SYSTEM_CHAIN, KeyPurpose::Index).await?.ok_or(DbError::AuditKeyMissing);
+        }
+        self.current(SYSTEM_CHAIN, KeyPurpose::Index).await
+    }
+
     /// The current key (through the version cache), created when missing and `create` is set.
     async fn lookup(&self, tenant: &str, purpose: KeyPurpose, create: bool) -> Result<Option<Arc<DataKey>>, DbError> {
         let cached = self
@@ -461,7 +477,7 @@ impl TenantKeys {
             if tenant == SYSTEM_CHAIN && purpose == KeyPurpose::Index {
                 chain::append(&self.db, &key, &record).await?;
             } else {
-                let audit_key = Box::pin(self.current(SYSTEM_CHAIN, KeyPurpose::Index)).await?;
+                let audit_key = Box::pin(self.audit_key()).await?;
                 chain::append(&self.db, &audit_key, &record).await?;
             }
         }

@@ -100,7 +100,7 @@ async fn sweep_locked(removal: &Removal, ages: SweepAges) -> anyhow::Result<Swee
                     "retention"
                 }
             };
-            let details = json!({"reason": reason, "bytes": record.size});
+            let details = json!({ "reason": reason });
             let event = AuditEvent {
                 tenant,
                 kind: "media.expired",

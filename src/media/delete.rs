@@ -22,7 +22,7 @@ impl MediaService {
             let record = self.repo.get(&caller.tenant, id).await?.ok_or(MediaError::NotFound)?.record;
             require_owner(caller, &record)?;
             if self.pipeline.remove(&record).await? {
-                let details = json!({"bytes": record.size});
+                let details = json!({});
                 self.pipeline.audit(&caller.tenant, &caller.subject, "media.deleted", &record.id, details).await;
                 return Ok(());
             }

@@ -99,6 +99,41 @@ async fn events_chain_per_tenant_and_an_edit_is_found_even_with_a_recomputed_has
         let (code, _, stderr) = audit_cli(&fx, &["verify"]);
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("\"acme\" is broken at event 3"), "{stderr}");
+
+        // A later `migrate` (a deploy, a restart) does not re-sign the downgraded event, and the
+        // reseal cannot be asked for by hand either.
+        let (code, stdout, stderr) = migrate_cli(&fx);
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+        let (code, _, stderr) = audit_cli(&fx, &["verify"]);
+        assert_eq!(code, Some(1), "{}: resealed by a later migrate: {stderr}", fx.db.backend());
+        let (code, stdout, _) = audit_cli(&fx, &["checkpoint"]);
+        assert_eq!(code, Some(1), "a checkpoint of a broken chain would bless the edit: {stdout}");
+    }
+}
+
+#[tokio::test]
+async fn a_removed_audit_key_is_not_silently_replaced() {
+    for fx in fixtures(KeySettings::default()).await {
+        append_events(&log(&fx), "acme", 2).await;
+        with_pool!(&fx.db, |pool| sqlx::query("DELETE FROM tenant_keys WHERE tenant_id = ''")
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .unwrap());
+        let (cold, _) = fx.reopen(KeySettings::default());
+        let cold = AuditLog::new(cold);
+        let event = AuditEvent {
+            tenant: "acme",
+            kind: "test.event",
+            actor: Actor::System,
+            subject: Subject::Nothing,
+            details: serde_json::json!({}),
+        };
+        let err = cold.append(&event).await.expect_err("a new audit key would make the history unverifiable");
+        assert!(matches!(err, media_api::db::DbError::AuditKeyMissing), "{}: {err}", fx.db.backend());
+        let report = cold.verify(None).await.unwrap();
+        assert!(!report.broken.is_empty(), "{report:?}");
+        assert!(report.broken.iter().all(|b| b.reason.contains("audit key is missing")), "{report:?}");
     }
 }
 
@@ -192,24 +227,31 @@ async fn concurrent_appends_from_two_pools_all_land_in_one_unbroken_chain() {
 #[tokio::test]
 async fn events_of_before_the_keyed_format_are_pseudonymized_and_rechained() {
     for fx in fixtures(KeySettings::default()).await {
-        fx.repo.insert(&new_media("acme", b"legacy")).await.unwrap();
+        // The database as the previous release left it: no `format` column, migration 3 not applied.
+        for sql in [
+            "DROP INDEX audit_events_legacy",
+            "ALTER TABLE audit_events DROP COLUMN format",
+            "DELETE FROM _sqlx_migrations WHERE version = 20261126000003",
+        ] {
+            with_pool!(&fx.db, |pool| sqlx::query(sql).execute(pool).await.map(|_| ()).unwrap());
+        }
         // Events as the previous release wrote them: plain SHA-256 chain, names in the clear.
-        let mut prev = vec![0u8; 32];
+        let mut heads = std::collections::HashMap::new();
         let legacy = [
             ("legacy", "media.uploaded", Some("alice-legacy-subject"), Some("jan_legacymediaid01")),
             ("legacy", "media.deleted", Some("alice-legacy-subject"), Some("jan_legacymediaid01")),
             (SYSTEM_CHAIN, "auth.refused", None, Some("192.0.2.77")),
         ];
         for (seq, (tenant, kind, actor, subject)) in legacy.iter().enumerate() {
-            let seq = if *tenant == SYSTEM_CHAIN { 2 } else { seq as i64 + 1 };
+            let seq = if *tenant == SYSTEM_CHAIN { 1 } else { seq as i64 + 1 };
             let at = chrono::Utc::now();
             let at = chrono::DateTime::parse_from_rfc3339(&micros(&at)).unwrap().to_utc();
-            let prev_here = if *tenant == SYSTEM_CHAIN { system_head(&fx.db).await } else { prev.clone() };
+            let prev_here: Vec<u8> = heads.get(tenant).cloned().unwrap_or_else(|| vec![0u8; 32]);
             let fields =
                 [*tenant, &seq.to_string(), &micros(&at), kind, actor.unwrap_or("\0"), subject.unwrap_or("\0"), "{}"];
             let hash = legacy_hash(&prev_here, fields);
             let sql = "INSERT INTO audit_events (tenant_id, chain_seq, occurred_at, kind, actor, subject, details, \
-                 prev_hash, hash, format) VALUES ($1, $2, $3, $4, $5, $6, '{}', $7, $8, 1)";
+                 prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, '{}', $7, $8)";
             with_pool!(&fx.db, |pool| sqlx::query(sql)
                 .bind(tenant)
                 .bind(seq)
@@ -223,22 +265,21 @@ async fn events_of_before_the_keyed_format_are_pseudonymized_and_rechained() {
                 .await
                 .map(|_| ())
                 .unwrap());
-            if *tenant != SYSTEM_CHAIN {
-                prev = hash;
-            }
+            heads.insert(*tenant, hash);
         }
         let log = log(&fx);
-        let before = log.verify(None).await.unwrap();
-        // Legacy events are not trusted until resealed: each chain stops at its first one.
-        assert_eq!((before.legacy_events, before.broken.len()), (2, 2), "{before:?}");
 
-        // `migrate` reseals them (and is a no-op the second time).
+        // The `migrate` that adds the format reseals them; the next one does nothing; by hand it is
+        // refused (a reseal is on record).
         let (code, stdout, stderr) = migrate_cli(&fx);
         assert_eq!(code, Some(0), "{stdout}{stderr}");
         assert!(stdout.contains("3 event(s) of 2 chain(s) pseudonymized and resealed"), "{stdout}");
         let (code, stdout, _) = migrate_cli(&fx);
         assert_eq!(code, Some(0));
         assert!(!stdout.contains("resealed"), "{stdout}");
+        let (code, _, stderr) = audit_cli(&fx, &["reseal-legacy"]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("resealed already"), "{stderr}");
 
         let after = log.verify(None).await.unwrap();
         assert_eq!((after.legacy_events, after.broken.len()), (0, 0), "{}: {after:?}", fx.db.backend());
@@ -268,11 +309,6 @@ fn migrate_cli(fx: &Fixture) -> (Option<i32>, String, String) {
         .unwrap();
     let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
     (output.status.code(), text(output.stdout), text(output.stderr))
-}
-
-async fn system_head(db: &Database) -> Vec<u8> {
-    let sql = "SELECT hash FROM audit_events WHERE tenant_id = '' ORDER BY chain_seq DESC LIMIT 1";
-    with_pool!(db, |pool| sqlx::query_scalar(sql).fetch_one(pool).await.unwrap())
 }
 
 /// The unkeyed hash of the previous release (and of anyone recomputing a link without the key).

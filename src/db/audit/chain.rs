@@ -19,6 +19,13 @@ pub(crate) const KEYED: i16 = 2;
 const LOCK_CLASS: i32 = 0x6175_6469;
 /// Serializes this process's appends on SQLite (one process by design).
 pub(crate) static SQLITE_APPENDS: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
+/// This process's appenders of one chain queue here (chains hashed into slots) before they take a
+/// pooled connection, so a burst on one chain waits in memory, not holding the pool.
+static TURNS: LazyLock<[tokio::sync::Mutex<()>; 16]> =
+    LazyLock::new(|| std::array::from_fn(|_| tokio::sync::Mutex::new(())));
+/// Attempts when another process took the next position first (SQLite: a command-line process
+/// beside the server, which the in-process mutex does not see).
+const ATTEMPTS: usize = 5;
 
 /// An event as it is stored: names already pseudonymized, details serialized.
 pub(crate) struct Record<'a> {
@@ -109,19 +116,35 @@ macro_rules! insert_next {
 /// autocommit (a deferred transaction that reads, then writes, fails at once when another
 /// connection wrote in between).
 pub(crate) async fn append(db: &Database, key: &DataKey, record: &Record<'_>) -> Result<(), DbError> {
-    match db {
-        Database::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(LOCK_CHAIN).bind(LOCK_CLASS).bind(record.tenant).execute(&mut *tx).await?;
-            sqlx::query(LOCK_TABLE).execute(&mut *tx).await?;
-            insert_next!(tx, key, record);
-            tx.commit().await?;
-        }
-        Database::Sqlite(pool) => {
-            let _turn = SQLITE_APPENDS.lock().await;
-            let mut conn = pool.acquire().await?;
-            insert_next!(conn, key, record);
+    let slot = record.tenant.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b))) % 16;
+    let _turn = TURNS[slot].lock().await;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result: Result<(), sqlx::Error> = match db {
+            Database::Postgres(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query(LOCK_CHAIN).bind(LOCK_CLASS).bind(record.tenant).execute(&mut *tx).await?;
+                    sqlx::query(LOCK_TABLE).execute(&mut *tx).await?;
+                    insert_next!(tx, key, record);
+                    tx.commit().await
+                }
+                .await
+            }
+            Database::Sqlite(pool) => {
+                async {
+                    let _file = SQLITE_APPENDS.lock().await;
+                    let mut conn = pool.acquire().await?;
+                    insert_next!(conn, key, record);
+                    Ok(())
+                }
+                .await
+            }
+        };
+        match result {
+            Err(sqlx::Error::Database(err)) if err.is_unique_violation() && attempt < ATTEMPTS => continue,
+            other => return Ok(other?),
         }
     }
-    Ok(())
 }

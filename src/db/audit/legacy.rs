@@ -1,15 +1,20 @@
 //! Events from before the keyed format (`format` 1): a plain SHA-256 chain with callers, media IDs
-//! and client addresses in the clear. [`AuditLog::seal_legacy`] carries them forward once — run by
-//! `media-api migrate` and by a server that migrates on start — so an upgraded database holds no
-//! subject in the clear either.
+//! and client addresses in the clear. [`AuditLog::after_migration`] carries them forward once: in the
+//! very run of `media-api migrate` (or of a server migrating on start) that applied the migration
+//! adding the format ([`KEYED_MIGRATION`]), so an upgraded database holds no subject in the clear
+//! either. Never again: anyone can compute a plain SHA-256 link, so a reseal at any later start would
+//! re-sign whatever someone with database access rewrote in the old format. A keyed
+//! `audit.resealed` event in the system chain records each reseal; `audit reseal-legacy` (for a first
+//! migrate run cut short before it resealed) refuses once one exists.
 //!
 //! Per chain with legacy events: walk it, checking every link as it stands (a chain that does not
 //! hold is left as it is and reported: resealing would launder the edit); pseudonymize the legacy
 //! events' actors and subjects (under the tenant's index key; a shredded tenant's become
 //! `…:unlinkable`); rechain every event of the chain with the audit key. It runs in one transaction
-//! with the append-only trigger lifted for that transaction only. On Postgres the `ALTER TABLE`
-//! that lifts it waits for appends in flight and holds new ones back until the commit (appenders
-//! take `ROW EXCLUSIVE` before they read a chain's head), so no append links to a rewritten head.
+//! with the append-only trigger lifted for that transaction only. On Postgres the `ALTER TABLE …
+//! DISABLE TRIGGER` that lifts it (`SHARE ROW EXCLUSIVE`) waits for appends in flight and holds new
+//! ones back until the commit (appenders take `ROW EXCLUSIVE` before they read a chain's head), so
+//! no append links to a rewritten head.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -18,9 +23,14 @@ use super::verify::{check_event, StoredEvent};
 use super::{AuditLog, Link, GENESIS, KEYED, SYSTEM_CHAIN};
 use crate::crypto::audit_mac::{self, PseudonymKind};
 use crate::crypto::envelope::{DataKey, KeyPurpose};
-use crate::db::{Database, DbError};
+use crate::db::{Database, DbError, MigrationReport};
 use crate::with_pool;
 
+/// The migration that added `audit_events.format`.
+pub const KEYED_MIGRATION: i64 = 20261126000003;
+/// The kind of the event recording a reseal.
+const RESEALED: &str = "audit.resealed";
+const RESEALED_BEFORE: &str = "SELECT COUNT(*) FROM audit_events WHERE kind = 'audit.resealed' AND format = 2";
 const LEGACY_CHAINS: &str = "SELECT DISTINCT tenant_id FROM audit_events WHERE format = 1 ORDER BY tenant_id";
 const RESEAL: &str = "UPDATE audit_events SET actor = $3, subject = $4, prev_hash = $5, hash = $6, format = $7 \
      WHERE tenant_id = $1 AND chain_seq = $2";
@@ -87,8 +97,26 @@ fn pseudonymize(tenant: &str, event: &StoredEvent, key: Option<&DataKey>) -> (Op
 }
 
 impl AuditLog {
+    /// Reseals the legacy events if `migration` is the run that added the keyed format.
+    pub async fn after_migration(&self, migration: &MigrationReport) -> Result<SealReport, DbError> {
+        if migration.applied_now.contains(&KEYED_MIGRATION) {
+            self.seal_legacy().await
+        } else {
+            Ok(SealReport::default())
+        }
+    }
+
+    /// Reseals by hand (a first migrate run cut short): refused once a reseal was recorded.
+    pub async fn reseal_by_hand(&self) -> Result<Option<SealReport>, DbError> {
+        let before: i64 = with_pool!(self.db(), |pool| sqlx::query_scalar(RESEALED_BEFORE).fetch_one(pool).await)?;
+        if before > 0 {
+            return Ok(None);
+        }
+        self.seal_legacy().await.map(Some)
+    }
+
     /// Reseals every chain that still holds legacy events; a no-op (one indexed query) otherwise.
-    pub async fn seal_legacy(&self) -> Result<SealReport, DbError> {
+    async fn seal_legacy(&self) -> Result<SealReport, DbError> {
         let mut report = SealReport::default();
         let pending: Vec<String> =
             with_pool!(self.db(), |pool| sqlx::query_scalar(LEGACY_CHAINS).fetch_all(pool).await)?;
@@ -105,7 +133,7 @@ impl AuditLog {
             });
         }
         let postgres = matches!(self.db(), Database::Postgres(_));
-        let _turn = if postgres { None } else { Some(super::SQLITE_APPENDS.lock().await) };
+        let turn = if postgres { None } else { Some(super::SQLITE_APPENDS.lock().await) };
         with_pool!(self.db(), |pool| {
             let mut tx = pool.begin().await?;
             sqlx::query(if postgres { LIFT_PG } else { LIFT_SQLITE }).execute(&mut *tx).await?;
@@ -158,7 +186,11 @@ impl AuditLog {
             sqlx::query(if postgres { RESTORE_PG } else { RESTORE_SQLITE }).execute(&mut *tx).await?;
             tx.commit().await?;
         });
+        drop(turn);
         if report.chains > 0 || !report.broken_chains.is_empty() {
+            let details = serde_json::json!({ "chains": report.chains, "events": report.events,
+                "broken_chains": report.broken_chains });
+            self.admin(SYSTEM_CHAIN, RESEALED, details).await?;
             tracing::info!(
                 chains = report.chains,
                 events = report.events,

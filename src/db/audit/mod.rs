@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use chain::Record;
 pub(crate) use chain::{Link, GENESIS, KEYED, SQLITE_APPENDS};
-pub use legacy::SealReport;
-pub use verify::{BrokenLink, ChainHead, Checkpoint, VerifyReport};
+pub use legacy::{SealReport, KEYED_MIGRATION};
+pub use verify::{BrokenLink, ChainHead, Checkpoint, VerifyReport, CHECKPOINT_FORMAT};
 
 use super::tenant_keys::TenantKeys;
 use super::{Database, DbError};
@@ -73,7 +73,8 @@ pub struct AuditEvent<'a> {
     pub actor: Actor<'a>,
     /// What it was done to.
     pub subject: Subject<'a>,
-    /// Extra facts (never secrets, never names).
+    /// Extra facts: never secrets or names, and nothing a plaintext column repeats (a media row's size
+    /// or type beside the event's time would tie a `media:` pseudonym back to its ID).
     pub details: serde_json::Value,
 }
 
@@ -94,9 +95,9 @@ impl AuditLog {
         self.keys.db()
     }
 
-    /// The audit key (created on first use).
+    /// The audit key (created on first use only; see [`TenantKeys::audit_key`]).
     async fn chain_key(&self) -> Result<Arc<DataKey>, DbError> {
-        self.keys.current(SYSTEM_CHAIN, KeyPurpose::Index).await
+        self.keys.audit_key().await
     }
 
     /// The key pseudonyms of `tenant`'s chain are made under: the tenant's index key, or the audit

@@ -23,9 +23,6 @@ const PAGE_OF_CHAIN: &str = "SELECT chain_seq, occurred_at, kind, actor, subject
 pub(super) const WHOLE_CHAIN: &str = "SELECT chain_seq, occurred_at, kind, actor, subject, details, prev_hash, hash, \
      format FROM audit_events WHERE tenant_id = $1 ORDER BY chain_seq";
 const MAC_AT: &str = "SELECT hash FROM audit_events WHERE tenant_id = $1 AND chain_seq = $2";
-const HEADS: &str = "SELECT e.tenant_id, e.chain_seq, e.hash FROM audit_events e \
-     WHERE e.chain_seq = (SELECT MAX(l.chain_seq) FROM audit_events l WHERE l.tenant_id = e.tenant_id) \
-     ORDER BY e.tenant_id";
 
 /// A stored event: chain_seq, occurred_at, kind, actor, subject, details, prev_hash, hash, format.
 pub(super) type StoredEvent =
@@ -129,15 +126,46 @@ impl AuditLog {
     }
 
     /// Walks every chain and reports the first broken link of each; with `checkpoint`, also every
-    /// chain whose checkpointed head is gone (a cut tail) or differs.
+    /// intact chain whose checkpointed head is gone (a cut tail) or differs.
     pub async fn verify(&self, checkpoint: Option<&Checkpoint>) -> Result<VerifyReport, DbError> {
+        let (mut report, heads) = self.walk().await?;
+        if let Some(checkpoint) = checkpoint {
+            report.checkpoint_chains = Some(checkpoint.chains.len());
+            for head in &checkpoint.chains {
+                if report.broken.iter().any(|broken| broken.tenant == head.tenant) {
+                    continue;
+                }
+                if let Some(broken) = self.against_checkpoint(head, &heads).await? {
+                    report.broken.push(broken);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The heads of every chain, from a walk that found every link intact; `Err` with the report
+    /// when one is not (a checkpoint must not bless an edit).
+    pub async fn checkpoint(&self) -> Result<Result<Checkpoint, VerifyReport>, DbError> {
+        let (report, heads) = self.walk().await?;
+        if !report.broken.is_empty() {
+            return Ok(Err(report));
+        }
+        let chains = heads
+            .into_iter()
+            .map(|(tenant, chain_seq, hash)| ChainHead { tenant, chain_seq, hash: hex::encode(hash) })
+            .collect();
+        Ok(Ok(Checkpoint { format: CHECKPOINT_FORMAT.into(), taken_at: Utc::now(), chains }))
+    }
+
+    /// Walks every chain: the report, and each chain's (tenant, last position walked, its MAC).
+    async fn walk(&self) -> Result<(VerifyReport, Vec<(String, i64, Vec<u8>)>), DbError> {
         let key = self.keys.existing(SYSTEM_CHAIN, KeyPurpose::Index).await?;
         let tenants: Vec<String> = with_pool!(self.db(), |pool| sqlx::query_scalar(CHAINS).fetch_all(pool).await)?;
         let mut report = VerifyReport {
             chains: tenants.len(),
             events: 0,
             legacy_events: 0,
-            checkpoint_chains: checkpoint.map(|c| c.chains.len()),
+            checkpoint_chains: None,
             broken: Vec::new(),
         };
         let mut heads = Vec::new();
@@ -164,23 +192,16 @@ impl AuditLog {
                     (prev, last) = (event.7.clone(), event.0);
                 }
             }
-            heads.push((tenant.as_str(), last, prev));
+            heads.push((tenant.clone(), last, prev));
         }
-        if let Some(checkpoint) = checkpoint {
-            for head in &checkpoint.chains {
-                if let Some(broken) = self.against_checkpoint(head, &heads).await? {
-                    report.broken.push(broken);
-                }
-            }
-        }
-        Ok(report)
+        Ok((report, heads))
     }
 
     /// Whether `head` (from a checkpoint) is still in its chain, which was walked up to `walked`.
     async fn against_checkpoint(
         &self,
         head: &ChainHead,
-        walked: &[(&str, i64, Vec<u8>)],
+        walked: &[(String, i64, Vec<u8>)],
     ) -> Result<Option<BrokenLink>, DbError> {
         let broken =
             |chain_seq: i64, reason: String| Some(BrokenLink { tenant: head.tenant.clone(), chain_seq, reason });
@@ -206,16 +227,5 @@ impl AuditLog {
             .await)?;
         let matches = stored.is_some_and(|mac| hex::encode(mac) == head.hash);
         Ok(if matches { None } else { broken(head.chain_seq, "the event differs from the checkpoint".into()) })
-    }
-
-    /// The head of every chain now.
-    pub async fn checkpoint(&self) -> Result<Checkpoint, DbError> {
-        let heads: Vec<(String, i64, Vec<u8>)> =
-            with_pool!(self.db(), |pool| sqlx::query_as(HEADS).fetch_all(pool).await)?;
-        let chains = heads
-            .into_iter()
-            .map(|(tenant, chain_seq, hash)| ChainHead { tenant, chain_seq, hash: hex::encode(hash) })
-            .collect();
-        Ok(Checkpoint { format: CHECKPOINT_FORMAT.into(), taken_at: Utc::now(), chains })
     }
 }

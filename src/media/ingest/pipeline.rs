@@ -294,7 +294,7 @@ impl Pipeline {
         match self.media.mark_ready(&ready, &staging, dedup).await {
             Ok(InsertOutcome::Inserted) => {
                 self.discard(&staging).await;
-                let details = json!({"bytes": ready.size, "mime": ready.mime, "direct": true});
+                let details = json!({"direct": true});
                 self.audit(&caller.tenant, &caller.subject, "media.uploaded", &ready.id, details).await;
                 Ok(Ingested { record: ready, deduped: false })
             }
@@ -378,14 +378,7 @@ impl Pipeline {
         };
         match outcome {
             InsertOutcome::Inserted => {
-                self.audit(
-                    &caller.tenant,
-                    &caller.subject,
-                    "media.uploaded",
-                    &record.id,
-                    json!({"bytes": record.size, "mime": record.mime}),
-                )
-                .await;
+                self.audit(&caller.tenant, &caller.subject, "media.uploaded", &record.id, json!({})).await;
                 Ok(Ingested { record, deduped: false })
             }
             InsertOutcome::Duplicate(existing) => {
