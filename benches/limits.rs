@@ -3,7 +3,8 @@
 //! `CHECKS` checks; prints each round's median and the median of the rounds.
 //!
 //! `scripts/bench-shared-limits` (starts a throwaway redis-server), or
-//! `MEDIA_BENCH_REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench limits`.
+//! `MEDIA_BENCH_REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench limits`. Under `cargo test`
+//! (no `--bench` argument) it runs one short round as a smoke test.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,22 +21,27 @@ fn main() {
     let redis = std::env::var("MEDIA_BENCH_REDIS_URL")
         .or_else(|_| std::env::var("MEDIA_TEST_REDIS_URL"))
         .expect("MEDIA_BENCH_REDIS_URL is not set: run scripts/bench-shared-limits, which starts a redis-server");
+    let (rounds_count, checks) = if std::env::args().any(|arg| arg == "--bench") { (ROUNDS, CHECKS) } else { (1, 20) };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let local = limits(None).await;
         let shared = limits(Some(&redis)).await;
         assert_eq!(shared.state(), LimitsState::Shared, "Redis at {redis} does not answer");
-        println!("{CHECKS} checks per round, {ROUNDS} rounds; median latency of one check (µs)");
+        println!("{checks} checks per round, {rounds_count} rounds; median latency of one check (µs)");
         println!("{:<16} {:>10} {:>10} {:>10}", "check", "local", "redis", "overhead");
         let principal = principal();
         let (l, r) = (
-            rounds(|| async { local.check_principal(&principal, None).await.expect("allowed") }).await,
-            rounds(|| async { shared.check_principal(&principal, None).await.expect("allowed") }).await,
+            rounds(rounds_count, checks, || async { local.check_principal(&principal, None).await.expect("allowed") })
+                .await,
+            rounds(rounds_count, checks, || async { shared.check_principal(&principal, None).await.expect("allowed") })
+                .await,
         );
         report("rate limit", l, r);
         let (l, r) = (
-            rounds(|| async { drop(local.upload_slot("bench-caller").await.expect("slot")) }).await,
-            rounds(|| async { drop(shared.upload_slot("bench-caller").await.expect("slot")) }).await,
+            rounds(rounds_count, checks, || async { drop(local.upload_slot("bench-caller").await.expect("slot")) })
+                .await,
+            rounds(rounds_count, checks, || async { drop(shared.upload_slot("bench-caller").await.expect("slot")) })
+                .await,
         );
         report("upload slot", l, r);
     });
@@ -73,18 +79,18 @@ fn principal() -> Principal {
 }
 
 /// The median of each round's median, in microseconds.
-async fn rounds<F, Fut>(check: F) -> f64
+async fn rounds<F, Fut>(count: usize, checks: usize, check: F) -> f64
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    for _ in 0..CHECKS / 10 {
+    for _ in 0..checks / 10 {
         check().await; // warm up (connections, script cache)
     }
-    let mut medians = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let mut times: Vec<Duration> = Vec::with_capacity(CHECKS);
-        for _ in 0..CHECKS {
+    let mut medians = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut times: Vec<Duration> = Vec::with_capacity(checks);
+        for _ in 0..checks {
             let started = Instant::now();
             check().await;
             times.push(started.elapsed());
@@ -92,7 +98,7 @@ where
         medians.push(median(&mut times).as_secs_f64() * 1e6);
     }
     medians.sort_by(f64::total_cmp);
-    medians[ROUNDS / 2]
+    medians[count / 2]
 }
 
 fn median(times: &mut [Duration]) -> Duration {

@@ -145,9 +145,10 @@ impl SharedLimits {
         let mut invocation = self.acquire.key(&key);
         invocation.arg(&id).arg(limit).arg(ttl_ms);
         let call = invocation.invoke_async::<u8>(&mut connection);
-        let taken = self.bounded(call).await? == 1;
-        let lease = Lease { connection: self.connection.clone(), key, id, timeout: self.timeout };
-        Ok(taken.then_some(lease))
+        if self.bounded(call).await? != 1 {
+            return Ok(None);
+        }
+        Ok(Some(Lease { connection: self.connection.clone(), key, id, timeout: self.timeout }))
     }
 
     /// `call` within the timeout; a failure marks Redis down.
