@@ -9,7 +9,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 
 use crate::support::app::{random_hex, Stack};
-use crate::support::limits::{channel_body, metric, readiness, redis_url, wait_for_limits, OwnRedis};
+use crate::support::limits::{channel_body, metric, redis_url, serve_with_shared_limits, wait_for_limits, OwnRedis};
 use crate::support::media::{json_of, media_app, png, MediaApp};
 use crate::support::process::{binary_vars, token, Service};
 
@@ -153,10 +153,8 @@ async fn without_redis_a_replica_keeps_its_own_limits_reports_degraded_and_share
     let url = redis.url();
     let limits = [("MEDIA_REDIS_URL", url.as_str()), ("MEDIA_RATE_LIMIT_RPS", "1"), ("MEDIA_RATE_LIMIT_BURST", "3")];
     let vars = binary_vars(Stack::SqliteFs, dir.path(), &limits).await;
-    let mut service = Service::start(&vars);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    service.wait_up(&http).await;
-    assert_eq!(readiness(&http, &service.base).await, (200, "ok".to_owned()), "{}", service.logs());
+    let service = serve_with_shared_limits(&http, &vars).await;
     let before = scrape(&http, &service).await;
     assert_eq!(metric(&before, "media_limits_shared", &[]), 1.0, "{before}");
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::process::free_port;
+use super::process::{free_port, Service};
 
 const RUN_SCRIPTS_TEST: &str =
     "run the tests with scripts/test, which starts a throwaway redis-server (and installs Debian's redis-server when missing)";
@@ -118,6 +118,29 @@ pub async fn wait_for_limits(http: &reqwest::Client, base: &str, want: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `media-api serve` with `vars` (which name a Redis that answers), once its `/readyz` reports
+/// `limits: ok`. The port `Service::start` picks can be taken by another test's app before the
+/// process binds it (the process then exits and the other app answers, without a `limits` check):
+/// then it starts again on another port.
+pub async fn serve_with_shared_limits(http: &reqwest::Client, vars: &[(String, String)]) -> Service {
+    for _ in 0..5 {
+        let mut service = Service::start(vars);
+        service.wait_up(http).await;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if service.exited() {
+                break;
+            }
+            if readiness(http, &service.base).await == (200, "ok".to_owned()) {
+                return service;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(service.exited(), "readiness never reported limits: ok: {}", service.logs());
+    }
+    panic!("the service could not start on five free ports in a row");
 }
 
 /// Sum of the samples of `name` in Prometheus text whose labels include every `(label, value)`.
