@@ -97,10 +97,15 @@ pub fn channel_body() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, reqwest::
 
 /// `/readyz` of the service at `base`: its status and `checks.limits` (`""` when absent).
 pub async fn readiness(http: &reqwest::Client, base: &str) -> (u16, String) {
+    let (status, body) = readyz(http, base).await;
+    (status, body["checks"]["limits"].as_str().unwrap_or_default().to_owned())
+}
+
+/// `/readyz` of the service at `base`: its status and body.
+async fn readyz(http: &reqwest::Client, base: &str) -> (u16, Value) {
     let response = http.get(format!("{base}/readyz")).send().await.unwrap();
     let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    (status, body["checks"]["limits"].as_str().unwrap_or_default().to_owned())
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// Polls `/readyz` (≤ 20 s) until `checks.limits` is `want`; asserts it stays ready (200) meanwhile.
@@ -129,16 +134,19 @@ pub async fn serve_with_shared_limits(http: &reqwest::Client, vars: &[(String, S
         let mut service = Service::start(vars);
         service.wait_up(http).await;
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(20) {
+        let mut last = (0, Value::Null);
+        while started.elapsed() < Duration::from_secs(30) {
             if service.exited() {
                 break;
             }
-            if readiness(http, &service.base).await == (200, "ok".to_owned()) {
+            last = readyz(http, &service.base).await;
+            if last.0 == 200 && last.1["checks"]["limits"] == "ok" {
                 return service;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(service.exited(), "readiness never reported limits: ok: {}", service.logs());
+        let (status, body) = last;
+        assert!(service.exited(), "readiness never reported limits: ok (last: {status} {body}): {}", service.logs());
     }
     panic!("the service could not start on five free ports in a row");
 }
