@@ -151,7 +151,12 @@ async fn without_redis_a_replica_keeps_its_own_limits_reports_degraded_and_share
     let mut redis = OwnRedis::start().await;
     let dir = tempfile::tempdir().unwrap();
     let url = redis.url();
-    let limits = [("MEDIA_REDIS_URL", url.as_str()), ("MEDIA_RATE_LIMIT_RPS", "1"), ("MEDIA_RATE_LIMIT_BURST", "3")];
+    let limits = [
+        ("MEDIA_REDIS_URL", url.as_str()),
+        ("MEDIA_RATE_LIMIT_RPS", "1"),
+        ("MEDIA_RATE_LIMIT_BURST", "3"),
+        ("LOG_LEVEL", "info"),
+    ];
     let vars = binary_vars(Stack::SqliteFs, dir.path(), &limits).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let service = serve_with_shared_limits(&http, &vars).await;

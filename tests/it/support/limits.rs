@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::process::{free_port, Service};
+use super::process::{free_port, Service, BIN};
 
 const RUN_SCRIPTS_TEST: &str =
     "run the tests with scripts/test, which starts a throwaway redis-server (and installs Debian's redis-server when missing)";
@@ -125,14 +125,20 @@ pub async fn wait_for_limits(http: &reqwest::Client, base: &str, want: &str) {
     }
 }
 
-/// `media-api serve` with `vars` (which name a Redis that answers), once its `/readyz` reports
-/// `limits: ok`. The port `Service::start` picks can be taken by another test's app before the
-/// process binds it (the process then exits and the other app answers, without a `limits` check):
-/// then it starts again on another port.
+/// `media-api serve` with `vars` (which name a Redis that answers and `LOG_LEVEL=info`), once it
+/// logged that it listens on its port and its `/readyz` reports `limits: ok`. The port
+/// `Service::start` picks can be taken by another test's server before the process binds it (the
+/// process then exits, and the other server answers): then it starts again on another port.
 pub async fn serve_with_shared_limits(http: &reqwest::Client, vars: &[(String, String)]) -> Service {
     for _ in 0..5 {
         let mut service = Service::start(vars);
         service.wait_up(http).await;
+        let listening = format!("\"addr\":\"{}\"", service.base.trim_start_matches("http://"));
+        let started = Instant::now();
+        while !service.logs().contains(&listening) && !service.exited() {
+            assert!(started.elapsed() < Duration::from_secs(30), "no listening line: {}", service.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let started = Instant::now();
         let mut last = (0, Value::Null);
         while started.elapsed() < Duration::from_secs(30) {
@@ -143,6 +149,12 @@ pub async fn serve_with_shared_limits(http: &reqwest::Client, vars: &[(String, S
             if last.0 == 200 && last.1["checks"]["limits"] == "ok" {
                 return service;
             }
+            assert!(
+                !(last.0 == 200 && last.1["checks"]["limits"].is_null()),
+                "{BIN} answers /readyz without a limits check: it does not read MEDIA_REDIS_URL, so it is not \
+                 this tree's build (another worktree sharing CARGO_TARGET_DIR rebuilt it meanwhile); rerun: {}",
+                last.1
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let (status, body) = last;
