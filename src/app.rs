@@ -55,7 +55,7 @@ impl Application {
         let invalidation = crate::db::notify::spawn_listener(&db, gate.clone(), media.clone(), keys.clone());
         let auth = Arc::new(Authenticator::new(&config.auth, &config.keys_dir, Some(AuditLog::new(keys.clone())))?);
         auth.start().await;
-        let limits = Limits::new(&config);
+        let limits = Limits::new(&config).await.map_err(|e| StartupError::Limits(e.to_string()))?;
         let state = AppState(Arc::new(Shared {
             config: Arc::new(config),
             db,

@@ -59,6 +59,9 @@ pub enum StartupError {
     /// The TLS certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The Redis client refused `MEDIA_REDIS_URL` (a Redis that is down is not an error).
+    #[error("MEDIA_REDIS_URL: {0}")]
+    Limits(String),
 }
 
 /// Who opens the parts: the server caches decrypted rows and migrates on start (when configured);

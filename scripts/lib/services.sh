@@ -171,3 +171,55 @@ stop_media_service() {
 # Resident set (VmRSS) and its peak (VmHWM) of a process, in KiB.
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+# ---------------------------------------------------------------- Redis (shared limits)
+# A throwaway redis-server (Debian's `redis-server`, installed with apt-get when missing) on a free
+# loopback port, for the tests of limits shared across replicas (MEDIA_REDIS_URL). We always start
+# our own rather than reuse one on 6379: the tests write keys, and an instance of our own cannot
+# hold another run's (or another program's) buckets and leases. No persistence (--save '',
+# --appendonly no); its files live under $WORK and it is stopped by the EXIT trap.
+# Exports MEDIA_TEST_REDIS_URL and REDIS_SERVER_BIN (tests start and stop their own from it).
+REDIS_PID=""
+
+find_redis() {
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    log "redis-server not found: installing Debian's redis-server"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+      || { log "could not install redis-server (apt-get install redis-server)"; exit 1; }
+  fi
+  command -v redis-server
+}
+
+start_redis() {
+  local bin="$1" dir="$WORK/redis" port
+  mkdir -p "$dir"
+  port="$(free_port)"
+  "$bin" --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no --dir "$dir" \
+    >"$dir/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do
+    if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = "PONG" ]; then break; fi
+    kill -0 "$REDIS_PID" 2>/dev/null || { log "redis-server exited at start:"; cat "$dir/redis.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ "$(redis-cli -p "$port" ping 2>/dev/null)" = "PONG" ] || { log "redis-server did not answer on port $port"; exit 1; }
+  export MEDIA_TEST_REDIS_URL="redis://127.0.0.1:$port"
+  export REDIS_SERVER_BIN="$bin"
+  log "Redis: $("$bin" --version | cut -d' ' -f3) on $MEDIA_TEST_REDIS_URL"
+}
+
+# Stops the Redis above; keeps $? for the cleanup that runs after it.
+stop_redis() {
+  local status=$?
+  if [ -n "$REDIS_PID" ] && kill -0 "$REDIS_PID" 2>/dev/null; then
+    kill "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+    log "stopped Redis"
+  fi
+  return "$status"
+}
+
+# Chain onto the EXIT trap set above (whatever it is), Redis first.
+_redis_previous_trap="$(trap -p EXIT | sed -E "s/^trap -- '(.*)' EXIT$/\1/")"
+# shellcheck disable=SC2064
+trap "stop_redis; ${_redis_previous_trap:-:}" EXIT INT TERM

@@ -33,7 +33,7 @@ pub use auth::{AuthConfig, AuthMode, DEFAULT_ALGORITHMS, DEV_AUDIENCE, DEV_ISSUE
 pub use database::DatabaseConfig;
 pub use env::{parse_bool, parse_duration, parse_size, redact_url, MIB};
 pub use keys::KeyringSource;
-pub use ops::{CaBundle, OpsConfig, RateLimit, TlsConfig, MAX_UPLOAD_TIMEOUT};
+pub use ops::{CaBundle, OpsConfig, RateLimit, RedisConfig, TlsConfig, MAX_UPLOAD_TIMEOUT};
 pub use storage::{FsConfig, S3Config, StorageConfig, S3_MIN_PART_SIZE};
 
 use crate::domain::link_key::{LinkKey, LINK_KEY_RULE};

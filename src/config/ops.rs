@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::env::{Env, MIB};
+use super::env::{redact_url, Env, MIB};
 use super::ConfigError;
 
 /// The longest `MEDIA_UPLOAD_TIMEOUT`: well below the hour after which the sweeper treats an
@@ -70,6 +71,51 @@ pub struct OpsConfig {
     pub tls: Option<TlsConfig>,
     /// Extra trusted roots for outbound TLS (`MEDIA_CA_FILE`): S3, JWKS, remote fetch, Postgres.
     pub ca: Option<CaBundle>,
+    /// Limits shared by every replica through Redis (`MEDIA_REDIS_URL`); `None`: each replica
+    /// limits on its own.
+    pub redis: Option<RedisConfig>,
+}
+
+/// The Redis that holds the shared limits (`MEDIA_REDIS_URL`, `MEDIA_REDIS_TIMEOUT`).
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://…` (TLS, rustls).
+    pub url: SecretString,
+    /// Longest wait for one limit check (`MEDIA_REDIS_TIMEOUT`, default 100ms, 1ms to 5s); past
+    /// it the check falls back to the replica's own limits.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(self.url.expose_secret()))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// The URL with any password removed, for log lines.
+    pub fn url_for_logs(&self) -> String {
+        redact_url(self.url.expose_secret())
+    }
+}
+
+fn redis_config(env: &Env<'_>) -> Result<Option<RedisConfig>, ConfigError> {
+    let Some(url) = env.get("MEDIA_REDIS_URL").filter(|u| !u.trim().is_empty()) else { return Ok(None) };
+    let parsed = Url::parse(&url).ok().filter(|u| matches!(u.scheme(), "redis" | "rediss") && u.host().is_some());
+    if parsed.is_none() {
+        return Err(ConfigError::new(
+            "MEDIA_REDIS_URL",
+            format!("expected redis://host:port or rediss://host:port, got {:?}", redact_url(&url)),
+        ));
+    }
+    let timeout = env.duration("MEDIA_REDIS_TIMEOUT")?.unwrap_or(Duration::from_millis(100));
+    if !(Duration::from_millis(1)..=Duration::from_secs(5)).contains(&timeout) {
+        return Err(ConfigError::new("MEDIA_REDIS_TIMEOUT", "must be between 1ms and 5s"));
+    }
+    Ok(Some(RedisConfig { url: SecretString::from(url), timeout }))
 }
 
 /// Certificates trusted for outbound TLS on top of the built-in roots (`MEDIA_CA_FILE`, PEM), read
@@ -202,5 +248,6 @@ pub(super) fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
         cors_allowed_origins,
         tls,
         ca: env.get("MEDIA_CA_FILE").map(PathBuf::from).map(CaBundle::read).transpose()?,
+        redis: redis_config(env)?,
     })
 }

@@ -139,3 +139,17 @@ fn presign_ttl_above_the_cap_is_refused() {
     let err = Config::from_vars(&vars(&[("MEDIA_S3_PRESIGN_TTL", "2h")])).unwrap_err();
     assert_eq!(err.var, "MEDIA_S3_PRESIGN_TTL");
 }
+
+#[test]
+fn the_redis_url_is_optional_checked_and_its_password_never_shown() {
+    assert!(Config::from_vars(&HashMap::new()).unwrap().ops.redis.is_none(), "limits are per replica by default");
+    let config = Config::from_vars(&vars(&[("MEDIA_REDIS_URL", "redis://:s3cret-pw@redis:6379/2")])).unwrap();
+    let redis = config.ops.redis.expect("shared limits");
+    assert_eq!(redis.timeout, Duration::from_millis(100));
+    assert!(!format!("{redis:?} {}", redis.url_for_logs()).contains("s3cret-pw"));
+    let err = Config::from_vars(&vars(&[("MEDIA_REDIS_URL", "http://:s3cret-pw@redis:6379")])).unwrap_err();
+    assert_eq!(err.var, "MEDIA_REDIS_URL");
+    assert!(!err.to_string().contains("s3cret-pw"), "{err}");
+    let slow = [("MEDIA_REDIS_URL", "rediss://redis:6380"), ("MEDIA_REDIS_TIMEOUT", "10s")];
+    assert_eq!(Config::from_vars(&vars(&slow)).unwrap_err().var, "MEDIA_REDIS_TIMEOUT");
+}

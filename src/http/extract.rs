@@ -71,7 +71,7 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
         let peer = peer_ip(&parts.extensions);
         match result {
             Ok(principal) => {
-                state.limits.check_principal(&principal, peer)?;
+                state.limits.check_principal(&principal, peer).await?;
                 if let Some(slot) = parts.extensions.get::<Arc<CallerSlot>>() {
                     slot.set(&principal);
                 }
@@ -81,7 +81,7 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
             Err(err) => {
                 state.auth.record_failure(&err, peer);
                 // A refused token still spends the source's bucket: floods of bad tokens get 429.
-                state.limits.check_ip(peer)?;
+                state.limits.check_ip(peer).await?;
                 Err(ApiError::Auth(err))
             }
         }

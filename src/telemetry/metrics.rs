@@ -56,6 +56,12 @@ pub mod names {
     pub const TLS_RELOADS: &str = "media_tls_reloads_total";
     /// Gauge: 1 while this process hears other processes' cache invalidations (Postgres).
     pub const CACHE_LISTENING: &str = "media_cache_invalidation_listening";
+    /// Counter of limit checks answered by this process's own limits because Redis
+    /// (`MEDIA_REDIS_URL`) did not answer, by `check` (`rate`, `uploads`).
+    pub const LIMITS_FALLBACK: &str = "media_limits_fallback_total";
+    /// Gauge (with `MEDIA_REDIS_URL`): 1 while the limits are shared through Redis, 0 while this
+    /// process falls back to its own.
+    pub const LIMITS_SHARED: &str = "media_limits_shared";
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -120,4 +126,9 @@ fn describe() {
     describe_gauge!(names::DB_POOL_MAX, "Largest database pool size");
     describe_counter!(names::TLS_RELOADS, "TLS certificate reloads by result");
     describe_gauge!(names::CACHE_LISTENING, "1 while other processes' cache invalidations are heard (Postgres)");
+    describe_counter!(names::LIMITS_FALLBACK, "Limit checks answered locally because Redis did not answer, by check");
+    describe_gauge!(
+        names::LIMITS_SHARED,
+        "1 while limits are shared through Redis, 0 while falling back to local ones"
+    );
 }

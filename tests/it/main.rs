@@ -24,6 +24,7 @@ fn fuzz_regressions_are_replayed_only_with_the_fuzzing_feature() {
 }
 mod health;
 mod jwks;
+mod limits;
 mod media;
 mod migrations;
 mod operations;

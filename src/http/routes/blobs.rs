@@ -128,7 +128,7 @@ async fn upload(
     body: Body,
 ) -> Result<Response, ApiError> {
     let link = verify(&state, "PUT", &key, query)?;
-    let _slot = state.limits.upload_slot(&format!("ip:{}", client_network(peer.ip())))?;
+    let _slot = state.limits.upload_slot(&format!("ip:{}", client_network(peer.ip()))).await?;
     let body = body_with_deadline(body, state.config.ops.upload_timeout);
     let declared = LinkUpload {
         content_type: headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default(),

@@ -116,7 +116,7 @@ async fn complete(
         }
         Found::Pending(record) => {
             require_owner(&caller.0, &record)?;
-            let slot = state.limits.upload_slot(&caller.0.owner())?;
+            let slot = state.limits.upload_slot(&caller.0.owner()).await?;
             counted(state.service.verify_pending(caller.0.clone(), record, true, slot).await.map_err(Into::into))?
         }
     };

@@ -4,6 +4,8 @@
 //! with a short timeout, and that every token issuer's signing keys are loaded; it names the one
 //! that is down (503), so a load balancer stops sending traffic and
 //! an operator knows where to look; details go to the log, not to the unauthenticated response.
+//! With `MEDIA_REDIS_URL`, `limits` says whether the limits are shared (`ok`) or each replica's
+//! own because Redis does not answer (`degraded`): still ready, as the service works either way.
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::http::admission::LimitsState;
 use crate::http::openapi::CommonErrors;
 use crate::http::state::AppState;
 
@@ -42,7 +45,9 @@ pub struct Readiness {
     /// `ready` or `not_ready`.
     #[schema(example = "ready")]
     status: &'static str,
-    /// `database`, `storage`, `keyring` and `jwks:<issuer>` per issuer → `ok` or `down`.
+    /// `database`, `storage`, `keyring` and `jwks:<issuer>` per issuer → `ok` or `down`; with
+    /// `MEDIA_REDIS_URL`, `limits` → `ok` (shared through Redis) or `degraded` (Redis does not
+    /// answer: each replica's own limits; ready all the same).
     checks: BTreeMap<String, &'static str>,
     /// What is down (only when not ready).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,6 +129,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         if let Err(message) = result {
             failures.push(message);
         }
+    }
+    match state.limits.state() {
+        LimitsState::Local => {}
+        LimitsState::Shared => _ = checks.insert("limits".to_owned(), "ok"),
+        LimitsState::Degraded => _ = checks.insert("limits".to_owned(), "degraded"),
     }
     if failures.is_empty() {
         return (StatusCode::OK, Json(Readiness { status: "ready", checks, error: None, code: None }));

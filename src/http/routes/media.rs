@@ -47,7 +47,7 @@ pub async fn ready(state: &AppState, caller: &Arc<Principal>, found: Found) -> R
     match found {
         Found::Ready(record) => Ok(record),
         Found::Pending(record) => {
-            let slot = state.limits.upload_slot(&caller.owner())?;
+            let slot = state.limits.upload_slot(&caller.owner()).await?;
             Ok(state.service.verify_pending(caller.clone(), record, false, slot).await?.record)
         }
     }

@@ -116,7 +116,11 @@ async fn upload(
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let is_json = essence == "application/json" || essence.ends_with("+json");
     let owner = caller.0.owner();
-    let slot = if is_json { state.limits.buffered_upload_slot(&owner)? } else { state.limits.upload_slot(&owner)? };
+    let slot = if is_json {
+        state.limits.buffered_upload_slot(&owner).await?
+    } else {
+        state.limits.upload_slot(&owner).await?
+    };
     let request = with_upload_deadline(&state, request);
     let ingested = counted(if is_json {
         upload_json(&state, caller.0.clone(), slot, request).await
@@ -145,7 +149,7 @@ async fn upload_form(
     request: Request,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let content_type = header_text(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
-    let slot = state.limits.upload_slot(&caller.0.owner())?;
+    let slot = state.limits.upload_slot(&caller.0.owner()).await?;
     let request = with_upload_deadline(&state, request);
     let ingested = counted(upload_multipart(&state, caller.0.clone(), slot, &content_type, request).await)?;
     Ok(Json(upload_response(&state, ingested).await?))

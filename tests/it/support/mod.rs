@@ -1,13 +1,15 @@
 //! The test harness, and nothing else: [`app`] (`spawn_app` on port 0 with a fresh database, the
 //! S3 settings `scripts/test` exports, byte fixtures), [`media`] (an app with a token issuer and
 //! counts of what is stored), [`process`] (the real binary as a child process), [`own`] (a
-//! PostgreSQL cluster and a Garage node a test can stop), [`faults`] (loads, kills and the proofs
+//! PostgreSQL cluster and a Garage node a test can stop), [`limits`] (Redis for the shared-limits
+//! tests, held uploads, readiness and metric readings), [`faults`] (loads, kills and the proofs
 //! run after a fault), [`jwks`] (a JWKS server and token minting from generated keys) and
 //! [`repository`] (the encrypted repository on both databases, without the service).
 
 pub mod app;
 pub mod faults;
 pub mod jwks;
+pub mod limits;
 pub mod media;
 pub mod own;
 pub mod process;

@@ -90,6 +90,11 @@ impl Service {
         format!("{}{path}", self.base)
     }
 
+    /// Whether the process has ended (a port taken between `free_port` and its bind, a crash).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Everything the process logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,20 +1,25 @@
 //! Admission control: per-principal and per-IP token buckets (429 `rate_limited` with
-//! `Retry-After`), the upload concurrency cap (503 `busy`), request deadlines (503 `timeout`).
+//! `Retry-After`), the per-caller upload cap (429 `too_many_uploads`), the upload concurrency cap
+//! (503 `busy`), request deadlines (503 `timeout`).
 //!
-//! The buckets are `governor` GCRA limiters keyed by `issuer\0subject` (authenticated callers, in
-//! the auth extractor) or by the TCP peer's IP (unauthenticated routes, and callers whose token
-//! was refused, so a flood of bad tokens is throttled too). Health probes and `/metrics` are never
-//! limited. Idle keys are pruned every minute so the maps stay small.
+//! The buckets are keyed by `issuer\0subject` (authenticated callers, in the auth extractor) or by
+//! the TCP peer's network (unauthenticated routes, and callers whose token was refused, so a flood
+//! of bad tokens is throttled too). Health probes and `/metrics` are never limited.
 //!
-//! The upload cap is a semaphore: a streamed upload takes one slot (it holds at most
-//! `MEDIA_S3_UPLOAD_CONCURRENCY` part buffers), a JSON data-URL upload — held in memory whole —
-//! takes as many slots as its worst case is worth, so resident memory stays near
-//! `MEDIA_MAX_CONCURRENT_UPLOADS × 2 × part size` whatever the mix.
+//! Where the buckets and the per-caller counts live: in this process ([`local`]), or, with
+//! `MEDIA_REDIS_URL`, in Redis, shared by every replica ([`shared`]); while Redis does not answer,
+//! each check falls back to the process's own and `media_limits_fallback_total` counts it.
+//!
+//! The concurrency cap always belongs to the process (it bounds its memory): a streamed upload
+//! takes one slot (it holds at most `MEDIA_S3_UPLOAD_CONCURRENCY` part buffers), a JSON data-URL
+//! upload — held in memory whole — takes as many slots as its worst case is worth, so resident
+//! memory stays near `MEDIA_MAX_CONCURRENT_UPLOADS × 2 × part size` whatever the mix.
 
-use std::collections::HashMap;
+mod local;
+mod shared;
+
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -24,33 +29,45 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use self::local::{CallerCount, LocalLimits};
+use self::shared::{Lease, SharedLimits};
 use super::error::ApiError;
 use crate::auth::Principal;
 use crate::config::{Config, RateLimit, StorageConfig};
 use crate::http::state::AppState;
 use crate::telemetry::metrics::names;
 
-/// How often idle limiter keys are dropped.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
-
 /// The limiters and the upload cap; shared by every request.
 pub struct Limits {
-    principals: Option<DefaultKeyedRateLimiter<String>>,
-    ips: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    local: Arc<LocalLimits>,
+    shared: Option<Arc<SharedLimits>>,
+    principal_rate: RateLimit,
+    ip_rate: RateLimit,
     uploads: Arc<Semaphore>,
     max_uploads: u32,
     json_upload_weight: u32,
-    per_caller: Arc<Mutex<HashMap<String, u32>>>,
     max_per_caller: u32,
 }
 
+/// Where the limits live, for readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitsState {
+    /// In this process only (no `MEDIA_REDIS_URL`).
+    Local,
+    /// In Redis, shared by every replica.
+    Shared,
+    /// `MEDIA_REDIS_URL` is set but Redis does not answer: this process's own limits meanwhile.
+    Degraded,
+}
+
 impl Limits {
-    /// Limits from the configuration (`MEDIA_RATE_LIMIT_*`, `MEDIA_MAX_CONCURRENT_UPLOADS`).
-    pub fn new(config: &Config) -> Arc<Self> {
+    /// Limits from the configuration (`MEDIA_RATE_LIMIT_*`, `MEDIA_MAX_CONCURRENT_UPLOADS`,
+    /// `MEDIA_MAX_UPLOADS_PER_CALLER`, `MEDIA_REDIS_URL`). A Redis that is down does not stop the
+    /// start: the process uses its own limits until Redis answers. A Redis URL the client refuses
+    /// is reported as an error.
+    pub async fn new(config: &Config) -> Result<Arc<Self>, redis::RedisError> {
         let max_uploads = config.ops.max_concurrent_uploads;
         let part_size = match &config.storage {
             StorageConfig::S3(s3) => s3.part_size,
@@ -60,49 +77,77 @@ impl Limits {
         // about 4 × the file at the peak.
         let json_bytes = config.max_bytes.saturating_mul(4);
         let weight = json_bytes.div_ceil(2 * part_size).clamp(1, u64::from(max_uploads));
-        let limits = Arc::new(Self {
-            principals: limiter(config.ops.principal_rate),
-            ips: limiter(config.ops.ip_rate),
+        let shared = match &config.ops.redis {
+            Some(redis) => Some(SharedLimits::connect(redis, config.ops.upload_timeout).await?),
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            local: LocalLimits::new(config.ops.principal_rate, config.ops.ip_rate),
+            shared,
+            principal_rate: config.ops.principal_rate,
+            ip_rate: config.ops.ip_rate,
             uploads: Arc::new(Semaphore::new(max_uploads as usize)),
             max_uploads,
             json_upload_weight: weight as u32,
-            per_caller: Arc::new(Mutex::new(HashMap::new())),
             max_per_caller: config.ops.max_uploads_per_caller,
-        });
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(prune(Arc::downgrade(&limits)));
+        }))
+    }
+
+    /// Where the limits live right now.
+    pub fn state(&self) -> LimitsState {
+        match &self.shared {
+            None => LimitsState::Local,
+            Some(shared) if shared.is_up() => LimitsState::Shared,
+            Some(_) => LimitsState::Degraded,
         }
-        limits
     }
 
     /// Takes a token from the caller's bucket (by IP for anonymous callers).
-    pub fn check_principal(&self, principal: &Principal, peer: Option<IpAddr>) -> Result<(), ApiError> {
+    pub async fn check_principal(&self, principal: &Principal, peer: Option<IpAddr>) -> Result<(), ApiError> {
         if principal.anonymous {
-            return self.check_ip(peer);
+            return self.check_ip(peer).await;
         }
-        let Some(limiter) = &self.principals else { return Ok(()) };
+        if !self.principal_rate.enabled() {
+            return Ok(());
+        }
         let key = format!("{}\0{}", principal.issuer.as_deref().unwrap_or_default(), principal.subject);
-        check(limiter, &key, "principal")
+        let shared = self.rate_in_redis("principal", &key, self.principal_rate).await;
+        let result = shared.unwrap_or_else(|| self.local.check_principal(&key));
+        limited(result, "principal")
     }
 
     /// Takes a token from the client IP's bucket (IPv6 clients by their /64).
-    pub fn check_ip(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
-        match (&self.ips, peer) {
-            (Some(limiter), Some(ip)) => check(limiter, &client_network(ip), "ip"),
-            _ => Ok(()),
+    pub async fn check_ip(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
+        let Some(ip) = peer.filter(|_| self.ip_rate.enabled()) else { return Ok(()) };
+        let network = client_network(ip);
+        let shared = self.rate_in_redis("ip", &network.to_string(), self.ip_rate).await;
+        let result = shared.unwrap_or_else(|| self.local.check_ip(network));
+        limited(result, "ip")
+    }
+
+    /// The shared bucket's answer, or `None` when the process must answer (no Redis, or Redis
+    /// does not answer: counted as a fallback).
+    async fn rate_in_redis(&self, kind: &str, key: &str, rate: RateLimit) -> Option<Result<(), Duration>> {
+        let shared = self.shared.as_ref()?;
+        if shared.is_up() {
+            if let Ok(answer) = shared.check_rate(kind, key, rate).await {
+                return Some(answer);
+            }
         }
+        metrics::counter!(names::LIMITS_FALLBACK, "check" => "rate").increment(1);
+        None
     }
 
     /// A slot for a streamed upload by `caller` (a principal's owner key, or `ip:<network>` for a
-    /// signed link): 429 `too_many_uploads` past `MEDIA_MAX_UPLOADS_PER_CALLER`, 503 `busy` when
-    /// every slot is taken.
-    pub fn upload_slot(&self, caller: &str) -> Result<UploadSlot, ApiError> {
-        self.slots(caller, 1)
+    /// signed link): 429 `too_many_uploads` past `MEDIA_MAX_UPLOADS_PER_CALLER` (across replicas
+    /// with Redis), 503 `busy` when every slot of this process is taken.
+    pub async fn upload_slot(&self, caller: &str) -> Result<UploadSlot, ApiError> {
+        self.slots(caller, 1).await
     }
 
     /// Slots for an upload held in memory whole (a JSON data URL).
-    pub fn buffered_upload_slot(&self, caller: &str) -> Result<UploadSlot, ApiError> {
-        self.slots(caller, self.json_upload_weight)
+    pub async fn buffered_upload_slot(&self, caller: &str) -> Result<UploadSlot, ApiError> {
+        self.slots(caller, self.json_upload_weight).await
     }
 
     /// Slots free now (tests, metrics).
@@ -110,17 +155,11 @@ impl Limits {
         self.uploads.available_permits()
     }
 
-    fn slots(&self, caller: &str, weight: u32) -> Result<UploadSlot, ApiError> {
-        {
-            let mut running = self.per_caller.lock().unwrap_or_else(PoisonError::into_inner);
-            let count = running.entry(caller.to_owned()).or_default();
-            if *count >= self.max_per_caller {
-                metrics::counter!(names::UPLOAD_REJECTIONS, "reason" => "too_many_uploads").increment(1);
-                return Err(ApiError::TooManyUploads { limit: self.max_per_caller });
-            }
-            *count += 1;
-        }
-        let caller = CallerCount { running: self.per_caller.clone(), caller: caller.to_owned() };
+    async fn slots(&self, caller: &str, weight: u32) -> Result<UploadSlot, ApiError> {
+        let Some(caller) = self.start_upload(caller).await else {
+            metrics::counter!(names::UPLOAD_REJECTIONS, "reason" => "too_many_uploads").increment(1);
+            return Err(ApiError::TooManyUploads { limit: self.max_per_caller });
+        };
         match self.uploads.clone().try_acquire_many_owned(weight.min(self.max_uploads)) {
             Ok(permit) => {
                 metrics::gauge!(names::UPLOADS_IN_FLIGHT).increment(1.0);
@@ -132,36 +171,45 @@ impl Limits {
             }
         }
     }
-}
 
-/// One running upload of a caller; counted down when dropped.
-struct CallerCount {
-    running: Arc<Mutex<HashMap<String, u32>>>,
-    caller: String,
-}
-
-impl Drop for CallerCount {
-    fn drop(&mut self) {
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = running.get_mut(&self.caller) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                running.remove(&self.caller);
+    /// Counts one more upload of `caller` (in Redis when it answers), or `None` past the cap.
+    async fn start_upload(&self, caller: &str) -> Option<CallerHold> {
+        if let Some(shared) = &self.shared {
+            if shared.is_up() {
+                if let Ok(lease) = shared.start_upload(caller, self.max_per_caller).await {
+                    return lease.map(CallerHold::Shared);
+                }
             }
+            metrics::counter!(names::LIMITS_FALLBACK, "check" => "uploads").increment(1);
         }
+        self.local.start_upload(caller, self.max_per_caller).map(CallerHold::Local)
     }
+}
+
+/// A caller's running upload, counted in this process or leased in Redis; released when dropped.
+enum CallerHold {
+    Local(#[allow(dead_code)] CallerCount),
+    Shared(#[allow(dead_code)] Lease),
 }
 
 /// Held while an upload runs; frees its slots (and the caller's count) when dropped.
 pub struct UploadSlot {
     _permit: OwnedSemaphorePermit,
-    _caller: CallerCount,
+    _caller: CallerHold,
 }
 
 impl Drop for UploadSlot {
     fn drop(&mut self) {
         metrics::gauge!(names::UPLOADS_IN_FLIGHT).decrement(1.0);
     }
+}
+
+/// `result` as the 429 answer (`Retry-After` in whole seconds, at least 1), counted by `scope`.
+fn limited(result: Result<(), Duration>, scope: &'static str) -> Result<(), ApiError> {
+    result.map_err(|wait| {
+        metrics::counter!(names::RATE_LIMITED, "scope" => scope).increment(1);
+        ApiError::RateLimited { retry_after: wait.as_secs_f64().ceil().max(1.0) as u64 }
+    })
 }
 
 /// The rate-limit key of a client address: IPv4 as is, IPv6 by its /64 (one subscriber's
@@ -176,39 +224,6 @@ pub fn client_network(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn limiter<K: Clone + std::hash::Hash + Eq>(rate: RateLimit) -> Option<DefaultKeyedRateLimiter<K>> {
-    let rps = NonZeroU32::new(rate.rps)?;
-    let burst = NonZeroU32::new(rate.burst)?;
-    Some(DefaultKeyedRateLimiter::keyed(Quota::per_second(rps).allow_burst(burst)))
-}
-
-fn check<K: Clone + std::hash::Hash + Eq>(
-    limiter: &DefaultKeyedRateLimiter<K>,
-    key: &K,
-    scope: &'static str,
-) -> Result<(), ApiError> {
-    limiter.check_key(key).map_err(|not_until| {
-        metrics::counter!(names::RATE_LIMITED, "scope" => scope).increment(1);
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        ApiError::RateLimited { retry_after: wait.as_secs_f64().ceil().max(1.0) as u64 }
-    })
-}
-
-async fn prune(limits: Weak<Limits>) {
-    loop {
-        tokio::time::sleep(PRUNE_EVERY).await;
-        let Some(limits) = limits.upgrade() else { return };
-        if let Some(limiter) = &limits.principals {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-        if let Some(limiter) = &limits.ips {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-    }
-}
-
 /// The TCP peer's address, when the server recorded it.
 pub fn peer_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
     extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
@@ -216,7 +231,7 @@ pub fn peer_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
 
 /// Middleware for unauthenticated routes: the client IP's bucket.
 pub async fn limit_by_ip(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match state.limits.check_ip(peer_ip(request.extensions())) {
+    match state.limits.check_ip(peer_ip(request.extensions())).await {
         Ok(()) => next.run(request).await,
         Err(err) => err.into_response(),
     }
@@ -279,7 +294,7 @@ pub async fn admission(State(state): State<AppState>, request: Request, next: Ne
         Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::OPTIONS
     );
     if unserved_method || is_ip_limited(route.as_deref()) {
-        if let Err(err) = state.limits.check_ip(peer_ip(request.extensions())) {
+        if let Err(err) = state.limits.check_ip(peer_ip(request.extensions())).await {
             return err.into_response();
         }
     }
