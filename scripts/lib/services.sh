@@ -171,3 +171,25 @@ stop_media_service() {
 # Resident set (VmRSS) and its peak (VmHWM) of a process, in KiB.
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+# ---------------------------------------------------------------- HAProxy (the multi-replica tests)
+# Exports HAPROXY_BIN for tests/it/fleet.rs: haproxy on PATH or /usr/sbin/haproxy, else Debian's
+# package. Installing it may start a system haproxy service; the tests ignore it (they run their
+# own haproxy in the foreground, with their own configuration, on free loopback ports).
+find_haproxy() {
+  if [ -n "${HAPROXY_BIN:-}" ] && [ -x "$HAPROXY_BIN" ]; then export HAPROXY_BIN; return; fi
+  local bin; bin="$(command -v haproxy 2>/dev/null || true)"
+  if [ -z "$bin" ] && [ -x /usr/sbin/haproxy ]; then bin=/usr/sbin/haproxy; fi
+  if [ -z "$bin" ]; then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+      log "HAProxy not found: install it (Debian: apt-get install haproxy) or set HAPROXY_BIN"
+      exit 1
+    fi
+    log "HAProxy not found: installing Debian's haproxy package"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >&2
+    bin="$(command -v haproxy 2>/dev/null || echo /usr/sbin/haproxy)"
+  fi
+  export HAPROXY_BIN="$bin"
+  log "HAProxy: $("$bin" -v 2>/dev/null | head -n1)"
+}
