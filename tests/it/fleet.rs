@@ -101,7 +101,8 @@ async fn operations(base: &str, token: &str, shape: (usize, usize, bool), salt: 
 /// Waits (at most 120 s) until `count` uploads answered after `since` are stored.
 async fn wait_for_stored(log: &Mutex<Vec<Op>>, since: Instant, count: usize) {
     let started = Instant::now();
-    let stored = || log.lock().unwrap().iter().filter(|o| o.kind != "delete" && o.answered > since && o.result.is_ok()).count();
+    let stored =
+        || log.lock().unwrap().iter().filter(|o| o.kind != "delete" && o.answered > since && o.result.is_ok()).count();
     while stored() < count {
         assert!(started.elapsed() < Duration::from_secs(120), "fewer than {count} uploads stored in 120 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -110,7 +111,8 @@ async fn wait_for_stored(log: &Mutex<Vec<Op>>, since: Instant, count: usize) {
 
 /// (tenant, id, sha256) of every stored upload not deleted afterwards, and the deleted ids.
 fn stored(tenant: &str, ops: &[Op]) -> (Vec<(String, String, String)>, Vec<String>) {
-    let deleted: Vec<String> = ops.iter().filter(|o| o.kind == "delete").filter_map(|o| o.result.clone().ok()).collect();
+    let deleted: Vec<String> =
+        ops.iter().filter(|o| o.kind == "delete").filter_map(|o| o.result.clone().ok()).collect();
     let kept = ops
         .iter()
         .filter(|o| o.kind != "delete")
@@ -188,7 +190,8 @@ async fn rotate_keys_beside_two_hundred_uploads_completes_and_deletes_through_th
     assert_readable_at(&fleet.balancer, |_| token.clone(), &kept).await;
     for id in &deleted {
         for i in 0..fleet.count() {
-            let response = fleet.http.get(format!("{}/v1/media/{id}", fleet.replica(i))).bearer_auth(&token).send().await;
+            let response =
+                fleet.http.get(format!("{}/v1/media/{id}", fleet.replica(i))).bearer_auth(&token).send().await;
             assert_eq!(response.unwrap().status(), 404, "{id}, deleted, is served by replica {i}");
         }
     }
@@ -226,10 +229,17 @@ async fn a_tenant_shred_while_its_uploads_go_through_every_replica_leaves_nothin
     // whose pending row the shred removed answers 404); the shred did overlap the uploads.
     let unexpected: Vec<_> = ops
         .iter()
-        .filter(|o| o.result.as_ref().is_err_and(|e| e != "409 tenant_shredding" && !(o.kind == "direct" && e == "404 not_found")))
+        .filter(|o| {
+            o.result
+                .as_ref()
+                .is_err_and(|e| e != "409 tenant_shredding" && !(o.kind == "direct" && e == "404 not_found"))
+        })
         .collect();
     assert!(unexpected.is_empty(), "{unexpected:?}");
-    assert!(ops.iter().any(|o| o.result.as_ref().is_err_and(|e| e == "409 tenant_shredding")), "no upload met the shred");
+    assert!(
+        ops.iter().any(|o| o.result.as_ref().is_err_and(|e| e == "409 tenant_shredding")),
+        "no upload met the shred"
+    );
 
     // One sweep (no upload is in flight any more), then count: nothing of the shredded tenant is
     // left. An upload answered after the shred ended belongs to the tenant started afresh.
@@ -279,8 +289,15 @@ async fn kill_9_of_one_replica_during_uploads_loses_no_acknowledged_upload_and_r
     }
     let ops = log.lock().unwrap().clone();
     let (acknowledged, _) = stored("acme", &ops);
-    let failed: Vec<_> = ops.iter().filter_map(|o| o.result.as_ref().err().map(|e| (o.kind, e, o.answered.saturating_duration_since(killed)))).collect();
-    eprintln!("fleet kill -9: {} uploads stored, {} failed (kind, answer, time after the kill): {failed:?}", acknowledged.len(), failed.len());
+    let failed: Vec<_> = ops
+        .iter()
+        .filter_map(|o| o.result.as_ref().err().map(|e| (o.kind, e, o.answered.saturating_duration_since(killed))))
+        .collect();
+    eprintln!(
+        "fleet kill -9: {} uploads stored, {} failed (kind, answer, time after the kill): {failed:?}",
+        acknowledged.len(),
+        failed.len()
+    );
     assert_readable_at(&fleet.balancer, |_| token.clone(), &acknowledged).await;
 
     // What the kill left: objects no row references (writes cut off mid-way, journaled). The sweep

@@ -186,7 +186,8 @@ impl Fleet {
 
     /// The logs of HAProxy and of every replica still running.
     pub fn logs(&self) -> String {
-        let mut out = format!("haproxy: {}", std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default());
+        let mut out =
+            format!("haproxy: {}", std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default());
         for (i, replica) in self.replicas.iter().enumerate() {
             if let Some(replica) = replica {
                 out.push_str(&format!("\nreplica {i}: {}", replica.logs()));

@@ -2,8 +2,9 @@
 //! S3 settings `scripts/test` exports, byte fixtures), [`media`] (an app with a token issuer and
 //! counts of what is stored), [`process`] (the real binary as a child process), [`own`] (a
 //! PostgreSQL cluster and a Garage node a test can stop), [`faults`] (loads, kills and the proofs
-//! run after a fault), [`fleet`] (several replicas behind HAProxy), [`jwks`] (a JWKS server and token minting from generated keys) and
-//! [`repository`] (the encrypted repository on both databases, without the service).
+//! run after a fault), [`fleet`] (several replicas behind HAProxy), [`jwks`] (a JWKS server and
+//! token minting from generated keys) and [`repository`] (the encrypted repository on both
+//! databases, without the service).
 
 pub mod app;
 pub mod faults;
