@@ -211,7 +211,11 @@ async fn wait_listening(http: &reqwest::Client, service: &Service) {
     let started = Instant::now();
     loop {
         let metrics = http.get(service.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        if metrics.lines().any(|l| l.starts_with("media_cache_invalidation_listening") && l.ends_with(" 1")) {
+        let listening = |line: &str| {
+            line.strip_prefix("media_cache_invalidation_listening ").and_then(|v| v.trim().parse::<f64>().ok())
+                == Some(1.0)
+        };
+        if metrics.lines().any(listening) {
             return;
         }
         assert!(started.elapsed() < Duration::from_secs(30), "the invalidation listener never connected");
@@ -234,8 +238,20 @@ pub async fn direct_upload(http: &reqwest::Client, base: &str, token: &str, body
         return Err(format!("PUT: {}", stored.status()));
     }
     let id = prepared["id"].as_str().unwrap_or_default();
-    let completed = answer(http.post(format!("{base}/v1/media/{id}/complete")).bearer_auth(token)).await?;
-    completed["id"].as_str().map(str::to_owned).ok_or_else(|| format!("complete: {completed}"))
+    // As a client would: a completion cut off by a replica's death (no answer, or the balancer's
+    // 502/503) is sent again; completing is idempotent.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let completed = answer(http.post(format!("{base}/v1/media/{id}/complete")).bearer_auth(token)).await;
+        match completed {
+            Err(e) if attempts < 3 && (e.starts_with("transport") || e.starts_with("502") || e.starts_with("503")) => {}
+            completed => {
+                let completed = completed?;
+                return completed["id"].as_str().map(str::to_owned).ok_or_else(|| format!("complete: {completed}"));
+            }
+        }
+    }
 }
 
 /// The JSON of a 200, else `"<status> <code>"` (the code is what the tests tell apart).
