@@ -247,7 +247,7 @@ async fn a_tenant_shred_while_its_uploads_go_through_every_replica_leaves_nothin
     let (doomed_ops, _) = stored("doomed", &ops);
     let afresh: Vec<_> = ops.iter().filter(|o| o.answered > shred_ended && o.result.is_ok()).collect();
     let rows = rows_of(&fleet, "doomed").await;
-    let prefix = fleet.prefix().to_owned();
+    let prefix = fleet.prefix();
     let (objects, uploads) = bucket_count(&format!("{prefix}m/")).await;
     let (staging, _) = bucket_count(&format!("{prefix}staging/")).await;
     eprintln!(

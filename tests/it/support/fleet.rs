@@ -21,7 +21,7 @@ pub struct Fleet {
     pub http: reqwest::Client,
     replicas: Vec<Option<Service>>,
     bases: Vec<String>,
-    haproxy: Child,
+    haproxy: std::sync::Mutex<Child>,
     stats: String,
     dir: tempfile::TempDir,
 }
@@ -117,7 +117,7 @@ impl Fleet {
             http,
             replicas: replicas.into_iter().map(Some).collect(),
             bases,
-            haproxy,
+            haproxy: std::sync::Mutex::new(haproxy),
             stats: format!("http://127.0.0.1:{stats}/stats;csv"),
             dir,
         };
@@ -146,9 +146,9 @@ impl Fleet {
         token(&self.vars, tenant, "alice")
     }
 
-    /// The replicas' storage prefix.
-    pub fn prefix(&self) -> &str {
-        var(&self.vars, "MEDIA_STORAGE_PREFIX")
+    /// The replicas' storage prefix, as the service uses it (ending in `/`).
+    pub fn prefix(&self) -> String {
+        format!("{}/", var(&self.vars, "MEDIA_STORAGE_PREFIX").trim_end_matches('/'))
     }
 
     /// `kill -9` of replica `i`.
@@ -156,9 +156,13 @@ impl Fleet {
         self.replicas[i].take().expect("replica already killed").kill9();
     }
 
-    /// What HAProxy's stats say of replica `i` (`UP`, `DOWN`, `UP 1/2`, …).
+    /// What HAProxy's stats say of replica `i` (`UP`, `DOWN`, `UP 1/2`, …), or why they cannot
+    /// be read (HAProxy not listening yet).
     pub async fn server_state(&self, i: usize) -> String {
-        let csv = self.http.get(&self.stats).send().await.unwrap().text().await.unwrap();
+        let csv = match self.http.get(&self.stats).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(err) => return format!("unreachable ({err})"),
+        };
         let mut lines = csv.lines();
         let header: Vec<&str> = lines.next().unwrap_or_default().trim_start_matches("# ").split(',').collect();
         let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
@@ -178,6 +182,9 @@ impl Fleet {
             let now = self.server_state(i).await;
             if now == state {
                 return;
+            }
+            if let Ok(Some(status)) = self.haproxy.lock().unwrap().try_wait() {
+                panic!("haproxy exited with {status}: {}", self.logs());
             }
             assert!(started.elapsed() < Duration::from_secs(30), "r{i} is {now}, not {state}: {}", self.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -199,8 +206,9 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        let _ = self.haproxy.kill();
-        let _ = self.haproxy.wait();
+        let haproxy = self.haproxy.get_mut().unwrap();
+        let _ = haproxy.kill();
+        let _ = haproxy.wait();
         // The replicas are killed by their own Drop.
     }
 }
