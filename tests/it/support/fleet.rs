@@ -206,6 +206,12 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        // A failed test shows what the replicas and the balancer said (their files go with `dir`).
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let notable: Vec<&str> = logs.lines().filter(|l| !l.contains("\"level\":\"INFO\"")).collect();
+            eprintln!("fleet logs (INFO lines left out):\n{}", notable.join("\n"));
+        }
         let haproxy = self.haproxy.get_mut().unwrap();
         let _ = haproxy.kill();
         let _ = haproxy.wait();
