@@ -79,7 +79,8 @@ drop_stale_test_databases() {
   local stale
   stale="$(psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'mediatest\_%'" 2>/dev/null || true)"
   for db in $stale; do
-    psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    # Without FORCE: a database another run (a concurrent scripts/test) is using is left alone.
+    psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
   done
 }
 
