@@ -79,7 +79,8 @@ drop_stale_test_databases() {
   local stale
   stale="$(psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'mediatest\_%'" 2>/dev/null || true)"
   for db in $stale; do
-    psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    # Without FORCE: a database another run (a concurrent scripts/test) is using is left alone.
+    psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
   done
 }
 
@@ -223,3 +224,24 @@ stop_redis() {
 _redis_previous_trap="$(trap -p EXIT | sed -E "s/^trap -- '(.*)' EXIT$/\1/")"
 # shellcheck disable=SC2064
 trap "stop_redis; ${_redis_previous_trap:-:}" EXIT INT TERM
+# ---------------------------------------------------------------- HAProxy (the multi-replica tests)
+# Exports HAPROXY_BIN for tests/it/fleet.rs: haproxy on PATH or /usr/sbin/haproxy, else Debian's
+# package. Installing it may start a system haproxy service; the tests ignore it (they run their
+# own haproxy in the foreground, with their own configuration, on free loopback ports).
+find_haproxy() {
+  if [ -n "${HAPROXY_BIN:-}" ] && [ -x "$HAPROXY_BIN" ]; then export HAPROXY_BIN; return; fi
+  local bin; bin="$(command -v haproxy 2>/dev/null || true)"
+  if [ -z "$bin" ] && [ -x /usr/sbin/haproxy ]; then bin=/usr/sbin/haproxy; fi
+  if [ -z "$bin" ]; then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+      log "HAProxy not found: install it (Debian: apt-get install haproxy) or set HAPROXY_BIN"
+      exit 1
+    fi
+    log "HAProxy not found: installing Debian's haproxy package"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >&2
+    bin="$(command -v haproxy 2>/dev/null || echo /usr/sbin/haproxy)"
+  fi
+  export HAPROXY_BIN="$bin"
+  log "HAProxy: $("$bin" -v 2>/dev/null | head -n1)"
+}

@@ -12,6 +12,7 @@ mod auth;
 mod cli;
 mod exclusion;
 mod faults;
+mod fleet;
 #[cfg(feature = "fuzzing")]
 mod fuzz_regressions;
 

@@ -62,9 +62,18 @@ pub async fn assert_readable(
     token_of: impl Fn(&str) -> String,
     acknowledged: &[(String, String, String)],
 ) {
+    assert_readable_at(&service.base, token_of, acknowledged).await;
+}
+
+/// Every acknowledged upload downloads byte-identical through `base` (a service or a balancer).
+pub async fn assert_readable_at(
+    base: &str,
+    token_of: impl Fn(&str) -> String,
+    acknowledged: &[(String, String, String)],
+) {
     let http = http();
     for (tenant, id, sha) in acknowledged {
-        let response = http.get(service.url(&format!("/v1/media/{id}"))).bearer_auth(token_of(tenant)).send().await;
+        let response = http.get(format!("{base}/v1/media/{id}")).bearer_auth(token_of(tenant)).send().await;
         let response = response.unwrap();
         assert_eq!(response.status(), 200, "{tenant}/{id} is gone");
         let bytes = response.bytes().await.unwrap();
@@ -83,6 +92,18 @@ pub async fn journaled(vars: &[(String, String)]) -> u64 {
 /// Rows and objects match one to one: every row's object exists, every object under the prefix
 /// has a row, and no multipart upload is left. Returns the number of rows.
 pub async fn assert_rows_match_objects(vars: &[(String, String)], s3: &S3Target) -> usize {
+    let (referenced, stored, uploads) = rows_and_objects(vars, s3).await;
+    assert_eq!(uploads, 0, "multipart uploads left behind");
+    let missing: Vec<_> = referenced.difference(&stored).collect();
+    let orphans: Vec<_> = stored.difference(&referenced).collect();
+    assert!(missing.is_empty(), "rows without an object: {missing:?}");
+    assert!(orphans.is_empty(), "objects without a row: {orphans:?}");
+    referenced.len()
+}
+
+/// The storage keys of every row (each row decrypts, or this panics naming it), the objects
+/// under the prefix, and the number of multipart uploads open under it.
+pub async fn rows_and_objects(vars: &[(String, String)], s3: &S3Target) -> (BTreeSet<String>, BTreeSet<String>, usize) {
     let config = Config::from_vars(&vars.iter().cloned().collect()).unwrap();
     let services = Services::open(&config, Role::Admin).await.unwrap();
     let tenants: Vec<String> =
@@ -111,12 +132,7 @@ pub async fn assert_rows_match_objects(vars: &[(String, String)], s3: &S3Target)
         stored.extend(page.unwrap().contents().iter().filter_map(|o| o.key().map(str::to_owned)));
     }
     let uploads = client.list_multipart_uploads().bucket(&s3.bucket).prefix(prefix).send().await.unwrap();
-    assert_eq!(uploads.uploads().len(), 0, "multipart uploads left behind");
-    let missing: Vec<_> = referenced.difference(&stored).collect();
-    let orphans: Vec<_> = stored.difference(&referenced).collect();
-    assert!(missing.is_empty(), "rows without an object: {missing:?}");
-    assert!(orphans.is_empty(), "objects without a row: {orphans:?}");
-    referenced.len()
+    (referenced, stored, uploads.uploads().len())
 }
 
 /// A `rotate-keys` run, its log lines delivered as they come.
@@ -127,12 +143,18 @@ pub struct Rotation {
 
 impl Rotation {
     pub fn start(vars: &[(String, String)]) -> Self {
+        Self::start_with(vars, &["--batch-size", "10"])
+    }
+
+    /// `rotate-keys` with `args`.
+    pub fn start_with(vars: &[(String, String)], args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["rotate-keys", "--batch-size", "10"])
+            .arg("rotate-keys")
+            .args(args)
             .env_clear()
             .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("LOG_LEVEL", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -146,6 +168,43 @@ impl Rotation {
             }
         });
         Self { child, lines }
+    }
+
+    /// Waits (at most `within`) for a line containing `event`: false when the run ended first.
+    pub fn wait_for(&mut self, event: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(event) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Waits (at most `within`, then kills it) for the run to end: its exit status and its
+    /// JSON summary (stdout), or the last lines of its log.
+    pub fn finish(self, within: Duration) -> Result<Value, String> {
+        let Self { mut child, lines } = self;
+        let deadline = Instant::now() + within;
+        let mut log = Vec::new();
+        loop {
+            match lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => log.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        let output = child.wait_with_output().unwrap();
+        let tail = log.iter().rev().take(20).rev().cloned().collect::<Vec<_>>().join("\n");
+        if !output.status.success() {
+            return Err(format!("rotate-keys ended with {}: {tail}", output.status));
+        }
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("rotate-keys printed no summary ({e}): {tail}"))
     }
 
     /// Waits for the `nth` line containing `event`, then `delay`, then `kill -9`. False when the

@@ -3,11 +3,13 @@
 //! counts of what is stored), [`process`] (the real binary as a child process), [`own`] (a
 //! PostgreSQL cluster and a Garage node a test can stop), [`limits`] (Redis for the shared-limits
 //! tests, held uploads, readiness and metric readings), [`faults`] (loads, kills and the proofs
-//! run after a fault), [`jwks`] (a JWKS server and token minting from generated keys) and
-//! [`repository`] (the encrypted repository on both databases, without the service).
+//! run after a fault), [`fleet`] (several replicas behind HAProxy), [`jwks`] (a JWKS server and
+//! token minting from generated keys) and [`repository`] (the encrypted repository on both
+//! databases, without the service).
 
 pub mod app;
 pub mod faults;
+pub mod fleet;
 pub mod jwks;
 pub mod limits;
 pub mod media;
