@@ -36,6 +36,9 @@ impl Opts {
 
 /// Runs the command against the configured database and prints the JSON summary.
 pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
+    if let Some(bad) = opts.tenants.iter().find(|tenant| !crate::domain::tenant::is_valid_tenant(tenant)) {
+        anyhow::bail!("{bad:?} is not a tenant id: {}", crate::domain::tenant::TENANT_RULE);
+    }
     let services = super::open_key_services(config).await?;
     let (keys, repo, db) = (&services.keys, &services.media, &services.db);
     let summary = rotate(keys, repo, &opts.options()).await.context("rotation failed (a re-run resumes it)")?;

@@ -59,6 +59,8 @@ pub mod names {
     /// Counter of limit checks answered by this process's own limits because Redis
     /// (`MEDIA_REDIS_URL`) did not answer, by `check` (`rate`, `uploads`).
     pub const LIMITS_FALLBACK: &str = "media_limits_fallback_total";
+    /// Counter of audit events that could not be appended (the operation they record went on).
+    pub const AUDIT_APPEND_FAILURES: &str = "media_audit_append_failures_total";
     /// Gauge (with `MEDIA_REDIS_URL`): 1 while the limits are shared through Redis, 0 while this
     /// process falls back to its own.
     pub const LIMITS_SHARED: &str = "media_limits_shared";
@@ -116,6 +118,7 @@ fn describe() {
     describe_histogram!(names::RESOLVE_PLACEHOLDERS, "Distinct media IDs per resolve call");
     describe_counter!(names::BLOB_ERRORS, "Blob store failures by operation");
     describe_counter!(names::DB_ERRORS, "Database failures answered as errors");
+    describe_counter!(names::AUDIT_APPEND_FAILURES, "Audit events that could not be appended");
     describe_counter!(names::PANICS, "Request handlers that panicked (answered 500 internal); any is a bug");
     describe_gauge!(
         names::ROTATION_PENDING,

@@ -82,6 +82,31 @@ async fn without_yes_nothing_is_shredded() {
 }
 
 #[tokio::test]
+async fn admin_commands_refuse_what_is_not_a_tenant_id_and_touch_no_key() {
+    let app = spawn_app(Stack::SqliteFs).await;
+    upload(&app, "acme", 1).await;
+    let before = app.state.keys.key_rows(None).await.unwrap().len();
+    // The empty id is where the audit key lives; it is nobody's tenant.
+    for args in [
+        &["rotate-keys", "--tenant", ""][..],
+        &["tenant", "shred", "", "--yes"][..],
+        &["rotate-keys", "--tenant", "a/b"][..],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_media-api"))
+            .args(args)
+            .env_clear()
+            .env("MEDIA_DATA_DIR", app.dir.path().join("data"))
+            .env("MEDIA_KEYS_DIR", app.dir.path().join("keys"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("is not a tenant id"), "{args:?}: {stderr}");
+    }
+    assert_eq!(app.state.keys.key_rows(None).await.unwrap().len(), before, "a key was created or destroyed");
+}
+
+#[tokio::test]
 async fn while_a_tenant_is_shredding_every_write_is_refused_and_after_it_the_tenant_starts_afresh() {
     for stack in STACKS {
         let m = media_app(stack, &[]).await;

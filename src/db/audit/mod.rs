@@ -161,6 +161,7 @@ impl AuditLog {
     /// has already happened, such as an upload).
     pub async fn record(&self, event: &AuditEvent<'_>) {
         if let Err(err) = self.append(event).await {
+            metrics::counter!(crate::telemetry::metrics::names::AUDIT_APPEND_FAILURES).increment(1);
             tracing::warn!(error = %err, kind = event.kind, "cannot append an event to the audit log");
         }
     }
