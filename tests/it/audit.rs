@@ -50,8 +50,14 @@ async fn append_events(log: &AuditLog, tenant: &str, count: usize) {
 
 /// Runs the binary's `audit …` against the fixture; (exit code, stdout, stderr).
 fn audit_cli(fx: &Fixture, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["audit"];
+    all.extend_from_slice(args);
+    cli(fx, &all)
+}
+
+/// Runs the binary with `args` against the fixture's database and keyring.
+fn cli(fx: &Fixture, args: &[&str]) -> (Option<i32>, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_media-api"))
-        .arg("audit")
         .args(args)
         .env_clear()
         .env("MEDIA_DATABASE_URL", &fx.db_url)
@@ -300,15 +306,7 @@ async fn events_of_before_the_keyed_format_are_pseudonymized_and_rechained() {
 }
 
 fn migrate_cli(fx: &Fixture) -> (Option<i32>, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_media-api"))
-        .arg("migrate")
-        .env_clear()
-        .env("MEDIA_DATABASE_URL", &fx.db_url)
-        .env("MEDIA_MASTER_KEYS", format!("k1:{}", fx.key_text))
-        .output()
-        .unwrap();
-    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
-    (output.status.code(), text(output.stdout), text(output.stderr))
+    cli(fx, &["migrate"])
 }
 
 /// The unkeyed hash of the previous release (and of anyone recomputing a link without the key).

@@ -11,23 +11,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::support::app::{spawn_app_with, Stack, STACKS};
+use crate::support::limits::metric;
 use crate::support::media::{json_of, media_app, png};
 use crate::support::process::{binary_vars, run, token, var, Service};
-
-/// Sum of the samples of `name` whose labels include every `(label, value)` of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric_name, rest) = series.split_once('{').unwrap_or((series, ""));
-            if metric_name != name {
-                return None;
-            }
-            labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
-}
 
 async fn scrape(http: &reqwest::Client, url: &str) -> String {
     let response = http.get(url).send().await.unwrap();
