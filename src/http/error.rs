@@ -62,6 +62,15 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// Too much of a multipart body came before its `file` part (see [`super::form`]).
+    #[error(
+        "more than {limit} bytes of the multipart body came before its `file` part: the preamble, the part headers \
+         and the text parts are limited (the file itself is not); send the file part sooner"
+    )]
+    FormPrefixTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// A dependency is down or overloaded; retrying later may work.
     #[error("{message}")]
     Unavailable {
@@ -150,7 +159,7 @@ impl ApiError {
             Self::NotFound | Self::NoRoute | Self::MediaNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } | Self::FormPrefixTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnsupportedMedia { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -184,6 +193,7 @@ impl ApiError {
             Self::NotFound | Self::NoRoute | Self::MediaNotFound { .. } => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TooLarge { .. } => "too_large",
+            Self::FormPrefixTooLarge { .. } => "multipart_prefix_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyUploads { .. } => "too_many_uploads",
             Self::Busy => "busy",

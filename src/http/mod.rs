@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod error;
 pub mod extract;
+pub mod form;
 pub mod observe;
 pub mod openapi;
 pub mod range;

@@ -24,6 +24,7 @@ fn fuzz_regressions_are_replayed_only_with_the_fuzzing_feature() {
     panic!("the fuzz regressions (fuzz/regressions/) replay only with `--features fuzzing`: run scripts/test");
 }
 mod health;
+mod hostile;
 mod jwks;
 mod limits;
 mod media;

@@ -18,6 +18,7 @@ use crate::auth::Principal;
 use crate::http::admission::{body_with_deadline, UploadSlot};
 use crate::http::error::{ApiError, ApiQuery};
 use crate::http::extract::{Authenticated, CanWrite};
+use crate::http::form;
 use crate::http::openapi::{AuthErrors, Shredding, UploadErrors};
 use crate::http::request::{content_length, header_text, read_limited};
 use crate::http::state::AppState;
@@ -217,18 +218,22 @@ async fn upload_multipart(
 ) -> Result<Ingested, ApiError> {
     let invalid = |why: String| ApiError::bad_request("invalid_multipart", why);
     let boundary = multer::parse_boundary(content_type).map_err(|e| invalid(format!("not a multipart body: {e}")))?;
-    let stream = request.into_body().into_data_stream();
+    let reached = form::FileReached::default();
+    let stream = form::guard(request.into_body().into_data_stream(), reached.clone());
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut user_hint = None;
     let mut filename = None;
     loop {
-        let field =
-            multipart.next_field().await.map_err(|e| invalid(format!("the multipart body is malformed: {e}")))?;
+        let field = multipart.next_field().await.map_err(|e| match form::is_prefix_too_large(&e) {
+            true => ApiError::FormPrefixTooLarge { limit: form::PREFIX_MAX },
+            false => invalid(format!("the multipart body is malformed: {e}")),
+        })?;
         let Some(field) = field else {
             return Err(ApiError::bad_request("missing_file", "the multipart body has no `file` part"));
         };
         match field.name() {
             Some("file") => {
+                reached.set();
                 let upload = Upload {
                     declared: field.content_type().map(|m| (DeclaredBy::Part, m.to_string())).into_iter().collect(),
                     filename: field.file_name().and_then(clean_filename).or(filename),

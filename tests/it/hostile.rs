@@ -1,0 +1,84 @@
+//! Hostile clients (issue 15), one bound at a time: each test sends past a bound and checks the
+//! clear answer (status, stable code) and that nothing was stored.
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+
+use crate::support::app::STACKS;
+use crate::support::media::{json_of, media_app, png, MediaApp};
+
+const BOUNDARY: &str = "hostile-boundary-7f3a";
+
+/// Posts `body` as a chunked multipart upload in chunks of `chunk` bytes.
+async fn post_form(m: &MediaApp, token: &str, body: Vec<u8>, chunk: usize) -> (StatusCode, serde_json::Value) {
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        body.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let response = m
+        .http()
+        .post(m.url("/v1/media"))
+        .bearer_auth(token)
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    json_of(response).await
+}
+
+/// A form whose `file` part (a PNG) comes after `preamble`.
+fn form_after(preamble: &[u8], file: &[u8]) -> Vec<u8> {
+    let mut body = preamble.to_vec();
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}\r\n").as_bytes());
+    body.extend_from_slice(b"Content-Disposition: form-data; name=\"file\"; filename=\"p.png\"\r\n");
+    body.extend_from_slice(b"Content-Type: image/png\r\n\r\n");
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+#[tokio::test]
+async fn a_multipart_body_holds_little_before_its_file_part_and_nothing_is_stored_past_it() {
+    for stack in STACKS {
+        let m = media_app(stack, &[]).await;
+        let alice = m.alice();
+        let before = m.counts().await;
+
+        // The boundary never comes: a parser looking for it would buffer all of this.
+        let (status, body) = post_form(&m, &alice, vec![b'x'; 2 << 20], 16 * 1024).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{stack:?}: {body}");
+        assert_eq!(body["code"], "multipart_prefix_too_large", "{stack:?}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("before its `file` part"), "{body}");
+
+        // A part's headers never end.
+        let mut endless =
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Pad: ").into_bytes();
+        endless.extend(std::iter::repeat_n(b'a', 1 << 20));
+        let (status, body) = post_form(&m, &alice, endless, 16 * 1024).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("multipart_prefix_too_large"))
+        );
+
+        // Text parts before the file, past the bound.
+        let mut chatty = Vec::new();
+        for _ in 0..100 {
+            chatty.extend_from_slice(
+                format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n").as_bytes(),
+            );
+            chatty.extend(std::iter::repeat_n(b'n', 1000));
+            chatty.extend_from_slice(b"\r\n");
+        }
+        let (status, body) = post_form(&m, &alice, form_after(&chatty, &png(2000, 1)), 4096).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("multipart_prefix_too_large"))
+        );
+        assert_eq!(m.counts().await, before, "{stack:?}: something was stored");
+
+        // Within the bound — a 60 KB preamble, then the file in one chunk with its headers — it uploads.
+        let image = png(50_000, 2);
+        let (status, body) = post_form(&m, &alice, form_after(&vec![b'p'; 60_000], &image), 60_000).await;
+        assert_eq!(status, StatusCode::OK, "{stack:?}: {body}");
+        assert_eq!(body["bytes"], image.len(), "{stack:?}");
+    }
+}
