@@ -70,9 +70,20 @@ fn percent_decode(text: &str) -> String {
 /// The last path component, without control characters, at most 255 characters; `None` if empty.
 pub fn clean_filename(name: &str) -> Option<String> {
     let last = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    let cleaned: String = last.chars().filter(|c| !c.is_control()).take(MAX_FILENAME_CHARS).collect();
+    let cleaned: String =
+        last.chars().filter(|c| !c.is_control() && !is_format_char(*c)).take(MAX_FILENAME_CHARS).collect();
     let cleaned = cleaned.trim().to_owned();
     (!cleaned.is_empty() && cleaned != "." && cleaned != "..").then_some(cleaned)
+}
+
+/// Unicode format characters a name has no business holding: bidi controls (U+202E makes
+/// `photo\u{202E}gnp.exe` display as `photoexe.png`), zero-width characters, the BOM, soft
+/// hyphens, invisible operators and tag characters.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
 }
 
 /// A decoded `data:<mime>;base64,<data>` URL: its declared type and bytes. The decoded size is
@@ -110,6 +121,14 @@ pub fn decode_data_url(url: &str, max_bytes: u64) -> Result<(Option<String>, Byt
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn format_characters_are_stripped_so_a_name_displays_as_it_is() {
+        assert_eq!(clean_filename("invoice\u{202E}fdp.exe").as_deref(), Some("invoicefdp.exe"));
+        assert_eq!(clean_filename("a\u{200B}b\u{2066}c\u{FEFF}.png").as_deref(), Some("abc.png"));
+        assert_eq!(clean_filename("\u{202E}\u{200F}"), None, "nothing visible is left");
+        assert_eq!(clean_filename("photo d'été.png").as_deref(), Some("photo d'été.png"));
+    }
 
     #[test]
     fn filenames_come_from_disposition_then_header_then_query_and_lose_their_path() {
