@@ -304,13 +304,25 @@ impl AuditLimiter {
         if self.total >= AUDIT_PER_WINDOW {
             return false;
         }
-        let count = self.per_source.entry(source).or_insert(0);
+        let count = self.per_source.entry(source.map(network_of)).or_insert(0);
         if *count >= AUDIT_PER_SOURCE {
             return false;
         }
         *count += 1;
         self.total += 1;
         true
+    }
+}
+
+/// The network a source counts as: an IPv4 address, or an IPv6 address's /64 (one host usually
+/// holds a whole /64, so per-address counting would let it log without bound).
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            IpAddr::from([segments[0], segments[1], segments[2], segments[3], 0, 0, 0, 0])
+        }
     }
 }
 
@@ -371,5 +383,17 @@ mod tests {
         assert_eq!(allowed, AUDIT_PER_SOURCE as usize);
         let many = (0..2000u32).filter(|i| limiter.allow(Some(IpAddr::from(i.to_be_bytes())))).count();
         assert_eq!(many + allowed, AUDIT_PER_WINDOW as usize);
+    }
+
+    #[test]
+    fn one_ipv6_slash_64_counts_as_one_source() {
+        let mut limiter = AuditLimiter { window_start: Instant::now(), total: 0, per_source: HashMap::new() };
+        let host = |i: u16| Some(IpAddr::from([0x2001, 0xdb8, 7, 9, i, i, i, i]));
+        let allowed = (0..50u16).filter(|i| limiter.allow(host(*i))).count();
+        assert_eq!(allowed, AUDIT_PER_SOURCE as usize, "50 addresses of one /64");
+        assert!(
+            limiter.allow(Some(IpAddr::from([0x2001, 0xdb8, 7, 10, 0, 0, 0, 1]))),
+            "the next /64 is another source"
+        );
     }
 }
