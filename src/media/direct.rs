@@ -17,7 +17,8 @@ use crate::storage::{PresignPut, PresignedRequest};
 pub struct PrepareRequest {
     /// The type the file will have, as declared.
     pub declared_type: String,
-    /// Exact size; when given, the URL only accepts a body of this length.
+    /// Exact size; the URL only accepts a body of this length. Required on S3 (see
+    /// [`crate::storage::BlobStore::unsized_puts_unbounded`]).
     pub bytes: Option<u64>,
     /// Filename to record.
     pub filename: Option<String>,
@@ -47,6 +48,13 @@ impl MediaService {
         match request.bytes {
             Some(0) => return Err(MediaError::invalid("empty", "bytes must be more than 0")),
             Some(size) if size > max => return Err(MediaError::TooLarge { limit: max }),
+            None if self.blobs.unsized_puts_unbounded() => {
+                return Err(MediaError::invalid(
+                    "bytes_required",
+                    "bytes is required: the upload URL is bound to the exact size of the file (without it the store \
+                     would take any size until the URL expires)",
+                ))
+            }
             _ => {}
         }
         let record = MediaRecord {

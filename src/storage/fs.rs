@@ -150,6 +150,10 @@ impl BlobStore for FsBlobStore {
         Ok(self.links.sign_get(key, options.ttl, &options.content_type, &options.content_disposition))
     }
 
+    fn unsized_puts_unbounded(&self) -> bool {
+        false
+    }
+
     async fn presign_put(&self, key: &str, options: &PresignPut) -> Result<PresignedRequest, StorageError> {
         validate_key(key)?;
         Ok(self.links.sign_put(key, options.ttl, &options.content_type, options.content_length))

@@ -204,6 +204,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// A URL that downloads the object with forced response headers until `ttl` passes.
     async fn presign_get(&self, key: &str, options: &PresignGet) -> Result<PresignedRequest, StorageError>;
 
+    /// Whether an upload URL without a length would accept any size (S3: up to 5 GiB until it
+    /// expires), so callers must give one; the filesystem's links enforce `MEDIA_MAX_BYTES` themselves.
+    fn unsized_puts_unbounded(&self) -> bool {
+        true
+    }
+
     /// A URL that uploads to `key`, bound to a content type and (optionally) a length.
     async fn presign_put(&self, key: &str, options: &PresignPut) -> Result<PresignedRequest, StorageError>;
 

@@ -82,3 +82,28 @@ async fn a_multipart_body_holds_little_before_its_file_part_and_nothing_is_store
         assert_eq!(body["bytes"], image.len(), "{stack:?}");
     }
 }
+
+#[tokio::test]
+async fn a_direct_upload_to_s3_must_name_its_size() {
+    for stack in STACKS {
+        let m = media_app(stack, &[]).await;
+        let before = m.counts().await;
+        let request = m.http().post(m.url("/v1/media/prepare-upload")).bearer_auth(m.alice());
+        let (status, body) =
+            json_of(request.json(&serde_json::json!({"mime_type": "image/png"})).send().await.unwrap()).await;
+        match stack {
+            // Without a length an S3 PUT URL takes up to 5 GiB until it expires.
+            crate::support::app::Stack::PostgresS3 => {
+                assert_eq!(
+                    (status, body["code"].as_str()),
+                    (StatusCode::BAD_REQUEST, Some("bytes_required")),
+                    "{body}"
+                );
+                assert!(body["error"].as_str().unwrap().contains("bytes is required"), "{body}");
+                assert_eq!(m.counts().await, before, "a row was written");
+            }
+            // The service's own upload links enforce MEDIA_MAX_BYTES themselves.
+            crate::support::app::Stack::SqliteFs => assert_eq!(status, StatusCode::OK, "{body}"),
+        }
+    }
+}

@@ -38,7 +38,8 @@ struct PrepareUpload {
     mime_type: Option<String>,
     /// Same as `mime_type`.
     content_type: Option<String>,
-    /// Exact size; when given, the URL only accepts a body of this length.
+    /// Exact size: the URL only accepts a body of this length. Required on S3 (400
+    /// `bytes_required` without it); optional on the filesystem backend.
     bytes: Option<u64>,
     filename: Option<String>,
     /// A client hint only.
