@@ -106,7 +106,9 @@ impl Authenticator {
             AuthMode::Required => {}
         }
         if config.mode != AuthMode::Disabled && config.admin_roles.is_empty() {
-            tracing::warn!("AUTH_ADMIN_ROLES is empty: every valid token may delete any media of its tenant");
+            tracing::info!(
+                "AUTH_ADMIN_ROLES is empty: no token holds media:admin (callers delete only their own media)"
+            );
         }
         Ok(Self {
             mode: config.mode,

@@ -181,8 +181,10 @@ impl ClaimsMapping {
     fn permissions(&self, roles: &BTreeSet<String>, scopes: &BTreeSet<String>) -> BTreeSet<Permission> {
         self.grants
             .iter()
-            .filter(|(_, granted_by)| {
-                granted_by.is_empty() || granted_by.iter().any(|name| roles.contains(name) || scopes.contains(name))
+            .filter(|(permission, granted_by)| {
+                // Read and write with no setting: every valid token. Admin only ever by name.
+                (granted_by.is_empty() && *permission != Permission::Admin)
+                    || granted_by.iter().any(|name| roles.contains(name) || scopes.contains(name))
             })
             .map(|(permission, _)| *permission)
             .collect()
@@ -252,9 +254,11 @@ mod tests {
     }
 
     #[test]
-    fn empty_role_maps_grant_every_valid_token() {
-        let p = mapping(&[]).principal("iss", &json!({"sub": "u", "tenant_id": "t"})).unwrap();
-        assert_eq!(p.permissions.len(), 3);
+    fn empty_role_maps_grant_read_and_write_to_every_valid_token_and_admin_to_none() {
+        let p =
+            mapping(&[]).principal("iss", &json!({"sub": "u", "tenant_id": "t", "roles": ["media-admin"]})).unwrap();
+        assert_eq!(p.permissions, [Permission::Read, Permission::Write].into_iter().collect());
+        assert!(!p.can(Permission::Admin), "admin is only ever granted by name");
     }
 
     #[test]

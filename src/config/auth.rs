@@ -58,7 +58,7 @@ pub struct AuthConfig {
     pub read_roles: Vec<String>,
     /// Roles or scopes granting `media:write` (`AUTH_WRITE_ROLES`; empty: every valid token).
     pub write_roles: Vec<String>,
-    /// Roles or scopes granting `media:admin` (`AUTH_ADMIN_ROLES`; empty: every valid token).
+    /// Roles or scopes granting `media:admin` (`AUTH_ADMIN_ROLES`; empty: no token).
     pub admin_roles: Vec<String>,
     /// Clients whose `resource_access.<client>.roles` count (`AUTH_CLIENT_ID`; default: the audiences).
     pub client_ids: Vec<String>,

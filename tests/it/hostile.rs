@@ -107,3 +107,18 @@ async fn a_direct_upload_to_s3_must_name_its_size() {
         }
     }
 }
+
+#[tokio::test]
+async fn with_no_admin_role_configured_nobody_deletes_another_users_media() {
+    let m = media_app(crate::support::app::Stack::SqliteFs, &[("AUTH_ADMIN_ROLES", "")]).await;
+    let (alice, bob) = (m.token("tenant-a", "alice", &[]), m.token("tenant-a", "bob", &["media-admin"]));
+    let (status, body) = json_of(m.upload_raw(&alice, "image/png", png(800, 3)).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let path = format!("/v1/media/{}", body["id"].as_str().unwrap());
+    // Bob's token even carries the role other deployments use for admins: unset, it grants nothing.
+    let (status, refused) = json_of(m.http().delete(m.url(&path)).bearer_auth(&bob).send().await.unwrap()).await;
+    assert_eq!((status, refused["code"].as_str()), (StatusCode::FORBIDDEN, Some("not_owner")), "{refused}");
+    assert_eq!(m.get(&alice, &path).send().await.unwrap().status(), StatusCode::OK, "alice's media is still there");
+    let own = m.http().delete(m.url(&path)).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!(own.status(), StatusCode::NO_CONTENT, "the uploader deletes her own");
+}
