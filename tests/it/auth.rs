@@ -141,7 +141,9 @@ async fn a_good_token_reaches_the_handler_and_names_subject_and_tenant() {
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
     assert_eq!((body["subject"].as_str(), body["tenant"].as_str()), (Some("user-1"), Some("acme")));
-    assert_eq!(h.probe("/admin", &token).await, StatusCode::OK);
+    assert_eq!(h.probe("/write", &token).await, StatusCode::OK, "read and write: every valid token by default");
+    assert_eq!(h.probe.runs(), 1);
+    assert_eq!(h.probe("/admin", &token).await, StatusCode::FORBIDDEN, "admin is never implied");
     assert_eq!(h.probe.runs(), 1);
     for key in [TestKey::rsa(), TestKey::p256()] {
         let h = harness_with(key, &[]).await;
