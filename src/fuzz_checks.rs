@@ -104,8 +104,10 @@ pub fn data_url(data: &[u8]) {
     }
 }
 
-/// Resolve payload walker: any JSON either is refused (depth, count) or has every ID it names
-/// replaced — none of them is found in the result — and a payload naming none comes back equal.
+/// Resolve payload scanner and rewriter, held to the tree-walking oracle
+/// ([`crate::media::resolve::tree`]): what the scanner accepts the tree walk accepts, with the
+/// same IDs (more only for duplicate keys, which the tree drops); an accepted payload is rewritten to the JSON the oracle substitutes, in which none of its
+/// IDs is found again; a payload naming none comes back byte for byte.
 /// The stand-in URLs start with `u`: lowercase, so, like a real `https://…`, it does not end an ID
 /// written right before the placeholder (an upper-case start did, and the fuzzer found the new
 /// placeholder that made — `…/url-ends-an-id`), and not a Crockford character, so, unlike `h`, it
@@ -114,16 +116,35 @@ pub fn data_url(data: &[u8]) {
 /// With real URLs that completion can happen: output text only (a second resolve of it would
 /// answer 404), so the check rules it out rather than the walker.
 pub fn resolve_payload(data: &[u8]) {
-    let Ok(payload) = serde_json::from_slice::<Value>(data) else { return };
-    let Ok(ids) = crate::media::resolve::payload_ids(&payload, 50) else { return };
-    let mut rewritten = payload.clone();
+    use crate::media::resolve::{payload_ids, rewrite, tree};
+    let Ok(raw) = std::str::from_utf8(data) else { return };
+    let streamed = payload_ids(raw, 50);
+    let Ok(payload) = serde_json::from_str::<Value>(raw) else {
+        assert!(streamed.is_err(), "text serde_json refuses was accepted: {raw:?}");
+        return;
+    };
+    let oracle = tree::payload_ids(&payload, 50);
+    // The tree keeps only the last of duplicate keys, the scanner reads them all: it may find
+    // more IDs (and so refuse a payload the tree accepts), never fewer.
+    let ids = match (streamed, oracle) {
+        (Ok(ids), Ok(expected)) => {
+            assert!(expected.is_subset(&ids), "the scanner missed IDs the tree walk found");
+            ids
+        }
+        (Err(_), _) => return,
+        (Ok(ids), Err(oracle)) => panic!("the scanner accepted ({ids:?}) what the tree walk refused: {oracle:?}"),
+    };
     let urls: HashMap<String, String> =
         ids.iter().enumerate().map(|(i, id)| (id.clone(), format!("u:s3.example/o{i}?sig=x"))).collect();
-    crate::media::resolve::substitute(&mut rewritten, &urls);
+    let rewritten = rewrite(raw, &urls);
     if ids.is_empty() {
-        assert_eq!(rewritten, payload, "a payload without IDs changed");
+        assert_eq!(rewritten, raw, "a payload without IDs changed");
     }
-    let Ok(left) = crate::media::resolve::payload_ids(&rewritten, usize::MAX / 8) else {
+    let mut expected = payload;
+    tree::substitute(&mut expected, &urls);
+    let parsed: Value = serde_json::from_str(&rewritten).expect("a rewritten payload is JSON");
+    assert_eq!(parsed, expected, "the rewrite differs from the tree walk's substitution");
+    let Ok(left) = payload_ids(&rewritten, usize::MAX / 8) else {
         panic!("a rewritten payload is nested deeper than its original")
     };
     let missed: Vec<&String> = left.intersection(&ids).collect();

@@ -124,6 +124,10 @@ pub struct Config {
     pub resolve_max_bytes: u64,
     /// Most distinct IDs one resolve call may name (`MEDIA_RESOLVE_MAX_IDS`, default 256).
     pub resolve_max_ids: usize,
+    /// Bytes all resolve calls may hold at once, counted as twice their bodies (body and
+    /// rewritten copy) (`MEDIA_RESOLVE_BUDGET`, default 32 MiB or two largest bodies, whichever is
+    /// more); past it 503 `busy`.
+    pub resolve_budget: u64,
     /// How often expired media, stale pending uploads and abandoned multipart uploads are swept
     /// (`MEDIA_SWEEP_INTERVAL`, default 10m; 0 turns the background sweeper off).
     pub sweep_interval: Duration,
@@ -190,6 +194,7 @@ impl Config {
             storage_prefix: storage_prefix(&env)?,
             resolve_max_bytes: env.size("MEDIA_RESOLVE_MAX_BYTES")?.unwrap_or(8 * MIB),
             resolve_max_ids: env.parse("MEDIA_RESOLVE_MAX_IDS", "a whole number")?.unwrap_or(256),
+            resolve_budget: 0,
             sweep_interval: env.duration("MEDIA_SWEEP_INTERVAL")?.unwrap_or(Duration::from_secs(600)),
             reconcile_grace: Some(env.duration("MEDIA_RECONCILE_GRACE")?.unwrap_or(Duration::from_secs(86_400)))
                 .filter(|grace| !grace.is_zero()),
@@ -214,6 +219,17 @@ impl Config {
             data_dir,
         };
         config.share_ca_bundle();
+        let largest_call = config.resolve_max_bytes.saturating_mul(2);
+        config.resolve_budget = match env.size("MEDIA_RESOLVE_BUDGET")? {
+            None => (32 * MIB).max(largest_call),
+            Some(budget) if budget >= largest_call => budget,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "MEDIA_RESOLVE_BUDGET",
+                    format!("must hold one largest resolve call: twice MEDIA_RESOLVE_MAX_BYTES ({largest_call} bytes)"),
+                ))
+            }
+        };
         config.validate(&env)?;
         Ok(config)
     }

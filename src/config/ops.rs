@@ -61,6 +61,9 @@ pub struct OpsConfig {
     pub request_timeout: Duration,
     /// Time limit of an upload request (`MEDIA_UPLOAD_TIMEOUT`, default 10m).
     pub upload_timeout: Duration,
+    /// Longest wait for the next byte of an upload's body (`MEDIA_UPLOAD_IDLE_TIMEOUT`, default 30s):
+    /// a client that stalls is answered 408 and frees its upload slots.
+    pub upload_idle_timeout: Duration,
     /// Largest request head (`MEDIA_MAX_HEADER_BYTES`, default 64 KiB, at least 8 KiB); 431 past it.
     pub max_header_bytes: usize,
     /// Connections served at once (`MEDIA_MAX_CONNECTIONS`, default 1024); more wait in the backlog.
@@ -223,6 +226,11 @@ pub(super) fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
             "must be at most 30m (the sweeper takes writes older than an hour for abandoned)",
         ));
     }
+    let upload_idle_timeout =
+        env.duration("MEDIA_UPLOAD_IDLE_TIMEOUT")?.unwrap_or(upload_timeout.min(Duration::from_secs(30)));
+    if upload_idle_timeout > upload_timeout {
+        return Err(ConfigError::new("MEDIA_UPLOAD_IDLE_TIMEOUT", "must not be longer than MEDIA_UPLOAD_TIMEOUT"));
+    }
     if tls.as_ref().is_some_and(|tls| tls.reload_interval < Duration::from_millis(100)) {
         return Err(ConfigError::new("MEDIA_TLS_RELOAD_INTERVAL", "must be at least 100ms"));
     }
@@ -243,6 +251,7 @@ pub(super) fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
         max_uploads_per_caller,
         request_timeout: at_least_a_second("MEDIA_REQUEST_TIMEOUT", request_timeout)?,
         upload_timeout: at_least_a_second("MEDIA_UPLOAD_TIMEOUT", upload_timeout)?,
+        upload_idle_timeout: at_least_a_second("MEDIA_UPLOAD_IDLE_TIMEOUT", upload_idle_timeout)?,
         max_header_bytes: max_header_bytes as usize,
         max_connections,
         cors_allowed_origins,

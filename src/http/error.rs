@@ -229,7 +229,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Busy | Self::TooManyUploads { .. } => Some(1),
+            Self::Busy | Self::TooManyUploads { .. } | Self::Unavailable { code: "busy", .. } => Some(1),
             _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(5),
             _ => None,
         }
@@ -254,7 +254,7 @@ impl From<MediaError> for ApiError {
             MediaError::Invalid { code: "not_uploaded", .. } | MediaError::Conflict { .. } => {
                 Self::Conflict { code, message }
             }
-            MediaError::Interrupted(err) if is_timeout(&err) => Self::UploadTimeout { message: err_text(&err) },
+            MediaError::Interrupted(err) if is_timeout(&err) => Self::UploadTimeout { message: innermost_text(&err) },
             MediaError::Empty
             | MediaError::Invalid { .. }
             | MediaError::Interrupted(_)
@@ -270,8 +270,9 @@ impl From<MediaError> for ApiError {
 }
 
 /// The innermost message of an error chain (the deadline's own sentence).
-fn err_text(err: &std::io::Error) -> String {
-    let mut current: &(dyn std::error::Error + 'static) = err;
+/// The sentence of the innermost error of a chain (the one that says what happened).
+pub(crate) fn innermost_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
     while let Some(next) = current.source() {
         current = next;
     }

@@ -7,6 +7,12 @@
 //! went by, so a request holds at most that much plus one chunk (the server's read buffer) before
 //! its file streams; a chunk carrying the last headers and the file's first bytes together always
 //! passes. After the file part the handler reads no further.
+//!
+//! Beside that byte bound: at most [`MAX_PARTS_BEFORE_FILE`] parts may come before the file, the
+//! text parts are at most [`TEXT_PART_MAX`] bytes each, and the whole body may be at most the
+//! upload limit plus [`FORM_OVERHEAD`] ([`whole_body_max`]): a `Content-Length` past it is refused
+//! before a byte is read, and multer's own stream limit stops a chunked body past it. Every
+//! refusal is an [`ApiError`] with a stable code ([`refusal`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,8 +20,50 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
+use super::error::ApiError;
+use crate::media::error::is_timeout;
+
 /// Bytes of a multipart body allowed before its `file` part begins.
 pub const PREFIX_MAX: u64 = 64 * 1024;
+
+/// Parts allowed before the `file` part (a real form has one or two: `user_id`, `filename`).
+pub const MAX_PARTS_BEFORE_FILE: usize = 16;
+
+/// Longest text part (`user_id`, `filename`).
+pub const TEXT_PART_MAX: u64 = 1024;
+
+/// What a whole form may carry beyond its file: the prefix, one read chunk past it, the part
+/// headers and closing boundary of the file part.
+pub const FORM_OVERHEAD: u64 = PREFIX_MAX + 1024 * 1024;
+
+/// The largest multipart body accepted when files may be `max_bytes` long.
+pub fn whole_body_max(max_bytes: u64) -> u64 {
+    max_bytes.saturating_add(FORM_OVERHEAD)
+}
+
+/// The parser's own limits: the whole body and the text parts.
+pub fn constraints(max_bytes: u64) -> multer::Constraints {
+    let limits = multer::SizeLimit::new()
+        .whole_stream(whole_body_max(max_bytes))
+        .for_field("user_id", TEXT_PART_MAX)
+        .for_field("filename", TEXT_PART_MAX);
+    multer::Constraints::new().size_limit(limits)
+}
+
+/// The answer to a parser error: the prefix bound (413 `multipart_prefix_too_large`), the upload
+/// deadlines (408 `upload_timeout`), the whole-body bound (413 `too_large`), a long text part or
+/// anything malformed (400 `invalid_multipart`).
+pub fn refusal(err: &multer::Error, max_bytes: u64) -> ApiError {
+    match err {
+        _ if is_prefix_too_large(err) => ApiError::FormPrefixTooLarge { limit: PREFIX_MAX },
+        _ if is_timeout(err) => ApiError::UploadTimeout { message: super::error::innermost_text(err) },
+        multer::Error::StreamSizeExceeded { .. } => ApiError::TooLarge { limit: max_bytes },
+        multer::Error::FieldSizeExceeded { .. } => {
+            ApiError::bad_request("invalid_multipart", format!("a text part is longer than {TEXT_PART_MAX} bytes"))
+        }
+        _ => ApiError::bad_request("invalid_multipart", format!("the multipart body is malformed: {err}")),
+    }
+}
 
 /// The body went past [`PREFIX_MAX`] before the `file` part began.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +104,7 @@ where
 }
 
 /// Whether a parser error came from [`guard`] stopping the body.
-pub fn is_prefix_too_large(err: &multer::Error) -> bool {
+fn is_prefix_too_large(err: &multer::Error) -> bool {
     matches!(err, multer::Error::StreamReadFailed(inner) if inner.is::<PrefixTooLarge>())
 }
 

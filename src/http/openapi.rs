@@ -132,7 +132,8 @@ pub enum UploadErrors {
     /// Malformed body, empty file, unknown source type, blocked `remote_url`, interrupted upload.
     #[response(status = 400)]
     BadRequest(ErrorBody),
-    /// The body did not arrive within `MEDIA_UPLOAD_TIMEOUT` (`upload_timeout`).
+    /// The body did not arrive within `MEDIA_UPLOAD_TIMEOUT`, or no byte of it came for
+    /// `MEDIA_UPLOAD_IDLE_TIMEOUT` (`upload_timeout`).
     #[response(status = 408)]
     Timeout(ErrorBody),
     /// Larger than `MEDIA_MAX_BYTES` (`too_large`).

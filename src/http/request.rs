@@ -6,7 +6,9 @@ use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
-use super::error::ApiError;
+use super::admission::Charge;
+use super::error::{innermost_text, ApiError};
+use crate::media::error::is_timeout;
 
 /// Reads a whole (small) body, refusing it past `limit`.
 pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, ApiError> {
@@ -14,8 +16,38 @@ pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, ApiError> {
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge { limit }),
+        Err(err) if is_timeout(err.as_ref()) => Err(ApiError::UploadTimeout { message: innermost_text(err.as_ref()) }),
         Err(_) => Err(ApiError::bad_request("upload_interrupted", "the request body could not be read to its end")),
     }
+}
+
+/// Reads a whole body of at most `limit` bytes, charging `times` each byte against `charge` as it
+/// arrives (not as `Content-Length` announces it: a slow sender holds only what it sent); 413 past
+/// the limit (at once when `length` says so), 503 `busy` when the budget runs out.
+pub async fn read_charged(
+    mut body: Body,
+    limit: u64,
+    length: Option<u64>,
+    charge: &mut Charge,
+    times: u64,
+) -> Result<Vec<u8>, ApiError> {
+    if length.is_some_and(|length| length > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(length.unwrap_or(0)).unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| match is_timeout(&err) {
+            true => ApiError::UploadTimeout { message: innermost_text(&err) },
+            false => ApiError::bad_request("upload_interrupted", "the request body could not be read to its end"),
+        })?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        charge.grow(chunk.len() as u64 * times)?;
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 pub fn header_text(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<String> {

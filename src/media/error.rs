@@ -103,8 +103,8 @@ impl MediaError {
 }
 
 /// Whether an upload's read error is (or wraps) the upload deadline's timeout.
-pub fn is_timeout(err: &std::io::Error) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
     while let Some(error) = current {
         if error.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
             return true;

@@ -38,6 +38,7 @@ pub mod names {
     pub const PRESIGNS: &str = "media_presigns_total";
     /// Histogram of placeholders (IDs) replaced per resolve call.
     pub const RESOLVE_PLACEHOLDERS: &str = "media_resolve_placeholders";
+    pub const RESOLVE_REJECTIONS: &str = "media_resolve_rejections_total";
     /// Counter of blob store failures by `op`.
     pub const BLOB_ERRORS: &str = "media_blob_store_errors_total";
     /// Counter of database failures answered as errors.
@@ -116,6 +117,7 @@ fn describe() {
     describe_gauge!(names::JWKS_KEYS, "Signing keys loaded per issuer");
     describe_counter!(names::PRESIGNS, "Presigned URLs issued");
     describe_histogram!(names::RESOLVE_PLACEHOLDERS, "Distinct media IDs per resolve call");
+    describe_counter!(names::RESOLVE_REJECTIONS, "Resolve calls refused before their lookup, by reason");
     describe_counter!(names::BLOB_ERRORS, "Blob store failures by operation");
     describe_counter!(names::DB_ERRORS, "Database failures answered as errors");
     describe_counter!(names::AUDIT_APPEND_FAILURES, "Audit events that could not be appended");

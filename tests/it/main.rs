@@ -25,6 +25,7 @@ fn fuzz_regressions_are_replayed_only_with_the_fuzzing_feature() {
 }
 mod health;
 mod hostile;
+mod hostile_bodies;
 mod jwks;
 mod limits;
 mod media;

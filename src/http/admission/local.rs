@@ -57,15 +57,19 @@ impl LocalLimits {
         }
     }
 
-    /// Counts one more running upload of `caller`, or `None` when `limit` are running already.
-    pub(super) fn start_upload(&self, caller: &str, limit: u32) -> Option<CallerCount> {
+    /// Counts one more running upload of `caller` weighing `weight`, or `None` when the weights of
+    /// its running uploads would pass `limit`.
+    pub(super) fn start_upload(&self, caller: &str, weight: u32, limit: u32) -> Option<CallerCount> {
         let mut running = self.per_caller.lock().unwrap_or_else(PoisonError::into_inner);
         let count = running.entry(caller.to_owned()).or_default();
-        if *count >= limit {
+        if count.saturating_add(weight) > limit {
+            if *count == 0 {
+                running.remove(caller);
+            }
             return None;
         }
-        *count += 1;
-        Some(CallerCount { running: self.per_caller.clone(), caller: caller.to_owned() })
+        *count += weight;
+        Some(CallerCount { running: self.per_caller.clone(), caller: caller.to_owned(), weight })
     }
 }
 
@@ -73,13 +77,14 @@ impl LocalLimits {
 pub(super) struct CallerCount {
     running: Arc<Mutex<HashMap<String, u32>>>,
     caller: String,
+    weight: u32,
 }
 
 impl Drop for CallerCount {
     fn drop(&mut self) {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = running.get_mut(&self.caller) {
-            *count = count.saturating_sub(1);
+            *count = count.saturating_sub(self.weight);
             if *count == 0 {
                 running.remove(&self.caller);
             }
@@ -109,5 +114,25 @@ async fn prune(limits: Weak<LocalLimits>) {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_callers_running_uploads_count_by_weight_and_free_it_when_dropped() {
+        let limits = LocalLimits::new(RateLimit { rps: 0, burst: 0 }, RateLimit { rps: 0, burst: 0 });
+        let heavy = limits.start_upload("alice", 5, 8).expect("5 of 8");
+        assert!(limits.start_upload("alice", 5, 8).is_none(), "5 + 5 passes the cap of 8");
+        let light = [limits.start_upload("alice", 1, 8), limits.start_upload("alice", 1, 8)];
+        assert!(light.iter().all(Option::is_some), "5 + 1 + 1 fits");
+        let bob = limits.start_upload("bob", 8, 8);
+        assert!(bob.is_some(), "callers are counted apart");
+        drop(heavy);
+        let again = limits.start_upload("alice", 5, 8);
+        assert!(again.is_some(), "the heavy upload's weight came back");
+        assert!(limits.start_upload("alice", 2, 8).is_none(), "1 + 1 + 5 + 2 passes the cap again");
     }
 }

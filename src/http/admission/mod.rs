@@ -1,6 +1,12 @@
 //! Admission control: per-principal and per-IP token buckets (429 `rate_limited` with
 //! `Retry-After`), the per-caller upload cap (429 `too_many_uploads`), the upload concurrency cap
-//! (503 `busy`), request deadlines (503 `timeout`).
+//! (503 `busy`), request deadlines (503 `timeout`), upload body deadlines (408 `upload_timeout`:
+//! the whole body within `MEDIA_UPLOAD_TIMEOUT`, no gap longer than `MEDIA_UPLOAD_IDLE_TIMEOUT`).
+//!
+//! The per-caller cap counts slots, not requests: a JSON upload counts the slots it holds (at most
+//! the whole cap), so one caller never holds more than `MEDIA_MAX_UPLOADS_PER_CALLER` slots of the
+//! process and a caller that stalls is cut off after the idle timeout; the other slots stay free
+//! for everyone else.
 //!
 //! The buckets are keyed by `issuer\0subject` (authenticated callers, in the auth extractor) or by
 //! the TCP peer's network (unauthenticated routes, and callers whose token was refused, so a flood
@@ -15,6 +21,7 @@
 //! upload — held in memory whole — takes as many slots as its worst case is worth, so resident
 //! memory stays near `MEDIA_MAX_CONCURRENT_UPLOADS × 2 × part size` whatever the mix.
 
+mod budget;
 mod local;
 mod shared;
 
@@ -31,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use self::budget::{Charge, MemoryBudget};
 use self::local::{CallerCount, LocalLimits};
 use self::shared::{Lease, SharedLimits};
 use super::error::ApiError;
@@ -49,6 +57,8 @@ pub struct Limits {
     max_uploads: u32,
     json_upload_weight: u32,
     max_per_caller: u32,
+    /// What resolve calls may hold at once (`MEDIA_RESOLVE_BUDGET`).
+    pub resolve_budget: MemoryBudget,
 }
 
 /// Where the limits live, for readiness.
@@ -90,6 +100,7 @@ impl Limits {
             max_uploads,
             json_upload_weight: weight as u32,
             max_per_caller: config.ops.max_uploads_per_caller,
+            resolve_budget: MemoryBudget::new(config.resolve_budget),
         }))
     }
 
@@ -156,7 +167,9 @@ impl Limits {
     }
 
     async fn slots(&self, caller: &str, weight: u32) -> Result<UploadSlot, ApiError> {
-        let Some(caller) = self.start_upload(caller).await else {
+        // What the caller's uploads hold counts against its cap; an upload heavier than the whole
+        // cap counts as the whole cap (it runs alone), so it is never refused for good.
+        let Some(caller) = self.start_upload(caller, weight.min(self.max_per_caller)).await else {
             metrics::counter!(names::UPLOAD_REJECTIONS, "reason" => "too_many_uploads").increment(1);
             return Err(ApiError::TooManyUploads { limit: self.max_per_caller });
         };
@@ -172,17 +185,18 @@ impl Limits {
         }
     }
 
-    /// Counts one more upload of `caller` (in Redis when it answers), or `None` past the cap.
-    async fn start_upload(&self, caller: &str) -> Option<CallerHold> {
+    /// Counts one more upload of `caller` weighing `weight` (in Redis when it answers), or `None`
+    /// past the cap.
+    async fn start_upload(&self, caller: &str, weight: u32) -> Option<CallerHold> {
         if let Some(shared) = &self.shared {
             if shared.is_up() {
-                if let Ok(lease) = shared.start_upload(caller, self.max_per_caller).await {
+                if let Ok(lease) = shared.start_upload(caller, weight, self.max_per_caller).await {
                     return lease.map(CallerHold::Shared);
                 }
             }
             metrics::counter!(names::LIMITS_FALLBACK, "check" => "uploads").increment(1);
         }
-        self.local.start_upload(caller, self.max_per_caller).map(CallerHold::Local)
+        self.local.start_upload(caller, weight, self.max_per_caller).map(CallerHold::Local)
     }
 }
 
@@ -246,17 +260,39 @@ pub async fn deadline(State(state): State<AppState>, request: Request, next: Nex
     }
 }
 
-/// `body`, failing with a timeout error once `timeout` has passed since the call: an upload that
-/// trickles in is stopped (and cleaned up by the pipeline like any interrupted upload).
-pub fn body_with_deadline(body: Body, timeout: Duration) -> Body {
-    let deadline = tokio::time::Instant::now() + timeout;
+/// The time limits of an upload's body (`MEDIA_UPLOAD_TIMEOUT`, `MEDIA_UPLOAD_IDLE_TIMEOUT`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeouts {
+    /// The whole body must have arrived this long after the request began.
+    pub total: Duration,
+    /// The longest wait for the next chunk.
+    pub idle: Duration,
+}
+
+impl BodyTimeouts {
+    /// The upload timeouts of the configuration.
+    pub fn of(config: &Config) -> Self {
+        Self { total: config.ops.upload_timeout, idle: config.ops.upload_idle_timeout }
+    }
+}
+
+/// `body`, failing with a timeout error once `limits.total` has passed since the call or when no
+/// chunk came for `limits.idle`: an upload that trickles in or stalls is stopped (and cleaned up by
+/// the pipeline like any interrupted upload), which frees its upload slots. Both answer 408.
+pub fn body_with_deadline(body: Body, limits: BodyTimeouts) -> Body {
+    let deadline = tokio::time::Instant::now() + limits.total;
     let stream = futures::stream::unfold(Some(body.into_data_stream()), move |state| async move {
         let mut stream = state?;
-        match tokio::time::timeout_at(deadline, stream.next()).await {
+        let idle_until = tokio::time::Instant::now() + limits.idle;
+        match tokio::time::timeout_at(deadline.min(idle_until), stream.next()).await {
             Ok(Some(item)) => Some((item.map_err(std::io::Error::other), Some(stream))),
             Ok(None) => None,
             Err(_) => {
-                let why = format!("the upload took longer than MEDIA_UPLOAD_TIMEOUT ({} s)", timeout.as_secs());
+                let why = if idle_until < deadline {
+                    format!("no byte of the upload arrived for {} s (MEDIA_UPLOAD_IDLE_TIMEOUT)", limits.idle.as_secs())
+                } else {
+                    format!("the upload took longer than MEDIA_UPLOAD_TIMEOUT ({} s)", limits.total.as_secs())
+                };
                 Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)), None))
             }
         }

@@ -7,7 +7,7 @@
 //!   `media-api:rl:<kind>:<hash>`, timed by Redis's own clock (replicas' clocks do not matter) and
 //!   expiring when the bucket is full again. An upload takes a lease in a sorted set
 //!   `media-api:uploads:<hash>` (score: its expiry) with one script: drop expired leases, count,
-//!   add if below the cap. Keys hash what the caller controls (issuer, subject), so no client
+//!   add if the weights stay within the cap. Keys hash what the caller controls (issuer, subject), so no client
 //!   string makes a Redis key longer than about 60 bytes.
 //! - **Crash-safe leases.** A finished upload removes its lease (`ZREM`); a replica that dies
 //!   leaves leases that expire on their own `MEDIA_UPLOAD_TIMEOUT` + [`LEASE_MARGIN`] after they
@@ -56,14 +56,20 @@ redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((nex
 return 0
 ";
 
-/// Takes an upload lease. `ARGV[1]`: the lease id, `ARGV[2]`: the cap, `ARGV[3]`: the lease's
-/// lifetime in milliseconds. Returns 1 when taken, 0 when the cap is reached.
+/// Takes an upload lease. `ARGV[1]`: the lease id (`<random>:<weight>`), `ARGV[2]`: the cap,
+/// `ARGV[3]`: the lease's lifetime in milliseconds, `ARGV[4]`: its weight. The caller's running
+/// weight is the sum of its leases' weights (a lease id without one, from an older release,
+/// weighs 1). Returns 1 when taken, 0 when the lease would pass the cap.
 const ACQUIRE: &str = r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local ttl = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+local held = 0
+for _, lease in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  held = held + (tonumber(string.match(lease, ':(%d+)$')) or 1)
+end
+if held + tonumber(ARGV[4]) > tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], string.format('%.0f', now + ttl), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
@@ -135,15 +141,15 @@ impl SharedLimits {
         Ok(if wait == 0 { Ok(()) } else { Err(Duration::from_micros(wait)) })
     }
 
-    /// A lease for one more upload of `caller`, or `None` when `limit` are running across the
-    /// replicas.
-    pub(super) async fn start_upload(&self, caller: &str, limit: u32) -> RedisResult<Option<Lease>> {
+    /// A lease of `weight` for one more upload of `caller`, or `None` when the weights of its
+    /// uploads running across the replicas would pass `limit`.
+    pub(super) async fn start_upload(&self, caller: &str, weight: u32, limit: u32) -> RedisResult<Option<Lease>> {
         let key = format!("media-api:uploads:{}", digest(caller));
-        let id = format!("{:032x}", rand::random::<u128>());
+        let id = format!("{:032x}:{weight}", rand::random::<u128>());
         let ttl_ms = u64::try_from(self.lease_ttl.as_millis()).unwrap_or(u64::MAX);
         let mut connection = self.connection.clone();
         let mut invocation = self.acquire.key(&key);
-        invocation.arg(&id).arg(limit).arg(ttl_ms);
+        invocation.arg(&id).arg(limit).arg(ttl_ms).arg(weight);
         let call = invocation.invoke_async::<u8>(&mut connection);
         if self.bounded(call).await? != 1 {
             return Ok(None);

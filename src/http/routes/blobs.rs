@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::http::admission::{body_with_deadline, client_network};
+use crate::http::admission::{body_with_deadline, client_network, BodyTimeouts};
 use crate::http::error::ApiError;
 use crate::http::openapi::{CommonErrors, ErrorBody};
 use crate::http::range::parse_range;
@@ -129,7 +129,7 @@ async fn upload(
 ) -> Result<Response, ApiError> {
     let link = verify(&state, "PUT", &key, query)?;
     let _slot = state.limits.upload_slot(&format!("ip:{}", client_network(peer.ip()))).await?;
-    let body = body_with_deadline(body, state.config.ops.upload_timeout);
+    let body = body_with_deadline(body, BodyTimeouts::of(&state.config));
     let declared = LinkUpload {
         content_type: headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default(),
         content_length: headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()),

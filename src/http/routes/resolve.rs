@@ -8,14 +8,25 @@
 //! looked up in one query, scoped to the caller's tenant; one unknown or foreign ID fails the whole
 //! call with a 404 naming it. Body size (`MEDIA_RESOLVE_MAX_BYTES`), nesting depth (64) and the
 //! number of distinct IDs (`MEDIA_RESOLVE_MAX_IDS`) are bounded (400 beyond them).
+//!
+//! Memory: the body is read against the process's resolve budget (`MEDIA_RESOLVE_BUDGET`, 503
+//! `busy` past it), charged twice — the body and its rewritten copy, the only two buffers a call
+//! holds (the payload is scanned and rewritten as text, see [`crate::media::resolve`]) — and the
+//! charge is held until the answer has been handed to the connection.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -23,12 +34,13 @@ use utoipa_axum::routes;
 
 use super::media::ready;
 use crate::auth::Principal;
+use crate::http::admission::Charge;
 use crate::http::error::ApiError;
 use crate::http::extract::{Authenticated, CanRead};
 use crate::http::openapi::{AuthErrors, NotFound, PendingErrors};
-use crate::http::request::read_limited;
+use crate::http::request::{content_length, read_charged};
 use crate::http::state::AppState;
-use crate::media::resolve::{listed_ids, payload_ids, substitute};
+use crate::media::resolve::{listed_ids, payload_ids, rewrite, MAX_DEPTH};
 use crate::telemetry::metrics::names;
 
 /// The resolve route.
@@ -91,6 +103,20 @@ async fn presign_all(
     Ok(urls)
 }
 
+/// A resolve request's two forms, each left as raw JSON text inside the body (never parsed to a tree).
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    payload: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    ids: Option<&'a RawValue>,
+}
+
+/// A member that is there, even when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
 /// Replaces every `jan_*` placeholder of a JSON payload (or a list of IDs) by presigned URLs, with
 /// one database query for the whole call; an unknown or foreign ID fails the call with 404 naming it.
 #[utoipa::path(post, path = "/v1/media/resolve", tag = "resolve", security(("bearer" = [])),
@@ -99,22 +125,32 @@ async fn presign_all(
 async fn resolve(
     State(state): State<AppState>,
     caller: Authenticated<CanRead>,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
+    request: Request,
+) -> Result<Response, ApiError> {
     let limit = state.config.resolve_max_bytes;
-    let body = read_limited(body, limit).await.map_err(|err| match err {
+    let mut charge = state.limits.resolve_budget.charge();
+    let length = content_length(request.headers());
+    // Charged twice: the body, and the rewritten copy that is sent back.
+    let body = read_charged(request.into_body(), limit, length, &mut charge, 2).await.map_err(|err| match err {
         ApiError::TooLarge { .. } => {
             ApiError::bad_request("payload_too_large", format!("the request body is larger than {limit} bytes"))
         }
         other => other,
     })?;
-    let request: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    let invalid_json = |e: &dyn std::fmt::Display| {
+        ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}"))
+    };
+    let text = std::str::from_utf8(&body).map_err(|e| invalid_json(&e))?;
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| match e.to_string() {
+        deep if deep.starts_with("recursion limit exceeded") => ApiError::from(crate::media::MediaError::invalid(
+            "payload_too_deep",
+            format!("the payload is nested deeper than {MAX_DEPTH} levels"),
+        )),
+        _ => invalid_json(&e),
+    })?;
     let max_ids = state.config.resolve_max_ids;
-    if let Some(ids) = request.get("ids") {
-        let list: Vec<String> = serde_json::from_value(ids.clone())
-            .map_err(|_| ApiError::bad_request("invalid_request", "ids must be an array of strings"))?;
-        let unique = listed_ids(&list, max_ids)?;
+    if let Some(ids) = envelope.ids {
+        let (list, unique) = listed_ids(ids.get(), max_ids)?;
         let urls = presign_all(&state, &caller.0, &unique).await?;
         let media: Vec<Value> = list
             .iter()
@@ -123,18 +159,36 @@ async fn resolve(
                 json!({ "id": id, "presigned_url": url, "url": url, "expires_at": expires_at })
             })
             .collect();
-        return Ok(Json(json!({ "media": media })));
+        return Ok(Json(json!({ "media": media })).into_response());
     }
-    let Some(mut payload) = request.get("payload").cloned() else {
+    let Some(payload) = envelope.payload else {
         return Err(ApiError::bad_request("invalid_request", "the body must be {\"payload\": …} or {\"ids\": […]}"));
     };
-    let ids = payload_ids(&payload, max_ids)?;
-    if ids.is_empty() {
+    let ids = payload_ids(payload.get(), max_ids)?;
+    let rewritten = if ids.is_empty() {
         metrics::histogram!(names::RESOLVE_PLACEHOLDERS).record(0.0);
-        return Ok(Json(json!({ "payload": payload })));
-    }
-    let urls = presign_all(&state, &caller.0, &ids).await?;
-    let urls: HashMap<String, String> = urls.into_iter().map(|(id, (url, _))| (id, url)).collect();
-    substitute(&mut payload, &urls);
-    Ok(Json(json!({ "payload": payload })))
+        payload.get().to_owned()
+    } else {
+        let urls = presign_all(&state, &caller.0, &ids).await?;
+        let urls: HashMap<String, String> = urls.into_iter().map(|(id, (url, _))| (id, url)).collect();
+        rewrite(payload.get(), &urls)
+    };
+    drop(body);
+    Ok(charged_json(format!("{{\"payload\":{rewritten}}}"), charge))
+}
+
+/// A JSON response sent in slices of the one buffer, holding `charge` until the last slice has
+/// been taken by the connection (a slow reader keeps its answer charged against the budget).
+fn charged_json(json: String, charge: Charge) -> Response {
+    const SLICE: usize = 64 * 1024;
+    let json = Bytes::from(json);
+    let length = HeaderValue::from(json.len());
+    let slices = (0..json.len()).step_by(SLICE).map(move |at| json.slice(at..(at + SLICE).min(json.len())));
+    let stream = futures::stream::iter(slices).map(move |slice| {
+        let _held = &charge;
+        Ok::<_, std::convert::Infallible>(slice)
+    });
+    let headers =
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::CONTENT_LENGTH, length)];
+    (headers, Body::from_stream(stream)).into_response()
 }

@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Principal;
-use crate::http::admission::{body_with_deadline, UploadSlot};
+use crate::http::admission::{body_with_deadline, BodyTimeouts, UploadSlot};
 use crate::http::error::{ApiError, ApiQuery};
 use crate::http::extract::{Authenticated, CanWrite};
 use crate::http::form;
@@ -173,8 +173,8 @@ pub fn counted(result: Result<Ingested, ApiError>) -> Result<Ingested, ApiError>
 
 /// The request with a body that fails once `MEDIA_UPLOAD_TIMEOUT` has passed.
 fn with_upload_deadline(state: &AppState, request: Request) -> Request {
-    let timeout = state.config.ops.upload_timeout;
-    request.map(|body| body_with_deadline(body, timeout))
+    let limits = BodyTimeouts::of(&state.config);
+    request.map(|body| body_with_deadline(body, limits))
 }
 
 async fn upload_json(
@@ -218,16 +218,17 @@ async fn upload_multipart(
 ) -> Result<Ingested, ApiError> {
     let invalid = |why: String| ApiError::bad_request("invalid_multipart", why);
     let boundary = multer::parse_boundary(content_type).map_err(|e| invalid(format!("not a multipart body: {e}")))?;
+    let max_bytes = state.config.max_bytes;
+    if content_length(request.headers()).is_some_and(|length| length > form::whole_body_max(max_bytes)) {
+        return Err(ApiError::TooLarge { limit: max_bytes });
+    }
     let reached = form::FileReached::default();
     let stream = form::guard(request.into_body().into_data_stream(), reached.clone());
-    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut multipart = multer::Multipart::with_constraints(stream, boundary, form::constraints(max_bytes));
     let mut user_hint = None;
     let mut filename = None;
-    loop {
-        let field = multipart.next_field().await.map_err(|e| match form::is_prefix_too_large(&e) {
-            true => ApiError::FormPrefixTooLarge { limit: form::PREFIX_MAX },
-            false => invalid(format!("the multipart body is malformed: {e}")),
-        })?;
+    for _ in 0..=form::MAX_PARTS_BEFORE_FILE {
+        let field = multipart.next_field().await.map_err(|e| form::refusal(&e, max_bytes))?;
         let Some(field) = field else {
             return Err(ApiError::bad_request("missing_file", "the multipart body has no `file` part"));
         };
@@ -250,26 +251,20 @@ async fn upload_multipart(
                 .boxed();
                 return Ok(state.service.upload(caller, upload, body, slot).await?);
             }
-            Some("user_id") => user_hint = Some(small_text(field).await?),
-            Some("filename") => filename = clean_filename(&small_text(field).await?),
+            Some("user_id") => user_hint = Some(small_text(field, max_bytes).await?),
+            Some("filename") => filename = clean_filename(&small_text(field, max_bytes).await?),
             _ => {}
         }
     }
+    Err(ApiError::bad_request(
+        "too_many_parts",
+        format!("the multipart body has more than {} parts before its `file` part", form::MAX_PARTS_BEFORE_FILE),
+    ))
 }
 
-/// A short text part (at most 1 KiB).
-async fn small_text(mut field: multer::Field<'static>) -> Result<String, ApiError> {
-    let mut text = Vec::new();
-    while let Some(chunk) = field
-        .chunk()
-        .await
-        .map_err(|e| ApiError::bad_request("invalid_multipart", format!("the multipart body is malformed: {e}")))?
-    {
-        text.extend_from_slice(&chunk);
-        if text.len() > 1024 {
-            return Err(ApiError::bad_request("invalid_multipart", "a text part is longer than 1 KiB"));
-        }
-    }
+/// A short text part (at most [`form::TEXT_PART_MAX`] bytes, enforced by the parser).
+async fn small_text(field: multer::Field<'static>, max_bytes: u64) -> Result<String, ApiError> {
+    let text = field.bytes().await.map_err(|e| form::refusal(&e, max_bytes))?;
     Ok(String::from_utf8_lossy(&text).into_owned())
 }
 

@@ -1,0 +1,208 @@
+//! Hostile request bodies (issue 15 items 1, 2 and 4): multipart forms past their part, text and
+//! whole-body bounds, uploads that stall, and resolve payloads past the in-flight budget. Each test
+//! checks the clear answer (status, stable code, sentence) and that nothing was stored.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::app::STACKS;
+use crate::support::limits::channel_body;
+use crate::support::media::{data_url, json_of, media_app, png, MediaApp};
+
+const BOUNDARY: &str = "bodies-boundary-51c2";
+
+/// One form part named `name` holding `value`.
+fn part(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut part = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n").into_bytes();
+    part.extend_from_slice(value);
+    part.extend_from_slice(b"\r\n");
+    part
+}
+
+/// A form: `parts`, then a `file` part holding `file`.
+fn form(parts: &[Vec<u8>], file: &[u8]) -> Vec<u8> {
+    let mut body = parts.concat();
+    body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+    body.extend_from_slice(b"Content-Disposition: form-data; name=\"file\"; filename=\"f.png\"\r\n");
+    body.extend_from_slice(b"Content-Type: image/png\r\n\r\n");
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+async fn post_form(m: &MediaApp, token: &str, body: Vec<u8>) -> (StatusCode, serde_json::Value) {
+    let request = m.http().post(m.url("/v1/media/upload")).bearer_auth(token);
+    let request = request.header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"));
+    json_of(request.body(body).send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn a_form_is_bounded_in_parts_text_and_whole_size() {
+    for stack in STACKS {
+        let m = media_app(stack, &[("MEDIA_MAX_BYTES", "1MiB")]).await;
+        let alice = m.alice();
+        let before = m.counts().await;
+
+        let many: Vec<Vec<u8>> = (0..17).map(|i| part("note", format!("{i}").as_bytes())).collect();
+        let (status, body) = post_form(&m, &alice, form(&many, &png(800, 1))).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("too_many_parts")), "{body}");
+        assert!(body["error"].as_str().unwrap().contains("more than 16 parts"), "{body}");
+
+        let long_hint = part("user_id", &[b'u'; 2000]);
+        let (status, body) = post_form(&m, &alice, form(&[long_hint], &png(800, 2))).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_multipart")), "{body}");
+        assert!(body["error"].as_str().unwrap().contains("text part is longer than 1024 bytes"), "{body}");
+
+        // A declared length past the file limit plus the form's overhead: refused before reading.
+        let (status, body) = post_form(&m, &alice, form(&[], &png(3 << 20, 3))).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")), "{body}");
+        assert_eq!(m.counts().await, before, "{stack:?}: something was stored");
+
+        // Sixteen short parts and a hint within bounds still upload.
+        let mut fine: Vec<Vec<u8>> = (0..15).map(|i| part("note", format!("{i}").as_bytes())).collect();
+        fine.push(part("user_id", b"hint"));
+        let (status, body) = post_form(&m, &alice, form(&fine, &png(800, 4))).await;
+        assert_eq!(status, StatusCode::OK, "{stack:?}: {body}");
+    }
+}
+
+/// Waits until `m` has `free` upload slots free.
+async fn until_free(m: &MediaApp, free: usize, why: &str) {
+    let started = Instant::now();
+    while m.app.state.limits.free_upload_slots() != free {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{why}: {} slots free",
+            m.app.state.limits.free_upload_slots()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stalling_caller_holds_only_its_share_of_slots_and_is_cut_off_when_idle() {
+    for stack in STACKS {
+        let vars = [
+            ("MEDIA_MAX_CONCURRENT_UPLOADS", "16"),
+            ("MEDIA_MAX_UPLOADS_PER_CALLER", "8"),
+            ("MEDIA_MAX_BYTES", "20MiB"),
+            ("MEDIA_UPLOAD_IDLE_TIMEOUT", "4s"),
+        ];
+        let m = media_app(stack, &vars).await;
+        let (mallory, bob) = (m.token("tenant-m", "mallory", &[]), m.token("tenant-b", "bob", &[]));
+        let before = m.counts().await;
+
+        // A data-URL upload is held in memory whole: it weighs several slots. It sends its
+        // first bytes and stalls.
+        let (tx, body) = channel_body();
+        let request =
+            m.http().post(m.url("/v1/media")).bearer_auth(&mallory).header("content-type", "application/json");
+        let stalled = tokio::spawn(request.body(body).send());
+        tx.send(Ok(Bytes::from_static(b"{\"source\":{\"type\":\"data_url\",\"data_url\":\"data:image/png;base64,")))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        while m.app.state.limits.free_upload_slots() == 16 {
+            assert!(started.elapsed() < Duration::from_secs(30), "the stalled upload never took its slots");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let held = 16 - m.app.state.limits.free_upload_slots();
+        assert!(held > 4, "{stack:?}: a JSON upload weighs more than one slot ({held})");
+
+        // Her weight counts against her own cap: neither a second JSON upload nor a raw one fits.
+        let (status, body) = json_of(m.upload_data_url(&mallory, &data_url("image/png", &png(900, 5))).await).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, Some("too_many_uploads")),
+            "{body}"
+        );
+        let (status, body) = json_of(m.upload_raw(&mallory, "image/png", png(900, 6)).await).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, Some("too_many_uploads")),
+            "{body}"
+        );
+
+        // Another tenant's uploads go through while she stalls, several at once.
+        let uploads = (0..4).map(|i| m.upload_raw(&bob, "image/png", png(2000, 10 + i)));
+        for response in futures::future::join_all(uploads).await {
+            let (status, body) = json_of(response).await;
+            assert_eq!(status, StatusCode::OK, "{stack:?}: bob's upload during the stall: {body}");
+        }
+
+        // No byte for MEDIA_UPLOAD_IDLE_TIMEOUT: 408, and her slots come back.
+        let (status, body) = json_of(stalled.await.unwrap().unwrap()).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::REQUEST_TIMEOUT, Some("upload_timeout")), "{body}");
+        assert!(body["error"].as_str().unwrap().contains("MEDIA_UPLOAD_IDLE_TIMEOUT"), "{body}");
+        drop(tx);
+        until_free(&m, 16, "the stalled upload's slots never came back").await;
+
+        // A streamed upload that stalls halfway is cut off the same way, and leaves nothing.
+        let image = png(200_000, 7);
+        let (tx, body) = channel_body();
+        let request = m.http().post(m.url("/v1/media")).bearer_auth(&mallory).header("content-type", "image/png");
+        let stalled = tokio::spawn(request.body(body).send());
+        tx.send(Ok(Bytes::copy_from_slice(&image[..100_000]))).await.unwrap();
+        let (status, body) = json_of(stalled.await.unwrap().unwrap()).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::REQUEST_TIMEOUT, Some("upload_timeout")), "{body}");
+        drop(tx);
+        until_free(&m, 16, "the stalled raw upload's slot never came back").await;
+
+        let after = m.counts().await;
+        assert_eq!(after.0, before.0 + 4, "{stack:?}: rows: bob's four uploads and nothing of mallory's");
+        let started = Instant::now();
+        while m.counts().await.1 != before.1 + 4 {
+            assert!(started.elapsed() < Duration::from_secs(30), "{stack:?}: the stalled uploads left objects behind");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn resolve_calls_share_a_memory_budget_and_past_it_are_told_to_retry() {
+    let vars = [("MEDIA_RESOLVE_MAX_BYTES", "1MiB"), ("MEDIA_RESOLVE_BUDGET", "2MiB")];
+    let m = media_app(crate::support::app::Stack::SqliteFs, &vars).await;
+    let alice = m.alice();
+    let budget = || m.app.state.limits.resolve_budget.available();
+    assert_eq!(budget(), 2 << 20);
+
+    // A large payload of small values, arriving in pieces: charged twice as it comes.
+    let values = vec!["1"; 400_000].join(",");
+    let body = format!("{{\"payload\": [{values}]}}").into_bytes();
+    let (tx, streamed) = channel_body();
+    let request = m.http().post(m.url("/v1/media/resolve")).bearer_auth(&alice);
+    let first = tokio::spawn(request.header("content-type", "application/json").body(streamed).send());
+    tx.send(Ok(Bytes::copy_from_slice(&body[..700_000]))).await.unwrap();
+    let started = Instant::now();
+    while budget() > (2 << 20) - 1_400_000 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the first call was never charged: {}", budget());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Another call that does not fit beside it is refused at once, with a retry hint.
+    let small = json!({"payload": {"text": "x".repeat(400_000)}});
+    let response = m.http().post(m.url("/v1/media/resolve")).bearer_auth(&alice).json(&small).send().await.unwrap();
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, refused) = json_of(response).await;
+    assert_eq!((status, refused["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("busy")), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("too many large payloads"), "{refused}");
+
+    // The first one completes, byte for byte, and gives its charge back.
+    tx.send(Ok(Bytes::copy_from_slice(&body[700_000..]))).await.unwrap();
+    drop(tx);
+    let response = first.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer = response.bytes().await.unwrap();
+    assert_eq!(&answer[..], format!("{{\"payload\":[{values}]}}").as_bytes(), "the payload came back unchanged");
+    let started = Instant::now();
+    while budget() != 2 << 20 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the charge never came back: {}", budget());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = m.resolve(&alice, &small).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["payload"], small["payload"]);
+}
