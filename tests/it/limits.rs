@@ -196,3 +196,49 @@ async fn without_redis_a_replica_keeps_its_own_limits_reports_degraded_and_share
     let logs = service.stop();
     assert_eq!(logs.matches("Redis does not answer").count(), 1, "one line per change, not per request: {logs}");
 }
+
+#[tokio::test]
+async fn a_callers_upload_weight_counts_on_every_replica() {
+    let url = redis_url();
+    let vars =
+        [("MEDIA_MAX_CONCURRENT_UPLOADS", "16"), ("MEDIA_MAX_UPLOADS_PER_CALLER", "8"), ("MEDIA_MAX_BYTES", "10MiB")];
+    let (a, b) = two_replicas(Some(&url), &vars).await;
+    let subject = format!("weighty-{}", random_hex(6));
+    let mallory = a.token("tenant-a", &subject, &[]);
+
+    // A data-URL upload on replica a, stalled after its first bytes, holds several slots there.
+    let (tx, body) = channel_body();
+    let request = a.http().post(a.url("/v1/media")).bearer_auth(&mallory).header("content-type", "application/json");
+    let held = tokio::spawn(request.body(body).send());
+    tx.send(Ok(Bytes::from_static(b"{\"source\":{\"type\":\"data_url\",\"data_url\":\"data:image/png;base64,")))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while a.app.state.limits.free_upload_slots() == 16 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the held upload never took its slots");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let weight = 16 - a.app.state.limits.free_upload_slots();
+    assert!((2..8).contains(&weight), "a JSON upload weighs several slots, fewer than the cap ({weight})");
+
+    // Replica b sees her weight in Redis: what is left of her cap is 8 - weight slots.
+    let mut admitted = Vec::new();
+    for i in 0..8 - weight {
+        let (tx, body) = channel_body();
+        let request = b.http().post(b.url("/v1/media")).bearer_auth(&mallory).header("content-type", "image/png");
+        admitted.push((tx, tokio::spawn(request.body(body).send())));
+        let image = png(100_000, 70 + i as u64);
+        admitted.last().unwrap().0.send(Ok(Bytes::copy_from_slice(&image[..50_000]))).await.unwrap();
+        let started = Instant::now();
+        while b.app.state.limits.free_upload_slots() != 16 - (i + 1) {
+            assert!(started.elapsed() < Duration::from_secs(30), "upload {i} on b never took its slot");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let refused = b.upload_raw(&mallory, "image/png", png(5000, 90)).await;
+    let (status, body) = json_of(refused).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("too_many_uploads")), "{body}");
+    drop(tx);
+    drop(admitted);
+    let _ = held.await;
+}
