@@ -23,26 +23,42 @@ use crate::support::process::{binary_vars, run, token, Service};
 #[tokio::test]
 async fn kill_9_during_fifty_uploads_then_restart_and_sweep_loses_nothing_acknowledged_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let limits = [("MEDIA_MAX_CONCURRENT_UPLOADS", "64"), ("MEDIA_MAX_UPLOADS_PER_CALLER", "64")];
+    let limits = [
+        ("MEDIA_MAX_CONCURRENT_UPLOADS", "64"),
+        ("MEDIA_MAX_UPLOADS_PER_CALLER", "64"),
+        ("MEDIA_UPLOAD_IDLE_TIMEOUT", "10m"),
+    ];
     let vars = binary_vars(Stack::PostgresS3, dir.path(), &limits).await;
     let http = http();
     let mut service = Service::start(&vars);
     service.wait_up(&http).await;
     let token = token(&vars, "tenant-a", "alice");
 
-    // 50 uploads from 10 KiB to 12 MiB; every tenth repeats earlier bytes (the dedup path).
+    // 50 uploads from 10 KiB to 12 MiB; every tenth repeats earlier bytes (the dedup path); ten
+    // (i % 5 == 2) send their first chunk and stall, so the kill surely cuts uploads mid-way.
     const SIZES: [usize; 6] = [10 << 10, 100 << 10, 700 << 10, 2 << 20, 5 << 20, 12 << 20];
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for i in 0..50u64 {
+    let spawn = |i: u64| {
         let seed = if i % 10 == 9 { i - 5 } else { i };
         let body = Bytes::from(png(SIZES[seed as usize % SIZES.len()], 9000 + seed));
         let (http, url, token, tx) = (http.clone(), service.url("/v1/media"), token.clone(), tx.clone());
         tokio::spawn(async move {
             let sha = sha256_hex(&body);
-            let id = upload_framed(&http, &url, &token, body, Duration::from_millis(20), i % 2 == 0).await;
+            let id = match i % 5 {
+                2 => upload_stalled(&http, &url, &token, body, i % 2 == 0).await,
+                _ => upload_framed(&http, &url, &token, body, Duration::from_millis(20), i % 2 == 0).await,
+            };
             let _ = tx.send(id.map(|id| (id, sha)));
         });
+    };
+    // The stalled ones first, until each has begun writing (journaled), then the others.
+    (0..50u64).filter(|i| i % 5 == 2).for_each(spawn);
+    let started = std::time::Instant::now();
+    while journaled(&vars).await < 10 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the stalled uploads never began writing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (0..50u64).filter(|i| i % 5 != 2).for_each(spawn);
     drop(tx);
     // Kill once a third has been acknowledged: the rest are in flight at every stage.
     let mut outcomes = Vec::new();

@@ -46,9 +46,37 @@ pub async fn upload_framed(
         tokio::time::sleep(pause).await;
         Ok::<_, std::io::Error>(chunk)
     });
+    send_upload(http, url, token, sized.then_some(length), reqwest::Body::wrap_stream(stream)).await
+}
+
+/// An upload of `body` that sends its first 256 KiB and then nothing, never ending: it stays in
+/// flight until the service goes away (the fault tests' deterministic "cut mid-way").
+pub async fn upload_stalled(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: Bytes,
+    sized: bool,
+) -> Option<String> {
+    let length = body.len();
+    let first = body.slice(..length.min(256 * 1024));
+    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(futures::stream::pending());
+    send_upload(http, url, token, sized.then_some(length), reqwest::Body::wrap_stream(stream)).await
+}
+
+async fn send_upload(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    length: Option<usize>,
+    body: reqwest::Body,
+) -> Option<String> {
     let request = http.post(url).bearer_auth(token).header("content-type", "image/png");
-    let request = if sized { request.header("content-length", length) } else { request };
-    let response = request.body(reqwest::Body::wrap_stream(stream)).send().await.ok()?;
+    let request = match length {
+        Some(length) => request.header("content-length", length),
+        None => request,
+    };
+    let response = request.body(body).send().await.ok()?;
     if response.status() != 200 {
         return None;
     }
