@@ -4,6 +4,7 @@
 //! KEK keyring (Fernet, id → key, one primary)          keyring.rs
 //!   └─ wraps ─► tenant DEK v1, v2, … (32 random bytes)  envelope.rs
 //!                 └─ AES-256-GCM ─► encrypted columns   field.rs
+//!                 └─ HKDF per object ─► STREAM segments   object.rs (media bytes, DESIGN §9)
 //!   └─ wraps ─► tenant index key (HMAC-SHA256)          blind_index.rs
 //!                 └─ audit pseudonyms; the system's one keys the audit chain   audit_mac.rs
 //! ```
@@ -17,6 +18,7 @@ pub mod dev_keys;
 pub mod envelope;
 pub mod field;
 pub mod keyring;
+pub mod object;
 
 /// Errors of the crypto layer.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,146 @@
+use super::*;
+
+const CONTEXT: &[u8] = b"acme\0m/0123456789abcdef";
+
+fn plaintext(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// Seals `plain` in pieces of `piece` bytes.
+fn seal(dek: &DataKey, plain: &[u8], piece: usize) -> Vec<u8> {
+    let mut sealer = Sealer::new(ObjectCipher::new_object(dek, CONTEXT));
+    let mut out = Vec::new();
+    for chunk in plain.chunks(piece.max(1)) {
+        sealer.push(chunk, &mut out).unwrap();
+    }
+    sealer.finish(&mut out).unwrap();
+    out
+}
+
+/// Opens plaintext `range` of `sealed` the way a ranged read does: fetch the span, open, trim.
+fn open_range(dek: &DataKey, sealed: &[u8], range: Range<u64>, piece: usize) -> Result<Vec<u8>, CryptoError> {
+    let plain = plain_len(sealed.len() as u64)?;
+    let header = ObjectHeader::parse(sealed)?;
+    let span = span(range.clone(), plain);
+    let mut opener = Opener::new(ObjectCipher::existing(dek, CONTEXT, &header)?, &span);
+    let fetched = sealed.get(span.sealed.start as usize..span.sealed.end as usize).ok_or(CryptoError::Integrity)?;
+    let mut out = Vec::new();
+    for chunk in fetched.chunks(piece) {
+        opener.push(chunk, &mut out)?;
+    }
+    opener.finish(&mut out)?;
+    let skip = span.skip as usize;
+    Ok(out[skip..skip + (range.end - range.start) as usize].to_vec())
+}
+
+fn open_all(dek: &DataKey, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let plain = plain_len(sealed.len() as u64)?;
+    let header = ObjectHeader::parse(sealed)?;
+    let span = span(0..plain, plain);
+    let mut opener = Opener::new(ObjectCipher::existing(dek, CONTEXT, &header)?, &span);
+    let mut out = Vec::new();
+    opener.push(&sealed[HEADER_LEN as usize..], &mut out)?;
+    opener.finish(&mut out)?;
+    Ok(out)
+}
+
+const SEG: usize = SEGMENT_LEN as usize;
+
+#[test]
+fn objects_of_every_shape_round_trip_whatever_the_piece_sizes() {
+    let dek = DataKey::generate(3);
+    for len in [0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG, 3 * SEG + 17] {
+        let plain = plaintext(len);
+        for piece in [1000, SEG, 200_000] {
+            let sealed = seal(&dek, &plain, piece);
+            assert_eq!(sealed.len() as u64, sealed_len(len as u64), "len {len}");
+            assert_eq!(plain_len(sealed.len() as u64).unwrap(), len as u64);
+            assert_eq!(open_all(&dek, &sealed).unwrap(), plain, "len {len}, piece {piece}");
+        }
+    }
+}
+
+#[test]
+fn any_range_opens_from_its_own_segments_only() {
+    let dek = DataKey::generate(1);
+    let plain = plaintext(3 * SEG + 100);
+    let sealed = seal(&dek, &plain, 7000);
+    for (start, end) in [(0, 1), (SEG - 1, SEG + 1), (SEG, 2 * SEG), (5, 3 * SEG + 100), (3 * SEG + 99, 3 * SEG + 100)]
+    {
+        let range = start as u64..end as u64;
+        let span = span(range.clone(), plain.len() as u64);
+        let segments = (span.sealed.end - span.sealed.start).div_ceil(SEALED_SEGMENT_LEN);
+        assert!(segments <= (end - start).div_ceil(SEG) as u64 + 1, "{range:?} fetches {segments} segments");
+        assert_eq!(open_range(&dek, &sealed, range, 4096).unwrap(), &plain[start..end], "{start}..{end}");
+    }
+}
+
+#[test]
+fn tampered_objects_never_open_to_wrong_bytes() {
+    let dek = DataKey::generate(2);
+    let plain = plaintext(3 * SEG + 10);
+    let sealed = seal(&dek, &plain, SEG);
+    let seg = |i: usize| HEADER_LEN as usize + i * SEALED_SEGMENT_LEN as usize;
+    let refused = |bytes: &[u8], why: &str| {
+        assert!(open_all(&dek, bytes).is_err(), "{why} opened");
+    };
+
+    for at in [0, 5, 9, 45, 47, seg(0) + 3, seg(1) + 70_000, sealed.len() - 1] {
+        let mut flipped = sealed.clone();
+        flipped[at] ^= 0x40;
+        refused(&flipped, &format!("a byte flipped at {at}"));
+    }
+    let dropped = [&sealed[..seg(1)], &sealed[seg(2)..]].concat();
+    refused(&dropped, "a dropped segment");
+    let swapped = [&sealed[..seg(1)], &sealed[seg(2)..seg(3)], &sealed[seg(1)..seg(2)], &sealed[seg(3)..]].concat();
+    refused(&swapped, "reordered segments");
+    refused(&sealed[..seg(3)], "the tail cut at a segment boundary");
+    refused(&sealed[..sealed.len() - 5], "the tail cut inside a segment");
+    let extended = [&sealed[..], &sealed[seg(1)..seg(2)]].concat();
+    refused(&extended, "an extra segment");
+
+    // A segment of another object of the same tenant and key version.
+    let other = seal(&dek, &plain, SEG);
+    let foreign = [&sealed[..seg(1)], &other[seg(1)..seg(2)], &sealed[seg(2)..]].concat();
+    refused(&foreign, "a segment of another object");
+    // The right bytes in another place, or under another key.
+    let header = ObjectHeader::parse(&sealed).unwrap();
+    let elsewhere = ObjectCipher::existing(&dek, b"acme\0m/elsewhere", &header).unwrap();
+    let mut segment = sealed[seg(0)..seg(1)].to_vec();
+    assert!(elsewhere.open_segment(0, false, &mut segment).is_err(), "opened under another context");
+    assert!(open_all(&DataKey::generate(2), &sealed).is_err(), "opened under another DEK");
+    let wrong_version = ObjectCipher::existing(&DataKey::generate(5), CONTEXT, &header);
+    assert!(matches!(wrong_version, Err(CryptoError::KeyMismatch)));
+}
+
+#[test]
+fn headers_and_lengths_no_object_has_are_refused() {
+    let dek = DataKey::generate(9);
+    let sealed = seal(&dek, b"hello", 5);
+    let header = ObjectHeader::parse(&sealed).unwrap();
+    assert_eq!(header.dek_version, 9);
+    assert_eq!(ObjectHeader::parse(&header.to_bytes()).unwrap(), header);
+    for (at, value) in [(0, b'X'), (3, 2), (47, 1)] {
+        let mut bad = sealed.clone();
+        bad[at] = value;
+        assert!(ObjectHeader::parse(&bad).is_err(), "byte {at} = {value}");
+    }
+    assert!(ObjectHeader::parse(&sealed[..47]).is_err());
+    for sealed in [0, 63, HEADER_LEN + SEALED_SEGMENT_LEN + 5, HEADER_LEN + SEALED_SEGMENT_LEN + TAG_LEN] {
+        assert!(plain_len(sealed).is_err(), "{sealed} bytes");
+    }
+    assert_eq!(plain_len(HEADER_LEN + TAG_LEN).unwrap(), 0);
+    assert_eq!(plain_len(HEADER_LEN + SEALED_SEGMENT_LEN).unwrap(), SEGMENT_LEN);
+    assert_eq!(plain_len(HEADER_LEN + SEALED_SEGMENT_LEN + TAG_LEN + 1).unwrap(), SEGMENT_LEN + 1);
+}
+
+#[test]
+fn two_objects_of_the_same_bytes_share_nothing_but_their_length() {
+    let dek = DataKey::generate(1);
+    let plain = plaintext(SEG + 5);
+    let (a, b) = (seal(&dek, &plain, SEG), seal(&dek, &plain, SEG));
+    assert_eq!(a.len(), b.len());
+    assert_ne!(a[8..47], b[8..47], "fresh salt and nonce prefix");
+    let plain_windows: std::collections::HashSet<&[u8]> = plain.windows(16).collect();
+    assert!(a[HEADER_LEN as usize..].windows(16).all(|w| !plain_windows.contains(w)), "no plaintext in the clear");
+}
