@@ -126,10 +126,8 @@ pub(super) fn auth_config(env: &Env<'_>, profile: Profile) -> Result<AuthConfig,
     let client_ids = env.list("AUTH_CLIENT_ID");
     // A real issuer configured in dev means the dev issuer is no longer trusted unless asked for.
     let dev_issuer = env.bool("AUTH_DEV_ISSUER")?.unwrap_or(profile == Profile::Dev && issuers.is_empty());
-    let issuer_tenants = env
-        .get(issuer_tenants::VAR)
-        .map(|value| IssuerTenants::parse(&value, &issuers, dev_issuer))
-        .transpose()?;
+    let issuer_tenants =
+        env.get(issuer_tenants::VAR).map(|value| IssuerTenants::parse(&value, &issuers, dev_issuer)).transpose()?;
     Ok(AuthConfig {
         mode,
         algorithms: algorithms(env)?,

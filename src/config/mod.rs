@@ -289,7 +289,8 @@ impl Config {
             problems.push("AUTH_DEV_ISSUER: the local dev token issuer cannot be trusted");
         }
         if self.auth.issuers.len() > 1 && self.auth.issuer_tenants.is_none() {
-            problems.push("AUTH_ISSUER_TENANTS is not set but AUTH_ISSUER names several issuers: bind each to its tenants");
+            problems
+                .push("AUTH_ISSUER_TENANTS is not set but AUTH_ISSUER names several issuers: bind each to its tenants");
         }
         if matches!(self.keyring, KeyringSource::DevGenerated) {
             problems.push("MEDIA_MASTER_KEYS or MEDIA_KEYRING_FILE is not set (no generated dev keyring)");

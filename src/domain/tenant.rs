@@ -37,9 +37,7 @@ impl TenantPattern {
         };
         // A prefix is checked like a tenant id (`beta-` as much as `beta-1`); `*` only at the end.
         if !is_valid_tenant(body) {
-            return Err(format!(
-                "{text:?} is not a tenant id, a prefix ending in `*` or `*` alone ({TENANT_RULE})"
-            ));
+            return Err(format!("{text:?} is not a tenant id, a prefix ending in `*` or `*` alone ({TENANT_RULE})"));
         }
         Ok(if prefix { Self::Prefix(body.to_owned()) } else { Self::Exact(body.to_owned()) })
     }
@@ -63,7 +61,12 @@ mod tests {
         let exact = TenantPattern::parse("acme").unwrap();
         assert!(exact.matches("acme") && !exact.matches("acme-2") && !exact.matches("acm"));
         let prefix = TenantPattern::parse("beta-*").unwrap();
-        assert!(prefix.matches("beta-1") && prefix.matches("beta-") && !prefix.matches("beta") && !prefix.matches("xbeta-1"));
+        assert!(
+            prefix.matches("beta-1")
+                && prefix.matches("beta-")
+                && !prefix.matches("beta")
+                && !prefix.matches("xbeta-1")
+        );
         assert!(TenantPattern::parse("*").unwrap().matches("anything"));
         for bad in ["", "**", "a*b", "*a", "a b", "-x", "a/b*", "a=b"] {
             assert!(TenantPattern::parse(bad).is_err(), "{bad:?}");
