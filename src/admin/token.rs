@@ -38,7 +38,10 @@ fn parse_ttl(value: &str) -> Result<std::time::Duration, String> {
 /// Prints the token on standard output.
 pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
     if !config.auth.dev_issuer {
-        bail!("the dev token issuer is off (AUTH_DEV_ISSUER=false or MEDIA_PROFILE=production): get tokens from your identity provider");
+        bail!(
+            "the dev token issuer is off (MEDIA_PROFILE=production, AUTH_DEV_ISSUER=false, or AUTH_ISSUER is set \
+             without AUTH_DEV_ISSUER=true): get tokens from your identity provider"
+        );
     }
     if !is_valid_tenant(&opts.tenant) {
         bail!("--tenant: {TENANT_RULE}");

@@ -1,5 +1,7 @@
 //! The auth layer's one error type, [`AuthError`]: why a request was not let through, as an RFC 6750
-//! challenge (401 `invalid_token`, 403 `insufficient_scope`) or a 503 when no key can be had.
+//! challenge (401 `invalid_token`, 403 `insufficient_scope`) or a 503 when no key can be had. A
+//! genuine token refused for what it asserts (no tenant, a tenant its issuer may not assert, a
+//! missing permission) is a 403, never a 401.
 //!
 //! Descriptions are fixed sentences: nothing from the token (kid, issuer, claims) is echoed into a
 //! header or a body, so a crafted token cannot inject text into either.
@@ -58,6 +60,9 @@ pub enum AuthError {
     /// The tenant claim is not an acceptable tenant id.
     #[error("the token's tenant is not a valid tenant id: {TENANT_RULE}")]
     InvalidTenant,
+    /// The token's issuer may not assert its tenant (`AUTH_ISSUER_TENANTS`).
+    #[error("the token's issuer is not allowed to assert this tenant")]
+    TenantNotAllowed,
     /// The principal lacks the permission the route needs.
     #[error("this request needs the {} permission", .0.name())]
     InsufficientScope(Permission),
@@ -86,13 +91,14 @@ impl AuthError {
             Self::Claims(_) => "claims",
             Self::NoTenant => "no_tenant",
             Self::InvalidTenant => "invalid_tenant",
+            Self::TenantNotAllowed => "tenant_not_allowed",
             Self::InsufficientScope(_) => "insufficient_scope",
             Self::KeysUnavailable => "keys_unavailable",
         }
     }
 
     /// Every reason, for counters.
-    pub const REASONS: [&'static str; 18] = [
+    pub const REASONS: [&'static str; 19] = [
         "missing",
         "wrong_scheme",
         "too_large",
@@ -109,6 +115,7 @@ impl AuthError {
         "claims",
         "no_tenant",
         "invalid_tenant",
+        "tenant_not_allowed",
         "insufficient_scope",
         "keys_unavailable",
     ];
@@ -116,7 +123,7 @@ impl AuthError {
     /// The HTTP status it answers: 401, 403 or 503.
     pub fn status(&self) -> u16 {
         match self {
-            Self::NoTenant | Self::InvalidTenant | Self::InsufficientScope(_) => 403,
+            Self::NoTenant | Self::InvalidTenant | Self::TenantNotAllowed | Self::InsufficientScope(_) => 403,
             Self::KeysUnavailable => 503,
             _ => 401,
         }
@@ -129,6 +136,7 @@ impl AuthError {
             Self::WrongScheme => "invalid_request",
             Self::NoTenant => "no_tenant",
             Self::InvalidTenant => "invalid_tenant",
+            Self::TenantNotAllowed => "tenant_not_allowed",
             Self::InsufficientScope(_) => "insufficient_scope",
             Self::KeysUnavailable => "auth_unavailable",
             _ => "invalid_token",
@@ -141,7 +149,9 @@ impl AuthError {
             Self::KeysUnavailable => return None,
             Self::Missing => return Some(format!("Bearer realm=\"{REALM}\"")),
             Self::WrongScheme => "invalid_request",
-            Self::NoTenant | Self::InvalidTenant | Self::InsufficientScope(_) => "insufficient_scope",
+            Self::NoTenant | Self::InvalidTenant | Self::TenantNotAllowed | Self::InsufficientScope(_) => {
+                "insufficient_scope"
+            }
             _ => "invalid_token",
         };
         let mut challenge = format!("Bearer realm=\"{REALM}\", error=\"{error}\", error_description=\"{self}\"");
@@ -178,6 +188,7 @@ mod tests {
             AuthError::Claims("c"),
             AuthError::NoTenant,
             AuthError::InvalidTenant,
+            AuthError::TenantNotAllowed,
             AuthError::InsufficientScope(Permission::Admin),
             AuthError::KeysUnavailable,
         ];

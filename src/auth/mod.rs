@@ -7,7 +7,11 @@
 //!   failure counters and audit trail.
 //! - [`token`] reads a compact JWS before and after the signature check; [`jwks`] parses and caches
 //!   key sets; [`principal`] maps claims to permissions; [`dev_issuer`] is the dev profile's local
-//!   issuer; [`error`] is the layer's error type. The axum extractor lives in `http::extract`.
+//!   issuer; `failures` counts and audits refusals; [`error`] is the layer's error type. The axum
+//!   extractor lives in `http::extract`.
+//!
+//! With `AUTH_ISSUER_TENANTS`, a verified token whose tenant its issuer may not assert is refused
+//! (403 `tenant_not_allowed`): the token is genuine, its issuer is just not trusted for that tenant.
 //!
 //! Verified tokens are remembered (by SHA-256 of the token) until they expire, so a client reusing
 //! its token pays for one signature check, not one per request — the same trade Envoy's `jwt_authn`
@@ -16,6 +20,7 @@
 
 pub mod dev_issuer;
 pub mod error;
+mod failures;
 pub mod jwks;
 pub mod principal;
 pub mod token;
@@ -25,16 +30,17 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, Validation};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthConfig, AuthMode, DEV_ISSUER};
+use crate::config::{AuthConfig, AuthMode, IssuerTenants, DEV_ISSUER};
 use crate::crypto::dev_keys::DevKeyError;
-use crate::db::audit::{Actor, AuditEvent, AuditLog, Subject, SYSTEM_CHAIN};
+use crate::db::audit::AuditLog;
 pub use error::AuthError;
+use failures::FailureLog;
 use jwks::{CacheStatus, JwksCache, KeySet, KeySource};
 pub use principal::{Permission, Principal};
 
@@ -56,6 +62,7 @@ pub struct Authenticator {
     verified: Arc<VerifiedTokens>,
     failures: FailureLog,
     dev: Option<dev_issuer::DevIssuer>,
+    tenants: Option<IssuerTenants>,
 }
 
 impl Authenticator {
@@ -98,18 +105,7 @@ impl Authenticator {
             .map(|alg| (*alg, token::validation(*alg, &accepted, &config.audiences, leeway)))
             .collect();
         let claims = principal::ClaimsMapping::new(config);
-        match config.mode {
-            AuthMode::Disabled => tracing::warn!(
-                "AUTHENTICATION IS DISABLED: every request acts with every permission in the default tenant (dev only)"
-            ),
-            AuthMode::Optional => tracing::info!("authentication is optional: requests without a token are anonymous"),
-            AuthMode::Required => {}
-        }
-        if config.mode != AuthMode::Disabled && config.admin_roles.is_empty() {
-            tracing::info!(
-                "AUTH_ADMIN_ROLES is empty: no token holds media:admin (callers delete only their own media)"
-            );
-        }
+        log_policy(config, issuers.len());
         Ok(Self {
             mode: config.mode,
             algorithms: config.algorithms.clone(),
@@ -124,6 +120,7 @@ impl Authenticator {
             verified,
             failures: FailureLog::new(audit),
             dev,
+            tenants: config.issuer_tenants.clone(),
         })
     }
 
@@ -178,6 +175,9 @@ impl Authenticator {
             self.validations.iter().find(|(a, _)| *a == alg).map(|(_, v)| v).ok_or(AuthError::Algorithm)?;
         let claims = token::verify(token, &key, validation)?;
         let principal = Arc::new(self.claims.principal(&inspected.issuer, &claims)?);
+        if self.tenants.as_ref().is_some_and(|binding| !binding.allows(&inspected.issuer, &principal.tenant)) {
+            return Err(AuthError::TenantNotAllowed);
+        }
         if let Some(exp) = claims.get("exp").and_then(Value::as_i64) {
             self.verified.insert(digest, principal.clone(), exp.saturating_add(self.leeway), generation);
         }
@@ -203,6 +203,35 @@ impl Authenticator {
     /// The dev issuer's public key set, when the dev issuer is on.
     pub fn dev_jwks(&self) -> Option<Value> {
         self.dev.as_ref().map(dev_issuer::DevIssuer::jwks)
+    }
+}
+
+/// The start-up lines saying what the auth settings mean, each logged once (the authenticator is
+/// built once per process): disabled or optional auth, who can hold `media:admin`, and several
+/// trusted issuers without `AUTH_ISSUER_TENANTS`.
+fn log_policy(config: &AuthConfig, trusted_issuers: usize) {
+    match config.mode {
+        AuthMode::Disabled => {
+            tracing::warn!(
+                "AUTHENTICATION IS DISABLED: every request acts with every permission in the default tenant (dev only)"
+            );
+            return;
+        }
+        AuthMode::Optional => tracing::info!("authentication is optional: requests without a token are anonymous"),
+        AuthMode::Required => {}
+    }
+    if config.admin_roles.is_empty() && config.admin_scopes.is_empty() {
+        tracing::info!(
+            "nobody holds media:admin: AUTH_ADMIN_ROLES and AUTH_ADMIN_SCOPES are both empty, so every caller can \
+             delete or complete only the media it uploaded itself"
+        );
+    }
+    if trusted_issuers > 1 && config.issuer_tenants.is_none() {
+        tracing::warn!(
+            issuers = trusted_issuers,
+            "several token issuers are trusted and AUTH_ISSUER_TENANTS is not set: each of them may assert any \
+             tenant; bind each issuer to its tenants (the production profile requires it)"
+        );
     }
 }
 
@@ -278,90 +307,6 @@ impl VerifiedTokens {
     }
 }
 
-/// Audit events allowed per source IP, and in all, per window.
-const AUDIT_PER_SOURCE: u32 = 10;
-const AUDIT_PER_WINDOW: u32 = 600;
-const AUDIT_WINDOW: Duration = Duration::from_secs(60);
-
-/// Refusal counters and the rate-limited audit trail of refusals.
-struct FailureLog {
-    counts: [AtomicU64; AuthError::REASONS.len()],
-    limiter: Mutex<AuditLimiter>,
-    audit: Option<AuditLog>,
-}
-
-struct AuditLimiter {
-    window_start: Instant,
-    total: u32,
-    per_source: HashMap<Option<IpAddr>, u32>,
-}
-
-impl AuditLimiter {
-    fn allow(&mut self, source: Option<IpAddr>) -> bool {
-        if self.window_start.elapsed() >= AUDIT_WINDOW {
-            self.window_start = Instant::now();
-            self.total = 0;
-            self.per_source.clear();
-        }
-        if self.total >= AUDIT_PER_WINDOW {
-            return false;
-        }
-        let count = self.per_source.entry(source.map(network_of)).or_insert(0);
-        if *count >= AUDIT_PER_SOURCE {
-            return false;
-        }
-        *count += 1;
-        self.total += 1;
-        true
-    }
-}
-
-/// The network a source counts as: an IPv4 address, or an IPv6 address's /64 (one host usually
-/// holds a whole /64, so per-address counting would let it log without bound).
-fn network_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let segments = v6.segments();
-            IpAddr::from([segments[0], segments[1], segments[2], segments[3], 0, 0, 0, 0])
-        }
-    }
-}
-
-impl FailureLog {
-    fn new(audit: Option<AuditLog>) -> Self {
-        Self {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            limiter: Mutex::new(AuditLimiter { window_start: Instant::now(), total: 0, per_source: HashMap::new() }),
-            audit,
-        }
-    }
-
-    fn record(&self, err: &AuthError, source: Option<IpAddr>) {
-        let reason = err.reason();
-        if let Some(index) = AuthError::REASONS.iter().position(|r| *r == reason) {
-            self.counts[index].fetch_add(1, Ordering::Relaxed);
-        }
-        tracing::debug!(reason, status = err.status(), source = ?source, "request refused by the auth layer");
-        let Some(audit) = self.audit.clone() else { return };
-        if !self.limiter.lock().unwrap_or_else(PoisonError::into_inner).allow(source) {
-            return;
-        }
-        let details = json!({ "reason": reason, "status": err.status() });
-        let source = source.map(|ip| ip.to_string());
-        tokio::spawn(async move {
-            let subject = source.as_deref().map_or(Subject::Nothing, Subject::Address);
-            let event =
-                AuditEvent { tenant: SYSTEM_CHAIN, kind: "auth.refused", actor: Actor::Nobody, subject, details };
-            audit.record(&event).await;
-        });
-    }
-
-    fn counts(&self) -> Vec<(&'static str, u64)> {
-        AuthError::REASONS.iter().zip(&self.counts).map(|(r, c)| (*r, c.load(Ordering::Relaxed))).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,27 +320,5 @@ mod tests {
         assert_eq!(bearer_token(&header("Bearr abc")), Err(AuthError::WrongScheme));
         assert_eq!(bearer_token(&header("abc")), Err(AuthError::WrongScheme));
         assert_eq!(bearer_token(&header("Bearer")), Err(AuthError::Malformed));
-    }
-
-    #[test]
-    fn audit_events_are_limited_per_source_and_in_all() {
-        let mut limiter = AuditLimiter { window_start: Instant::now(), total: 0, per_source: HashMap::new() };
-        let one = Some(IpAddr::from([10, 0, 0, 1]));
-        let allowed = (0..50).filter(|_| limiter.allow(one)).count();
-        assert_eq!(allowed, AUDIT_PER_SOURCE as usize);
-        let many = (0..2000u32).filter(|i| limiter.allow(Some(IpAddr::from(i.to_be_bytes())))).count();
-        assert_eq!(many + allowed, AUDIT_PER_WINDOW as usize);
-    }
-
-    #[test]
-    fn one_ipv6_slash_64_counts_as_one_source() {
-        let mut limiter = AuditLimiter { window_start: Instant::now(), total: 0, per_source: HashMap::new() };
-        let host = |i: u16| Some(IpAddr::from([0x2001, 0xdb8, 7, 9, i, i, i, i]));
-        let allowed = (0..50u16).filter(|i| limiter.allow(host(*i))).count();
-        assert_eq!(allowed, AUDIT_PER_SOURCE as usize, "50 addresses of one /64");
-        assert!(
-            limiter.allow(Some(IpAddr::from([0x2001, 0xdb8, 7, 10, 0, 0, 0, 1]))),
-            "the next /64 is another source"
-        );
     }
 }

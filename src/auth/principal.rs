@@ -4,8 +4,12 @@
 //! The tenant comes from the claim path `AUTH_TENANT_CLAIM` (dotted, default `tenant_id`), else from
 //! `MEDIA_DEFAULT_TENANT`; never from a request body. Roles are read where Keycloak and most OIDC
 //! providers put them (`realm_access.roles`, `resource_access.<client>.roles` for the configured
-//! clients, `roles`), scopes from `scope` (space separated) or `scp`. A permission whose role list is
-//! empty is granted to every valid token, as the jan media-api did.
+//! clients, `roles`), scopes from `scope` (space separated) or `scp`.
+//!
+//! Roles and scopes grant apart: a permission's role list (`AUTH_*_ROLES`) is matched only against
+//! the token's roles and its scope list (`AUTH_*_SCOPES`) only against its scopes, so a client that
+//! can request a scope named like an admin role does not become an admin. Read or write with both
+//! lists empty is granted to every valid token, as the jan media-api did; admin only ever by name.
 
 use std::collections::BTreeSet;
 
@@ -92,7 +96,32 @@ pub struct ClaimsMapping {
     tenant_path: Vec<String>,
     default_tenant: Option<String>,
     client_ids: Vec<String>,
-    grants: [(Permission, Vec<String>); 3],
+    grants: [Grant; 3],
+}
+
+/// The roles and the scopes that grant one permission.
+#[derive(Debug, Clone)]
+struct Grant {
+    permission: Permission,
+    roles: Vec<String>,
+    scopes: Vec<String>,
+}
+
+impl Grant {
+    fn new(permission: Permission, roles: &[String], scopes: &[String]) -> Self {
+        Self { permission, roles: roles.to_vec(), scopes: scopes.to_vec() }
+    }
+
+    /// Granted to every valid token: read or write with no role and no scope configured.
+    fn open(&self) -> bool {
+        self.permission != Permission::Admin && self.roles.is_empty() && self.scopes.is_empty()
+    }
+
+    /// Whether a token with these roles and scopes holds the permission (roles match roles only,
+    /// scopes match scopes only).
+    fn granted(&self, roles: &BTreeSet<String>, scopes: &BTreeSet<String>) -> bool {
+        self.open() || self.roles.iter().any(|r| roles.contains(r)) || self.scopes.iter().any(|s| scopes.contains(s))
+    }
 }
 
 impl ClaimsMapping {
@@ -103,9 +132,9 @@ impl ClaimsMapping {
             default_tenant: config.default_tenant.clone(),
             client_ids: config.client_ids.clone(),
             grants: [
-                (Permission::Read, config.read_roles.clone()),
-                (Permission::Write, config.write_roles.clone()),
-                (Permission::Admin, config.admin_roles.clone()),
+                Grant::new(Permission::Read, &config.read_roles, &config.read_scopes),
+                Grant::new(Permission::Write, &config.write_roles, &config.write_scopes),
+                Grant::new(Permission::Admin, &config.admin_roles, &config.admin_scopes),
             ],
         }
     }
@@ -127,12 +156,7 @@ impl ClaimsMapping {
     /// valid token would have (never admin).
     pub fn anonymous(&self) -> Option<Principal> {
         let tenant = self.default_tenant.clone()?;
-        let permissions = self
-            .grants
-            .iter()
-            .filter(|(permission, roles)| *permission != Permission::Admin && roles.is_empty())
-            .map(|(permission, _)| *permission)
-            .collect();
+        let permissions = self.grants.iter().filter(|grant| grant.open()).map(|grant| grant.permission).collect();
         Some(Principal {
             subject: "anonymous".into(),
             tenant,
@@ -179,15 +203,7 @@ impl ClaimsMapping {
     }
 
     fn permissions(&self, roles: &BTreeSet<String>, scopes: &BTreeSet<String>) -> BTreeSet<Permission> {
-        self.grants
-            .iter()
-            .filter(|(permission, granted_by)| {
-                // Read and write with no setting: every valid token. Admin only ever by name.
-                (granted_by.is_empty() && *permission != Permission::Admin)
-                    || granted_by.iter().any(|name| roles.contains(name) || scopes.contains(name))
-            })
-            .map(|(permission, _)| *permission)
-            .collect()
+        self.grants.iter().filter(|grant| grant.granted(roles, scopes)).map(|grant| grant.permission).collect()
     }
 }
 
@@ -250,7 +266,38 @@ mod tests {
         assert!(matches!(p.require(Permission::Admin), Err(AuthError::InsufficientScope(Permission::Admin))));
 
         let scoped = json!({"sub": "svc", "tenant_id": "acme", "scp": ["media.write"]});
-        assert!(mapping.principal("iss", &scoped).unwrap().can(Permission::Write), "a scope grants like a role");
+        assert!(!mapping.principal("iss", &scoped).unwrap().can(Permission::Write), "role names never match scopes");
+    }
+
+    #[test]
+    fn roles_and_scopes_never_grant_each_other_by_a_shared_name() {
+        let roles_only = mapping(&[("AUTH_ADMIN_ROLES", "media-admin"), ("AUTH_WRITE_ROLES", "uploader")]);
+        let scoped = json!({"sub": "svc", "tenant_id": "t", "scope": "openid media-admin uploader"});
+        let p = roles_only.principal("iss", &scoped).unwrap();
+        assert!(!p.can(Permission::Admin), "a scope named like an admin role is not admin");
+        assert!(!p.can(Permission::Write), "nor a writer");
+        assert!(p.can(Permission::Read), "read stays open: no read role or scope is configured");
+
+        let scopes_only = mapping(&[("AUTH_ADMIN_SCOPES", "media-admin"), ("AUTH_WRITE_SCOPES", "media.write")]);
+        let p = scopes_only.principal("iss", &scoped).unwrap();
+        assert!(p.can(Permission::Admin), "AUTH_ADMIN_SCOPES matches the scope");
+        assert!(!p.can(Permission::Write), "write is configured (by scope) and `uploader` is not it");
+        let role = json!({"sub": "u", "tenant_id": "t", "roles": ["media-admin", "media.write"]});
+        let p = scopes_only.principal("iss", &role).unwrap();
+        assert!(!p.can(Permission::Admin) && !p.can(Permission::Write), "a role named like a scope grants nothing");
+        let scp = json!({"sub": "svc", "tenant_id": "t", "scp": ["media.write"]});
+        assert!(scopes_only.principal("iss", &scp).unwrap().can(Permission::Write), "`scp` arrays count as scopes");
+
+        let both = mapping(&[("AUTH_WRITE_ROLES", "uploader"), ("AUTH_WRITE_SCOPES", "media.write")]);
+        for claims in [json!({"roles": ["uploader"]}), json!({"scope": "media.write"})] {
+            let mut claims = claims;
+            claims["sub"] = json!("u");
+            claims["tenant_id"] = json!("t");
+            assert!(both.principal("iss", &claims).unwrap().can(Permission::Write), "either list grants: {claims}");
+        }
+        let only_scope_configured = mapping(&[("MEDIA_DEFAULT_TENANT", "main"), ("AUTH_WRITE_SCOPES", "media.write")]);
+        let anonymous = only_scope_configured.anonymous().unwrap();
+        assert_eq!(anonymous.permissions, [Permission::Read].into_iter().collect(), "write is no longer open");
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! Token validation settings (`AUTH_*`, `MEDIA_DEFAULT_TENANT`).
+//!
+//! Permissions are granted by name, roles and scopes apart: `AUTH_*_ROLES` match only the token's
+//! roles, `AUTH_*_SCOPES` only its `scope`/`scp`, so a scope never grants what a role of the same
+//! name would (and the other way round).
 
 use std::time::Duration;
 
 use url::Url;
 
 use super::env::{parse_http_url, Env};
+use super::issuer_tenants::{self, IssuerTenants};
 use super::ops::CaBundle;
 use super::{ConfigError, Profile};
 use crate::domain::tenant::{is_valid_tenant, TENANT_RULE};
@@ -54,17 +59,28 @@ pub struct AuthConfig {
     pub tenant_claim: String,
     /// Tenant of tokens without a tenant claim, and of anonymous callers (`MEDIA_DEFAULT_TENANT`).
     pub default_tenant: Option<String>,
-    /// Roles or scopes granting `media:read` (`AUTH_READ_ROLES`; empty: every valid token).
+    /// Roles granting `media:read` (`AUTH_READ_ROLES`; with `read_scopes` also empty: every valid
+    /// token).
     pub read_roles: Vec<String>,
-    /// Roles or scopes granting `media:write` (`AUTH_WRITE_ROLES`; empty: every valid token).
+    /// Roles granting `media:write` (`AUTH_WRITE_ROLES`; with `write_scopes` also empty: every valid
+    /// token).
     pub write_roles: Vec<String>,
-    /// Roles or scopes granting `media:admin` (`AUTH_ADMIN_ROLES`; empty: no token).
+    /// Roles granting `media:admin` (`AUTH_ADMIN_ROLES`; with `admin_scopes` also empty: no token).
     pub admin_roles: Vec<String>,
+    /// Scopes granting `media:read` (`AUTH_READ_SCOPES`).
+    pub read_scopes: Vec<String>,
+    /// Scopes granting `media:write` (`AUTH_WRITE_SCOPES`).
+    pub write_scopes: Vec<String>,
+    /// Scopes granting `media:admin` (`AUTH_ADMIN_SCOPES`).
+    pub admin_scopes: Vec<String>,
     /// Clients whose `resource_access.<client>.roles` count (`AUTH_CLIENT_ID`; default: the audiences).
     pub client_ids: Vec<String>,
-    /// Trust the local dev issuer and serve its JWKS (`AUTH_DEV_ISSUER`; default on in dev, refused in
-    /// production).
+    /// Trust the local dev issuer and serve its JWKS (`AUTH_DEV_ISSUER`; default on in the dev profile
+    /// when `AUTH_ISSUER` is not set, off otherwise; refused in production).
     pub dev_issuer: bool,
+    /// The tenants each issuer may assert (`AUTH_ISSUER_TENANTS`); `None`: every trusted issuer may
+    /// assert any tenant.
+    pub issuer_tenants: Option<IssuerTenants>,
     /// Extra trusted roots for JWKS and discovery fetches (`MEDIA_CA_FILE`).
     pub ca: Option<CaBundle>,
 }
@@ -108,6 +124,10 @@ pub(super) fn auth_config(env: &Env<'_>, profile: Profile) -> Result<AuthConfig,
         }
     }
     let client_ids = env.list("AUTH_CLIENT_ID");
+    // A real issuer configured in dev means the dev issuer is no longer trusted unless asked for.
+    let dev_issuer = env.bool("AUTH_DEV_ISSUER")?.unwrap_or(profile == Profile::Dev && issuers.is_empty());
+    let issuer_tenants =
+        env.get(issuer_tenants::VAR).map(|value| IssuerTenants::parse(&value, &issuers, dev_issuer)).transpose()?;
     Ok(AuthConfig {
         mode,
         algorithms: algorithms(env)?,
@@ -121,8 +141,12 @@ pub(super) fn auth_config(env: &Env<'_>, profile: Profile) -> Result<AuthConfig,
         read_roles: env.list("AUTH_READ_ROLES"),
         write_roles: env.list("AUTH_WRITE_ROLES"),
         admin_roles: env.list("AUTH_ADMIN_ROLES"),
+        read_scopes: env.list("AUTH_READ_SCOPES"),
+        write_scopes: env.list("AUTH_WRITE_SCOPES"),
+        admin_scopes: env.list("AUTH_ADMIN_SCOPES"),
         client_ids: if client_ids.is_empty() { audiences.clone() } else { client_ids },
-        dev_issuer: env.bool("AUTH_DEV_ISSUER")?.unwrap_or(profile == Profile::Dev),
+        dev_issuer,
+        issuer_tenants,
         issuers,
         audiences,
         jwks_urls,

@@ -15,6 +15,7 @@
 mod auth;
 mod database;
 mod env;
+mod issuer_tenants;
 mod keys;
 mod ops;
 mod storage;
@@ -32,6 +33,7 @@ use url::Url;
 pub use auth::{AuthConfig, AuthMode, DEFAULT_ALGORITHMS, DEV_AUDIENCE, DEV_ISSUER};
 pub use database::DatabaseConfig;
 pub use env::{parse_bool, parse_duration, parse_size, redact_url, MIB};
+pub use issuer_tenants::IssuerTenants;
 pub use keys::KeyringSource;
 pub use ops::{CaBundle, OpsConfig, RateLimit, RedisConfig, TlsConfig, MAX_UPLOAD_TIMEOUT};
 pub use storage::{FsConfig, S3Config, StorageConfig, S3_MIN_PART_SIZE};
@@ -301,6 +303,10 @@ impl Config {
         }
         if self.auth.dev_issuer {
             problems.push("AUTH_DEV_ISSUER: the local dev token issuer cannot be trusted");
+        }
+        if self.auth.issuers.len() > 1 && self.auth.issuer_tenants.is_none() {
+            problems
+                .push("AUTH_ISSUER_TENANTS is not set but AUTH_ISSUER names several issuers: bind each to its tenants");
         }
         if matches!(self.keyring, KeyringSource::DevGenerated) {
             problems.push("MEDIA_MASTER_KEYS or MEDIA_KEYRING_FILE is not set (no generated dev keyring)");

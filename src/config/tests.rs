@@ -69,6 +69,7 @@ fn production_with_everything_explicit_is_accepted() {
     let config = Config::from_vars(&vars(&[
         ("MEDIA_PROFILE", "production"),
         ("AUTH_ISSUER", "https://a.example.com, https://b.example.com"),
+        ("AUTH_ISSUER_TENANTS", "https://a.example.com=acme;https://b.example.com=globex-*"),
         ("AUTH_AUDIENCE", "media-api"),
         ("MEDIA_MASTER_KEYS", &keys),
         ("MEDIA_DATABASE_URL", "postgres://user:pw@db/media"),
@@ -112,6 +113,44 @@ fn auth_settings_are_checked_and_defaulted() {
     assert_eq!(jan.auth.mode, AuthMode::Disabled, "AUTH_ENABLED=false is jan's way to disable auth");
     let production = Config::from_vars(&vars(&[("MEDIA_PROFILE", "production"), ("AUTH_DEV_ISSUER", "true")]));
     assert!(production.unwrap_err().to_string().contains("AUTH_DEV_ISSUER"));
+}
+
+#[test]
+fn the_dev_issuer_is_trusted_in_dev_only_without_a_real_issuer_or_when_asked_for() {
+    assert!(Config::from_vars(&HashMap::new()).unwrap().auth.dev_issuer, "dev, no AUTH_ISSUER: on");
+    let real = vars(&[("AUTH_ISSUER", "https://a.example")]);
+    assert!(!Config::from_vars(&real).unwrap().auth.dev_issuer, "dev with a real issuer: off");
+    let asked = vars(&[("AUTH_ISSUER", "https://a.example"), ("AUTH_DEV_ISSUER", "true")]);
+    assert!(Config::from_vars(&asked).unwrap().auth.dev_issuer, "explicit AUTH_DEV_ISSUER=true: on");
+}
+
+#[test]
+fn issuer_tenants_are_parsed_checked_and_required_for_several_issuers_in_production() {
+    let two = "https://a.example,https://b.example";
+    let bound = vars(&[("AUTH_ISSUER", two), ("AUTH_ISSUER_TENANTS", "https://a.example=acme;https://b.example=b-*")]);
+    let binding = Config::from_vars(&bound).unwrap().auth.issuer_tenants.expect("a binding");
+    assert!(binding.allows("https://b.example", "b-1") && !binding.allows("https://b.example", "acme"));
+    assert!(Config::from_vars(&vars(&[("AUTH_ISSUER", two)])).unwrap().auth.issuer_tenants.is_none(), "dev: optional");
+    for bad in ["https://a.example", "https://a.example=acme", "https://a.example=acme;https://c.example=c"] {
+        let err = Config::from_vars(&vars(&[("AUTH_ISSUER", two), ("AUTH_ISSUER_TENANTS", bad)])).unwrap_err();
+        assert_eq!(err.var, "AUTH_ISSUER_TENANTS", "{bad}: {err}");
+    }
+    let keys = master_keys();
+    let production = |extra: &[(&str, &str)]| {
+        let mut all = vec![
+            ("MEDIA_PROFILE", "production"),
+            ("AUTH_ISSUER", two),
+            ("AUTH_AUDIENCE", "media-api"),
+            ("MEDIA_MASTER_KEYS", keys.as_str()),
+            ("MEDIA_DATABASE_URL", "postgres://db/media"),
+            ("MEDIA_S3_BUCKET", "media"),
+        ];
+        all.extend_from_slice(extra);
+        Config::from_vars(&vars(&all))
+    };
+    let err = production(&[]).unwrap_err();
+    assert!(err.to_string().contains("AUTH_ISSUER_TENANTS is not set"), "{err}");
+    assert!(production(&[("AUTH_ISSUER_TENANTS", "https://a.example=*;https://b.example=globex")]).is_ok());
 }
 
 #[test]

@@ -72,7 +72,9 @@ pub enum AuthErrors {
     /// Missing, malformed, expired or unverifiable token (`WWW-Authenticate: Bearer` challenge).
     #[response(status = 401)]
     Unauthorized(ErrorBody),
-    /// The token lacks the permission this route needs (`insufficient_scope`).
+    /// The token lacks the permission this route needs (`insufficient_scope`), carries no usable
+    /// tenant (`no_tenant`, `invalid_tenant`), or names a tenant its issuer may not assert
+    /// (`tenant_not_allowed`).
     #[response(status = 403)]
     Forbidden(ErrorBody),
     /// Rate limit reached (`rate_limited`); see `Retry-After`.

@@ -293,7 +293,7 @@ async fn permissions_come_from_the_role_maps_and_refusals_say_insufficient_scope
     let scoped = h.key.mint(&json!({
         "iss": ISSUER, "aud": AUDIENCE, "sub": "svc", "tenant_id": "acme", "exp": now() + 300, "scope": "openid uploader",
     }));
-    assert_eq!(h.probe("/write", &scoped).await, StatusCode::OK, "a scope grants like a role");
+    assert_eq!(h.probe("/write", &scoped).await, StatusCode::FORBIDDEN, "a scope never matches AUTH_WRITE_ROLES");
 }
 
 #[tokio::test]

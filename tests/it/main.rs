@@ -9,6 +9,7 @@
 mod audit;
 mod audit_privacy;
 mod auth;
+mod auth_policy;
 mod cli;
 mod exclusion;
 mod faults;

@@ -4,6 +4,9 @@
 //! with a short timeout, and that every token issuer's signing keys are loaded; it names the one
 //! that is down (503), so a load balancer stops sending traffic and
 //! an operator knows where to look; details go to the log, not to the unauthenticated response.
+//! Issuers are one check together: while at least one trusted issuer has keys the service still
+//! serves that issuer's callers, so an issuer without keys makes it `degraded` (200, naming the
+//! issuer); only when no issuer has keys is it not ready.
 //! With `MEDIA_REDIS_URL`, `limits` says whether the limits are shared (`ok`) or each replica's
 //! own because Redis does not answer (`degraded`): still ready, as the service works either way.
 
@@ -42,7 +45,7 @@ pub struct Health {
 /// Readiness: each dependency `ok` or `down`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready` or `not_ready`.
+    /// `ready`, `degraded` (200: some token issuer has no signing keys, another has) or `not_ready`.
     #[schema(example = "ready")]
     status: &'static str,
     /// `database`, `storage`, `keyring` and `jwks:<issuer>` per issuer → `ok` or `down`; with
@@ -52,6 +55,9 @@ pub struct Readiness {
     /// What is down (only when not ready).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// What is down while the service still works (only when degraded): the issuers without keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<String>,
     /// `not_ready` (only when not ready).
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
@@ -106,7 +112,7 @@ async fn keyring_covers_stored_keys(state: &AppState) -> Result<(), String> {
 
 /// Whether the database, blob store, keyring and every issuer's signing keys are usable.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "Ready", body = Readiness),
+    (status = 200, description = "Ready, or degraded (a token issuer without keys while another has them)", body = Readiness),
     (status = 503, description = "A dependency is down (`error` names it), or the deadline passed", body = Readiness),
 ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
@@ -115,19 +121,26 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         check("storage", state.blobs.check()),
         check("keyring", keyring_covers_stored_keys(&state)),
     );
-    let mut results =
-        vec![("database".to_owned(), database), ("storage".to_owned(), storage), ("keyring".to_owned(), keyring)];
-    for (issuer, status) in state.auth.key_status() {
-        let name = format!("jwks:{issuer}");
-        let result = if status.loaded { Ok(()) } else { Err(format!("{name} has no signing keys yet")) };
-        results.push((name, result));
-    }
     let mut checks = BTreeMap::new();
     let mut failures = Vec::new();
-    for (name, result) in results {
-        checks.insert(name, if result.is_ok() { "ok" } else { "down" });
-        if let Err(message) = result {
+    for (name, result) in [("database", database), ("storage", storage), ("keyring", keyring)] {
+        checks.insert(name.to_owned(), if result.is_ok() { "ok" } else { "down" });
+        failures.extend(result.err());
+    }
+    let issuers = state.auth.key_status();
+    let without_keys: Vec<String> =
+        issuers.iter().filter(|(_, status)| !status.loaded).map(|(issuer, _)| format!("jwks:{issuer}")).collect();
+    for (issuer, status) in &issuers {
+        checks.insert(format!("jwks:{issuer}"), if status.loaded { "ok" } else { "down" });
+    }
+    let mut degraded = None;
+    if !without_keys.is_empty() {
+        let message = format!("{} has no signing keys yet", without_keys.join(", "));
+        if without_keys.len() == issuers.len() {
             failures.push(message);
+        } else {
+            tracing::warn!(issuers = %without_keys.join(", "), "readiness degraded: some token issuers have no keys");
+            degraded = Some(message);
         }
     }
     match state.limits.state() {
@@ -136,8 +149,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         LimitsState::Degraded => _ = checks.insert("limits".to_owned(), "degraded"),
     }
     if failures.is_empty() {
-        return (StatusCode::OK, Json(Readiness { status: "ready", checks, error: None, code: None }));
+        let status = if degraded.is_some() { "degraded" } else { "ready" };
+        return (StatusCode::OK, Json(Readiness { status, checks, error: None, degraded, code: None }));
     }
-    let body = Readiness { status: "not_ready", checks, error: Some(failures.join("; ")), code: Some("not_ready") };
+    let error = Some(failures.join("; "));
+    let body = Readiness { status: "not_ready", checks, error, degraded, code: Some("not_ready") };
     (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }

@@ -44,8 +44,14 @@ pub async fn media_app(stack: Stack, extra: &[(&str, &str)]) -> MediaApp {
 
 impl MediaApp {
     pub fn token(&self, tenant: &str, subject: &str, roles: &[&str]) -> String {
-        let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
-        let request = TokenRequest { subject, tenant, roles: &roles, scopes: &[], ttl: Duration::from_secs(600) };
+        self.token_with_scopes(tenant, subject, roles, &[])
+    }
+
+    /// A dev-issuer token carrying these roles and these scopes (`scope`, space separated).
+    pub fn token_with_scopes(&self, tenant: &str, subject: &str, roles: &[&str], scopes: &[&str]) -> String {
+        let owned = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<String>>();
+        let (roles, scopes) = (owned(roles), owned(scopes));
+        let request = TokenRequest { subject, tenant, roles: &roles, scopes: &scopes, ttl: Duration::from_secs(600) };
         self.issuer.mint(&self.app.state.config.auth, &request).unwrap()
     }
 
