@@ -20,8 +20,16 @@ use crate::media::ingest::sniff::{Allowlist, DeclaredBy};
 use crate::media::ingest::sources::{clean_filename, decode_data_url, raw_filename};
 
 /// The names of the targets, as in `fuzz/fuzz_targets/<name>.rs`.
-pub const TARGETS: [&str; 7] =
-    ["field_ciphertext", "wrapped_key", "data_url", "resolve_payload", "media_id", "content_disposition", "sniff"];
+pub const TARGETS: [&str; 8] = [
+    "field_ciphertext",
+    "wrapped_key",
+    "data_url",
+    "resolve_payload",
+    "media_id",
+    "content_disposition",
+    "sniff",
+    "object_segments",
+];
 
 /// Runs the check of `target` on `data` (for the regression replay).
 pub fn run(target: &str, data: &[u8]) {
@@ -33,6 +41,7 @@ pub fn run(target: &str, data: &[u8]) {
         "media_id" => media_id(data),
         "content_disposition" => content_disposition(data),
         "sniff" => sniff(data),
+        "object_segments" => object_segments(data),
         other => panic!("no fuzz target named {other}"),
     }
 }
@@ -149,6 +158,35 @@ pub fn resolve_payload(data: &[u8]) {
     };
     let missed: Vec<&String> = left.intersection(&ids).collect();
     assert!(missed.is_empty(), "IDs left unresolved: {missed:?}");
+}
+
+/// Object cipher decoding (`crypto::object`): arbitrary bytes taken as a stored object — header,
+/// lengths, segments — never open and never panic; the same bytes taken as plaintext (repeated to
+/// span several 64 KiB segments) seal and open back whole and in a range the input picks, and one
+/// flipped bit anywhere in the sealed object makes it fail to open.
+pub fn object_segments(data: &[u8]) {
+    use crate::crypto::object::{self, open_object, seal_object, ObjectHeader};
+    const CONTEXT: &[u8] = b"acme\0m/fuzz";
+    let _ = object::plain_len(data.len() as u64);
+    if let Ok(header) = ObjectHeader::parse(data) {
+        let dek = DataKey::generate(header.dek_version);
+        assert!(open_object(&dek, CONTEXT, data, None).is_err(), "random bytes opened as an object");
+    }
+    let Some((&first, rest)) = data.split_first() else { return };
+    let plain: Vec<u8> = rest.iter().copied().cycle().take(rest.len() * usize::from(first % 64 + 1) * 16).collect();
+    let sealed = seal_object(&DEK, CONTEXT, &plain).expect("seals");
+    assert_eq!(open_object(&DEK, CONTEXT, &sealed, None).expect("opens"), plain);
+    let len = plain.len() as u64;
+    if len > 0 {
+        let start = u64::from(first) * 977 % len;
+        let end = start + 1 + (u64::from(first) * 65_537 % (len - start));
+        let part = open_object(&DEK, CONTEXT, &sealed, Some(start..end)).expect("a range opens");
+        assert_eq!(part, &plain[start as usize..end as usize]);
+    }
+    let mut tampered = sealed.clone();
+    let bit = (usize::from(first) * 7919 + rest.len()) % (tampered.len() * 8);
+    tampered[bit / 8] ^= 1 << (bit % 8);
+    assert!(open_object(&DEK, CONTEXT, &tampered, None).is_err(), "a flipped bit opened");
 }
 
 /// `jan_*` ID parser: accepts exactly `jan_` + 26 lowercase Crockford base32 characters.

@@ -305,5 +305,38 @@ impl Opener {
     }
 }
 
+/// Seals a whole object held in memory (tests, small objects).
+pub fn seal_object(dek: &DataKey, context: &[u8], plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut sealer = Sealer::new(ObjectCipher::new_object(dek, context));
+    let mut out = Vec::with_capacity(usize::try_from(sealed_len(plain.len() as u64)).unwrap_or(0));
+    sealer.push(plain, &mut out)?;
+    sealer.finish(&mut out)?;
+    Ok(out)
+}
+
+/// Opens plaintext `range` of a stored object (`None`: all of it) held in memory, fetching from
+/// `sealed` only the segments [`span`] names, as a ranged read would. `dek` must be the version its
+/// header names.
+pub fn open_object(
+    dek: &DataKey,
+    context: &[u8],
+    sealed: &[u8],
+    range: Option<Range<u64>>,
+) -> Result<Vec<u8>, CryptoError> {
+    let plain = plain_len(sealed.len() as u64)?;
+    let range = range.unwrap_or(0..plain);
+    if range.start > range.end || range.end > plain || (range.is_empty() && plain > 0) {
+        return Err(CryptoError::Integrity);
+    }
+    let header = ObjectHeader::parse(sealed)?;
+    let span = span(range.clone(), plain);
+    let mut opener = Opener::new(ObjectCipher::existing(dek, context, &header)?, &span);
+    let mut out = Vec::new();
+    opener.push(&sealed[span.sealed.start as usize..span.sealed.end as usize], &mut out)?;
+    opener.finish(&mut out)?;
+    let skip = span.skip as usize;
+    Ok(out[skip..skip + (range.end - range.start) as usize].to_vec())
+}
+
 #[cfg(test)]
 mod tests;

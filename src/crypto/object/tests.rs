@@ -17,31 +17,12 @@ fn seal(dek: &DataKey, plain: &[u8], piece: usize) -> Vec<u8> {
     out
 }
 
-/// Opens plaintext `range` of `sealed` the way a ranged read does: fetch the span, open, trim.
-fn open_range(dek: &DataKey, sealed: &[u8], range: Range<u64>, piece: usize) -> Result<Vec<u8>, CryptoError> {
-    let plain = plain_len(sealed.len() as u64)?;
-    let header = ObjectHeader::parse(sealed)?;
-    let span = span(range.clone(), plain);
-    let mut opener = Opener::new(ObjectCipher::existing(dek, CONTEXT, &header)?, &span);
-    let fetched = sealed.get(span.sealed.start as usize..span.sealed.end as usize).ok_or(CryptoError::Integrity)?;
-    let mut out = Vec::new();
-    for chunk in fetched.chunks(piece) {
-        opener.push(chunk, &mut out)?;
-    }
-    opener.finish(&mut out)?;
-    let skip = span.skip as usize;
-    Ok(out[skip..skip + (range.end - range.start) as usize].to_vec())
+fn open_range(dek: &DataKey, sealed: &[u8], range: Range<u64>) -> Result<Vec<u8>, CryptoError> {
+    open_object(dek, CONTEXT, sealed, Some(range))
 }
 
 fn open_all(dek: &DataKey, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let plain = plain_len(sealed.len() as u64)?;
-    let header = ObjectHeader::parse(sealed)?;
-    let span = span(0..plain, plain);
-    let mut opener = Opener::new(ObjectCipher::existing(dek, CONTEXT, &header)?, &span);
-    let mut out = Vec::new();
-    opener.push(&sealed[HEADER_LEN as usize..], &mut out)?;
-    opener.finish(&mut out)?;
-    Ok(out)
+    open_object(dek, CONTEXT, sealed, None)
 }
 
 const SEG: usize = SEGMENT_LEN as usize;
@@ -71,7 +52,7 @@ fn any_range_opens_from_its_own_segments_only() {
         let span = span(range.clone(), plain.len() as u64);
         let segments = (span.sealed.end - span.sealed.start).div_ceil(SEALED_SEGMENT_LEN);
         assert!(segments <= (end - start).div_ceil(SEG) as u64 + 1, "{range:?} fetches {segments} segments");
-        assert_eq!(open_range(&dek, &sealed, range, 4096).unwrap(), &plain[start..end], "{start}..{end}");
+        assert_eq!(open_range(&dek, &sealed, range).unwrap(), &plain[start..end], "{start}..{end}");
     }
 }
 
@@ -143,4 +124,22 @@ fn two_objects_of_the_same_bytes_share_nothing_but_their_length() {
     assert_ne!(a[8..47], b[8..47], "fresh salt and nonce prefix");
     let plain_windows: std::collections::HashSet<&[u8]> = plain.windows(16).collect();
     assert!(a[HEADER_LEN as usize..].windows(16).all(|w| !plain_windows.contains(w)), "no plaintext in the clear");
+}
+
+#[test]
+fn the_opener_takes_sealed_bytes_in_pieces_of_any_size() {
+    let dek = DataKey::generate(4);
+    let plain = plaintext(2 * SEG + 3);
+    let sealed = seal(&dek, &plain, SEG);
+    let header = ObjectHeader::parse(&sealed).unwrap();
+    for piece in [1, 15, 16, 17, SEALED_SEGMENT_LEN as usize, 100_000] {
+        let whole = span(0..plain.len() as u64, plain.len() as u64);
+        let mut opener = Opener::new(ObjectCipher::existing(&dek, CONTEXT, &header).unwrap(), &whole);
+        let mut out = Vec::new();
+        for chunk in sealed[HEADER_LEN as usize..].chunks(piece) {
+            opener.push(chunk, &mut out).unwrap();
+        }
+        opener.finish(&mut out).unwrap();
+        assert_eq!(out, plain, "pieces of {piece}");
+    }
 }
