@@ -144,8 +144,10 @@ async fn eight_callers_racing_identical_uploads_keep_eight_records_and_one_objec
         let m = media_app(stack, &[]).await;
         let image = png(150_000, 73);
         let tokens: Vec<String> = (0..8).map(|i| m.token("tenant-a", &format!("user-{i}"), &[])).collect();
-        let uploads =
-            tokens.iter().enumerate().map(|(i, t)| m.upload_named(t, &format!("user-{i}.png"), image.clone()));
+        let uploads = tokens.iter().enumerate().map(|(i, token)| {
+            let (m, body) = (&m, image.clone());
+            async move { m.upload_named(token, &format!("user-{i}.png"), body).await }
+        });
         let mut ids = Vec::new();
         for answer in futures::future::join_all(uploads).await {
             let (id, deduped) = stored(answer).await;
@@ -179,7 +181,8 @@ async fn identical_uploads_racing_through_two_processes_keep_every_record_and_on
     let master = format!("k1:{}", media_api::crypto::keyring::Keyring::generate_key());
     let a = media_app(Stack::PostgresS3, &[("MEDIA_MASTER_KEYS", master.as_str())]).await;
     let url = a.app.state.config.database.url.expose_secret().to_owned();
-    let shared = [("MEDIA_MASTER_KEYS", master.as_str()), ("MEDIA_DATABASE_URL", &url), ("MEDIA_STORAGE_PREFIX", &a.prefix)];
+    let shared =
+        [("MEDIA_MASTER_KEYS", master.as_str()), ("MEDIA_DATABASE_URL", &url), ("MEDIA_STORAGE_PREFIX", &a.prefix)];
     let b = media_app(Stack::PostgresS3, &shared).await;
     let image = png(120_000, 74);
     // Callers 0, 2, 4, 6 upload through a, the others through b; each then reads through the other.
@@ -191,8 +194,8 @@ async fn identical_uploads_racing_through_two_processes_keep_every_record_and_on
         })
         .collect();
     let uploads = callers.iter().enumerate().map(|(i, (token, _))| {
-        let (via, _) = apps(i);
-        via.upload_named(token, &format!("user-{i}.png"), image.clone())
+        let ((via, _), body) = (apps(i), image.clone());
+        async move { via.upload_named(token, &format!("user-{i}.png"), body).await }
     });
     let mut ids = Vec::new();
     for answer in futures::future::join_all(uploads).await {

@@ -107,7 +107,9 @@ async fn migrate_before(db: &Database, version: i64) {
 async fn media_indexes(db: &Database) -> Vec<String> {
     let sql = match db {
         Database::Postgres(_) => "SELECT indexname FROM pg_indexes WHERE tablename = 'media_objects' ORDER BY 1",
-        Database::Sqlite(_) => "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'media_objects' ORDER BY 1",
+        Database::Sqlite(_) => {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'media_objects' ORDER BY 1"
+        }
     };
     with_pool!(db, |pool| sqlx::query_scalar(sql).fetch_all(pool).await).unwrap()
 }

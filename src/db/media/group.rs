@@ -123,8 +123,11 @@ impl MediaRepo {
     /// row's [`Placement`] inside the write's transaction finds its keys cached and needs no second
     /// connection while it holds the group.
     pub(super) async fn warm_group_keys(&self, tenant: &str, mac: &[u8; 32]) -> Result<(), DbError> {
-        let versions: Vec<i32> =
-            with_pool!(&self.db, |pool| sqlx::query_scalar(VERSIONS).bind(tenant).bind(mac.as_slice()).fetch_all(pool).await)?;
+        let versions: Vec<i32> = with_pool!(&self.db, |pool| sqlx::query_scalar(VERSIONS)
+            .bind(tenant)
+            .bind(mac.as_slice())
+            .fetch_all(pool)
+            .await)?;
         for version in versions {
             let version = u32::try_from(version).map_err(|_| CryptoError::Integrity)?;
             self.keys.version(tenant, KeyPurpose::Dek, version).await?;

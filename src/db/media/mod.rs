@@ -155,7 +155,9 @@ impl MediaRepo {
             let mut tx = pool.begin().await?;
             check_write!(tx, guard, tenant, dek.version);
             let placement = match &mac {
-                Some(mac) => self.place(tenant, Some(&media.uploader), group_members!(tx, lock, tenant, mac)).await?,
+                Some(mac) => {
+                    self.place(tenant, Some(media.uploader.as_str()), group_members!(tx, lock, tenant, mac)).await?
+                }
                 None => group::Placement::First,
             };
             let outcome = placement.apply(&row_cipher, &mut sealed);

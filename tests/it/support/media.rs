@@ -107,8 +107,7 @@ impl MediaApp {
 
     /// `DELETE /v1/media/{id}`: its status and body (empty on success).
     pub async fn delete(&self, token: &str, id: &str) -> (StatusCode, Value) {
-        json_of(self.http().delete(self.url(&format!("/v1/media/{id}"))).bearer_auth(token).send().await.unwrap())
-            .await
+        json_of(self.http().delete(self.url(&format!("/v1/media/{id}"))).bearer_auth(token).send().await.unwrap()).await
     }
 
     /// Entries in the blob journal (objects being written, or whose delete is still to come).
