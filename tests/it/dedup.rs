@@ -177,6 +177,35 @@ async fn eight_callers_racing_identical_uploads_keep_eight_records_and_one_objec
 }
 
 #[tokio::test]
+async fn a_delete_of_the_last_reference_racing_new_uploads_of_its_bytes_loses_no_object() {
+    for stack in STACKS {
+        let m = media_app(stack, &[]).await;
+        let (alice, bob, carol) = (m.alice(), m.token("tenant-a", "bob", &[]), m.token("tenant-a", "carol", &[]));
+        for round in 0..6 {
+            let image = png(20_000, 200 + round);
+            let (alice_id, _) = stored(m.upload_named(&alice, "a.png", image.clone()).await).await;
+            // Alice deletes the only reference while bob and carol upload the same bytes: whichever
+            // order the group is taken in, their records must end up with an object.
+            let (deleted, bob_answer, carol_answer) = tokio::join!(
+                m.delete(&alice, &alice_id),
+                m.upload_named(&bob, "b.png", image.clone()),
+                m.upload_named(&carol, "c.png", image.clone()),
+            );
+            assert_eq!(deleted.0, StatusCode::NO_CONTENT, "{stack:?}: {}", deleted.1);
+            let (bob_id, carol_id) = (stored(bob_answer).await.0, stored(carol_answer).await.0);
+            assert_eq!(download(&m, &bob, &bob_id).await, Bytes::from(image.clone()), "{stack:?}: round {round}");
+            assert_eq!(download(&m, &carol, &carol_id).await, Bytes::from(image.clone()), "{stack:?}: round {round}");
+            assert_eq!(m.counts().await, (2, 1), "{stack:?}: round {round}");
+            assert_eq!(m.journaled().await, 0, "{stack:?}: round {round}");
+            let (bob_gone, carol_gone) = tokio::join!(m.delete(&bob, &bob_id), m.delete(&carol, &carol_id));
+            assert_eq!((bob_gone.0, carol_gone.0), (StatusCode::NO_CONTENT, StatusCode::NO_CONTENT));
+            assert_eq!(m.counts().await, (0, 0), "{stack:?}: round {round}");
+            assert_eq!(m.journaled().await, 0, "{stack:?}: round {round}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn identical_uploads_racing_through_two_processes_keep_every_record_and_one_object() {
     let master = format!("k1:{}", media_api::crypto::keyring::Keyring::generate_key());
     let a = media_app(Stack::PostgresS3, &[("MEDIA_MASTER_KEYS", master.as_str())]).await;
