@@ -1,9 +1,9 @@
 //! The blind index: per-tenant dedup lookups without storing a plaintext content hash.
 //!
 //! `content_mac = HMAC-SHA256(tenant index key, "media-api/content/v1" ‖ sha256(bytes))`. Equal bytes
-//! in one tenant give equal MACs (a unique index on `(tenant_id, content_mac)` finds the duplicate);
-//! the same bytes in two tenants give unrelated MACs, and without the index key a MAC says nothing
-//! about the content (no lookup of known files' hashes).
+//! in one tenant give equal MACs (an index on `(tenant_id, content_mac)` finds the rows that share
+//! one object, see `db::media::group`); the same bytes in two tenants give unrelated MACs, and
+//! without the index key a MAC says nothing about the content (no lookup of known files' hashes).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

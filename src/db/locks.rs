@@ -29,6 +29,12 @@ pub fn tenant(tenant: &str) -> String {
     format!("tenant:{tenant}")
 }
 
+/// The key of the transaction-scoped advisory lock (Postgres) that serializes the writers of one
+/// dedup group: the rows of `tenant` whose content MAC is `mac` (see `db::media::group`).
+pub(crate) fn content_group(tenant: &str, mac: &[u8; 32]) -> i64 {
+    key(&format!("content:{tenant}:{}", hex::encode(mac)))
+}
+
 /// A held lock; released when dropped.
 #[derive(Debug)]
 pub struct JobLock {
@@ -125,5 +131,7 @@ mod tests {
         assert_eq!(key("sweep"), key("sweep"));
         assert_ne!(key("sweep"), key("reconcile"));
         assert_ne!(key(&tenant("acme")), key(&tenant("acme2")));
+        assert_ne!(content_group("acme", &[1; 32]), content_group("acme2", &[1; 32]));
+        assert_ne!(content_group("acme", &[1; 32]), content_group("acme", &[2; 32]));
     }
 }

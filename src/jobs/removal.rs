@@ -1,5 +1,6 @@
 //! Removing what is stored, in the order that leaves nothing unreachable: a media's row goes first
-//! (its object key journaled in the same transaction), then its object, then the journal entry.
+//! (its object key journaled in the same transaction), then its object, then the journal entry —
+//! the object only with the last row that references it (dedup shares objects, `db::media::group`).
 //! The delete use case, a refused direct upload and the sweeper all remove through [`Removal`], so
 //! the rule lives in one place; whatever a crash interrupts stays journaled and the sweeper ends it.
 
@@ -10,7 +11,7 @@ use chrono::Utc;
 
 use crate::db::audit::AuditLog;
 use crate::db::journal;
-use crate::db::media::{MediaRecord, MediaRepo, MediaStatus};
+use crate::db::media::{Deletion, MediaRecord, MediaRepo, MediaStatus};
 use crate::db::{Database, DbError};
 use crate::storage::BlobStore;
 
@@ -71,9 +72,10 @@ impl Removal {
         &self.key_prefix
     }
 
-    /// Deletes a media's row, then its object (`false`: the row was gone or had changed). In that order a failure in between leaves no row —
-    /// and no dedup entry — pointing at nothing; the object's key is journaled with the row delete,
-    /// so the sweeper finishes the job if this process dies first.
+    /// Deletes a media's row, then — when no other row shares it (`db::media::group`) — its object
+    /// (`false`: the row was gone or had changed). In that order a failure in between leaves no row
+    /// pointing at nothing; the object's key is journaled with the delete of its last row, so the
+    /// sweeper finishes the job if this process dies first.
     ///
     /// Only a row still in the state the caller read is deleted (a pending upload that became ready
     /// meanwhile stays). A pending row's staging key stays journaled until its upload URL has expired
@@ -85,16 +87,17 @@ impl Removal {
             MediaStatus::Ready => now,
         };
         let journal = Some((media.storage_key.as_str(), sweep_at));
-        if !self.media.delete(&media.tenant_id, &media.id, Some(media.status), journal).await? {
-            return Ok(false);
-        }
-        match media.status {
-            MediaStatus::Ready => self.discard(&media.storage_key).await,
-            MediaStatus::Pending => {
-                if let Err(err) = self.blobs.delete(&media.storage_key).await {
-                    tracing::warn!(error = %err, "cannot delete a staged upload: the sweeper will retry");
+        match self.media.delete(&media.tenant_id, &media.id, Some(media.status), journal).await? {
+            Deletion::None => return Ok(false),
+            Deletion::Shared => {}
+            Deletion::Last => match media.status {
+                MediaStatus::Ready => self.discard(&media.storage_key).await,
+                MediaStatus::Pending => {
+                    if let Err(err) = self.blobs.delete(&media.storage_key).await {
+                        tracing::warn!(error = %err, "cannot delete a staged upload: the sweeper will retry");
+                    }
                 }
-            }
+            },
         }
         Ok(true)
     }

@@ -1,8 +1,10 @@
 //! Crypto-shredding of one tenant (what `media-api tenant shred <tenant> --yes` runs).
 //!
 //! Order matters for a crash in the middle: the tenant moves to `shredding` first (refusing its
-//! writes everywhere until a run completes), each object is deleted from the blob store before its
-//! row, and the tenant's keys are destroyed last, so a re-run finds whatever is left and finishes.
+//! writes everywhere until a run completes), each row is deleted with its object's key journaled
+//! (when it was the last row referencing the object: dedup shares objects, `db::media::group`),
+//! then the object, and the tenant's keys are destroyed last, so a re-run finds whatever rows are
+//! left and finishes, and the sweeper deletes any object whose delete a crash cut off.
 //! Once the keys are destroyed the tenant's rows in the live database cannot be decrypted and every
 //! read of its IDs answers 404. Backups taken *before* the shred still hold the wrapped keys (and
 //! bucket backups hold the plain object bytes): they must be expired on their own schedule.
@@ -12,6 +14,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::removal::Removal;
+use crate::db::media::Deletion;
 use crate::db::tenant_keys::TenantKeys;
 use crate::db::{locks, tenants};
 
@@ -50,19 +53,20 @@ pub async fn shred(keys: &TenantKeys, removal: &Removal, tenant: &str) -> anyhow
         let sweep_at = Utc::now() + chrono::Duration::from_std(removal.staging_ttl()).unwrap_or_default();
         for (id, storage_key) in page {
             let key = match storage_key {
-                Ok(key) => {
-                    blobs.delete(&key).await.with_context(|| format!("cannot delete the object of {id}"))?;
-                    report.objects_deleted += 1;
-                    Some(key)
-                }
+                Ok(key) => Some(key),
                 Err(err) => {
                     tracing::warn!(tenant, id, error = %err, "storage key unreadable: its object cannot be deleted");
                     report.objects_unreadable += 1;
                     None
                 }
             };
-            if repo.delete(tenant, &id, None, key.as_deref().map(|key| (key, sweep_at))).await? {
-                report.rows_deleted += 1;
+            // The row first, its key journaled when it was the object's last reference (rows of a
+            // dedup group share one object): a failed object delete stays journaled for the sweeper.
+            let deletion = repo.delete(tenant, &id, None, key.as_deref().map(|key| (key, sweep_at))).await?;
+            report.rows_deleted += u64::from(deletion.deleted());
+            if let (Deletion::Last, Some(key)) = (deletion, &key) {
+                blobs.delete(key).await.with_context(|| format!("cannot delete the object of {id}"))?;
+                report.objects_deleted += 1;
             }
         }
     }

@@ -1,11 +1,18 @@
-//! Migrations apply cleanly on both databases, twice, and the audit table refuses changes.
+//! Migrations apply cleanly on both databases, twice, and the audit table refuses changes; rows
+//! stored before dedup shared storage carry forward.
+
+use std::sync::Arc;
 
 use media_api::config::DatabaseConfig;
+use media_api::crypto::keyring::Keyring;
+use media_api::db::media::{Deletion, InsertOutcome, MediaRepo};
+use media_api::db::tenant_keys::{KeySettings, TenantKeys};
 use media_api::db::Database;
 use media_api::with_pool;
 use secrecy::SecretString;
 
 use crate::support::app::fresh_postgres_url;
+use crate::support::repository::new_media;
 
 fn config(url: String) -> DatabaseConfig {
     DatabaseConfig {
@@ -78,5 +85,68 @@ async fn a_key_version_cannot_be_created_twice() {
         ));
         first.expect("the first version is accepted");
         assert!(second.is_err(), "{}: a second row for the same version was accepted", db.backend());
+    }
+}
+
+/// The migration after which identical bytes of several uploaders share one object.
+const SHARED_STORAGE: i64 = 20261126000004;
+
+/// Applies the migrations before `version` only (the schema a deployment had before it).
+async fn migrate_before(db: &Database, version: i64) {
+    let dir = match db {
+        Database::Postgres(_) => "migrations/postgres",
+        Database::Sqlite(_) => "migrations/sqlite",
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut migrator = sqlx::migrate::Migrator::new(path).await.unwrap();
+    let earlier: Vec<_> = migrator.migrations.iter().filter(|m| m.version < version).cloned().collect();
+    migrator.migrations = earlier.into();
+    with_pool!(db, |pool| migrator.run(pool).await).unwrap();
+}
+
+async fn media_indexes(db: &Database) -> Vec<String> {
+    let sql = match db {
+        Database::Postgres(_) => "SELECT indexname FROM pg_indexes WHERE tablename = 'media_objects' ORDER BY 1",
+        Database::Sqlite(_) => {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'media_objects' ORDER BY 1"
+        }
+    };
+    with_pool!(db, |pool| sqlx::query_scalar(sql).fetch_all(pool).await).unwrap()
+}
+
+#[tokio::test]
+async fn rows_stored_before_dedup_shared_storage_carry_forward_and_start_sharing() {
+    let (pg, sqlite, _dir) = both_databases().await;
+    for db in [pg, sqlite] {
+        let backend = db.backend();
+        migrate_before(&db, SHARED_STORAGE).await;
+        assert!(media_indexes(&db).await.contains(&"media_objects_dedup".to_owned()), "{backend}: the old schema");
+        let keyring = Arc::new(Keyring::parse_env(&format!("k1:{}", Keyring::generate_key())).unwrap());
+        let repo = MediaRepo::new(db.clone(), Arc::new(TenantKeys::new(db.clone(), keyring, KeySettings::default())));
+        let (alice, other) = (new_media("acme", b"old bytes"), new_media("acme", b"other bytes"));
+        for media in [&alice, &other] {
+            assert_eq!(repo.insert(media).await.unwrap(), InsertOutcome::Inserted, "{backend}");
+        }
+
+        let report = db.migrate().await.unwrap();
+        assert_eq!(report.applied_now, vec![SHARED_STORAGE], "{backend}");
+        let indexes = media_indexes(&db).await;
+        assert!(!indexes.contains(&"media_objects_dedup".to_owned()), "{backend}: the unique index is gone");
+        assert!(indexes.contains(&"media_objects_content_group".to_owned()), "{backend}: {indexes:?}");
+        for media in [&alice, &other] {
+            let read = repo.get("acme", &media.id).await.unwrap().expect("the row carried forward");
+            assert_eq!(&read.record, media, "{backend}");
+        }
+        // The old row is a group of one: another uploader's identical bytes now share its object,
+        // and its own uploader's retry still answers it.
+        let mut bob = new_media("acme", b"old bytes");
+        bob.uploader = "bob".into();
+        let joined = InsertOutcome::Joined { storage_key: alice.storage_key.clone() };
+        assert_eq!(repo.insert(&bob).await.unwrap(), joined, "{backend}");
+        let retry = new_media("acme", b"old bytes");
+        assert_eq!(repo.insert(&retry).await.unwrap(), InsertOutcome::Duplicate(alice.id.clone()), "{backend}");
+        assert_eq!(repo.delete("acme", &alice.id, None, None).await.unwrap(), Deletion::Shared, "{backend}");
+        assert_eq!(repo.delete("acme", &bob.id, None, None).await.unwrap(), Deletion::Last, "{backend}");
+        assert_eq!(repo.delete("acme", &other.id, None, None).await.unwrap(), Deletion::Last, "{backend}");
     }
 }

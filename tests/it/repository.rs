@@ -3,7 +3,7 @@
 
 use media_api::crypto::envelope::KeyPurpose;
 use media_api::crypto::CryptoError;
-use media_api::db::media::{InsertOutcome, MediaStatus};
+use media_api::db::media::{Deletion, InsertOutcome, MediaStatus};
 use media_api::db::tenant_keys::KeySettings;
 use media_api::db::{Database, DbError};
 use media_api::with_pool;
@@ -32,7 +32,7 @@ async fn rows_round_trip_and_reads_are_scoped_to_the_tenant() {
         assert!(fx.repo.get("other-tenant", &media.id).await.unwrap().is_none(), "{}", fx.db.backend());
         let (_, cold) = fx.reopen(KeySettings::default());
         assert_eq!(cold.get("acme", &media.id).await.unwrap().expect("row").record, media);
-        assert!(fx.repo.delete("acme", &media.id, None, None).await.unwrap());
+        assert_eq!(fx.repo.delete("acme", &media.id, None, None).await.unwrap(), Deletion::Last);
         assert!(fx.repo.get("acme", &media.id).await.unwrap().is_none());
     }
 }
@@ -164,6 +164,43 @@ async fn dedup_is_per_tenant_through_the_blind_index() {
         assert_eq!(fx.repo.insert(&second).await.unwrap(), InsertOutcome::Duplicate(first.id.clone()));
         assert_eq!(fx.repo.insert(&elsewhere).await.unwrap(), InsertOutcome::Inserted, "{}", fx.db.backend());
         assert!(fx.repo.get("acme", &second.id).await.unwrap().is_none(), "the duplicate row was not stored");
+    }
+}
+
+#[tokio::test]
+async fn rows_of_two_uploaders_share_one_storage_key_and_only_the_last_delete_journals_it() {
+    for fx in fixtures(KeySettings::default()).await {
+        let backend = fx.db.backend();
+        let first = new_media("acme", b"shared bytes");
+        let mut second = new_media("acme", b"shared bytes");
+        second.uploader = "another-uploader".into();
+        second.filename = Some("second.png".into());
+        assert_eq!(fx.repo.insert(&first).await.unwrap(), InsertOutcome::Inserted);
+        let joined = InsertOutcome::Joined { storage_key: first.storage_key.clone() };
+        assert_eq!(fx.repo.insert(&second).await.unwrap(), joined, "{backend}");
+        let read = fx.repo.get("acme", &second.id).await.unwrap().expect("the second row is stored").record;
+        assert_eq!(read.storage_key, first.storage_key, "{backend}: it references the first row's object");
+        assert_eq!((read.filename, read.uploader), (second.filename.clone(), second.uploader.clone()));
+        // Its uploader again: that row comes back, nothing is stored.
+        let mut retry = new_media("acme", b"shared bytes");
+        retry.uploader = second.uploader.clone();
+        assert_eq!(fx.repo.insert(&retry).await.unwrap(), InsertOutcome::Duplicate(second.id.clone()));
+        assert!(fx.repo.get("acme", &retry.id).await.unwrap().is_none(), "{backend}");
+
+        let journaled = |key: String| {
+            let db = fx.db.clone();
+            async move {
+                let sql = "SELECT COUNT(*) FROM blob_journal WHERE storage_key = $1";
+                let n: i64 = with_pool!(&db, |pool| sqlx::query_scalar(sql).bind(&key).fetch_one(pool).await).unwrap();
+                n
+            }
+        };
+        let at = Some((first.storage_key.as_str(), chrono::Utc::now()));
+        assert_eq!(fx.repo.delete("acme", &first.id, None, at).await.unwrap(), Deletion::Shared, "{backend}");
+        assert_eq!(journaled(first.storage_key.clone()).await, 0, "{backend}: a referenced object is not journaled");
+        assert_eq!(fx.repo.delete("acme", &first.id, None, at).await.unwrap(), Deletion::None, "{backend}");
+        assert_eq!(fx.repo.delete("acme", &second.id, None, at).await.unwrap(), Deletion::Last, "{backend}");
+        assert_eq!(journaled(first.storage_key.clone()).await, 1, "{backend}: the last delete journals the key");
     }
 }
 

@@ -6,14 +6,17 @@
 //! retention and `dek_version`. Each value's AAD names its tenant, table, column and row, so a value
 //! copied anywhere else fails with [`CryptoError::Integrity`](crate::crypto::CryptoError::Integrity)
 //! (code `data_integrity`), never a wrong value. Every read is by `(tenant_id, id)`; there is no read
-//! by id alone. Dedup goes through the blind index: `content_mac` is unique per tenant.
+//! by id alone. Dedup goes through the blind index: the rows of a tenant with one `content_mac`
+//! share one object, whose reference count is the number of those rows ([`group`]).
 //!
-//! Files: [`model`] (plaintext records), [`sql`], [`cipher`] (sealing a row), [`rotate`]
-//! (re-encryption batches); decrypted ready rows are cached for a few seconds in a
-//! [`TtlCache`](crate::db::ttl_cache::TtlCache).
+//! Files: [`model`] (plaintext records), [`sql`], [`cipher`] (sealing a row), [`group`] (dedup
+//! groups: shared objects and their references), [`rotate`] (re-encryption batches); decrypted
+//! ready rows are cached for a few seconds in a [`TtlCache`](crate::db::ttl_cache::TtlCache).
 
 mod cache;
 mod cipher;
+#[macro_use]
+mod group;
 mod model;
 mod rotate;
 mod sql;
@@ -23,7 +26,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-pub use model::{InsertOutcome, MediaRecord, MediaStatus, StoredMedia};
+pub use model::{Deletion, InsertOutcome, MediaRecord, MediaStatus, StoredMedia};
 pub use rotate::{PreparedBatch, ReencryptBatch};
 
 use super::journal;
@@ -105,10 +108,12 @@ impl MediaRepo {
         Ok(content_mac(&index_key, sha256))
     }
 
-    /// Stores a row, sealing its sensitive columns. A ready row whose bytes the tenant already has
-    /// is not stored: the existing id comes back as [`InsertOutcome::Duplicate`]. Refused with
-    /// [`DbError::TenantShredding`] while the tenant is being shredded; sealed again with fresh keys
-    /// when the key this process had cached is no longer the tenant's current one.
+    /// Stores a row, sealing its sensitive columns, in the group of its bytes ([`group`]): when
+    /// the same uploader already has these bytes nothing is stored and their row's id comes back as
+    /// [`InsertOutcome::Duplicate`]; when someone else has, the row references that object
+    /// ([`InsertOutcome::Joined`]). Refused with [`DbError::TenantShredding`] while the tenant is
+    /// being shredded; sealed again with fresh keys when the key this process had cached is no
+    /// longer the tenant's current one.
     pub async fn insert(&self, media: &MediaRecord) -> Result<InsertOutcome, DbError> {
         self.with_fresh_keys(&media.tenant_id, || self.insert_once(media)).await
     }
@@ -135,17 +140,31 @@ impl MediaRepo {
             Some(sha) => Some(self.content_mac(tenant, sha).await?),
             None => None,
         };
+        if let Some(mac) = &mac {
+            self.warm_group_keys(tenant, mac).await?;
+        }
         let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
         let cipher = FieldCipher::new(&dek);
         let row_cipher = RowCipher { cipher: &cipher, tenant, id: &media.id };
-        let sealed = row_cipher.seal_all(&PlainColumns::from(media));
+        let mut sealed = row_cipher.seal_all(&PlainColumns::from(media));
         let now = Utc::now();
-        let guard = tenants::guard_sql(&self.db);
-        // The check, the row and the end of its key's journal entry commit together (see
-        // `db::tenants` and `db::journal`).
-        let result = with_pool!(&self.db, |pool| async {
+        let (guard, lock) = (tenants::guard_sql(&self.db), group::lock_sql(&self.db));
+        // The check, the group's placement, the row and the end of its key's journal entry commit
+        // together (see `db::tenants`, `group` and `db::journal`).
+        let result: Result<Result<InsertOutcome, WriteCheck>, DbError> = with_pool!(&self.db, |pool| async {
             let mut tx = pool.begin().await?;
             check_write!(tx, guard, tenant, dek.version);
+            let placement = match &mac {
+                Some(mac) => {
+                    self.place(tenant, Some(media.uploader.as_str()), group_members!(tx, lock, tenant, mac)).await?
+                }
+                None => group::Placement::First,
+            };
+            let outcome = placement.apply(&row_cipher, &mut sealed);
+            if let InsertOutcome::Duplicate(_) = outcome {
+                tx.rollback().await?;
+                return Ok(Ok(outcome));
+            }
             sqlx::query(INSERT)
                 .bind(tenant)
                 .bind(&media.id)
@@ -159,24 +178,17 @@ impl MediaRepo {
                 .bind(media.retention_until)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(journal::CLOSE).bind(&media.storage_key).execute(&mut *tx).await?;
-            tx.commit().await.map(Ok)
+            if outcome == InsertOutcome::Inserted {
+                sqlx::query(journal::CLOSE).bind(&media.storage_key).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(Ok(outcome))
         }
         .await);
         // Counted whatever happened to the row: the values were sealed (the budget is about nonces).
-        self.count_encryptions(tenant, dek.version, sealed.count()).await;
-        match result {
-            Ok(Err(refused)) => Ok(Err(refused)),
-            Ok(Ok(())) => Ok(Ok(InsertOutcome::Inserted)),
-            Err(sqlx::Error::Database(err)) if err.is_unique_violation() => match mac {
-                Some(mac) => match self.id_by_mac(tenant, &mac).await? {
-                    Some(existing) => Ok(Ok(InsertOutcome::Duplicate(existing))),
-                    None => Err(sqlx::Error::Database(err).into()),
-                },
-                None => Err(sqlx::Error::Database(err).into()),
-            },
-            Err(err) => Err(err.into()),
-        }
+        let extra = group::extra_encryptions(&result);
+        self.count_encryptions(tenant, dek.version, sealed.count() + extra).await;
+        result
     }
 
     /// Counts encryptions after a row was written. A failure here must not turn a committed write
@@ -186,15 +198,6 @@ impl MediaRepo {
         if let Err(err) = self.keys.record_encryptions(tenant, version, count).await {
             tracing::warn!(tenant, version, error = %err, "cannot count encryptions under a DEK");
         }
-    }
-
-    /// The id of the tenant's media with this content MAC, if any.
-    pub async fn id_by_mac(&self, tenant: &str, mac: &[u8; 32]) -> Result<Option<String>, DbError> {
-        Ok(with_pool!(&self.db, |pool| sqlx::query_scalar(SELECT_BY_MAC)
-            .bind(tenant)
-            .bind(mac.as_slice())
-            .fetch_optional(pool)
-            .await)?)
     }
 
     /// The tenant's media with this id, decrypted; `None` when the tenant has no such id.
@@ -254,9 +257,11 @@ impl MediaRepo {
     }
 
     /// Marks a pending row ready after its bytes were verified: `ready` carries the verified type,
-    /// size, hash and storage key, and the row is re-sealed under the current DEK. With `dedup`, a tenant that already has these bytes
-    /// gets [`InsertOutcome::Duplicate`] and the row is left pending for the caller to remove;
-    /// without it the row becomes ready with no content MAC (a second copy the index does not see).
+    /// size, hash and storage key, and the row is re-sealed under the current DEK, in the group of
+    /// its bytes ([`group`]): when another row has them it references their object
+    /// ([`InsertOutcome::Joined`]). With `dedup`, when the same uploader already has these bytes the
+    /// answer is [`InsertOutcome::Duplicate`] and the row is left pending for the caller to remove;
+    /// without it the row joins the group under its own id whoever has the bytes.
     pub async fn mark_ready(
         &self,
         ready: &MediaRecord,
@@ -275,47 +280,53 @@ impl MediaRepo {
         let sha256 = ready.sha256.ok_or(CryptoError::Integrity)?;
         let tenant = ready.tenant_id.as_str();
         debug_assert_eq!(ready.status, MediaStatus::Ready);
-        let mac = if dedup { Some(self.content_mac(tenant, &sha256).await?) } else { None };
+        let mac = self.content_mac(tenant, &sha256).await?;
+        self.warm_group_keys(tenant, &mac).await?;
         let dek = self.keys.current(tenant, KeyPurpose::Dek).await?;
         let cipher = FieldCipher::new(&dek);
-        let sealed = RowCipher { cipher: &cipher, tenant, id: &ready.id }.seal_all(&PlainColumns::from(ready));
-        let guard = tenants::guard_sql(&self.db);
-        // The check, then the row moves to its verified key, whose journal entry ends, and the
-        // staging key it leaves gets one, in one transaction (see `db::tenants`, `db::journal`).
-        let result = with_pool!(&self.db, |pool| async {
+        let row_cipher = RowCipher { cipher: &cipher, tenant, id: &ready.id };
+        let mut sealed = row_cipher.seal_all(&PlainColumns::from(ready));
+        let (guard, lock) = (tenants::guard_sql(&self.db), group::lock_sql(&self.db));
+        let uploader = dedup.then_some(ready.uploader.as_str());
+        // The check and the group's placement, then the row moves to its verified key (whose
+        // journal entry ends, unless the row joined a group) and the staging key it leaves gets
+        // one, in one transaction (see `db::tenants`, `group`, `db::journal`).
+        let result: Result<Result<InsertOutcome, WriteCheck>, DbError> = with_pool!(&self.db, |pool| async {
             let mut tx = pool.begin().await?;
             check_write!(tx, guard, tenant, dek.version);
+            let placement = self.place(tenant, uploader, group_members!(tx, lock, tenant, &mac)).await?;
+            let outcome = placement.apply(&row_cipher, &mut sealed);
+            if let InsertOutcome::Duplicate(_) = outcome {
+                tx.rollback().await?;
+                return Ok(Ok(outcome));
+            }
             let updated = sqlx::query(MARK_READY)
                 .bind(tenant)
                 .bind(&ready.id)
                 .bind(&ready.mime)
                 .bind(ready.size as i64)
                 .bind(dek.version as i32)
-                .bind(mac.as_ref().map(|m| m.as_slice()))
+                .bind(mac.as_slice())
                 .bind_sealed(&sealed)
                 .bind(Utc::now())
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            if updated == 1 {
-                sqlx::query(journal::CLOSE).bind(&ready.storage_key).execute(&mut *tx).await?;
-                sqlx::query(journal::OPEN).bind(staging_key).bind(Utc::now()).execute(&mut *tx).await?;
+            if updated != 1 {
+                tx.rollback().await?;
+                return Err(sqlx::Error::RowNotFound.into());
             }
-            tx.commit().await.map(|()| Ok(updated))
+            if outcome == InsertOutcome::Inserted {
+                sqlx::query(journal::CLOSE).bind(&ready.storage_key).execute(&mut *tx).await?;
+            }
+            sqlx::query(journal::OPEN).bind(staging_key).bind(Utc::now()).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Ok(outcome))
         }
         .await);
-        self.count_encryptions(tenant, dek.version, sealed.count()).await;
-        match result {
-            Ok(Err(refused)) => Ok(Err(refused)),
-            Ok(Ok(1)) => Ok(Ok(InsertOutcome::Inserted)),
-            Ok(Ok(_)) => Err(sqlx::Error::RowNotFound.into()),
-            Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
-                let mac = mac.ok_or_else(|| DbError::from(sqlx::Error::Database(err)))?;
-                let existing = self.id_by_mac(tenant, &mac).await?;
-                existing.map(|id| Ok(InsertOutcome::Duplicate(id))).ok_or_else(|| sqlx::Error::RowNotFound.into())
-            }
-            Err(err) => Err(err.into()),
-        }
+        let extra = group::extra_encryptions(&result);
+        self.count_encryptions(tenant, dek.version, sealed.count() + extra).await;
+        result
     }
 
     /// Up to `limit` rows (any tenant) that are past their retention, or pending since before
@@ -339,34 +350,57 @@ impl MediaRepo {
     }
 
     /// Deletes the tenant's row — only while its status is still `status`, when given — and says
-    /// whether it did. With `journal` (the key of the object the row referenced, still to be deleted,
-    /// and when the sweeper may take it), the key is journaled in the same transaction, so a crash
-    /// before the object is gone leaves it to the sweeper (`db::journal`).
+    /// what it did: whether other rows of its group ([`group`]) still reference its object
+    /// ([`Deletion::Shared`]) or it was the last ([`Deletion::Last`]). With `journal` (the key of the
+    /// object the row referenced, and when the sweeper may take it), the key is journaled in the
+    /// same transaction when the row was the object's last reference, so a crash before the object
+    /// is gone leaves it to the sweeper (`db::journal`).
     pub async fn delete(
         &self,
         tenant: &str,
         id: &str,
         status: Option<MediaStatus>,
         journal: Option<(&str, DateTime<Utc>)>,
-    ) -> Result<bool, DbError> {
+    ) -> Result<Deletion, DbError> {
         self.forget(tenant, id);
         let status = status.map(MediaStatus::as_str);
-        let deleted = with_pool!(&self.db, |pool| async {
+        let lock = group::lock_sql(&self.db);
+        let deletion: Result<Deletion, DbError> = with_pool!(&self.db, |pool| async {
             let mut tx = pool.begin().await?;
-            let deleted =
-                sqlx::query(DELETE).bind(tenant).bind(id).bind(status).execute(&mut *tx).await?.rows_affected();
-            if let (1, Some((key, at))) = (deleted, journal) {
+            let deleted: Option<Option<Vec<u8>>> =
+                sqlx::query_scalar(DELETE).bind(tenant).bind(id).bind(status).fetch_optional(&mut *tx).await?;
+            let deletion = match deleted {
+                None => Deletion::None,
+                Some(None) => Deletion::Last,
+                Some(Some(mac)) => {
+                    let mac = <[u8; 32]>::try_from(mac.as_slice()).map_err(|_| CryptoError::Integrity)?;
+                    lock_group!(tx, lock, tenant, &mac);
+                    let left: i64 = sqlx::query_scalar(group::REFERENCES)
+                        .bind(tenant)
+                        .bind(mac.as_slice())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if left == 0 {
+                        Deletion::Last
+                    } else {
+                        Deletion::Shared
+                    }
+                }
+            };
+            if let (Deletion::Last, Some((key, at))) = (deletion, journal) {
                 sqlx::query(journal::OPEN).bind(key).bind(at).execute(&mut *tx).await?;
             }
-            tx.commit().await.map(|()| deleted)
+            tx.commit().await?;
+            Ok(deletion)
         }
-        .await)?;
+        .await);
+        let deletion = deletion?;
         // Again after the delete: a read racing it may have cached the row meanwhile.
         self.forget(tenant, id);
-        if deleted == 1 {
+        if deletion.deleted() {
             notify::publish(&self.db, &Change::Row { tenant: tenant.to_owned(), id: id.to_owned() }).await;
         }
-        Ok(deleted == 1)
+        Ok(deletion)
     }
 
     /// Every tenant that has media rows.

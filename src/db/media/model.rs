@@ -71,13 +71,39 @@ pub struct StoredMedia {
     pub created_at: DateTime<Utc>,
 }
 
-/// What an insert did.
+/// What an insert (or a completion) did; see [`super::group`] for the dedup rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InsertOutcome {
-    /// The row was stored.
+    /// The row was stored and references its own new object (the first of its bytes in the tenant).
     Inserted,
-    /// The tenant already has media with the same bytes: its id.
+    /// The row was stored, but the tenant already has these bytes: it references the existing
+    /// object, under this storage key, and the object the caller just wrote is referenced by nothing
+    /// (still journaled, for the caller to delete).
+    Joined {
+        /// The storage key of the shared object (the row's storage key).
+        storage_key: String,
+    },
+    /// The same uploader already has media with these bytes: its id. Nothing was written.
     Duplicate(String),
+}
+
+/// What a row delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// No row was deleted (gone already, or no longer in the state asked for).
+    None,
+    /// The row was deleted; other rows still reference its object, which stays.
+    Shared,
+    /// The row was deleted and was its object's last reference: the object is to be deleted (its key
+    /// was journaled in the same transaction, when a key was given).
+    Last,
+}
+
+impl Deletion {
+    /// Whether a row was deleted.
+    pub fn deleted(self) -> bool {
+        self != Self::None
+    }
 }
 
 #[derive(sqlx::FromRow)]

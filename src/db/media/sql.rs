@@ -8,7 +8,6 @@ pub(super) const INSERT: &str =
     "INSERT INTO media_objects (tenant_id, id, status, mime, size_bytes, dek_version, content_mac, \
      filename_enc, uploader_enc, user_hint_enc, storage_key_enc, sha256_enc, metadata_enc, created_at, updated_at, \
      retention_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)";
-pub(super) const SELECT_BY_MAC: &str = "SELECT id FROM media_objects WHERE tenant_id = $1 AND content_mac = $2";
 /// Compare-and-set on the revision read (which also pins the version read).
 pub(super) const REENCRYPT: &str = "UPDATE media_objects SET dek_version = $4, filename_enc = $5, uploader_enc = $6, \
      user_hint_enc = $7, storage_key_enc = $8, sha256_enc = $9, metadata_enc = $10, updated_at = $11, \
@@ -28,6 +27,7 @@ pub(super) const MARK_READY: &str = "UPDATE media_objects SET status = 'ready', 
 pub(super) const SWEEPABLE: &str = "SELECT tenant_id, id FROM media_objects \
      WHERE (retention_until < $1 OR (status = 'pending' AND created_at < $2)) AND (tenant_id, id) > ($3, $4) \
      ORDER BY tenant_id, id LIMIT $5";
+/// Answers the deleted row's content MAC (its group, `super::group`).
 pub(super) const DELETE: &str =
-    "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2 AND ($3 IS NULL OR status = $3)";
+    "DELETE FROM media_objects WHERE tenant_id = $1 AND id = $2 AND ($3 IS NULL OR status = $3) RETURNING content_mac";
 pub(super) const TENANTS: &str = "SELECT DISTINCT tenant_id FROM media_objects ORDER BY tenant_id";

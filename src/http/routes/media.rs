@@ -41,8 +41,8 @@ pub async fn load(state: &AppState, caller: &Arc<Principal>, id: &str) -> Result
     ready(state, caller, state.service.find(caller, id).await?).await
 }
 
-/// A media made ready: a pending direct upload is verified (without dedup, so the id stays valid)
-/// in an upload slot.
+/// A media made ready: a pending direct upload is verified (sharing the storage of identical bytes,
+/// but never giving way to the caller's earlier id, so the id stays valid) in an upload slot.
 pub async fn ready(state: &AppState, caller: &Arc<Principal>, found: Found) -> Result<MediaRecord, ApiError> {
     match found {
         Found::Ready(record) => Ok(record),

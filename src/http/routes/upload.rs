@@ -43,7 +43,9 @@ pub struct UploadResponse {
     mime: String,
     /// Size in bytes.
     bytes: u64,
-    /// True when the tenant already had these bytes (the first upload's ID is returned).
+    /// True when the caller had already uploaded these bytes: the ID is that earlier upload's
+    /// (a retry is idempotent). Another caller's identical bytes share storage invisibly: a new ID
+    /// and `false`.
     deduped: bool,
     /// A presigned GET URL.
     presigned_url: String,
@@ -106,7 +108,7 @@ struct UploadForm {
         (Vec<u8> = "image/*"),
         (Vec<u8> = "application/octet-stream"),
     )),
-    responses((status = 200, description = "Stored, or deduplicated", body = UploadResponse), UploadErrors, Shredding, AuthErrors))]
+    responses((status = 200, description = "Stored, or the caller's earlier upload of the same bytes (`deduped`)", body = UploadResponse), UploadErrors, Shredding, AuthErrors))]
 async fn upload(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,
@@ -143,7 +145,7 @@ async fn upload(
 /// Upload with the jan v2 multipart form (`file`, `user_id`).
 #[utoipa::path(post, path = "/v1/media/upload", tag = "media", security(("bearer" = [])),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
-    responses((status = 200, description = "Stored, or deduplicated", body = UploadResponse), UploadErrors, Shredding, AuthErrors))]
+    responses((status = 200, description = "Stored, or the caller's earlier upload of the same bytes (`deduped`)", body = UploadResponse), UploadErrors, Shredding, AuthErrors))]
 async fn upload_form(
     State(state): State<AppState>,
     caller: Authenticated<CanWrite>,

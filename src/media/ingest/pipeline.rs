@@ -1,7 +1,8 @@
 //! The one ingestion pipeline every upload source goes through, in a single pass over the bytes:
 //! size limit (a declared `Content-Length` first, then while streaming), type sniffing of the first
 //! bytes before anything is stored, SHA-256 and size while the bytes stream into the blob store
-//! under a random key, then per-tenant dedup through the blind index and the encrypted row.
+//! under a random key, then per-tenant dedup through the blind index and the encrypted row (each
+//! upload its own row; identical bytes share one object, see `db::media::group`).
 //!
 //! Memory is bounded by the blob store's part buffers: the body is never collected. Any failure
 //! after bytes started flowing leaves nothing behind: the blob store drops a failed or abandoned
@@ -59,9 +60,10 @@ struct StoredBytes {
 /// A stored (or deduplicated) upload.
 #[derive(Debug, Clone)]
 pub struct Ingested {
-    /// The media record (the existing one when deduplicated).
+    /// The media record (the caller's existing one when deduplicated).
     pub record: MediaRecord,
-    /// True when the tenant already had these bytes.
+    /// True when the caller had already uploaded these bytes: `record` is that earlier upload
+    /// (another caller's identical bytes only share storage, invisibly: a new record, `false`).
     pub deduped: bool,
 }
 
@@ -245,8 +247,9 @@ impl Pipeline {
     /// within the limit and equal to the declared size, sniffed type equal to the declared one and to
     /// the filename's, SHA-256) into a fresh key that no client can write, and the staging object is
     /// deleted — so bytes cannot be swapped after they were checked. Then the row becomes ready,
-    /// deduplicated when `dedup` (the pending id then disappears in favour of the existing one). A
-    /// refused upload is deleted with its row.
+    /// sharing the object of identical bytes the tenant already has; with `dedup`, when the caller
+    /// already uploaded these bytes the pending id disappears in favour of the caller's existing one.
+    /// A refused upload is deleted with its row.
     pub async fn complete(
         &self,
         caller: &Principal,
@@ -292,8 +295,9 @@ impl Pipeline {
             ..pending
         };
         match self.media.mark_ready(&ready, &staging, dedup).await {
-            Ok(InsertOutcome::Inserted) => {
+            Ok(outcome @ (InsertOutcome::Inserted | InsertOutcome::Joined { .. })) => {
                 self.discard(&staging).await;
+                let ready = self.settle(ready, outcome).await;
                 let details = json!({"direct": true});
                 self.audit(&caller.tenant, &caller.subject, "media.uploaded", &ready.id, details).await;
                 Ok(Ingested { record: ready, deduped: false })
@@ -303,9 +307,7 @@ impl Pipeline {
                 let pending = MediaRecord { storage_key: staging, status: MediaStatus::Pending, ..ready.clone() };
                 self.discard(&ready.storage_key).await;
                 self.remove(&pending).await?;
-                let existing = self.media.get(&caller.tenant, &existing).await?;
-                let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
-                Ok(Ingested { record: existing.record, deduped: true })
+                self.earlier(caller, &existing).await
             }
             Err(err) => {
                 // Someone else completed (or removed) the row meanwhile: keep theirs. Otherwise the
@@ -362,8 +364,9 @@ impl Pipeline {
         }
     }
 
-    /// Writes the row of stored bytes, or — when the tenant already has them — deletes the new
-    /// object and answers with the existing media.
+    /// Writes the row of stored bytes (sharing the object of identical bytes the tenant already
+    /// has, see `db::media::group`), or — when the caller already uploaded them — deletes the new
+    /// object and answers with the caller's existing media (`deduped`: a retry is idempotent).
     async fn record(&self, caller: &Principal, record: MediaRecord) -> Result<Ingested, MediaError> {
         // On an error the object stays: if the commit happened after all (its answer lost), the row
         // references it; if not, its journal entry is still there and the sweeper deletes it. A
@@ -377,16 +380,35 @@ impl Pipeline {
             Err(err) => return Err(err.into()),
         };
         match outcome {
-            InsertOutcome::Inserted => {
+            InsertOutcome::Inserted | InsertOutcome::Joined { .. } => {
+                let record = self.settle(record, outcome).await;
                 self.audit(&caller.tenant, &caller.subject, "media.uploaded", &record.id, json!({})).await;
                 Ok(Ingested { record, deduped: false })
             }
             InsertOutcome::Duplicate(existing) => {
                 self.discard(&record.storage_key).await;
-                let existing = self.media.get(&caller.tenant, &existing).await?;
-                let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
-                Ok(Ingested { record: existing.record, deduped: true })
+                self.earlier(caller, &existing).await
             }
+        }
+    }
+
+    /// The caller's earlier upload `id` of the same bytes, as the answer to a duplicate upload.
+    async fn earlier(&self, caller: &Principal, id: &str) -> Result<Ingested, MediaError> {
+        let existing = self.media.get(&caller.tenant, id).await?;
+        let existing = existing.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))?;
+        Ok(Ingested { record: existing.record, deduped: true })
+    }
+
+    /// The record of a row just written: when it joined the group of its bytes (another row has
+    /// them, see `db::media::group`) it references their object, and the copy just written is
+    /// deleted.
+    async fn settle(&self, record: MediaRecord, outcome: InsertOutcome) -> MediaRecord {
+        match outcome {
+            InsertOutcome::Joined { storage_key } => {
+                self.discard(&record.storage_key).await;
+                MediaRecord { storage_key, ..record }
+            }
+            _ => record,
         }
     }
 

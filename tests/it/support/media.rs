@@ -83,6 +83,51 @@ impl MediaApp {
         self.http().post(self.url("/v1/media")).bearer_auth(token).json(&body).send().await.unwrap()
     }
 
+    /// A raw upload named `filename` (`X-Filename`).
+    pub async fn upload_named(&self, token: &str, filename: &str, body: Vec<u8>) -> reqwest::Response {
+        let request = self.http().post(self.url("/v1/media")).bearer_auth(token);
+        let request = request.header("content-type", "image/png").header("x-filename", filename);
+        request.body(body).send().await.unwrap()
+    }
+
+    /// A direct upload up to its PUT: `prepare-upload` (PNG, `body`'s length), then the PUT to the
+    /// URL it answered; the prepared answer (its `id` is pending until completed or read).
+    pub async fn prepare_and_put(&self, token: &str, filename: &str, body: Vec<u8>) -> Value {
+        let request = json!({"mime_type": "image/png", "bytes": body.len(), "filename": filename});
+        let prepare = self.http().post(self.url("/v1/media/prepare-upload")).bearer_auth(token).json(&request);
+        let (status, prepared) = json_of(prepare.send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{prepared}");
+        let mut put = self.http().put(prepared["upload_url"].as_str().unwrap()).body(body);
+        for (name, value) in prepared["headers"].as_object().unwrap() {
+            put = put.header(name.as_str(), value.as_str().unwrap());
+        }
+        assert!(put.send().await.unwrap().status().is_success(), "the PUT to the upload URL failed");
+        prepared
+    }
+
+    /// `POST /v1/media/{id}/complete`.
+    pub async fn complete(&self, token: &str, id: &str) -> (StatusCode, Value) {
+        let request = self.http().post(self.url(&format!("/v1/media/{id}/complete"))).bearer_auth(token);
+        json_of(request.send().await.unwrap()).await
+    }
+
+    /// `DELETE /v1/media/{id}`: its status and body (empty on success).
+    pub async fn delete(&self, token: &str, id: &str) -> (StatusCode, Value) {
+        json_of(self.http().delete(self.url(&format!("/v1/media/{id}"))).bearer_auth(token).send().await.unwrap()).await
+    }
+
+    /// Entries in the blob journal (objects being written, or whose delete is still to come).
+    pub async fn journaled(&self) -> i64 {
+        let sql = "SELECT COUNT(*) FROM blob_journal";
+        media_api::with_pool!(&self.app.state.db, |pool| sqlx::query_scalar(sql).fetch_one(pool).await).unwrap()
+    }
+
+    /// A sweeper pass that takes everything abandoned, whatever its age.
+    pub async fn sweep_all(&self) -> media_api::jobs::sweep::SweepReport {
+        let ages = media_api::jobs::sweep::SweepAges { presign_ttl: Duration::ZERO, abandoned_after: Duration::ZERO };
+        media_api::jobs::sweep::sweep_once(self.app.state.pipeline.removal(), ages).await.unwrap()
+    }
+
     /// An authenticated GET of a service path.
     pub fn get(&self, token: &str, path: &str) -> reqwest::RequestBuilder {
         self.http().get(self.url(path)).bearer_auth(token)
