@@ -10,6 +10,7 @@ mod audit;
 mod audit_privacy;
 mod auth;
 mod cli;
+mod connections;
 mod exclusion;
 mod faults;
 mod fleet;
