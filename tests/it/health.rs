@@ -144,9 +144,11 @@ async fn concurrent_readyz_calls_share_one_check() {
 
 #[tokio::test]
 async fn readyz_past_its_per_address_rate_is_429_rate_limited_and_other_addresses_and_healthz_go_on() {
-    let app =
-        spawn_app_with(Stack::SqliteFs, &[("MEDIA_RATE_LIMIT_READYZ_RPS", "1"), ("MEDIA_RATE_LIMIT_READYZ_BURST", "3")])
-            .await;
+    let app = spawn_app_with(
+        Stack::SqliteFs,
+        &[("MEDIA_RATE_LIMIT_READYZ_RPS", "1"), ("MEDIA_RATE_LIMIT_READYZ_BURST", "3")],
+    )
+    .await;
     let started = Instant::now();
     let mut ready = 0;
     let mut refused = None;
@@ -172,11 +174,7 @@ async fn readyz_past_its_per_address_rate_is_429_rate_limited_and_other_addresse
 
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "liveness is never limited");
-    let elsewhere = reqwest::Client::builder()
-        .no_proxy()
-        .local_address(IpAddr::from([127, 0, 0, 2]))
-        .build()
-        .unwrap();
+    let elsewhere = reqwest::Client::builder().no_proxy().local_address(IpAddr::from([127, 0, 0, 2])).build().unwrap();
     let other = elsewhere.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(other.status(), 200, "another address has its own bucket");
 }
