@@ -70,6 +70,7 @@ impl Application {
             limits,
             metrics,
             scrape: ScrapeState::default(),
+            readiness: Default::default(),
         }));
         Ok(Self { listener, port: local.port(), metrics_listener, tls, state, invalidation })
     }
@@ -116,7 +117,13 @@ impl Application {
             let server = Server::new(
                 listener,
                 crate::http::metrics_router(state.clone()),
-                ServerOptions { max_header_bytes: config.ops.max_header_bytes, max_connections: 64, tls: None },
+                ServerOptions {
+                    max_header_bytes: config.ops.max_header_bytes,
+                    max_connections: 64,
+                    max_connections_per_ip: 0,
+                    keepalive_timeout: config.ops.keepalive_timeout,
+                    tls: None,
+                },
             );
             let stop = stopping.clone().cancelled_owned();
             tokio::spawn(async move { server.run(stop, Duration::from_secs(1)).await })
@@ -124,6 +131,8 @@ impl Application {
         let options = ServerOptions {
             max_header_bytes: config.ops.max_header_bytes,
             max_connections: config.ops.max_connections,
+            max_connections_per_ip: config.ops.max_connections_per_ip,
+            keepalive_timeout: config.ops.keepalive_timeout,
             tls: self.tls.as_ref().map(ReloadingCert::server_config),
         };
         let server = Server::new(self.listener, crate::http::router(self.state), options);

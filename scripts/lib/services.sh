@@ -141,8 +141,9 @@ TOML
 
 
 # ---------------------------------------------------------------- the service (benchmarks)
-# Starts target/release/media-api on a free port against $DATABASE_URL (a fresh database) and the
-# Garage above, with the rate limits off (capacity is measured, not the limits). Extra VAR=value
+# Starts $CARGO_TARGET_DIR (default target)/release/media-api on a free port against $DATABASE_URL (a fresh database) and the
+# Garage above, with the rate limits and the per-IP connection cap off (capacity is measured, not the
+# limits: every load client is 127.0.0.1). Extra VAR=value
 # arguments are added to its environment. Sets SERVER (pid), BASE, TOKEN and BENCH_URL;
 # stop_media_service stops it and drops the database.
 start_media_service() {
@@ -155,12 +156,12 @@ start_media_service() {
     MEDIA_S3_ENDPOINT="$MEDIA_TEST_S3_ENDPOINT" MEDIA_S3_REGION="$MEDIA_TEST_S3_REGION" \
     MEDIA_S3_BUCKET="$MEDIA_TEST_S3_BUCKET" MEDIA_S3_ACCESS_KEY="$MEDIA_TEST_S3_ACCESS_KEY" \
     MEDIA_S3_SECRET_KEY="$MEDIA_TEST_S3_SECRET_KEY" MEDIA_PRESIGN_MAX_TTL=1h LOG_LEVEL=error \
-    MEDIA_RATE_LIMIT_RPS=0 MEDIA_RATE_LIMIT_IP_RPS=0 "$@" \
-    target/release/media-api >>"$WORK/server.log" 2>&1 &
+    MEDIA_RATE_LIMIT_RPS=0 MEDIA_RATE_LIMIT_IP_RPS=0 MEDIA_RATE_LIMIT_READYZ_RPS=0 MEDIA_MAX_CONNECTIONS_PER_IP=0 "$@" \
+    "${CARGO_TARGET_DIR:-target}/release/media-api" >>"$WORK/server.log" 2>&1 &
   SERVER=$!
   BASE="http://127.0.0.1:$port"
   for _ in $(seq 1 100); do curl -fsS "$BASE/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-  TOKEN="$(MEDIA_KEYS_DIR="$WORK/keys" target/release/media-api token --tenant bench --sub bench --ttl 2h 2>/dev/null)"
+  TOKEN="$(MEDIA_KEYS_DIR="$WORK/keys" "${CARGO_TARGET_DIR:-target}/release/media-api" token --tenant bench --sub bench --ttl 2h 2>/dev/null)"
 }
 
 stop_media_service() {

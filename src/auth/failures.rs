@@ -42,25 +42,13 @@ impl AuditLimiter {
         if self.total >= AUDIT_PER_WINDOW {
             return false;
         }
-        let count = self.per_source.entry(source.map(network_of)).or_insert(0);
+        let count = self.per_source.entry(source.map(crate::domain::network::client_network)).or_insert(0);
         if *count >= AUDIT_PER_SOURCE {
             return false;
         }
         *count += 1;
         self.total += 1;
         true
-    }
-}
-
-/// The network a source counts as: an IPv4 address, or an IPv6 address's /64 (one host usually
-/// holds a whole /64, so per-address counting would let it log without bound).
-fn network_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let segments = v6.segments();
-            IpAddr::from([segments[0], segments[1], segments[2], segments[3], 0, 0, 0, 0])
-        }
     }
 }
 

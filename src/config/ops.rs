@@ -68,6 +68,16 @@ pub struct OpsConfig {
     pub max_header_bytes: usize,
     /// Connections served at once (`MEDIA_MAX_CONNECTIONS`, default 1024); more wait in the backlog.
     pub max_connections: usize,
+    /// Connections one client network (an IPv4 address, an IPv6 /64) may hold open at once
+    /// (`MEDIA_MAX_CONNECTIONS_PER_IP`, default 64, 0 = no cap); one more is closed as soon as it is
+    /// accepted. Keyed by the TCP peer: behind a proxy every connection is the proxy's.
+    pub max_connections_per_ip: usize,
+    /// How long a connection may go without a complete request head: from its accept, or from the
+    /// end of its previous response (an idle keep-alive connection), to the last byte of the next
+    /// head; also the TLS handshake's limit (`MEDIA_KEEPALIVE_TIMEOUT`, default 15s, 1s to 5m).
+    pub keepalive_timeout: Duration,
+    /// Per-client-IP limit of `/readyz` (`MEDIA_RATE_LIMIT_READYZ_RPS` 10, `_BURST` 20).
+    pub readyz_rate: RateLimit,
     /// Origins allowed by CORS (`CORS_ALLOWED_ORIGINS`; none by default, `*` for any).
     pub cors_allowed_origins: Vec<String>,
     /// HTTPS on the main listener.
@@ -243,6 +253,12 @@ pub(super) fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
     if max_connections == 0 {
         return Err(ConfigError::new("MEDIA_MAX_CONNECTIONS", "must be at least 1"));
     }
+    let max_connections_per_ip: usize =
+        env.parse("MEDIA_MAX_CONNECTIONS_PER_IP", "a whole number (0 turns the cap off)")?.unwrap_or(64);
+    let keepalive_timeout = env.duration("MEDIA_KEEPALIVE_TIMEOUT")?.unwrap_or(Duration::from_secs(15));
+    if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&keepalive_timeout) {
+        return Err(ConfigError::new("MEDIA_KEEPALIVE_TIMEOUT", "must be between 1s and 5m"));
+    }
     Ok(OpsConfig {
         metrics_addr: env.parse("MEDIA_METRICS_ADDR", "an address such as 0.0.0.0:9090")?,
         principal_rate: rate_limit(env, "MEDIA_RATE_LIMIT_RPS", "MEDIA_RATE_LIMIT_BURST", (100, 200))?,
@@ -254,6 +270,9 @@ pub(super) fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
         upload_idle_timeout: at_least_a_second("MEDIA_UPLOAD_IDLE_TIMEOUT", upload_idle_timeout)?,
         max_header_bytes: max_header_bytes as usize,
         max_connections,
+        max_connections_per_ip,
+        keepalive_timeout,
+        readyz_rate: rate_limit(env, "MEDIA_RATE_LIMIT_READYZ_RPS", "MEDIA_RATE_LIMIT_READYZ_BURST", (10, 20))?,
         cors_allowed_origins,
         tls,
         ca: env.get("MEDIA_CA_FILE").map(PathBuf::from).map(CaBundle::read).transpose()?,

@@ -192,3 +192,29 @@ fn the_redis_url_is_optional_checked_and_its_password_never_shown() {
     let slow = [("MEDIA_REDIS_URL", "rediss://redis:6380"), ("MEDIA_REDIS_TIMEOUT", "10s")];
     assert_eq!(Config::from_vars(&vars(&slow)).unwrap_err().var, "MEDIA_REDIS_TIMEOUT");
 }
+
+#[test]
+fn connection_limits_default_to_a_per_ip_cap_and_a_keepalive_timeout_and_are_checked() {
+    let ops = Config::from_vars(&HashMap::new()).expect("defaults").ops;
+    assert_eq!(ops.max_connections_per_ip, 64);
+    assert_eq!(ops.keepalive_timeout, Duration::from_secs(15));
+    assert_eq!(ops.readyz_rate, RateLimit { rps: 10, burst: 20 });
+    let set = vars(&[
+        ("MEDIA_MAX_CONNECTIONS_PER_IP", "0"),
+        ("MEDIA_KEEPALIVE_TIMEOUT", "1m"),
+        ("MEDIA_RATE_LIMIT_READYZ_RPS", "0"),
+    ]);
+    let ops = Config::from_vars(&set).expect("valid").ops;
+    assert_eq!(ops.max_connections_per_ip, 0, "0 turns the cap off");
+    assert_eq!(ops.keepalive_timeout, Duration::from_secs(60));
+    assert!(!ops.readyz_rate.enabled());
+    for (name, value) in [
+        ("MEDIA_KEEPALIVE_TIMEOUT", "0s"),
+        ("MEDIA_KEEPALIVE_TIMEOUT", "1h"),
+        ("MEDIA_MAX_CONNECTIONS_PER_IP", "-1"),
+        ("MEDIA_RATE_LIMIT_READYZ_BURST", "many"),
+    ] {
+        let err = Config::from_vars(&vars(&[(name, value)])).unwrap_err();
+        assert_eq!(err.var, name, "{value}: {err}");
+    }
+}

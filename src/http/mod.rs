@@ -3,10 +3,11 @@
 //! sane inbound `X-Request-Id` is kept, anything else is replaced by a random one), the access log
 //! and HTTP metrics ([`observe`]), security headers (plus HSTS when serving TLS), admission (per-IP
 //! rate limit on unauthenticated routes, the deadline of non-upload routes — [`admission`]), error
-//! bodies with the request ID. [`server`] accepts connections (plain or TLS) and drains them on
-//! shutdown.
+//! bodies with the request ID. [`server`] accepts connections (plain or TLS), caps them per client
+//! ([`connections`]) and drains them on shutdown.
 
 pub mod admission;
+pub mod connections;
 pub mod error;
 pub mod extract;
 pub mod form;

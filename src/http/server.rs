@@ -1,6 +1,19 @@
 //! The accept loop: HTTP/1.1 connections, plain or TLS, each served by hyper in its own tracked
-//! task, with the connection limits axum's `serve` does not expose (request-head size, head read
-//! timeout) and a shutdown that knows its connections.
+//! task, with the connection limits axum's `serve` does not expose and a shutdown that knows its
+//! connections.
+//!
+//! Limits: `max_connections` connections at once (past it new ones wait in the kernel's backlog);
+//! per client network at most `max_connections_per_ip` ([`PerIpConnections`]: one more is closed
+//! as soon as it is accepted, without a TLS handshake, and never holds one of the global slots, so
+//! one client's idle connections cannot keep health probes from other addresses out); a request
+//! head of at most `max_header_bytes`; and `keepalive_timeout` without a complete request head
+//! closes the connection. That last one is hyper's `header_read_timeout`, which in hyper 1.12
+//! (Cargo.lock) runs from the moment a connection can read a head: right after the accept, and
+//! again right after each response of a kept-alive connection (`Conn::idle` wakes the reader, whose
+//! `poll_read_head` starts the timer). So it bounds an idle keep-alive connection, a connection
+//! that never sends anything, and a head that trickles in (slow loris) alike; the TLS handshake has
+//! the same limit. A request being handled, or a body being read, is not timed here (the request
+//! deadline and `MEDIA_UPLOAD_TIMEOUT` are).
 //!
 //! Shutdown ([`Server::run`] after `stop` completes): the listener closes at once; every connection
 //! is told to finish its current request and close; after `grace` (`SHUTDOWN_TIMEOUT`) the
@@ -24,8 +37,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-/// Time a client has to send a request head (slow-loris bound) and to finish a TLS handshake.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+use super::connections::PerIpConnections;
+use crate::telemetry::metrics::names;
+
+/// At most one log line a minute says connections are being refused over the per-IP cap.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Connection settings.
 #[derive(Clone)]
@@ -34,6 +50,11 @@ pub struct ServerOptions {
     pub max_header_bytes: usize,
     /// Connections served at once; past it new ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Connections one client network may hold (0: no cap); past it a new one is closed at once.
+    pub max_connections_per_ip: usize,
+    /// Time without a complete request head after which a connection is closed (idle keep-alive,
+    /// nothing sent, slow head), and the TLS handshake's limit.
+    pub keepalive_timeout: Duration,
     /// TLS, when serving HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -59,6 +80,9 @@ impl Server {
         let abort = CancellationToken::new();
         let tls = self.options.tls.clone().map(TlsAcceptor::from);
         let open = Arc::new(tokio::sync::Semaphore::new(self.options.max_connections));
+        let per_ip = PerIpConnections::new(self.options.max_connections_per_ip);
+        let mut refusals = RefusalLog::default();
+        let head_timeout = self.options.keepalive_timeout;
         tokio::pin!(stop);
         loop {
             // At the connection limit, stop accepting until one closes (backpressure, no busy loop).
@@ -78,21 +102,28 @@ impl Server {
                     }
                 },
             };
+            let Some(counted) = per_ip.open(peer.ip()) else {
+                // Closed before anything is read or spawned; the slot goes back at once.
+                drop((stream, permit));
+                refusals.record(peer);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let conn = Connection {
                 router: self.router.clone(),
                 peer,
                 max_header_bytes: self.options.max_header_bytes,
+                head_timeout,
                 finish: finish.clone(),
                 abort: abort.clone(),
             };
             let tls = tls.clone();
             let stopping = finish.clone();
             connections.spawn(async move {
-                let _permit = permit;
+                let _held = (permit, counted, OpenConnection::new());
                 let Some(acceptor) = tls else { return conn.serve(stream).await };
                 // A handshake still running at shutdown is abandoned: no request was sent yet.
-                let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream));
+                let handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream));
                 tokio::select! {
                     result = handshake => match result {
                         Ok(Ok(stream)) => conn.serve(stream).await,
@@ -118,24 +149,65 @@ impl Server {
     }
 }
 
+/// Counts and logs connections closed over the per-IP cap (the log at most once a minute).
+#[derive(Default)]
+struct RefusalLog {
+    last_logged: Option<std::time::Instant>,
+    since_logged: u64,
+}
+
+impl RefusalLog {
+    fn record(&mut self, peer: SocketAddr) {
+        metrics::counter!(names::CONNECTIONS_REFUSED, "reason" => "per_ip").increment(1);
+        self.since_logged += 1;
+        if self.last_logged.is_some_and(|at| at.elapsed() < REFUSAL_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            refused = self.since_logged,
+            "closing connections over MEDIA_MAX_CONNECTIONS_PER_IP (behind a proxy, raise it or set 0)"
+        );
+        self.last_logged = Some(std::time::Instant::now());
+        self.since_logged = 0;
+    }
+}
+
+/// The open-connections gauge's share of one connection.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::gauge!(names::CONNECTIONS_OPEN).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(names::CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
 /// One accepted connection.
 struct Connection {
     router: Router,
     peer: SocketAddr,
     max_header_bytes: usize,
+    head_timeout: Duration,
     finish: CancellationToken,
     abort: CancellationToken,
 }
 
 impl Connection {
     async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
-        let Self { router, peer, max_header_bytes, finish, abort } = self;
+        let Self { router, peer, max_header_bytes, head_timeout, finish, abort } = self;
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(max_header_bytes);
+        builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).max_buf_size(max_header_bytes);
         let mut connection = builder.serve_connection(TokioIo::new(stream), service);
         let mut run = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx));
         let result = tokio::select! {
@@ -157,6 +229,10 @@ impl Connection {
                     () = linger(io) => {}
                     () = abort.cancelled() => {}
                 }
+            }
+            Err(err) if err.is_timeout() => {
+                metrics::counter!(names::CONNECTIONS_TIMED_OUT).increment(1);
+                tracing::debug!(%peer, "no request head within MEDIA_KEEPALIVE_TIMEOUT: connection closed");
             }
             Err(err) => tracing::debug!(%peer, error = %err, "connection ended with an error"),
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::admission::Limits;
+use super::routes::health::ReadinessCache;
 use super::routes::metrics::ScrapeState;
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -60,4 +61,6 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// Scrape-time gauge bookkeeping.
     pub scrape: ScrapeState,
+    /// `/readyz`'s last result and the check in flight.
+    pub readiness: ReadinessCache,
 }

@@ -12,6 +12,16 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Metric names (one place, so dashboards and the operator guide can rely on them).
 pub mod names {
+    /// Counter of connections closed as soon as accepted, by `reason` (`per_ip`: over
+    /// `MEDIA_MAX_CONNECTIONS_PER_IP`).
+    pub const CONNECTIONS_REFUSED: &str = "media_connections_refused_total";
+    /// Counter of connections closed because no complete request head came within
+    /// `MEDIA_KEEPALIVE_TIMEOUT` (idle keep-alive, nothing sent, or a slow head).
+    pub const CONNECTIONS_TIMED_OUT: &str = "media_connections_timed_out_total";
+    /// Gauge of connections open (served, in a TLS handshake or closing).
+    pub const CONNECTIONS_OPEN: &str = "media_connections_open";
+    /// Counter of readiness checks run (`/readyz` answers from a result at most 1 s old).
+    pub const READINESS_CHECKS: &str = "media_readiness_checks_total";
     /// Counter of HTTP requests by `method`, `route` (template) and `status`.
     pub const HTTP_REQUESTS: &str = "media_http_requests_total";
     /// Histogram of request latency (to the response head) by `method` and `route`.
@@ -26,7 +36,7 @@ pub mod names {
     pub const UPLOAD_REJECTIONS: &str = "media_upload_rejections_total";
     /// Gauge of uploads holding a slot.
     pub const UPLOADS_IN_FLIGHT: &str = "media_uploads_in_flight";
-    /// Counter of 429 answers by `scope` (`principal`, `ip`).
+    /// Counter of 429 answers by `scope` (`principal`, `ip`, `readyz`).
     pub const RATE_LIMITED: &str = "media_rate_limited_total";
     /// Counter of refused tokens by `reason`.
     pub const AUTH_FAILURES: &str = "media_auth_failures_total";
@@ -104,6 +114,13 @@ pub fn render(handle: &PrometheusHandle) -> String {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(names::CONNECTIONS_REFUSED, "Connections closed as soon as accepted, by reason (per_ip)");
+    describe_counter!(
+        names::CONNECTIONS_TIMED_OUT,
+        "Connections closed without a complete request head within MEDIA_KEEPALIVE_TIMEOUT"
+    );
+    describe_gauge!(names::CONNECTIONS_OPEN, "Connections open");
+    describe_counter!(names::READINESS_CHECKS, "Readiness checks run (answers are shared for up to 1 s)");
     describe_counter!(names::HTTP_REQUESTS, "HTTP requests by method, route template and status");
     describe_histogram!(names::HTTP_DURATION, Unit::Seconds, "Time to the response head, by method and route");
     describe_gauge!(names::HTTP_IN_FLIGHT, "Requests being handled");
@@ -111,7 +128,7 @@ fn describe() {
     describe_counter!(names::UPLOADS, "Accepted uploads by result (stored, deduped)");
     describe_counter!(names::UPLOAD_REJECTIONS, "Refused uploads by reason (error code)");
     describe_gauge!(names::UPLOADS_IN_FLIGHT, "Uploads holding a concurrency slot");
-    describe_counter!(names::RATE_LIMITED, "Requests answered 429 by scope (principal, ip)");
+    describe_counter!(names::RATE_LIMITED, "Requests answered 429 by scope (principal, ip, readyz)");
     describe_counter!(names::AUTH_FAILURES, "Refused bearer tokens by reason");
     describe_counter!(names::JWKS_REFRESHES, "JWKS fetches by issuer and result");
     describe_gauge!(names::JWKS_KEYS, "Signing keys loaded per issuer");

@@ -1,6 +1,13 @@
 //! Health, readiness, version, error bodies and the headers every response carries.
 
+use std::net::IpAddr;
+use std::time::Instant;
+
+use secrecy::ExposeSecret;
+use sqlx::Connection;
+
 use crate::support::app::{spawn_app, spawn_app_with, Stack, STACKS};
+use crate::support::connections::HANG_GUARD;
 
 #[tokio::test]
 async fn healthz_readyz_and_version_answer_without_auth() {
@@ -102,4 +109,72 @@ async fn blob_links_do_not_exist_on_the_s3_backend() {
     let app = spawn_app(Stack::PostgresS3).await;
     let response = app.http.get(app.url("/v1/blobs/some/key?X-Media-Expires=1")).send().await.expect("request");
     assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn concurrent_readyz_calls_share_one_check() {
+    const CALLERS: usize = 20;
+    let app = spawn_app(Stack::PostgresS3).await;
+    // The keyring check reads tenant_keys: while this lock is held the check stays in flight, so
+    // every caller below arrives while it runs.
+    let url = app.state.config.database.url.expose_secret().to_owned();
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE tenant_keys IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    let runs_before = app.state.readiness.runs();
+
+    let calls: Vec<_> = (0..CALLERS).map(|_| tokio::spawn(app.http.get(app.url("/readyz")).send())).collect();
+    let started = Instant::now();
+    while app.state.readiness.waiting() < CALLERS {
+        assert!(started.elapsed() < HANG_GUARD, "only {} callers joined the check", app.state.readiness.waiting());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+
+    let mut bodies = Vec::new();
+    for call in calls {
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(response.status(), 200);
+        bodies.push(response.json::<serde_json::Value>().await.unwrap());
+    }
+    assert_eq!(bodies[0]["status"], "ready", "{}", bodies[0]);
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "every caller got the one result");
+    assert_eq!(app.state.readiness.runs() - runs_before, 1, "{CALLERS} concurrent calls ran the checks once");
+}
+
+#[tokio::test]
+async fn readyz_past_its_per_address_rate_is_429_rate_limited_and_other_addresses_and_healthz_go_on() {
+    let app = spawn_app_with(
+        Stack::SqliteFs,
+        &[("MEDIA_RATE_LIMIT_READYZ_RPS", "1"), ("MEDIA_RATE_LIMIT_READYZ_BURST", "3")],
+    )
+    .await;
+    let started = Instant::now();
+    let mut ready = 0;
+    let mut refused = None;
+    for _ in 0..20 {
+        let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+        match response.status().as_u16() {
+            200 => ready += 1,
+            429 => {
+                refused = Some(response);
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let refused = refused.expect("20 calls in a row pass a rate of 1/s with a burst of 3");
+    assert!(ready >= 3, "the burst passes: {ready}");
+    assert!(ready <= 3 + started.elapsed().as_secs() + 1, "then one a second: {ready}");
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    assert!(!body["error"].as_str().unwrap().is_empty(), "{body}");
+
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "liveness is never limited");
+    let elsewhere = reqwest::Client::builder().no_proxy().local_address(IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    let other = elsewhere.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(other.status(), 200, "another address has its own bucket");
 }

@@ -11,6 +11,7 @@ mod audit_privacy;
 mod auth;
 mod auth_policy;
 mod cli;
+mod connections;
 mod dedup;
 mod exclusion;
 mod faults;

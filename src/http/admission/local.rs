@@ -1,5 +1,5 @@
-//! The replica's own limits: `governor` GCRA buckets per principal and per client network, and the
-//! count of uploads each caller runs in this process.
+//! The replica's own limits: `governor` GCRA buckets per principal and per client network (one for
+//! requests, one for `/readyz`), and the count of uploads each caller runs in this process.
 //!
 //! They are the limits when `MEDIA_REDIS_URL` is not set, and the fallback of each check when it is
 //! set but Redis does not answer ([`super::shared`]). Idle bucket keys are pruned every minute so the
@@ -23,16 +23,18 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub(super) struct LocalLimits {
     principals: Option<DefaultKeyedRateLimiter<String>>,
     ips: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    readyz: Option<DefaultKeyedRateLimiter<IpAddr>>,
     per_caller: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl LocalLimits {
-    /// Buckets for the two rates (a rate of 0 turns its bucket off); prunes idle keys in the
+    /// Buckets for the three rates (a rate of 0 turns its bucket off); prunes idle keys in the
     /// background when a runtime is there.
-    pub(super) fn new(principal_rate: RateLimit, ip_rate: RateLimit) -> Arc<Self> {
+    pub(super) fn new(principal_rate: RateLimit, ip_rate: RateLimit, readyz_rate: RateLimit) -> Arc<Self> {
         let limits = Arc::new(Self {
             principals: limiter(principal_rate),
             ips: limiter(ip_rate),
+            readyz: limiter(readyz_rate),
             per_caller: Arc::new(Mutex::new(HashMap::new())),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -52,6 +54,14 @@ impl LocalLimits {
     /// Takes a token from a client network's bucket; `Err` carries the wait until the next token.
     pub(super) fn check_ip(&self, network: IpAddr) -> Result<(), Duration> {
         match &self.ips {
+            Some(limiter) => check(limiter, &network),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes a token from a client network's `/readyz` bucket; `Err` carries the wait.
+    pub(super) fn check_readyz(&self, network: IpAddr) -> Result<(), Duration> {
+        match &self.readyz {
             Some(limiter) => check(limiter, &network),
             None => Ok(()),
         }
@@ -110,7 +120,7 @@ async fn prune(limits: Weak<LocalLimits>) {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        if let Some(limiter) = &limits.ips {
+        for limiter in [&limits.ips, &limits.readyz].into_iter().flatten() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -123,7 +133,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_callers_running_uploads_count_by_weight_and_free_it_when_dropped() {
-        let limits = LocalLimits::new(RateLimit { rps: 0, burst: 0 }, RateLimit { rps: 0, burst: 0 });
+        let off = RateLimit { rps: 0, burst: 0 };
+        let limits = LocalLimits::new(off, off, off);
         let heavy = limits.start_upload("alice", 5, 8).expect("5 of 8");
         assert!(limits.start_upload("alice", 5, 8).is_none(), "5 + 5 passes the cap of 8");
         let light = [limits.start_upload("alice", 1, 8), limits.start_upload("alice", 1, 8)];

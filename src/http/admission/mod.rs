@@ -1,7 +1,9 @@
 //! Admission control: per-principal and per-IP token buckets (429 `rate_limited` with
-//! `Retry-After`), the per-caller upload cap (429 `too_many_uploads`), the upload concurrency cap
-//! (503 `busy`), request deadlines (503 `timeout`), upload body deadlines (408 `upload_timeout`:
-//! the whole body within `MEDIA_UPLOAD_TIMEOUT`, no gap longer than `MEDIA_UPLOAD_IDLE_TIMEOUT`).
+//! `Retry-After`), a per-IP bucket of its own for `/readyz` (its answers are cheap, shared and at
+//! most 1 s old, but it stays unauthenticated), the per-caller upload cap (429
+//! `too_many_uploads`), the upload concurrency cap (503 `busy`), request deadlines (503 `timeout`),
+//! upload body deadlines (408 `upload_timeout`: the whole body within `MEDIA_UPLOAD_TIMEOUT`, no
+//! gap longer than `MEDIA_UPLOAD_IDLE_TIMEOUT`).
 //!
 //! The per-caller cap counts slots, not requests: a JSON upload counts the slots it holds (at most
 //! the whole cap), so one caller never holds more than `MEDIA_MAX_UPLOADS_PER_CALLER` slots of the
@@ -10,7 +12,8 @@
 //!
 //! The buckets are keyed by `issuer\0subject` (authenticated callers, in the auth extractor) or by
 //! the TCP peer's network (unauthenticated routes, and callers whose token was refused, so a flood
-//! of bad tokens is throttled too). Health probes and `/metrics` are never limited.
+//! of bad tokens is throttled too). `/healthz` and `/metrics` are never limited; `/readyz` only by
+//! its own bucket (`MEDIA_RATE_LIMIT_READYZ_*`, always this process's: it guards this process).
 //!
 //! Where the buckets and the per-caller counts live: in this process ([`local`]), or, with
 //! `MEDIA_REDIS_URL`, in Redis, shared by every replica ([`shared`]); while Redis does not answer,
@@ -44,6 +47,7 @@ use self::shared::{Lease, SharedLimits};
 use super::error::ApiError;
 use crate::auth::Principal;
 use crate::config::{Config, RateLimit, StorageConfig};
+pub use crate::domain::network::client_network;
 use crate::http::state::AppState;
 use crate::telemetry::metrics::names;
 
@@ -92,7 +96,7 @@ impl Limits {
             None => None,
         };
         Ok(Arc::new(Self {
-            local: LocalLimits::new(config.ops.principal_rate, config.ops.ip_rate),
+            local: LocalLimits::new(config.ops.principal_rate, config.ops.ip_rate, config.ops.readyz_rate),
             shared,
             principal_rate: config.ops.principal_rate,
             ip_rate: config.ops.ip_rate,
@@ -134,6 +138,12 @@ impl Limits {
         let shared = self.rate_in_redis("ip", &network.to_string(), self.ip_rate).await;
         let result = shared.unwrap_or_else(|| self.local.check_ip(network));
         limited(result, "ip")
+    }
+
+    /// Takes a token from the client network's `/readyz` bucket (this process's own).
+    pub fn check_readyz(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
+        let Some(ip) = peer else { return Ok(()) };
+        limited(self.local.check_readyz(client_network(ip)), "readyz")
     }
 
     /// The shared bucket's answer, or `None` when the process must answer (no Redis, or Redis
@@ -226,18 +236,6 @@ fn limited(result: Result<(), Duration>, scope: &'static str) -> Result<(), ApiE
     })
 }
 
-/// The rate-limit key of a client address: IPv4 as is, IPv6 by its /64 (one subscriber's
-/// network; a single host can use any address in it), IPv4-mapped IPv6 as the IPv4 address.
-pub fn client_network(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        },
-    }
-}
-
 /// The TCP peer's address, when the server recorded it.
 pub fn peer_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
     extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
@@ -310,7 +308,8 @@ const UPLOAD_ROUTES: [(&str, &str); 4] = [
 ];
 
 /// Routes without a caller to limit by principal, limited by client IP instead (unmatched paths
-/// included, so scanners are throttled). Health probes and `/metrics` are never limited.
+/// included, so scanners are throttled). Health probes and `/metrics` are not (`/readyz` has its
+/// own bucket).
 fn is_ip_limited(route: Option<&str>) -> bool {
     !matches!(route, Some("/healthz" | "/readyz" | "/metrics")) && route.is_none_or(is_public_route)
 }
@@ -329,7 +328,11 @@ pub async fn admission(State(state): State<AppState>, request: Request, next: Ne
         *request.method(),
         Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::OPTIONS
     );
-    if unserved_method || is_ip_limited(route.as_deref()) {
+    if route.as_deref() == Some("/readyz") {
+        if let Err(err) = state.limits.check_readyz(peer_ip(request.extensions())) {
+            return err.into_response();
+        }
+    } else if unserved_method || is_ip_limited(route.as_deref()) {
         if let Err(err) = state.limits.check_ip(peer_ip(request.extensions())).await {
             return err.into_response();
         }
@@ -340,20 +343,4 @@ pub async fn admission(State(state): State<AppState>, request: Request, next: Ne
         return next.run(request).await;
     }
     deadline(State(state), request, next).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv6_clients_share_their_slash_64_and_mapped_addresses_count_as_ipv4() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
-        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
-        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
-        assert_eq!(client_network(a), client_network(b));
-        assert_ne!(client_network(a), client_network(other));
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
-        assert_eq!(client_network(mapped), "192.0.2.7".parse::<IpAddr>().expect("ip"));
-    }
 }

@@ -9,11 +9,21 @@
 //! issuer); only when no issuer has keys is it not ready.
 //! With `MEDIA_REDIS_URL`, `limits` says whether the limits are shared (`ok`) or each replica's
 //! own because Redis does not answer (`degraded`): still ready, as the service works either way.
-
-use std::future::Future;
-use std::time::Duration;
+//!
+//! The checks cost a database round trip, a query and an S3 `HeadBucket`, and `/readyz` needs no
+//! token, so it answers from a result at most [`MAX_AGE`] old ([`ReadinessCache`]): at most one check
+//! runs at a time, in a task of its own, and every caller that comes while it runs waits for that
+//! same result. Each client network also has a `/readyz` rate limit of its own
+//! (`MEDIA_RATE_LIMIT_READYZ_*`, in admission): 429 `rate_limited` past it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, Shared};
+use futures::FutureExt;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -24,10 +34,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::admission::LimitsState;
-use crate::http::openapi::CommonErrors;
+use crate::http::openapi::{CommonErrors, ErrorBody};
 use crate::http::state::AppState;
+use crate::telemetry::metrics::names;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Oldest readiness result `/readyz` answers with.
+pub const MAX_AGE: Duration = Duration::from_secs(1);
 
 /// `GET /healthz`, `GET /readyz`, `GET /v1/version`.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -43,7 +57,7 @@ pub struct Health {
 }
 
 /// Readiness: each dependency `ok` or `down`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready`, `degraded` (200: some token issuer has no signing keys, another has) or `not_ready`.
     #[schema(example = "ready")]
@@ -110,16 +124,98 @@ async fn keyring_covers_stored_keys(state: &AppState) -> Result<(), String> {
     Err(format!("tenant keys are wrapped under master keys missing from the keyring: {}", missing.join(", ")))
 }
 
-/// Whether the database, blob store, keyring and every issuer's signing keys are usable.
+/// Whether the database, blob store, keyring and every issuer's signing keys are usable, as checked
+/// at most [`MAX_AGE`] ago.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready, or degraded (a token issuer without keys while another has them)", body = Readiness),
+    (status = 429, description = "This client asked too often (`rate_limited`); see `Retry-After`", body = ErrorBody),
     (status = 503, description = "A dependency is down (`error` names it), or the deadline passed", body = Readiness),
 ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let (status, body) = state.readiness.answer(&state).await;
+    (status, Json(body))
+}
+
+/// A readiness answer.
+type Answer = (StatusCode, Readiness);
+
+/// `/readyz`'s last result and the check in flight (see the module docs).
+#[derive(Default)]
+pub struct ReadinessCache {
+    slot: Mutex<Slot>,
+    runs: AtomicU64,
+    waiting: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Slot {
+    last: Option<(Instant, Answer)>,
+    running: Option<Shared<BoxFuture<'static, Answer>>>,
+}
+
+impl ReadinessCache {
+    /// The last result if it is at most [`MAX_AGE`] old; else the result of the check in flight,
+    /// started now if none is.
+    pub async fn answer(&self, state: &AppState) -> Answer {
+        let running = {
+            let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((at, answer)) = &slot.last {
+                if at.elapsed() <= MAX_AGE {
+                    return answer.clone();
+                }
+            }
+            slot.running.get_or_insert_with(|| self.start(state.clone())).clone()
+        };
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        running.await
+    }
+
+    /// Checks run so far (tests, with [`Self::waiting`]).
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::SeqCst)
+    }
+
+    /// Callers waiting for the check in flight now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Runs the checks in a task of their own, which stores the result and clears the slot: a
+    /// caller that goes away does not stop them, and the slot never holds the state.
+    fn start(&self, state: AppState) -> Shared<BoxFuture<'static, Answer>> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        metrics::counter!(names::READINESS_CHECKS).increment(1);
+        let task = tokio::spawn(async move {
+            let answer = std::panic::AssertUnwindSafe(check_all(&state))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| not_ready(BTreeMap::new(), vec!["the readiness check failed".to_owned()], None));
+            let mut slot = state.readiness.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            slot.last = Some((Instant::now(), answer.clone()));
+            slot.running = None;
+            answer
+        });
+        let stopped = || not_ready(BTreeMap::new(), vec!["the readiness check was stopped".to_owned()], None);
+        task.map(move |joined| joined.unwrap_or_else(|_| stopped())).boxed().shared()
+    }
+}
+
+/// Counts a caller waiting for the check in flight, until it stops waiting (answered or gone).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs every readiness check now.
+async fn check_all(state: &AppState) -> Answer {
     let (database, storage, keyring) = tokio::join!(
         check("database", state.db.ping()),
         check("storage", state.blobs.check()),
-        check("keyring", keyring_covers_stored_keys(&state)),
+        check("keyring", keyring_covers_stored_keys(state)),
     );
     let mut checks = BTreeMap::new();
     let mut failures = Vec::new();
@@ -150,9 +246,14 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
     }
     if failures.is_empty() {
         let status = if degraded.is_some() { "degraded" } else { "ready" };
-        return (StatusCode::OK, Json(Readiness { status, checks, error: None, degraded, code: None }));
+        return (StatusCode::OK, Readiness { status, checks, error: None, degraded, code: None });
     }
+    not_ready(checks, failures, degraded)
+}
+
+/// The 503 answer naming what failed.
+fn not_ready(checks: BTreeMap<String, &'static str>, failures: Vec<String>, degraded: Option<String>) -> Answer {
     let error = Some(failures.join("; "));
     let body = Readiness { status: "not_ready", checks, error, degraded, code: Some("not_ready") };
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    (StatusCode::SERVICE_UNAVAILABLE, body)
 }

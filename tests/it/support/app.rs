@@ -99,6 +99,9 @@ pub async fn base_vars(stack: Stack, dir: &std::path::Path) -> HashMap<String, S
         // Tests fire requests faster than any client should; the limits have their own tests.
         ("MEDIA_RATE_LIMIT_RPS", "0".to_owned()),
         ("MEDIA_RATE_LIMIT_IP_RPS", "0".to_owned()),
+        ("MEDIA_RATE_LIMIT_READYZ_RPS", "0".to_owned()),
+        // Some tests open hundreds of connections at once from 127.0.0.1.
+        ("MEDIA_MAX_CONNECTIONS_PER_IP", "0".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
