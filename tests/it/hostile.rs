@@ -5,7 +5,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 
 use crate::support::app::STACKS;
-use crate::support::media::{json_of, media_app, png, MediaApp};
+use crate::support::media::{form_with_file, json_of, media_app, png, MediaApp};
 
 const BOUNDARY: &str = "hostile-boundary-7f3a";
 
@@ -27,13 +27,7 @@ async fn post_form(m: &MediaApp, token: &str, body: Vec<u8>, chunk: usize) -> (S
 
 /// A form whose `file` part (a PNG) comes after `preamble`.
 fn form_after(preamble: &[u8], file: &[u8]) -> Vec<u8> {
-    let mut body = preamble.to_vec();
-    body.extend_from_slice(format!("\r\n--{BOUNDARY}\r\n").as_bytes());
-    body.extend_from_slice(b"Content-Disposition: form-data; name=\"file\"; filename=\"p.png\"\r\n");
-    body.extend_from_slice(b"Content-Type: image/png\r\n\r\n");
-    body.extend_from_slice(file);
-    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
-    body
+    form_with_file(BOUNDARY, preamble, file)
 }
 
 #[tokio::test]

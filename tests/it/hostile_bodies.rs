@@ -9,28 +9,21 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::support::app::STACKS;
-use crate::support::limits::channel_body;
-use crate::support::media::{data_url, json_of, media_app, png, MediaApp};
+use crate::support::limits::{channel_body, stalled_json_upload};
+use crate::support::media::{data_url, form_with_file, json_of, media_app, png, MediaApp};
 
 const BOUNDARY: &str = "bodies-boundary-51c2";
 
 /// One form part named `name` holding `value`.
 fn part(name: &str, value: &[u8]) -> Vec<u8> {
-    let mut part = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n").into_bytes();
+    let mut part = format!("\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n").into_bytes();
     part.extend_from_slice(value);
-    part.extend_from_slice(b"\r\n");
     part
 }
 
 /// A form: `parts`, then a `file` part holding `file`.
 fn form(parts: &[Vec<u8>], file: &[u8]) -> Vec<u8> {
-    let mut body = parts.concat();
-    body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
-    body.extend_from_slice(b"Content-Disposition: form-data; name=\"file\"; filename=\"f.png\"\r\n");
-    body.extend_from_slice(b"Content-Type: image/png\r\n\r\n");
-    body.extend_from_slice(file);
-    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
-    body
+    form_with_file(BOUNDARY, &parts.concat(), file)
 }
 
 async fn post_form(m: &MediaApp, token: &str, body: Vec<u8>) -> (StatusCode, serde_json::Value) {
@@ -97,19 +90,7 @@ async fn a_stalling_caller_holds_only_its_share_of_slots_and_is_cut_off_when_idl
 
         // A data-URL upload is held in memory whole: it weighs several slots. It sends its
         // first bytes and stalls.
-        let (tx, body) = channel_body();
-        let request =
-            m.http().post(m.url("/v1/media")).bearer_auth(&mallory).header("content-type", "application/json");
-        let stalled = tokio::spawn(request.body(body).send());
-        tx.send(Ok(Bytes::from_static(b"{\"source\":{\"type\":\"data_url\",\"data_url\":\"data:image/png;base64,")))
-            .await
-            .unwrap();
-        let started = Instant::now();
-        while m.app.state.limits.free_upload_slots() == 16 {
-            assert!(started.elapsed() < Duration::from_secs(30), "the stalled upload never took its slots");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let held = 16 - m.app.state.limits.free_upload_slots();
+        let ((tx, stalled), held) = stalled_json_upload(&m, &mallory, 16).await;
         assert!(held > 4, "{stack:?}: a JSON upload weighs more than one slot ({held})");
 
         // Her weight counts against her own cap: neither a second JSON upload nor a raw one fits.

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 
 use crate::support::app::{random_hex, Stack};
-use crate::support::limits::{channel_body, metric, redis_url, serve_with_shared_limits, wait_for_limits, OwnRedis};
+use crate::support::limits::{
+    channel_body, metric, redis_url, serve_with_shared_limits, stalled_json_upload, wait_for_limits, OwnRedis,
+};
 use crate::support::media::{json_of, media_app, png, MediaApp};
 use crate::support::process::{binary_vars, token, Service};
 
@@ -207,18 +209,7 @@ async fn a_callers_upload_weight_counts_on_every_replica() {
     let mallory = a.token("tenant-a", &subject, &[]);
 
     // A data-URL upload on replica a, stalled after its first bytes, holds several slots there.
-    let (tx, body) = channel_body();
-    let request = a.http().post(a.url("/v1/media")).bearer_auth(&mallory).header("content-type", "application/json");
-    let held = tokio::spawn(request.body(body).send());
-    tx.send(Ok(Bytes::from_static(b"{\"source\":{\"type\":\"data_url\",\"data_url\":\"data:image/png;base64,")))
-        .await
-        .unwrap();
-    let started = Instant::now();
-    while a.app.state.limits.free_upload_slots() == 16 {
-        assert!(started.elapsed() < Duration::from_secs(30), "the held upload never took its slots");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let weight = 16 - a.app.state.limits.free_upload_slots();
+    let ((tx, held), weight) = stalled_json_upload(&a, &mallory, 16).await;
     assert!((2..8).contains(&weight), "a JSON upload weighs several slots, fewer than the cap ({weight})");
 
     // Replica b sees her weight in Redis: what is left of her cap is 8 - weight slots.

@@ -95,6 +95,27 @@ pub fn channel_body() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, reqwest::
     (tx, reqwest::Body::wrap_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))))
 }
 
+/// A running request whose body the test feeds, and its answer to come.
+pub type HeldRequest =
+    (mpsc::Sender<Result<Bytes, std::io::Error>>, tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>);
+
+/// Starts a JSON data-URL upload by `token` on `m` that sends its first bytes and stalls; returns
+/// once it holds its slots, with how many it holds (of `total`, all free before).
+pub async fn stalled_json_upload(m: &super::media::MediaApp, token: &str, total: usize) -> (HeldRequest, usize) {
+    let (tx, body) = channel_body();
+    let request = m.http().post(m.url("/v1/media")).bearer_auth(token).header("content-type", "application/json");
+    let held = tokio::spawn(request.body(body).send());
+    tx.send(Ok(Bytes::from_static(b"{\"source\":{\"type\":\"data_url\",\"data_url\":\"data:image/png;base64,")))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while m.app.state.limits.free_upload_slots() == total {
+        assert!(started.elapsed() < Duration::from_secs(30), "the stalled upload never took its slots");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ((tx, held), total - m.app.state.limits.free_upload_slots())
+}
+
 /// `/readyz` of the service at `base`: its status and `checks.limits` (`""` when absent).
 pub async fn readiness(http: &reqwest::Client, base: &str) -> (u16, String) {
     let (status, body) = readyz(http, base).await;

@@ -11,6 +11,18 @@ use serde_json::{json, Value};
 
 use super::app::{payload, random_hex, s3_client, s3_env, spawn_app_with, Stack, TestApp};
 
+/// A multipart body: `prefix` as it is (a preamble, or parts each starting with `\r\n--boundary`),
+/// then a `file` part holding `file` (as `f.png`, `image/png`) and the closing boundary.
+pub fn form_with_file(boundary: &str, prefix: &[u8], file: &[u8]) -> Vec<u8> {
+    let mut body = prefix.to_vec();
+    body.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+    body.extend_from_slice(b"Content-Disposition: form-data; name=\"file\"; filename=\"f.png\"\r\n");
+    body.extend_from_slice(b"Content-Type: image/png\r\n\r\n");
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
 /// The signature of a PNG plus arbitrary bytes: sniffed as PNG (the service checks the type, not
 /// that the image decodes).
 pub fn png(len: usize, seed: u64) -> Vec<u8> {
