@@ -122,6 +122,7 @@ impl Application {
                     max_connections: 64,
                     max_connections_per_ip: 0,
                     keepalive_timeout: config.ops.keepalive_timeout,
+                    send_timeout: config.ops.send_timeout,
                     tls: None,
                 },
             );
@@ -133,6 +134,7 @@ impl Application {
             max_connections: config.ops.max_connections,
             max_connections_per_ip: config.ops.max_connections_per_ip,
             keepalive_timeout: config.ops.keepalive_timeout,
+            send_timeout: config.ops.send_timeout,
             tls: self.tls.as_ref().map(ReloadingCert::server_config),
         };
         let server = Server::new(self.listener, crate::http::router(self.state), options);

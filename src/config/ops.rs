@@ -76,6 +76,9 @@ pub struct OpsConfig {
     /// end of its previous response (an idle keep-alive connection), to the last byte of the next
     /// head; also the TLS handshake's limit (`MEDIA_KEEPALIVE_TIMEOUT`, default 15s, 1s to 5m).
     pub keepalive_timeout: Duration,
+    /// How long a client may accept no byte of a response before it is disconnected
+    /// (`MEDIA_SEND_TIMEOUT`, default 30s, 1s to 10m).
+    pub send_timeout: Duration,
     /// Per-client-IP limit of `/readyz` (`MEDIA_RATE_LIMIT_READYZ_RPS` 10, `_BURST` 20).
     pub readyz_rate: RateLimit,
     /// Origins allowed by CORS (`CORS_ALLOWED_ORIGINS`; none by default, `*` for any).
@@ -259,6 +262,10 @@ pub(super) fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
     if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&keepalive_timeout) {
         return Err(ConfigError::new("MEDIA_KEEPALIVE_TIMEOUT", "must be between 1s and 5m"));
     }
+    let send_timeout = env.duration("MEDIA_SEND_TIMEOUT")?.unwrap_or(Duration::from_secs(30));
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&send_timeout) {
+        return Err(ConfigError::new("MEDIA_SEND_TIMEOUT", "must be between 1s and 10m"));
+    }
     Ok(OpsConfig {
         metrics_addr: env.parse("MEDIA_METRICS_ADDR", "an address such as 0.0.0.0:9090")?,
         principal_rate: rate_limit(env, "MEDIA_RATE_LIMIT_RPS", "MEDIA_RATE_LIMIT_BURST", (100, 200))?,
@@ -272,6 +279,7 @@ pub(super) fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
         max_connections,
         max_connections_per_ip,
         keepalive_timeout,
+        send_timeout,
         readyz_rate: rate_limit(env, "MEDIA_RATE_LIMIT_READYZ_RPS", "MEDIA_RATE_LIMIT_READYZ_BURST", (10, 20))?,
         cors_allowed_origins,
         tls,

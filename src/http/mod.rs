@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod range;
 pub mod request;
 pub mod routes;
+pub mod send_timeout;
 pub mod server;
 pub mod state;
 pub mod tls;

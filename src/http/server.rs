@@ -37,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::send_timeout::SendTimeout;
+
 use super::connections::PerIpConnections;
 use crate::telemetry::metrics::names;
 
@@ -55,6 +57,8 @@ pub struct ServerOptions {
     /// Time without a complete request head after which a connection is closed (idle keep-alive,
     /// nothing sent, slow head), and the TLS handshake's limit.
     pub keepalive_timeout: Duration,
+    /// Time a client may accept no byte of a response before it is disconnected.
+    pub send_timeout: Duration,
     /// TLS, when serving HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -114,6 +118,7 @@ impl Server {
                 peer,
                 max_header_bytes: self.options.max_header_bytes,
                 head_timeout,
+                send_timeout: self.options.send_timeout,
                 finish: finish.clone(),
                 abort: abort.clone(),
             };
@@ -195,19 +200,21 @@ struct Connection {
     peer: SocketAddr,
     max_header_bytes: usize,
     head_timeout: Duration,
+    send_timeout: Duration,
     finish: CancellationToken,
     abort: CancellationToken,
 }
 
 impl Connection {
     async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
-        let Self { router, peer, max_header_bytes, head_timeout, finish, abort } = self;
+        let Self { router, peer, max_header_bytes, head_timeout, send_timeout, finish, abort } = self;
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).max_buf_size(max_header_bytes);
+        let stream = SendTimeout::new(stream, send_timeout);
         let mut connection = builder.serve_connection(TokioIo::new(stream), service);
         let mut run = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx));
         let result = tokio::select! {

@@ -18,6 +18,7 @@ pub mod names {
     /// Counter of connections closed because no complete request head came within
     /// `MEDIA_KEEPALIVE_TIMEOUT` (idle keep-alive, nothing sent, or a slow head).
     pub const CONNECTIONS_TIMED_OUT: &str = "media_connections_timed_out_total";
+    pub const SEND_TIMEOUTS: &str = "media_send_timeouts_total";
     /// Gauge of connections open (served, in a TLS handshake or closing).
     pub const CONNECTIONS_OPEN: &str = "media_connections_open";
     /// Counter of readiness checks run (`/readyz` answers from a result at most 1 s old).
@@ -118,6 +119,10 @@ fn describe() {
     describe_counter!(
         names::CONNECTIONS_TIMED_OUT,
         "Connections closed without a complete request head within MEDIA_KEEPALIVE_TIMEOUT"
+    );
+    describe_counter!(
+        names::SEND_TIMEOUTS,
+        "Connections dropped because the client accepted no byte of a response within MEDIA_SEND_TIMEOUT"
     );
     describe_gauge!(names::CONNECTIONS_OPEN, "Connections open");
     describe_counter!(names::READINESS_CHECKS, "Readiness checks run (answers are shared for up to 1 s)");

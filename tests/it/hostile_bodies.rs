@@ -187,3 +187,32 @@ async fn resolve_calls_share_a_memory_budget_and_past_it_are_told_to_retry() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["payload"], small["payload"]);
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answer_is_dropped_and_gives_the_budget_back() {
+    let m = media_app(crate::support::app::Stack::SqliteFs, &[("MEDIA_SEND_TIMEOUT", "1s")]).await;
+    let full = m.app.state.limits.resolve_budget.available();
+    // A 7 MB payload comes back as a 7 MB answer: more than the socket buffers hold.
+    let body = format!("{{\"payload\": [{}]}}", vec!["1"; 3_500_000].join(",")).into_bytes();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(([127, 0, 0, 1], m.app.port).into()).await.unwrap();
+    let head = format!(
+        "POST /v1/media/resolve HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        m.alice(),
+        body.len()
+    );
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    // It never reads: the answer stalls, and after MEDIA_SEND_TIMEOUT the service drops it.
+    let started = Instant::now();
+    while m.app.state.limits.resolve_budget.available() != full {
+        assert!(started.elapsed() < Duration::from_secs(60), "the stalled answer kept its charge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = m.http().get(m.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("media_send_timeouts_total 1"), "{metrics}");
+    drop(stream);
+}
