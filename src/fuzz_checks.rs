@@ -166,7 +166,7 @@ pub fn resolve_payload(data: &[u8]) {
 /// flipped bit anywhere in the sealed object makes it fail to open.
 pub fn object_segments(data: &[u8]) {
     use crate::crypto::object::{self, open_object, seal_object, ObjectHeader};
-    const CONTEXT: &[u8] = b"acme\0m/fuzz";
+    const CONTEXT: &[&[u8]] = &[b"acme", b"m/fuzz"];
     let _ = object::plain_len(data.len() as u64);
     if let Ok(header) = ObjectHeader::parse(data) {
         let dek = DataKey::generate(header.dek_version);

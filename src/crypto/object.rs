@@ -8,7 +8,8 @@
 //! AES-256-GCM: the nonce is the prefix, the segment's 32-bit big-endian counter and a last-segment
 //! flag, so a segment moved, dropped, repeated, or a stream cut at a segment boundary or extended
 //! past its last segment, fails to open. The key is per object: HKDF-SHA256 of the tenant DEK with
-//! the salt, its info naming the format and the caller's context (the tenant and storage key), so
+//! the salt, its info naming the format and the caller's context (tenant and storage key, each
+//! length-prefixed), so
 //! no two objects share a key and an object copied over another's key does not open there. Every
 //! segment's associated data is the whole header, so a header edited in place fails too.
 //!
@@ -127,14 +128,19 @@ pub struct Span {
     pub skip: u64,
 }
 
-/// The segments holding plaintext `range` (non-empty, within `plain`).
-pub fn span(range: Range<u64>, plain: u64) -> Span {
+/// The segments holding plaintext `range` of an object of `plain` bytes: a non-empty range within
+/// it (or `0..0` of an empty object); anything else is [`CryptoError::Integrity`].
+pub fn span(range: Range<u64>, plain: u64) -> Result<Span, CryptoError> {
+    let empty_object = plain == 0 && range == (0..0);
+    if !empty_object && (range.start >= range.end || range.end > plain || plain > u64::MAX / 2) {
+        return Err(CryptoError::Integrity);
+    }
     let first = range.start / SEGMENT_LEN;
     let end_segment = range.end.saturating_sub(1) / SEGMENT_LEN;
     let last_of_object = segment_count(plain) - 1;
     let start = HEADER_LEN + first * SEALED_SEGMENT_LEN;
     let end = (HEADER_LEN + (end_segment + 1) * SEALED_SEGMENT_LEN).min(sealed_len(plain));
-    Span { first, last_of_object, sealed: start..end, skip: range.start - first * SEGMENT_LEN }
+    Ok(Span { first, last_of_object, sealed: start..end, skip: range.start - first * SEGMENT_LEN })
 }
 
 /// One object's key and header: seals or opens its segments, in any order.
@@ -145,22 +151,29 @@ pub struct ObjectCipher {
 
 impl ObjectCipher {
     /// The cipher of a new object under `dek` (fresh salt and nonce prefix). `context` names
-    /// where the object lives (tenant and storage key): it must be the same to open it.
-    pub fn new_object(dek: &DataKey, context: &[u8]) -> Self {
+    /// where the object lives (tenant, storage key): the same parts open it. Each part is
+    /// length-prefixed in the key derivation, so no two different contexts derive alike.
+    pub fn new_object(dek: &DataKey, context: &[&[u8]]) -> Self {
         Self::derive(dek, context, &ObjectHeader::fresh(dek.version))
     }
 
     /// The cipher of a stored object whose header is `header`; `dek` must be the version it names.
-    pub fn existing(dek: &DataKey, context: &[u8], header: &ObjectHeader) -> Result<Self, CryptoError> {
+    pub fn existing(dek: &DataKey, context: &[&[u8]], header: &ObjectHeader) -> Result<Self, CryptoError> {
         if dek.version != header.dek_version {
             return Err(CryptoError::KeyMismatch);
         }
         Ok(Self::derive(dek, context, header))
     }
 
-    fn derive(dek: &DataKey, context: &[u8], header: &ObjectHeader) -> Self {
+    fn derive(dek: &DataKey, context: &[&[u8]], header: &ObjectHeader) -> Self {
         let mut key = Zeroizing::new([0u8; 32]);
-        let info = [HKDF_INFO, context];
+        let lengths: Vec<[u8; 4]> =
+            context.iter().map(|part| u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes()).collect();
+        let mut info: Vec<&[u8]> = vec![HKDF_INFO];
+        for (length, part) in lengths.iter().zip(context) {
+            info.push(length);
+            info.push(part);
+        }
         Hkdf::<Sha256>::new(Some(&header.salt), dek.bytes())
             .expand_multi_info(&info, key.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
@@ -306,7 +319,7 @@ impl Opener {
 }
 
 /// Seals a whole object held in memory (tests, small objects).
-pub fn seal_object(dek: &DataKey, context: &[u8], plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn seal_object(dek: &DataKey, context: &[&[u8]], plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let mut sealer = Sealer::new(ObjectCipher::new_object(dek, context));
     let mut out = Vec::with_capacity(usize::try_from(sealed_len(plain.len() as u64)).unwrap_or(0));
     sealer.push(plain, &mut out)?;
@@ -319,17 +332,14 @@ pub fn seal_object(dek: &DataKey, context: &[u8], plain: &[u8]) -> Result<Vec<u8
 /// header names.
 pub fn open_object(
     dek: &DataKey,
-    context: &[u8],
+    context: &[&[u8]],
     sealed: &[u8],
     range: Option<Range<u64>>,
 ) -> Result<Vec<u8>, CryptoError> {
     let plain = plain_len(sealed.len() as u64)?;
     let range = range.unwrap_or(0..plain);
-    if range.start > range.end || range.end > plain || (range.is_empty() && plain > 0) {
-        return Err(CryptoError::Integrity);
-    }
     let header = ObjectHeader::parse(sealed)?;
-    let span = span(range.clone(), plain);
+    let span = span(range.clone(), plain)?;
     let mut opener = Opener::new(ObjectCipher::existing(dek, context, &header)?, &span);
     let mut out = Vec::new();
     opener.push(&sealed[span.sealed.start as usize..span.sealed.end as usize], &mut out)?;

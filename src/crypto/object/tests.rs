@@ -1,6 +1,6 @@
 use super::*;
 
-const CONTEXT: &[u8] = b"acme\0m/0123456789abcdef";
+const CONTEXT: &[&[u8]] = &[b"acme", b"m/0123456789abcdef"];
 
 fn plaintext(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
@@ -49,7 +49,7 @@ fn any_range_opens_from_its_own_segments_only() {
     for (start, end) in [(0, 1), (SEG - 1, SEG + 1), (SEG, 2 * SEG), (5, 3 * SEG + 100), (3 * SEG + 99, 3 * SEG + 100)]
     {
         let range = start as u64..end as u64;
-        let span = span(range.clone(), plain.len() as u64);
+        let span = span(range.clone(), plain.len() as u64).unwrap();
         let segments = (span.sealed.end - span.sealed.start).div_ceil(SEALED_SEGMENT_LEN);
         assert!(segments <= (end - start).div_ceil(SEG) as u64 + 1, "{range:?} fetches {segments} segments");
         assert_eq!(open_range(&dek, &sealed, range).unwrap(), &plain[start..end], "{start}..{end}");
@@ -86,7 +86,7 @@ fn tampered_objects_never_open_to_wrong_bytes() {
     refused(&foreign, "a segment of another object");
     // The right bytes in another place, or under another key.
     let header = ObjectHeader::parse(&sealed).unwrap();
-    let elsewhere = ObjectCipher::existing(&dek, b"acme\0m/elsewhere", &header).unwrap();
+    let elsewhere = ObjectCipher::existing(&dek, &[b"acme", b"m/elsewhere"], &header).unwrap();
     let mut segment = sealed[seg(0)..seg(1)].to_vec();
     assert!(elsewhere.open_segment(0, false, &mut segment).is_err(), "opened under another context");
     assert!(open_all(&DataKey::generate(2), &sealed).is_err(), "opened under another DEK");
@@ -133,7 +133,7 @@ fn the_opener_takes_sealed_bytes_in_pieces_of_any_size() {
     let sealed = seal(&dek, &plain, SEG);
     let header = ObjectHeader::parse(&sealed).unwrap();
     for piece in [1, 15, 16, 17, SEALED_SEGMENT_LEN as usize, 100_000] {
-        let whole = span(0..plain.len() as u64, plain.len() as u64);
+        let whole = span(0..plain.len() as u64, plain.len() as u64).unwrap();
         let mut opener = Opener::new(ObjectCipher::existing(&dek, CONTEXT, &header).unwrap(), &whole);
         let mut out = Vec::new();
         for chunk in sealed[HEADER_LEN as usize..].chunks(piece) {
@@ -142,4 +142,18 @@ fn the_opener_takes_sealed_bytes_in_pieces_of_any_size() {
         opener.finish(&mut out).unwrap();
         assert_eq!(out, plain, "pieces of {piece}");
     }
+}
+
+#[test]
+fn ranges_outside_the_object_and_ambiguous_contexts_are_refused() {
+    #[allow(clippy::reversed_empty_ranges)]
+    let cases = [(5..5, 10), (6..5, 10), (0..11, 10), (u64::MAX - 1..u64::MAX, 10), (0..1, 0)];
+    for (range, plain) in cases {
+        assert!(span(range.clone(), plain).is_err(), "{range:?} of {plain}");
+    }
+    assert!(span(0..0, 0).is_ok(), "the empty object's one empty segment");
+    let dek = DataKey::generate(1);
+    let sealed = seal_object(&dek, &[b"ab", b"c"], b"bytes").unwrap();
+    assert!(open_object(&dek, &[b"a", b"bc"], &sealed, None).is_err(), "the parts are length-prefixed");
+    assert_eq!(open_object(&dek, &[b"ab", b"c"], &sealed, None).unwrap(), b"bytes");
 }

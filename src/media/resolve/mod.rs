@@ -38,12 +38,16 @@ struct Placeholder<'a> {
 }
 
 /// Every placeholder in `text`, in order.
-fn placeholders(text: &str) -> Vec<Placeholder<'_>> {
-    let bytes = text.as_bytes();
-    let mut found = Vec::new();
+fn placeholders(text: &str) -> impl Iterator<Item = Placeholder<'_>> {
     let mut from = 0;
-    while let Some(offset) = text[from..].find("data:") {
-        let start = from + offset;
+    std::iter::from_fn(move || next_placeholder(text, &mut from))
+}
+
+/// The next placeholder of `text` at or after `*from`, moving `*from` past it.
+fn next_placeholder<'t>(text: &'t str, from: &mut usize) -> Option<Placeholder<'t>> {
+    let bytes = text.as_bytes();
+    while let Some(offset) = text[*from..].find("data:") {
+        let start = *from + offset;
         let mut i = start + "data:".len();
         while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || b"/+.-_".contains(&bytes[i])) {
             i += 1;
@@ -57,14 +61,13 @@ fn placeholders(text: &str) -> Vec<Placeholder<'_>> {
             let followed = bytes.get(end).is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
             // `get`, not indexing: `end` may fall inside a multi-byte character (found by fuzzing).
             if let Some(id) = text.get(id_start..end).filter(|id| !followed && is_valid(id)) {
-                found.push(Placeholder { start, end, id });
-                from = end;
-                continue;
+                *from = end;
+                return Some(Placeholder { start, end, id });
             }
         }
-        from = start + 1;
+        *from = start + 1;
     }
-    found
+    None
 }
 
 /// The IDs a payload names, and how many placeholders name them.
@@ -83,13 +86,18 @@ impl Occurrences {
         }
     }
 
-    /// Counts the IDs one string value names.
-    fn add_text(&mut self, text: &str) {
+    /// Counts the IDs one string value names, stopping at the first one past the bounds (so a
+    /// string of a million placeholders is refused after `max_ids × 4` of them, not collected).
+    fn add_text(&mut self, text: &str, max_ids: usize) -> Result<(), MediaError> {
         if is_valid(text) {
             self.add(text);
-        } else {
-            placeholders(text).into_iter().for_each(|p| self.add(p.id));
+            return self.check(max_ids);
         }
+        for placeholder in placeholders(text) {
+            self.add(placeholder.id);
+            self.check(max_ids)?;
+        }
+        Ok(())
     }
 
     /// The refusal once more than `max_ids` distinct IDs or too many placeholders were seen.
@@ -120,7 +128,7 @@ fn replaced(text: &str, urls: &HashMap<String, String>) -> Option<String> {
     if let Some(url) = urls.get(text) {
         return Some(url.clone());
     }
-    let found: Vec<Placeholder<'_>> = placeholders(text).into_iter().filter(|p| urls.contains_key(p.id)).collect();
+    let found: Vec<Placeholder<'_>> = placeholders(text).filter(|p| urls.contains_key(p.id)).collect();
     if found.is_empty() {
         return None;
     }

@@ -66,8 +66,7 @@ impl<'de> Visitor<'de> for Value<'_> {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
-        self.walk.ids.add_text(text);
-        match self.walk.ids.check(self.walk.max_ids) {
+        match self.walk.ids.add_text(text, self.walk.max_ids) {
             Ok(()) => Ok(()),
             Err(refusal) => Err(self.walk.stop(refusal)),
         }

@@ -28,7 +28,7 @@ fn placeholders_of_any_mime_are_found_inside_strings() {
         "see data:image/png;{A} and data:application/pdf;{B}. not data:;jan_x nor data:text/plain;jan_ \
          nor data:text/plain;jan_notes nor data:image/png;{A}x"
     );
-    let found = placeholders(&text);
+    let found: Vec<_> = placeholders(&text).collect();
     assert_eq!(found.iter().map(|p| p.id).collect::<Vec<_>>(), vec![A, B]);
     assert_eq!(&text[found[0].start..found[0].end], format!("data:image/png;{A}"));
 }
@@ -66,7 +66,7 @@ fn escaped_strings_are_read_as_json_reads_them() {
 fn a_placeholder_cut_inside_a_multi_byte_character_is_text_not_a_panic() {
     // 26 bytes after `jan_` end inside the two-byte `Ň` (an input the fuzzer found).
     let text = "data:x;jan_0123456789abcdefghjkmnpqrŇ;data:image/png;jan_0123456789abcdefghjkmnpqrs";
-    let found = placeholders(text);
+    let found: Vec<_> = placeholders(text).collect();
     assert_eq!(found.iter().map(|p| p.id).collect::<Vec<_>>(), ["jan_0123456789abcdefghjkmnpqrs"]);
 }
 
@@ -84,6 +84,10 @@ fn deep_crowded_or_broken_payloads_are_refused_with_their_code() {
     assert_eq!(err.code(), "too_many_placeholders");
     let repeated = json!(vec![A; 41]).to_string();
     assert_eq!(payload_ids(&repeated, 10).unwrap_err().code(), "too_many_placeholders", "past the occurrence cap");
+
+    let one_string = json!(format!("data:image/png;{A} ").repeat(100_000)).to_string();
+    let err = payload_ids(&one_string, 10).unwrap_err();
+    assert_eq!(err.code(), "too_many_placeholders", "a single string is counted as it is read");
 
     for broken in ["[1, 2", "{\"a\" 1}", "[1] [2]", "\"\\x\""] {
         assert_eq!(payload_ids(broken, 10).unwrap_err().code(), "invalid_json", "{broken}");

@@ -15,7 +15,7 @@ fn collect_ids(value: &Value, depth: usize, max_ids: usize, ids: &mut Occurrence
         return Err(too_deep());
     }
     match value {
-        Value::String(text) => ids.add_text(text),
+        Value::String(text) => ids.add_text(text, max_ids)?,
         Value::Array(items) => {
             for item in items {
                 collect_ids(item, depth + 1, max_ids, ids)?;
