@@ -11,7 +11,8 @@
 //! or spaces, so an issuer URL with a query (`https://id.example/?realm=x`) still reads right. An
 //! entry must name an `AUTH_ISSUER` issuer exactly (or `media-api-dev` when the dev issuer is
 //! trusted), once; once the setting is given, every `AUTH_ISSUER` issuer needs an entry (write
-//! `<issuer>=*` for one that may assert any tenant), so a typo cannot leave an issuer unbound.
+//! `<issuer>=*` for one that may assert any tenant), so a typo cannot leave an issuer unbound, and
+//! the dev issuer without an entry may assert no tenant.
 
 use super::ConfigError;
 use crate::config::DEV_ISSUER;
@@ -69,12 +70,13 @@ impl IssuerTenants {
         Ok(Self { entries })
     }
 
-    /// Whether `issuer` may assert `tenant`. An issuer without an entry (only the dev issuer can be
-    /// one) is not restricted.
+    /// Whether `issuer` may assert `tenant`. Without the setting every issuer may; with it, an
+    /// issuer without an entry (only the dev issuer can be one) may assert none, so a dev issuer
+    /// trusted beside real ones cannot sign for their tenants unless bound (`media-api-dev=…`).
     pub fn allows(&self, issuer: &str, tenant: &str) -> bool {
         match self.entries.iter().find(|(name, _)| name == issuer) {
             Some((_, patterns)) => patterns.iter().any(|p| p.matches(tenant)),
-            None => true,
+            None => self.entries.is_empty(),
         }
     }
 }
@@ -99,7 +101,11 @@ mod tests {
         assert!(binding.allows("https://b.example/?realm=x", "globex"), "the last `=` splits, so a query is kept");
         assert!(!binding.allows("https://b.example/?realm=x", "acme"));
         assert!(binding.allows("https://c.example", "anyone"));
-        assert!(binding.allows(DEV_ISSUER, "anyone"), "an issuer without an entry (dev) is not restricted");
+        assert!(
+            !binding.allows(DEV_ISSUER, "anyone"),
+            "with the setting, an issuer without an entry (dev) may assert none"
+        );
+        assert!(IssuerTenants::default().allows(DEV_ISSUER, "anyone"), "without it, every issuer may");
         let dev = IssuerTenants::parse("media-api-dev=dev-*;https://a.example=acme", &trusted[..1], true).unwrap();
         assert!(dev.allows(DEV_ISSUER, "dev-1") && !dev.allows(DEV_ISSUER, "acme"));
     }
