@@ -327,7 +327,12 @@ fn upload_target(upload: &MultipartGuard, sign_payload: bool) -> UploadTarget {
     }
 }
 
-async fn upload_part(client: Client, target: UploadTarget, number: i32, part: Part) -> Result<CompletedPart, StorageError> {
+async fn upload_part(
+    client: Client,
+    target: UploadTarget,
+    number: i32,
+    part: Part,
+) -> Result<CompletedPart, StorageError> {
     let length = part.len() as i64;
     let request = client
         .upload_part()
