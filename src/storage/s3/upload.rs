@@ -9,8 +9,15 @@
 //! sent — so a part in flight shrinks while it uploads instead of holding a whole part buffer to
 //! its end, and no part-sized block is allocated per part. With `MEDIA_S3_SIGN_PAYLOAD` (SigV4 must
 //! hash the part before sending it) the chunks are joined into one buffer first.
+//!
+//! The memory bound counts bytes, not requests: the next part is filled once the parts in flight
+//! hold at most `upload_concurrency - 1` parts' worth of bytes not yet sent ([`Unsent`]), so an
+//! upload holds at most `upload_concurrency` parts as before. A part whose bytes are all sent and
+//! that only waits for the server's answer holds nothing, and up to [`REQUESTS_PER_PART`] ×
+//! `upload_concurrency` such requests overlap — the wait for each part's answer was what kept
+//! chunked and multipart uploads below the speed of one streamed PUT.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_sdk_s3::primitives::ByteStream as S3Body;
@@ -85,6 +92,32 @@ impl http_body::Body for SizedBody {
     }
 }
 
+/// Part requests in flight per part of `upload_concurrency` (most of them only wait for an answer).
+const REQUESTS_PER_PART: usize = 4;
+
+/// Bytes of an upload's parts in flight not yet handed to the connection, and a wake-up when some
+/// were.
+#[derive(Default)]
+struct Unsent {
+    bytes: AtomicUsize,
+    sent: tokio::sync::Notify,
+}
+
+impl Unsent {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn sent(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.sent.notify_one();
+    }
+
+    fn get(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
 /// The chunks of one part (or of a whole small body), in order, `len` bytes in all.
 #[derive(Default)]
 pub(super) struct Part {
@@ -115,15 +148,20 @@ impl Part {
         joined.freeze()
     }
 
-    /// The part as a request body: its chunks streamed (each released once sent), or one buffer
-    /// when the payload is signed (the signer reads the body before it is sent).
-    fn body(self, sign_payload: bool) -> S3Body {
+    /// The part as a request body: its chunks streamed (each released once sent, counted in
+    /// `sent` and taken off `unsent`), or one buffer when the payload is signed (the signer reads
+    /// the body before it is sent).
+    fn body(self, sign_payload: bool, unsent: Arc<Unsent>, sent: Arc<AtomicUsize>) -> S3Body {
         if sign_payload {
             return S3Body::from(self.joined());
         }
         let len = self.len as u64;
-        let chunks: ByteStream = futures::stream::iter(self.chunks.into_iter().map(Ok)).boxed();
-        S3Body::from_body_1_x(SizedBody::new(chunks, len))
+        let chunks = futures::stream::iter(self.chunks).map(move |chunk| {
+            sent.fetch_add(chunk.len(), Ordering::AcqRel);
+            unsent.sent(chunk.len());
+            Ok(chunk)
+        });
+        S3Body::from_body_1_x(SizedBody::new(chunks.boxed(), len))
     }
 }
 
@@ -257,22 +295,36 @@ impl S3BlobStore {
     ) -> Result<u64, StorageError> {
         let mut in_flight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
         let mut completed = Vec::new();
+        let unsent = Arc::new(Unsent::default());
+        let budget = (self.upload_concurrency - 1) * self.part_size;
+        let max_requests = self.upload_concurrency * REQUESTS_PER_PART;
         let mut total = 0u64;
         let mut next_part = Some(first_part);
         let mut part_number = 0i32;
         while let Some(part) = next_part.take() {
             part_number += 1;
             total += part.len() as u64;
+            unsent.add(part.len());
             in_flight.spawn(upload_part(
                 self.client.clone(),
                 upload_target(upload, self.sign_payload),
                 part_number,
                 part,
+                unsent.clone(),
             ));
-            // Fill the next part only once a slot is free: at most `upload_concurrency` parts are
-            // in flight (each shrinking as it is sent) beside the one filling.
-            while in_flight.len() >= self.upload_concurrency {
-                completed.push(join_part(in_flight.join_next().await)?);
+            // Fill the next part only once the parts in flight hold at most `budget` unsent bytes
+            // (see the module docs) and a request slot is free.
+            loop {
+                while let Some(joined) = in_flight.try_join_next() {
+                    completed.push(join_part(Some(joined))?);
+                }
+                if in_flight.len() < max_requests && unsent.get() <= budget {
+                    break;
+                }
+                tokio::select! {
+                    joined = in_flight.join_next() => completed.push(join_part(joined)?),
+                    () = unsent.sent.notified() => {}
+                }
             }
             let mut part = Part::default();
             let ended = self.fill_part(body, &mut part, carry).await?;
@@ -286,11 +338,13 @@ impl S3BlobStore {
         if let Some(last) = next_part {
             part_number += 1;
             total += last.len() as u64;
+            unsent.add(last.len());
             in_flight.spawn(upload_part(
                 self.client.clone(),
                 upload_target(upload, self.sign_payload),
                 part_number,
                 last,
+                unsent.clone(),
             ));
         }
         while !in_flight.is_empty() {
@@ -332,19 +386,25 @@ async fn upload_part(
     target: UploadTarget,
     number: i32,
     part: Part,
+    unsent: Arc<Unsent>,
 ) -> Result<CompletedPart, StorageError> {
-    let length = part.len() as i64;
+    let length = part.len();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let body = part.body(target.sign_payload, unsent.clone(), sent.clone());
     let request = client
         .upload_part()
         .bucket(target.bucket)
         .key(target.key)
         .upload_id(target.upload_id)
         .part_number(number)
-        .content_length(length)
-        .body(part.body(target.sign_payload))
+        .content_length(length as i64)
+        .body(body)
         .customize();
     let request = if target.sign_payload { request } else { request.disable_payload_signing() };
-    let output = request.send().await.map_err(sdk_error("upload part"))?;
+    let output = request.send().await;
+    // What the body did not hand over (a signed part, a failed request) is released now.
+    unsent.sent(length - sent.load(Ordering::Acquire));
+    let output = output.map_err(sdk_error("upload part"))?;
     let part = CompletedPart::builder().set_e_tag(output.e_tag().map(str::to_owned)).part_number(number).build();
     Ok(part)
 }
@@ -379,8 +439,18 @@ mod tests {
         assert_eq!(part().len(), data.len());
         assert_eq!(part().joined(), data, "joined in order");
         for sign_payload in [false, true] {
-            let sent = part().body(sign_payload).collect().await.expect("the body is read whole").into_bytes();
-            assert_eq!(sent, data, "sign_payload {sign_payload}: the request carries the part's bytes in order");
+            let (unsent, sent) = (Arc::new(Unsent::default()), Arc::new(AtomicUsize::new(0)));
+            unsent.add(data.len());
+            let sent_bytes = part()
+                .body(sign_payload, unsent.clone(), sent.clone())
+                .collect()
+                .await
+                .expect("the body is read whole")
+                .into_bytes();
+            assert_eq!(sent_bytes, data, "sign_payload {sign_payload}: the request carries the part's bytes in order");
+            let streamed = if sign_payload { 0 } else { data.len() };
+            assert_eq!(sent.load(Ordering::Acquire), streamed, "sign_payload {sign_payload}: bytes counted as sent");
+            assert_eq!(unsent.get(), data.len() - streamed, "a streamed part releases its bytes as they go");
         }
         assert!(Part::default().joined().is_empty());
     }
