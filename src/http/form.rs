@@ -13,11 +13,19 @@
 //! upload limit plus [`FORM_OVERHEAD`] ([`whole_body_max`]): a `Content-Length` past it is refused
 //! before a byte is read, and multer's own stream limit stops a chunked body past it. Every
 //! refusal is an [`ApiError`] with a stable code ([`refusal`]).
+//!
+//! The parser reads every chunk the body has ready into its buffer before it looks at any of them;
+//! on a fast connection that is whatever the socket holds, so its buffer grew by megabytes during a
+//! large file part. [`guard`] hands it one chunk per poll (the next poll is `Pending` with an
+//! immediate wake-up), so the parser holds at most about one chunk beside what it is searching.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 
 use super::error::ApiError;
@@ -81,17 +89,20 @@ impl FileReached {
     }
 }
 
+/// A chunk of the body, or why it stopped.
+type Chunk = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
 /// `body`, ended with [`PrefixTooLarge`] at the first chunk that comes after more than
-/// [`PREFIX_MAX`] bytes while `reached` is not set.
+/// [`PREFIX_MAX`] bytes while `reached` is not set, one chunk per poll (see the module docs).
 pub fn guard<E>(
     body: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
     reached: FileReached,
-) -> impl Stream<Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+) -> impl Stream<Item = Chunk> + Send + 'static
 where
     E: std::error::Error + Send + Sync + 'static,
 {
     let mut seen = 0u64;
-    body.map(move |chunk| -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    let counted = body.map(move |chunk| -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
         let chunk = chunk.map_err(|err| Box::new(err) as Box<dyn std::error::Error + Send + Sync>)?;
         if !reached.0.load(Ordering::Acquire) {
             if seen > PREFIX_MAX {
@@ -100,7 +111,28 @@ where
             seen += chunk.len() as u64;
         }
         Ok(chunk)
-    })
+    });
+    OneChunkPerPoll { inner: counted.boxed(), yielded: false }
+}
+
+/// A stream that is `Pending` (and woken at once) after each chunk it yields.
+struct OneChunkPerPoll {
+    inner: BoxStream<'static, Chunk>,
+    yielded: bool,
+}
+
+impl Stream for OneChunkPerPoll {
+    type Item = Chunk;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+        if std::mem::take(&mut self.yielded) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let next = self.inner.poll_next_unpin(cx);
+        self.yielded = matches!(next, Poll::Ready(Some(_)));
+        next
+    }
 }
 
 /// Whether a parser error came from [`guard`] stopping the body.
@@ -127,5 +159,19 @@ mod tests {
         assert!(body.next().await.unwrap().is_ok());
         reached.set();
         assert!(body.next().await.unwrap().is_ok() && body.next().await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_parser_gets_one_chunk_per_poll_even_when_more_are_ready() {
+        let mut body = Box::pin(guard(chunks(&[10, 20]), FileReached::default()));
+        let mut polls = Vec::new();
+        loop {
+            match futures::poll!(body.next()) {
+                Poll::Ready(Some(chunk)) => polls.push(Some(chunk.expect("a chunk").len())),
+                Poll::Ready(None) => break,
+                Poll::Pending => polls.push(None),
+            }
+        }
+        assert_eq!(polls, [Some(10), None, Some(20), None], "a pause after every chunk, every chunk once, in order");
     }
 }

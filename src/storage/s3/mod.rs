@@ -5,7 +5,8 @@
 //! request, and a PUT is atomic: an interrupted body leaves no object and nothing to abort. Otherwise
 //! the body is cut into parts of `part_size` bytes; a body that ends inside the first part goes up as
 //! one `PutObject`, anything larger as a multipart upload with at most `upload_concurrency` parts in
-//! flight (memory ≈ part size × (concurrency + 1)). Any error — a failing source stream, a refused
+//! flight (memory ≈ part size × (concurrency + 1) at most, the body's own chunks, never copied into part
+//! buffers; see `upload`). Any error — a failing source stream, a refused
 //! part, the future being dropped — aborts the multipart upload so no part is left billed and
 //! invisible in the bucket.
 //!
@@ -26,7 +27,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::Client;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
@@ -46,7 +47,7 @@ const MAX_STREAMED_PUT: u64 = 5 << 30;
 
 mod upload;
 
-use upload::{abort_upload, SizedBody};
+use upload::{abort_upload, Part, SizedBody};
 
 /// Blobs in one S3 bucket.
 #[derive(Debug, Clone)]
@@ -190,13 +191,13 @@ impl BlobStore for S3BlobStore {
 
     async fn put(&self, key: &str, content_type: &str, mut body: ByteStream) -> Result<u64, StorageError> {
         validate_key(key)?;
-        let mut buffer = BytesMut::with_capacity(self.part_size.min(1024 * 1024));
+        let mut first = Part::default();
         let mut carry = Bytes::new();
-        let ended = self.fill_part(&mut body, &mut buffer, &mut carry).await?;
+        let ended = self.fill_part(&mut body, &mut first, &mut carry).await?;
         if ended {
-            return self.put_single(key, content_type, buffer.freeze()).await;
+            return self.put_single(key, content_type, first.joined()).await;
         }
-        self.put_multipart(key, content_type, buffer.freeze(), body, carry).await
+        self.put_multipart(key, content_type, first, body, carry).await
     }
 
     async fn put_sized(
