@@ -119,6 +119,22 @@ def parse_answer(data):
     return status, code
 
 
+def post(path, token, content_type, body, timeout, limit=1 << 20, source=None):
+    """One POST on a fresh connection (Connection: close); its (status, code), or the socket error."""
+    try:
+        s = socket.create_connection((HOST, PORT), timeout=timeout,
+                                     source_address=(source, 0) if source else None)
+        s.sendall((f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\n"
+                   f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                   "Connection: close\r\n\r\n").encode())
+        s.sendall(body)
+        answer = read_all(s, limit)
+        s.close()
+        return parse_answer(answer)
+    except OSError as err:
+        return (type(err).__name__, "")
+
+
 def measured(name, attack):
     """Runs `attack` with the bystander on; returns (attack result, RSS growth MiB, bystander)."""
     exact = reset_peak()
@@ -184,17 +200,7 @@ def resolve_flood(callers=12, size=8_000_000):
     body = b'{"payload":[' + b"0," * (values - 1) + b"0]}"
 
     def one(_):
-        try:
-            s = socket.create_connection((HOST, PORT), timeout=120)
-            s.sendall((f"POST /v1/media/resolve HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {ATTACKER}\r\n"
-                       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                       "Connection: close\r\n\r\n").encode())
-            s.sendall(body)
-            answer = read_all(s, 4 * MIB)
-            s.close()
-            return parse_answer(answer)
-        except OSError as err:
-            return (type(err).__name__, "")
+        return post("/v1/media/resolve", ATTACKER, "application/json", body, timeout=120, limit=4 * MIB)
 
     with ThreadPoolExecutor(callers) as pool:
         answers = Counter(pool.map(one, range(callers)))
@@ -259,17 +265,7 @@ def upload_stall(victims=20, workers=4):
         held.append(s)
 
     def upload(i):
-        body = PNG + os.urandom(4096)
-        try:
-            c = socket.create_connection((HOST, PORT), timeout=60, source_address=("127.0.0.1", 0))
-            c.sendall((f"POST /v1/media HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {VICTIM}\r\n"
-                       f"Content-Type: image/png\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                       ).encode() + body)
-            answer = read_all(c)
-            c.close()
-            return parse_answer(answer)
-        except OSError as err:
-            return (type(err).__name__, "")
+        return post("/v1/media", VICTIM, "image/png", PNG + os.urandom(4096), timeout=60, source="127.0.0.1")
 
     with ThreadPoolExecutor(workers) as pool:
         answers = Counter(pool.map(upload, range(victims)))
