@@ -10,6 +10,9 @@
 //!   and with the form's `Content-Length` (curl sends it for `-F` files).
 //! - `direct <base> <token> <MiB>`: `prepare-upload`, then the same bytes PUT straight to the
 //!   presigned URL (the service is not in the data path; only the PUT is timed).
+//! - `download <base> <token> <MiB> <rounds>`: uploads one file of `MiB`, then per round reads it
+//!   whole through the service (`GET /v1/media/{id}`, proxied) and straight from S3 through its
+//!   presigned URL, one after the other; MiB/s of each read.
 //! - `resolve <base> <token> <rate> <seconds>`: uploads 20 images, then sends a 20-placeholder resolve
 //!   payload at a fixed rate (open loop) and reports latency percentiles.
 //! - `presign <base> <token> <connections> <seconds>`: `GET /v1/media/{id}/presign` as fast as the
@@ -142,6 +145,40 @@ impl Target {
         anyhow::ensure!(response.status().is_success(), "direct PUT answered {}", response.status());
         Ok(elapsed)
     }
+}
+
+/// Reads a response's body to its end; MiB/s from the request to the last byte.
+async fn timed_read(request: reqwest::RequestBuilder, len: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let response = request.send().await?;
+    anyhow::ensure!(response.status().is_success(), "download answered {}", response.status());
+    let mut body = response.bytes_stream();
+    let mut read = 0u64;
+    while let Some(chunk) = body.next().await {
+        read += chunk?.len() as u64;
+    }
+    anyhow::ensure!(read == len, "read {read} bytes, not {len}");
+    Ok((len as f64 / (1024.0 * 1024.0)) / started.elapsed().as_secs_f64())
+}
+
+async fn download(target: Arc<Target>, len: u64, rounds: u64) -> anyhow::Result<Value> {
+    let id = target.upload(len, 9).await?["id"].as_str().unwrap_or_default().to_owned();
+    let (mut proxied, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let through = target.http.get(format!("{}/v1/media/{id}", target.base)).bearer_auth(&target.token);
+        proxied.push(timed_read(through, len).await?);
+        let presigned: Value = target
+            .http
+            .get(format!("{}/v1/media/{id}/presign", target.base))
+            .bearer_auth(&target.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let url = presigned["url"].as_str().ok_or_else(|| anyhow::anyhow!("no url: {presigned}"))?;
+        direct.push(timed_read(target.http.get(url), len).await?);
+    }
+    Ok(json!({"mode": "download", "mib": len >> 20, "proxied_mib_per_s": proxied, "direct_mib_per_s": direct}))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -335,7 +372,7 @@ async fn mixed(target: Arc<Target>, rate: u64, seconds: u64) -> anyhow::Result<V
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(base), Some(token)) = (args.first(), args.get(1), args.get(2)) else {
-        anyhow::bail!("usage: media_load <upload|chunked|form|form-len|direct|resolve|presign|flood|mixed> <base-url> <token> <args…>");
+        anyhow::bail!("usage: media_load <upload|chunked|form|form-len|direct|download|resolve|presign|flood|mixed> <base-url> <token> <args…>");
     };
     let number = |i: usize| -> anyhow::Result<u64> {
         Ok(args.get(i).ok_or_else(|| anyhow::anyhow!("missing argument {i}"))?.parse()?)
@@ -361,6 +398,7 @@ fn main() -> anyhow::Result<()> {
                 let seconds = target.direct(len).await?;
                 Ok(json!({"mode": "direct", "mib": len >> 20, "seconds": seconds, "mib_per_s": (len >> 20) as f64 / seconds}))
             }
+            "download" => download(target.clone(), number(3)? * 1024 * 1024, number(4)?).await,
             "resolve" => resolve(target.clone(), number(3)?, number(4)?).await,
             "presign" => presign(target.clone(), number(3)? as usize, number(4)?).await,
             "flood" => flood(target.clone(), number(3)?, number(4)? * 1024 * 1024).await,

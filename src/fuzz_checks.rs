@@ -20,7 +20,7 @@ use crate::media::ingest::sniff::{Allowlist, DeclaredBy};
 use crate::media::ingest::sources::{clean_filename, decode_data_url, raw_filename};
 
 /// The names of the targets, as in `fuzz/fuzz_targets/<name>.rs`.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "field_ciphertext",
     "wrapped_key",
     "data_url",
@@ -29,6 +29,7 @@ pub const TARGETS: [&str; 8] = [
     "content_disposition",
     "sniff",
     "object_segments",
+    "multipart",
 ];
 
 /// Runs the check of `target` on `data` (for the regression replay).
@@ -42,6 +43,7 @@ pub fn run(target: &str, data: &[u8]) {
         "content_disposition" => content_disposition(data),
         "sniff" => sniff(data),
         "object_segments" => object_segments(data),
+        "multipart" => multipart(data),
         other => panic!("no fuzz target named {other}"),
     }
 }
@@ -264,4 +266,12 @@ pub fn sniff(data: &[u8]) {
             }
         }
     }
+}
+
+/// Multipart reader: arbitrary bytes as a form body (`http::form::multipart::reference::check`):
+/// no panic, the same parts however the body is cut, and multer's reading of a plain form.
+pub fn multipart(data: &[u8]) {
+    static RUNTIME: LazyLock<tokio::runtime::Runtime> =
+        LazyLock::new(|| tokio::runtime::Builder::new_current_thread().build().expect("a runtime"));
+    RUNTIME.block_on(crate::http::form::multipart::reference::check(data));
 }

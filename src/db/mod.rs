@@ -38,6 +38,9 @@ macro_rules! with_pool {
     };
 }
 
+/// A pooled connection idle this long is pinged before it is handed out (see [`Database::connect`]).
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -174,6 +177,19 @@ impl Database {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
+            // sqlx pings every connection it hands out by default: a whole extra round trip per
+            // request under load (docs/performance.md, presign). Only a connection that sat idle
+            // long enough to have been cut (server restart, failover, a proxy's idle timeout) is
+            // pinged first; a dead one is dropped and another taken.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for < PING_WHEN_IDLE_FOR {
+                        return Ok(true);
+                    }
+                    Ok(sqlx::Connection::ping(conn).await.is_ok())
+                })
+            })
             .connect_lazy_with(options);
         Ok(Self::Postgres(pool))
     }

@@ -1,31 +1,26 @@
-//! A bound on what the multipart parser holds in memory. `multer` buffers until it finds what it is
-//! looking for — the first boundary, the end of a part's headers — so a body whose boundary never
-//! comes (or whose headers never end) would grow its buffer without limit. Only the `file` part's
-//! data is streamed; everything before it (preamble, part headers, the short text parts) is small
-//! in any real form. [`guard`] counts the body's bytes until the handler reaches the `file` part
+//! Multipart uploads: the reader ([`multipart`], which hands the file part on as slices of the
+//! received chunks) and the bounds a form must keep.
+//!
+//! Everything before the `file` part (preamble, part headers, the short text parts) is small in
+//! any real form, so [`guard`] counts the body's bytes until the handler reaches the `file` part
 //! and stops the body with [`PrefixTooLarge`] when a chunk arrives after more than [`PREFIX_MAX`]
-//! went by, so a request holds at most that much plus one chunk (the server's read buffer) before
-//! its file streams; a chunk carrying the last headers and the file's first bytes together always
+//! went by: a request holds at most that much plus one chunk (the server's read buffer) before its
+//! file streams; a chunk carrying the last headers and the file's first bytes together always
 //! passes. After the file part the handler reads no further.
 //!
 //! Beside that byte bound: at most [`MAX_PARTS_BEFORE_FILE`] parts may come before the file, the
-//! text parts are at most [`TEXT_PART_MAX`] bytes each, and the whole body may be at most the
-//! upload limit plus [`FORM_OVERHEAD`] ([`whole_body_max`]): a `Content-Length` past it is refused
-//! before a byte is read, and multer's own stream limit stops a chunked body past it. Every
-//! refusal is an [`ApiError`] with a stable code ([`refusal`]).
-//!
-//! The parser reads every chunk the body has ready into its buffer before it looks at any of them;
-//! on a fast connection that is whatever the socket holds, so its buffer grew by megabytes during a
-//! large file part. [`guard`] hands it one chunk per poll (the next poll is `Pending` with an
-//! immediate wake-up), so the parser holds at most about one chunk beside what it is searching.
+//! text parts are at most [`TEXT_PART_MAX`] bytes each, a part's headers at most
+//! [`multipart::HEADERS_MAX`], and the whole body at most the upload limit plus [`FORM_OVERHEAD`]
+//! ([`whole_body_max`]): a `Content-Length` past it is refused before a byte is read, and the
+//! reader stops a chunked body past it. Every refusal is an [`ApiError`] with a stable code
+//! ([`refusal`]).
 
-use std::pin::Pin;
+pub mod multipart;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 
 use super::error::ApiError;
@@ -49,27 +44,39 @@ pub fn whole_body_max(max_bytes: u64) -> u64 {
     max_bytes.saturating_add(FORM_OVERHEAD)
 }
 
-/// The parser's own limits: the whole body and the text parts.
-pub fn constraints(max_bytes: u64) -> multer::Constraints {
-    let limits = multer::SizeLimit::new()
-        .whole_stream(whole_body_max(max_bytes))
-        .for_field("user_id", TEXT_PART_MAX)
-        .for_field("filename", TEXT_PART_MAX);
-    multer::Constraints::new().size_limit(limits)
+/// The boundary of a `multipart/form-data` content type (1 to 70 characters, RFC 2046).
+pub fn boundary(content_type: &str) -> Result<String, ApiError> {
+    let invalid = |why: &str| ApiError::bad_request("invalid_multipart", format!("not a multipart form: {why}"));
+    let mime: mime_guess::mime::Mime = content_type.parse().map_err(|_| invalid("the content type does not parse"))?;
+    if mime.type_() != mime_guess::mime::MULTIPART || mime.subtype() != mime_guess::mime::FORM_DATA {
+        return Err(invalid("the content type is not multipart/form-data"));
+    }
+    let boundary =
+        mime.get_param(mime_guess::mime::BOUNDARY).ok_or_else(|| invalid("the content type has no boundary"))?;
+    let boundary = boundary.as_str();
+    if boundary.is_empty() || boundary.len() > 70 {
+        return Err(invalid("the boundary must be 1 to 70 characters long"));
+    }
+    Ok(boundary.to_owned())
 }
 
-/// The answer to a parser error: the prefix bound (413 `multipart_prefix_too_large`), the upload
+/// The answer to a reader error: the prefix bound (413 `multipart_prefix_too_large`), the upload
 /// deadlines (408 `upload_timeout`), the whole-body bound (413 `too_large`), a long text part or
 /// anything malformed (400 `invalid_multipart`).
-pub fn refusal(err: &multer::Error, max_bytes: u64) -> ApiError {
+pub fn refusal(err: multipart::FormError, max_bytes: u64) -> ApiError {
+    use multipart::FormError;
     match err {
-        _ if is_prefix_too_large(err) => ApiError::FormPrefixTooLarge { limit: PREFIX_MAX },
-        _ if is_timeout(err) => ApiError::UploadTimeout { message: super::error::innermost_text(err) },
-        multer::Error::StreamSizeExceeded { .. } => ApiError::TooLarge { limit: max_bytes },
-        multer::Error::FieldSizeExceeded { .. } => {
-            ApiError::bad_request("invalid_multipart", format!("a text part is longer than {TEXT_PART_MAX} bytes"))
+        FormError::Source(source) if source.is::<PrefixTooLarge>() => {
+            ApiError::FormPrefixTooLarge { limit: PREFIX_MAX }
         }
-        _ => ApiError::bad_request("invalid_multipart", format!("the multipart body is malformed: {err}")),
+        FormError::Source(source) if is_timeout(source.as_ref()) => {
+            ApiError::UploadTimeout { message: super::error::innermost_text(source.as_ref()) }
+        }
+        FormError::TooLarge { .. } => ApiError::TooLarge { limit: max_bytes },
+        FormError::TextTooLong { max } => {
+            ApiError::bad_request("invalid_multipart", format!("a text part is longer than {max} bytes"))
+        }
+        err => ApiError::bad_request("invalid_multipart", format!("the multipart body is malformed: {err}")),
     }
 }
 
@@ -89,21 +96,18 @@ impl FileReached {
     }
 }
 
-/// A chunk of the body, or why it stopped.
-type Chunk = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-
 /// `body`, ended with [`PrefixTooLarge`] at the first chunk that comes after more than
-/// [`PREFIX_MAX`] bytes while `reached` is not set, one chunk per poll (see the module docs).
+/// [`PREFIX_MAX`] bytes while `reached` is not set.
 pub fn guard<E>(
     body: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
     reached: FileReached,
-) -> impl Stream<Item = Chunk> + Send + 'static
+) -> impl Stream<Item = Result<Bytes, multipart::SourceError>> + Send + 'static
 where
     E: std::error::Error + Send + Sync + 'static,
 {
     let mut seen = 0u64;
-    let counted = body.map(move |chunk| -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
-        let chunk = chunk.map_err(|err| Box::new(err) as Box<dyn std::error::Error + Send + Sync>)?;
+    body.map(move |chunk| -> Result<Bytes, multipart::SourceError> {
+        let chunk = chunk.map_err(|err| Box::new(err) as multipart::SourceError)?;
         if !reached.0.load(Ordering::Acquire) {
             if seen > PREFIX_MAX {
                 return Err(Box::new(PrefixTooLarge));
@@ -111,33 +115,7 @@ where
             seen += chunk.len() as u64;
         }
         Ok(chunk)
-    });
-    OneChunkPerPoll { inner: counted.boxed(), yielded: false }
-}
-
-/// A stream that is `Pending` (and woken at once) after each chunk it yields.
-struct OneChunkPerPoll {
-    inner: BoxStream<'static, Chunk>,
-    yielded: bool,
-}
-
-impl Stream for OneChunkPerPoll {
-    type Item = Chunk;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
-        if std::mem::take(&mut self.yielded) {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let next = self.inner.poll_next_unpin(cx);
-        self.yielded = matches!(next, Poll::Ready(Some(_)));
-        next
-    }
-}
-
-/// Whether a parser error came from [`guard`] stopping the body.
-fn is_prefix_too_large(err: &multer::Error) -> bool {
-    matches!(err, multer::Error::StreamReadFailed(inner) if inner.is::<PrefixTooLarge>())
+    })
 }
 
 #[cfg(test)]
@@ -161,17 +139,19 @@ mod tests {
         assert!(body.next().await.unwrap().is_ok() && body.next().await.unwrap().is_ok());
     }
 
-    #[tokio::test]
-    async fn the_parser_gets_one_chunk_per_poll_even_when_more_are_ready() {
-        let mut body = Box::pin(guard(chunks(&[10, 20]), FileReached::default()));
-        let mut polls = Vec::new();
-        loop {
-            match futures::poll!(body.next()) {
-                Poll::Ready(Some(chunk)) => polls.push(Some(chunk.expect("a chunk").len())),
-                Poll::Ready(None) => break,
-                Poll::Pending => polls.push(None),
-            }
+    #[test]
+    fn boundaries_come_from_a_multipart_form_data_type_only() {
+        let ok = boundary("multipart/form-data; boundary=----abc").expect("a boundary");
+        assert_eq!(ok, "----abc");
+        assert_eq!(boundary("multipart/form-data; boundary=\"a b\"").expect("quoted"), "a b");
+        for bad in [
+            "image/png",
+            "multipart/form-data",
+            "multipart/mixed; boundary=x",
+            &format!("multipart/form-data; boundary={}", "b".repeat(71)),
+        ] {
+            let err = boundary(bad).expect_err(bad);
+            assert_eq!(err.code(), "invalid_multipart", "{bad}");
         }
-        assert_eq!(polls, [Some(10), None, Some(20), None], "a pause after every chunk, every chunk once, in order");
     }
 }

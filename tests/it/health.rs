@@ -178,3 +178,35 @@ async fn readyz_past_its_per_address_rate_is_429_rate_limited_and_other_addresse
     let other = elsewhere.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(other.status(), 200, "another address has its own bucket");
 }
+
+#[tokio::test]
+async fn database_connections_cut_while_idle_are_replaced_before_a_request_uses_them() {
+    use crate::support::media::{media_app, png};
+    let media = media_app(Stack::PostgresS3, &[("MEDIA_RECORD_CACHE_TTL", "0")]).await;
+    let alice = media.alice();
+    let uploaded = media.upload_raw(&alice, "image/png", png(2048, 7)).await;
+    assert_eq!(uploaded.status(), 200);
+    let id = uploaded.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let presign = || media.http().get(media.url(&format!("/v1/media/{id}/presign"))).bearer_auth(&alice).send();
+    assert_eq!(presign().await.unwrap().status(), 200);
+
+    // The server drops every connection the pool holds (a restart, a failover, a proxy's idle
+    // timeout); the pool does not know until it uses them.
+    let url = media.app.state.config.database.url.expose_secret().to_owned();
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!cut.is_empty() && cut.iter().all(|c| *c), "the service's connections were cut: {cut:?}");
+    // Past the idle time after which a connection is pinged before use (db::PING_WHEN_IDLE_FOR).
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // Each cut connection is handed out once at most (the idle queue is FIFO), so this many calls
+    // meet all of them.
+    for _ in 0..=cut.len() {
+        let answer = presign().await.unwrap();
+        assert_eq!(answer.status(), 200, "a cut connection was handed to a request: {}", answer.text().await.unwrap());
+    }
+}

@@ -328,3 +328,26 @@ async fn presigned_urls_are_signed_for_the_public_endpoint() {
     let upload = app.state.blobs.presign_put(&format!("{key}-put"), &put).await.expect("presign put");
     assert!(upload.url.starts_with(&public), "{}", upload.url);
 }
+
+#[tokio::test]
+async fn a_part_answered_with_a_transient_error_is_sent_again_and_the_object_is_whole() {
+    use crate::support::app::spawn_app_with;
+    use crate::support::s3_proxy::{Fault, S3Proxy};
+    // The second part of every multipart upload, the first time it is sent: `503 SlowDown`.
+    let proxy = S3Proxy::start(Fault {
+        matches: |method, target| method == "PUT" && target.contains("partNumber=2"),
+        times: 1,
+    })
+    .await;
+    let app = spawn_app_with(Stack::PostgresS3, &[("MEDIA_S3_ENDPOINT", &proxy.endpoint)]).await;
+    let part = media_api::config::S3_MIN_PART_SIZE as usize;
+    let data = payload(3 * part + 12_345, 31);
+    let key = key("retry");
+    let written = app.state.blobs.put(&key, "application/octet-stream", chunked(data.clone())).await;
+    assert_eq!(written.expect("the upload survives one transient error"), data.len() as u64);
+    assert_eq!(proxy.failed(), 1, "the fault was injected");
+    let part_two = proxy.seen().iter().filter(|r| r.starts_with("PUT ") && r.contains("partNumber=2")).count();
+    assert_eq!(part_two, 2, "part 2 was sent twice: {:?}", proxy.seen());
+    let read = collect(app.state.blobs.get(&key, None).await.expect("get").body).await;
+    assert_eq!(sha256_hex(&read), sha256_hex(&data), "the object holds every byte once, in order");
+}

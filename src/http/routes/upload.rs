@@ -19,6 +19,7 @@ use crate::http::admission::{body_with_deadline, BodyTimeouts, UploadSlot};
 use crate::http::error::{ApiError, ApiQuery};
 use crate::http::extract::{Authenticated, CanWrite};
 use crate::http::form;
+use crate::http::form::multipart::Multipart;
 use crate::http::openapi::{AuthErrors, Shredding, UploadErrors};
 use crate::http::request::{content_length, header_text, read_limited};
 use crate::http::state::AppState;
@@ -218,43 +219,35 @@ async fn upload_multipart(
     content_type: &str,
     request: Request,
 ) -> Result<Ingested, ApiError> {
-    let invalid = |why: String| ApiError::bad_request("invalid_multipart", why);
-    let boundary = multer::parse_boundary(content_type).map_err(|e| invalid(format!("not a multipart body: {e}")))?;
+    let boundary = form::boundary(content_type)?;
     let max_bytes = state.config.max_bytes;
     if content_length(request.headers()).is_some_and(|length| length > form::whole_body_max(max_bytes)) {
         return Err(ApiError::TooLarge { limit: max_bytes });
     }
     let reached = form::FileReached::default();
     let stream = form::guard(request.into_body().into_data_stream(), reached.clone());
-    let mut multipart = multer::Multipart::with_constraints(stream, boundary, form::constraints(max_bytes));
+    let mut multipart = Multipart::new(stream.boxed(), &boundary, form::whole_body_max(max_bytes));
     let mut user_hint = None;
     let mut filename = None;
     for _ in 0..=form::MAX_PARTS_BEFORE_FILE {
-        let field = multipart.next_field().await.map_err(|e| form::refusal(&e, max_bytes))?;
-        let Some(field) = field else {
+        let part = multipart.next_part().await.map_err(|e| form::refusal(e, max_bytes))?;
+        let Some(part) = part else {
             return Err(ApiError::bad_request("missing_file", "the multipart body has no `file` part"));
         };
-        match field.name() {
+        match part.name.as_deref() {
             Some("file") => {
                 reached.set();
                 let upload = Upload {
-                    declared: field.content_type().map(|m| (DeclaredBy::Part, m.to_string())).into_iter().collect(),
-                    filename: field.file_name().and_then(clean_filename).or(filename),
+                    declared: part.content_type.map(|m| (DeclaredBy::Part, m)).into_iter().collect(),
+                    filename: part.filename.as_deref().and_then(clean_filename).or(filename),
                     user_hint,
                     content_length: None,
                 };
-                let body = futures::stream::unfold((field, multipart), |(mut field, multipart)| async move {
-                    match field.chunk().await {
-                        Ok(Some(chunk)) => Some((Ok(chunk), (field, multipart))),
-                        Ok(None) => None,
-                        Err(err) => Some((Err(std::io::Error::other(err)), (field, multipart))),
-                    }
-                })
-                .boxed();
+                let body = multipart.into_body().map(|slice| slice.map_err(std::io::Error::other)).boxed();
                 return Ok(state.service.upload(caller, upload, body, slot).await?);
             }
-            Some("user_id") => user_hint = Some(small_text(field, max_bytes).await?),
-            Some("filename") => filename = clean_filename(&small_text(field, max_bytes).await?),
+            Some("user_id") => user_hint = Some(small_text(&mut multipart, max_bytes).await?),
+            Some("filename") => filename = clean_filename(&small_text(&mut multipart, max_bytes).await?),
             _ => {}
         }
     }
@@ -264,9 +257,9 @@ async fn upload_multipart(
     ))
 }
 
-/// A short text part (at most [`form::TEXT_PART_MAX`] bytes, enforced by the parser).
-async fn small_text(field: multer::Field<'static>, max_bytes: u64) -> Result<String, ApiError> {
-    let text = field.bytes().await.map_err(|e| form::refusal(&e, max_bytes))?;
+/// A short text part (at most [`form::TEXT_PART_MAX`] bytes).
+async fn small_text(multipart: &mut Multipart, max_bytes: u64) -> Result<String, ApiError> {
+    let text = multipart.text(form::TEXT_PART_MAX as usize).await.map_err(|e| form::refusal(e, max_bytes))?;
     Ok(String::from_utf8_lossy(&text).into_owned())
 }
 

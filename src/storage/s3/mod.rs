@@ -31,7 +31,6 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
-use tokio_util::io::ReaderStream;
 
 use super::s3_presign::GetSigner;
 use super::{
@@ -41,7 +40,6 @@ use super::{
 use crate::config::S3Config;
 
 pub(super) const BACKEND: &str = "s3";
-const READ_CHUNK: usize = 64 * 1024;
 /// The largest object S3 takes in one `PutObject`.
 const MAX_STREAMED_PUT: u64 = 5 << 30;
 
@@ -261,7 +259,13 @@ impl BlobStore for S3BlobStore {
             (Some(range), Some(_)) => Some(range.resolve(total_size)?),
             _ => None,
         };
-        let body = ReaderStream::with_capacity(output.body.into_async_read(), READ_CHUNK).boxed();
+        // The SDK body's chunks are handed on as they arrive (slices of the connection's read
+        // buffer): no copy into a reader's buffer on the download path.
+        let body = futures::stream::unfold(output.body, |mut body| async move {
+            let chunk = body.next().await?.map_err(|e| std::io::Error::other(DisplayErrorContext(&e).to_string()));
+            Some((chunk, body))
+        })
+        .boxed();
         Ok(BlobObject { body, content_length, total_size, range: served })
     }
 

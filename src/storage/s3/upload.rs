@@ -1,21 +1,18 @@
 //! Writing objects: a body of announced length streamed into one `PutObject` ([`SizedBody`]), a
 //! body that ends inside the first part as one `PutObject`, anything larger as a multipart upload
-//! with at most `upload_concurrency` parts in flight, aborted by [`MultipartGuard`] on any error or
+//! with at most `upload_concurrency` parts in memory, aborted by [`MultipartGuard`] on any error or
 //! cancellation so no part is left billed and invisible in the bucket.
 //!
 //! A [`Part`] holds the body's chunks as they came (the server's read buffers, the multipart
-//! parser's slices): they are never copied into a part buffer, and with unsigned payloads a part
-//! streams them to S3 one by one (a [`SizedBody`] of the part's length), releasing each once it is
-//! sent — so a part in flight shrinks while it uploads instead of holding a whole part buffer to
-//! its end, and no part-sized block is allocated per part. With `MEDIA_S3_SIGN_PAYLOAD` (SigV4 must
-//! hash the part before sending it) the chunks are joined into one buffer first.
+//! parser's slices): they are never copied into a part buffer. With unsigned payloads a part
+//! streams them to S3 one by one; with `MEDIA_S3_SIGN_PAYLOAD` (SigV4 must hash the part before
+//! sending it) they are joined into one buffer first. Either way the request body can be sent
+//! again — the SDK retries a part after a transient error (a 5xx, `SlowDown`, a reset connection)
+//! — so a part's chunks are kept until its request has answered.
 //!
-//! The memory bound counts bytes, not requests: the next part is filled once the parts in flight
-//! hold at most `upload_concurrency - 1` parts' worth of bytes not yet sent ([`Unsent`]), so an
-//! upload holds at most `upload_concurrency` parts as before. A part whose bytes are all sent and
-//! that only waits for the server's answer holds nothing, and up to [`REQUESTS_PER_PART`] ×
-//! `upload_concurrency` such requests overlap — the wait for each part's answer was what kept
-//! chunked and multipart uploads below the speed of one streamed PUT.
+//! The memory bound counts bytes: the next part is filled once the parts whose requests have not
+//! answered hold at most `upload_concurrency - 1` parts' worth of bytes ([`Held`]), so an upload
+//! holds at most `upload_concurrency` parts, the one being filled included.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,6 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use aws_smithy_types::body::SdkBody;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::task::JoinSet;
@@ -92,25 +90,21 @@ impl http_body::Body for SizedBody {
     }
 }
 
-/// Part requests in flight per part of `upload_concurrency` (most of them only wait for an answer).
-const REQUESTS_PER_PART: usize = 4;
-
-/// Bytes of an upload's parts in flight not yet handed to the connection, and a wake-up when some
-/// were.
+/// Bytes of an upload's parts whose requests have not answered yet, and a wake-up when one did.
 #[derive(Default)]
-struct Unsent {
+struct Held {
     bytes: AtomicUsize,
-    sent: tokio::sync::Notify,
+    released: tokio::sync::Notify,
 }
 
-impl Unsent {
+impl Held {
     fn add(&self, n: usize) {
         self.bytes.fetch_add(n, Ordering::AcqRel);
     }
 
-    fn sent(&self, n: usize) {
+    fn release(&self, n: usize) {
         self.bytes.fetch_sub(n, Ordering::AcqRel);
-        self.sent.notify_one();
+        self.released.notify_one();
     }
 
     fn get(&self) -> usize {
@@ -148,20 +142,20 @@ impl Part {
         joined.freeze()
     }
 
-    /// The part as a request body: its chunks streamed (each released once sent, counted in
-    /// `sent` and taken off `unsent`), or one buffer when the payload is signed (the signer reads
-    /// the body before it is sent).
-    fn body(self, sign_payload: bool, unsent: Arc<Unsent>, sent: Arc<AtomicUsize>) -> S3Body {
+    /// The part as a request body the SDK can send again: its chunks streamed, or one buffer when
+    /// the payload is signed (the signer reads the body before it is sent). The chunks live as long
+    /// as the body (every attempt sends them).
+    fn body(self, sign_payload: bool) -> S3Body {
         if sign_payload {
             return S3Body::from(self.joined());
         }
         let len = self.len as u64;
-        let chunks = futures::stream::iter(self.chunks).map(move |chunk| {
-            sent.fetch_add(chunk.len(), Ordering::AcqRel);
-            unsent.sent(chunk.len());
-            Ok(chunk)
-        });
-        S3Body::from_body_1_x(SizedBody::new(chunks.boxed(), len))
+        let chunks: Arc<[Bytes]> = self.chunks.into();
+        S3Body::new(SdkBody::retryable(move || {
+            let chunks = chunks.clone();
+            let stream = futures::stream::iter(0..chunks.len()).map(move |i| Ok(chunks[i].clone()));
+            SdkBody::from_body_1_x(SizedBody::new(stream.boxed(), len))
+        }))
     }
 }
 
@@ -295,35 +289,34 @@ impl S3BlobStore {
     ) -> Result<u64, StorageError> {
         let mut in_flight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
         let mut completed = Vec::new();
-        let unsent = Arc::new(Unsent::default());
+        let held = Arc::new(Held::default());
         let budget = (self.upload_concurrency - 1) * self.part_size;
-        let max_requests = self.upload_concurrency * REQUESTS_PER_PART;
         let mut total = 0u64;
         let mut next_part = Some(first_part);
         let mut part_number = 0i32;
         while let Some(part) = next_part.take() {
             part_number += 1;
             total += part.len() as u64;
-            unsent.add(part.len());
+            held.add(part.len());
             in_flight.spawn(upload_part(
                 self.client.clone(),
                 upload_target(upload, self.sign_payload),
                 part_number,
                 part,
-                unsent.clone(),
+                held.clone(),
             ));
-            // Fill the next part only once the parts in flight hold at most `budget` unsent bytes
-            // (see the module docs) and a request slot is free.
+            // Fill the next part only once the parts not answered yet hold at most `budget` bytes
+            // (see the module docs).
             loop {
                 while let Some(joined) = in_flight.try_join_next() {
                     completed.push(join_part(Some(joined))?);
                 }
-                if in_flight.len() < max_requests && unsent.get() <= budget {
+                if held.get() <= budget {
                     break;
                 }
                 tokio::select! {
                     joined = in_flight.join_next() => completed.push(join_part(joined)?),
-                    () = unsent.sent.notified() => {}
+                    () = held.released.notified() => {}
                 }
             }
             let mut part = Part::default();
@@ -338,13 +331,13 @@ impl S3BlobStore {
         if let Some(last) = next_part {
             part_number += 1;
             total += last.len() as u64;
-            unsent.add(last.len());
+            held.add(last.len());
             in_flight.spawn(upload_part(
                 self.client.clone(),
                 upload_target(upload, self.sign_payload),
                 part_number,
                 last,
-                unsent.clone(),
+                held.clone(),
             ));
         }
         while !in_flight.is_empty() {
@@ -386,11 +379,9 @@ async fn upload_part(
     target: UploadTarget,
     number: i32,
     part: Part,
-    unsent: Arc<Unsent>,
+    held: Arc<Held>,
 ) -> Result<CompletedPart, StorageError> {
     let length = part.len();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let body = part.body(target.sign_payload, unsent.clone(), sent.clone());
     let request = client
         .upload_part()
         .bucket(target.bucket)
@@ -398,12 +389,12 @@ async fn upload_part(
         .upload_id(target.upload_id)
         .part_number(number)
         .content_length(length as i64)
-        .body(body)
+        .body(part.body(target.sign_payload))
         .customize();
     let request = if target.sign_payload { request } else { request.disable_payload_signing() };
     let output = request.send().await;
-    // What the body did not hand over (a signed part, a failed request) is released now.
-    unsent.sent(length - sent.load(Ordering::Acquire));
+    // The request, and with it the part's chunks, is gone once it has answered.
+    held.release(length);
     let output = output.map_err(sdk_error("upload part"))?;
     let part = CompletedPart::builder().set_e_tag(output.e_tag().map(str::to_owned)).part_number(number).build();
     Ok(part)
@@ -426,7 +417,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_part_sends_its_chunks_in_order_streamed_or_joined() {
+    async fn a_part_sends_its_chunks_in_order_streamed_or_joined_and_again_for_a_retry() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let whole = Bytes::from(data.clone());
         let part = || {
@@ -439,18 +430,13 @@ mod tests {
         assert_eq!(part().len(), data.len());
         assert_eq!(part().joined(), data, "joined in order");
         for sign_payload in [false, true] {
-            let (unsent, sent) = (Arc::new(Unsent::default()), Arc::new(AtomicUsize::new(0)));
-            unsent.add(data.len());
-            let sent_bytes = part()
-                .body(sign_payload, unsent.clone(), sent.clone())
-                .collect()
-                .await
-                .expect("the body is read whole")
-                .into_bytes();
-            assert_eq!(sent_bytes, data, "sign_payload {sign_payload}: the request carries the part's bytes in order");
-            let streamed = if sign_payload { 0 } else { data.len() };
-            assert_eq!(sent.load(Ordering::Acquire), streamed, "sign_payload {sign_payload}: bytes counted as sent");
-            assert_eq!(unsent.get(), data.len() - streamed, "a streamed part releases its bytes as they go");
+            let body = part().body(sign_payload).into_inner();
+            // What the SDK does before a retry: a fresh copy of the body, read from the start.
+            let again = body.try_clone().expect("the SDK can send a part again");
+            for (attempt, body) in [body, again].into_iter().enumerate() {
+                let sent = S3Body::new(body).collect().await.expect("the body is read whole").into_bytes();
+                assert_eq!(sent, data, "sign_payload {sign_payload}, attempt {attempt}: the part's bytes in order");
+            }
         }
         assert!(Part::default().joined().is_empty());
     }

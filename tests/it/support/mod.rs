@@ -5,7 +5,8 @@
 //! PostgreSQL cluster and a Garage node a test can stop), [`limits`] (Redis for the shared-limits
 //! tests, held uploads, readiness and metric readings), [`faults`] (loads, kills and the proofs
 //! run after a fault), [`fleet`] (several replicas behind HAProxy), [`jwks`] (a JWKS server and
-//! token minting from generated keys) and [`repository`] (the encrypted repository on both
+//! token minting from generated keys), [`s3_proxy`] (a proxy in front of Garage that answers chosen
+//! requests with `503 SlowDown`) and [`repository`] (the encrypted repository on both
 //! databases, without the service).
 
 pub mod app;
@@ -18,3 +19,4 @@ pub mod media;
 pub mod own;
 pub mod process;
 pub mod repository;
+pub mod s3_proxy;

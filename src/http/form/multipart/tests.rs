@@ -1,0 +1,155 @@
+use bytes::Bytes;
+use futures::StreamExt;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+use super::reference::{check, multer_reads, ours, BOUNDARY};
+
+/// `body` in chunks of the given sizes (cycled), as a source.
+fn source(body: &[u8], sizes: &[usize]) -> BoxStream<'static, Result<Bytes, SourceError>> {
+    let body = Bytes::copy_from_slice(body);
+    let mut chunks = Vec::new();
+    let (mut at, mut i) = (0, 0);
+    while at < body.len() {
+        let end = (at + sizes[i % sizes.len()]).min(body.len());
+        chunks.push(Ok(body.slice(at..end)));
+        at = end;
+        i += 1;
+    }
+    futures::stream::iter(chunks).boxed()
+}
+
+fn form(parts: &[(&str, Option<&str>, &[u8])], preamble: &[u8]) -> Vec<u8> {
+    let mut body = preamble.to_vec();
+    for (i, (name, filename, data)) in parts.iter().enumerate() {
+        let lead = if i == 0 && preamble.is_empty() { "" } else { "\r\n" };
+        body.extend_from_slice(format!("{lead}--{BOUNDARY}\r\n").as_bytes());
+        let filename = filename.map(|f| format!("; filename=\"{f}\"")).unwrap_or_default();
+        body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"{filename}\r\n").as_bytes());
+        if filename.is_empty() {
+            body.extend_from_slice(b"\r\n");
+        } else {
+            body.extend_from_slice(b"Content-Type: image/png\r\n\r\n");
+        }
+        body.extend_from_slice(data);
+    }
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+#[tokio::test]
+async fn reads_what_multer_reads_for_every_chunking() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    // Data full of near-delimiters: CR, CRLF, CRLF--, and the boundary's prefix.
+    // (never followed by the boundary's last character: that would be a delimiter)
+    let near = format!("\r\n--{}!", &BOUNDARY[..BOUNDARY.len() - 1]);
+    let mut file = Vec::new();
+    for i in 0..2_000 {
+        match i % 5 {
+            0 => file.push(b'\r'),
+            1 => file.extend_from_slice(b"\r\n"),
+            2 => file.extend_from_slice(b"\r\n--"),
+            3 => file.extend_from_slice(near.as_bytes()),
+            _ => file.extend((0..rng.gen_range(0..300)).map(|_| rng.gen::<u8>())),
+        }
+    }
+    let cases = [
+        form(&[("user_id", None, b"u-1"), ("file", Some("a.png"), &file)], b""),
+        form(&[("file", Some("a \\\"b\\\".png"), &file)], b"a preamble\r\n"),
+        form(&[("empty", None, b""), ("file", Some("x"), b"")], b""),
+        form(&[("file", Some("x.png"), b"\r")], b""),
+    ];
+    for (n, body) in cases.iter().enumerate() {
+        let expected = multer_reads(body).await.expect("multer reads the form");
+        for sizes in [&[1usize][..], &[2], &[3, 70], &[47, 48, 49], &[4096], &[usize::MAX]] {
+            assert_eq!(ours(body, sizes).await.as_ref(), Ok(&expected), "case {n}, chunks {sizes:?}");
+        }
+        for _ in 0..20 {
+            let sizes: Vec<usize> = (0..8).map(|_| rng.gen_range(1..200)).collect();
+            assert_eq!(ours(body, &sizes).await.as_ref(), Ok(&expected), "case {n}, chunks {sizes:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_file_arrives_as_slices_of_the_received_chunks() {
+    let file = vec![b'x'; 300_000];
+    let body = form(&[("file", Some("a.png"), &file)], b"");
+    let source = Bytes::from(body);
+    let start = source.as_ptr() as usize;
+    let chunks: Vec<Result<Bytes, SourceError>> =
+        [0..100_000, 100_000..200_000, 200_000..source.len()].into_iter().map(|r| Ok(source.slice(r))).collect();
+    let mut form = Multipart::new(futures::stream::iter(chunks).boxed(), BOUNDARY, u64::MAX);
+    form.next_part().await.expect("a part").expect("the file");
+    let mut total = 0;
+    while let Some(slice) = form.chunk().await.expect("data") {
+        let at = slice.as_ptr() as usize;
+        assert!(at >= start && at + slice.len() <= start + source.len(), "a slice of the received bytes, not a copy");
+        total += slice.len();
+    }
+    assert_eq!(total, file.len());
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies_are_refused() {
+    let good = form(&[("file", Some("a.png"), b"data")], b"");
+    let cut = &good[..good.len() - 10];
+    assert_eq!(ours(cut, &[7]).await, Err("the body ends inside a part".into()));
+    assert_eq!(ours(b"no boundary at all", &[5]).await, Err("the body ends inside a part".into()));
+    let mut junk = format!("--{BOUNDARY}junk\r\n\r\n").into_bytes();
+    junk.extend_from_slice(&good);
+    assert_eq!(ours(&junk, &[9]).await, Err("a boundary is followed by other text on its line".into()));
+    let mut endless = format!("--{BOUNDARY}\r\nX-Long: ").into_bytes();
+    endless.extend(std::iter::repeat_n(b'a', HEADERS_MAX + 10));
+    assert_eq!(ours(&endless, &[1000]).await, Err("a part's headers are longer than 8 KiB".into()));
+
+    let mut form = Multipart::new(source(&good, &[10]), BOUNDARY, 50);
+    let too_large = async {
+        while form.next_part().await?.is_some() {
+            while form.chunk().await?.is_some() {}
+        }
+        Ok::<_, FormError>(())
+    };
+    assert!(matches!(too_large.await, Err(FormError::TooLarge { max: 50 })));
+
+    let text = form_text(&[("user_id", None, &[b'u'; 11])]);
+    let mut form = Multipart::new(source(&text, &[3]), BOUNDARY, u64::MAX);
+    form.next_part().await.expect("a part").expect("user_id");
+    assert!(matches!(form.text(10).await, Err(FormError::TextTooLong { max: 10 })));
+}
+
+fn form_text(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    form(parts, b"")
+}
+
+#[test]
+fn disposition_parameters_are_unquoted_and_unescaped() {
+    let params = disposition_params(r#"form-data; name="file"; filename="a \"q\" \\ ;b.png"; x=tok ; Y = "v""#);
+    let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(params, [("name", "file"), ("filename", r#"a "q" \ ;b.png"#), ("x", "tok"), ("Y", "v")]);
+    assert_eq!(delimiter_start_at_end(b"abc\r\n-", b"\r\n--b"), 3);
+    assert_eq!(delimiter_start_at_end(b"abc\r\nx", b"\r\n--b"), 0);
+    assert_eq!(delimiter_start_at_end(b"\r", b"\r\n--b"), 1);
+}
+
+#[tokio::test]
+async fn arbitrary_bytes_near_a_form_read_safely() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let good = form(&[("user_id", None, b"u"), ("file", Some("a.png"), b"\r\n--data\r")], b"pre");
+    for _ in 0..2_000 {
+        let mut body = good.clone();
+        for _ in 0..rng.gen_range(1..4) {
+            let at = rng.gen_range(0..body.len());
+            match rng.gen_range(0..3) {
+                0 => body[at] = rng.gen(),
+                1 => body.truncate(at),
+                _ => body.insert(at, b"\r\n-"[rng.gen_range(0..3)]),
+            }
+            if body.is_empty() {
+                break;
+            }
+        }
+        check(&body).await;
+    }
+}

@@ -1,0 +1,103 @@
+//! An HTTP proxy in front of Garage that answers chosen S3 requests with a transient error (`503
+//! SlowDown`, as S3 does under load) and forwards every other request untouched (same `Host`, so
+//! SigV4 signatures still verify): what the retry tests point `MEDIA_S3_ENDPOINT` at.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+
+use super::app::s3_env;
+
+/// Which requests fail: those whose method and path-and-query `matches` accepts, the first
+/// `times` of them.
+pub struct Fault {
+    pub matches: fn(&str, &str) -> bool,
+    pub times: usize,
+}
+
+struct Shared {
+    upstream: String,
+    http: reqwest::Client,
+    fault: Fault,
+    failed: AtomicUsize,
+    seen: Mutex<Vec<String>>,
+}
+
+/// A running proxy; stops with the test's runtime.
+pub struct S3Proxy {
+    pub endpoint: String,
+    shared: Arc<Shared>,
+}
+
+impl S3Proxy {
+    pub async fn start(fault: Fault) -> Self {
+        let shared = Arc::new(Shared {
+            upstream: s3_env().endpoint.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder().no_proxy().build().expect("http client"),
+            fault,
+            failed: AtomicUsize::new(0),
+            seen: Mutex::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let app = axum::Router::new().fallback(forward).with_state(shared.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { endpoint, shared }
+    }
+
+    /// Requests answered with the fault.
+    pub fn failed(&self) -> usize {
+        self.shared.failed.load(Ordering::SeqCst)
+    }
+
+    /// `METHOD path?query` of every request, in arrival order.
+    pub fn seen(&self) -> Vec<String> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+}
+
+const HOP_BY_HOP: [&str; 5] = ["connection", "keep-alive", "transfer-encoding", "te", "upgrade"];
+
+async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    shared.seen.lock().unwrap().push(format!("{} {target}", parts.method));
+    let fail = (shared.fault.matches)(parts.method.as_str(), &target)
+        && shared
+            .failed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < shared.fault.times).then_some(n + 1))
+            .is_ok();
+    if fail {
+        // Read the request to its end first, as S3 does, so the client sees the answer.
+        let _ = axum::body::to_bytes(body, usize::MAX).await;
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                   <Message>Please reduce your request rate.</Message></Error>";
+        return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/xml")], xml).into_response();
+    }
+    let mut out = shared.http.request(parts.method, format!("{}{target}", shared.upstream));
+    for (name, value) in &parts.headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            out = out.header(name, value);
+        }
+    }
+    let out = out.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    match out.send().await {
+        Ok(answer) => {
+            let mut response = Response::builder().status(answer.status().as_u16());
+            for (name, value) in answer.headers() {
+                if !HOP_BY_HOP.contains(&name.as_str()) {
+                    response = response.header(HeaderName::from_bytes(name.as_ref()).expect("name"), value.as_bytes());
+                }
+            }
+            response
+                .body(Body::from_stream(answer.bytes_stream().map(|c| c.map_err(std::io::Error::other))))
+                .expect("response")
+        }
+        Err(err) => (StatusCode::BAD_GATEWAY, err.to_string()).into_response(),
+    }
+}
