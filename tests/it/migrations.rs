@@ -141,7 +141,7 @@ async fn rows_stored_before_dedup_shared_storage_carry_forward_and_start_sharing
         // and its own uploader's retry still answers it.
         let mut bob = new_media("acme", b"old bytes");
         bob.uploader = "bob".into();
-        let joined = InsertOutcome::Joined { storage_key: alice.storage_key.clone() };
+        let joined = InsertOutcome::Joined { storage_key: alice.storage_key.clone(), object_dek_version: None };
         assert_eq!(repo.insert(&bob).await.unwrap(), joined, "{backend}");
         let retry = new_media("acme", b"old bytes");
         assert_eq!(repo.insert(&retry).await.unwrap(), InsertOutcome::Duplicate(alice.id.clone()), "{backend}");

@@ -1,6 +1,8 @@
-//! `GET`/`PUT /v1/blobs/{key}`: the filesystem backend's presigned URLs, served by the service itself.
+//! `GET`/`PUT /v1/blobs/{key}`: the service's own signed links — the filesystem backend's presigned
+//! URLs, and the links of encrypted objects (served decrypted) on any backend.
 //!
-//! Mounted only when blobs live on the local filesystem. A request is served only if its link
+//! Mounted only when the service signs links (the filesystem backend, object encryption on, or a
+//! link signing key configured). A request is served only if its link
 //! verifies (HMAC, constant-time) and has not expired. Downloads carry the forced `Content-Type` and
 //! `Content-Disposition` the link was signed with; uploads must declare the signed content type and,
 //! when bound, exactly the signed length, and are limited to `MEDIA_MAX_BYTES` while streaming.
@@ -88,7 +90,7 @@ async fn download(
 ) -> Result<Response, ApiError> {
     let link = verify(&state, "GET", &key, query)?;
     let range = parse_range(&headers)?;
-    let object = state.service.open_linked(&key, range).await?;
+    let object = state.service.open_linked(&key, &link, range).await?;
     let mut response = Response::new(Body::from_stream(object.body));
     let out = response.headers_mut();
     out.insert(header::CONTENT_TYPE, header_value("content type", &link.content_type)?);
