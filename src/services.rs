@@ -200,7 +200,6 @@ fn link_key(config: &Config) -> Result<LinkKey, StartupError> {
         Some(key) => key.expose_secret().to_owned(),
         None => dev_keys::load_or_create(&config.keys_dir, DEV_LINK_KEY_FILE, || LinkKey::generate().to_hex())?,
     };
-    LinkKey::parse(&text).ok_or_else(|| {
-        StartupError::InvalidKey("the link signing key must be 64 hex characters (32 bytes)".into())
-    })
+    LinkKey::parse(&text)
+        .ok_or_else(|| StartupError::InvalidKey("the link signing key must be 64 hex characters (32 bytes)".into()))
 }

@@ -249,7 +249,10 @@ fn object_encryption_defaults_on_for_the_filesystem_and_off_for_s3_and_needs_lin
     };
     assert!(production(&[]).is_ok(), "S3 without encryption needs no link key");
     let line = production(&[("MEDIA_OBJECT_ENCRYPTION", "on")]).unwrap_err().to_string();
-    assert!(line.contains("MEDIA_LINK_SIGNING_KEY is not set") && line.contains("MEDIA_PUBLIC_URL is not set"), "{line}");
+    assert!(
+        line.contains("MEDIA_LINK_SIGNING_KEY is not set") && line.contains("MEDIA_PUBLIC_URL is not set"),
+        "{line}"
+    );
     let complete = production(&[
         ("MEDIA_OBJECT_ENCRYPTION", "on"),
         ("MEDIA_LINK_SIGNING_KEY", &link_key),

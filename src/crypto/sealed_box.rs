@@ -37,7 +37,7 @@ impl BoxKey {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let sealed = self
             .0
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad })
             .expect("AES-GCM encrypts any message of this size");
         [nonce.as_slice(), &sealed].concat()
     }
@@ -48,7 +48,8 @@ impl BoxKey {
             return Err(CryptoError::Integrity);
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
-        self.0.decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad }).map_err(|_| CryptoError::Integrity)
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Integrity)?;
+        self.0.decrypt(&Nonce::from(nonce), Payload { msg: body, aad }).map_err(|_| CryptoError::Integrity)
     }
 }
 

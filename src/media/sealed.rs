@@ -182,8 +182,8 @@ async fn fetch(
         let header = read_exactly(&mut body, HEADER_LEN as usize).await?;
         return Ok((header, body));
     }
-    let (header, stored) = futures::try_join!(ranged(0, HEADER_LEN), ranged(span.sealed.start, span.sealed.end))
-        .map_err(not_served)?;
+    let (header, stored) =
+        futures::try_join!(ranged(0, HEADER_LEN), ranged(span.sealed.start, span.sealed.end)).map_err(not_served)?;
     check(header.total_size, header.content_length, HEADER_LEN)?;
     check(stored.total_size, stored.content_length, span.sealed.end - span.sealed.start)?;
     let mut header_body = header.body;
@@ -243,7 +243,9 @@ fn opened(body: ByteStream, opener: Opener, skip: u64, length: u64) -> ByteStrea
             if let Err(err) = result {
                 state.opener = None;
                 if is_tampered(&err) {
-                    tracing::error!("a stored object failed its integrity check while streaming: the response is aborted");
+                    tracing::error!(
+                        "a stored object failed its integrity check while streaming: the response is aborted"
+                    );
                 }
                 return Some((Err(err), state));
             }

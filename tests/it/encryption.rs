@@ -83,7 +83,8 @@ async fn upload_by(m: &MediaApp, token: &str, path: &str, image: &[u8], remote_p
     body["id"].as_str().unwrap().to_owned()
 }
 
-const PATHS: [&str; 8] = ["raw", "chunked", "multipart", "jan_v2", "data_url", "remote", "direct_complete", "direct_read"];
+const PATHS: [&str; 8] =
+    ["raw", "chunked", "multipart", "jan_v2", "data_url", "remote", "direct_complete", "direct_read"];
 
 #[tokio::test]
 async fn with_encryption_on_no_upload_path_leaves_plaintext_in_the_store() {
@@ -192,12 +193,18 @@ async fn encrypted_objects_keep_ranges_etags_forced_headers_and_links() {
         assert!(resolved["media"][0]["url"].as_str().unwrap().starts_with(&m.url("/v1/blobs/")), "{resolved}");
         let fetched = m.http().get(&link).send().await.unwrap();
         assert_eq!(fetched.status(), StatusCode::OK);
-        assert_eq!((header(&fetched, "content-type"), header(&fetched, "x-content-type-options")), ("image/png".into(), "nosniff".into()));
+        assert_eq!(
+            (header(&fetched, "content-type"), header(&fetched, "x-content-type-options")),
+            ("image/png".into(), "nosniff".into())
+        );
         assert!(header(&fetched, "content-disposition").starts_with("inline; filename="), "{stack:?}");
         assert_eq!(header(&fetched, "content-length"), len.to_string());
         assert_eq!(fetched.bytes().await.unwrap(), Bytes::from(image.clone()));
         let part = m.http().get(&link).header("range", format!("bytes={}-{}", SEG - 1, SEG)).send().await.unwrap();
-        assert_eq!((part.status(), header(&part, "content-range")), (StatusCode::PARTIAL_CONTENT, format!("bytes {}-{}/{len}", SEG - 1, SEG)));
+        assert_eq!(
+            (part.status(), header(&part, "content-range")),
+            (StatusCode::PARTIAL_CONTENT, format!("bytes {}-{}/{len}", SEG - 1, SEG))
+        );
         assert_eq!(part.bytes().await.unwrap(), Bytes::from(image[SEG - 1..=SEG].to_vec()));
         // Any change to the link breaks its signature.
         for (from, to) in [("X-Media-Object=", "X-Media-Object=A"), ("X-Media-Signature=", "X-Media-Signature=0")] {
@@ -251,9 +258,12 @@ async fn a_tampered_object_answers_an_error_and_never_wrong_bytes() {
         let id = upload_by(&m, &alice, "raw", &image, 0).await;
         let other = upload_by(&m, &alice, "raw", &png(image.len(), 9), 0).await;
         let state = &m.app.state;
-        let key_of = |id: String| async move { state.media.get("tenant-a", &id).await.unwrap().unwrap().record.storage_key };
+        let key_of =
+            |id: String| async move { state.media.get("tenant-a", &id).await.unwrap().unwrap().record.storage_key };
         let (key, other_key) = (key_of(id.clone()).await, key_of(other).await);
-        let read = |key: String| async move { crate::support::app::collect(state.blobs.get(&key, None).await.unwrap().body).await };
+        let read = |key: String| async move {
+            crate::support::app::collect(state.blobs.get(&key, None).await.unwrap().body).await
+        };
         let (sealed, foreign) = (read(key.clone()).await, read(other_key).await);
         let (_, presigned) = json_of(m.get(&alice, &format!("/v1/media/{id}/presign")).send().await.unwrap()).await;
         let link = presigned["url"].as_str().unwrap().to_owned();
@@ -277,7 +287,9 @@ async fn a_tampered_object_answers_an_error_and_never_wrong_bytes() {
         ];
         for (what, bytes) in cases {
             state.blobs.put(&key, "image/png", crate::support::app::chunked(Bytes::from(bytes))).await.unwrap();
-            for (how, request) in [("download", m.get(&alice, &format!("/v1/media/{id}"))), ("link", m.http().get(&link))] {
+            for (how, request) in
+                [("download", m.get(&alice, &format!("/v1/media/{id}"))), ("link", m.http().get(&link))]
+            {
                 let (status, body, failed) = fetch(request).await;
                 if status.is_success() {
                     // Headers were sent before the bad segment came: the body must be cut off, and
@@ -333,7 +345,13 @@ async fn turning_encryption_on_keeps_plain_objects_readable_and_dedup_spans_both
         // Identical bytes uploaded now join the plain object; new bytes are sealed.
         let bob = plain_app.token("tenant-a", "bob", &[]);
         let post = |token: &str, body: Vec<u8>| {
-            sealed_app.http().post(on("/v1/media")).bearer_auth(token.to_owned()).header("content-type", "image/png").body(body).send()
+            sealed_app
+                .http()
+                .post(on("/v1/media"))
+                .bearer_auth(token.to_owned())
+                .header("content-type", "image/png")
+                .body(body)
+                .send()
         };
         let (_, joined) = json_of(post(&bob, before.clone()).await.unwrap()).await;
         let joined = joined["id"].as_str().unwrap().to_owned();
@@ -355,12 +373,16 @@ async fn turning_encryption_on_keeps_plain_objects_readable_and_dedup_spans_both
         // Turned off again, sealed objects still download through the service.
         let read = plain_app.get(&bob, &format!("/v1/media/{fresh}")).send().await.unwrap();
         assert_eq!(read.bytes().await.unwrap(), Bytes::from(after.clone()), "{stack:?}");
-        let (status, presigned) = json_of(plain_app.get(&bob, &format!("/v1/media/{fresh}/presign")).send().await.unwrap()).await;
+        let (status, presigned) =
+            json_of(plain_app.get(&bob, &format!("/v1/media/{fresh}/presign")).send().await.unwrap()).await;
         match stack {
             // The filesystem store signs links anyway.
             Stack::SqliteFs => assert_eq!(status, StatusCode::OK, "{presigned}"),
             // S3 without a link key has no link to give: it says so.
-            Stack::PostgresS3 => assert_eq!((status, presigned["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("links_unavailable"))),
+            Stack::PostgresS3 => assert_eq!(
+                (status, presigned["code"].as_str()),
+                (StatusCode::SERVICE_UNAVAILABLE, Some("links_unavailable"))
+            ),
         }
     }
 }
