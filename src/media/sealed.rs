@@ -16,7 +16,8 @@
 //! share the object; an object copied under another key or tenant does not open.
 //!
 //! Memory is flat: at most one segment of plaintext and one sealed segment per stream, whatever the
-//! chunk sizes coming in.
+//! chunk sizes coming in. Both streams are fused: polled after their end (or their error) they stay
+//! ended.
 
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt};
@@ -113,6 +114,7 @@ impl Sealing {
                 }
             }
         })
+        .fuse()
         .boxed()
     }
 }
@@ -260,6 +262,7 @@ fn opened(body: ByteStream, opener: Opener, skip: u64, length: u64) -> ByteStrea
             }
         }
     })
+    .fuse()
     .boxed()
 }
 
