@@ -31,6 +31,7 @@ use crate::crypto::object::{
 use crate::crypto::CryptoError;
 use crate::db::tenant_keys::TenantKeys;
 use crate::storage::{BlobObject, BlobStore, ByteRange, StorageError};
+use crate::telemetry::metrics::names;
 
 /// What a stored encrypted object is: where it lives and what opening it takes.
 #[derive(Debug, Clone, Copy)]
@@ -160,6 +161,7 @@ pub async fn open(
 
 fn integrity(err: CryptoError) -> MediaError {
     tracing::error!(error = %err, "a stored object failed its integrity check");
+    metrics::counter!(names::OBJECT_INTEGRITY_FAILURES).increment(1);
     MediaError::ObjectIntegrity
 }
 
@@ -248,6 +250,7 @@ fn opened(body: ByteStream, opener: Opener, skip: u64, length: u64) -> ByteStrea
                     tracing::error!(
                         "a stored object failed its integrity check while streaming: the response is aborted"
                     );
+                    metrics::counter!(names::OBJECT_INTEGRITY_FAILURES).increment(1);
                 }
                 return Some((Err(err), state));
             }

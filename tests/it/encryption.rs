@@ -322,6 +322,9 @@ async fn a_tampered_object_answers_an_error_and_never_wrong_bytes() {
                 }
             }
         }
+        let metrics = m.http().get(m.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let failures = metrics.lines().find_map(|l| l.strip_prefix("media_object_integrity_failures_total "));
+        assert!(failures.and_then(|n| n.parse::<f64>().ok()).is_some_and(|n| n >= 9.0), "{stack:?}: {failures:?}");
         // Put back, the object reads as it was: the errors were the tampering's.
         state.blobs.put(&key, "image/png", crate::support::app::chunked(Bytes::from(sealed.clone()))).await.unwrap();
         let (status, body, failed) = fetch(m.get(&alice, &format!("/v1/media/{id}"))).await;

@@ -74,14 +74,17 @@ fn header_value(name: &str, value: &str) -> Result<HeaderValue, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_link", format!("the link's {name} is not a valid header value")))
 }
 
-/// Downloads an object through a link signed by the service (filesystem backend).
+/// Downloads an object through a link signed by the service (filesystem backend, or an encrypted
+/// object served decrypted).
 #[utoipa::path(get, path = "/v1/blobs/{*key}", tag = "blobs", params(LinkKey, LinkSignature),
     responses((status = 200, description = "The bytes, with the type the link was signed for", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "A byte range", content_type = "*/*", body = Vec<u8>),
         (status = 400, description = "The link's type or disposition is not a valid header (`invalid_link`)", body = ErrorBody),
         (status = 403, description = "Expired or invalid link", body = ErrorBody),
-        (status = 404, description = "No such object, or not the filesystem backend", body = ErrorBody),
-        (status = 416, description = "Unsatisfiable range", body = ErrorBody), CommonErrors))]
+        (status = 404, description = "No such object, or this service signs no links", body = ErrorBody),
+        (status = 416, description = "Unsatisfiable range", body = ErrorBody),
+        (status = 500, description = "An encrypted object failed its integrity check (`data_integrity`)", body = ErrorBody),
+        CommonErrors))]
 async fn download(
     State(state): State<AppState>,
     Path(key): Path<String>,
