@@ -68,6 +68,7 @@ fn bench_row(i: usize) -> MediaRecord {
         uploader: "5f1c2a9e-uploader-subject".into(),
         user_hint: Some("user-123".into()),
         storage_key: format!("bench/{}", hex(16)),
+        object_dek_version: None,
         sha256: Some(rand::random()),
         metadata: None,
         retention_until: None,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use url::Url;
 
-use crate::config::{Config, FsConfig, StorageConfig};
+use crate::config::{Config, StorageConfig};
 use crate::crypto::dev_keys::{self, DevKeyError};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::CryptoError;
@@ -27,7 +27,7 @@ use crate::media::{MediaService, MediaSettings};
 use crate::storage::links::LinkSigner;
 use crate::storage::{self, BlobStore, StorageError};
 
-/// File name of the generated dev key that signs filesystem blob links.
+/// File name of the generated dev key that signs the service's own blob links.
 pub const DEV_LINK_KEY_FILE: &str = "fs-link.key";
 
 /// Why the service could not start.
@@ -137,7 +137,7 @@ pub struct Services {
     pub media: MediaRepo,
     /// The blob store.
     pub blobs: Arc<dyn BlobStore>,
-    /// Verifier of the service's own signed blob links (filesystem backend only).
+    /// Signer and verifier of the service's own blob links (filesystem backend, encrypted objects).
     pub links: Option<Arc<LinkSigner>>,
     /// The ingest pipeline (uploads, removals, audit events).
     pub pipeline: Pipeline,
@@ -166,15 +166,21 @@ impl Services {
     }
 }
 
-/// Opens the configured blob store; for the filesystem backend also the signer of its links (served
-/// under `public_base`). Admin commands pass any base: they never sign links.
+/// Opens the configured blob store, and the signer of the service's own links (served under
+/// `public_base`) when links are served: for the filesystem backend, with object encryption on (an
+/// encrypted object is fetched through the service), or whenever a link key is configured (objects
+/// encrypted before encryption was turned off keep their links). Admin commands pass any base: they
+/// never sign links.
 pub async fn open_storage(
     config: &Config,
     public_base: Url,
 ) -> Result<(Arc<dyn BlobStore>, Option<Arc<LinkSigner>>), StartupError> {
-    let links = match &config.storage {
-        StorageConfig::Filesystem(fs) => Some(Arc::new(LinkSigner::new(link_key(config, fs)?, public_base))),
-        StorageConfig::S3(_) => None,
+    let serves_links = matches!(config.storage, StorageConfig::Filesystem(_))
+        || config.object_encryption
+        || config.link_signing_key.is_some();
+    let links = match serves_links {
+        true => Some(Arc::new(LinkSigner::new(link_key(config)?, public_base))),
+        false => None,
     };
     let blobs = storage::from_config(&config.storage, links.clone()).await?;
     Ok((blobs, links))
@@ -189,12 +195,11 @@ pub fn key_settings(config: &Config) -> KeySettings {
     }
 }
 
-fn link_key(config: &Config, fs: &FsConfig) -> Result<LinkKey, StartupError> {
-    let text = match &fs.signing_key {
+fn link_key(config: &Config) -> Result<LinkKey, StartupError> {
+    let text = match &config.link_signing_key {
         Some(key) => key.expose_secret().to_owned(),
         None => dev_keys::load_or_create(&config.keys_dir, DEV_LINK_KEY_FILE, || LinkKey::generate().to_hex())?,
     };
-    LinkKey::parse(&text).ok_or_else(|| {
-        StartupError::InvalidKey("the filesystem link signing key must be 64 hex characters (32 bytes)".into())
-    })
+    LinkKey::parse(&text)
+        .ok_or_else(|| StartupError::InvalidKey("the link signing key must be 64 hex characters (32 bytes)".into()))
 }

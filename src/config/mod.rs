@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 pub use auth::{AuthConfig, AuthMode, DEFAULT_ALGORITHMS, DEV_AUDIENCE, DEV_ISSUER};
@@ -44,7 +44,7 @@ use database::database_config;
 use env::Env;
 use keys::keyring_source;
 use ops::ops_config;
-use storage::{allowed_types, storage_config, storage_prefix};
+use storage::{allowed_types, link_signing_key, object_encryption, storage_config, storage_prefix};
 
 /// The longest validity S3 (SigV4) allows for a presigned URL.
 pub const PRESIGN_HARD_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -102,6 +102,13 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Blob storage.
     pub storage: StorageConfig,
+    /// Seal every new object under the tenant's keys before it is stored (`MEDIA_OBJECT_ENCRYPTION`,
+    /// `on`/`off`; default on for the filesystem store, off for S3). See DESIGN §9.
+    pub object_encryption: bool,
+    /// HMAC key of the service's own signed links (`MEDIA_LINK_SIGNING_KEY`, formerly
+    /// `MEDIA_FS_SIGNING_KEY`): the filesystem backend's URLs and encrypted objects' links. Generated
+    /// under the keys directory in dev when needed.
+    pub link_signing_key: Option<SecretString>,
     /// Default validity of presigned URLs (`MEDIA_S3_PRESIGN_TTL`, default 5m).
     pub presign_ttl: Duration,
     /// Cap on any presigned URL's validity (`MEDIA_PRESIGN_MAX_TTL`, default 1h).
@@ -185,6 +192,8 @@ impl Config {
             keys_dir: PathBuf::from(env.get("MEDIA_KEYS_DIR").unwrap_or_else(|| "./keys".into())),
             database: database_config(&env, &data_dir)?,
             storage: storage_config(&env, &data_dir)?,
+            object_encryption: false,
+            link_signing_key: link_signing_key(&env).map(|(_, key)| key),
             presign_ttl: env.duration("MEDIA_S3_PRESIGN_TTL")?.unwrap_or(Duration::from_secs(300)),
             presign_max_ttl: env.duration("MEDIA_PRESIGN_MAX_TTL")?.unwrap_or(Duration::from_secs(3600)),
             max_bytes: env.size("MEDIA_MAX_BYTES")?.unwrap_or(20 * MIB),
@@ -220,6 +229,7 @@ impl Config {
             ops: ops_config(&env)?,
             data_dir,
         };
+        config.object_encryption = object_encryption(&env, &config.storage)?;
         config.share_ca_bundle();
         let largest_call = config.resolve_max_bytes.saturating_mul(2);
         config.resolve_budget = match env.size("MEDIA_RESOLVE_BUDGET")? {
@@ -270,9 +280,9 @@ impl Config {
             crate::domain::master_keys::parse(keys.expose_secret())
                 .map_err(|reason| ConfigError::new("MEDIA_MASTER_KEYS", reason))?;
         }
-        if let StorageConfig::Filesystem(FsConfig { signing_key: Some(key), .. }) = &self.storage {
+        if let Some((var, key)) = link_signing_key(env) {
             if LinkKey::parse(key.expose_secret()).is_none() {
-                return Err(ConfigError::new("MEDIA_FS_SIGNING_KEY", LINK_KEY_RULE));
+                return Err(ConfigError::new(var, LINK_KEY_RULE));
             }
         }
         if !self.auth.jwks_urls.is_empty() && self.auth.issuers.is_empty() {
@@ -315,12 +325,26 @@ impl Config {
             problems.push("MEDIA_DATABASE_URL is not set (no embedded SQLite default)");
         }
         match &self.storage {
-            StorageConfig::Filesystem(fs) => {
+            StorageConfig::Filesystem(_) => {
                 if env.get("MEDIA_STORAGE_BACKEND").is_none() {
                     problems.push("MEDIA_S3_BUCKET (or MEDIA_STORAGE_BACKEND=fs) is not set");
                 }
-                if fs.signing_key.is_none() {
-                    problems.push("MEDIA_FS_SIGNING_KEY is not set (no generated link key)");
+                if self.link_signing_key.is_none() {
+                    problems.push("MEDIA_LINK_SIGNING_KEY is not set (no generated link key)");
+                }
+            }
+            StorageConfig::S3(_) if self.object_encryption => {
+                if self.link_signing_key.is_none() {
+                    problems.push(
+                        "MEDIA_LINK_SIGNING_KEY is not set (MEDIA_OBJECT_ENCRYPTION=on: encrypted objects are fetched \
+                         through the service's signed links)",
+                    );
+                }
+                if self.public_url.is_none() {
+                    problems.push(
+                        "MEDIA_PUBLIC_URL is not set (MEDIA_OBJECT_ENCRYPTION=on: it is the base of the links clients \
+                         and model providers fetch)",
+                    );
                 }
             }
             StorageConfig::S3(_) => {}

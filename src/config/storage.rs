@@ -1,5 +1,6 @@
-//! Blob storage settings: S3 (`MEDIA_S3_*`) or a local directory (`MEDIA_FS_*`), the key prefix and
-//! the accepted content types.
+//! Blob storage settings: S3 (`MEDIA_S3_*`) or a local directory (`MEDIA_FS_*`), the key prefix,
+//! the accepted content types, object encryption (`MEDIA_OBJECT_ENCRYPTION`) and the key of the
+//! service's own signed links (`MEDIA_LINK_SIGNING_KEY`).
 
 use std::path::PathBuf;
 
@@ -50,8 +51,6 @@ pub struct S3Config {
 pub struct FsConfig {
     /// Root directory of the blobs (`MEDIA_FS_ROOT`, default `<data dir>/blobs`).
     pub root: PathBuf,
-    /// HMAC key for the service's signed blob links (`MEDIA_FS_SIGNING_KEY`); generated in dev.
-    pub signing_key: Option<SecretString>,
 }
 
 /// Which blob store holds the bytes.
@@ -77,7 +76,6 @@ pub(super) fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Resul
     if !use_s3 {
         return Ok(StorageConfig::Filesystem(FsConfig {
             root: env.get("MEDIA_FS_ROOT").map(PathBuf::from).unwrap_or_else(|| data_dir.join("blobs")),
-            signing_key: env.secret("MEDIA_FS_SIGNING_KEY"),
         }));
     }
     let bucket = bucket.ok_or_else(|| ConfigError::new("MEDIA_S3_BUCKET", "is required for the s3 backend"))?;
@@ -135,4 +133,21 @@ pub(super) fn allowed_types(env: &Env<'_>) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(types)
+}
+
+/// The variables that may hold the link signing key, the first set one wins:
+/// `MEDIA_LINK_SIGNING_KEY`, or the name it had when only the filesystem backend signed links.
+pub(super) const LINK_KEY_VARS: [&str; 2] = ["MEDIA_LINK_SIGNING_KEY", "MEDIA_FS_SIGNING_KEY"];
+
+/// The HMAC key of the service's own signed links, when one is given, and the variable it came from.
+pub(super) fn link_signing_key(env: &Env<'_>) -> Option<(&'static str, SecretString)> {
+    LINK_KEY_VARS.iter().find_map(|var| env.secret(var).map(|key| (*var, key)))
+}
+
+/// `MEDIA_OBJECT_ENCRYPTION` (`on`/`off`): by default off on S3 — a drop-in for the Go service keeps
+/// handing out plain S3 presigned URLs — and on for the embedded filesystem store, whose links are
+/// the service's own anyway.
+pub(super) fn object_encryption(env: &Env<'_>, storage: &StorageConfig) -> Result<bool, ConfigError> {
+    let default = matches!(storage, StorageConfig::Filesystem(_));
+    Ok(env.bool("MEDIA_OBJECT_ENCRYPTION")?.unwrap_or(default))
 }

@@ -218,3 +218,47 @@ fn connection_limits_default_to_a_per_ip_cap_and_a_keepalive_timeout_and_are_che
         assert_eq!(err.var, name, "{value}: {err}");
     }
 }
+
+#[test]
+fn object_encryption_defaults_on_for_the_filesystem_and_off_for_s3_and_needs_links_in_production() {
+    assert!(Config::from_vars(&HashMap::new()).unwrap().object_encryption, "embedded default: on");
+    let s3 = vars(&[("MEDIA_S3_BUCKET", "b")]);
+    assert!(!Config::from_vars(&s3).unwrap().object_encryption, "S3, the Go drop-in: off");
+    let on = vars(&[("MEDIA_S3_BUCKET", "b"), ("MEDIA_OBJECT_ENCRYPTION", "on")]);
+    assert!(Config::from_vars(&on).unwrap().object_encryption);
+    let off = vars(&[("MEDIA_OBJECT_ENCRYPTION", "off")]);
+    assert!(!Config::from_vars(&off).unwrap().object_encryption);
+    let err = Config::from_vars(&vars(&[("MEDIA_OBJECT_ENCRYPTION", "maybe")])).unwrap_err();
+    assert_eq!(err.var, "MEDIA_OBJECT_ENCRYPTION");
+    let err = Config::from_vars(&vars(&[("MEDIA_LINK_SIGNING_KEY", "short")])).unwrap_err();
+    assert_eq!(err.var, "MEDIA_LINK_SIGNING_KEY");
+
+    let keys = master_keys();
+    let link_key = "ab".repeat(32);
+    let production = |extra: &[(&str, &str)]| {
+        let mut all = vec![
+            ("MEDIA_PROFILE", "production"),
+            ("AUTH_ISSUER", "https://id.example"),
+            ("AUTH_AUDIENCE", "media-api"),
+            ("MEDIA_MASTER_KEYS", keys.as_str()),
+            ("MEDIA_DATABASE_URL", "postgres://db/media"),
+            ("MEDIA_S3_BUCKET", "media"),
+        ];
+        all.extend_from_slice(extra);
+        Config::from_vars(&vars(&all))
+    };
+    assert!(production(&[]).is_ok(), "S3 without encryption needs no link key");
+    let line = production(&[("MEDIA_OBJECT_ENCRYPTION", "on")]).unwrap_err().to_string();
+    assert!(
+        line.contains("MEDIA_LINK_SIGNING_KEY is not set") && line.contains("MEDIA_PUBLIC_URL is not set"),
+        "{line}"
+    );
+    let complete = production(&[
+        ("MEDIA_OBJECT_ENCRYPTION", "on"),
+        ("MEDIA_LINK_SIGNING_KEY", &link_key),
+        ("MEDIA_PUBLIC_URL", "https://media.example.com/"),
+    ])
+    .expect("encryption with its links configured");
+    assert!(complete.object_encryption && complete.link_signing_key.is_some());
+    assert!(!format!("{complete:?}").contains(&link_key), "the link key is never shown");
+}

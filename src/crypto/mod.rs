@@ -7,6 +7,7 @@
 //!                 └─ HKDF per object ─► STREAM segments   object.rs (media bytes, DESIGN §9)
 //!   └─ wraps ─► tenant index key (HMAC-SHA256)          blind_index.rs
 //!                 └─ audit pseudonyms; the system's one keys the audit chain   audit_mac.rs
+//! link signing key ─ HKDF ─► boxes inside signed links  sealed_box.rs (what an encrypted object's link names)
 //! ```
 //!
 //! Everything here is pure computation over keys held in memory; the tables that store wrapped keys
@@ -19,6 +20,7 @@ pub mod envelope;
 pub mod field;
 pub mod keyring;
 pub mod object;
+pub mod sealed_box;
 
 /// Errors of the crypto layer.
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,12 @@ const SET_STATE: &str = "INSERT INTO tenants (tenant_id, state, updated_at) VALU
 pub(crate) const CURRENT_DEK: &str = "SELECT MAX(version) FROM tenant_keys \
      WHERE tenant_id = $1 AND purpose = 'dek' AND state = 'active'";
 
+/// Whether the DEK version an object was sealed under still has its key (run in the transaction of
+/// the row that comes to reference the object, after the state check): an upload sealed before a
+/// shred that destroyed the key must not leave a row after it, pointing at bytes nothing can open.
+pub(crate) const OBJECT_KEY_LIVE: &str = "SELECT COUNT(*) FROM tenant_keys \
+     WHERE tenant_id = $1 AND purpose = 'dek' AND version = $2 AND wrapped_key IS NOT NULL";
+
 /// The state of `tenant`, read in a write's transaction; on Postgres the row is held `FOR SHARE`, so
 /// a shred's move to `shredding` waits for the write to end. The current DEK version is read by a
 /// statement of its own after this one: under READ COMMITTED that statement sees every key change

@@ -130,6 +130,12 @@ pub enum ApiError {
         /// The deadline in seconds.
         seconds: u64,
     },
+    /// Stored data failed its integrity check (an encrypted object); nothing of it was served.
+    #[error("{message}")]
+    Integrity {
+        /// What failed, for a person.
+        message: String,
+    },
     /// Refused by the auth layer (401 with a challenge, 403, or 503).
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -167,6 +173,7 @@ impl ApiError {
             Self::RateLimited { .. } | Self::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Busy | Self::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UploadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::Integrity { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Auth(err) => StatusCode::from_u16(err.status()).unwrap_or(StatusCode::UNAUTHORIZED),
             Self::Storage(err) => match err {
                 StorageError::NotFound | StorageError::InvalidKey(_) => StatusCode::NOT_FOUND,
@@ -199,6 +206,7 @@ impl ApiError {
             Self::Busy => "busy",
             Self::Timeout { .. } => "timeout",
             Self::UploadTimeout { .. } => "upload_timeout",
+            Self::Integrity { .. } => "data_integrity",
             Self::Auth(err) => err.code(),
             Self::Storage(err) => err.code(),
             Self::Database(err) => err.code(),
@@ -263,6 +271,8 @@ impl From<MediaError> for ApiError {
             MediaError::NotFound => Self::NotFound,
             MediaError::MediaNotFound { id } => Self::MediaNotFound { id },
             MediaError::Forbidden { code, message } => Self::Forbidden { code, message },
+            MediaError::ObjectIntegrity => Self::Integrity { message },
+            MediaError::NoLinks => Self::Unavailable { code, message },
             MediaError::Storage(err) => Self::Storage(err),
             MediaError::Database(err) => Self::Database(err),
         }

@@ -36,7 +36,7 @@ pub const BEARER: &str = "bearer";
         (name = "media", description = "Uploads, downloads, presigned URLs, deletion"),
         (name = "resolve", description = "Replacing jan_* IDs in JSON payloads by presigned URLs"),
         (name = "auth", description = "What the service made of a token; the dev issuer's keys"),
-        (name = "blobs", description = "Signed links of the filesystem backend"),
+        (name = "blobs", description = "The service's own signed links (filesystem backend, encrypted objects)"),
         (name = "operations", description = "Health, readiness, version, metrics, this document")
     )
 )]

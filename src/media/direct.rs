@@ -67,6 +67,7 @@ impl MediaService {
             uploader: caller.owner(),
             user_hint: request.user_hint,
             storage_key: self.pipeline.new_staging_key(),
+            object_dek_version: None,
             sha256: None,
             metadata: None,
             retention_until: self.pipeline.retention_until(),

@@ -69,6 +69,14 @@ pub enum MediaError {
         /// The type as declared.
         declared: String,
     },
+    /// A stored encrypted object did not authenticate (tampered, cut, padded, moved, or under a key
+    /// that is gone): nothing of it is served.
+    #[error("the stored object failed its integrity check and was not returned")]
+    ObjectIntegrity,
+    /// An encrypted object's link was asked for, but this service signs no links (encryption was
+    /// turned off on S3 and no `MEDIA_LINK_SIGNING_KEY` is set).
+    #[error("this media is stored encrypted and can only be downloaded through the service (GET /v1/media/{{id}}): no link signing key is configured")]
+    NoLinks,
     /// The blob store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -96,6 +104,8 @@ impl MediaError {
             Self::RemoteBlocked(_) => "remote_fetch_blocked",
             Self::RemoteFailed(_) => "remote_fetch_failed",
             Self::NotFound | Self::MediaNotFound { .. } => "not_found",
+            Self::ObjectIntegrity => "data_integrity",
+            Self::NoLinks => "links_unavailable",
             Self::Storage(err) => err.code(),
             Self::Database(err) => err.code(),
         }

@@ -1,11 +1,13 @@
-//! The service's own signed blob links (filesystem backend), its stand-in for S3 presigned URLs:
-//! a link is checked (signature, expiry) before anything is read or written, and an upload through
-//! one is held to the type, length and size limit it was signed for.
+//! The service's own signed blob links — the filesystem backend's stand-in for S3 presigned URLs,
+//! and the links of encrypted objects on any backend: a link is checked (signature, expiry) before
+//! anything is read or written, a link to an encrypted object is served decrypted, and an upload
+//! through one is held to the type, length and size limit it was signed for.
 
 use futures::StreamExt;
 
 use super::ingest::limit::{is_limit_exceeded, limit_stream};
 use super::ingest::ByteStream;
+use super::sealed::{self, SealedObject};
 use super::{MediaError, MediaService};
 use crate::storage::links::{LinkError, LinkQuery};
 use crate::storage::{BlobObject, ByteRange, StorageError};
@@ -28,18 +30,24 @@ impl MediaService {
     /// Checks a link's signature and expiry for `method` on `key`.
     pub fn verify_link(&self, method: &str, key: &str, link: &LinkQuery) -> Result<(), MediaError> {
         let Some(links) = &self.links else { return Err(MediaError::NotFound) };
-        links.verify(method, key, link, chrono::Utc::now()).map_err(|err| {
-            let code = match err {
-                LinkError::Expired => "link_expired",
-                LinkError::BadSignature => "invalid_signature",
-            };
-            MediaError::Forbidden { code, message: err.to_string() }
-        })
+        links.verify(method, key, link, chrono::Utc::now()).map_err(forbidden)
     }
 
-    /// The object behind a verified download link.
-    pub async fn open_linked(&self, key: &str, range: Option<ByteRange>) -> Result<BlobObject, MediaError> {
-        Ok(self.blobs.get(key, range).await?)
+    /// The object behind a verified download link, decrypted while it streams when the link names
+    /// an encrypted object.
+    pub async fn open_linked(
+        &self,
+        key: &str,
+        link: &LinkQuery,
+        range: Option<ByteRange>,
+    ) -> Result<BlobObject, MediaError> {
+        let Some(links) = &self.links else { return Err(MediaError::NotFound) };
+        let linked = links.linked_object(key, link).map_err(forbidden)?;
+        let Some(linked) = linked else {
+            return Ok(self.blobs.get(key, range).await?);
+        };
+        let object = SealedObject { tenant: &linked.tenant, key, dek_version: linked.dek_version, size: linked.size };
+        sealed::open(self.blobs.as_ref(), self.repo.keys(), object, range).await
     }
 
     /// Stores the body sent to a verified upload link, held to what the link was signed for.
@@ -80,4 +88,13 @@ impl MediaService {
         }
         Ok(())
     }
+}
+
+/// A link that does not verify, as the client sees it.
+fn forbidden(err: LinkError) -> MediaError {
+    let code = match err {
+        LinkError::Expired => "link_expired",
+        LinkError::BadSignature => "invalid_signature",
+    };
+    MediaError::Forbidden { code, message: err.to_string() }
 }

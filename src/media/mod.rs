@@ -7,7 +7,8 @@
 //! - [`read`]: finding a caller's media (one or many), presigning and opening its bytes.
 //! - [`delete`]: deleting a media (uploader or admin), retried while a completion races it.
 //! - [`resolve`]: finding `jan_*` IDs in any JSON payload and substituting URLs for them.
-//! - [`links`]: the service's own signed blob links (filesystem backend).
+//! - [`links`]: the service's own signed blob links (filesystem backend, encrypted objects).
+//! - [`sealed`]: encrypted objects (DESIGN §9): sealing while an upload streams, opening ranges.
 //! - [`ingest`]: the pipeline every upload goes through (limit, sniff, hash, store, dedup) and its
 //!   sources.
 //!
@@ -22,6 +23,7 @@ pub mod ingest;
 pub mod links;
 pub mod read;
 pub mod resolve;
+pub mod sealed;
 pub mod upload;
 
 use std::sync::Arc;

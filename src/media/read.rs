@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use super::ingest::pipeline::Ingested;
 use super::ingest::sniff::extension;
+use super::sealed::{self, SealedObject};
 use super::{MediaError, MediaService};
 use crate::auth::Principal;
 use crate::db::media::{MediaRecord, MediaStatus};
 use crate::domain::media_id::is_valid;
+use crate::storage::links::LinkedObject;
 use crate::storage::{content_disposition, BlobObject, ByteRange, PresignGet, PresignedRequest};
 use crate::telemetry::metrics::names;
 
@@ -72,21 +74,36 @@ impl MediaService {
     }
 
     /// A presigned GET of a media (at most `MEDIA_PRESIGN_MAX_TTL`), forcing its sniffed type and
-    /// an inline, RFC 6266-safe disposition.
+    /// an inline, RFC 6266-safe disposition. An encrypted object's URL is the service's own signed
+    /// link (a store's presigned URL could not decrypt it), under `MEDIA_PUBLIC_URL`.
     pub async fn presign(&self, record: &MediaRecord, ttl: Duration) -> Result<PresignedRequest, MediaError> {
         let options = PresignGet {
             ttl: ttl.min(self.settings.presign_max_ttl),
             content_type: record.mime.clone(),
             content_disposition: content_disposition("inline", &download_name(record)),
         };
-        let link = self.blobs.presign_get(&record.storage_key, &options).await?;
+        let link = match record.object_dek_version {
+            None => self.blobs.presign_get(&record.storage_key, &options).await?,
+            Some(dek_version) => {
+                let links = self.links.as_ref().ok_or(MediaError::NoLinks)?;
+                let object = LinkedObject { tenant: record.tenant_id.clone(), dek_version, size: record.size };
+                let (ttl, disposition) = (options.ttl, &options.content_disposition);
+                links.sign_sealed_get(&record.storage_key, ttl, &options.content_type, disposition, &object)
+            }
+        };
         metrics::counter!(names::PRESIGNS).increment(1);
         Ok(link)
     }
 
-    /// The bytes of a media (a range of them, when asked).
+    /// The bytes of a media (a range of them, when asked), decrypted while they stream when its
+    /// object is encrypted; sizes and ranges are the plaintext's either way.
     pub async fn open(&self, record: &MediaRecord, range: Option<ByteRange>) -> Result<BlobObject, MediaError> {
-        Ok(self.blobs.get(&record.storage_key, range).await?)
+        let Some(dek_version) = record.object_dek_version else {
+            return Ok(self.blobs.get(&record.storage_key, range).await?);
+        };
+        let object =
+            SealedObject { tenant: &record.tenant_id, key: &record.storage_key, dek_version, size: record.size };
+        sealed::open(self.blobs.as_ref(), self.repo.keys(), object, range).await
     }
 }
 

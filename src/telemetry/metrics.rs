@@ -47,6 +47,8 @@ pub mod names {
     pub const JWKS_KEYS: &str = "media_jwks_keys";
     /// Counter of presigned URLs issued.
     pub const PRESIGNS: &str = "media_presigns_total";
+    /// Counter: stored encrypted objects that failed their integrity check on a read.
+    pub const OBJECT_INTEGRITY_FAILURES: &str = "media_object_integrity_failures_total";
     /// Histogram of placeholders (IDs) replaced per resolve call.
     pub const RESOLVE_PLACEHOLDERS: &str = "media_resolve_placeholders";
     pub const RESOLVE_REJECTIONS: &str = "media_resolve_rejections_total";
@@ -138,6 +140,10 @@ fn describe() {
     describe_counter!(names::JWKS_REFRESHES, "JWKS fetches by issuer and result");
     describe_gauge!(names::JWKS_KEYS, "Signing keys loaded per issuer");
     describe_counter!(names::PRESIGNS, "Presigned URLs issued");
+    describe_counter!(
+        names::OBJECT_INTEGRITY_FAILURES,
+        "Reads of encrypted objects refused or aborted because the stored bytes did not authenticate"
+    );
     describe_histogram!(names::RESOLVE_PLACEHOLDERS, "Distinct media IDs per resolve call");
     describe_counter!(names::RESOLVE_REJECTIONS, "Resolve calls refused before their lookup, by reason");
     describe_counter!(names::BLOB_ERRORS, "Blob store failures by operation");

@@ -13,6 +13,7 @@ mod auth_policy;
 mod cli;
 mod connections;
 mod dedup;
+mod encryption;
 mod exclusion;
 mod faults;
 mod fleet;

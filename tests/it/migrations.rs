@@ -91,7 +91,12 @@ async fn a_key_version_cannot_be_created_twice() {
 /// The migration after which identical bytes of several uploaders share one object.
 const SHARED_STORAGE: i64 = 20261126000004;
 
-/// Applies the migrations before `version` only (the schema a deployment had before it).
+/// Later migrations that only add a column today's repository writes: applied early too, so the
+/// rows "of before" can be written with today's code (their columns carry forward as they would).
+const COLUMNS_TODAY_WRITES: [i64; 1] = [20261128000001];
+
+/// Applies the migrations before `version` only (the schema a deployment had before it), plus
+/// [`COLUMNS_TODAY_WRITES`].
 async fn migrate_before(db: &Database, version: i64) {
     let dir = match db {
         Database::Postgres(_) => "migrations/postgres",
@@ -99,7 +104,12 @@ async fn migrate_before(db: &Database, version: i64) {
     };
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut migrator = sqlx::migrate::Migrator::new(path).await.unwrap();
-    let earlier: Vec<_> = migrator.migrations.iter().filter(|m| m.version < version).cloned().collect();
+    let earlier: Vec<_> = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version < version || COLUMNS_TODAY_WRITES.contains(&m.version))
+        .cloned()
+        .collect();
     migrator.migrations = earlier.into();
     with_pool!(db, |pool| migrator.run(pool).await).unwrap();
 }
@@ -141,12 +151,40 @@ async fn rows_stored_before_dedup_shared_storage_carry_forward_and_start_sharing
         // and its own uploader's retry still answers it.
         let mut bob = new_media("acme", b"old bytes");
         bob.uploader = "bob".into();
-        let joined = InsertOutcome::Joined { storage_key: alice.storage_key.clone() };
+        let joined = InsertOutcome::Joined { storage_key: alice.storage_key.clone(), object_dek_version: None };
         assert_eq!(repo.insert(&bob).await.unwrap(), joined, "{backend}");
         let retry = new_media("acme", b"old bytes");
         assert_eq!(repo.insert(&retry).await.unwrap(), InsertOutcome::Duplicate(alice.id.clone()), "{backend}");
         assert_eq!(repo.delete("acme", &alice.id, None, None).await.unwrap(), Deletion::Shared, "{backend}");
         assert_eq!(repo.delete("acme", &bob.id, None, None).await.unwrap(), Deletion::Last, "{backend}");
         assert_eq!(repo.delete("acme", &other.id, None, None).await.unwrap(), Deletion::Last, "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn rows_stored_before_object_encryption_carry_forward_as_plain() {
+    const OBJECT_ENCRYPTION: i64 = 20261128000001;
+    const OLD_ROW: &str = "INSERT INTO media_objects (tenant_id, id, status, mime, size_bytes, dek_version, \
+                           uploader_enc, storage_key_enc) VALUES ('acme', 'jan_old', 'ready', 'image/png', 3, 1, $1, $1)";
+    let (pg, sqlite, _dir) = both_databases().await;
+    for db in [pg, sqlite] {
+        let backend = db.backend();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(match db {
+            Database::Postgres(_) => "migrations/postgres",
+            Database::Sqlite(_) => "migrations/sqlite",
+        });
+        let mut migrator = sqlx::migrate::Migrator::new(path).await.unwrap();
+        migrator.migrations = migrator.migrations.iter().filter(|m| m.version < OBJECT_ENCRYPTION).cloned().collect();
+        with_pool!(&db, |pool| migrator.run(pool).await).unwrap();
+        with_pool!(&db, |pool| sqlx::query(OLD_ROW).bind(vec![1u8]).execute(pool).await.map(|_| ())).unwrap();
+        let report = db.migrate().await.unwrap();
+        assert_eq!(report.applied_now, vec![OBJECT_ENCRYPTION], "{backend}");
+        let version: Option<i32> = with_pool!(&db, |pool| sqlx::query_scalar(
+            "SELECT object_dek_version FROM media_objects WHERE id = 'jan_old'"
+        )
+        .fetch_one(pool)
+        .await)
+        .unwrap();
+        assert_eq!(version, None, "{backend}: an old row's object is plain");
     }
 }

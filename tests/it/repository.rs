@@ -176,7 +176,7 @@ async fn rows_of_two_uploaders_share_one_storage_key_and_only_the_last_delete_jo
         second.uploader = "another-uploader".into();
         second.filename = Some("second.png".into());
         assert_eq!(fx.repo.insert(&first).await.unwrap(), InsertOutcome::Inserted);
-        let joined = InsertOutcome::Joined { storage_key: first.storage_key.clone() };
+        let joined = InsertOutcome::Joined { storage_key: first.storage_key.clone(), object_dek_version: None };
         assert_eq!(fx.repo.insert(&second).await.unwrap(), joined, "{backend}");
         let read = fx.repo.get("acme", &second.id).await.unwrap().expect("the second row is stored").record;
         assert_eq!(read.storage_key, first.storage_key, "{backend}: it references the first row's object");

@@ -1,10 +1,13 @@
 //! `tenant shred`: the tenant's objects, rows and keys go; other tenants are untouched; without
 //! `--yes` nothing happens; while it runs the tenant's writes are refused everywhere, and no process
-//! can seal a row under the destroyed keys afterwards.
+//! can seal a row under the destroyed keys afterwards; a copy of its encrypted objects taken before
+//! (a bucket backup) opens under no key the service still holds.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use media_api::crypto::envelope::KeyPurpose;
+use media_api::crypto::object::{open_object, ObjectHeader};
 use media_api::db::media::{InsertOutcome, MediaRecord};
 use media_api::db::tenant_keys::KeySettings;
 use media_api::db::{tenants, DbError};
@@ -15,7 +18,7 @@ use media_api::storage::links::{LinkKey, LinkSigner};
 use media_api::storage::StorageError;
 use media_api::with_pool;
 
-use crate::support::app::{chunked, payload, random_hex, spawn_app, Stack, TestApp, STACKS};
+use crate::support::app::{chunked, collect, payload, random_hex, spawn_app, Stack, TestApp, STACKS};
 use crate::support::media::{json_of, media_app, png};
 use crate::support::repository::{fixtures, new_media};
 
@@ -163,5 +166,51 @@ async fn a_process_whose_key_cache_predates_a_shred_cannot_seal_under_the_destro
         let read = cold.get("acme", &after.id).await.unwrap().expect("readable: not sealed under a destroyed key");
         assert_eq!(read.record, after);
         assert!(read.dek_version > 1, "{}: {}", fx.db.backend(), read.dek_version);
+    }
+}
+
+#[tokio::test]
+async fn a_copy_of_a_shredded_tenants_ciphertext_opens_under_no_key_the_service_holds() {
+    for stack in STACKS {
+        let m = media_app(stack, &[("MEDIA_OBJECT_ENCRYPTION", "on")]).await;
+        let state = &m.app.state;
+        let tenant = format!("copied-{}", random_hex(3));
+        let token = m.token(&tenant, "alice", &[]);
+        let image = png(200_000, 50);
+        let (status, uploaded) = json_of(m.upload_raw(&token, "image/png", image.clone()).await).await;
+        assert_eq!(status, 200, "{uploaded}");
+        let row = state.media.get(&tenant, uploaded["id"].as_str().unwrap()).await.unwrap().unwrap().record;
+        // A backup of the bucket, taken before the shred.
+        let copy = collect(state.blobs.get(&row.storage_key, None).await.unwrap().body).await;
+        let context = [tenant.as_bytes(), row.storage_key.as_bytes()];
+        let version = ObjectHeader::parse(&copy).unwrap().dek_version;
+        assert_eq!(Some(version), row.object_dek_version);
+        let dek = state.keys.version(&tenant, KeyPurpose::Dek, version).await.unwrap();
+        assert_eq!(open_object(&dek, &context, &copy, None).unwrap(), image, "{stack:?}: the copy opens before");
+        let destroyed = *dek.bytes();
+        drop(dek);
+
+        shred(&state.keys, state.pipeline.removal(), &tenant).await.unwrap();
+        // The tenant starts afresh (new keys), and other tenants keep theirs.
+        let (status, _) = json_of(m.upload_raw(&token, "image/png", png(3000, 51)).await).await;
+        assert_eq!(status, 200);
+        json_of(m.upload_raw(&m.alice(), "image/png", png(3000, 52)).await).await;
+
+        state.keys.forget_all();
+        let gone = state.keys.version(&tenant, KeyPurpose::Dek, version).await;
+        assert!(matches!(gone, Err(DbError::MissingKey { .. })), "{stack:?}: {gone:?}");
+        let mut held = 0;
+        for key in state.keys.key_rows(None).await.unwrap() {
+            if key.state == "destroyed" {
+                continue;
+            }
+            let purpose = if key.purpose == "dek" { KeyPurpose::Dek } else { KeyPurpose::Index };
+            let live = state.keys.version(&key.tenant_id, purpose, key.version).await.unwrap();
+            // The object key derives from the DEK alone (with the copy's own salt and context): no
+            // live key equal to the destroyed one, no key that opens it.
+            assert_ne!(*live.bytes(), destroyed, "{stack:?}: {key:?} is the shredded key");
+            held += 1;
+        }
+        assert!(held >= 4, "{stack:?}: the other tenant's and the fresh keys were checked ({held})");
     }
 }

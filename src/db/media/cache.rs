@@ -76,6 +76,7 @@ mod tests {
             uploader: "u".into(),
             user_hint: None,
             storage_key: "m/jan_1".into(),
+            object_dek_version: None,
             sha256: Some([0; 32]),
             metadata: None,
             retention_until: None,

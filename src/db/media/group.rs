@@ -41,8 +41,8 @@ use crate::with_pool;
 /// Serializes a group until the transaction ends (Postgres only; see the module docs).
 const LOCK_PG: &str = "SELECT pg_advisory_xact_lock($1)";
 /// The group's rows, oldest first.
-pub(super) const MEMBERS: &str = "SELECT id, dek_version, uploader_enc, storage_key_enc FROM media_objects \
-     WHERE tenant_id = $1 AND content_mac = $2 ORDER BY created_at, id";
+pub(super) const MEMBERS: &str = "SELECT id, dek_version, object_dek_version, uploader_enc, storage_key_enc \
+     FROM media_objects WHERE tenant_id = $1 AND content_mac = $2 ORDER BY created_at, id";
 /// The group's size: its object's reference count.
 pub(super) const REFERENCES: &str = "SELECT COUNT(*) FROM media_objects WHERE tenant_id = $1 AND content_mac = $2";
 const VERSIONS: &str = "SELECT DISTINCT dek_version FROM media_objects WHERE tenant_id = $1 AND content_mac = $2";
@@ -83,6 +83,7 @@ pub(super) fn lock_sql(db: &Database) -> Option<&'static str> {
 pub(super) struct Member {
     id: String,
     dek_version: i32,
+    object_dek_version: Option<i32>,
     uploader_enc: Vec<u8>,
     storage_key_enc: Vec<u8>,
 }
@@ -92,8 +93,9 @@ pub(super) struct Member {
 pub(super) enum Placement {
     /// The group is empty: the row references its own object.
     First,
-    /// The row joins the group: it references the object under this storage key.
-    Shared(String),
+    /// The row joins the group: it references the object under this storage key, sealed under
+    /// this DEK version (`None`: in the clear) — whatever the new row's own object was.
+    Shared(String, Option<u32>),
     /// The same uploader's row with these bytes: nothing is to be written.
     Own(String),
 }
@@ -104,9 +106,9 @@ impl Placement {
     pub(super) fn apply(self, cipher: &RowCipher<'_>, sealed: &mut SealedColumns) -> InsertOutcome {
         match self {
             Self::First => InsertOutcome::Inserted,
-            Self::Shared(storage_key) => {
+            Self::Shared(storage_key, object_dek_version) => {
                 sealed.storage_key = cipher.seal("storage_key", storage_key.as_bytes());
-                InsertOutcome::Joined { storage_key }
+                InsertOutcome::Joined { storage_key, object_dek_version }
             }
             Self::Own(id) => InsertOutcome::Duplicate(id),
         }
@@ -156,12 +158,14 @@ impl MediaRepo {
                 }
             }
             if shared.is_none() {
-                shared = Some(row.open_text("storage_key", &member.storage_key_enc)?);
+                let object_version = member.object_dek_version.map(u32::try_from).transpose();
+                let object_version = object_version.map_err(|_| CryptoError::Integrity)?;
+                shared = Some((row.open_text("storage_key", &member.storage_key_enc)?, object_version));
                 if uploader.is_none() {
                     break;
                 }
             }
         }
-        Ok(shared.map_or(Placement::First, Placement::Shared))
+        Ok(shared.map_or(Placement::First, |(key, version)| Placement::Shared(key, version)))
     }
 }

@@ -67,6 +67,26 @@ macro_rules! check_write {
     }};
 }
 
+/// Inside a write's transaction, once the row's placement is known: when the row references an
+/// object of its own sealed under a DEK version (`$outcome` is [`InsertOutcome::Inserted`] and
+/// `$version` is `Some`), refuses the write with [`DbError::KeyChanged`] unless that key still
+/// exists (see [`tenants::OBJECT_KEY_LIVE`]).
+macro_rules! check_object_key {
+    ($tx:expr, $tenant:expr, $outcome:expr, $version:expr) => {
+        if let (InsertOutcome::Inserted, Some(version)) = ($outcome, $version) {
+            let live: i64 = sqlx::query_scalar(tenants::OBJECT_KEY_LIVE)
+                .bind($tenant)
+                .bind(version as i32)
+                .fetch_one(&mut *$tx)
+                .await?;
+            if live == 0 {
+                $tx.rollback().await?;
+                return Err(DbError::KeyChanged);
+            }
+        }
+    };
+}
+
 /// Encrypted access to `media_objects`.
 #[derive(Debug, Clone)]
 pub struct MediaRepo {
@@ -165,6 +185,7 @@ impl MediaRepo {
                 tx.rollback().await?;
                 return Ok(Ok(outcome));
             }
+            check_object_key!(tx, tenant, &outcome, media.object_dek_version);
             sqlx::query(INSERT)
                 .bind(tenant)
                 .bind(&media.id)
@@ -176,6 +197,7 @@ impl MediaRepo {
                 .bind_sealed(&sealed)
                 .bind(now)
                 .bind(media.retention_until)
+                .bind(object_version(&outcome, media).map(|v| v as i32))
                 .execute(&mut *tx)
                 .await?;
             if outcome == InsertOutcome::Inserted {
@@ -300,6 +322,7 @@ impl MediaRepo {
                 tx.rollback().await?;
                 return Ok(Ok(outcome));
             }
+            check_object_key!(tx, tenant, &outcome, ready.object_dek_version);
             let updated = sqlx::query(MARK_READY)
                 .bind(tenant)
                 .bind(&ready.id)
@@ -309,6 +332,7 @@ impl MediaRepo {
                 .bind(mac.as_slice())
                 .bind_sealed(&sealed)
                 .bind(Utc::now())
+                .bind(object_version(&outcome, ready).map(|v| v as i32))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -443,7 +467,9 @@ impl MediaRepo {
         let dek = self.keys.version(&row.tenant_id, KeyPurpose::Dek, version).await?;
         let plain =
             RowCipher { cipher: &FieldCipher::new(&dek), tenant: &row.tenant_id, id: &row.id }.open_all(&row.sealed)?;
+        let object_dek_version = row.object_dek_version.map(u32::try_from).transpose();
         let record = MediaRecord {
+            object_dek_version: object_dek_version.map_err(|_| CryptoError::Integrity)?,
             filename: plain.filename,
             uploader: plain.uploader,
             user_hint: plain.user_hint,
@@ -458,5 +484,14 @@ impl MediaRepo {
             tenant_id: row.tenant_id,
         };
         Ok(StoredMedia { record, dek_version: version, created_at: row.created_at })
+    }
+}
+
+/// The DEK version of the object a row written with `outcome` references: the group's when it
+/// joined one, else its own.
+fn object_version(outcome: &InsertOutcome, media: &MediaRecord) -> Option<u32> {
+    match outcome {
+        InsertOutcome::Joined { object_dek_version, .. } => *object_dek_version,
+        _ => media.object_dek_version,
     }
 }

@@ -52,6 +52,10 @@ pub struct MediaRecord {
     pub user_hint: Option<String>,
     /// Key of the bytes in the blob store.
     pub storage_key: String,
+    /// The tenant DEK version the object is sealed under (DESIGN §9); `None`: stored in the clear.
+    /// Rows sharing an object (a dedup group) share it. The row's own columns are sealed under
+    /// [`StoredMedia::dek_version`], which rotation changes without touching the object.
+    pub object_dek_version: Option<u32>,
     /// SHA-256 of the bytes (absent while pending).
     pub sha256: Option<[u8; 32]>,
     /// Free-form metadata.
@@ -82,6 +86,8 @@ pub enum InsertOutcome {
     Joined {
         /// The storage key of the shared object (the row's storage key).
         storage_key: String,
+        /// The DEK version the shared object is sealed under (`None`: in the clear), now the row's.
+        object_dek_version: Option<u32>,
     },
     /// The same uploader already has media with these bytes: its id. Nothing was written.
     Duplicate(String),
@@ -114,6 +120,7 @@ pub(super) struct MediaRow {
     pub(super) mime: String,
     pub(super) size_bytes: i64,
     pub(super) dek_version: i32,
+    pub(super) object_dek_version: Option<i32>,
     #[sqlx(flatten)]
     pub(super) sealed: super::cipher::SealedColumns,
     pub(super) created_at: DateTime<Utc>,

@@ -1,6 +1,8 @@
-//! `GET`/`PUT /v1/blobs/{key}`: the filesystem backend's presigned URLs, served by the service itself.
+//! `GET`/`PUT /v1/blobs/{key}`: the service's own signed links — the filesystem backend's presigned
+//! URLs, and the links of encrypted objects (served decrypted) on any backend.
 //!
-//! Mounted only when blobs live on the local filesystem. A request is served only if its link
+//! Mounted only when the service signs links (the filesystem backend, object encryption on, or a
+//! link signing key configured). A request is served only if its link
 //! verifies (HMAC, constant-time) and has not expired. Downloads carry the forced `Content-Type` and
 //! `Content-Disposition` the link was signed with; uploads must declare the signed content type and,
 //! when bound, exactly the signed length, and are limited to `MEDIA_MAX_BYTES` while streaming.
@@ -72,14 +74,17 @@ fn header_value(name: &str, value: &str) -> Result<HeaderValue, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_link", format!("the link's {name} is not a valid header value")))
 }
 
-/// Downloads an object through a link signed by the service (filesystem backend).
+/// Downloads an object through a link signed by the service (filesystem backend, or an encrypted
+/// object served decrypted).
 #[utoipa::path(get, path = "/v1/blobs/{*key}", tag = "blobs", params(LinkKey, LinkSignature),
     responses((status = 200, description = "The bytes, with the type the link was signed for", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "A byte range", content_type = "*/*", body = Vec<u8>),
         (status = 400, description = "The link's type or disposition is not a valid header (`invalid_link`)", body = ErrorBody),
         (status = 403, description = "Expired or invalid link", body = ErrorBody),
-        (status = 404, description = "No such object, or not the filesystem backend", body = ErrorBody),
-        (status = 416, description = "Unsatisfiable range", body = ErrorBody), CommonErrors))]
+        (status = 404, description = "No such object, or this service signs no links", body = ErrorBody),
+        (status = 416, description = "Unsatisfiable range", body = ErrorBody),
+        (status = 500, description = "An encrypted object failed its integrity check (`data_integrity`)", body = ErrorBody),
+        CommonErrors))]
 async fn download(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -88,7 +93,7 @@ async fn download(
 ) -> Result<Response, ApiError> {
     let link = verify(&state, "GET", &key, query)?;
     let range = parse_range(&headers)?;
-    let object = state.service.open_linked(&key, range).await?;
+    let object = state.service.open_linked(&key, &link, range).await?;
     let mut response = Response::new(Body::from_stream(object.body));
     let out = response.headers_mut();
     out.insert(header::CONTENT_TYPE, header_value("content type", &link.content_type)?);

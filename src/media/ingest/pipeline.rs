@@ -1,8 +1,10 @@
 //! The one ingestion pipeline every upload source goes through, in a single pass over the bytes:
 //! size limit (a declared `Content-Length` first, then while streaming), type sniffing of the first
 //! bytes before anything is stored, SHA-256 and size while the bytes stream into the blob store
-//! under a random key, then per-tenant dedup through the blind index and the encrypted row (each
-//! upload its own row; identical bytes share one object, see `db::media::group`).
+//! under a random key — sealed on their way there when object encryption is on (`media::sealed`;
+//! the hash, the size and the dedup index stay the plaintext's) — then per-tenant dedup through the
+//! blind index and the encrypted row (each upload its own row; identical bytes share one object,
+//! see `db::media::group`).
 //!
 //! Memory is bounded by the blob store's part buffers: the body is never collected. Any failure
 //! after bytes started flowing leaves nothing behind: the blob store drops a failed or abandoned
@@ -26,6 +28,7 @@ use super::limit::{is_limit_exceeded, limit_stream};
 use super::sniff::{Allowlist, DeclaredBy, SNIFF_BYTES};
 use super::ByteStream;
 use crate::auth::Principal;
+use crate::crypto::object::sealed_len;
 use crate::db::audit::{Actor, AuditEvent, Subject};
 use crate::db::journal;
 use crate::db::media::{InsertOutcome, MediaRecord, MediaRepo, MediaStatus};
@@ -33,6 +36,7 @@ use crate::db::{Database, DbError};
 use crate::domain::media_id::new_id;
 use crate::jobs::removal::Removal;
 use crate::media::error::MediaError;
+use crate::media::sealed::Sealing;
 use crate::storage::{BlobStore, StorageError};
 
 /// What the client said about the file (everything is checked against the bytes).
@@ -53,8 +57,18 @@ pub struct Upload {
 struct StoredBytes {
     key: String,
     mime: String,
+    /// Plaintext bytes (what the row records, whatever is stored).
     size: u64,
     sha256: [u8; 32],
+    /// The DEK version the object is sealed under, when encryption is on.
+    object_dek_version: Option<u32>,
+}
+
+/// What the pass over the plaintext counts: its SHA-256 and its length.
+#[derive(Default)]
+struct Tally {
+    sha256: Sha256,
+    bytes: u64,
 }
 
 /// A stored (or deduplicated) upload.
@@ -75,6 +89,8 @@ pub struct Pipeline {
     db: Database,
     allow: Arc<Allowlist>,
     max_bytes: u64,
+    /// Seal new objects (`MEDIA_OBJECT_ENCRYPTION`).
+    encrypt: bool,
     retention: Option<chrono::Duration>,
     key_prefix: Arc<str>,
     tasks: TaskTracker,
@@ -97,6 +113,7 @@ impl Pipeline {
             db,
             allow: Arc::new(Allowlist::new(&config.allowed_types)),
             max_bytes: config.max_bytes,
+            encrypt: config.object_encryption,
             retention: config.retention_days.map(|days| chrono::Duration::days(i64::from(days))),
             key_prefix: Arc::from(config.storage_prefix.as_str()),
             tasks: TaskTracker::new(),
@@ -180,7 +197,7 @@ impl Pipeline {
     /// Checks, stores and records one upload (see the module docs).
     pub async fn ingest(&self, caller: &Principal, upload: Upload, body: ByteStream) -> Result<Ingested, MediaError> {
         let (filename, user_hint) = (upload.filename.clone(), upload.user_hint.clone());
-        let stored = self.store(upload, body).await?;
+        let stored = self.store(&caller.tenant, upload, body).await?;
         let record = MediaRecord {
             id: new_id(),
             tenant_id: caller.tenant.clone(),
@@ -191,6 +208,7 @@ impl Pipeline {
             uploader: caller.owner(),
             user_hint,
             storage_key: stored.key,
+            object_dek_version: stored.object_dek_version,
             sha256: Some(stored.sha256),
             metadata: None,
             retention_until: self.retention_until(),
@@ -198,9 +216,10 @@ impl Pipeline {
         self.record(caller, record).await
     }
 
-    /// The single pass over the bytes: size limit, type check of the first bytes, SHA-256 while
-    /// they stream into the blob store under a fresh key. Nothing is left behind on failure.
-    async fn store(&self, mut upload: Upload, body: ByteStream) -> Result<StoredBytes, MediaError> {
+    /// The single pass over the bytes: size limit, type check of the first bytes, SHA-256 (of the
+    /// plaintext) while they stream into the blob store under a fresh key — sealed on the way when
+    /// object encryption is on (`sealed`). Nothing is left behind on failure.
+    async fn store(&self, tenant: &str, mut upload: Upload, body: ByteStream) -> Result<StoredBytes, MediaError> {
         if upload.content_length.is_some_and(|length| length > self.max_bytes) {
             return Err(MediaError::TooLarge { limit: self.max_bytes });
         }
@@ -214,39 +233,55 @@ impl Pipeline {
             return Err(MediaError::Empty);
         }
         let mime = self.allow.check(&prefix[..prefix.len().min(SNIFF_BYTES)], &upload.declared)?;
-        let hasher = Arc::new(Mutex::new(Sha256::new()));
-        let tap = hasher.clone();
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let tap = tally.clone();
         let stream = stream::once(async move { Ok(prefix) })
             .chain(body)
             .inspect(move |chunk| {
                 if let Ok(bytes) = chunk {
-                    tap.lock().unwrap_or_else(PoisonError::into_inner).update(bytes);
+                    let mut tally = tap.lock().unwrap_or_else(PoisonError::into_inner);
+                    tally.sha256.update(bytes);
+                    tally.bytes += bytes.len() as u64;
                 }
             })
             .boxed();
         let key = self.new_storage_key();
+        let sealing = match self.encrypt {
+            true => Some(Sealing::new(self.media.keys(), tenant, &key).await?),
+            false => None,
+        };
+        let object_dek_version = sealing.as_ref().map(|sealing| sealing.dek_version);
+        let (stream, length) = match sealing {
+            Some(sealing) => (sealing.seal(stream), upload.content_length.map(sealed_len)),
+            None => (stream, upload.content_length),
+        };
         journal::open(&self.db, &key).await?;
-        let written = match upload.content_length {
+        let written = match length {
             Some(length) => self.blobs.put_sized(&key, &mime, length, stream).await,
             None => self.blobs.put(&key, &mime, stream).await,
         };
-        let size = match written {
-            Ok(size) => size,
-            Err(err) => {
-                // Normally nothing was written; the delete makes sure before the entry goes.
-                self.discard(&key).await;
-                return Err(self.put_error(err));
+        let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner));
+        let stored = match (written, object_dek_version) {
+            (Ok(written), Some(_)) if written != sealed_len(tally.bytes) => {
+                Err(StorageError::backend(self.blobs.backend(), "put", "the stored object is not the sealed length"))
             }
+            (written, _) => written,
         };
-        let sha256 = std::mem::take(&mut *hasher.lock().unwrap_or_else(PoisonError::into_inner)).finalize().into();
-        Ok(StoredBytes { key, mime, size, sha256 })
+        if let Err(err) = stored {
+            // Normally nothing was written; the delete makes sure before the entry goes.
+            self.discard(&key).await;
+            return Err(self.put_error(err));
+        }
+        let sha256 = tally.sha256.finalize().into();
+        Ok(StoredBytes { key, mime, size: tally.bytes, sha256, object_dek_version })
     }
 
     /// Verifies a direct upload (`prepare-upload`, then a PUT to the presigned URL). The client wrote
     /// to a staging key; its object is streamed through the same single pass as every upload (size
     /// within the limit and equal to the declared size, sniffed type equal to the declared one and to
-    /// the filename's, SHA-256) into a fresh key that no client can write, and the staging object is
-    /// deleted — so bytes cannot be swapped after they were checked. Then the row becomes ready,
+    /// the filename's, SHA-256) into a fresh key that no client can write — sealed, with encryption
+    /// on — and the staging object is deleted — so bytes cannot be swapped after they were checked,
+    /// and no plaintext the client wrote outlives the completion. Then the row becomes ready,
     /// sharing the object of identical bytes the tenant already has; with `dedup`, when the caller
     /// already uploaded these bytes the pending id disappears in favour of the caller's existing one.
     /// A refused upload is deleted with its row.
@@ -276,7 +311,7 @@ impl Pipeline {
             let mut declared = vec![(DeclaredBy::Prepared, pending.mime.clone())];
             declared.extend(pending.filename.as_deref().and_then(super::sniff::from_filename));
             let upload = Upload { declared, content_length: Some(object.total_size), ..Upload::default() };
-            self.store(upload, object.body).await
+            self.store(&pending.tenant_id, upload, object.body).await
         };
         let stored = match checked {
             Ok(stored) => stored,
@@ -291,6 +326,7 @@ impl Pipeline {
             size: stored.size,
             sha256: Some(stored.sha256),
             storage_key: stored.key,
+            object_dek_version: stored.object_dek_version,
             status: MediaStatus::Ready,
             ..pending
         };
@@ -404,9 +440,9 @@ impl Pipeline {
     /// deleted.
     async fn settle(&self, record: MediaRecord, outcome: InsertOutcome) -> MediaRecord {
         match outcome {
-            InsertOutcome::Joined { storage_key } => {
+            InsertOutcome::Joined { storage_key, object_dek_version } => {
                 self.discard(&record.storage_key).await;
-                MediaRecord { storage_key, ..record }
+                MediaRecord { storage_key, object_dek_version, ..record }
             }
             _ => record,
         }

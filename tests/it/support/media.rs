@@ -175,6 +175,48 @@ impl MediaApp {
     }
 }
 
+impl MediaApp {
+    /// Every object under the app's prefix as the store holds it, read directly (the S3 API, or the
+    /// blob directory and its temporary files): key and bytes.
+    pub async fn stored_objects(&self) -> Vec<(String, Vec<u8>)> {
+        match self.stack {
+            Stack::PostgresS3 => {
+                let (client, bucket) = (s3_client().await, s3_env().bucket);
+                let mut out = Vec::new();
+                let mut pages = client.list_objects_v2().bucket(&bucket).prefix(&self.prefix).into_paginator().send();
+                while let Some(page) = pages.next().await {
+                    for object in page.unwrap().contents() {
+                        let key = object.key().unwrap().to_owned();
+                        let got = client.get_object().bucket(&bucket).key(&key).send().await.unwrap();
+                        out.push((key, got.body.collect().await.unwrap().into_bytes().to_vec()));
+                    }
+                }
+                out
+            }
+            Stack::SqliteFs => {
+                let root = self.app.dir.path().join("data/blobs");
+                let mut out = Vec::new();
+                for dir in [root.join(&self.prefix), root.join(".tmp")] {
+                    read_files(&dir, &mut out);
+                }
+                out
+            }
+        }
+    }
+}
+
+fn read_files(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            read_files(&path, out);
+        } else if !entry.file_name().to_string_lossy().starts_with("ready-") {
+            out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+    }
+}
+
 fn count_files(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries

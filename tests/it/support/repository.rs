@@ -77,6 +77,7 @@ pub fn new_media(tenant: &str, content: &[u8]) -> MediaRecord {
         uploader: "uploader-subject-7f3a".into(),
         user_hint: Some("client-user-hint-91".into()),
         storage_key: format!("objects/storage-key-{}", random_hex(6)),
+        object_dek_version: None,
         sha256: Some(Sha256::digest(content).into()),
         metadata: Some(serde_json::json!({"camera": "metadata-value-x100"})),
         retention_until: None,
