@@ -13,6 +13,8 @@
 //! - `download <base> <token> <MiB> <rounds>`: uploads one file of `MiB`, then per round reads it
 //!   whole through the service (`GET /v1/media/{id}`, proxied) and straight from S3 through its
 //!   presigned URL, one after the other; MiB/s of each read.
+//! - `read <base> <token> <id> <MiB>`: reads media `id` (`MiB` long) whole through the service
+//!   once; MiB/s.
 //! - `resolve <base> <token> <rate> <seconds>`: uploads 20 images, then sends a 20-placeholder resolve
 //!   payload at a fixed rate (open loop) and reports latency percentiles.
 //! - `presign <base> <token> <connections> <seconds>`: `GET /v1/media/{id}/presign` as fast as the
@@ -372,7 +374,7 @@ async fn mixed(target: Arc<Target>, rate: u64, seconds: u64) -> anyhow::Result<V
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(base), Some(token)) = (args.first(), args.get(1), args.get(2)) else {
-        anyhow::bail!("usage: media_load <upload|chunked|form|form-len|direct|download|resolve|presign|flood|mixed> <base-url> <token> <args…>");
+        anyhow::bail!("usage: media_load <upload|chunked|form|form-len|direct|download|read|resolve|presign|flood|mixed> <base-url> <token> <args…>");
     };
     let number = |i: usize| -> anyhow::Result<u64> {
         Ok(args.get(i).ok_or_else(|| anyhow::anyhow!("missing argument {i}"))?.parse()?)
@@ -397,6 +399,11 @@ fn main() -> anyhow::Result<()> {
                 let len = number(3)? * 1024 * 1024;
                 let seconds = target.direct(len).await?;
                 Ok(json!({"mode": "direct", "mib": len >> 20, "seconds": seconds, "mib_per_s": (len >> 20) as f64 / seconds}))
+            }
+            "read" => {
+                let (id, len) = (args.get(3).cloned().unwrap_or_default(), number(4)? * 1024 * 1024);
+                let through = target.http.get(format!("{}/v1/media/{id}", target.base)).bearer_auth(&target.token);
+                Ok(json!({"mode": "read", "mib": len >> 20, "mib_per_s": timed_read(through, len).await?}))
             }
             "download" => download(target.clone(), number(3)? * 1024 * 1024, number(4)?).await,
             "resolve" => resolve(target.clone(), number(3)?, number(4)?).await,

@@ -404,3 +404,25 @@ async fn turning_encryption_on_keeps_plain_objects_readable_and_dedup_spans_both
         }
     }
 }
+
+#[tokio::test]
+async fn a_range_read_fetches_only_its_segments_from_s3() {
+    use crate::support::s3_proxy::{Fault, S3Proxy};
+    // A proxy that fails nothing and counts the bytes S3 sends back.
+    let proxy = S3Proxy::start(Fault { matches: |_, _| false, times: 0 }).await;
+    let m = media_app(Stack::PostgresS3, &[ON, ("MEDIA_S3_ENDPOINT", &proxy.endpoint)]).await;
+    let alice = m.alice();
+    let image = png(16 << 20, 12);
+    let id = upload_by(&m, &alice, "raw", &image, 0).await;
+    let (first, len) = (5 * (1 << 20) + 12_345, 1 << 20);
+    let before = proxy.served();
+    let part = m.get(&alice, &format!("/v1/media/{id}")).header("range", format!("bytes={first}-{}", first + len - 1));
+    let part = part.send().await.unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.bytes().await.unwrap(), Bytes::copy_from_slice(&image[first..first + len]));
+    let fetched = proxy.served() - before;
+    // The range's own bytes, at most two partial segments more (each with its tag), and the header.
+    let bound = len as u64 + 2 * (SEG as u64 + 16) + 48;
+    assert!(fetched <= bound, "a 1 MiB range of a 16 MiB object fetched {fetched} bytes from S3 (bound {bound})");
+    assert!(fetched >= len as u64, "the range itself came from S3: {fetched}");
+}

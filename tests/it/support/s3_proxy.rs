@@ -1,8 +1,9 @@
 //! An HTTP proxy in front of Garage that answers chosen S3 requests with a transient error (`503
 //! SlowDown`, as S3 does under load) and forwards every other request untouched (same `Host`, so
-//! SigV4 signatures still verify): what the retry tests point `MEDIA_S3_ENDPOINT` at.
+//! SigV4 signatures still verify), counting the bytes GETs fetch: what the retry and range tests
+//! point `MEDIA_S3_ENDPOINT` at.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -26,6 +27,7 @@ struct Shared {
     fault: Fault,
     failed: AtomicUsize,
     seen: Mutex<Vec<String>>,
+    served: Arc<AtomicU64>,
 }
 
 /// A running proxy; stops with the test's runtime.
@@ -42,6 +44,7 @@ impl S3Proxy {
             fault,
             failed: AtomicUsize::new(0),
             seen: Mutex::default(),
+            served: Arc::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
@@ -53,6 +56,11 @@ impl S3Proxy {
     /// Requests answered with the fault.
     pub fn failed(&self) -> usize {
         self.shared.failed.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes of every answer to a GET so far (what readers fetched from S3).
+    pub fn served(&self) -> u64 {
+        self.shared.served.load(Ordering::SeqCst)
     }
 
     /// `METHOD path?query` of every request, in arrival order.
@@ -79,6 +87,7 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
                    <Message>Please reduce your request rate.</Message></Error>";
         return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/xml")], xml).into_response();
     }
+    let counted = (parts.method == axum::http::Method::GET).then(|| shared.served.clone());
     let mut out = shared.http.request(parts.method, format!("{}{target}", shared.upstream));
     for (name, value) in &parts.headers {
         if !HOP_BY_HOP.contains(&name.as_str()) {
@@ -94,9 +103,13 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
                     response = response.header(HeaderName::from_bytes(name.as_ref()).expect("name"), value.as_bytes());
                 }
             }
-            response
-                .body(Body::from_stream(answer.bytes_stream().map(|c| c.map_err(std::io::Error::other))))
-                .expect("response")
+            let body = answer.bytes_stream().map(move |chunk| {
+                if let (Ok(chunk), Some(served)) = (&chunk, &counted) {
+                    served.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                }
+                chunk.map_err(std::io::Error::other)
+            });
+            response.body(Body::from_stream(body)).expect("response")
         }
         Err(err) => (StatusCode::BAD_GATEWAY, err.to_string()).into_response(),
     }
