@@ -248,8 +248,7 @@ impl Sealer {
 
     fn seal_pending(&mut self, last: bool, out: &mut Vec<u8>) -> Result<(), CryptoError> {
         self.cipher.seal_segment(self.next, last, &mut self.pending)?;
-        out.extend_from_slice(&self.pending);
-        self.pending.clear();
+        hand_over(&mut self.pending, out);
         self.next += 1;
         Ok(())
     }
@@ -311,10 +310,21 @@ impl Opener {
         }
         let last = self.next == self.last_of_object;
         self.cipher.open_segment(self.next, last, &mut self.pending)?;
-        out.extend_from_slice(&self.pending);
-        self.pending.clear();
+        hand_over(&mut self.pending, out);
         self.next += 1;
         Ok(())
+    }
+}
+
+/// Appends the finished segment in `pending` to `out` and empties `pending`: an empty `out` takes
+/// the buffer itself (no copy; `pending` gets a fresh one), otherwise the bytes are copied.
+fn hand_over(pending: &mut Vec<u8>, out: &mut Vec<u8>) {
+    if out.is_empty() {
+        let fresh = Vec::with_capacity(SEALED_SEGMENT_LEN as usize);
+        *out = std::mem::replace(pending, fresh);
+    } else {
+        out.extend_from_slice(pending);
+        pending.clear();
     }
 }
 

@@ -25,9 +25,7 @@ use futures::{stream, StreamExt};
 use super::ingest::ByteStream;
 use super::MediaError;
 use crate::crypto::envelope::KeyPurpose;
-use crate::crypto::object::{
-    self, ObjectCipher, ObjectHeader, Opener, Sealer, Span, HEADER_LEN, SEALED_SEGMENT_LEN, SEGMENT_LEN,
-};
+use crate::crypto::object::{self, ObjectCipher, ObjectHeader, Opener, Sealer, Span, HEADER_LEN, SEGMENT_LEN};
 use crate::crypto::CryptoError;
 use crate::db::tenant_keys::TenantKeys;
 use crate::storage::{BlobObject, BlobStore, ByteRange, StorageError};
@@ -88,7 +86,7 @@ impl Sealing {
             chunk: Bytes,
             out: Vec<u8>,
         }
-        let state = State { body, sealer: Some(Sealer::new(self.cipher)), chunk: Bytes::new(), out: buffer() };
+        let state = State { body, sealer: Some(Sealer::new(self.cipher)), chunk: Bytes::new(), out: Vec::new() };
         stream::unfold(state, |mut state| async move {
             loop {
                 let sealer = state.sealer.as_mut()?;
@@ -110,7 +108,7 @@ impl Sealing {
                     return Some((Err(err), state));
                 }
                 if !state.out.is_empty() {
-                    let out = Bytes::from(std::mem::replace(&mut state.out, buffer()));
+                    let out = Bytes::from(std::mem::take(&mut state.out));
                     return Some((Ok(out), state));
                 }
             }
@@ -118,11 +116,6 @@ impl Sealing {
         .fuse()
         .boxed()
     }
-}
-
-/// An output buffer that holds what one push gives: at most the header and one sealed segment.
-fn buffer() -> Vec<u8> {
-    Vec::with_capacity((HEADER_LEN + SEALED_SEGMENT_LEN) as usize)
 }
 
 /// Opens `range` of a stored encrypted object (all of it when `None`); see the module docs. Sizes
@@ -237,10 +230,8 @@ fn opened(body: ByteStream, opener: Opener, skip: u64, length: u64) -> ByteStrea
             let opener = state.opener.as_mut()?;
             let mut out = Vec::new();
             let result = match state.body.next().await {
-                Some(Ok(chunk)) => {
-                    out.reserve(chunk.len() + SEGMENT_LEN as usize);
-                    opener.push(&chunk, &mut out).map_err(|_| tampered())
-                }
+                // A segment completed is handed over in the opener's own buffer (no copy into `out`).
+                Some(Ok(chunk)) => opener.push(&chunk, &mut out).map_err(|_| tampered()),
                 Some(Err(err)) => Err(err),
                 None => state.opener.take().map_or(Ok(()), |o| o.finish(&mut out)).map_err(|_| tampered()),
             };

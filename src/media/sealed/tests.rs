@@ -1,6 +1,6 @@
 use super::*;
 use crate::crypto::envelope::DataKey;
-use crate::crypto::object::open_object;
+use crate::crypto::object::{open_object, SEALED_SEGMENT_LEN};
 
 const SEG: usize = SEGMENT_LEN as usize;
 const CONTEXT: [&[u8]; 2] = [b"acme", b"m/0123"];
