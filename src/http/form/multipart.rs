@@ -254,8 +254,28 @@ impl Multipart {
         let slice = self.body_slice().await?;
         if slice.is_none() {
             self.state = State::Delimiter;
+            // The part ends only at a real delimiter: `--` or the end of its line must follow,
+            // else the form is malformed (and the file would be cut short silently).
+            self.delimiter_line_ends().await?;
         }
         Ok(slice)
+    }
+
+    /// Whether what follows a delimiter is `--` or padding and a line break (not consumed).
+    async fn delimiter_line_ends(&mut self) -> Result<(), FormError> {
+        loop {
+            let rest = &self.pending[..];
+            if rest.starts_with(b"--") {
+                return Ok(());
+            }
+            let pad = rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+            match &rest[pad..] {
+                [b'\r', b'\n', ..] => return Ok(()),
+                [] | [b'\r'] | [b'-'] if pad <= HEADERS_MAX => {}
+                _ => return Err(FormError::Malformed("a boundary is followed by other text on its line")),
+            }
+            self.more("the body ends after a boundary").await?;
+        }
     }
 
     /// The current part's body as a stream of slices (the reader goes with it).
@@ -291,13 +311,14 @@ fn parse_header(line: &[u8], head: &mut PartHead) -> Result<(), FormError> {
     if name.eq_ignore_ascii_case(b"content-disposition") {
         for (param, value) in disposition_params(value.trim()) {
             match param.to_ascii_lowercase().as_str() {
-                "name" => head.name = Some(value),
-                "filename" => head.filename = Some(value),
+                // The first wins, as multer has it.
+                "name" => _ = head.name.get_or_insert(value),
+                "filename" => _ = head.filename.get_or_insert(value),
                 _ => {}
             }
         }
     } else if name.eq_ignore_ascii_case(b"content-type") {
-        head.content_type = Some(value.trim().to_owned());
+        head.content_type.get_or_insert_with(|| value.trim().to_owned());
     }
     Ok(())
 }

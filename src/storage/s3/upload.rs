@@ -4,7 +4,9 @@
 //! cancellation so no part is left billed and invisible in the bucket.
 //!
 //! A [`Part`] holds the body's chunks as they came (the server's read buffers, the multipart
-//! parser's slices): they are never copied into a part buffer. With unsigned payloads a part
+//! reader's slices) when they are at least 16 KiB long, and copies shorter ones together, so a
+//! client sending tiny chunks cannot make a part hold a handle (and a pinned read buffer) per
+//! byte. With unsigned payloads a part
 //! streams them to S3 one by one; with `MEDIA_S3_SIGN_PAYLOAD` (SigV4 must hash the part before
 //! sending it) they are joined into one buffer first. Either way the request body can be sent
 //! again — the SDK retries a part after a transient error (a 5xx, `SlowDown`, a reset connection)
@@ -112,10 +114,22 @@ impl Held {
     }
 }
 
+/// Chunks at least this long are kept as they came; shorter ones are copied together.
+const KEEP_MIN: usize = 16 * 1024;
+/// The buffer short chunks are copied into.
+const SMALL_BUFFER: usize = 64 * 1024;
+
 /// The chunks of one part (or of a whole small body), in order, `len` bytes in all.
+///
+/// A chunk of [`KEEP_MIN`] bytes or more is kept as it came (no copy); shorter ones are copied
+/// into a shared buffer. A client sending its body in tiny chunks (one byte each, say) would
+/// otherwise make a part hold a handle per byte — and pin the connection's read buffer each is a
+/// slice of — many times the part's size; this way a part of `n` bytes holds at most about
+/// `2 n / KEEP_MIN` handles and its memory stays close to `n`.
 #[derive(Default)]
 pub(super) struct Part {
     chunks: Vec<Bytes>,
+    small: BytesMut,
     len: usize,
 }
 
@@ -127,11 +141,28 @@ impl Part {
 
     fn push(&mut self, chunk: Bytes) {
         self.len += chunk.len();
-        self.chunks.push(chunk);
+        if chunk.len() >= KEEP_MIN {
+            self.flush_small();
+            self.chunks.push(chunk);
+            return;
+        }
+        if self.small.capacity() - self.small.len() < chunk.len() {
+            self.flush_small();
+            self.small.reserve(SMALL_BUFFER);
+        }
+        self.small.extend_from_slice(&chunk);
+    }
+
+    /// Moves what the small buffer holds into the chunk list.
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.chunks.push(self.small.split().freeze());
+        }
     }
 
     /// The part as one buffer (a copy unless it is a single chunk).
     pub(super) fn joined(mut self) -> Bytes {
+        self.flush_small();
         if self.chunks.len() == 1 {
             return self.chunks.pop().unwrap_or_default();
         }
@@ -145,10 +176,11 @@ impl Part {
     /// The part as a request body the SDK can send again: its chunks streamed, or one buffer when
     /// the payload is signed (the signer reads the body before it is sent). The chunks live as long
     /// as the body (every attempt sends them).
-    fn body(self, sign_payload: bool) -> S3Body {
+    fn body(mut self, sign_payload: bool) -> S3Body {
         if sign_payload {
             return S3Body::from(self.joined());
         }
+        self.flush_small();
         let len = self.len as u64;
         let chunks: Arc<[Bytes]> = self.chunks.into();
         S3Body::new(SdkBody::retryable(move || {
@@ -439,5 +471,27 @@ mod tests {
             }
         }
         assert!(Part::default().joined().is_empty());
+    }
+
+    #[test]
+    fn a_part_fed_tiny_chunks_holds_few_handles_and_every_byte_in_order() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let whole = Bytes::from(data.clone());
+        let mut part = Part::default();
+        // One byte at a time, with a large chunk now and then.
+        let mut at = 0;
+        while at < data.len() {
+            let n = if at % 50_000 == 0 { KEEP_MIN } else { 1 };
+            let end = (at + n).min(data.len());
+            part.push(whole.slice(at..end));
+            at = end;
+        }
+        assert_eq!(part.len(), data.len());
+        part.flush_small();
+        let handles = part.chunks.len();
+        assert!(handles <= 2 * data.len() / KEEP_MIN + 2, "{handles} handles for {} bytes", data.len());
+        let large = part.chunks.iter().filter(|c| c.len() == KEEP_MIN).count();
+        assert_eq!(large, 6, "chunks of KEEP_MIN bytes are kept as they came");
+        assert_eq!(part.joined(), data, "every byte once, in order");
     }
 }

@@ -153,3 +153,27 @@ async fn arbitrary_bytes_near_a_form_read_safely() {
         check(&body).await;
     }
 }
+
+#[tokio::test]
+async fn a_file_part_ends_only_at_a_real_delimiter_and_the_first_name_wins() {
+    // The boundary followed by other text inside the file: not its end, and not a silent cut.
+    let body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; name=\"other\"\r\n\r\n\
+         AAAA\r\n--{BOUNDARY}-not-a-delimiter\r\nBBBB\r\n--{BOUNDARY}--\r\n"
+    );
+    for sizes in [&[1usize][..], &[7], &[usize::MAX]] {
+        let mut form = Multipart::new(source(body.as_bytes(), sizes), BOUNDARY, u64::MAX);
+        let head = form.next_part().await.expect("a part").expect("the file");
+        assert_eq!(head.name.as_deref(), Some("file"), "the first name wins");
+        let mut read = Vec::new();
+        let end = loop {
+            match form.chunk().await {
+                Ok(Some(slice)) => read.extend_from_slice(&slice),
+                Ok(None) => break Ok(()),
+                Err(err) => break Err(err.to_string()),
+            }
+        };
+        assert_eq!(end, Err("a boundary is followed by other text on its line".into()), "chunks {sizes:?}");
+        assert_eq!(read, b"AAAA", "what came before the bad line, and no more");
+    }
+}
