@@ -56,6 +56,8 @@ pub struct GetSigner {
     region: String,
     provider: SharedCredentialsProvider,
     signing: Mutex<Option<Signing>>,
+    /// Held while the provider is asked for new credentials.
+    refresh: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for GetSigner {
@@ -76,7 +78,10 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
 
 /// The SigV4 signing key of `day` (`YYYYMMDD`) for S3 in `region`.
 fn signing_key(secret: &str, day: &str, region: &str) -> Zeroizing<[u8; 32]> {
-    let secret = Zeroizing::new(format!("AWS4{secret}"));
+    let mut prefixed = Zeroizing::new(String::with_capacity(4 + secret.len()));
+    prefixed.push_str("AWS4");
+    prefixed.push_str(secret);
+    let secret = prefixed;
     let key = Zeroizing::new(hmac(secret.as_bytes(), day.as_bytes()));
     let key = Zeroizing::new(hmac(&*key, region.as_bytes()));
     let key = Zeroizing::new(hmac(&*key, b"s3"));
@@ -108,30 +113,49 @@ impl GetSigner {
             (format!("{bucket_label}.{host}{port}"), format!("{prefix}/"))
         };
         let base = format!("{}://{host}{path}", endpoint.scheme());
-        Ok(Self { base, host, path, region: region.to_owned(), provider, signing: Mutex::new(None) })
+        let (signing, refresh) = (Mutex::new(None), tokio::sync::Mutex::new(()));
+        Ok(Self { base, host, path, region: region.to_owned(), provider, signing, refresh })
     }
 
     /// The credentials to sign with and the signing key of `day`, deriving it when the day or the
-    /// credentials changed.
+    /// credentials changed. One refresh runs at a time (the others wait for its result rather than
+    /// asking the provider too), and credentials not yet expired keep serving when a refresh fails.
     async fn signing(&self, day: &str) -> Result<(Credentials, Zeroizing<[u8; 32]>), StorageError> {
         let fresh = |c: &Credentials| c.expiry().is_none_or(|at| at > SystemTime::now() + REFRESH_BEFORE);
-        {
-            let mut guard = self.signing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(signing) = guard.as_mut().filter(|s| fresh(&s.credentials)) {
-                if signing.day != day {
-                    signing.key = signing_key(signing.credentials.secret_access_key(), day, &self.region);
-                    day.clone_into(&mut signing.day);
-                }
-                return Ok((signing.credentials.clone(), signing.key.clone()));
-            }
+        let usable = |c: &Credentials| c.expiry().is_none_or(|at| at > SystemTime::now());
+        if let Some(found) = self.cached(day, fresh) {
+            return Ok(found);
         }
-        let credentials = self.provider.provide_credentials().await.map_err(|e| {
-            failure(format!("no S3 credentials: {}", aws_smithy_types::error::display::DisplayErrorContext(&e)))
-        })?;
+        let _refreshing = self.refresh.lock().await;
+        if let Some(found) = self.cached(day, fresh) {
+            return Ok(found);
+        }
+        let credentials = match self.provider.provide_credentials().await {
+            Ok(credentials) => credentials,
+            Err(err) => {
+                let message = aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
+                if let Some(found) = self.cached(day, usable) {
+                    tracing::warn!(error = %message, "S3 credentials could not be refreshed; signing with the current ones until they expire");
+                    return Ok(found);
+                }
+                return Err(failure(format!("no S3 credentials: {message}")));
+            }
+        };
         let key = signing_key(credentials.secret_access_key(), day, &self.region);
         let signing = Signing { credentials: credentials.clone(), day: day.to_owned(), key: key.clone() };
         *self.signing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signing);
         Ok((credentials, key))
+    }
+
+    /// The cached credentials if `accept` takes them, with the signing key of `day`.
+    fn cached(&self, day: &str, accept: impl Fn(&Credentials) -> bool) -> Option<(Credentials, Zeroizing<[u8; 32]>)> {
+        let mut guard = self.signing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let signing = guard.as_mut().filter(|s| accept(&s.credentials))?;
+        if signing.day != day {
+            signing.key = signing_key(signing.credentials.secret_access_key(), day, &self.region);
+            day.clone_into(&mut signing.day);
+        }
+        Some((signing.credentials.clone(), signing.key.clone()))
     }
 
     /// A URL that GETs `key` until `ttl` has passed, answering with these forced headers.

@@ -114,3 +114,37 @@ async fn urls_name_the_bucket_like_the_sdk_and_carry_the_forced_headers_and_sign
         assert!(path.contains(part), "{part} missing in {path}");
     }
 }
+
+/// Hands out credentials expiring in two minutes (inside the refresh margin) once, then fails.
+#[derive(Debug, Default)]
+struct FailsAfterFirst(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl ProvideCredentials for FailsAfterFirst {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        use aws_credential_types::provider::error::CredentialsError;
+        let answer = if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            let expiry = SystemTime::now() + Duration::from_secs(120);
+            Ok(Credentials::new("AKID0", "secret0", None, Some(expiry), "t"))
+        } else {
+            Err(CredentialsError::provider_error("the metadata service is down"))
+        };
+        aws_credential_types::provider::future::ProvideCredentials::ready(answer)
+    }
+}
+
+#[tokio::test]
+async fn credentials_not_yet_expired_keep_signing_when_a_refresh_fails() {
+    let now: DateTime<Utc> = "2026-11-26T10:00:00Z".parse().expect("time");
+    let provider = FailsAfterFirst::default();
+    let calls = provider.0.clone();
+    let shared = SharedCredentialsProvider::new(provider);
+    let signer = GetSigner::new(None, "media", "eu-west-1", false, shared).expect("signer");
+    let ttl = Duration::from_secs(60);
+    let first = signer.get_url_at("k", "image/png", "inline", ttl, now).await.expect("signed");
+    let second = signer.get_url_at("k", "image/png", "inline", ttl, now).await;
+    assert_eq!(second.expect("the current credentials still sign"), first);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "a refresh was tried (and failed)");
+}
