@@ -34,6 +34,7 @@ mod jwks;
 mod limits;
 mod media;
 mod migrations;
+mod object_keys;
 mod operations;
 mod reconcile;
 mod replicas;
