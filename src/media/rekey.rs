@@ -40,6 +40,13 @@ impl ObjectMover {
         let key = self.pipeline.new_storage_key();
         if let Err(err) = self.copy(object, &key, target).await {
             self.pipeline.discard(&key).await;
+            // An object deleted with its last row while it was read: nothing to move.
+            if matches!(err, MediaError::Storage(StorageError::NotFound)) {
+                let row = self.pipeline.repo().get(&object.tenant, &object.id).await?;
+                if row.is_none_or(|row| row.record.storage_key != object.storage_key) {
+                    return Ok(MoveOutcome::Lost("its rows are gone"));
+                }
+            }
             return Err(err);
         }
         let moved = self.pipeline.repo().move_object(object, &key, target).await?;
