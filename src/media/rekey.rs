@@ -5,6 +5,10 @@
 //! rows' compare-and-set (`db::media::objects`). The copy is journaled before its first byte, so
 //! whatever happens to this process it is deleted unless rows came to reference it.
 //!
+//! An upload whose bytes were sealed under a version that retired before its row was written is
+//! copied the same way under the current version ([`reseal_unrecorded`]), so a rotation never fails
+//! an upload in flight.
+//!
 //! Memory is flat: one segment in each direction, as for uploads and downloads.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,9 +19,10 @@ use sha2::{Digest, Sha256};
 use super::ingest::pipeline::Pipeline;
 use super::sealed::{self, SealedObject, Sealing};
 use super::MediaError;
+use crate::crypto::envelope::KeyPurpose;
 use crate::crypto::object::sealed_len;
 use crate::db::journal;
-use crate::db::media::{MoveOutcome, ObjectToMove};
+use crate::db::media::{MediaRecord, MoveOutcome, ObjectToMove};
 use crate::jobs::objects::Reseal;
 use crate::storage::StorageError;
 
@@ -99,6 +104,31 @@ impl ObjectMover {
         }
         Ok(())
     }
+}
+
+/// The object of `record` — a row not yet written, whose object was sealed under a version retired
+/// meanwhile — copied under the tenant's current version into a fresh key; the old object is
+/// deleted and the record that references the copy comes back (its journal entry ends with its row).
+pub(crate) async fn reseal_unrecorded(pipeline: &Pipeline, record: &MediaRecord) -> Result<MediaRecord, MediaError> {
+    let target = pipeline.repo().keys().current(&record.tenant_id, KeyPurpose::Dek).await?.version;
+    let object = ObjectToMove {
+        tenant: record.tenant_id.clone(),
+        id: record.id.clone(),
+        mac: None,
+        storage_key: record.storage_key.clone(),
+        object_dek_version: record.object_dek_version,
+        size: record.size,
+        mime: record.mime.clone(),
+        sha256: record.sha256,
+    };
+    let mover = ObjectMover::new(pipeline.clone());
+    let key = pipeline.new_storage_key();
+    if let Err(err) = mover.copy(&object, &key, target).await {
+        pipeline.discard(&key).await;
+        return Err(err);
+    }
+    pipeline.discard(&record.storage_key).await;
+    Ok(MediaRecord { storage_key: key, object_dek_version: Some(target), ..record.clone() })
 }
 
 #[async_trait::async_trait]

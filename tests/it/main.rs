@@ -35,6 +35,7 @@ mod limits;
 mod media;
 mod migrations;
 mod object_keys;
+mod object_moves;
 mod operations;
 mod reconcile;
 mod replicas;

@@ -1,32 +1,26 @@
 //! Objects moved to new keys beside the running service (issue 17 item 5), on PostgreSQL and
 //! Garage: `rotate-keys --objects` then `encrypt-objects` while two replicas behind HAProxy take
 //! uploads, direct uploads, dedup joins and deletes; and a `rotate-keys --objects` killed (`kill -9`)
-//! at points of its run, again and again, then run to its end; and on both stacks, in-process, the
-//! moves that lose to a changed group, the jobs end to end, and a retired version refusing objects.
+//! at points of its run, again and again, then run to its end. (`object_moves.rs`: the same work
+//! in-process on both stacks.)
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use media_api::crypto::envelope::KeyPurpose;
 use media_api::crypto::object::ObjectHeader;
-use media_api::db::media::{MediaRecord, MediaStatus, MoveOutcome, ObjectsToMove};
-use media_api::db::DbError;
-use media_api::jobs::objects::{encrypt_objects, ObjectWork};
-use media_api::jobs::rotate::{rotate_with_objects, RotateOptions};
-use media_api::media::rekey::ObjectMover;
 use serde_json::Value;
 
-use crate::support::app::{sha256_hex, Stack, STACKS};
+use crate::support::app::{sha256_hex, Stack};
 use crate::support::faults::{assert_readable_at, assert_rows_match_objects, http, rows_and_objects, Rotation};
 use crate::support::fleet::{answer, bucket_objects, direct_upload, Fleet};
-use crate::support::media::{holds, json_of, marked, media_app, MediaApp};
+use crate::support::media::{holds, marked};
 use crate::support::own::S3Target;
 use crate::support::process::{binary_vars, run, token, var, Service};
 
 /// Written into every test image: what must not be found in the bucket once objects are encrypted.
-const MARKER: &str = "OBJECT-KEYS-PLAINTEXT-MARKER";
+pub const MARKER: &str = "OBJECT-KEYS-PLAINTEXT-MARKER";
 const TENANT: &str = "acme";
 
 /// A stored upload: (tenant, id, sha256 of its bytes).
@@ -376,105 +370,4 @@ async fn rotate_keys_objects_killed_at_eight_points_then_run_to_its_end_loses_no
     assert_eq!(assert_all_sealed_under(&vars, last).await, objects);
     assert_readable_at(&service.base, |_| alice.clone(), &acknowledged).await;
     service.stop();
-}
-
-/// The id of `body` uploaded to `m` by `token`.
-async fn posted(m: &MediaApp, token: &str, body: &[u8]) -> String {
-    let (status, answer) = json_of(m.upload_raw(token, "image/png", body.to_vec()).await).await;
-    assert_eq!(status, 200, "{answer}");
-    answer["id"].as_str().unwrap().to_owned()
-}
-
-/// The bytes of `id` as `token` downloads them from `m`.
-async fn download(m: &MediaApp, token: &str, id: &str) -> Vec<u8> {
-    let response = m.http().get(m.url(&format!("/v1/media/{id}"))).bearer_auth(token).send().await.unwrap();
-    assert_eq!(response.status(), 200, "{id}");
-    response.bytes().await.unwrap().to_vec()
-}
-
-#[tokio::test]
-async fn on_both_stacks_a_move_lost_to_a_changed_group_keeps_one_object_and_the_jobs_leave_every_object_sealed() {
-    for stack in STACKS {
-        // Written in the clear (encryption off); the jobs seal whatever the service's setting.
-        let m = media_app(stack, &[("MEDIA_OBJECT_ENCRYPTION", "off")]).await;
-        let (alice, bob) = (m.alice(), m.token("tenant-a", "bob", &[]));
-        let (x, y) = (marked(150_000, 1, MARKER), marked(5_000, 2, MARKER));
-        let x_alice = posted(&m, &alice, &x).await;
-        let x_bob = posted(&m, &bob, &x).await;
-        let y_alice = posted(&m, &alice, &y).await;
-        let state = &m.app.state;
-        let (repo, mover) = (&state.media, ObjectMover::new(state.pipeline.clone()));
-        let batch = repo.objects_to_move("tenant-a", ObjectsToMove::Plain, None, 10).await.unwrap();
-        assert_eq!((batch.rows, batch.objects.len()), (3, 2), "{stack:?}: a group's object is listed once");
-        let object = |size: usize| batch.objects.iter().find(|o| o.size == size as u64).unwrap().clone();
-        let (stale_x, stale_y) = (object(x.len()), object(y.len()));
-        assert!(stale_x.mac.is_some() && [&x_alice, &x_bob].contains(&&stale_x.id), "{stack:?}");
-
-        // A move of an object whose rows moved meanwhile, or went, writes nothing and keeps no copy.
-        let version = state.keys.current("tenant-a", KeyPurpose::Dek).await.unwrap().version;
-        assert_eq!(mover.move_object(&stale_x, version).await.unwrap(), MoveOutcome::Moved { rows: 2 }, "{stack:?}");
-        let lost = mover.move_object(&stale_x, version).await.unwrap();
-        assert_eq!(lost, MoveOutcome::Lost("its rows reference another object"), "{stack:?}");
-        assert_eq!(m.stored_objects().await.len(), 3, "{stack:?}: old and new x, y; the lost copy is gone");
-        state.pipeline.discard(&stale_x.storage_key).await;
-        let deleted = m.http().delete(m.url(&format!("/v1/media/{y_alice}"))).bearer_auth(&alice).send().await;
-        assert_eq!(deleted.unwrap().status(), 204);
-        assert_eq!(mover.move_object(&stale_y, version).await.unwrap(), MoveOutcome::Lost("its rows are gone"));
-        assert_eq!(m.stored_objects().await.len(), 1, "{stack:?}: only x's sealed copy");
-        for id in [&x_alice, &x_bob] {
-            assert_eq!(download(&m, &alice, id).await, x, "{stack:?} {id}");
-        }
-
-        // encrypt-objects seals what is plain; rotate-keys --objects moves every object to a new
-        // version and retires the old one, which can then gain no object.
-        let z = marked(70_000, 3, MARKER);
-        let z_bob = posted(&m, &bob, &z).await;
-        let work =
-            ObjectWork { mover: &mover, removal: state.pipeline.removal(), batch_size: 1, grace: Duration::ZERO };
-        let encrypted = encrypt_objects(&state.keys, work, &[], false).await.unwrap();
-        assert_eq!((encrypted.objects.objects_moved, encrypted.objects.object_rows_pending), (1, 0), "{stack:?}");
-        let opts =
-            RotateOptions { tenants: vec!["tenant-a".into()], batch_size: 1, rewrap_only: false, dry_run: false };
-        let rotated = rotate_with_objects(&state.keys, repo, &opts, work).await.unwrap();
-        let moved = rotated.objects.unwrap();
-        assert_eq!((moved.objects_moved, moved.object_rows_moved, moved.old_objects_deleted), (2, 3, 2), "{stack:?}");
-        assert_eq!(rotated.versions_retired.len(), 1, "{stack:?}");
-        let stored = m.stored_objects().await;
-        assert_eq!(stored.len(), 2, "{stack:?}");
-        for (key, bytes) in &stored {
-            assert!(!holds(bytes, MARKER.as_bytes()), "{stack:?}: {key} holds plaintext");
-            assert_eq!(ObjectHeader::parse(bytes).unwrap().dek_version, version + 1, "{stack:?}: {key}");
-        }
-        for (id, bytes) in [(&x_alice, &x), (&x_bob, &x), (&z_bob, &z)] {
-            assert_eq!(&download(&m, &alice, id).await, bytes, "{stack:?} {id}");
-        }
-        let status = media_api::admin::keys::status(repo, Some("tenant-a")).await.unwrap();
-        let deks: Vec<_> = status
-            .keys
-            .iter()
-            .filter(|k| k.key.purpose == "dek")
-            .map(|k| (k.key.state.as_str(), k.rows, k.object_rows))
-            .collect();
-        assert_eq!(deks, [("retired", Some(0), Some(0)), ("active", Some(3), Some(3))], "{stack:?}");
-        let late = MediaRecord {
-            id: media_api::domain::media_id::new_id(),
-            tenant_id: "tenant-a".into(),
-            status: MediaStatus::Ready,
-            mime: "image/png".into(),
-            size: 1,
-            filename: None,
-            uploader: "carol".into(),
-            user_hint: None,
-            storage_key: format!("{}m/late", m.prefix),
-            object_dek_version: Some(version),
-            sha256: Some([7; 32]),
-            metadata: None,
-            retention_until: None,
-        };
-        let refused = repo.insert(&late).await;
-        assert!(
-            matches!(refused, Err(DbError::KeyChanged)),
-            "{stack:?}: a retired version gained an object: {refused:?}"
-        );
-    }
 }
