@@ -25,9 +25,9 @@ use serde::Serialize;
 use super::progress::Progress;
 use super::removal::Removal;
 use crate::crypto::envelope::KeyPurpose;
-use crate::db::locks;
 use crate::db::media::{MoveOutcome, ObjectToMove, ObjectsToMove};
 use crate::db::tenant_keys::TenantKeys;
+use crate::db::{locks, DbError};
 
 /// Passes over a tenant's objects before giving up on those that concurrent writers kept changing.
 const MAX_PASSES: u32 = 6;
@@ -128,7 +128,7 @@ pub(crate) async fn move_tenant(
     progress: &mut Progress,
     old: &mut OldObjects,
     summary: &mut ObjectsSummary,
-) -> anyhow::Result<()> {
+) -> Result<(), DbError> {
     let repo = work.removal.media();
     let mut left = 0;
     for pass in 0..MAX_PASSES {
@@ -201,7 +201,7 @@ pub async fn encrypt_objects(
     work: ObjectWork<'_>,
     tenants: &[String],
     dry_run: bool,
-) -> anyhow::Result<EncryptSummary> {
+) -> Result<EncryptSummary, DbError> {
     let started = Instant::now();
     let repo = work.removal.media();
     let tenants = if tenants.is_empty() { repo.tenants().await? } else { tenants.to_vec() };

@@ -103,8 +103,7 @@ pub struct Summary {
 
 /// The rotation itself (also what tests call): rows only, objects stay where they are.
 pub async fn rotate(keys: &TenantKeys, repo: &MediaRepo, opts: &RotateOptions) -> Result<Summary, DbError> {
-    let summary = run(keys, repo, opts, None).await;
-    summary.map_err(|err| err.downcast::<DbError>().unwrap_or_else(|err| DbError::Locked(format!("{err:#}"))))
+    run(keys, repo, opts, None).await
 }
 
 /// [`rotate`], then each tenant's objects moved to its new version before old versions retire
@@ -114,7 +113,7 @@ pub async fn rotate_with_objects(
     repo: &MediaRepo,
     opts: &RotateOptions,
     objects: ObjectWork<'_>,
-) -> anyhow::Result<Summary> {
+) -> Result<Summary, DbError> {
     run(keys, repo, opts, Some(objects)).await
 }
 
@@ -131,7 +130,7 @@ async fn run(
     repo: &MediaRepo,
     opts: &RotateOptions,
     objects: Option<ObjectWork<'_>>,
-) -> anyhow::Result<Summary> {
+) -> Result<Summary, DbError> {
     let started = Instant::now();
     let tenants = if opts.tenants.is_empty() { keys.tenants().await? } else { opts.tenants.clone() };
     let mut summary = Summary {
@@ -231,7 +230,7 @@ async fn reencrypt_tenant(
     progress: &mut Progress,
     objects: Option<&mut ObjectRun<'_>>,
     summary: &mut Summary,
-) -> anyhow::Result<()> {
+) -> Result<(), DbError> {
     // Rotation and shredding of one tenant exclude each other, in every process.
     let lock = locks::lock_tenant(keys.db(), tenant).await?;
     let result = reencrypt_locked(keys, repo, tenant, batch_size, progress, objects, summary).await;
@@ -247,7 +246,7 @@ async fn reencrypt_locked(
     progress: &mut Progress,
     objects: Option<&mut ObjectRun<'_>>,
     summary: &mut Summary,
-) -> anyhow::Result<()> {
+) -> Result<(), DbError> {
     let target = keys.roll(tenant, KeyPurpose::Dek).await?;
     let mut pending = 0;
     for pass in 0..MAX_PASSES {

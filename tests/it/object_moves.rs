@@ -160,3 +160,41 @@ async fn on_both_stacks_an_upload_sealed_under_a_version_retired_before_its_row_
         assert_eq!(m.journaled().await, 0, "{stack:?}");
     }
 }
+
+#[tokio::test]
+async fn the_object_commands_refuse_bad_arguments_and_encryption_off_with_a_sentence_and_move_nothing() {
+    let m = media_app(crate::support::app::Stack::SqliteFs, &[("MEDIA_OBJECT_ENCRYPTION", "off")]).await;
+    let id = posted(&m, &m.alice(), &marked(5_000, 4, MARKER)).await;
+    let dir = m.app.dir.path();
+    let command = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_media-api"))
+            .args(args)
+            .env_clear()
+            .env("MEDIA_DATA_DIR", dir.join("data"))
+            .env("MEDIA_KEYS_DIR", dir.join("keys"))
+            .env("MEDIA_OBJECT_ENCRYPTION", "off")
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned(), output.stdout)
+    };
+    for (args, code, says) in [
+        (&["rotate-keys", "--objects", "--old-object-grace", "8d"][..], 2, "longer than 7d"),
+        (&["rotate-keys", "--old-object-grace", "1m"][..], 2, "--objects"),
+        (&["rotate-keys", "--objects", "--rewrap-only"][..], 2, "cannot be used with"),
+        (&["encrypt-objects", "--old-object-grace", "soon"][..], 2, "is not a duration"),
+        (&["encrypt-objects", "--batch-size", "0"][..], 2, "0 is not in 1..=100000"),
+        (&["encrypt-objects", "--tenant", "a/b"][..], 1, "is not a tenant id"),
+        (&["encrypt-objects"][..], 1, "MEDIA_OBJECT_ENCRYPTION is off"),
+    ] {
+        let (status, stderr, _) = command(args);
+        assert_eq!(status, Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let (status, stderr, stdout) = command(&["encrypt-objects", "--dry-run"]);
+    assert_eq!(status, Some(0), "{stderr}");
+    let plan: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!((plan["dry_run"].as_bool(), plan["plain_rows"]["tenant-a"].as_i64()), (Some(true), Some(1)), "{plan}");
+    let row = m.app.state.media.get("tenant-a", &id).await.unwrap().unwrap();
+    assert_eq!(row.record.object_dek_version, None, "the object was moved");
+    assert!(holds(&m.stored_objects().await[0].1, MARKER.as_bytes()), "the plain object is as it was");
+}
