@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::Serialize;
+use serde_json::json;
 
 use super::progress::Progress;
 use super::removal::Removal;
 use crate::crypto::envelope::KeyPurpose;
+use crate::db::audit::AuditLog;
 use crate::db::media::{MoveOutcome, ObjectToMove, ObjectsToMove};
 use crate::db::tenant_keys::TenantKeys;
 use crate::db::{locks, DbError};
@@ -119,7 +121,8 @@ impl OldObjects {
 }
 
 /// Moves `tenant`'s objects that are `which` to `target` (its current DEK version), in passes
-/// (see the module docs). The caller holds the tenant's lock.
+/// (see the module docs), and returns how many rows' objects are still `which` after the last
+/// one. The caller holds the tenant's lock.
 pub(crate) async fn move_tenant(
     work: ObjectWork<'_>,
     tenant: &str,
@@ -128,7 +131,7 @@ pub(crate) async fn move_tenant(
     progress: &mut Progress,
     old: &mut OldObjects,
     summary: &mut ObjectsSummary,
-) -> Result<(), DbError> {
+) -> Result<i64, DbError> {
     let repo = work.removal.media();
     let mut left = 0;
     for pass in 0..MAX_PASSES {
@@ -174,8 +177,7 @@ pub(crate) async fn move_tenant(
             break;
         }
     }
-    summary.object_rows_pending += left;
-    Ok(())
+    Ok(left)
 }
 
 /// What `encrypt-objects` did (or, with `dry_run`, would do).
@@ -195,7 +197,8 @@ pub struct EncryptSummary {
 }
 
 /// Seals every object of `tenants` (every tenant with rows when empty) that is stored in the clear
-/// under its tenant's current DEK version (`media-api encrypt-objects`).
+/// under its tenant's current DEK version (`media-api encrypt-objects`); each tenant's run is an
+/// `objects.encrypted` event in its audit chain.
 pub async fn encrypt_objects(
     keys: &TenantKeys,
     work: ObjectWork<'_>,
@@ -217,11 +220,14 @@ pub async fn encrypt_objects(
         for tenant in &tenants {
             let lock = locks::lock_tenant(keys.db(), tenant).await?;
             let target = keys.current(tenant, KeyPurpose::Dek).await?.version;
+            let before = summary.objects.objects_moved;
             let moved =
                 move_tenant(work, tenant, ObjectsToMove::Plain, target, &mut progress, &mut old, &mut summary.objects)
                     .await;
             lock.release().await;
-            moved?;
+            summary.objects.object_rows_pending += moved?;
+            let details = json!({ "version": target, "objects_moved": summary.objects.objects_moved - before });
+            AuditLog::new(repo.keys().clone()).admin(tenant, "objects.encrypted", details).await?;
         }
         progress.finish();
         old.finish(work.removal, &mut summary.objects).await;

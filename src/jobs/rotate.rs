@@ -272,13 +272,26 @@ async fn reencrypt_locked(
         }
     }
     summary.rows_pending += pending;
-    if let Some(run) = objects {
-        let which = ObjectsToMove::SealedNotUnder(target);
-        move_tenant(run.work, tenant, which, target, &mut run.progress, &mut run.old, &mut run.summary).await?;
-    }
+    let which = ObjectsToMove::SealedNotUnder(target);
+    let mut objects_moved = None;
+    let objects = match objects {
+        Some(run) => {
+            let before = run.summary.objects_moved;
+            move_tenant(run.work, tenant, which, target, &mut run.progress, &mut run.old, &mut run.summary).await?;
+            objects_moved = Some(run.summary.objects_moved - before);
+            Some(&mut run.summary)
+        }
+        None => None,
+    };
     tracing::info!(tenant, version = target, rows_pending = pending, "retiring unused DEK versions");
     let retired = keys.retire_unused(tenant, target).await?;
-    let details = serde_json::json!({ "to_version": target, "rows_pending": pending, "retired_versions": retired });
+    if let Some(moved) = objects {
+        // Counted after retiring: an upload sealed before the roll may have landed after the last pass.
+        moved.object_rows_pending += repo.objects_left(tenant, which).await?;
+    }
+    let details = serde_json::json!({
+        "to_version": target, "rows_pending": pending, "objects_moved": objects_moved, "retired_versions": retired
+    });
     let audit = AuditLog::new(repo.keys().clone());
     audit.admin(tenant, "key.rotated", details).await?;
     for version in retired {

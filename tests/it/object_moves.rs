@@ -18,6 +18,14 @@ use crate::object_keys::MARKER;
 use crate::support::app::STACKS;
 use crate::support::media::{holds, json_of, marked, media_app, MediaApp};
 
+/// The details of tenant-a's audit events of `kind`, oldest first.
+async fn audit(db: &media_api::db::Database, kind: &str) -> Vec<serde_json::Value> {
+    let sql = "SELECT details FROM audit_events WHERE tenant_id = 'tenant-a' AND kind = $1 ORDER BY seq";
+    let details: Vec<String> =
+        media_api::with_pool!(db, |pool| sqlx::query_scalar(sql).bind(kind).fetch_all(pool).await).unwrap();
+    details.iter().map(|d| serde_json::from_str(d).unwrap()).collect()
+}
+
 /// The id of `body` uploaded to `m` by `token`.
 async fn posted(m: &MediaApp, token: &str, body: &[u8]) -> String {
     let (status, answer) = json_of(m.upload_raw(token, "image/png", body.to_vec()).await).await;
@@ -87,6 +95,13 @@ async fn on_both_stacks_a_move_lost_to_a_changed_group_keeps_one_object_and_the_
         for (id, bytes) in [(&x_alice, &x), (&x_bob, &x), (&z_bob, &z)] {
             assert_eq!(&download(&m, &alice, id).await, bytes, "{stack:?} {id}");
         }
+        let events = [audit(&state.db, "objects.encrypted").await, audit(&state.db, "key.rotated").await];
+        let events = events.concat();
+        assert_eq!(
+            (events.len(), &events[0]["objects_moved"], &events[1]["objects_moved"]),
+            (2, &serde_json::json!(1), &serde_json::json!(2)),
+            "{stack:?}: {events:?}"
+        );
         let status = media_api::admin::keys::status(repo, Some("tenant-a")).await.unwrap();
         let deks: Vec<_> = status
             .keys

@@ -89,8 +89,7 @@ macro_rules! check_object_key {
     };
 }
 
-// After the macros it uses.
-mod objects;
+mod objects; // after the macros it uses
 
 /// Encrypted access to `media_objects`.
 #[derive(Debug, Clone)]
