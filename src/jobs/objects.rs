@@ -13,12 +13,14 @@
 //!
 //! Killed at any point, a re-run finishes the work: rows only ever point at a complete object. The
 //! copies and old objects a kill leaves behind are journaled (`db::journal`: a copy from before its
-//! first byte, an old object from the commit that moved its rows), so the sweeper deletes them once
-//! they are older than its abandoned-upload age; `reconcile` remains the net under that.
+//! first byte, an old object from the commit that moved its rows, dated the end of its grace), so
+//! the sweeper deletes them once they are older than its abandoned-upload age; `reconcile` remains
+//! the net under that.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
@@ -43,8 +45,10 @@ const IN_FLIGHT: usize = 4;
 /// media use cases, above the jobs).
 #[async_trait::async_trait]
 pub trait Reseal: Send + Sync {
-    /// Moves `object` to `target` (see `db::media::objects` for what [`MoveOutcome::Lost`] means).
-    async fn reseal(&self, object: &ObjectToMove, target: u32) -> anyhow::Result<MoveOutcome>;
+    /// Moves `object` to `target` (see `db::media::objects` for what [`MoveOutcome::Lost`] means);
+    /// the old object stays journaled as kept until `old_until`.
+    async fn reseal(&self, object: &ObjectToMove, target: u32, old_until: DateTime<Utc>)
+        -> anyhow::Result<MoveOutcome>;
 }
 
 /// What the object work needs.
@@ -145,8 +149,9 @@ pub(crate) async fn move_tenant(
                 break;
             }
             after = batch.last_id;
+            let old_until = Utc::now() + chrono::Duration::from_std(old.grace).unwrap_or(chrono::Duration::MAX);
             let outcomes: Vec<_> = futures::stream::iter(&batch.objects)
-                .map(|object| async move { (object, work.mover.reseal(object, target).await) })
+                .map(|object| async move { (object, work.mover.reseal(object, target, old_until).await) })
                 .buffer_unordered(IN_FLIGHT)
                 .collect()
                 .await;

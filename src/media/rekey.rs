@@ -13,6 +13,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -41,7 +42,13 @@ impl ObjectMover {
     /// Moves `object` to `target` (see the module docs): a copy whose rows did not come to
     /// reference it is deleted; after an error whose outcome is unknown (the commit's answer lost)
     /// it stays journaled, for the sweeper.
-    pub async fn move_object(&self, object: &ObjectToMove, target: u32) -> Result<MoveOutcome, MediaError> {
+    /// The old object stays journaled as kept until `old_until` (the sweeper leaves it until then).
+    pub async fn move_object(
+        &self,
+        object: &ObjectToMove,
+        target: u32,
+        old_until: DateTime<Utc>,
+    ) -> Result<MoveOutcome, MediaError> {
         let key = self.pipeline.new_storage_key();
         if let Err(err) = self.copy(object, &key, target).await {
             self.pipeline.discard(&key).await;
@@ -54,7 +61,7 @@ impl ObjectMover {
             }
             return Err(err);
         }
-        let moved = self.pipeline.repo().move_object(object, &key, target).await?;
+        let moved = self.pipeline.repo().move_object(object, &key, target, old_until).await?;
         if let MoveOutcome::Lost(_) = moved {
             self.pipeline.discard(&key).await;
         }
@@ -133,7 +140,12 @@ pub(crate) async fn reseal_unrecorded(pipeline: &Pipeline, record: &MediaRecord)
 
 #[async_trait::async_trait]
 impl Reseal for ObjectMover {
-    async fn reseal(&self, object: &ObjectToMove, target: u32) -> anyhow::Result<MoveOutcome> {
-        Ok(self.move_object(object, target).await?)
+    async fn reseal(
+        &self,
+        object: &ObjectToMove,
+        target: u32,
+        old_until: DateTime<Utc>,
+    ) -> anyhow::Result<MoveOutcome> {
+        Ok(self.move_object(object, target, old_until).await?)
     }
 }

@@ -363,6 +363,15 @@ async fn rotate_keys_objects_killed_at_eight_points_then_run_to_its_end_loses_no
     };
     let unreachable: Vec<_> = stored.iter().filter(|k| !referenced.contains(*k) && !journal.contains(*k)).collect();
     assert!(unreachable.is_empty(), "objects neither referenced nor journaled: {unreachable:?}");
+    // Old objects are journaled as kept until their grace ends; the sweep comes after that.
+    let last_kept: Option<chrono::DateTime<chrono::Utc>> = {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(var(&vars, "MEDIA_DATABASE_URL")).await.unwrap();
+        sqlx::query_scalar("SELECT MAX(created_at) FROM blob_journal").fetch_one(&mut conn).await.unwrap()
+    };
+    if let Some(wait) = last_kept.and_then(|at| (at - chrono::Utc::now()).to_std().ok()) {
+        tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    }
     let sweep = run(&vars, &["sweep", "--abandoned-after", "0s"]);
     assert!(sweep.status.success(), "{}", String::from_utf8_lossy(&sweep.stderr));
     let objects = acknowledged.len() - joined;

@@ -11,6 +11,7 @@ use media_api::db::media::{MediaRecord, MediaStatus, MoveOutcome, ObjectsToMove}
 use media_api::db::DbError;
 use media_api::jobs::objects::{encrypt_objects, ObjectWork};
 use media_api::jobs::rotate::{rotate_with_objects, RotateOptions};
+use media_api::jobs::sweep::{sweep_once, SweepAges};
 use media_api::media::rekey::ObjectMover;
 use reqwest::StatusCode;
 
@@ -60,14 +61,25 @@ async fn on_both_stacks_a_move_lost_to_a_changed_group_keeps_one_object_and_the_
 
         // A move of an object whose rows moved meanwhile, or went, writes nothing and keeps no copy.
         let version = state.keys.current("tenant-a", KeyPurpose::Dek).await.unwrap().version;
-        assert_eq!(mover.move_object(&stale_x, version).await.unwrap(), MoveOutcome::Moved { rows: 2 }, "{stack:?}");
-        let lost = mover.move_object(&stale_x, version).await.unwrap();
+        let kept = chrono::Utc::now() + chrono::Duration::days(1);
+        assert_eq!(
+            mover.move_object(&stale_x, version, kept).await.unwrap(),
+            MoveOutcome::Moved { rows: 2 },
+            "{stack:?}"
+        );
+        let lost = mover.move_object(&stale_x, version, kept).await.unwrap();
         assert_eq!(lost, MoveOutcome::Lost("its rows reference another object"), "{stack:?}");
         assert_eq!(m.stored_objects().await.len(), 3, "{stack:?}: old and new x, y; the lost copy is gone");
+        // The old object is journaled as kept for its grace: even a sweep that takes every abandoned
+        // write at once leaves it.
+        let ages = SweepAges { presign_ttl: Duration::from_secs(60), abandoned_after: Duration::ZERO };
+        let swept = sweep_once(state.pipeline.removal(), ages).await.unwrap();
+        assert_eq!((swept.orphans_deleted, m.stored_objects().await.len()), (0, 3), "{stack:?}");
         state.pipeline.discard(&stale_x.storage_key).await;
         let deleted = m.http().delete(m.url(&format!("/v1/media/{y_alice}"))).bearer_auth(&alice).send().await;
         assert_eq!(deleted.unwrap().status(), 204);
-        assert_eq!(mover.move_object(&stale_y, version).await.unwrap(), MoveOutcome::Lost("its rows are gone"));
+        let lost = mover.move_object(&stale_y, version, kept).await.unwrap();
+        assert_eq!(lost, MoveOutcome::Lost("its rows are gone"), "{stack:?}");
         assert_eq!(m.stored_objects().await.len(), 1, "{stack:?}: only x's sealed copy");
         for id in [&x_alice, &x_bob] {
             assert_eq!(download(&m, &alice, id).await, x, "{stack:?} {id}");

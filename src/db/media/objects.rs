@@ -12,13 +12,14 @@
 //!    and requires every one to still reference the old object under the old version;
 //! 3. re-seals each row under the target version with the new storage key (a compare-and-set on
 //!    the revision just read), and moves the journal: the new key's entry ends, the old key gets
-//!    one (`db::journal`), so a crash before the old object is deleted leaves it to the sweeper.
+//!    one dated when the old object may go (`db::journal`: the sweeper takes it an abandoned-upload
+//!    age after that), so a crash before the old object is deleted leaves it to the sweeper.
 //!
 //! Anything else — a row deleted, joined with a changed object, a lock not granted, the tenant's
 //! key changed — makes the move [`MoveOutcome::Lost`]: nothing is written, the caller deletes its
 //! copy and a later pass sees the object again.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::cipher::{BindSealed, RowCipher, SealedColumns};
 use super::model::MediaRow;
@@ -180,14 +181,21 @@ impl MediaRepo {
 
     /// Points every row of `object`'s group at its copy under `new_key`, sealed under `target` (the
     /// tenant's current DEK), re-sealing the rows under `target` too — or nothing (see the module
-    /// docs). On [`MoveOutcome::Moved`] the old key is journaled; `new_key` no longer is.
-    pub async fn move_object(&self, object: &ObjectToMove, new_key: &str, target: u32) -> Result<MoveOutcome, DbError> {
+    /// docs). On [`MoveOutcome::Moved`] the old key is journaled, dated `old_until` (when it may
+    /// go); `new_key` no longer is.
+    pub async fn move_object(
+        &self,
+        object: &ObjectToMove,
+        new_key: &str,
+        target: u32,
+        old_until: DateTime<Utc>,
+    ) -> Result<MoveOutcome, DbError> {
         let tenant = object.tenant.as_str();
         if let Some(mac) = &object.mac {
             self.warm_group_keys(tenant, mac).await?;
         }
         let cipher = FieldCipher::new(&*self.keys.version(tenant, KeyPurpose::Dek, target).await?);
-        let result = self.move_once(object, new_key, target, &cipher).await;
+        let result = self.move_once(object, (new_key, old_until), target, &cipher).await;
         let moved = match result {
             Ok(Ok(moved)) => moved,
             Ok(Err(WriteCheck::Shredding)) => return Err(DbError::TenantShredding),
@@ -203,7 +211,7 @@ impl MediaRepo {
     async fn move_once(
         &self,
         object: &ObjectToMove,
-        new_key: &str,
+        (new_key, old_until): (&str, DateTime<Utc>),
         target: u32,
         cipher: &FieldCipher,
     ) -> Result<Result<MoveOutcome, WriteCheck>, DbError> {
@@ -251,7 +259,7 @@ impl MediaRepo {
                 }
             }
             sqlx::query(journal::CLOSE).bind(new_key).execute(&mut *tx).await?;
-            sqlx::query(journal::OPEN).bind(&object.storage_key).bind(now).execute(&mut *tx).await?;
+            sqlx::query(journal::OPEN).bind(&object.storage_key).bind(old_until).execute(&mut *tx).await?;
             tx.commit().await?;
             let encryptions = updates.iter().map(|(_, _, sealed)| sealed.count()).sum();
             self.count_encryptions(tenant, target, encryptions).await;
