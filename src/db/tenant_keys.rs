@@ -99,11 +99,15 @@ const SELECT_KEY_ROWS: &str = "SELECT tenant_id, purpose, version, kek_id, state
      WHERE $1 IS NULL OR tenant_id = $1 ORDER BY tenant_id, purpose, version";
 const SELECT_ROWS_PER_VERSION: &str = "SELECT dek_version, COUNT(*) FROM media_objects WHERE tenant_id = $1 \
      GROUP BY dek_version ORDER BY dek_version";
-/// Tenants with keys, and media rows whose DEK version is below their tenant's newest active one.
+/// Tenants with keys; media rows whose DEK version, and rows whose object's, is below their tenant's
+/// newest active one; ready rows whose object is in the clear.
 const SELECT_ROTATION_BACKLOG: &str = "SELECT \
      (SELECT COUNT(DISTINCT tenant_id) FROM tenant_keys WHERE tenant_id <> ''), \
      (SELECT COUNT(*) FROM media_objects m WHERE m.dek_version < (SELECT MAX(k.version) FROM tenant_keys k \
-        WHERE k.tenant_id = m.tenant_id AND k.purpose = 'dek' AND k.state = 'active'))";
+        WHERE k.tenant_id = m.tenant_id AND k.purpose = 'dek' AND k.state = 'active')), \
+     (SELECT COUNT(*) FROM media_objects m WHERE m.object_dek_version < (SELECT MAX(k.version) FROM tenant_keys k \
+        WHERE k.tenant_id = m.tenant_id AND k.purpose = 'dek' AND k.state = 'active')), \
+     (SELECT COUNT(*) FROM media_objects WHERE object_dek_version IS NULL AND status = 'ready')";
 const SELECT_NOT_UNDER: &str = "SELECT tenant_id, purpose, version, kek_id, wrapped_key FROM tenant_keys \
      WHERE kek_id <> $1 AND wrapped_key IS NOT NULL AND ($2 IS NULL OR tenant_id = $2) \
      ORDER BY tenant_id, purpose, version";
@@ -331,9 +335,10 @@ impl TenantKeys {
             .collect())
     }
 
-    /// Tenants with keys, and media rows still encrypted under an older DEK version than their
-    /// tenant's active one (what `rotate-keys` has left to do) — for the metrics.
-    pub async fn rotation_backlog(&self) -> Result<(i64, i64), DbError> {
+    /// Tenants with keys; media rows still encrypted under an older DEK version than their tenant's
+    /// active one, and rows whose object is (what `rotate-keys [--objects]` has left to do); rows
+    /// whose object is in the clear (`encrypt-objects`) — for the metrics.
+    pub async fn rotation_backlog(&self) -> Result<(i64, i64, i64, i64), DbError> {
         Ok(with_pool!(&self.db, |pool| sqlx::query_as(SELECT_ROTATION_BACKLOG).fetch_one(pool).await)?)
     }
 

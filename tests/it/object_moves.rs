@@ -10,7 +10,7 @@ use media_api::crypto::object::ObjectHeader;
 use media_api::db::media::{MediaRecord, MediaStatus, MoveOutcome, ObjectsToMove};
 use media_api::db::DbError;
 use media_api::jobs::objects::{encrypt_objects, ObjectWork};
-use media_api::jobs::rotate::{rotate_with_objects, RotateOptions};
+use media_api::jobs::rotate::{rotate, rotate_with_objects, RotateOptions};
 use media_api::jobs::sweep::{sweep_once, SweepAges};
 use media_api::media::rekey::ObjectMover;
 use reqwest::StatusCode;
@@ -25,6 +25,16 @@ async fn audit(db: &media_api::db::Database, kind: &str) -> Vec<serde_json::Valu
     let details: Vec<String> =
         media_api::with_pool!(db, |pool| sqlx::query_scalar(sql).bind(kind).fetch_all(pool).await).unwrap();
     details.iter().map(|d| serde_json::from_str(d).unwrap()).collect()
+}
+
+/// tenant-a's DEK versions in `keys status`: (state, rows, object rows).
+async fn deks(repo: &media_api::db::media::MediaRepo) -> Vec<(&'static str, i64, i64)> {
+    let status = media_api::admin::keys::status(repo, Some("tenant-a")).await.unwrap();
+    let deks = status.keys.iter().filter(|k| k.key.purpose == "dek");
+    let state = |k: &media_api::admin::keys::StatusRow| {
+        ["active", "retired", "destroyed"].into_iter().find(|s| *s == k.key.state)
+    };
+    deks.map(|k| (state(k).unwrap(), k.rows.unwrap(), k.object_rows.unwrap())).collect()
 }
 
 /// The id of `body` uploaded to `m` by `token`.
@@ -52,6 +62,7 @@ async fn on_both_stacks_a_move_lost_to_a_changed_group_keeps_one_object_and_the_
         let x_bob = posted(&m, &bob, &x).await;
         let y_alice = posted(&m, &alice, &y).await;
         let state = &m.app.state;
+        assert_eq!(state.keys.rotation_backlog().await.unwrap(), (1, 0, 0, 3), "{stack:?}: the metrics' counts");
         let (repo, mover) = (&state.media, ObjectMover::new(state.pipeline.clone()));
         let batch = repo.objects_to_move("tenant-a", ObjectsToMove::Plain, None, 10).await.unwrap();
         assert_eq!((batch.rows, batch.objects.len()), (3, 2), "{stack:?}: a group's object is listed once");
@@ -85,43 +96,43 @@ async fn on_both_stacks_a_move_lost_to_a_changed_group_keeps_one_object_and_the_
             assert_eq!(download(&m, &alice, id).await, x, "{stack:?} {id}");
         }
 
-        // encrypt-objects seals what is plain; rotate-keys --objects moves every object to a new
-        // version and retires the old one, which can then gain no object.
+        // encrypt-objects seals what is plain; a rotation without --objects leaves the objects under
+        // version 1, readable, and retires nothing; rotate-keys --objects moves every object to a new
+        // version and retires the old ones, which can then gain no object.
         let z = marked(70_000, 3, MARKER);
         let z_bob = posted(&m, &bob, &z).await;
         let work =
             ObjectWork { mover: &mover, removal: state.pipeline.removal(), batch_size: 1, grace: Duration::ZERO };
         let encrypted = encrypt_objects(&state.keys, work, &[], false).await.unwrap();
         assert_eq!((encrypted.objects.objects_moved, encrypted.objects.object_rows_pending), (1, 0), "{stack:?}");
+        let rows_only = rotate(&state.keys, repo, &tenant_a()).await.unwrap();
+        assert_eq!((rows_only.rows_reencrypted, rows_only.versions_retired.len()), (3, 0), "{stack:?}");
+        assert_eq!(deks(repo).await, [("active", 0, 3), ("active", 3, 0)], "{stack:?}: version 1 seals 3 objects");
+        assert_eq!(state.keys.rotation_backlog().await.unwrap(), (1, 0, 3, 0), "{stack:?}: the metrics' counts");
+        for (id, bytes) in [(&x_bob, &x), (&z_bob, &z)] {
+            assert_eq!(&download(&m, &alice, id).await, bytes, "{stack:?} {id} under version 1");
+        }
         let opts = RotateOptions { batch_size: 1, ..tenant_a() };
         let rotated = rotate_with_objects(&state.keys, repo, &opts, work).await.unwrap();
         let moved = rotated.objects.unwrap();
         assert_eq!((moved.objects_moved, moved.object_rows_moved, moved.old_objects_deleted), (2, 3, 2), "{stack:?}");
-        assert_eq!(rotated.versions_retired.len(), 1, "{stack:?}");
+        assert_eq!(rotated.versions_retired.len(), 2, "{stack:?}");
         let stored = m.stored_objects().await;
         assert_eq!(stored.len(), 2, "{stack:?}");
         for (key, bytes) in &stored {
             assert!(!holds(bytes, MARKER.as_bytes()), "{stack:?}: {key} holds plaintext");
-            assert_eq!(ObjectHeader::parse(bytes).unwrap().dek_version, version + 1, "{stack:?}: {key}");
+            assert_eq!(ObjectHeader::parse(bytes).unwrap().dek_version, version + 2, "{stack:?}: {key}");
         }
         for (id, bytes) in [(&x_alice, &x), (&x_bob, &x), (&z_bob, &z)] {
             assert_eq!(&download(&m, &alice, id).await, bytes, "{stack:?} {id}");
         }
         let events = [audit(&state.db, "objects.encrypted").await, audit(&state.db, "key.rotated").await];
-        let events = events.concat();
-        assert_eq!(
-            (events.len(), &events[0]["objects_moved"], &events[1]["objects_moved"]),
-            (2, &serde_json::json!(1), &serde_json::json!(2)),
-            "{stack:?}: {events:?}"
-        );
-        let status = media_api::admin::keys::status(repo, Some("tenant-a")).await.unwrap();
-        let deks: Vec<_> = status
-            .keys
-            .iter()
-            .filter(|k| k.key.purpose == "dek")
-            .map(|k| (k.key.state.as_str(), k.rows, k.object_rows))
-            .collect();
-        assert_eq!(deks, [("retired", Some(0), Some(0)), ("active", Some(3), Some(3))], "{stack:?}");
+        let moved: Vec<_> = events.concat().iter().map(|e| e["objects_moved"].clone()).collect();
+        let (one, none, two) = (serde_json::json!(1), serde_json::Value::Null, serde_json::json!(2));
+        assert_eq!(moved, [one, none, two], "{stack:?}: encrypted, rotated without and with objects");
+        let expected = [("retired", 0, 0), ("retired", 0, 0), ("active", 3, 3)];
+        assert_eq!(deks(repo).await, expected, "{stack:?}");
+        assert_eq!(state.keys.rotation_backlog().await.unwrap(), (1, 0, 0, 0), "{stack:?}: the metrics' counts");
         let late = MediaRecord {
             id: media_api::domain::media_id::new_id(),
             tenant_id: "tenant-a".into(),
