@@ -1,5 +1,5 @@
-//! The command line: `media-api [serve]`, `migrate`, `rotate-keys`, `keys`, `tenant`, `audit`,
-//! `sweep`, `reconcile`, `token`, `healthcheck`.
+//! The command line: `media-api [serve]`, `migrate`, `rotate-keys`, `encrypt-objects`, `keys`,
+//! `tenant`, `audit`, `sweep`, `reconcile`, `token`, `healthcheck`.
 //!
 //! Exit status: 0 on success, 2 when the configuration is refused (one line on stderr naming the
 //! variable), 1 for any other failure.
@@ -33,8 +33,11 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate(admin::migrate::Opts),
-    /// Rotate keys online: re-wrap under the primary master key, re-encrypt rows under new DEKs.
+    /// Rotate keys online: re-wrap under the primary master key, re-encrypt rows (and with
+    /// --objects objects) under new DEKs.
     RotateKeys(admin::rotate_keys::Opts),
+    /// Encrypt the objects stored before MEDIA_OBJECT_ENCRYPTION was turned on, online.
+    EncryptObjects(admin::encrypt_objects::Opts),
     /// Tenant administration (`tenant shred <tenant> --yes`).
     Tenant(admin::tenant::Opts),
     /// Audit log tools (`audit verify`).
@@ -89,6 +92,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Serve => admin::serve::run(config).await,
         Command::Migrate(opts) => admin::migrate::run(&config, &opts).await,
         Command::RotateKeys(opts) => admin::rotate_keys::run(&config, &opts).await,
+        Command::EncryptObjects(opts) => admin::encrypt_objects::run(&config, &opts).await,
         Command::Audit(opts) => admin::audit::run(&config, &opts).await,
         Command::Tenant(opts) => admin::tenant::run(&config, &opts).await,
         Command::Keys(opts) => admin::keys::run(&config, &opts).await,

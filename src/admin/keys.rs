@@ -3,8 +3,9 @@
 //! - `keys generate` prints a new master key in Fernet format, ready to add to `MEDIA_MASTER_KEYS`
 //!   (`id:key`) or a keyring file. It needs no configuration.
 //! - `keys status` prints, per tenant, every key version with its state, KEK and (for DEKs) the rows
-//!   that still use it, then the KEK ids in use: what a rotation has left to do, and which master
-//!   keys can be removed.
+//!   sealed under it and the rows whose object is, then the rows whose object is stored in the
+//!   clear and the KEK ids in use: what a rotation (`--objects`) or `encrypt-objects` has left to do,
+//!   and which master keys can be removed. A version retires only once both of its counts are zero.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::crypto::keyring::Keyring;
-use crate::db::tenant_keys::{KeyRow, TenantKeys};
+use crate::db::media::MediaRepo;
+use crate::db::tenant_keys::KeyRow;
 
 /// Options of `keys`.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,6 +55,8 @@ pub struct StatusRow {
     pub key: KeyRow,
     /// Media rows sealed under it (DEKs only).
     pub rows: Option<i64>,
+    /// Media rows whose object is sealed under it (DEKs only; a dedup group's rows share one object).
+    pub object_rows: Option<i64>,
 }
 
 /// The inventory.
@@ -60,6 +64,8 @@ pub struct StatusRow {
 pub struct Status {
     /// Every key version.
     pub keys: Vec<StatusRow>,
+    /// Media rows whose object is stored in the clear, per tenant (those with any).
+    pub plain_object_rows: BTreeMap<String, i64>,
     /// Key rows per KEK id.
     pub keks_in_use: BTreeMap<String, i64>,
     /// The keyring's primary id.
@@ -78,7 +84,7 @@ pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
         return Ok(());
     };
     let services = super::open_key_services(config).await?;
-    let status = status(&services.keys, tenant.as_deref()).await?;
+    let status = status(&services.media, tenant.as_deref()).await?;
     services.db.close().await;
     if *json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -89,20 +95,31 @@ pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
 }
 
 /// Collects the inventory.
-pub async fn status(keys: &TenantKeys, tenant: Option<&str>) -> anyhow::Result<Status> {
-    let mut rows_per_version: BTreeMap<String, BTreeMap<u32, i64>> = BTreeMap::new();
+pub async fn status(repo: &MediaRepo, tenant: Option<&str>) -> anyhow::Result<Status> {
+    type Counts = (BTreeMap<u32, i64>, BTreeMap<u32, i64>);
+    let keys = repo.keys();
+    let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut plain_object_rows = BTreeMap::new();
     let mut out = Vec::new();
     for key in keys.key_rows(tenant).await? {
-        if !rows_per_version.contains_key(&key.tenant_id) {
-            let counts = keys.rows_per_version(&key.tenant_id).await?.into_iter().collect();
-            rows_per_version.insert(key.tenant_id.clone(), counts);
+        if !counts.contains_key(&key.tenant_id) {
+            let rows = keys.rows_per_version(&key.tenant_id).await?.into_iter().collect();
+            let (objects, plain) = repo.object_rows_per_version(&key.tenant_id).await?;
+            if plain > 0 {
+                plain_object_rows.insert(key.tenant_id.clone(), plain);
+            }
+            counts.insert(key.tenant_id.clone(), (rows, objects.into_iter().collect()));
         }
-        let rows = (key.purpose == "dek")
-            .then(|| rows_per_version.get(&key.tenant_id).and_then(|c| c.get(&key.version)).copied().unwrap_or(0));
-        out.push(StatusRow { key, rows });
+        let count = |of: fn(&Counts) -> &BTreeMap<u32, i64>| {
+            (key.purpose == "dek")
+                .then(|| counts.get(&key.tenant_id).and_then(|c| of(c).get(&key.version)).copied().unwrap_or(0))
+        };
+        let (rows, object_rows) = (count(|c| &c.0), count(|c| &c.1));
+        out.push(StatusRow { key, rows, object_rows });
     }
     Ok(Status {
         keys: out,
+        plain_object_rows,
         keks_in_use: keys.keks_in_use().await?.into_iter().collect(),
         primary_kek: keys.keyring().primary_id().to_owned(),
     })
@@ -110,23 +127,27 @@ pub async fn status(keys: &TenantKeys, tenant: Option<&str>) -> anyhow::Result<S
 
 fn print_table(status: &Status) {
     println!(
-        "{:<24} {:<7} {:>7} {:<10} {:<12} {:>10} {:>14}",
-        "TENANT", "PURPOSE", "VERSION", "STATE", "KEK", "ROWS", "ENCRYPTIONS"
+        "{:<24} {:<7} {:>7} {:<10} {:<12} {:>10} {:>12} {:>14}",
+        "TENANT", "PURPOSE", "VERSION", "STATE", "KEK", "ROWS", "OBJECT ROWS", "ENCRYPTIONS"
     );
+    let count = |n: Option<i64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
     for row in &status.keys {
-        let rows = row.rows.map_or_else(|| "-".to_owned(), |n| n.to_string());
         println!(
-            "{:<24} {:<7} {:>7} {:<10} {:<12} {:>10} {:>14}",
+            "{:<24} {:<7} {:>7} {:<10} {:<12} {:>10} {:>12} {:>14}",
             row.key.tenant_id,
             row.key.purpose,
             row.key.version,
             row.key.state,
             row.key.kek_id,
-            rows,
+            count(row.rows),
+            count(row.object_rows),
             row.key.encryptions
         );
     }
     println!();
+    for (tenant, rows) in &status.plain_object_rows {
+        println!("tenant {tenant}: {rows} row(s) whose object is stored in the clear (encrypt-objects)");
+    }
     println!("primary KEK: {}", status.primary_kek);
     for (kek, count) in &status.keks_in_use {
         println!("KEK {kek}: wraps {count} key(s)");

@@ -3,6 +3,7 @@
 //! opened by [`crate::services`].
 
 pub mod audit;
+pub mod encrypt_objects;
 pub mod healthcheck;
 pub mod keys;
 pub mod migrate;

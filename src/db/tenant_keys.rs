@@ -99,11 +99,15 @@ const SELECT_KEY_ROWS: &str = "SELECT tenant_id, purpose, version, kek_id, state
      WHERE $1 IS NULL OR tenant_id = $1 ORDER BY tenant_id, purpose, version";
 const SELECT_ROWS_PER_VERSION: &str = "SELECT dek_version, COUNT(*) FROM media_objects WHERE tenant_id = $1 \
      GROUP BY dek_version ORDER BY dek_version";
-/// Tenants with keys, and media rows whose DEK version is below their tenant's newest active one.
+/// Tenants with keys; media rows whose DEK version, and rows whose object's, is below their tenant's
+/// newest active one; ready rows whose object is in the clear.
 const SELECT_ROTATION_BACKLOG: &str = "SELECT \
      (SELECT COUNT(DISTINCT tenant_id) FROM tenant_keys WHERE tenant_id <> ''), \
      (SELECT COUNT(*) FROM media_objects m WHERE m.dek_version < (SELECT MAX(k.version) FROM tenant_keys k \
-        WHERE k.tenant_id = m.tenant_id AND k.purpose = 'dek' AND k.state = 'active'))";
+        WHERE k.tenant_id = m.tenant_id AND k.purpose = 'dek' AND k.state = 'active')), \
+     (SELECT COUNT(*) FROM media_objects m WHERE m.object_dek_version < (SELECT MAX(k.version) FROM tenant_keys k \
+        WHERE k.tenant_id = m.tenant_id AND k.purpose = 'dek' AND k.state = 'active')), \
+     (SELECT COUNT(*) FROM media_objects WHERE object_dek_version IS NULL AND status = 'ready')";
 const SELECT_NOT_UNDER: &str = "SELECT tenant_id, purpose, version, kek_id, wrapped_key FROM tenant_keys \
      WHERE kek_id <> $1 AND wrapped_key IS NOT NULL AND ($2 IS NULL OR tenant_id = $2) \
      ORDER BY tenant_id, purpose, version";
@@ -113,10 +117,13 @@ const REWRAP_PG: &str = "UPDATE tenant_keys AS t SET kek_id = $1, wrapped_key = 
      FROM UNNEST($2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[]) \
      AS u(tenant_id, purpose, version, old_kek, wrapped) \
      WHERE t.tenant_id = u.tenant_id AND t.purpose = u.purpose AND t.version = u.version AND t.kek_id = u.old_kek";
+/// A version retires once no row is sealed under it and no row's object is (`rotate-keys --objects`).
 const RETIRE_UNUSED: &str = "UPDATE tenant_keys SET state = 'retired' \
      WHERE tenant_id = $1 AND purpose = 'dek' AND state = 'active' AND version < $2 \
      AND NOT EXISTS (SELECT 1 FROM media_objects m WHERE m.tenant_id = tenant_keys.tenant_id \
-     AND m.dek_version = tenant_keys.version) RETURNING version";
+     AND (m.dek_version = tenant_keys.version OR m.object_dek_version = tenant_keys.version)) RETURNING version";
+/// Postgres: waits for the row writes in flight, which hold the tenant's state row shared (`db::tenants`).
+const HOLD_TENANT_PG: &str = "SELECT 1 FROM tenants WHERE tenant_id = $1 FOR UPDATE";
 const SELECT_KEKS: &str = "SELECT kek_id, COUNT(*) FROM tenant_keys WHERE wrapped_key IS NOT NULL \
      GROUP BY kek_id ORDER BY kek_id";
 const DESTROY: &str = "UPDATE tenant_keys SET state = 'destroyed', wrapped_key = NULL \
@@ -328,9 +335,10 @@ impl TenantKeys {
             .collect())
     }
 
-    /// Tenants with keys, and media rows still encrypted under an older DEK version than their
-    /// tenant's active one (what `rotate-keys` has left to do) — for the metrics.
-    pub async fn rotation_backlog(&self) -> Result<(i64, i64), DbError> {
+    /// Tenants with keys; media rows still encrypted under an older DEK version than their tenant's
+    /// active one, and rows whose object is (what `rotate-keys [--objects]` has left to do); rows
+    /// whose object is in the clear (`encrypt-objects`) — for the metrics.
+    pub async fn rotation_backlog(&self) -> Result<(i64, i64, i64, i64), DbError> {
         Ok(with_pool!(&self.db, |pool| sqlx::query_as(SELECT_ROTATION_BACKLOG).fetch_one(pool).await)?)
     }
 
@@ -410,14 +418,22 @@ impl TenantKeys {
         }
     }
 
-    /// Retires the tenant's DEK versions below `keep` that no row uses any more (the check and the
-    /// update are one statement). Returns the versions retired.
+    /// Retires the tenant's DEK versions below `keep` that no row uses any more, neither for its
+    /// columns nor for its object (the check and the update are one statement, after the row writes
+    /// in flight: an object sealed under a version retired meanwhile is refused a row, see
+    /// `db::tenants::OBJECT_KEY_LIVE`). Returns the versions retired.
     pub async fn retire_unused(&self, tenant: &str, keep: u32) -> Result<Vec<u32>, DbError> {
-        let retired: Vec<i32> = with_pool!(&self.db, |pool| sqlx::query_scalar(RETIRE_UNUSED)
-            .bind(tenant)
-            .bind(keep as i32)
-            .fetch_all(pool)
-            .await)?;
+        let hold = matches!(self.db, Database::Postgres(_)).then_some(HOLD_TENANT_PG);
+        let retired: Vec<i32> = with_pool!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            if let Some(hold) = hold {
+                sqlx::query(hold).bind(tenant).execute(&mut *tx).await?;
+            }
+            let retired = sqlx::query_scalar(RETIRE_UNUSED).bind(tenant).bind(keep as i32).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(retired)
+        }
+        .await)?;
         if !retired.is_empty() {
             self.forget_tenant(tenant);
             notify::publish(&self.db, &Change::Tenant(tenant.to_owned())).await;

@@ -21,11 +21,13 @@ const SET_STATE: &str = "INSERT INTO tenants (tenant_id, state, updated_at) VALU
 pub(crate) const CURRENT_DEK: &str = "SELECT MAX(version) FROM tenant_keys \
      WHERE tenant_id = $1 AND purpose = 'dek' AND state = 'active'";
 
-/// Whether the DEK version an object was sealed under still has its key (run in the transaction of
+/// Whether the DEK version an object was sealed under is still active (run in the transaction of
 /// the row that comes to reference the object, after the state check): an upload sealed before a
-/// shred that destroyed the key must not leave a row after it, pointing at bytes nothing can open.
+/// shred that destroyed the key must not leave a row after it, pointing at bytes nothing can open;
+/// nor one sealed before its version was retired (retiring waits for the writes in flight and counts
+/// their objects, `TenantKeys::retire_unused`), so a retired version never gains an object.
 pub(crate) const OBJECT_KEY_LIVE: &str = "SELECT COUNT(*) FROM tenant_keys \
-     WHERE tenant_id = $1 AND purpose = 'dek' AND version = $2 AND wrapped_key IS NOT NULL";
+     WHERE tenant_id = $1 AND purpose = 'dek' AND version = $2 AND state = 'active' AND wrapped_key IS NOT NULL";
 
 /// The state of `tenant`, read in a write's transaction; on Postgres the row is held `FOR SHARE`, so
 /// a shred's move to `shredding` waits for the write to end. The current DEK version is read by a

@@ -5,22 +5,28 @@
 //!    in batches (keyset pagination by id, compare-and-set updates, every new ciphertext verified
 //!    before commit). The service keeps running: its writers switch to the new version within the
 //!    key cache's "current" TTL, and rows they write meanwhile are caught by later passes.
-//! 3. A final pass re-counts rows per version and retires old versions no row uses (the check and
-//!    the update are one statement); KEK ids no longer referenced are reported as safe to remove.
+//! 3. With `--objects` ([`rotate_with_objects`]): moves the tenant's objects sealed under older
+//!    versions to the new one ([`super::objects`]: copied through the service's cipher, rows moved by
+//!    compare-and-set, a dedup group's rows together). Without it objects stay sealed under their
+//!    recorded versions, which stay readable.
+//! 4. A final pass re-counts rows per version and retires old versions that no row uses, neither
+//!    for its columns nor for its object (the check and the update are one statement); KEK ids no
+//!    longer referenced are reported as safe to remove.
 //!
 //! Killed at any point, a re-run finishes the job: rows are only ever updated from one complete,
 //! verified state to another. `--dry-run` prints the plan and changes nothing. Progress goes to a
 //! bar on a terminal and to log lines otherwise; a JSON summary ends the run.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::objects::{move_tenant, ObjectWork, ObjectsSummary, OldObjects};
+use super::progress::Progress;
 use crate::crypto::envelope::KeyPurpose;
 use crate::db::audit::{AuditLog, SYSTEM_CHAIN};
-use crate::db::media::MediaRepo;
+use crate::db::media::{MediaRepo, ObjectsToMove};
 use crate::db::tenant_keys::TenantKeys;
 use crate::db::{locks, DbError};
 
@@ -49,6 +55,8 @@ pub struct TenantPlan {
     pub tenant: String,
     /// Media rows per DEK version.
     pub rows_per_version: BTreeMap<u32, i64>,
+    /// Media rows per DEK version of their object (objects in the clear not counted).
+    pub object_rows_per_version: BTreeMap<u32, i64>,
     /// Key rows (DEKs and index keys) not under the primary KEK.
     pub keys_to_rewrap: usize,
 }
@@ -79,6 +87,9 @@ pub struct Summary {
     pub rows_pending: i64,
     /// DEK versions retired.
     pub versions_retired: Vec<Retired>,
+    /// What the object pass did (`--objects` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectsSummary>,
     /// Key rows per KEK id still referenced.
     pub keks_in_use: BTreeMap<String, i64>,
     /// Keyring ids no key row references: safe to remove from the keyring.
@@ -90,50 +101,36 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Progress output: a bar on a terminal, log lines otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    done: u64,
-    started: Instant,
-}
-
-impl Progress {
-    fn new(total: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            if let Ok(style) =
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}  {msg}")
-            {
-                bar.set_style(style);
-            }
-            bar
-        });
-        Self { bar, done: 0, started: Instant::now() }
-    }
-
-    fn advance(&mut self, tenant: &str, rows: u64) {
-        self.done += rows;
-        match &self.bar {
-            Some(bar) => {
-                bar.set_message(tenant.to_owned());
-                bar.inc(rows);
-            }
-            None => {
-                let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
-                tracing::info!(tenant, rows_done = self.done, rows_per_second = rate as u64, "re-encrypting");
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-/// The rotation itself (also what tests call).
+/// The rotation itself (also what tests call): rows only, objects stay where they are.
 pub async fn rotate(keys: &TenantKeys, repo: &MediaRepo, opts: &RotateOptions) -> Result<Summary, DbError> {
+    run(keys, repo, opts, None).await
+}
+
+/// [`rotate`], then each tenant's objects moved to its new version before old versions retire
+/// (`rotate-keys --objects`).
+pub async fn rotate_with_objects(
+    keys: &TenantKeys,
+    repo: &MediaRepo,
+    opts: &RotateOptions,
+    objects: ObjectWork<'_>,
+) -> Result<Summary, DbError> {
+    run(keys, repo, opts, Some(objects)).await
+}
+
+/// The objects' side of a run: the work, its progress and its old objects.
+struct ObjectRun<'a> {
+    work: ObjectWork<'a>,
+    progress: Progress,
+    old: OldObjects,
+    summary: ObjectsSummary,
+}
+
+async fn run(
+    keys: &TenantKeys,
+    repo: &MediaRepo,
+    opts: &RotateOptions,
+    objects: Option<ObjectWork<'_>>,
+) -> Result<Summary, DbError> {
     let started = Instant::now();
     let tenants = if opts.tenants.is_empty() { keys.tenants().await? } else { opts.tenants.clone() };
     let mut summary = Summary {
@@ -143,7 +140,7 @@ pub async fn rotate(keys: &TenantKeys, repo: &MediaRepo, opts: &RotateOptions) -
         ..Summary::default()
     };
     if opts.dry_run {
-        summary.plan = plan(keys, &tenants).await?;
+        summary.plan = plan(keys, repo, &tenants).await?;
     } else {
         summary.keys_rewrapped = rewrap(keys, opts).await?;
         if summary.keys_rewrapped > 0 {
@@ -151,12 +148,28 @@ pub async fn rotate(keys: &TenantKeys, repo: &MediaRepo, opts: &RotateOptions) -
             AuditLog::new(repo.keys().clone()).admin(SYSTEM_CHAIN, "keys.rewrapped", details).await?;
         }
         if !opts.rewrap_only {
+            let bars = indicatif::MultiProgress::new();
             let total: i64 = count_rows(keys, &tenants).await?;
-            let mut progress = Progress::new(total.max(0) as u64);
+            let mut progress = Progress::new(&bars, total.max(0) as u64, "rows", "re-encrypting");
+            let mut objects = match objects {
+                Some(work) => {
+                    let total = count_sealed_objects(repo, &tenants).await?.max(0) as u64;
+                    let progress = Progress::new(&bars, total, "object rows", "moving objects");
+                    let old = OldObjects::new(work.grace);
+                    Some(ObjectRun { work, progress, old, summary: ObjectsSummary::default() })
+                }
+                None => None,
+            };
             for tenant in &tenants {
-                reencrypt_tenant(keys, repo, tenant, opts.batch_size, &mut progress, &mut summary).await?;
+                reencrypt_tenant(keys, repo, tenant, opts.batch_size, &mut progress, objects.as_mut(), &mut summary)
+                    .await?;
             }
             progress.finish();
+            if let Some(ObjectRun { work, progress, old, summary: mut moved }) = objects {
+                progress.finish();
+                old.finish(work.removal, &mut moved).await;
+                summary.objects = Some(moved);
+            }
         }
     }
     summary.keks_in_use = keys.keks_in_use().await?.into_iter().collect();
@@ -185,7 +198,16 @@ async fn count_rows(keys: &TenantKeys, tenants: &[String]) -> Result<i64, DbErro
     Ok(total)
 }
 
-async fn plan(keys: &TenantKeys, tenants: &[String]) -> Result<Vec<TenantPlan>, DbError> {
+/// Rows whose object is sealed (under any version: after the roll every one is older).
+async fn count_sealed_objects(repo: &MediaRepo, tenants: &[String]) -> Result<i64, DbError> {
+    let mut total = 0;
+    for tenant in tenants {
+        total += repo.object_rows_per_version(tenant).await?.0.iter().map(|(_, n)| n).sum::<i64>();
+    }
+    Ok(total)
+}
+
+async fn plan(keys: &TenantKeys, repo: &MediaRepo, tenants: &[String]) -> Result<Vec<TenantPlan>, DbError> {
     let primary = keys.keyring().primary_id().to_owned();
     let mut plans = Vec::new();
     for tenant in tenants {
@@ -193,6 +215,7 @@ async fn plan(keys: &TenantKeys, tenants: &[String]) -> Result<Vec<TenantPlan>, 
         plans.push(TenantPlan {
             tenant: tenant.clone(),
             rows_per_version: keys.rows_per_version(tenant).await?.into_iter().collect(),
+            object_rows_per_version: repo.object_rows_per_version(tenant).await?.0.into_iter().collect(),
             keys_to_rewrap: key_rows.iter().filter(|k| k.kek_id != primary && k.state != "destroyed").count(),
         });
     }
@@ -205,10 +228,25 @@ async fn reencrypt_tenant(
     tenant: &str,
     batch_size: u32,
     progress: &mut Progress,
+    objects: Option<&mut ObjectRun<'_>>,
     summary: &mut Summary,
 ) -> Result<(), DbError> {
     // Rotation and shredding of one tenant exclude each other, in every process.
     let lock = locks::lock_tenant(keys.db(), tenant).await?;
+    let result = reencrypt_locked(keys, repo, tenant, batch_size, progress, objects, summary).await;
+    lock.release().await;
+    result
+}
+
+async fn reencrypt_locked(
+    keys: &TenantKeys,
+    repo: &MediaRepo,
+    tenant: &str,
+    batch_size: u32,
+    progress: &mut Progress,
+    objects: Option<&mut ObjectRun<'_>>,
+    summary: &mut Summary,
+) -> Result<(), DbError> {
     let target = keys.roll(tenant, KeyPurpose::Dek).await?;
     let mut pending = 0;
     for pass in 0..MAX_PASSES {
@@ -234,9 +272,26 @@ async fn reencrypt_tenant(
         }
     }
     summary.rows_pending += pending;
+    let which = ObjectsToMove::SealedNotUnder(target);
+    let mut objects_moved = None;
+    let objects = match objects {
+        Some(run) => {
+            let before = run.summary.objects_moved;
+            move_tenant(run.work, tenant, which, target, &mut run.progress, &mut run.old, &mut run.summary).await?;
+            objects_moved = Some(run.summary.objects_moved - before);
+            Some(&mut run.summary)
+        }
+        None => None,
+    };
     tracing::info!(tenant, version = target, rows_pending = pending, "retiring unused DEK versions");
     let retired = keys.retire_unused(tenant, target).await?;
-    let details = serde_json::json!({ "to_version": target, "rows_pending": pending, "retired_versions": retired });
+    if let Some(moved) = objects {
+        // Counted after retiring: an upload sealed before the roll may have landed after the last pass.
+        moved.object_rows_pending += repo.objects_left(tenant, which).await?;
+    }
+    let details = serde_json::json!({
+        "to_version": target, "rows_pending": pending, "objects_moved": objects_moved, "retired_versions": retired
+    });
     let audit = AuditLog::new(repo.keys().clone());
     audit.admin(tenant, "key.rotated", details).await?;
     for version in retired {
@@ -244,6 +299,5 @@ async fn reencrypt_tenant(
         audit.admin(tenant, "key.retired", details).await?;
         summary.versions_retired.push(Retired { tenant: tenant.to_owned(), version });
     }
-    lock.release().await;
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! - [`resolve`]: finding `jan_*` IDs in any JSON payload and substituting URLs for them.
 //! - [`links`]: the service's own signed blob links (filesystem backend, encrypted objects).
 //! - [`sealed`]: encrypted objects (DESIGN §9): sealing while an upload streams, opening ranges.
+//! - [`rekey`]: moving a stored object to a new DEK version, or sealing one stored in the clear.
 //! - [`ingest`]: the pipeline every upload goes through (limit, sniff, hash, store, dedup) and its
 //!   sources.
 //!
@@ -22,6 +23,7 @@ pub mod error;
 pub mod ingest;
 pub mod links;
 pub mod read;
+pub mod rekey;
 pub mod resolve;
 pub mod sealed;
 pub mod upload;

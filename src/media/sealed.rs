@@ -76,6 +76,13 @@ impl Sealing {
         Ok(Self { cipher: ObjectCipher::new_object(&dek, &context(tenant, key)), dek_version: dek.version })
     }
 
+    /// The cipher of a new object of `tenant` under `key`, from the tenant's DEK `version` (a
+    /// moved object, `media::rekey`; the rows' write checks that it is the current one).
+    pub async fn under(keys: &TenantKeys, tenant: &str, key: &str, version: u32) -> Result<Self, MediaError> {
+        let dek = keys.version(tenant, KeyPurpose::Dek, version).await?;
+        Ok(Self { cipher: ObjectCipher::new_object(&dek, &context(tenant, key)), dek_version: version })
+    }
+
     /// `body` sealed while it streams: the header, then each segment once it is complete (an
     /// incoming chunk is taken a segment at a time, so no chunk is ever held twice). An error of
     /// `body` is passed on and ends the stream.

@@ -60,6 +60,10 @@ pub mod names {
     pub const PANICS: &str = "media_handler_panics_total";
     /// Gauge of rows still encrypted under a DEK version that is not their tenant's active one.
     pub const ROTATION_PENDING: &str = "media_rotation_rows_pending";
+    /// Gauge of rows whose object is sealed under a DEK version older than their tenant's active one.
+    pub const ROTATION_OBJECTS_PENDING: &str = "media_rotation_object_rows_pending";
+    /// Gauge of ready rows whose object is stored in the clear.
+    pub const PLAIN_OBJECT_ROWS: &str = "media_plain_object_rows";
     /// Gauge of tenants with keys.
     pub const KEY_TENANTS: &str = "media_keys_tenants";
     /// Gauge of database connections by `state` (`idle`, `in_use`).
@@ -154,6 +158,11 @@ fn describe() {
         names::ROTATION_PENDING,
         "Rows encrypted under a DEK version that is not their tenant's active one"
     );
+    describe_gauge!(
+        names::ROTATION_OBJECTS_PENDING,
+        "Rows whose object is sealed under a DEK version older than their tenant's active one"
+    );
+    describe_gauge!(names::PLAIN_OBJECT_ROWS, "Ready rows whose object is stored in the clear");
     describe_gauge!(names::KEY_TENANTS, "Tenants with keys");
     describe_gauge!(names::DB_POOL, "Database connections by state");
     describe_gauge!(names::DB_POOL_MAX, "Largest database pool size");

@@ -10,25 +10,11 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use crate::support::app::{random_hex, sha256_hex, Stack, STACKS};
-use crate::support::media::{data_url, json_of, media_app, png, MediaApp};
+use crate::support::media::{data_url, holds, json_of, marked, media_app, png, MediaApp};
 
 const ON: (&str, &str) = ("MEDIA_OBJECT_ENCRYPTION", "on");
 const OFF: (&str, &str) = ("MEDIA_OBJECT_ENCRYPTION", "off");
 const SEG: usize = 64 * 1024;
-
-/// A PNG of `len` bytes with `marker` written every 10,000 bytes (so it also straddles segment
-/// boundaries) — what must never be found in the store.
-fn marked(len: usize, seed: u64, marker: &str) -> Vec<u8> {
-    let mut image = png(len, seed);
-    for at in (100..len.saturating_sub(marker.len())).step_by(10_000) {
-        image[at..at + marker.len()].copy_from_slice(marker.as_bytes());
-    }
-    image
-}
-
-fn holds(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
-}
 
 /// Serves `image` at `/pic.png` on a local port; returns the port.
 async fn serve_image(image: Vec<u8>) -> u16 {

@@ -34,6 +34,8 @@ mod jwks;
 mod limits;
 mod media;
 mod migrations;
+mod object_keys;
+mod object_moves;
 mod operations;
 mod reconcile;
 mod replicas;

@@ -51,6 +51,9 @@ async fn metrics_move_with_traffic() {
     assert!(moved("media_auth_failures_total", &[("reason", "malformed")]) >= 1.0, "{after}");
     assert!(metric(&after, "media_db_pool_max_connections", &[]) >= 1.0);
     assert!(after.contains("media_rotation_rows_pending"), "the rotation backlog gauge is exported");
+    for gauge in ["media_rotation_object_rows_pending", "media_plain_object_rows"] {
+        assert!(after.contains(gauge), "{gauge} is exported");
+    }
     assert!(!after.contains(&id), "no media ID reaches a metric label");
 }
 

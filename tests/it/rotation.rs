@@ -64,7 +64,7 @@ async fn ten_thousand_rows_over_three_tenants_move_to_a_new_dek_and_the_old_one_
         assert_eq!(summary.keks_safe_to_remove, Vec::<String>::new());
         let (_, cold) = fx.reopen(KeySettings::default());
         assert_all_readable(&cold, &ids, Some(2)).await;
-        let status = media_api::admin::keys::status(&keys, Some("acme")).await.unwrap();
+        let status = media_api::admin::keys::status(&repo, Some("acme")).await.unwrap();
         let deks: Vec<(u32, &str, Option<i64>)> = status
             .keys
             .iter()

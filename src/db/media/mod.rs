@@ -10,7 +10,8 @@
 //! share one object, whose reference count is the number of those rows ([`group`]).
 //!
 //! Files: [`model`] (plaintext records), [`sql`], [`cipher`] (sealing a row), [`group`] (dedup
-//! groups: shared objects and their references), [`rotate`] (re-encryption batches); decrypted
+//! groups: shared objects and their references), [`rotate`] (re-encryption batches), [`objects`]
+//! (moving objects to a new DEK version); decrypted
 //! ready rows are cached for a few seconds in a [`TtlCache`](crate::db::ttl_cache::TtlCache).
 
 mod cache;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use model::{Deletion, InsertOutcome, MediaRecord, MediaStatus, StoredMedia};
+pub use objects::{MoveOutcome, ObjectBatch, ObjectToMove, ObjectsToMove};
 pub use rotate::{PreparedBatch, ReencryptBatch};
 
 use super::journal;
@@ -69,8 +71,8 @@ macro_rules! check_write {
 
 /// Inside a write's transaction, once the row's placement is known: when the row references an
 /// object of its own sealed under a DEK version (`$outcome` is [`InsertOutcome::Inserted`] and
-/// `$version` is `Some`), refuses the write with [`DbError::KeyChanged`] unless that key still
-/// exists (see [`tenants::OBJECT_KEY_LIVE`]).
+/// `$version` is `Some`), refuses the write with [`DbError::KeyChanged`] unless that version is
+/// still active (see [`tenants::OBJECT_KEY_LIVE`]).
 macro_rules! check_object_key {
     ($tx:expr, $tenant:expr, $outcome:expr, $version:expr) => {
         if let (InsertOutcome::Inserted, Some(version)) = ($outcome, $version) {
@@ -86,6 +88,8 @@ macro_rules! check_object_key {
         }
     };
 }
+
+mod objects; // after the macros it uses
 
 /// Encrypted access to `media_objects`.
 #[derive(Debug, Clone)]

@@ -48,9 +48,11 @@ async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     };
     if due {
         match state.keys.rotation_backlog().await {
-            Ok((tenants, pending)) => {
+            Ok((tenants, pending, objects_pending, plain_objects)) => {
                 ::metrics::gauge!(names::KEY_TENANTS).set(tenants as f64);
                 ::metrics::gauge!(names::ROTATION_PENDING).set(pending as f64);
+                ::metrics::gauge!(names::ROTATION_OBJECTS_PENDING).set(objects_pending as f64);
+                ::metrics::gauge!(names::PLAIN_OBJECT_ROWS).set(plain_objects as f64);
             }
             Err(err) => tracing::warn!(error = %err, "cannot count the rotation backlog for /metrics"),
         }

@@ -36,6 +36,7 @@ use crate::db::{Database, DbError};
 use crate::domain::media_id::new_id;
 use crate::jobs::removal::Removal;
 use crate::media::error::MediaError;
+use crate::media::rekey::reseal_unrecorded;
 use crate::media::sealed::Sealing;
 use crate::storage::{BlobStore, StorageError};
 
@@ -407,13 +408,29 @@ impl Pipeline {
         // On an error the object stays: if the commit happened after all (its answer lost), the row
         // references it; if not, its journal entry is still there and the sweeper deletes it. A
         // refusal certainly wrote nothing, so its object goes at once.
-        let outcome = match self.media.insert(&record).await {
-            Ok(outcome) => outcome,
-            Err(err @ (DbError::TenantShredding | DbError::KeyChanged)) => {
-                self.discard(&record.storage_key).await;
-                return Err(err.into());
+        let mut record = record;
+        let mut resealed = false;
+        let outcome = loop {
+            match self.media.insert(&record).await {
+                Ok(outcome) => break outcome,
+                // Sealed under a version retired while the bytes streamed (`rotate-keys --objects`):
+                // sealed again under the current one, once (a destroyed key cannot be read: refused).
+                Err(DbError::KeyChanged) if !resealed && record.object_dek_version.is_some() => {
+                    match reseal_unrecorded(self, &record).await {
+                        Ok(moved) => (record, resealed) = (moved, true),
+                        Err(err) => {
+                            tracing::debug!(error = %err, "cannot seal an upload again under the current key");
+                            self.discard(&record.storage_key).await;
+                            return Err(DbError::KeyChanged.into());
+                        }
+                    }
+                }
+                Err(err @ (DbError::TenantShredding | DbError::KeyChanged)) => {
+                    self.discard(&record.storage_key).await;
+                    return Err(err.into());
+                }
+                Err(err) => return Err(err.into()),
             }
-            Err(err) => return Err(err.into()),
         };
         match outcome {
             InsertOutcome::Inserted | InsertOutcome::Joined { .. } => {

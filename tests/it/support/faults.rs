@@ -176,8 +176,13 @@ impl Rotation {
 
     /// `rotate-keys` with `args`.
     pub fn start_with(vars: &[(String, String)], args: &[&str]) -> Self {
+        Self::command(vars, "rotate-keys", args)
+    }
+
+    /// Another long admin command (`encrypt-objects`) with `args`, watched the same way.
+    pub fn command(vars: &[(String, String)], command: &str, args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .arg("rotate-keys")
+            .arg(command)
             .args(args)
             .env_clear()
             .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))

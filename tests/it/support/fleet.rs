@@ -291,3 +291,18 @@ pub async fn bucket_count(prefix: &str) -> (usize, usize) {
     let uploads = client.list_multipart_uploads().bucket(&bucket).prefix(prefix).send().await.unwrap();
     (objects, uploads.uploads().len())
 }
+
+/// Every object under `prefix` in the test bucket, with its bytes.
+pub async fn bucket_objects(prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let (client, bucket) = (s3_client().await, s3_env().bucket);
+    let mut out = Vec::new();
+    let mut pages = client.list_objects_v2().bucket(&bucket).prefix(prefix).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for object in page.unwrap().contents() {
+            let key = object.key().unwrap().to_owned();
+            let got = client.get_object().bucket(&bucket).key(&key).send().await.unwrap();
+            out.push((key, got.body.collect().await.unwrap().into_bytes().to_vec()));
+        }
+    }
+    out
+}

@@ -235,3 +235,18 @@ pub async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
 }
+
+/// A PNG of `len` bytes with `marker` written every 10,000 bytes (so it also straddles segment
+/// boundaries) — what must never be found in the store.
+pub fn marked(len: usize, seed: u64, marker: &str) -> Vec<u8> {
+    let mut image = png(len, seed);
+    for at in (100..len.saturating_sub(marker.len())).step_by(10_000) {
+        image[at..at + marker.len()].copy_from_slice(marker.as_bytes());
+    }
+    image
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
