@@ -180,19 +180,7 @@ impl MediaApp {
     /// blob directory and its temporary files): key and bytes.
     pub async fn stored_objects(&self) -> Vec<(String, Vec<u8>)> {
         match self.stack {
-            Stack::PostgresS3 => {
-                let (client, bucket) = (s3_client().await, s3_env().bucket);
-                let mut out = Vec::new();
-                let mut pages = client.list_objects_v2().bucket(&bucket).prefix(&self.prefix).into_paginator().send();
-                while let Some(page) = pages.next().await {
-                    for object in page.unwrap().contents() {
-                        let key = object.key().unwrap().to_owned();
-                        let got = client.get_object().bucket(&bucket).key(&key).send().await.unwrap();
-                        out.push((key, got.body.collect().await.unwrap().into_bytes().to_vec()));
-                    }
-                }
-                out
-            }
+            Stack::PostgresS3 => super::fleet::bucket_objects(&self.prefix).await,
             Stack::SqliteFs => {
                 let root = self.app.dir.path().join("data/blobs");
                 let mut out = Vec::new();
