@@ -91,6 +91,8 @@ const SELECT_MAX_DESTROYED: &str =
     "SELECT MAX(version) FROM tenant_keys WHERE tenant_id = $1 AND purpose = $2 AND state = 'destroyed'";
 const SELECT_WRAPPED: &str = "SELECT kek_id, wrapped_key, state FROM tenant_keys \
      WHERE tenant_id = $1 AND purpose = $2 AND version = $3";
+const SELECT_HELD: &str = "SELECT 1 FROM tenant_keys \
+     WHERE tenant_id = $1 AND purpose = $2 AND version = $3 AND wrapped_key IS NOT NULL";
 const INSERT_KEY: &str = "INSERT INTO tenant_keys (tenant_id, purpose, version, kek_id, wrapped_key, state) \
      VALUES ($1, $2, $3, $4, $5, 'active') ON CONFLICT DO NOTHING";
 /// Tenants with keys (not the system's audit key, held under the empty tenant id).
@@ -244,6 +246,18 @@ impl TenantKeys {
             self.keys.write().unwrap_or_else(PoisonError::into_inner).insert(slot_key, (key.clone(), Instant::now()));
         }
         Ok(key)
+    }
+
+    /// Whether the database still holds version `version`'s material (not destroyed by a shred),
+    /// asked of the database, never of the cache: another process's shred may not have reached it.
+    pub async fn held(&self, tenant: &str, purpose: KeyPurpose, version: u32) -> Result<bool, DbError> {
+        let held: Option<i32> = with_pool!(&self.db, |pool| sqlx::query_scalar(SELECT_HELD)
+            .bind(tenant)
+            .bind(purpose.as_str())
+            .bind(version as i32)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(held.is_some())
     }
 
     /// Whether what was read at `generation` may be cached: the gate is open and nothing was

@@ -7,7 +7,7 @@
 //!
 //! An upload whose bytes were sealed under a version that retired before its row was written is
 //! copied the same way under the current version ([`reseal_unrecorded`]), so a rotation never fails
-//! an upload in flight.
+//! an upload in flight; one whose version a shred destroyed is refused (never opened again).
 //!
 //! Memory is flat: one segment in each direction, as for uploads and downloads.
 
@@ -22,8 +22,8 @@ use super::sealed::{self, SealedObject, Sealing};
 use super::MediaError;
 use crate::crypto::envelope::KeyPurpose;
 use crate::crypto::object::sealed_len;
-use crate::db::journal;
 use crate::db::media::{MediaRecord, MoveOutcome, ObjectToMove};
+use crate::db::{journal, DbError};
 use crate::jobs::objects::Reseal;
 use crate::storage::StorageError;
 
@@ -117,6 +117,10 @@ impl ObjectMover {
 /// meanwhile — copied under the tenant's current version into a fresh key; the old object is
 /// deleted and the record that references the copy comes back (its journal entry ends with its row).
 pub(crate) async fn reseal_unrecorded(pipeline: &Pipeline, record: &MediaRecord) -> Result<MediaRecord, MediaError> {
+    // Opened through this process's key cache: if a shred (in any process) destroyed the version,
+    // nothing sealed under it may come back readable — checked before the copy, and after it (the
+    // shred may land while it runs): the copy goes, the upload fails, and no fresh key is made.
+    source_held(pipeline, record).await?;
     let target = pipeline.repo().keys().current(&record.tenant_id, KeyPurpose::Dek).await?.version;
     let object = ObjectToMove {
         tenant: record.tenant_id.clone(),
@@ -134,8 +138,21 @@ pub(crate) async fn reseal_unrecorded(pipeline: &Pipeline, record: &MediaRecord)
         pipeline.discard(&key).await;
         return Err(err);
     }
+    if let Err(err) = source_held(pipeline, record).await {
+        pipeline.discard(&key).await;
+        return Err(err);
+    }
     pipeline.discard(&record.storage_key).await;
     Ok(MediaRecord { storage_key: key, object_dek_version: Some(target), ..record.clone() })
+}
+
+/// Refuses a record whose object's DEK version the database no longer holds (a shred destroyed it).
+async fn source_held(pipeline: &Pipeline, record: &MediaRecord) -> Result<(), MediaError> {
+    let Some(version) = record.object_dek_version else { return Ok(()) };
+    match pipeline.repo().keys().held(&record.tenant_id, KeyPurpose::Dek, version).await? {
+        true => Ok(()),
+        false => Err(DbError::MissingKey { version }.into()),
+    }
 }
 
 #[async_trait::async_trait]

@@ -2,15 +2,19 @@
 //! directory): moves that lose to a changed group, `encrypt-objects` and `rotate-keys --objects` end
 //! to end, a retired version refusing new objects, and an upload in flight across a retirement.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use media_api::crypto::envelope::KeyPurpose;
 use media_api::crypto::object::ObjectHeader;
-use media_api::db::media::{MediaRecord, MediaStatus, MoveOutcome, ObjectsToMove};
+use media_api::db::media::{MediaRecord, MediaRepo, MediaStatus, MoveOutcome, ObjectsToMove};
+use media_api::db::tenant_keys::{KeySettings, TenantKeys};
 use media_api::db::DbError;
 use media_api::jobs::objects::{encrypt_objects, ObjectWork};
+use media_api::jobs::removal::Removal;
 use media_api::jobs::rotate::{rotate, rotate_with_objects, RotateOptions};
+use media_api::jobs::shred::shred;
 use media_api::jobs::sweep::{sweep_once, SweepAges};
 use media_api::media::rekey::ObjectMover;
 use reqwest::StatusCode;
@@ -196,6 +200,45 @@ async fn on_both_stacks_an_upload_sealed_under_a_version_retired_before_its_row_
         assert_eq!(ObjectHeader::parse(&stored[0].1).unwrap().dek_version, 2, "{stack:?}");
         assert!(!holds(&stored[0].1, MARKER.as_bytes()), "{stack:?}");
         assert_eq!(m.journaled().await, 0, "{stack:?}");
+    }
+}
+
+#[tokio::test]
+async fn on_both_stacks_an_upload_sealed_under_a_version_a_shred_destroyed_before_its_row_is_refused_and_nothing_stays()
+{
+    for stack in STACKS {
+        let m = media_app(stack, &[("MEDIA_OBJECT_ENCRYPTION", "on")]).await;
+        let (alice, state) = (m.alice(), &m.app.state);
+        let image = marked(200_000, 10, MARKER);
+        // The upload starts: its first bytes are sealed under version 1, which this process caches.
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, std::io::Error>>();
+        tx.unbounded_send(Ok(Bytes::copy_from_slice(&image[..70_000]))).unwrap();
+        let request = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
+        let upload = tokio::spawn(request.body(reqwest::Body::wrap_stream(rx)).send());
+        while m.journaled().await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Another process shreds the tenant: on SQLite nothing tells this one, whose cache keeps
+        // version 1 (on Postgres the notification may or may not have arrived when the row is written).
+        let other = Arc::new(TenantKeys::new(state.db.clone(), state.keyring.clone(), KeySettings::default()));
+        let repo = MediaRepo::new(state.db.clone(), other.clone());
+        let removal = Removal::new(state.blobs.clone(), repo, state.db.clone(), Duration::from_secs(60), "");
+        shred(&other, &removal, "tenant-a").await.unwrap();
+        // The upload ends: its version is destroyed, so it is not opened again under a fresh key.
+        tx.unbounded_send(Ok(Bytes::copy_from_slice(&image[70_000..]))).unwrap();
+        drop(tx);
+        let (status, answer) = json_of(upload.await.unwrap().unwrap()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{stack:?}: {answer}");
+        assert_eq!(answer["code"], "key_changed", "{stack:?}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|m| m.contains("try again")), "{stack:?}: {answer}");
+        let rows = state.media.storage_keys("tenant-a", None, 10).await.unwrap();
+        assert!(rows.is_empty(), "{stack:?}: no row");
+        assert_eq!(m.stored_objects().await.len(), 0, "{stack:?}: neither the upload nor a copy of it stays");
+        assert_eq!(m.journaled().await, 0, "{stack:?}");
+        let deks = deks(&state.media).await;
+        // Version 1 stays destroyed; the fresh key the refused row write made seals nothing.
+        assert_eq!(deks.first().map(|d| d.0), Some("destroyed"), "{stack:?}: {deks:?}");
+        assert!(deks.iter().all(|(_, rows, objects)| *rows == 0 && *objects == 0), "{stack:?}: {deks:?}");
     }
 }
 
