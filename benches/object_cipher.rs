@@ -1,49 +1,72 @@
-//! Object cipher throughput: sealing and opening 1 MiB (16 segments of 64 KiB) through the
-//! service's `Sealer`/`Opener` (STREAM over ring's AES-256-GCM, `crypto::object::gcm`) against
-//! the same STREAM over RustCrypto's `aes_gcm::Aes256Gcm`, which the object cipher used before.
-//! Criterion prints MiB/s for each; the ratio between them is what moving to ring bought.
+//! Object cipher throughput:
+//! - `object_cipher_stream_1MiB/sealer_opener`: 1 MiB sealed by the service's `Sealer` from 16 KiB
+//!   pieces and opened by its `Opener`, each segment handed over in its own buffer, as the upload
+//!   and download streams do (`media::sealed`): the cipher with its framing and copies;
+//! - `aes_256_gcm_seal_64KiB/{ring,rustcrypto}`: one 64 KiB segment sealed in place by each AEAD
+//!   alone — ring's (`crypto::object::gcm`, what segments use) and RustCrypto's `Aes256Gcm`
+//!   (what they used before).
 //!
-//! `cargo bench --bench object_cipher`
+//! `cargo bench --bench object_cipher`; figures in `docs/performance.md`.
 
-use aes_gcm::aead::stream::{NewStream, StreamBE32, StreamPrimitive};
-use aes_gcm::aead::KeyInit;
+use aes_gcm::aead::{AeadInPlace, KeyInit, Nonce};
 use aes_gcm::Aes256Gcm;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use media_api::crypto::envelope::DataKey;
-use media_api::crypto::object::{open_object, seal_object, SEGMENT_LEN};
+use media_api::crypto::object::gcm::RingAes256Gcm;
+use media_api::crypto::object::{span, ObjectCipher, ObjectHeader, Opener, Sealer, HEADER_LEN, SEGMENT_LEN};
 
 const OBJECT: usize = 1024 * 1024;
+const PIECE: usize = 16 * 1024;
 
-/// Seals and opens `plain` segment by segment with STREAM over RustCrypto's AES-256-GCM.
-fn rustcrypto_seal_open(stream: &StreamBE32<Aes256Gcm>, plain: &[u8]) -> usize {
-    let segments = plain.chunks(SEGMENT_LEN as usize);
-    let count = segments.len();
-    let mut opened = 0;
-    for (index, segment) in segments.enumerate() {
-        let mut buffer = segment.to_vec();
-        let last = index + 1 == count;
-        stream.encrypt_in_place(index as u32, last, b"header", &mut buffer).expect("seal");
-        stream.decrypt_in_place(index as u32, last, b"header", &mut buffer).expect("open");
-        opened += buffer.len();
+/// Seals `plain` in pieces, then opens what came out; returns the plaintext bytes opened.
+fn stream_seal_open(key: &DataKey, context: &[&[u8]], plain: &[u8]) -> usize {
+    let cipher = ObjectCipher::new_object(key, context);
+    let header = ObjectHeader::parse(cipher.header()).expect("header");
+    let mut sealer = Sealer::new(cipher);
+    let mut sealed = Vec::new();
+    for piece in plain.chunks(PIECE) {
+        let mut out = Vec::new();
+        sealer.push(piece, &mut out).expect("seal");
+        sealed.push(out);
     }
-    opened
+    let mut out = Vec::new();
+    sealer.finish(&mut out).expect("seal");
+    sealed.push(out);
+    let span = span(0..plain.len() as u64, plain.len() as u64).expect("span");
+    let mut opener = Opener::new(ObjectCipher::existing(key, context, &header).expect("key"), &span);
+    let mut opened = 0;
+    let mut skip = HEADER_LEN as usize;
+    for piece in &sealed {
+        let taken = skip.min(piece.len());
+        skip -= taken;
+        let mut out = Vec::new();
+        opener.push(&piece[taken..], &mut out).expect("open");
+        opened += out.len();
+    }
+    let mut out = Vec::new();
+    opener.finish(&mut out).expect("open");
+    opened + out.len()
 }
 
 fn bench_object_cipher(c: &mut Criterion) {
     let plain = vec![0x5au8; OBJECT];
     let key = DataKey::generate(1);
     let context: [&[u8]; 2] = [b"tenant-0001", b"objects/0123456789abcdef"];
-    let mut group = c.benchmark_group("object_cipher_seal_open_1MiB");
+    let mut group = c.benchmark_group("object_cipher_stream_1MiB");
     group.throughput(Throughput::Bytes(OBJECT as u64));
-    group.bench_function("service_ring", |b| {
-        b.iter(|| {
-            let sealed = seal_object(&key, &context, black_box(&plain)).expect("seal");
-            open_object(&key, &context, &sealed, None).expect("open").len()
-        })
+    group.bench_function("sealer_opener", |b| b.iter(|| stream_seal_open(&key, &context, black_box(&plain))));
+    group.finish();
+
+    let mut group = c.benchmark_group("aes_256_gcm_seal_64KiB");
+    group.throughput(Throughput::Bytes(SEGMENT_LEN));
+    let mut segment = vec![0x5au8; SEGMENT_LEN as usize];
+    let nonce = Nonce::<Aes256Gcm>::default();
+    let ring = RingAes256Gcm::new(&[1u8; 32]);
+    group.bench_function("ring", |b| b.iter(|| ring.encrypt_in_place_detached(&nonce, b"h", black_box(&mut segment))));
+    let rust = Aes256Gcm::new(&[1u8; 32].into());
+    group.bench_function("rustcrypto", |b| {
+        b.iter(|| rust.encrypt_in_place_detached(&nonce, b"h", black_box(&mut segment)))
     });
-    let aead = Aes256Gcm::new(key.bytes().into());
-    let stream = StreamBE32::from_aead(aead, [3u8; 7].as_slice().into());
-    group.bench_function("stream_rustcrypto_aes_gcm", |b| b.iter(|| rustcrypto_seal_open(&stream, black_box(&plain))));
     group.finish();
 }
 
