@@ -1,7 +1,8 @@
 //! Load generator for `scripts/bench-media`, against a running service; prints one JSON line per run.
 //!
 //! - `upload <base> <token> <MiB>`: one raw-body upload of a generated PNG-headed file, streamed
-//!   with its `Content-Length`.
+//!   with its `Content-Length`. Every upload (and `direct` PUT) sends bytes of a fresh seed: nothing
+//!   repeats an earlier run's bytes, so neither Garage's block dedup nor the service's applies.
 //! - `chunked <base> <token> <MiB>`: the same raw upload without a `Content-Length` (chunked
 //!   transfer encoding, as a client streaming from a pipe sends it).
 //! - `form <base> <token> <MiB>` / `form-len <base> <token> <MiB>`: the same bytes as the `file`
@@ -62,6 +63,14 @@ impl Form {
 const PNG_HEAD: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00";
 
 /// A streamed body of `len` bytes starting with a PNG signature.
+/// A seed no other run used: every timed upload sends bytes the store has not seen, as clients do
+/// (the same bytes again would be deduplicated by Garage's block store — no block written — and by
+/// the service's own dedup, flattering whichever side repeats them).
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (nanos.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40)
+}
+
 fn generated(len: u64, seed: u64) -> reqwest::Body {
     reqwest::Body::wrap_stream(load::generated(len, seed, PNG_HEAD))
 }
@@ -137,7 +146,7 @@ impl Target {
             .json()
             .await?;
         let url = prepared["upload_url"].as_str().ok_or_else(|| anyhow::anyhow!("no upload_url: {prepared}"))?;
-        let mut request = self.http.put(url).body(generated(len, 7));
+        let mut request = self.http.put(url).body(generated(len, fresh_seed()));
         for (name, value) in prepared["headers"].as_object().into_iter().flatten() {
             request = request.header(name.as_str(), value.as_str().unwrap_or_default());
         }
@@ -390,7 +399,7 @@ fn main() -> anyhow::Result<()> {
             form @ ("upload" | "chunked" | "form" | "form-len") => {
                 let len = number(3)? * 1024 * 1024;
                 let started = Instant::now();
-                let stored = target.upload_as(Form::parse(form).expect("an upload mode"), len, 1).await?;
+                let stored = target.upload_as(Form::parse(form).expect("an upload mode"), len, fresh_seed()).await?;
                 let seconds = started.elapsed().as_secs_f64();
                 anyhow::ensure!(stored["bytes"].as_u64() == Some(len), "{form} stored {} bytes, not {len}", stored["bytes"]);
                 Ok(json!({"mode": form, "mib": len >> 20, "seconds": seconds, "mib_per_s": (len >> 20) as f64 / seconds}))
