@@ -26,6 +26,10 @@ use crate::db::notify::{self, CacheGate, Change};
 use crate::db::{Database, DbError};
 use crate::with_pool;
 
+mod rewrap;
+
+pub use rewrap::KeyToRewrap;
+
 /// Cache and budget settings.
 #[derive(Debug, Clone, Copy)]
 pub struct KeySettings {
@@ -62,9 +66,6 @@ pub struct KeyRow {
     pub encryptions: i64,
 }
 
-/// Key rows re-wrapped per transaction.
-const REWRAP_BATCH: usize = 500;
-
 /// Unwrapped tenant keys, backed by the `tenant_keys` table.
 pub struct TenantKeys {
     db: Database,
@@ -92,7 +93,7 @@ const SELECT_MAX_DESTROYED: &str =
 const SELECT_WRAPPED: &str = "SELECT kek_id, wrapped_key, state FROM tenant_keys \
      WHERE tenant_id = $1 AND purpose = $2 AND version = $3";
 const SELECT_HELD: &str = "SELECT 1 FROM tenant_keys \
-     WHERE tenant_id = $1 AND purpose = $2 AND version = $3 AND wrapped_key IS NOT NULL";
+     WHERE tenant_id = $1 AND purpose = $2 AND version = $3 AND wrapped_key IS NOT NULL AND state <> 'destroyed'";
 const INSERT_KEY: &str = "INSERT INTO tenant_keys (tenant_id, purpose, version, kek_id, wrapped_key, state) \
      VALUES ($1, $2, $3, $4, $5, 'active') ON CONFLICT DO NOTHING";
 /// Tenants with keys (not the system's audit key, held under the empty tenant id).
@@ -110,15 +111,6 @@ const SELECT_ROTATION_BACKLOG: &str = "SELECT \
      (SELECT COUNT(*) FROM media_objects m WHERE m.object_dek_version < (SELECT MAX(k.version) FROM tenant_keys k \
         WHERE k.tenant_id = m.tenant_id AND k.purpose = 'dek' AND k.state = 'active')), \
      (SELECT COUNT(*) FROM media_objects WHERE object_dek_version IS NULL AND status = 'ready')";
-const SELECT_NOT_UNDER: &str = "SELECT tenant_id, purpose, version, kek_id, wrapped_key FROM tenant_keys \
-     WHERE kek_id <> $1 AND wrapped_key IS NOT NULL AND ($2 IS NULL OR tenant_id = $2) \
-     ORDER BY tenant_id, purpose, version";
-const REWRAP: &str = "UPDATE tenant_keys SET kek_id = $5, wrapped_key = $6 \
-     WHERE tenant_id = $1 AND purpose = $2 AND version = $3 AND kek_id = $4";
-const REWRAP_PG: &str = "UPDATE tenant_keys AS t SET kek_id = $1, wrapped_key = u.wrapped \
-     FROM UNNEST($2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[]) \
-     AS u(tenant_id, purpose, version, old_kek, wrapped) \
-     WHERE t.tenant_id = u.tenant_id AND t.purpose = u.purpose AND t.version = u.version AND t.kek_id = u.old_kek";
 /// A version retires once no row is sealed under it and no row's object is (`rotate-keys --objects`).
 const RETIRE_UNUSED: &str = "UPDATE tenant_keys SET state = 'retired' \
      WHERE tenant_id = $1 AND purpose = 'dek' AND state = 'active' AND version < $2 \
@@ -237,8 +229,10 @@ impl TenantKeys {
                 .bind(version as i32)
                 .fetch_optional(pool)
                 .await)?;
-        let (kek_id, wrapped, _state) = row.ok_or(DbError::MissingKey { version })?;
-        let wrapped = wrapped.ok_or(DbError::MissingKey { version })?;
+        let (kek_id, wrapped, state) = row.ok_or(DbError::MissingKey { version })?;
+        // A destroyed key stays destroyed, whatever material a row may show (never written back,
+        // see `rewrap`; checked here as well).
+        let wrapped = wrapped.filter(|_| state != "destroyed").ok_or(DbError::MissingKey { version })?;
         let token = String::from_utf8(wrapped).map_err(|_| CryptoError::Integrity)?;
         let slot = KeySlot { tenant, purpose, version };
         let key = Arc::new(envelope::unwrap(&self.keyring, slot, &WrappedKey { kek_id, token })?);
@@ -361,75 +355,6 @@ impl TenantKeys {
         let rows: Vec<(i32, i64)> =
             with_pool!(&self.db, |pool| sqlx::query_as(SELECT_ROWS_PER_VERSION).bind(tenant).fetch_all(pool).await)?;
         Ok(rows.into_iter().map(|(v, n)| (v as u32, n)).collect())
-    }
-
-    /// Re-wraps every key of `tenant` (every tenant when `None`) that is not under the primary KEK.
-    /// Each update is a compare-and-set on the old KEK id, so concurrent runs cannot clobber each
-    /// other. Returns how many keys were re-wrapped.
-    pub async fn rewrap_to_primary(&self, tenant: Option<&str>) -> Result<u64, DbError> {
-        let primary = self.keyring.primary_id().to_owned();
-        let rows: Vec<(String, String, i32, String, Vec<u8>)> =
-            with_pool!(&self.db, |pool| sqlx::query_as(SELECT_NOT_UNDER)
-                .bind(&primary)
-                .bind(tenant)
-                .fetch_all(pool)
-                .await)?;
-        let mut rewrapped = 0;
-        for chunk in rows.chunks(REWRAP_BATCH) {
-            let mut updates = Vec::with_capacity(chunk.len());
-            for (tenant_id, purpose, version, kek_id, token) in chunk {
-                let purpose = match purpose.as_str() {
-                    "dek" => KeyPurpose::Dek,
-                    _ => KeyPurpose::Index,
-                };
-                let token = String::from_utf8(token.clone()).map_err(|_| CryptoError::Integrity)?;
-                let slot = KeySlot { tenant: tenant_id, purpose, version: *version as u32 };
-                let wrapped = envelope::rewrap(&self.keyring, slot, &WrappedKey { kek_id: kek_id.clone(), token })?;
-                updates.push((tenant_id, purpose.as_str(), *version, kek_id, wrapped));
-            }
-            rewrapped += self.write_rewrapped(&updates).await?;
-        }
-        Ok(rewrapped)
-    }
-
-    /// Stores re-wrapped keys, each only if still under the KEK it was read with: on Postgres one
-    /// `UPDATE … FROM UNNEST(…)` per batch, on SQLite one statement per key in one transaction.
-    async fn write_rewrapped(
-        &self,
-        updates: &[(&String, &'static str, i32, &String, WrappedKey)],
-    ) -> Result<u64, DbError> {
-        match &self.db {
-            Database::Postgres(pool) => {
-                let result = sqlx::query(REWRAP_PG)
-                    .bind(self.keyring.primary_id())
-                    .bind(updates.iter().map(|u| u.0.as_str()).collect::<Vec<_>>())
-                    .bind(updates.iter().map(|u| u.1).collect::<Vec<_>>())
-                    .bind(updates.iter().map(|u| u.2).collect::<Vec<_>>())
-                    .bind(updates.iter().map(|u| u.3.as_str()).collect::<Vec<_>>())
-                    .bind(updates.iter().map(|u| u.4.token.as_bytes().to_vec()).collect::<Vec<_>>())
-                    .execute(pool)
-                    .await?;
-                Ok(result.rows_affected())
-            }
-            Database::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                let mut changed = 0u64;
-                for (tenant_id, purpose, version, old_kek, wrapped) in updates {
-                    changed += sqlx::query(REWRAP)
-                        .bind(tenant_id.as_str())
-                        .bind(*purpose)
-                        .bind(*version)
-                        .bind(old_kek.as_str())
-                        .bind(&wrapped.kek_id)
-                        .bind(wrapped.token.as_bytes())
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                }
-                tx.commit().await?;
-                Ok(changed)
-            }
-        }
     }
 
     /// Retires the tenant's DEK versions below `keep` that no row uses any more, neither for its

@@ -262,3 +262,29 @@ async fn a_completion_between_a_rotation_batch_read_and_its_write_is_not_overwri
         assert_eq!(row.dek_version, target);
     }
 }
+
+#[tokio::test]
+async fn a_rewrap_that_read_a_key_before_a_shred_destroyed_it_does_not_give_the_key_back() {
+    for fx in fixtures(KeySettings::default()).await {
+        let media = new_media("acme", b"before the shred");
+        fx.repo.insert(&media).await.unwrap();
+        let new_key = Keyring::generate_key();
+        let both = format!("k2:{new_key},{}:{}", fx.keyring.primary_id(), fx.key_text);
+        let (keys, _) = fx.with_keyring(Arc::new(Keyring::parse_env(&both).unwrap()), KeySettings::default());
+        // The rewrap reads acme's keys under the old KEK; before it writes them back, a shred
+        // destroys them.
+        let read = keys.not_under_primary(Some("acme")).await.unwrap();
+        assert_eq!(read.len(), 2, "{}: acme's DEK and index key", fx.db.backend());
+        let (shredder, _) = fx.reopen(KeySettings::default());
+        assert_eq!(shredder.destroy_tenant("acme").await.unwrap(), 2);
+        assert_eq!(keys.rewrap(&read).await.unwrap(), 0, "{}: nothing written back", fx.db.backend());
+        let rows = keys.key_rows(Some("acme")).await.unwrap();
+        assert!(rows.iter().all(|k| k.state == "destroyed"), "{}: {rows:?}", fx.db.backend());
+        let (cold, cold_repo) = fx.reopen(KeySettings::default());
+        let gone = cold.version("acme", KeyPurpose::Dek, 1).await;
+        assert!(matches!(gone, Err(media_api::db::DbError::MissingKey { version: 1 })), "{gone:?}");
+        assert!(!cold.held("acme", KeyPurpose::Dek, 1).await.unwrap());
+        let read_back = cold_repo.get("acme", &media.id).await.map(|row| row.is_some());
+        assert!(matches!(read_back, Err(media_api::db::DbError::MissingKey { .. })), "{read_back:?}");
+    }
+}
