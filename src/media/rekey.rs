@@ -119,7 +119,8 @@ impl ObjectMover {
 pub(crate) async fn reseal_unrecorded(pipeline: &Pipeline, record: &MediaRecord) -> Result<MediaRecord, MediaError> {
     // Opened through this process's key cache: if a shred (in any process) destroyed the version,
     // nothing sealed under it may come back readable — checked before the copy, and after it (the
-    // shred may land while it runs): the copy goes, the upload fails, and no fresh key is made.
+    // shred may land while it runs): the copy goes and the upload fails. (The refused row write has
+    // already given the tenant a fresh key; it seals nothing.)
     source_held(pipeline, record).await?;
     let target = pipeline.repo().keys().current(&record.tenant_id, KeyPurpose::Dek).await?.version;
     let object = ObjectToMove {

@@ -419,7 +419,7 @@ impl Pipeline {
                     match reseal_unrecorded(self, &record).await {
                         Ok(moved) => (record, resealed) = (moved, true),
                         Err(err) => {
-                            tracing::debug!(error = %err, "cannot seal an upload again under the current key");
+                            tracing::warn!(error = %err, "cannot seal an upload again under the current key");
                             self.discard(&record.storage_key).await;
                             return Err(DbError::KeyChanged.into());
                         }
