@@ -62,6 +62,12 @@ impl DataKey {
         Self { version, bytes }
     }
 
+    /// A key of known bytes (known-answer tests).
+    #[cfg(test)]
+    pub(crate) fn from_bytes(version: u32, bytes: [u8; KEY_LEN]) -> Self {
+        Self { version, bytes: Zeroizing::new(bytes) }
+    }
+
     /// The key bytes (for the cipher or HMAC built on them).
     pub fn bytes(&self) -> &[u8; KEY_LEN] {
         &self.bytes

@@ -157,3 +157,42 @@ fn ranges_outside_the_object_and_ambiguous_contexts_are_refused() {
     assert!(open_object(&dek, &[b"a", b"bc"], &sealed, None).is_err(), "the parts are length-prefixed");
     assert_eq!(open_object(&dek, &[b"ab", b"c"], &sealed, None).unwrap(), b"bytes");
 }
+
+/// The stored format, frozen: an object sealed by an independent implementation (Python's
+/// `cryptography`: HKDF-SHA256 and AES-GCM, the STREAM nonces and header written out by hand) must be
+/// what this one seals and must open here, whatever AES-GCM implementation is underneath. The
+/// expected digest came from this script:
+///
+/// ```text
+/// dek, salt, prefix = bytes([0x11]*32), bytes([0x22]*32), bytes([0x33]*7)
+/// context = [b"acme", b"m/0123456789abcdef"]
+/// header = b"JMO" + bytes([1]) + struct.pack(">I", 3) + salt + prefix + b"\0"
+/// info = b"media-api object v1\0" + b"".join(struct.pack(">I", len(p)) + p for p in context)
+/// key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(dek)
+/// plain = bytes((i * 31 % 251) for i in range(70_000))
+/// segs = [plain[i:i+65536] for i in range(0, len(plain), 65536)]
+/// out = header + b"".join(AESGCM(key).encrypt(prefix + struct.pack(">I", n)
+///       + bytes([n == len(segs) - 1]), s, header) for n, s in enumerate(segs))
+/// print(len(out), hashlib.sha256(out).hexdigest())
+/// ```
+#[test]
+fn an_object_sealed_by_an_independent_implementation_is_sealed_alike_and_opens() {
+    use sha2::Digest;
+    let dek = DataKey::from_bytes(3, [0x11; 32]);
+    let mut header_bytes = [0u8; HEADER_LEN as usize];
+    header_bytes[..4].copy_from_slice(b"JMO\x01");
+    header_bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
+    header_bytes[8..40].fill(0x22);
+    header_bytes[40..47].fill(0x33);
+    let header = ObjectHeader::parse(&header_bytes).unwrap();
+    let plain = plaintext(70_000);
+    let mut sealer = Sealer::new(ObjectCipher::existing(&dek, CONTEXT, &header).unwrap());
+    let mut sealed = Vec::new();
+    sealer.push(&plain, &mut sealed).unwrap();
+    sealer.finish(&mut sealed).unwrap();
+    assert_eq!(sealed.len(), 70_080);
+    let digest: [u8; 32] = sha2::Sha256::digest(&sealed).into();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, "40ab1b66947b3d15af52fdef0170c7ed6934009d2dc22b80c3067b250d1a8f79");
+    assert_eq!(open_all(&dek, &sealed).unwrap(), plain);
+}
