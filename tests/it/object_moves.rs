@@ -165,6 +165,34 @@ fn tenant_a() -> RotateOptions {
     RotateOptions { tenants: vec!["tenant-a".into()], batch_size: 10, rewrap_only: false, dry_run: false }
 }
 
+/// A raw upload whose first 70,000 bytes are in: its object is journaled and being sealed.
+struct UploadInFlight {
+    rest: Bytes,
+    tx: futures::channel::mpsc::UnboundedSender<Result<Bytes, std::io::Error>>,
+    answer: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+}
+
+impl UploadInFlight {
+    /// Starts uploading `image` to `m` as `token`; returns once the object is journaled.
+    async fn start(m: &MediaApp, token: &str, image: &[u8]) -> Self {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, std::io::Error>>();
+        tx.unbounded_send(Ok(Bytes::copy_from_slice(&image[..70_000]))).unwrap();
+        let request = m.http().post(m.url("/v1/media")).bearer_auth(token).header("content-type", "image/png");
+        let answer = tokio::spawn(request.body(reqwest::Body::wrap_stream(rx)).send());
+        while m.journaled().await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Self { rest: Bytes::copy_from_slice(&image[70_000..]), tx, answer }
+    }
+
+    /// Sends the rest of the bytes; the service's answer.
+    async fn finish(self) -> (StatusCode, serde_json::Value) {
+        self.tx.unbounded_send(Ok(self.rest)).unwrap();
+        drop(self.tx);
+        json_of(self.answer.await.unwrap().unwrap()).await
+    }
+}
+
 #[tokio::test]
 async fn on_both_stacks_an_upload_sealed_under_a_version_retired_before_its_row_is_sealed_again_and_stored() {
     for stack in STACKS {
@@ -172,13 +200,7 @@ async fn on_both_stacks_an_upload_sealed_under_a_version_retired_before_its_row_
         let alice = m.alice();
         let image = marked(200_000, 9, MARKER);
         // The upload starts: its first bytes are in, its object is being sealed under version 1.
-        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, std::io::Error>>();
-        tx.unbounded_send(Ok(Bytes::copy_from_slice(&image[..70_000]))).unwrap();
-        let request = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
-        let upload = tokio::spawn(request.body(reqwest::Body::wrap_stream(rx)).send());
-        while m.journaled().await == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let upload = UploadInFlight::start(&m, &alice, &image).await;
         // Meanwhile the tenant's keys rotate with its objects: version 1 is used by no row, and retires.
         let state = &m.app.state;
         let mover = ObjectMover::new(state.pipeline.clone());
@@ -187,9 +209,7 @@ async fn on_both_stacks_an_upload_sealed_under_a_version_retired_before_its_row_
         let rotated = rotate_with_objects(&state.keys, &state.media, &tenant_a(), work).await.unwrap();
         assert_eq!(rotated.versions_retired.len(), 1, "{stack:?}");
         // The upload ends: stored, sealed again under version 2.
-        tx.unbounded_send(Ok(Bytes::copy_from_slice(&image[70_000..]))).unwrap();
-        drop(tx);
-        let (status, answer) = json_of(upload.await.unwrap().unwrap()).await;
+        let (status, answer) = upload.finish().await;
         assert_eq!(status, StatusCode::OK, "{stack:?}: {answer}");
         let id = answer["id"].as_str().unwrap();
         let row = state.media.get("tenant-a", id).await.unwrap().unwrap().record;
@@ -211,13 +231,7 @@ async fn on_both_stacks_an_upload_sealed_under_a_version_a_shred_destroyed_befor
         let (alice, state) = (m.alice(), &m.app.state);
         let image = marked(200_000, 10, MARKER);
         // The upload starts: its first bytes are sealed under version 1, which this process caches.
-        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, std::io::Error>>();
-        tx.unbounded_send(Ok(Bytes::copy_from_slice(&image[..70_000]))).unwrap();
-        let request = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
-        let upload = tokio::spawn(request.body(reqwest::Body::wrap_stream(rx)).send());
-        while m.journaled().await == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let upload = UploadInFlight::start(&m, &alice, &image).await;
         // Another process shreds the tenant: on SQLite nothing tells this one, whose cache keeps
         // version 1 (on Postgres the notification may or may not have arrived when the row is written).
         let other = Arc::new(TenantKeys::new(state.db.clone(), state.keyring.clone(), KeySettings::default()));
@@ -225,9 +239,7 @@ async fn on_both_stacks_an_upload_sealed_under_a_version_a_shred_destroyed_befor
         let removal = Removal::new(state.blobs.clone(), repo, state.db.clone(), Duration::from_secs(60), "");
         shred(&other, &removal, "tenant-a").await.unwrap();
         // The upload ends: its version is destroyed, so it is not opened again under a fresh key.
-        tx.unbounded_send(Ok(Bytes::copy_from_slice(&image[70_000..]))).unwrap();
-        drop(tx);
-        let (status, answer) = json_of(upload.await.unwrap().unwrap()).await;
+        let (status, answer) = upload.finish().await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{stack:?}: {answer}");
         assert_eq!(answer["code"], "key_changed", "{stack:?}: {answer}");
         assert!(answer["error"].as_str().is_some_and(|m| m.contains("try again")), "{stack:?}: {answer}");
