@@ -13,7 +13,9 @@
 //! else AWS's regional endpoint), path-style or virtual-hosted like the SDK client, with the key
 //! encoded as the SDK encodes S3 keys and the forced `response-content-type` and
 //! `response-content-disposition` in the signed query. Credentials come from the same provider the
-//! SDK uses and are reused until five minutes before they expire.
+//! SDK uses and are reused until five minutes before they expire. A URL stops working when the
+//! credentials that signed it expire, whatever its `X-Amz-Expires` says, so a URL's lifetime is cut
+//! to what they have left ([`within_lifetime`]) and the caller is told the lifetime it really has.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -158,14 +160,15 @@ impl GetSigner {
         Some((signing.credentials.clone(), signing.key.clone()))
     }
 
-    /// A URL that GETs `key` until `ttl` has passed, answering with these forced headers.
+    /// A URL that GETs `key` until `ttl` has passed (or the signing credentials expire, if that
+    /// comes first), answering with these forced headers.
     pub async fn get_url(
         &self,
         key: &str,
         content_type: &str,
         content_disposition: &str,
         ttl: Duration,
-    ) -> Result<String, StorageError> {
+    ) -> Result<SignedUrl, StorageError> {
         self.get_url_at(key, content_type, content_disposition, ttl, Utc::now()).await
     }
 
@@ -176,9 +179,13 @@ impl GetSigner {
         content_disposition: &str,
         ttl: Duration,
         now: DateTime<Utc>,
-    ) -> Result<String, StorageError> {
+    ) -> Result<SignedUrl, StorageError> {
         let day = format!("{:04}{:02}{:02}", now.year(), now.month(), now.day());
         let (credentials, signing_key) = self.signing(&day).await?;
+        let ttl = within_lifetime(ttl, &credentials, now.into());
+        if ttl.as_secs() == 0 {
+            return Err(failure("the S3 credentials expire now and could not be refreshed".into()));
+        }
         let stamp = format!("{day}T{:02}{:02}{:02}Z", now.hour(), now.minute(), now.second());
         let scope = format!("{day}/{}/s3/aws4_request", self.region);
         let key = fmt_label(key, EncodingStrategy::Greedy);
@@ -212,7 +219,36 @@ impl GetSigner {
             hex::encode(Sha256::digest(canonical_request.as_bytes()))
         );
         let signature = hex::encode(hmac(&*signing_key, string_to_sign.as_bytes()));
-        Ok(format!("{}{key}?{canonical_query}&X-Amz-Signature={signature}", self.base))
+        let url = format!("{}{key}?{canonical_query}&X-Amz-Signature={signature}", self.base);
+        Ok(SignedUrl { url, ttl })
+    }
+
+    /// `ttl` cut to what the credentials presigned URLs are signed with have left (see
+    /// [`within_lifetime`]); for URLs another signer makes with the same credentials.
+    pub async fn lifetime(&self, ttl: Duration) -> Result<Duration, StorageError> {
+        let now = Utc::now();
+        let day = format!("{:04}{:02}{:02}", now.year(), now.month(), now.day());
+        let (credentials, _) = self.signing(&day).await?;
+        Ok(within_lifetime(ttl, &credentials, now.into()))
+    }
+}
+
+/// A presigned URL and how long it works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedUrl {
+    /// The URL, signature included.
+    pub url: String,
+    /// Its lifetime from the signing time: the `X-Amz-Expires` it carries.
+    pub ttl: Duration,
+}
+
+/// `ttl`, cut to the time the signing `credentials` have left at `now`: temporary credentials (STS,
+/// an instance role) sign URLs that stop working when they expire, so a longer lifetime would be a
+/// promise the URL cannot keep. Credentials without an expiry leave `ttl` as it is.
+fn within_lifetime(ttl: Duration, credentials: &Credentials, now: SystemTime) -> Duration {
+    match credentials.expiry() {
+        Some(expiry) => ttl.min(expiry.duration_since(now).unwrap_or_default()),
+        None => ttl,
     }
 }
 

@@ -289,13 +289,13 @@ impl BlobStore for S3BlobStore {
     async fn presign_get(&self, key: &str, options: &PresignGet) -> Result<PresignedRequest, StorageError> {
         validate_key(key)?;
         presigning(options.ttl)?;
-        let url =
+        let signed =
             self.get_signer.get_url(key, &options.content_type, &options.content_disposition, options.ttl).await?;
         Ok(PresignedRequest {
-            url,
+            url: signed.url,
             method: "GET",
             headers: Vec::new(),
-            expires_at: Utc::now() + chrono::Duration::from_std(options.ttl).unwrap_or_default(),
+            expires_at: Utc::now() + chrono::Duration::from_std(signed.ttl).unwrap_or_default(),
         })
     }
 
@@ -306,8 +306,10 @@ impl BlobStore for S3BlobStore {
         if let Some(length) = options.content_length {
             request = request.content_length(length as i64);
         }
-        let presigned = request.presigned(presigning(options.ttl)?).await.map_err(sdk_error("presign put"))?;
-        Ok(to_presigned(presigned, "PUT", options.ttl))
+        // The SDK's presigner does not know the credentials' expiry: cut the lifetime first.
+        let ttl = self.get_signer.lifetime(options.ttl).await?;
+        let presigned = request.presigned(presigning(ttl)?).await.map_err(sdk_error("presign put"))?;
+        Ok(to_presigned(presigned, "PUT", ttl))
     }
 
     async fn check(&self) -> Result<(), StorageError> {

@@ -43,7 +43,7 @@ async fn urls_are_the_ones_aws_sigv4_signs_for_the_same_inputs_and_time() {
                 for key in keys {
                     for (ty, disposition) in headers {
                         let ttl = Duration::from_secs(17 + compared);
-                        let ours = signer.get_url_at(key, ty, disposition, ttl, now).await.expect("signed");
+                        let ours = signer.get_url_at(key, ty, disposition, ttl, now).await.expect("signed").url;
                         let theirs = oracle::signed_url(
                             &signer.base,
                             "eu-west-1",
@@ -86,7 +86,7 @@ async fn refreshed_credentials_sign_with_their_own_key() {
         .expect("signer");
     let ttl = Duration::from_secs(60);
     for n in 0..3 {
-        let ours = signer.get_url_at("k", "image/png", "inline", ttl, now).await.expect("signed");
+        let ours = signer.get_url_at("k", "image/png", "inline", ttl, now).await.expect("signed").url;
         let credentials = Credentials::new(format!("AKID{n}"), format!("secret{n}"), None, None, "t");
         let theirs =
             oracle::signed_url(&signer.base, "eu-west-1", credentials, "k", ("image/png", "inline"), ttl, now.into());
@@ -98,10 +98,10 @@ async fn refreshed_credentials_sign_with_their_own_key() {
 async fn urls_name_the_bucket_like_the_sdk_and_carry_the_forced_headers_and_signature() {
     let ttl = Duration::from_secs(300);
     let aws_signer = signer_with(None, false, plain_credentials());
-    let aws = aws_signer.get_url("m/a b", "image/png", "inline; filename=\"x.png\"", ttl).await.expect("signed");
+    let aws = aws_signer.get_url("m/a b", "image/png", "inline; filename=\"x.png\"", ttl).await.expect("signed").url;
     assert!(aws.starts_with("https://media.s3.eu-west-1.amazonaws.com/m/a%20b?"), "{aws}");
     let signer = signer_with(Some("http://127.0.0.1:3900/base/"), true, plain_credentials());
-    let path = signer.get_url("m/k", "image/png", "inline", ttl).await.expect("signed");
+    let path = signer.get_url("m/k", "image/png", "inline", ttl).await.expect("signed").url;
     assert!(path.starts_with("http://127.0.0.1:3900/base/media/m/k?"), "{path}");
     for part in [
         "response-content-type=image%2Fpng",
@@ -147,4 +147,41 @@ async fn credentials_not_yet_expired_keep_signing_when_a_refresh_fails() {
     let second = signer.get_url_at("k", "image/png", "inline", ttl, now).await;
     assert_eq!(second.expect("the current credentials still sign"), first);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "a refresh was tried (and failed)");
+}
+
+/// Hands out credentials that expire at a fixed time.
+#[derive(Debug)]
+struct ExpiringAt(SystemTime);
+
+impl ProvideCredentials for ExpiringAt {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let credentials = Credentials::new("ASIAEXAMPLE", "secret", Some("token".into()), Some(self.0), "t");
+        aws_credential_types::provider::future::ProvideCredentials::ready(Ok(credentials))
+    }
+}
+
+#[tokio::test]
+async fn a_url_never_outlives_the_credentials_that_sign_it() {
+    // Temporary credentials with 20 minutes left (outside the refresh margin, so they are used).
+    let expiry = SystemTime::now() + Duration::from_secs(20 * 60);
+    let signer = GetSigner::new(None, "media", "eu-west-1", false, SharedCredentialsProvider::new(ExpiringAt(expiry)))
+        .expect("signer");
+    let expires = |url: &str| parts(url).1.into_iter().find(|(name, _)| name == "X-Amz-Expires").map(|(_, v)| v);
+    // An hour asked: cut to what the credentials have left, in the URL and in what the caller is told.
+    let long = signer.get_url("k", "image/png", "inline", Duration::from_secs(3600)).await.expect("signed");
+    assert!(long.ttl <= Duration::from_secs(20 * 60) && long.ttl > Duration::from_secs(19 * 60), "{:?}", long.ttl);
+    assert_eq!(expires(&long.url), Some(long.ttl.as_secs().to_string()), "the URL carries the cut lifetime");
+    let left = signer.lifetime(Duration::from_secs(3600)).await.expect("lifetime");
+    assert!(left <= Duration::from_secs(20 * 60) && left > Duration::from_secs(19 * 60), "{left:?}");
+    // Five minutes asked: well inside the credentials' life, unchanged.
+    let short = signer.get_url("k", "image/png", "inline", Duration::from_secs(300)).await.expect("signed");
+    assert_eq!((short.ttl, expires(&short.url).as_deref()), (Duration::from_secs(300), Some("300")));
+    assert_eq!(signer.lifetime(Duration::from_secs(300)).await.expect("lifetime"), Duration::from_secs(300));
+    // Credentials without an expiry (static keys) never cut.
+    let fixed = signer_with(None, false, plain_credentials());
+    let week = Duration::from_secs(7 * 24 * 3600);
+    assert_eq!(fixed.get_url("k", "image/png", "inline", week).await.expect("signed").ttl, week);
 }
