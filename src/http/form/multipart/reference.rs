@@ -12,6 +12,11 @@ pub const BOUNDARY: &str = "------------------------d74496d66958873e8b1c2a";
 /// Every part of a form read by [`Multipart`] from `body` cut in chunks of `sizes` (cycled): its
 /// head and whole body; or the error's text.
 pub async fn ours(body: &[u8], sizes: &[usize]) -> Result<Vec<(PartHead, Vec<u8>)>, String> {
+    ours_with(body, sizes, BOUNDARY).await
+}
+
+/// [`ours`] with another boundary.
+pub async fn ours_with(body: &[u8], sizes: &[usize], boundary: &str) -> Result<Vec<(PartHead, Vec<u8>)>, String> {
     let body = Bytes::copy_from_slice(body);
     let mut chunks: Vec<Result<Bytes, SourceError>> = Vec::new();
     let (mut at, mut i) = (0, 0);
@@ -21,7 +26,7 @@ pub async fn ours(body: &[u8], sizes: &[usize]) -> Result<Vec<(PartHead, Vec<u8>
         at = end;
         i += 1;
     }
-    let mut form = Multipart::new(futures::stream::iter(chunks).boxed(), BOUNDARY, u64::MAX);
+    let mut form = Multipart::new(futures::stream::iter(chunks).boxed(), boundary, u64::MAX);
     let mut parts = Vec::new();
     while let Some(head) = form.next_part().await.map_err(|e| e.to_string())? {
         let mut data = Vec::new();
@@ -36,9 +41,14 @@ pub async fn ours(body: &[u8], sizes: &[usize]) -> Result<Vec<(PartHead, Vec<u8>
 
 /// The same as multer reads it.
 pub async fn multer_reads(body: &[u8]) -> Result<Vec<(PartHead, Vec<u8>)>, String> {
+    multer_reads_with(body, BOUNDARY).await
+}
+
+/// [`multer_reads`] with another boundary.
+pub async fn multer_reads_with(body: &[u8], boundary: &str) -> Result<Vec<(PartHead, Vec<u8>)>, String> {
     let body = Bytes::copy_from_slice(body);
     let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(body) });
-    let mut form = multer::Multipart::new(stream, BOUNDARY);
+    let mut form = multer::Multipart::new(stream, boundary);
     let mut parts = Vec::new();
     while let Some(field) = form.next_field().await.map_err(|e| e.to_string())? {
         let head = PartHead {

@@ -4,7 +4,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
-use super::reference::{check, multer_reads, ours, BOUNDARY};
+use super::reference::{check, multer_reads, multer_reads_with, ours, ours_with, BOUNDARY};
 
 /// `body` in chunks of the given sizes (cycled), as a source.
 fn source(body: &[u8], sizes: &[usize]) -> BoxStream<'static, Result<Bytes, SourceError>> {
@@ -176,4 +176,59 @@ async fn a_file_part_ends_only_at_a_real_delimiter_and_the_first_name_wins() {
         assert_eq!(end, Err("a boundary is followed by other text on its line".into()), "chunks {sizes:?}");
         assert_eq!(read, b"AAAA", "what came before the bad line, and no more");
     }
+}
+
+/// Forms whose boundary is one or two characters (RFC 2046 allows 1 to 70), so that the data, the
+/// headers and the delimiters are full of the boundary's characters; and malformed ones around
+/// them: an empty header block, a body cut right after a delimiter, a delimiter followed by text.
+#[tokio::test]
+async fn short_boundaries_frame_parts_as_multer_does_for_every_chunking() {
+    let mut compared = 0;
+    for boundary in ["a", "-", "ab", "--", "x-"] {
+        let delimiter = format!("--{boundary}");
+        // The boundary's characters everywhere, but never CRLF followed by the delimiter.
+        let data_like = format!("{boundary}{boundary}\r\n-{boundary}\r-{delimiter}\n{delimiter}-");
+        let bodies = [
+            // A regular form: a text part and a file full of the boundary's characters.
+            format!(
+                "{delimiter}\r\nContent-Disposition: form-data; name=\"{boundary}\"\r\n\r\n{boundary}-{boundary}\r\n\
+                 {delimiter}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{boundary}.png\"\r\n\
+                 Content-Type: image/png\r\n\r\n{data_like}\r\n{delimiter}--\r\n"
+            ),
+            // No header at all before the part's data.
+            format!("{delimiter}\r\n\r\n{data_like}\r\n{delimiter}--"),
+            // Cut right after a delimiter, and right after the first one.
+            format!("{delimiter}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nv\r\n{delimiter}"),
+            delimiter.clone(),
+            // A delimiter followed by other text on its line; a closing delimiter with an epilogue.
+            format!("{delimiter}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nv\r\n{delimiter}zz\r\n"),
+            format!("{delimiter}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nv\r\n{delimiter}--{data_like}"),
+        ];
+        for (i, body) in bodies.iter().enumerate() {
+            let body = body.as_bytes();
+            let whole = ours_with(body, &[usize::MAX], boundary).await;
+            if i == 0 {
+                let parts = whole.as_ref().expect("the regular form is read");
+                let data: Vec<&[u8]> = parts.iter().map(|(_, d)| d.as_slice()).collect();
+                let first = format!("{boundary}-{boundary}");
+                assert_eq!(data, [first.as_bytes(), data_like.as_bytes()], "{boundary:?}: both parts whole");
+            }
+            for sizes in [&[1usize][..], &[2, 3], &[5, 1, 7]] {
+                assert_eq!(ours_with(body, sizes, boundary).await, whole, "chunks {sizes:?}, boundary {boundary:?}");
+            }
+            let framing = |parts: &Vec<(PartHead, Vec<u8>)>| parts.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>();
+            let text = String::from_utf8_lossy(body);
+            match (&whole, multer_reads_with(body, boundary).await) {
+                (Ok(parts), Ok(expected)) => assert_eq!(framing(parts), framing(&expected), "{boundary:?}: {text:?}"),
+                (Err(_), Err(_)) => {}
+                (Ok(parts), Err(err)) => {
+                    // Reading more than multer is allowed only with the same framing of what both see.
+                    assert!(parts.iter().map(|(_, d)| d.len()).sum::<usize>() <= body.len(), "{text:?}: {err}");
+                }
+                (Err(err), Ok(expected)) => panic!("refused what multer reads ({expected:?}): {err} for {text:?}"),
+            }
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 5 * 6);
 }
