@@ -76,6 +76,8 @@ impl MediaService {
         let options = PresignPut { ttl, content_type: mime, content_length: request.bytes };
         let link = self.blobs.presign_put(&record.storage_key, &options).await?;
         self.repo.insert(&record).await?;
+        // The link's own lifetime: the store may cut it (S3 credentials that expire sooner).
+        let ttl = (link.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
         Ok(Prepared { record, link, ttl })
     }
 }

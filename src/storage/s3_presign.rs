@@ -38,6 +38,9 @@ mod oracle;
 
 /// Credentials are refreshed this long before they expire.
 const REFRESH_BEFORE: Duration = Duration::from_secs(300);
+/// The shortest lifetime a URL is handed out with: credentials with less left (a refresh failed)
+/// sign nothing rather than a URL that is dead before the client can use it.
+const MIN_LIFETIME: Duration = Duration::from_secs(10);
 
 /// Credentials in use and the signing key of one day derived from them.
 struct Signing {
@@ -182,10 +185,7 @@ impl GetSigner {
     ) -> Result<SignedUrl, StorageError> {
         let day = format!("{:04}{:02}{:02}", now.year(), now.month(), now.day());
         let (credentials, signing_key) = self.signing(&day).await?;
-        let ttl = within_lifetime(ttl, &credentials, now.into());
-        if ttl.as_secs() == 0 {
-            return Err(failure("the S3 credentials expire now and could not be refreshed".into()));
-        }
+        let ttl = within_lifetime(ttl, &credentials, now.into())?;
         let stamp = format!("{day}T{:02}{:02}{:02}Z", now.hour(), now.minute(), now.second());
         let scope = format!("{day}/{}/s3/aws4_request", self.region);
         let key = fmt_label(key, EncodingStrategy::Greedy);
@@ -220,16 +220,21 @@ impl GetSigner {
         );
         let signature = hex::encode(hmac(&*signing_key, string_to_sign.as_bytes()));
         let url = format!("{}{key}?{canonical_query}&X-Amz-Signature={signature}", self.base);
-        Ok(SignedUrl { url, ttl })
+        // The URL's own end: its signing time (whole seconds, as `X-Amz-Date`) plus `X-Amz-Expires`.
+        let signed_at = now.with_nanosecond(0).unwrap_or(now);
+        let expires_at = signed_at + chrono::Duration::seconds(ttl.as_secs() as i64);
+        Ok(SignedUrl { url, ttl, expires_at })
     }
 
-    /// `ttl` cut to what the credentials presigned URLs are signed with have left (see
-    /// [`within_lifetime`]); for URLs another signer makes with the same credentials.
-    pub async fn lifetime(&self, ttl: Duration) -> Result<Duration, StorageError> {
+    /// The credentials presigned URLs are signed with now and `ttl` cut to what they have left (see
+    /// [`within_lifetime`]): for URLs another signer (the SDK's, for PUT) makes, which must sign
+    /// with exactly these credentials for the cut to hold.
+    pub async fn credentials_for(&self, ttl: Duration) -> Result<(Credentials, Duration), StorageError> {
         let now = Utc::now();
         let day = format!("{:04}{:02}{:02}", now.year(), now.month(), now.day());
         let (credentials, _) = self.signing(&day).await?;
-        Ok(within_lifetime(ttl, &credentials, now.into()))
+        let ttl = within_lifetime(ttl, &credentials, now.into())?;
+        Ok((credentials, ttl))
     }
 }
 
@@ -240,16 +245,24 @@ pub struct SignedUrl {
     pub url: String,
     /// Its lifetime from the signing time: the `X-Amz-Expires` it carries.
     pub ttl: Duration,
+    /// When it stops working (the signing time in whole seconds plus `ttl`).
+    pub expires_at: DateTime<Utc>,
 }
 
-/// `ttl`, cut to the time the signing `credentials` have left at `now`: temporary credentials (STS,
-/// an instance role) sign URLs that stop working when they expire, so a longer lifetime would be a
-/// promise the URL cannot keep. Credentials without an expiry leave `ttl` as it is.
-fn within_lifetime(ttl: Duration, credentials: &Credentials, now: SystemTime) -> Duration {
-    match credentials.expiry() {
-        Some(expiry) => ttl.min(expiry.duration_since(now).unwrap_or_default()),
-        None => ttl,
+/// `ttl`, cut to the whole seconds the signing `credentials` have left at `now`: temporary
+/// credentials (STS, an instance role) sign URLs that stop working when they expire, so a longer
+/// lifetime would be a promise the URL cannot keep. Credentials without an expiry leave `ttl` as it
+/// is. Less than [`MIN_LIFETIME`] left (a refresh failed) is an error: no URL is better than one that
+/// dies on the way to the client.
+fn within_lifetime(ttl: Duration, credentials: &Credentials, now: SystemTime) -> Result<Duration, StorageError> {
+    let Some(expiry) = credentials.expiry() else {
+        return Ok(ttl);
+    };
+    let left = Duration::from_secs(expiry.duration_since(now).unwrap_or_default().as_secs());
+    if left < MIN_LIFETIME.min(ttl) {
+        return Err(failure(format!("the S3 credentials have {}s left; no URL is signed with them", left.as_secs())));
     }
+    Ok(ttl.min(left))
 }
 
 #[cfg(test)]

@@ -291,12 +291,7 @@ impl BlobStore for S3BlobStore {
         presigning(options.ttl)?;
         let signed =
             self.get_signer.get_url(key, &options.content_type, &options.content_disposition, options.ttl).await?;
-        Ok(PresignedRequest {
-            url: signed.url,
-            method: "GET",
-            headers: Vec::new(),
-            expires_at: Utc::now() + chrono::Duration::from_std(signed.ttl).unwrap_or_default(),
-        })
+        Ok(PresignedRequest { url: signed.url, method: "GET", headers: Vec::new(), expires_at: signed.expires_at })
     }
 
     async fn presign_put(&self, key: &str, options: &PresignPut) -> Result<PresignedRequest, StorageError> {
@@ -306,9 +301,15 @@ impl BlobStore for S3BlobStore {
         if let Some(length) = options.content_length {
             request = request.content_length(length as i64);
         }
-        // The SDK's presigner does not know the credentials' expiry: cut the lifetime first.
-        let ttl = self.get_signer.lifetime(options.ttl).await?;
-        let presigned = request.presigned(presigning(ttl)?).await.map_err(sdk_error("presign put"))?;
+        // Signed with the credentials the lifetime was cut for (the SDK's own cache may hold others,
+        // refreshed at another time): see `GetSigner::credentials_for`.
+        let (credentials, ttl) = self.get_signer.credentials_for(options.ttl).await?;
+        let presigned = request
+            .customize()
+            .config_override(aws_sdk_s3::config::Builder::default().credentials_provider(credentials))
+            .presigned(presigning(ttl)?)
+            .await
+            .map_err(sdk_error("presign put"))?;
         Ok(to_presigned(presigned, "PUT", ttl))
     }
 

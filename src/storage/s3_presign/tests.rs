@@ -174,14 +174,35 @@ async fn a_url_never_outlives_the_credentials_that_sign_it() {
     let long = signer.get_url("k", "image/png", "inline", Duration::from_secs(3600)).await.expect("signed");
     assert!(long.ttl <= Duration::from_secs(20 * 60) && long.ttl > Duration::from_secs(19 * 60), "{:?}", long.ttl);
     assert_eq!(expires(&long.url), Some(long.ttl.as_secs().to_string()), "the URL carries the cut lifetime");
-    let left = signer.lifetime(Duration::from_secs(3600)).await.expect("lifetime");
+    let told = long.expires_at - Utc::now();
+    assert!(told <= chrono::Duration::seconds(20 * 60) && told > chrono::Duration::seconds(19 * 60), "{told}");
+    let (credentials, left) = signer.credentials_for(Duration::from_secs(3600)).await.expect("lifetime");
+    assert_eq!((credentials.access_key_id(), credentials.expiry()), ("ASIAEXAMPLE", Some(expiry)));
     assert!(left <= Duration::from_secs(20 * 60) && left > Duration::from_secs(19 * 60), "{left:?}");
     // Five minutes asked: well inside the credentials' life, unchanged.
     let short = signer.get_url("k", "image/png", "inline", Duration::from_secs(300)).await.expect("signed");
     assert_eq!((short.ttl, expires(&short.url).as_deref()), (Duration::from_secs(300), Some("300")));
-    assert_eq!(signer.lifetime(Duration::from_secs(300)).await.expect("lifetime"), Duration::from_secs(300));
+    assert_eq!(signer.credentials_for(Duration::from_secs(300)).await.expect("lifetime").1, Duration::from_secs(300));
     // Credentials without an expiry (static keys) never cut.
     let fixed = signer_with(None, false, plain_credentials());
     let week = Duration::from_secs(7 * 24 * 3600);
     assert_eq!(fixed.get_url("k", "image/png", "inline", week).await.expect("signed").ttl, week);
+}
+
+#[tokio::test]
+async fn credentials_about_to_expire_sign_no_url_and_the_end_told_is_the_urls_own() {
+    // A refresh that gives back credentials with 5 seconds left: no URL rather than a dead one.
+    let dying = SystemTime::now() + Duration::from_secs(5);
+    let signer = GetSigner::new(None, "media", "eu-west-1", false, SharedCredentialsProvider::new(ExpiringAt(dying)))
+        .expect("signer");
+    let refused = signer.get_url("k", "image/png", "inline", Duration::from_secs(300)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(signer.credentials_for(Duration::from_secs(300)).await.is_err());
+    // The end told is the signing second plus X-Amz-Expires, whatever the sub-second clock said.
+    let now: DateTime<Utc> = "2026-11-26T10:00:00.900Z".parse().expect("time");
+    let fixed = signer_with(None, false, plain_credentials());
+    let signed = fixed.get_url_at("k", "image/png", "inline", Duration::from_secs(300), now).await.expect("signed");
+    let expected: DateTime<Utc> = "2026-11-26T10:05:00Z".parse().expect("time");
+    assert_eq!(signed.expires_at, expected);
+    assert!(signed.url.contains("X-Amz-Date=20261126T100000Z&X-Amz-Expires=300"), "{}", signed.url);
 }
