@@ -28,7 +28,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{Timelike, Utc};
 use futures::StreamExt;
 use secrecy::ExposeSecret;
 
@@ -304,13 +304,16 @@ impl BlobStore for S3BlobStore {
         // Signed with the credentials the lifetime was cut for (the SDK's own cache may hold others,
         // refreshed at another time): see `GetSigner::credentials_for`.
         let (credentials, ttl) = self.get_signer.credentials_for(options.ttl).await?;
+        // The SDK signs after this instant (its `X-Amz-Date`, whole seconds, is no earlier), so the
+        // URL works at least until this second plus `ttl`: the end told never overshoots.
+        let signed_from = Utc::now().with_nanosecond(0).unwrap_or_else(Utc::now);
         let presigned = request
             .customize()
             .config_override(aws_sdk_s3::config::Builder::default().credentials_provider(credentials))
             .presigned(presigning(ttl)?)
             .await
             .map_err(sdk_error("presign put"))?;
-        Ok(to_presigned(presigned, "PUT", ttl))
+        Ok(to_presigned(presigned, "PUT", signed_from + chrono::Duration::seconds(ttl.as_secs() as i64)))
     }
 
     async fn check(&self) -> Result<(), StorageError> {
@@ -393,13 +396,13 @@ fn presigning(ttl: Duration) -> Result<PresigningConfig, StorageError> {
 fn to_presigned(
     presigned: aws_sdk_s3::presigning::PresignedRequest,
     method: &'static str,
-    ttl: Duration,
+    expires_at: chrono::DateTime<Utc>,
 ) -> PresignedRequest {
     PresignedRequest {
         url: presigned.uri().to_owned(),
         method,
         headers: presigned.headers().map(|(name, value)| (name.to_owned(), value.to_owned())).collect(),
-        expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default(),
+        expires_at,
     }
 }
 
