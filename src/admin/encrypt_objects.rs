@@ -20,10 +20,11 @@ pub struct Opts {
     /// Rows read per page.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
-    /// How long a plain object stays after its rows moved to the sealed copy ("60s", "1h"; at most
-    /// 7d). Presigned URLs handed out before the move name the plain object.
-    #[arg(long, default_value = "60s", value_parser = parse_grace)]
-    pub old_object_grace: Duration,
+    /// How long a plain object is kept after its rows moved to the sealed copy ("0s", "10m"; at most
+    /// 7d; default MEDIA_PRESIGN_MAX_TTL, so every presigned URL handed out before the move keeps
+    /// working). The run does not wait: the sweeper deletes what is still kept when it ends.
+    #[arg(long, value_parser = parse_grace)]
+    pub old_object_grace: Option<Duration>,
     /// Count the plain objects per tenant and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -40,7 +41,8 @@ pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
     }
     let services = super::open_services(config).await?;
     let mover = ObjectMover::new(services.pipeline.clone());
-    let work = object_work(&services, &mover, opts.batch_size, opts.old_object_grace);
+    let grace = opts.old_object_grace.unwrap_or(config.presign_max_ttl);
+    let work = object_work(&services, &mover, opts.batch_size, grace);
     let summary = encrypt_objects(&services.keys, work, &opts.tenants, opts.dry_run).await;
     services.db.close().await;
     let summary = summary.context("encrypt-objects failed (a re-run resumes it)")?;

@@ -31,10 +31,11 @@ pub struct Opts {
     /// object under the new one, then retire the old versions nothing uses.
     #[arg(long)]
     pub objects: bool,
-    /// With --objects: how long an old object stays after its rows moved ("60s", "1h"; at most 7d).
-    /// Links signed before the move name the old object; MEDIA_PRESIGN_MAX_TTL keeps every one working.
-    #[arg(long, default_value = "60s", value_parser = parse_grace, requires = "objects")]
-    pub old_object_grace: Duration,
+    /// With --objects: how long an old object is kept after its rows moved ("0s", "10m"; at most 7d;
+    /// default MEDIA_PRESIGN_MAX_TTL, so every link signed before the move keeps working). The run
+    /// does not wait: the sweeper deletes what is still kept when it ends.
+    #[arg(long, value_parser = parse_grace, requires = "objects")]
+    pub old_object_grace: Option<Duration>,
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -85,7 +86,8 @@ pub async fn run(config: &Config, opts: &Opts) -> anyhow::Result<()> {
     let summary = if opts.objects {
         let services = super::open_services(config).await?;
         let mover = ObjectMover::new(services.pipeline.clone());
-        let work = object_work(&services, &mover, opts.batch_size, opts.old_object_grace);
+        let grace = opts.old_object_grace.unwrap_or(config.presign_max_ttl);
+        let work = object_work(&services, &mover, opts.batch_size, grace);
         let summary = rotate_with_objects(&services.keys, &services.media, &opts.options(), work).await;
         services.db.close().await;
         summary.context("rotation failed (a re-run resumes it)")?

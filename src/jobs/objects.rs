@@ -8,14 +8,15 @@
 //! cipher into a fresh key ([`Reseal`], implemented by `media::rekey`) and its rows are pointed at
 //! the copy by a compare-and-set (`db::media::objects`): all rows of a dedup group in one
 //! transaction. A move lost to a concurrent writer (a delete, a join, a completion) deletes its copy
-//! and the next pass sees the object again. Old objects are deleted `grace` after their rows moved
-//! (links signed before the move name them); the run waits for the last one at its end.
+//! and the next pass sees the object again. Old objects are kept `grace` after their rows moved
+//! (links signed before the move name them), journaled as kept until then: the run deletes those
+//! whose grace ends while it goes, and leaves the rest to the sweeper instead of waiting.
 //!
 //! Killed at any point, a re-run finishes the work: rows only ever point at a complete object. The
 //! copies and old objects a kill leaves behind are journaled (`db::journal`: a copy from before its
-//! first byte, an old object from the commit that moved its rows, dated the end of its grace), so
-//! the sweeper deletes them once they are older than its abandoned-upload age; `reconcile` remains
-//! the net under that.
+//! first byte, an old object from the commit that moved its rows, kept until the end of its grace),
+//! so the sweeper deletes them (a copy once older than its abandoned-upload age, an old object once
+//! its grace has ended); `reconcile` remains the net under that.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -77,29 +78,40 @@ pub struct ObjectsSummary {
     pub objects_failed: u64,
     /// Rows whose object is still to move after the last pass; a re-run moves them.
     pub object_rows_pending: i64,
-    /// Old objects deleted after their grace.
+    /// Old objects deleted by the run (their grace ended before it did).
     pub old_objects_deleted: u64,
+    /// Old objects still kept when the run ended: the sweeper deletes them once their grace ends
+    /// (a shred of their tenant at once).
+    pub old_objects_kept: u64,
+    /// When the last kept old object's grace ends.
+    pub old_objects_kept_until: Option<DateTime<Utc>>,
 }
 
-/// Old objects waiting for their grace to pass.
+/// Old objects kept for their grace: journaled as kept until then (`db::journal`), deleted by the
+/// run when their time comes while it is still going, by the sweeper otherwise.
 pub(crate) struct OldObjects {
-    queue: VecDeque<(String, Instant)>,
+    queue: VecDeque<(String, DateTime<Utc>)>,
     grace: Duration,
 }
 
 impl OldObjects {
-    /// An empty queue whose objects wait `grace`.
+    /// An empty queue whose objects are kept `grace`.
     pub(crate) fn new(grace: Duration) -> Self {
         Self { queue: VecDeque::new(), grace }
     }
 
-    fn push(&mut self, key: String) {
-        self.queue.push_back((key, Instant::now() + self.grace));
+    /// Until when an object whose rows move now is kept.
+    fn until(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::from_std(self.grace).unwrap_or_else(|_| chrono::Duration::days(7))
+    }
+
+    fn push(&mut self, key: String, until: DateTime<Utc>) {
+        self.queue.push_back((key, until));
     }
 
     /// Deletes the old objects whose grace has passed.
     async fn delete_due(&mut self, removal: &Removal, summary: &mut ObjectsSummary) {
-        while self.queue.front().is_some_and(|(_, due)| *due <= Instant::now()) {
+        while self.queue.front().is_some_and(|(_, until)| *until <= Utc::now()) {
             if let Some((key, _)) = self.queue.pop_front() {
                 removal.discard(&key).await;
                 summary.old_objects_deleted += 1;
@@ -107,20 +119,19 @@ impl OldObjects {
         }
     }
 
-    /// Waits for the last grace to pass and deletes every old object left.
+    /// Deletes the old objects whose grace has passed and leaves the others to the sweeper (they
+    /// are journaled as kept until their grace ends): the run does not wait for them.
     pub(crate) async fn finish(mut self, removal: &Removal, summary: &mut ObjectsSummary) {
-        if let Some((_, due)) = self.queue.back() {
-            let wait = due.saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                tracing::info!(
-                    old_objects = self.queue.len(),
-                    seconds = wait.as_secs(),
-                    "waiting out the old objects' grace"
-                );
-            }
-            tokio::time::sleep(wait).await;
-        }
         self.delete_due(removal, summary).await;
+        summary.old_objects_kept = self.queue.len() as u64;
+        summary.old_objects_kept_until = self.queue.back().map(|(_, until)| *until);
+        if let Some(until) = summary.old_objects_kept_until {
+            tracing::info!(
+                old_objects = self.queue.len(),
+                until = %until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "old objects left to the sweeper"
+            );
+        }
     }
 }
 
@@ -149,7 +160,7 @@ pub(crate) async fn move_tenant(
                 break;
             }
             after = batch.last_id;
-            let old_until = Utc::now() + chrono::Duration::from_std(old.grace).unwrap_or(chrono::Duration::MAX);
+            let old_until = old.until();
             let outcomes: Vec<_> = futures::stream::iter(&batch.objects)
                 .map(|object| async move { (object, work.mover.reseal(object, target, old_until).await) })
                 .buffer_unordered(IN_FLIGHT)
@@ -162,7 +173,7 @@ pub(crate) async fn move_tenant(
                         summary.objects_moved += 1;
                         summary.object_rows_moved += moved;
                         rows += moved;
-                        old.push(object.storage_key.clone());
+                        old.push(object.storage_key.clone(), old_until);
                     }
                     Ok(MoveOutcome::Lost(why)) => {
                         tracing::debug!(tenant, id = object.id, why, "object move lost to a concurrent writer");

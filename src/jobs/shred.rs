@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::removal::Removal;
 use crate::db::media::Deletion;
 use crate::db::tenant_keys::TenantKeys;
-use crate::db::{locks, tenants};
+use crate::db::{journal, locks, tenants};
 
 const PAGE: u32 = 500;
 
@@ -31,13 +31,17 @@ pub struct ShredReport {
     pub objects_unreadable: u64,
     /// Rows deleted.
     pub rows_deleted: u64,
+    /// Old objects a key rotation or `encrypt-objects` kept for their grace (`db::journal`): with
+    /// the tenant gone no link to them may work any more.
+    pub kept_objects_deleted: u64,
     /// Keys destroyed.
     pub keys_destroyed: u64,
 }
 
 /// Moves the tenant to `shredding` (every write of it is refused from then on, in every process;
 /// writes in flight are waited for), deletes its objects and rows — each key journaled until
-/// upload URLs still out there have expired, so an object PUT to one later is swept — then destroys
+/// upload URLs still out there have expired, so an object PUT to one later is swept — and the old
+/// objects kept for a grace after a move (in the clear, after `encrypt-objects`), then destroys
 /// its keys and marks it `shredded` (its next write starts afresh, with new keys).
 pub async fn shred(keys: &TenantKeys, removal: &Removal, tenant: &str) -> anyhow::Result<ShredReport> {
     // Rotation and shredding of one tenant exclude each other, in every process.
@@ -68,6 +72,17 @@ pub async fn shred(keys: &TenantKeys, removal: &Removal, tenant: &str) -> anyhow
                 blobs.delete(key).await.with_context(|| format!("cannot delete the object of {id}"))?;
                 report.objects_deleted += 1;
             }
+        }
+    }
+    loop {
+        let kept = journal::kept_by(keys.db(), tenant, PAGE).await?;
+        for key in &kept {
+            blobs.delete(key).await.context("cannot delete an old object kept for its grace")?;
+            journal::close(keys.db(), key).await?;
+            report.kept_objects_deleted += 1;
+        }
+        if kept.len() < PAGE as usize {
+            break;
         }
     }
     report.keys_destroyed = keys.destroy_tenant(tenant).await?;

@@ -6,8 +6,9 @@
 //! its URL's TTL plus an hour, each recorded as `media.expired` in the tenant's audit chain; then it
 //! aborts multipart uploads and removes temporary files abandoned for more than an hour, and deletes
 //! the objects whose journal entries are that old (`db::journal`): together, what a crash leaves
-//! behind. In the service each pass is followed by a bounded reconcile pass over the next shard of
-//! the key space ([`super::reconcile::ShardCursor`]).
+//! behind; and the old objects a key rotation or `encrypt-objects` kept whose grace has ended. In
+//! the service each pass is followed by a bounded reconcile pass over the next shard of the key
+//! space ([`super::reconcile::ShardCursor`]).
 
 use std::time::Duration;
 
@@ -34,7 +35,8 @@ pub struct SweepReport {
     pub stale_pending: u64,
     /// Multipart uploads aborted / temporary files removed.
     pub abandoned_uploads: u64,
-    /// Objects no row references that a crash left behind (journaled keys, see `db::journal`).
+    /// Objects no row references that a crash left behind, and old objects past their grace
+    /// (journaled keys, see `db::journal`).
     pub orphans_deleted: u64,
     /// Rows that could not be read or deleted (logged; retried next pass).
     pub failed: u64,
@@ -119,7 +121,7 @@ async fn sweep_locked(removal: &Removal, ages: SweepAges) -> anyhow::Result<Swee
     report.abandoned_uploads = blobs.abort_stale_uploads(removal.key_prefix(), ages.abandoned_after).await?;
     let journaled_before = now - chrono::Duration::from_std(ages.abandoned_after)?;
     loop {
-        let keys = journal::stale(removal.db(), journaled_before, BATCH).await?;
+        let keys = journal::stale(removal.db(), journaled_before, now, BATCH).await?;
         let mut progressed = false;
         for key in &keys {
             match blobs.delete(key).await {

@@ -93,17 +93,24 @@ const SHARED_STORAGE: i64 = 20261126000004;
 
 /// Later migrations that only add a column today's repository writes: applied early too, so the
 /// rows "of before" can be written with today's code (their columns carry forward as they would).
-const COLUMNS_TODAY_WRITES: [i64; 1] = [20261128000001];
+const COLUMNS_TODAY_WRITES: [i64; 2] = [20261128000001, JOURNAL_KEPT];
 
-/// Applies the migrations before `version` only (the schema a deployment had before it), plus
-/// [`COLUMNS_TODAY_WRITES`].
-async fn migrate_before(db: &Database, version: i64) {
+/// The migration after which old objects kept for a grace are journaled with their deadline.
+const JOURNAL_KEPT: i64 = 20261129000001;
+
+/// The migrations of `db`'s kind, read from the source tree.
+async fn migrator(db: &Database) -> sqlx::migrate::Migrator {
     let dir = match db {
         Database::Postgres(_) => "migrations/postgres",
         Database::Sqlite(_) => "migrations/sqlite",
     };
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let mut migrator = sqlx::migrate::Migrator::new(path).await.unwrap();
+    sqlx::migrate::Migrator::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).await.unwrap()
+}
+
+/// Applies the migrations before `version` only (the schema a deployment had before it), plus
+/// [`COLUMNS_TODAY_WRITES`].
+async fn migrate_before(db: &Database, version: i64) {
+    let mut migrator = migrator(db).await;
     let earlier: Vec<_> = migrator
         .migrations
         .iter()
@@ -169,16 +176,12 @@ async fn rows_stored_before_object_encryption_carry_forward_as_plain() {
     let (pg, sqlite, _dir) = both_databases().await;
     for db in [pg, sqlite] {
         let backend = db.backend();
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(match db {
-            Database::Postgres(_) => "migrations/postgres",
-            Database::Sqlite(_) => "migrations/sqlite",
-        });
-        let mut migrator = sqlx::migrate::Migrator::new(path).await.unwrap();
+        let mut migrator = migrator(&db).await;
         migrator.migrations = migrator.migrations.iter().filter(|m| m.version < OBJECT_ENCRYPTION).cloned().collect();
         with_pool!(&db, |pool| migrator.run(pool).await).unwrap();
         with_pool!(&db, |pool| sqlx::query(OLD_ROW).bind(vec![1u8]).execute(pool).await.map(|_| ())).unwrap();
         let report = db.migrate().await.unwrap();
-        assert_eq!(report.applied_now, vec![OBJECT_ENCRYPTION], "{backend}");
+        assert_eq!(report.applied_now, vec![OBJECT_ENCRYPTION, JOURNAL_KEPT], "{backend}");
         let version: Option<i32> = with_pool!(&db, |pool| sqlx::query_scalar(
             "SELECT object_dek_version FROM media_objects WHERE id = 'jan_old'"
         )
@@ -186,5 +189,33 @@ async fn rows_stored_before_object_encryption_carry_forward_as_plain() {
         .await)
         .unwrap();
         assert_eq!(version, None, "{backend}: an old row's object is plain");
+    }
+}
+
+#[tokio::test]
+async fn journal_entries_written_before_kept_objects_carry_forward_under_the_abandoned_write_rule() {
+    const OLD_ENTRY: &str = "INSERT INTO blob_journal (storage_key, created_at) VALUES ($1, $2)";
+    let (pg, sqlite, _dir) = both_databases().await;
+    for db in [pg, sqlite] {
+        let backend = db.backend();
+        let mut migrator = migrator(&db).await;
+        migrator.migrations = migrator.migrations.iter().filter(|m| m.version < JOURNAL_KEPT).cloned().collect();
+        with_pool!(&db, |pool| migrator.run(pool).await).unwrap();
+        // An upload a crash cut off two hours ago, and an old object the former code journaled as
+        // kept until an hour from now (dated forward).
+        let now = chrono::Utc::now();
+        for (key, at) in [("m/cut-off", now - chrono::Duration::hours(2)), ("m/kept", now + chrono::Duration::hours(1))]
+        {
+            with_pool!(&db, |pool| sqlx::query(OLD_ENTRY).bind(key).bind(at).execute(pool).await.map(|_| ())).unwrap();
+        }
+        let report = db.migrate().await.unwrap();
+        assert_eq!(report.applied_now, vec![JOURNAL_KEPT], "{backend}");
+        // Both keep the rule they were written under: taken once older than the abandoned age.
+        let hour_ago = now - chrono::Duration::hours(1);
+        let stale = media_api::db::journal::stale(&db, hour_ago, now, 10).await.unwrap();
+        assert_eq!(stale, ["m/cut-off"], "{backend}");
+        let later = now + chrono::Duration::hours(2);
+        let stale = media_api::db::journal::stale(&db, later - chrono::Duration::minutes(30), later, 10).await.unwrap();
+        assert_eq!(stale, ["m/cut-off", "m/kept"], "{backend}");
     }
 }

@@ -255,6 +255,24 @@ async fn rotate_keys_objects_then_encrypt_objects_beside_two_replicas_lose_nothi
         (Some(0), Some(0)),
         "{encrypted}"
     );
+    // Old objects are kept for their grace (1 s) and what a run did not delete itself is left to
+    // the sweeper: once the last grace has ended, a sweep takes every one.
+    let mut last_kept = None;
+    for objects in [&rotated["objects"], &encrypted] {
+        let (moved, deleted, kept) =
+            (&objects["objects_moved"], &objects["old_objects_deleted"], &objects["old_objects_kept"]);
+        assert_eq!(moved.as_u64(), Some(deleted.as_u64().unwrap() + kept.as_u64().unwrap()), "{objects}");
+        let until =
+            objects["old_objects_kept_until"].as_str().map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap());
+        last_kept = last_kept.max(until);
+    }
+    if let Some(wait) = last_kept.and_then(|at| (at.to_utc() - chrono::Utc::now()).to_std().ok()) {
+        tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    }
+    let sweep = run(&vars, &["sweep"]);
+    assert!(sweep.status.success(), "{}", String::from_utf8_lossy(&sweep.stderr));
+    let still_kept = "SELECT COUNT(*) FROM blob_journal WHERE delete_after IS NOT NULL AND tenant_id = $1";
+    assert_eq!(scalar(&vars, still_kept).await, 0, "old objects kept past their grace and a sweep");
     let (kept, deleted) = kept(&seeded, &ops);
     let old = "SELECT COUNT(*) FROM media_objects WHERE tenant_id = $1 \
                AND (object_dek_version IS NULL OR object_dek_version <> 2 OR dek_version <> 2)";
@@ -277,7 +295,9 @@ async fn rotate_keys_objects_then_encrypt_objects_beside_two_replicas_lose_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_keys_objects_killed_at_eight_points_then_run_to_its_end_loses_nothing_and_sweeps_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let vars = binary_vars(Stack::PostgresS3, dir.path(), &[("MEDIA_OBJECT_ENCRYPTION", "on")]).await;
+    // No background sweeper: the test counts what its own sweeps take.
+    let env = [("MEDIA_OBJECT_ENCRYPTION", "on"), ("MEDIA_SWEEP_INTERVAL", "0")];
+    let vars = binary_vars(Stack::PostgresS3, dir.path(), &env).await;
     let http = http();
     let mut service = Service::start(&vars);
     service.wait_up(&http).await;
@@ -293,8 +313,8 @@ async fn rotate_keys_objects_killed_at_eight_points_then_run_to_its_end_loses_no
         }
     }
 
-    // Uploads keep coming while the run is killed: between batches, mid-batch, before retiring,
-    // while it waits out the old objects' grace.
+    // Uploads keep coming while the run is killed: between batches, mid-batch, before retiring, with
+    // old objects kept for their grace (journaled as kept, not yet deleted).
     let (stop, writing) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
     let writer = {
         let (base, alice, stop, writing) = (service.base.clone(), alice.clone(), stop.clone(), writing.clone());
@@ -316,9 +336,9 @@ async fn rotate_keys_objects_killed_at_eight_points_then_run_to_its_end_loses_no
         ("moving objects", 3, 15),
         ("retiring unused", 1, 0),
         ("moving objects", 5, 1),
-        ("old objects' grace", 1, 0),
+        ("moving objects", 8, 0),
         ("moving objects", 1, 30),
-        ("old objects' grace", 1, 200),
+        ("moving objects", 4, 60),
     ];
     let args = ["--objects", "--batch-size", "2", "--old-object-grace", "5s"];
     let mut landed = 0;
@@ -363,15 +383,24 @@ async fn rotate_keys_objects_killed_at_eight_points_then_run_to_its_end_loses_no
     };
     let unreachable: Vec<_> = stored.iter().filter(|k| !referenced.contains(*k) && !journal.contains(*k)).collect();
     assert!(unreachable.is_empty(), "objects neither referenced nor journaled: {unreachable:?}");
-    // Old objects are journaled as kept until their grace ends; the sweep comes after that.
-    let last_kept: Option<chrono::DateTime<chrono::Utc>> = {
+    // The killed runs' old objects are journaled as kept until their grace ends (the last run kept
+    // none: grace 0s). Once it has, a sweep takes them — not the copies the kills cut off, younger
+    // than the abandoned-upload age — and then one that takes every abandoned write takes the rest.
+    assert_eq!((summary["objects"]["old_objects_kept"].as_u64(), journal.is_empty()), (Some(0), false), "{summary}");
+    let (kept, last_kept): (i64, Option<chrono::DateTime<chrono::Utc>>) = {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(var(&vars, "MEDIA_DATABASE_URL")).await.unwrap();
-        sqlx::query_scalar("SELECT MAX(created_at) FROM blob_journal").fetch_one(&mut conn).await.unwrap()
+        let sql = "SELECT COUNT(delete_after), MAX(delete_after) FROM blob_journal";
+        sqlx::query_as(sql).fetch_one(&mut conn).await.unwrap()
     };
+    assert!(kept > 0, "no kill left an old object kept");
     if let Some(wait) = last_kept.and_then(|at| (at - chrono::Utc::now()).to_std().ok()) {
         tokio::time::sleep(wait + Duration::from_millis(100)).await;
     }
+    let sweep = run(&vars, &["sweep", "--abandoned-after", "1h"]);
+    assert!(sweep.status.success(), "{}", String::from_utf8_lossy(&sweep.stderr));
+    let swept: Value = serde_json::from_slice(&sweep.stdout).unwrap();
+    assert_eq!(swept["orphans_deleted"].as_i64(), Some(kept), "{swept}");
     let sweep = run(&vars, &["sweep", "--abandoned-after", "0s"]);
     assert!(sweep.status.success(), "{}", String::from_utf8_lossy(&sweep.stderr));
     let objects = acknowledged.len() - joined;

@@ -1,6 +1,7 @@
 //! Objects moved to new keys, in-process on both stacks (PostgreSQL + Garage, SQLite + the blob
 //! directory): moves that lose to a changed group, `encrypt-objects` and `rotate-keys --objects` end
-//! to end, a retired version refusing new objects, and an upload in flight across a retirement.
+//! to end, old objects kept for their grace, a retired version refusing new objects, and an upload
+//! in flight across a retirement.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +120,8 @@ async fn on_both_stacks_a_move_lost_to_a_changed_group_keeps_one_object_and_the_
         let opts = RotateOptions { batch_size: 1, ..tenant_a() };
         let rotated = rotate_with_objects(&state.keys, repo, &opts, work).await.unwrap();
         let moved = rotated.objects.unwrap();
-        assert_eq!((moved.objects_moved, moved.object_rows_moved, moved.old_objects_deleted), (2, 3, 2), "{stack:?}");
+        let old = (moved.old_objects_deleted, moved.old_objects_kept, moved.old_objects_kept_until);
+        assert_eq!((moved.objects_moved, moved.object_rows_moved, old), (2, 3, (2, 0, None)), "{stack:?}");
         assert_eq!(rotated.versions_retired.len(), 2, "{stack:?}");
         let stored = m.stored_objects().await;
         assert_eq!(stored.len(), 2, "{stack:?}");
@@ -251,6 +253,72 @@ async fn on_both_stacks_an_upload_sealed_under_a_version_a_shred_destroyed_befor
         // Version 1 stays destroyed; the fresh key the refused row write made seals nothing.
         assert_eq!(deks.first().map(|d| d.0), Some("destroyed"), "{stack:?}: {deks:?}");
         assert!(deks.iter().all(|(_, rows, objects)| *rows == 0 && *objects == 0), "{stack:?}: {deks:?}");
+    }
+}
+
+#[tokio::test]
+async fn on_both_stacks_plain_objects_kept_for_their_grace_outlive_the_run_then_go_with_the_sweeper_or_a_shred() {
+    for stack in STACKS {
+        let m = media_app(stack, &[("MEDIA_OBJECT_ENCRYPTION", "off")]).await;
+        let (alice, state) = (m.alice(), &m.app.state);
+        let (x, y) = (marked(60_000, 11, MARKER), marked(8_000, 12, MARKER));
+        let x_id = posted(&m, &alice, &x).await;
+        let y_id = posted(&m, &alice, &y).await;
+        let y_key = state.media.get("tenant-a", &y_id).await.unwrap().unwrap().record.storage_key;
+        let (status, link) = json_of(m.get(&alice, &format!("/v1/media/{x_id}/presign")).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{stack:?}: {link}");
+
+        // A day's grace: the run does not wait for it; both plain objects stay, journaled as kept.
+        let mover = ObjectMover::new(state.pipeline.clone());
+        let day = Duration::from_secs(86_400);
+        let work = ObjectWork { mover: &mover, removal: state.pipeline.removal(), batch_size: 10, grace: day };
+        let started = chrono::Utc::now();
+        let encrypted = encrypt_objects(&state.keys, work, &[], false).await.unwrap().objects;
+        let ended = chrono::Utc::now();
+        let counts = (encrypted.objects_moved, encrypted.old_objects_deleted, encrypted.old_objects_kept);
+        assert_eq!(counts, (2, 0, 2), "{stack:?}: {encrypted:?}");
+        let until = encrypted.old_objects_kept_until.unwrap();
+        assert!(
+            until >= started + chrono::Duration::days(1) && until <= ended + chrono::Duration::days(1),
+            "{stack:?}"
+        );
+        // The sizes of the plain objects in the store.
+        let plain = |stored: Vec<(String, Vec<u8>)>| {
+            let mut sizes: Vec<_> =
+                stored.iter().filter(|(_, b)| holds(b, MARKER.as_bytes())).map(|(_, b)| b.len()).collect();
+            sizes.sort();
+            sizes
+        };
+        let stored = m.stored_objects().await;
+        assert_eq!(stored.len(), 4, "{stack:?}: two plain, two sealed");
+        assert_eq!(plain(stored), [y.len(), x.len()], "{stack:?}");
+        // A link handed out before the move still reads the plain object; the service reads the sealed one.
+        let linked = m.http().get(link["url"].as_str().unwrap()).send().await.unwrap();
+        assert_eq!(linked.status(), StatusCode::OK, "{stack:?}");
+        assert_eq!(linked.bytes().await.unwrap().as_ref(), x.as_slice(), "{stack:?}");
+        assert_eq!(download(&m, &alice, &x_id).await, x, "{stack:?}");
+        // Within their grace even a sweep that takes every abandoned write at once leaves them.
+        assert_eq!((m.sweep_all().await.orphans_deleted, m.stored_objects().await.len()), (0, 4), "{stack:?}");
+
+        // y's grace ends (the clock is not waited for: its entry is dated back): the next sweep
+        // deletes it, although its entry is younger than any abandoned-upload age.
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let sql = "UPDATE blob_journal SET delete_after = $1 WHERE storage_key = $2";
+        let dated = media_api::with_pool!(&state.db, |pool| {
+            sqlx::query(sql).bind(past).bind(&y_key).execute(pool).await.map(|done| done.rows_affected())
+        });
+        assert_eq!(dated.unwrap(), 1, "{stack:?}");
+        let ages = SweepAges { presign_ttl: Duration::from_secs(60), abandoned_after: Duration::from_secs(3600) };
+        let swept = sweep_once(state.pipeline.removal(), ages).await.unwrap();
+        assert_eq!(swept.orphans_deleted, 1, "{stack:?}: {swept:?}");
+        assert_eq!(plain(m.stored_objects().await), [x.len()], "{stack:?}: x's plain object is still kept");
+
+        // A shred does not leave the tenant's plaintext for the rest of the grace.
+        let report = shred(&state.keys, state.pipeline.removal(), "tenant-a").await.unwrap();
+        assert_eq!((report.kept_objects_deleted, report.objects_deleted), (1, 2), "{stack:?}: {report:?}");
+        assert_eq!(m.stored_objects().await.len(), 0, "{stack:?}: nothing of the tenant is left in the store");
+        let linked = m.http().get(link["url"].as_str().unwrap()).send().await.unwrap();
+        assert!(linked.status().is_client_error(), "{stack:?}: {}", linked.status());
     }
 }
 

@@ -181,8 +181,8 @@ impl MediaRepo {
 
     /// Points every row of `object`'s group at its copy under `new_key`, sealed under `target` (the
     /// tenant's current DEK), re-sealing the rows under `target` too — or nothing (see the module
-    /// docs). On [`MoveOutcome::Moved`] the old key is journaled, dated `old_until` (when it may
-    /// go); `new_key` no longer is.
+    /// docs). On [`MoveOutcome::Moved`] the old key is journaled as kept until `old_until` (when it
+    /// may go); `new_key` no longer is.
     pub async fn move_object(
         &self,
         object: &ObjectToMove,
@@ -259,7 +259,8 @@ impl MediaRepo {
                 }
             }
             sqlx::query(journal::CLOSE).bind(new_key).execute(&mut *tx).await?;
-            sqlx::query(journal::OPEN).bind(&object.storage_key).bind(old_until).execute(&mut *tx).await?;
+            let keep = sqlx::query(journal::KEEP).bind(&object.storage_key).bind(now).bind(old_until).bind(tenant);
+            keep.execute(&mut *tx).await?;
             tx.commit().await?;
             let encryptions = updates.iter().map(|(_, _, sealed)| sealed.count()).sum();
             self.count_encryptions(tenant, target, encryptions).await;
