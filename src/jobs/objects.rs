@@ -47,9 +47,8 @@ const IN_FLIGHT: usize = 4;
 #[async_trait::async_trait]
 pub trait Reseal: Send + Sync {
     /// Moves `object` to `target` (see `db::media::objects` for what [`MoveOutcome::Lost`] means);
-    /// the old object stays journaled as kept until `old_until`.
-    async fn reseal(&self, object: &ObjectToMove, target: u32, old_until: DateTime<Utc>)
-        -> anyhow::Result<MoveOutcome>;
+    /// the old object stays journaled as kept until `grace` after the move.
+    async fn reseal(&self, object: &ObjectToMove, target: u32, grace: Duration) -> anyhow::Result<MoveOutcome>;
 }
 
 /// What the object work needs.
@@ -100,13 +99,11 @@ impl OldObjects {
         Self { queue: VecDeque::new(), grace }
     }
 
-    /// Until when an object whose rows move now is kept.
-    fn until(&self) -> DateTime<Utc> {
-        Utc::now() + chrono::Duration::from_std(self.grace).unwrap_or_else(|_| chrono::Duration::days(7))
-    }
-
-    fn push(&mut self, key: String, until: DateTime<Utc>) {
-        self.queue.push_back((key, until));
+    /// Queues an object whose rows have moved: kept until `grace` from now, which is no earlier
+    /// than its journal entry says (dated in the move's transaction).
+    fn push(&mut self, key: String) {
+        let grace = chrono::Duration::from_std(self.grace).unwrap_or_else(|_| chrono::Duration::days(7));
+        self.queue.push_back((key, Utc::now() + grace));
     }
 
     /// Deletes the old objects whose grace has passed.
@@ -160,9 +157,9 @@ pub(crate) async fn move_tenant(
                 break;
             }
             after = batch.last_id;
-            let old_until = old.until();
+            let grace = old.grace;
             let outcomes: Vec<_> = futures::stream::iter(&batch.objects)
-                .map(|object| async move { (object, work.mover.reseal(object, target, old_until).await) })
+                .map(|object| async move { (object, work.mover.reseal(object, target, grace).await) })
                 .buffer_unordered(IN_FLIGHT)
                 .collect()
                 .await;
@@ -173,7 +170,7 @@ pub(crate) async fn move_tenant(
                         summary.objects_moved += 1;
                         summary.object_rows_moved += moved;
                         rows += moved;
-                        old.push(object.storage_key.clone(), old_until);
+                        old.push(object.storage_key.clone());
                     }
                     Ok(MoveOutcome::Lost(why)) => {
                         tracing::debug!(tenant, id = object.id, why, "object move lost to a concurrent writer");

@@ -12,8 +12,8 @@
 //! Memory is flat: one segment in each direction, as for uploads and downloads.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -42,12 +42,13 @@ impl ObjectMover {
     /// Moves `object` to `target` (see the module docs): a copy whose rows did not come to
     /// reference it is deleted; after an error whose outcome is unknown (the commit's answer lost)
     /// it stays journaled, for the sweeper.
-    /// The old object stays journaled as kept until `old_until` (the sweeper leaves it until then).
+    /// The old object stays journaled as kept until `grace` after the move (the sweeper leaves it
+    /// until then).
     pub async fn move_object(
         &self,
         object: &ObjectToMove,
         target: u32,
-        old_until: DateTime<Utc>,
+        grace: Duration,
     ) -> Result<MoveOutcome, MediaError> {
         let key = self.pipeline.new_storage_key();
         if let Err(err) = self.copy(object, &key, target).await {
@@ -61,7 +62,7 @@ impl ObjectMover {
             }
             return Err(err);
         }
-        let moved = self.pipeline.repo().move_object(object, &key, target, old_until).await?;
+        let moved = self.pipeline.repo().move_object(object, &key, target, grace).await?;
         if let MoveOutcome::Lost(_) = moved {
             self.pipeline.discard(&key).await;
         }
@@ -158,12 +159,7 @@ async fn source_held(pipeline: &Pipeline, record: &MediaRecord) -> Result<(), Me
 
 #[async_trait::async_trait]
 impl Reseal for ObjectMover {
-    async fn reseal(
-        &self,
-        object: &ObjectToMove,
-        target: u32,
-        old_until: DateTime<Utc>,
-    ) -> anyhow::Result<MoveOutcome> {
-        Ok(self.move_object(object, target, old_until).await?)
+    async fn reseal(&self, object: &ObjectToMove, target: u32, grace: Duration) -> anyhow::Result<MoveOutcome> {
+        Ok(self.move_object(object, target, grace).await?)
     }
 }

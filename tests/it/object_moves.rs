@@ -77,7 +77,13 @@ async fn on_both_stacks_a_move_lost_to_a_changed_group_keeps_one_object_and_the_
 
         // A move of an object whose rows moved meanwhile, or went, writes nothing and keeps no copy.
         let version = state.keys.current("tenant-a", KeyPurpose::Dek).await.unwrap().version;
-        let kept = chrono::Utc::now() + chrono::Duration::days(1);
+        let kept = Duration::from_secs(86_400);
+        // A copy whose journal entry is gone (swept as an abandoned write: the copy took longer than
+        // the abandoned-upload age) is never made the rows' object.
+        let swept = format!("{}m/swept-copy", m.prefix);
+        let lost = repo.move_object(&stale_x, &swept, version, kept).await.unwrap();
+        assert_eq!(lost, MoveOutcome::Lost("its copy was swept as abandoned"), "{stack:?}");
+        assert_eq!(m.journaled().await, 0, "{stack:?}: nothing journaled, the rows unchanged");
         assert_eq!(
             mover.move_object(&stale_x, version, kept).await.unwrap(),
             MoveOutcome::Moved { rows: 2 },

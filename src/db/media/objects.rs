@@ -11,15 +11,19 @@
 //!    which takes its row before the group — makes this move give way at once instead of deadlock)
 //!    and requires every one to still reference the old object under the old version;
 //! 3. re-seals each row under the target version with the new storage key (a compare-and-set on
-//!    the revision just read), and moves the journal: the new key's entry ends, the old key gets
-//!    one dated when the old object may go (`db::journal`: the sweeper takes it an abandoned-upload
-//!    age after that), so a crash before the old object is deleted leaves it to the sweeper.
+//!    the revision just read), and moves the journal: the new key's entry ends — it must still be
+//!    there (a copy that took longer than the abandoned-upload age may have been swept) — and the
+//!    old key gets one as kept until `grace` after this transaction (`db::journal`: the sweeper
+//!    takes it then, a shred of its tenant at once), so a crash before the old object is deleted
+//!    leaves it to the sweeper.
 //!
 //! Anything else — a row deleted, joined with a changed object, a lock not granted, the tenant's
 //! key changed — makes the move [`MoveOutcome::Lost`]: nothing is written, the caller deletes its
 //! copy and a later pass sees the object again.
 
-use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+use chrono::Utc;
 
 use super::cipher::{BindSealed, RowCipher, SealedColumns};
 use super::model::MediaRow;
@@ -181,21 +185,21 @@ impl MediaRepo {
 
     /// Points every row of `object`'s group at its copy under `new_key`, sealed under `target` (the
     /// tenant's current DEK), re-sealing the rows under `target` too — or nothing (see the module
-    /// docs). On [`MoveOutcome::Moved`] the old key is journaled as kept until `old_until` (when it
-    /// may go); `new_key` no longer is.
+    /// docs). On [`MoveOutcome::Moved`] the old key is journaled as kept until `grace` after the
+    /// move; `new_key` no longer is.
     pub async fn move_object(
         &self,
         object: &ObjectToMove,
         new_key: &str,
         target: u32,
-        old_until: DateTime<Utc>,
+        grace: Duration,
     ) -> Result<MoveOutcome, DbError> {
         let tenant = object.tenant.as_str();
         if let Some(mac) = &object.mac {
             self.warm_group_keys(tenant, mac).await?;
         }
         let cipher = FieldCipher::new(&*self.keys.version(tenant, KeyPurpose::Dek, target).await?);
-        let result = self.move_once(object, (new_key, old_until), target, &cipher).await;
+        let result = self.move_once(object, (new_key, grace), target, &cipher).await;
         let moved = match result {
             Ok(Ok(moved)) => moved,
             Ok(Err(WriteCheck::Shredding)) => return Err(DbError::TenantShredding),
@@ -211,7 +215,7 @@ impl MediaRepo {
     async fn move_once(
         &self,
         object: &ObjectToMove,
-        (new_key, old_until): (&str, DateTime<Utc>),
+        (new_key, grace): (&str, Duration),
         target: u32,
         cipher: &FieldCipher,
     ) -> Result<Result<MoveOutcome, WriteCheck>, DbError> {
@@ -258,8 +262,13 @@ impl MediaRepo {
                     return Ok(Ok(MoveOutcome::Lost("a row changed")));
                 }
             }
-            sqlx::query(journal::CLOSE).bind(new_key).execute(&mut *tx).await?;
-            let keep = sqlx::query(journal::KEEP).bind(&object.storage_key).bind(now).bind(old_until).bind(tenant);
+            if sqlx::query(journal::CLOSE).bind(new_key).execute(&mut *tx).await?.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(Ok(MoveOutcome::Lost("its copy was swept as abandoned")));
+            }
+            // Dated (`created_at` too, for a sweeper of an earlier version) from as late as can be.
+            let until = Utc::now() + chrono::Duration::from_std(grace).unwrap_or_else(|_| chrono::Duration::days(7));
+            let keep = sqlx::query(journal::KEEP).bind(&object.storage_key).bind(until).bind(until).bind(tenant);
             keep.execute(&mut *tx).await?;
             tx.commit().await?;
             let encryptions = updates.iter().map(|(_, _, sealed)| sealed.count()).sum();
