@@ -95,7 +95,10 @@ impl KeyServices {
     /// Loads the keyring and connects the database (a server also migrates it when configured).
     pub async fn open(config: &Config, role: &Role) -> Result<Self, StartupError> {
         let keyring = Arc::new(Keyring::load(&config.keyring, &config.keys_dir)?);
-        let db = Database::connect(&config.database).await?;
+        let (db, read_lane) = match role {
+            Role::Server { .. } => Database::connect_server(&config.database).await?,
+            _ => (Database::connect(&config.database).await?, None),
+        };
         let mut media_cache = None;
         // A server on Postgres caches only while its invalidation listener is connected.
         let mut gate = CacheGate::open();
@@ -116,7 +119,8 @@ impl KeyServices {
             // Carries audit events of before the keyed format forward, in the run that added it.
             AuditLog::new(keys.clone()).after_migration(&report).await?;
         }
-        let media = MediaRepo::new(db.clone(), keys.clone()).with_gate(gate.clone());
+        let media =
+            MediaRepo::new(db.clone(), keys.clone()).with_gate(gate.clone()).with_read_lane(read_lane.map(Arc::new));
         let media = match media_cache {
             Some(ttl) => media.with_cache(ttl),
             None => media,

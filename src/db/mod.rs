@@ -16,12 +16,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::ConnectOptions;
 
 use crate::config::DatabaseConfig;
+use read_lane::ReadLane;
 
 pub mod audit;
 pub mod journal;
 pub mod locks;
 pub mod media;
 pub mod notify;
+pub mod read_lane;
 pub mod tenant_keys;
 pub mod tenants;
 pub mod ttl_cache;
@@ -164,18 +166,25 @@ impl Database {
                 .await?;
             return Ok(Self::Sqlite(pool));
         }
-        let mut options = PgConnectOptions::from_str(url)
-            .map_err(|e| DbError::InvalidUrl(e.to_string()))?
-            .application_name("media-api")
-            .disable_statement_logging();
-        if let Some(ca) = &config.ca {
-            // `sslrootcert=` in the URL wins; MEDIA_CA_FILE is the service-wide default.
-            if !url.contains("sslrootcert=") {
-                options = options.ssl_root_cert_from_pem(ca.pem.to_vec());
-            }
+        Ok(Self::postgres(pg_options(config)?, config.max_connections, config))
+    }
+
+    /// Connects as [`Self::connect`], for a server: on PostgreSQL, when
+    /// `MEDIA_DATABASE_MAX_CONNECTIONS` leaves room for it, half of the connections form a
+    /// [`ReadLane`] for the hot reads of a row by id and the pool keeps the rest (the total stays).
+    pub async fn connect_server(config: &DatabaseConfig) -> Result<(Self, Option<ReadLane>), DbError> {
+        if config.url.expose_secret().starts_with("sqlite:") || config.max_connections < 2 {
+            return Ok((Self::connect(config).await?, None));
         }
+        let options = pg_options(config)?;
+        let lane_size = config.max_connections / 2;
+        let lane = ReadLane::new(options.clone(), lane_size, config.acquire_timeout);
+        Ok((Self::postgres(options, config.max_connections - lane_size, config), Some(lane)))
+    }
+
+    fn postgres(options: PgConnectOptions, size: u32, config: &DatabaseConfig) -> Self {
         let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
+            .max_connections(size)
             .acquire_timeout(config.acquire_timeout)
             // sqlx pings every connection it hands out by default: a whole extra round trip per
             // request under load (docs/performance.md, presign). Only a connection that sat idle
@@ -191,7 +200,7 @@ impl Database {
                 })
             })
             .connect_lazy_with(options);
-        Ok(Self::Postgres(pool))
+        Self::Postgres(pool)
     }
 
     /// `postgres` or `sqlite`.
@@ -238,6 +247,22 @@ impl Database {
 }
 
 const APPLIED_QUERY: &str = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
+
+/// The connection options of a PostgreSQL URL, with `MEDIA_CA_FILE` as the default trust.
+fn pg_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
+    let url = config.url.expose_secret();
+    let mut options = PgConnectOptions::from_str(url)
+        .map_err(|e| DbError::InvalidUrl(e.to_string()))?
+        .application_name("media-api")
+        .disable_statement_logging();
+    if let Some(ca) = &config.ca {
+        // `sslrootcert=` in the URL wins; MEDIA_CA_FILE is the service-wide default.
+        if !url.contains("sslrootcert=") {
+            options = options.ssl_root_cert_from_pem(ca.pem.to_vec());
+        }
+    }
+    Ok(options)
+}
 
 async fn applied_pg(pool: &PgPool) -> Result<Vec<i64>, DbError> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;

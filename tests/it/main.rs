@@ -37,6 +37,7 @@ mod migrations;
 mod object_keys;
 mod object_moves;
 mod operations;
+mod read_lane;
 mod reconcile;
 mod replicas;
 mod repository;

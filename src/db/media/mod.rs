@@ -14,6 +14,7 @@
 //! (moving objects to a new DEK version); decrypted
 //! ready rows are cached for a few seconds in a [`TtlCache`](crate::db::ttl_cache::TtlCache).
 
+mod by_id;
 mod cache;
 mod cipher;
 #[macro_use]
@@ -33,6 +34,7 @@ pub use rotate::{PreparedBatch, ReencryptBatch};
 
 use super::journal;
 use super::notify::{self, CacheGate, Change};
+use super::read_lane::ReadLane;
 use super::tenant_keys::TenantKeys;
 use super::tenants::{self, WriteCheck};
 use super::ttl_cache::TtlCache;
@@ -101,6 +103,8 @@ pub struct MediaRepo {
     gate: CacheGate,
     /// Raised by every forget: a row read before a forget is not cached after it.
     generation: Arc<AtomicU64>,
+    /// The server's connections for reads by id (PostgreSQL), beside the pool.
+    read_lane: Option<Arc<ReadLane>>,
 }
 
 impl MediaRepo {
@@ -111,7 +115,13 @@ impl MediaRepo {
 
     /// A repository over `db`, keys from `keys`.
     pub fn new(db: Database, keys: Arc<TenantKeys>) -> Self {
-        Self { db, keys, cache: None, gate: CacheGate::open(), generation: Arc::default() }
+        Self { db, keys, cache: None, gate: CacheGate::open(), generation: Arc::default(), read_lane: None }
+    }
+
+    /// The same repository, reading rows by id through `lane` (see [`ReadLane`]).
+    pub fn with_read_lane(mut self, lane: Option<Arc<ReadLane>>) -> Self {
+        self.read_lane = lane;
+        self
     }
 
     /// The same repository, using its cache only while `gate` is open.
@@ -232,10 +242,7 @@ impl MediaRepo {
             return Ok(Some(hit));
         }
         let generation = self.generation();
-        let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2");
-        let row: Option<MediaRow> =
-            with_pool!(&self.db, |pool| sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(pool).await)?;
-        match row {
+        match self.row_by_id(tenant, id).await? {
             Some(row) => {
                 let media = self.open_row(row).await?;
                 self.remember(&media, generation);
@@ -259,22 +266,8 @@ impl MediaRepo {
         if missing.is_empty() {
             return Ok(out);
         }
-        let ids = &missing;
         let generation = self.generation();
-        let rows: Vec<MediaRow> = match &self.db {
-            Database::Postgres(pool) => {
-                let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = ANY($2)");
-                sqlx::query_as(&sql).bind(tenant).bind(ids).fetch_all(pool).await?
-            }
-            Database::Sqlite(pool) => {
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id IN (SELECT value FROM json_each($2))"
-                );
-                let list = serde_json::to_string(ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                sqlx::query_as(&sql).bind(tenant).bind(list).fetch_all(pool).await?
-            }
-        };
-        for row in rows {
+        for row in self.rows_by_ids(tenant, &missing).await? {
             let media = self.open_row(row).await?;
             self.remember(&media, generation);
             out.push(media);

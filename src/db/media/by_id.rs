@@ -1,0 +1,52 @@
+//! Reading rows by id — the hot reads of presign, resolve and download — through the server's read
+//! lane when there is one ([`crate::db::read_lane`]: no test round trip after each query), else
+//! through the pool.
+
+use super::model::MediaRow;
+use super::sql::COLUMNS;
+use super::MediaRepo;
+use crate::db::{Database, DbError};
+
+impl MediaRepo {
+    /// The row of `tenant`'s `id`, still sealed.
+    pub(super) async fn row_by_id(&self, tenant: &str, id: &str) -> Result<Option<MediaRow>, DbError> {
+        let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2");
+        let query = sqlx::query_as(&sql).bind(tenant).bind(id);
+        Ok(match (&self.db, &self.read_lane) {
+            (Database::Postgres(_), Some(lane)) => {
+                let mut lease = lane.acquire().await?;
+                let row = query.fetch_optional(lease.conn()).await?;
+                lease.done();
+                row
+            }
+            (Database::Postgres(pool), None) => query.fetch_optional(pool).await?,
+            (Database::Sqlite(pool), _) => sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(pool).await?,
+        })
+    }
+
+    /// The rows of `tenant` among `ids`, still sealed, in one query.
+    pub(super) async fn rows_by_ids(&self, tenant: &str, ids: &[String]) -> Result<Vec<MediaRow>, DbError> {
+        Ok(match &self.db {
+            Database::Postgres(pool) => {
+                let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = ANY($2)");
+                let query = sqlx::query_as(&sql).bind(tenant).bind(ids);
+                match &self.read_lane {
+                    Some(lane) => {
+                        let mut lease = lane.acquire().await?;
+                        let rows = query.fetch_all(lease.conn()).await?;
+                        lease.done();
+                        rows
+                    }
+                    None => query.fetch_all(pool).await?,
+                }
+            }
+            Database::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id IN (SELECT value FROM json_each($2))"
+                );
+                let list = serde_json::to_string(ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                sqlx::query_as(&sql).bind(tenant).bind(list).fetch_all(pool).await?
+            }
+        })
+    }
+}

@@ -1,0 +1,141 @@
+//! A lane of PostgreSQL connections for the hot reads of one statement each — a media row by id
+//! for presign, resolve and download — beside the pool (PostgreSQL only; SQLite has no round trip).
+//!
+//! sqlx's pool tests every connection as it is released: a `Sync` and a wait for PostgreSQL's
+//! `ReadyForQuery`, a whole extra round trip (through TLS, in a task of its own) after every query —
+//! 16 % of the service's CPU under an uncached presign load, and as many more messages for PostgreSQL
+//! (docs/performance.md, session 11). A read that ran to its end has already received that
+//! `ReadyForQuery`: its connection is ready for the next statement and the lane takes it back as
+//! it is. The case sqlx's test exists for — a query whose future was dropped half-way (the client
+//! went, a timeout) or that failed — closes the connection instead ([`Lease`] without
+//! [`Lease::done`]), so a lane never hands out a connection in an unknown state.
+//!
+//! As with the pool, a connection idle for [`PING_WHEN_IDLE_FOR`] or longer is pinged before it is
+//! used (a server restart, a failover or a proxy's idle timeout may have cut it) and replaced when
+//! the ping fails, one older than [`MAX_LIFETIME`] is replaced, and waiting for a connection ends
+//! after the pool's acquire timeout with the pool's error (`PoolTimedOut`).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use super::PING_WHEN_IDLE_FOR;
+
+/// A connection older than this is closed rather than reused (sqlx's pool default).
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+struct Idle {
+    conn: PgConnection,
+    opened: Instant,
+    since: Instant,
+}
+
+/// At most `size` connections, reused without a test after each complete read.
+pub struct ReadLane {
+    options: PgConnectOptions,
+    idle: Mutex<Vec<Idle>>,
+    slots: Semaphore,
+    acquire_timeout: Duration,
+}
+
+/// A connection of the lane, checked out. Give it back with [`Lease::done`] once its statement has
+/// run to its end; dropped otherwise, it is closed.
+pub struct Lease<'a> {
+    lane: &'a ReadLane,
+    conn: Option<(PgConnection, Instant)>,
+    _slot: SemaphorePermit<'a>,
+}
+
+impl std::fmt::Debug for ReadLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadLane").field("idle", &self.idle()).field("free", &self.slots.available_permits()).finish()
+    }
+}
+
+impl ReadLane {
+    /// A lane of at most `size` connections opened with `options` (lazily, as reads need them).
+    pub fn new(options: PgConnectOptions, size: u32, acquire_timeout: Duration) -> Self {
+        let slots = Semaphore::new(size.max(1) as usize);
+        Self { options, idle: Mutex::new(Vec::new()), slots, acquire_timeout }
+    }
+
+    /// A connection: the one used last if it is fit, else a new one.
+    pub async fn acquire(&self) -> Result<Lease<'_>, sqlx::Error> {
+        let lease = async {
+            let slot = self.slots.acquire().await.map_err(|_| sqlx::Error::PoolClosed)?;
+            let conn = self.checkout().await?;
+            Ok(Lease { lane: self, conn: Some(conn), _slot: slot })
+        };
+        tokio::time::timeout(self.acquire_timeout, lease).await.map_err(|_| sqlx::Error::PoolTimedOut)?
+    }
+
+    async fn checkout(&self) -> Result<(PgConnection, Instant), sqlx::Error> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+            let Some(Idle { mut conn, opened, since }) = idle else {
+                return Ok((self.options.connect().await?, Instant::now()));
+            };
+            if opened.elapsed() >= MAX_LIFETIME {
+                close(conn);
+                continue;
+            }
+            if since.elapsed() >= PING_WHEN_IDLE_FOR && conn.ping().await.is_err() {
+                continue;
+            }
+            return Ok((conn, opened));
+        }
+    }
+
+    /// Closes the idle connections (at shutdown; those checked out close as they come back).
+    pub async fn close(&self) {
+        self.slots.close();
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for Idle { conn, .. } in idle {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// Connections open and idle.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+}
+
+impl Lease<'_> {
+    /// The connection, for one statement.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn.as_mut().expect("a lease holds its connection until it ends").0
+    }
+
+    /// Gives the connection back: its statement ran to its end, so it is ready for the next.
+    pub fn done(mut self) {
+        if let Some((conn, opened)) = self.conn.take() {
+            if self.lane.slots.is_closed() {
+                return close(conn);
+            }
+            let idle = Idle { conn, opened, since: Instant::now() };
+            self.lane.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(idle);
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some((conn, _)) = self.conn.take() {
+            close(conn);
+        }
+    }
+}
+
+/// Closes `conn` in the background (a `Terminate` to the server) when a runtime is there to do it;
+/// otherwise dropping it closes the socket.
+fn close(conn: PgConnection) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+        });
+    }
+}
