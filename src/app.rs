@@ -157,6 +157,7 @@ impl Application {
         if let Some(metrics_server) = metrics_server {
             let _ = metrics_server.await;
         }
+        state.media.close_read_lane().await;
         state.db.close().await;
         tracing::info!(dropped_connections = dropped, "stopped");
         Ok(())

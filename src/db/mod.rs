@@ -40,6 +40,9 @@ macro_rules! with_pool {
     };
 }
 
+/// The fewest `MEDIA_DATABASE_MAX_CONNECTIONS` with which a server splits off a read lane.
+const LANE_FROM: u32 = 4;
+
 /// A pooled connection idle this long is pinged before it is handed out (see [`Database::connect`]).
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
@@ -170,14 +173,15 @@ impl Database {
     }
 
     /// Connects as [`Self::connect`], for a server: on PostgreSQL, when
-    /// `MEDIA_DATABASE_MAX_CONNECTIONS` leaves room for it, half of the connections form a
-    /// [`ReadLane`] for the hot reads of a row by id and the pool keeps the rest (the total stays).
+    /// `MEDIA_DATABASE_MAX_CONNECTIONS` is at least [`LANE_FROM`], a third of the connections form
+    /// a [`ReadLane`] for the hot reads of a row by id and the pool keeps the rest (the total
+    /// stays; the pool keeps at least three: one is the cache-invalidation listener's for good).
     pub async fn connect_server(config: &DatabaseConfig) -> Result<(Self, Option<ReadLane>), DbError> {
-        if config.url.expose_secret().starts_with("sqlite:") || config.max_connections < 2 {
+        if config.url.expose_secret().starts_with("sqlite:") || config.max_connections < LANE_FROM {
             return Ok((Self::connect(config).await?, None));
         }
         let options = pg_options(config)?;
-        let lane_size = config.max_connections / 2;
+        let lane_size = config.max_connections / 3;
         let lane = ReadLane::new(options.clone(), lane_size, config.acquire_timeout);
         Ok((Self::postgres(options, config.max_connections - lane_size, config), Some(lane)))
     }

@@ -12,20 +12,24 @@
 //!
 //! As with the pool, a connection idle for [`PING_WHEN_IDLE_FOR`] or longer is pinged before it is
 //! used (a server restart, a failover or a proxy's idle timeout may have cut it) and replaced when
-//! the ping fails, one older than [`MAX_LIFETIME`] is replaced, and waiting for a connection ends
-//! after the pool's acquire timeout with the pool's error (`PoolTimedOut`).
+//! the ping fails, one older than [`MAX_LIFETIME`] or idle for [`IDLE_TIMEOUT`] is closed, and
+//! waiting for a connection ends after the pool's acquire timeout with the pool's error
+//! (`PoolTimedOut`). A closed connection keeps its slot until its close is done, so the lane never
+//! holds more than its size of server connections.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::PING_WHEN_IDLE_FOR;
 
 /// A connection older than this is closed rather than reused (sqlx's pool default).
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// A connection idle this long is closed (sqlx's pool default).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 struct Idle {
     conn: PgConnection,
@@ -37,7 +41,7 @@ struct Idle {
 pub struct ReadLane {
     options: PgConnectOptions,
     idle: Mutex<Vec<Idle>>,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     acquire_timeout: Duration,
 }
 
@@ -46,7 +50,7 @@ pub struct ReadLane {
 pub struct Lease<'a> {
     lane: &'a ReadLane,
     conn: Option<(PgConnection, Instant)>,
-    _slot: SemaphorePermit<'a>,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for ReadLane {
@@ -58,16 +62,16 @@ impl std::fmt::Debug for ReadLane {
 impl ReadLane {
     /// A lane of at most `size` connections opened with `options` (lazily, as reads need them).
     pub fn new(options: PgConnectOptions, size: u32, acquire_timeout: Duration) -> Self {
-        let slots = Semaphore::new(size.max(1) as usize);
+        let slots = Arc::new(Semaphore::new(size.max(1) as usize));
         Self { options, idle: Mutex::new(Vec::new()), slots, acquire_timeout }
     }
 
     /// A connection: the one used last if it is fit, else a new one.
     pub async fn acquire(&self) -> Result<Lease<'_>, sqlx::Error> {
         let lease = async {
-            let slot = self.slots.acquire().await.map_err(|_| sqlx::Error::PoolClosed)?;
+            let slot = self.slots.clone().acquire_owned().await.map_err(|_| sqlx::Error::PoolClosed)?;
             let conn = self.checkout().await?;
-            Ok(Lease { lane: self, conn: Some(conn), _slot: slot })
+            Ok(Lease { lane: self, conn: Some(conn), slot: Some(slot) })
         };
         tokio::time::timeout(self.acquire_timeout, lease).await.map_err(|_| sqlx::Error::PoolTimedOut)?
     }
@@ -78,8 +82,8 @@ impl ReadLane {
             let Some(Idle { mut conn, opened, since }) = idle else {
                 return Ok((self.options.connect().await?, Instant::now()));
             };
-            if opened.elapsed() >= MAX_LIFETIME {
-                close(conn);
+            if opened.elapsed() >= MAX_LIFETIME || since.elapsed() >= IDLE_TIMEOUT {
+                close(conn, None);
                 continue;
             }
             if since.elapsed() >= PING_WHEN_IDLE_FOR && conn.ping().await.is_err() {
@@ -114,10 +118,14 @@ impl Lease<'_> {
     pub fn done(mut self) {
         if let Some((conn, opened)) = self.conn.take() {
             if self.lane.slots.is_closed() {
-                return close(conn);
+                return close(conn, self.slot.take());
             }
-            let idle = Idle { conn, opened, since: Instant::now() };
-            self.lane.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(idle);
+            let mut idle = self.lane.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // The least recently used are at the bottom: those idle too long go now, not when reached.
+            while idle.first().is_some_and(|oldest| oldest.since.elapsed() >= IDLE_TIMEOUT) {
+                close(idle.remove(0).conn, None);
+            }
+            idle.push(Idle { conn, opened, since: Instant::now() });
         }
     }
 }
@@ -125,17 +133,19 @@ impl Lease<'_> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some((conn, _)) = self.conn.take() {
-            close(conn);
+            close(conn, self.slot.take());
         }
     }
 }
 
-/// Closes `conn` in the background (a `Terminate` to the server) when a runtime is there to do it;
-/// otherwise dropping it closes the socket.
-fn close(conn: PgConnection) {
+/// Closes `conn` in the background (a `Terminate` to the server), holding `slot` until it is closed
+/// (a backend still running a cut-off statement lives until it reads the `Terminate`), when a
+/// runtime is there to do it; otherwise dropping it closes the socket.
+fn close(conn: PgConnection, slot: Option<OwnedSemaphorePermit>) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+            drop(slot);
         });
     }
 }

@@ -1,7 +1,8 @@
 //! The server's read lane (`db::read_lane`) against a real PostgreSQL: a connection whose read ran
 //! to its end is reused as it is (no test round trip); one whose read was cut off half-way, or
 //! failed, is closed and never handed out again; one cut while idle is replaced; at most its size
-//! are out at once, and a caller waits no longer than the acquire timeout.
+//! are out at once, and a caller waits no longer than the acquire timeout; a service with few
+//! connections still has a pool for its writes.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -83,4 +84,25 @@ async fn no_more_than_its_size_are_out_at_once_and_a_caller_waits_only_the_acqui
     let mut lease = lane.acquire().await.unwrap();
     backend(&mut lease).await;
     lease.done();
+}
+
+#[tokio::test]
+async fn a_service_with_few_connections_keeps_a_pool_for_its_writes_beside_the_lane_and_the_listener() {
+    use crate::support::app::Stack;
+    use crate::support::media::{json_of, media_app, png};
+    // 2 and 3: no lane (the pool keeps them all, one the listener's); 4: a lane of 1, a pool of 3.
+    for connections in ["2", "3", "4"] {
+        let m = media_app(Stack::PostgresS3, &[("MEDIA_DATABASE_MAX_CONNECTIONS", connections)]).await;
+        let alice = m.alice();
+        for seed in 0..3 {
+            let (status, stored) = json_of(m.upload_raw(&alice, "image/png", png(3_000, seed)).await).await;
+            assert_eq!(status, 200, "{connections}: {stored}");
+            let id = stored["id"].as_str().unwrap();
+            let presigned = m.get(&alice, &format!("/v1/media/{id}/presign")).send().await.unwrap();
+            assert_eq!(presigned.status(), 200, "{connections}");
+            let ready = m.http().get(m.url("/readyz")).send().await.unwrap();
+            assert_eq!(ready.status(), 200, "{connections}");
+            assert_eq!(m.delete(&alice, id).await.0, 204, "{connections}");
+        }
+    }
 }

@@ -8,6 +8,13 @@ use super::MediaRepo;
 use crate::db::{Database, DbError};
 
 impl MediaRepo {
+    /// Closes the read lane's idle connections (at shutdown, beside the pool's).
+    pub async fn close_read_lane(&self) {
+        if let Some(lane) = &self.read_lane {
+            lane.close().await;
+        }
+    }
+
     /// The row of `tenant`'s `id`, still sealed.
     pub(super) async fn row_by_id(&self, tenant: &str, id: &str) -> Result<Option<MediaRow>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2");
