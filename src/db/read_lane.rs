@@ -109,7 +109,8 @@ impl ReadLane {
 }
 
 impl Lease<'_> {
-    /// The connection, for one statement.
+    /// The connection, for one statement in autocommit: never a transaction (`done` would hand it
+    /// back inside it).
     pub fn conn(&mut self) -> &mut PgConnection {
         &mut self.conn.as_mut().expect("a lease holds its connection until it ends").0
     }

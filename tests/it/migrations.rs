@@ -107,6 +107,13 @@ async fn migrator(db: &Database) -> sqlx::migrate::Migrator {
     sqlx::migrate::Migrator::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).await.unwrap()
 }
 
+/// Applies exactly the migrations before `version`: the schema of a deployment of before it.
+async fn migrate_only_below(db: &Database, version: i64) {
+    let mut migrator = migrator(db).await;
+    migrator.migrations = migrator.migrations.iter().filter(|m| m.version < version).cloned().collect();
+    with_pool!(db, |pool| migrator.run(pool).await).unwrap();
+}
+
 /// Applies the migrations before `version` only (the schema a deployment had before it), plus
 /// [`COLUMNS_TODAY_WRITES`].
 async fn migrate_before(db: &Database, version: i64) {
@@ -176,9 +183,7 @@ async fn rows_stored_before_object_encryption_carry_forward_as_plain() {
     let (pg, sqlite, _dir) = both_databases().await;
     for db in [pg, sqlite] {
         let backend = db.backend();
-        let mut migrator = migrator(&db).await;
-        migrator.migrations = migrator.migrations.iter().filter(|m| m.version < OBJECT_ENCRYPTION).cloned().collect();
-        with_pool!(&db, |pool| migrator.run(pool).await).unwrap();
+        migrate_only_below(&db, OBJECT_ENCRYPTION).await;
         with_pool!(&db, |pool| sqlx::query(OLD_ROW).bind(vec![1u8]).execute(pool).await.map(|_| ())).unwrap();
         let report = db.migrate().await.unwrap();
         assert_eq!(report.applied_now, vec![OBJECT_ENCRYPTION, JOURNAL_KEPT], "{backend}");
@@ -198,9 +203,7 @@ async fn journal_entries_written_before_kept_objects_carry_forward_under_the_aba
     let (pg, sqlite, _dir) = both_databases().await;
     for db in [pg, sqlite] {
         let backend = db.backend();
-        let mut migrator = migrator(&db).await;
-        migrator.migrations = migrator.migrations.iter().filter(|m| m.version < JOURNAL_KEPT).cloned().collect();
-        with_pool!(&db, |pool| migrator.run(pool).await).unwrap();
+        migrate_only_below(&db, JOURNAL_KEPT).await;
         // An upload a crash cut off two hours ago, and an old object the former code journaled as
         // kept until an hour from now (dated forward).
         let now = chrono::Utc::now();
