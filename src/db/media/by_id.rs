@@ -18,16 +18,18 @@ impl MediaRepo {
     /// The row of `tenant`'s `id`, still sealed.
     pub(super) async fn row_by_id(&self, tenant: &str, id: &str) -> Result<Option<MediaRow>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2");
-        let query = sqlx::query_as(&sql).bind(tenant).bind(id);
         Ok(match (&self.db, &self.read_lane) {
             (Database::Postgres(_), Some(lane)) => {
                 let mut lease = lane.acquire().await?;
-                let row = query.fetch_optional(lease.conn()).await?;
+                let row = sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(lease.conn()).await?;
                 lease.done();
                 row
             }
-            (Database::Postgres(pool), None) => query.fetch_optional(pool).await?,
-            (Database::Sqlite(pool), _) => sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(pool).await?,
+            _ => crate::with_pool!(&self.db, |pool| sqlx::query_as(&sql)
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(pool)
+                .await)?,
         })
     }
 
