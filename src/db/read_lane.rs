@@ -42,6 +42,7 @@ pub struct ReadLane {
     options: PgConnectOptions,
     idle: Mutex<Vec<Idle>>,
     slots: Arc<Semaphore>,
+    size: u32,
     acquire_timeout: Duration,
 }
 
@@ -62,8 +63,9 @@ impl std::fmt::Debug for ReadLane {
 impl ReadLane {
     /// A lane of at most `size` connections opened with `options` (lazily, as reads need them).
     pub fn new(options: PgConnectOptions, size: u32, acquire_timeout: Duration) -> Self {
-        let slots = Arc::new(Semaphore::new(size.max(1) as usize));
-        Self { options, idle: Mutex::new(Vec::new()), slots, acquire_timeout }
+        let size = size.max(1);
+        let slots = Arc::new(Semaphore::new(size as usize));
+        Self { options, idle: Mutex::new(Vec::new()), slots, size, acquire_timeout }
     }
 
     /// A connection: the one used last if it is fit, else a new one.
@@ -105,6 +107,13 @@ impl ReadLane {
     /// Connections open and idle.
     pub fn idle(&self) -> usize {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
+    /// For the `/metrics` gauges: connections checked out (a closing one keeps its slot until
+    /// closed, so it counts), connections idle, and the lane's size.
+    pub fn stats(&self) -> (u32, usize, u32) {
+        let out = self.size.saturating_sub(self.slots.available_permits() as u32);
+        (if self.slots.is_closed() { 0 } else { out }, self.idle(), self.size)
     }
 }
 

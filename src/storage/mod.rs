@@ -15,6 +15,7 @@ pub mod links;
 pub mod s3;
 pub mod s3_presign;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -263,21 +264,21 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
 /// `attachment`/`inline` disposition with an RFC 6266-safe filename: an ASCII fallback (quotes,
 /// backslashes and controls replaced) plus the exact name percent-encoded in `filename*`.
 pub fn content_disposition(disposition: &str, filename: &str) -> String {
-    let fallback: String = filename
-        .chars()
-        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' })
-        .collect();
-    let encoded: String = filename
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    format!("{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+    let mut out = String::with_capacity(disposition.len() + 32 + filename.len() * 4);
+    out.push_str(disposition);
+    out.push_str("; filename=\"");
+    out.extend(
+        filename.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }),
+    );
+    out.push_str("\"; filename*=UTF-8''");
+    for b in filename.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// Builds the configured blob store. The filesystem backend needs `links`, the signer of the

@@ -187,39 +187,57 @@ impl GetSigner {
         let (credentials, signing_key) = self.signing(&day).await?;
         let ttl = within_lifetime(ttl, &credentials, now.into())?;
         let stamp = format!("{day}T{:02}{:02}{:02}Z", now.hour(), now.minute(), now.second());
-        let scope = format!("{day}/{}/s3/aws4_request", self.region);
         let key = fmt_label(key, EncodingStrategy::Greedy);
 
-        // Every query parameter encoded, in the canonical (sorted) order the signature covers; the
-        // URL carries them in the same order.
-        let mut query: Vec<(&str, String)> = vec![
-            ("X-Amz-Algorithm", "AWS4-HMAC-SHA256".into()),
-            ("X-Amz-Credential", fmt_query(format!("{}/{scope}", credentials.access_key_id()))),
-            ("X-Amz-Date", stamp.clone()),
-            ("X-Amz-Expires", ttl.as_secs().to_string()),
-            ("X-Amz-SignedHeaders", "host".into()),
-            ("response-content-disposition", fmt_query(content_disposition)),
-            ("response-content-type", fmt_query(content_type)),
-            ("x-id", "GetObject".into()),
-        ];
-        if let Some(token) = credentials.session_token() {
-            query.push(("X-Amz-Security-Token", fmt_query(token)));
-        }
-        query.sort_unstable();
-        let mut canonical_query = String::with_capacity(512);
-        for (name, value) in &query {
-            let separator = if canonical_query.is_empty() { "" } else { "&" };
-            let _ = write!(canonical_query, "{separator}{name}={value}");
-        }
-
-        let canonical_request =
-            format!("GET\n{}{key}\n{canonical_query}\nhost:{}\n\nhost\nUNSIGNED-PAYLOAD", self.path, self.host);
-        let string_to_sign = format!(
-            "AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{}",
-            hex::encode(Sha256::digest(canonical_request.as_bytes()))
+        // The URL up to its signature: the base, the key and every query parameter encoded, in the
+        // canonical (sorted) order the signature covers. Written once into a string sized for the
+        // whole URL; the canonical request is hashed from its pieces.
+        let token = credentials.session_token().map(fmt_query);
+        let access_key = fmt_query(credentials.access_key_id());
+        let (disposition, content_type) = (fmt_query(content_disposition), fmt_query(content_type));
+        let expires = ttl.as_secs();
+        let mut url = String::with_capacity(
+            self.base.len()
+                + key.len()
+                + 320
+                + access_key.len()
+                + disposition.len()
+                + content_type.len()
+                + token.as_ref().map_or(0, |t| t.len()),
         );
-        let signature = hex::encode(hmac(&*signing_key, string_to_sign.as_bytes()));
-        let url = format!("{}{key}?{canonical_query}&X-Amz-Signature={signature}", self.base);
+        url.push_str(&self.base);
+        url.push_str(&key);
+        url.push('?');
+        let query_start = url.len();
+        // Names in byte order: `X-Amz-Security-Token` sorts before `X-Amz-SignedHeaders`, and
+        // upper case before lower (`X…` < `response-…` < `x-id`).
+        let _ = write!(
+            url,
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={access_key}%2F{day}%2F{region}%2Fs3%2Faws4_request\
+             &X-Amz-Date={stamp}&X-Amz-Expires={expires}",
+            region = fmt_query(&self.region),
+        );
+        if let Some(token) = &token {
+            let _ = write!(url, "&X-Amz-Security-Token={token}");
+        }
+        let _ = write!(
+            url,
+            "&X-Amz-SignedHeaders=host&response-content-disposition={disposition}\
+             &response-content-type={content_type}&x-id=GetObject"
+        );
+
+        let mut canonical = Sha256::new();
+        for piece in ["GET\n", &self.path, &key, "\n", &url[query_start..], "\nhost:", &self.host] {
+            canonical.update(piece.as_bytes());
+        }
+        canonical.update(b"\n\nhost\nUNSIGNED-PAYLOAD");
+        let mut to_sign = <Hmac<Sha256> as Mac>::new_from_slice(&*signing_key).expect("HMAC takes keys of any length");
+        for piece in ["AWS4-HMAC-SHA256\n", &stamp, "\n", &day, "/", &self.region, "/s3/aws4_request\n"] {
+            to_sign.update(piece.as_bytes());
+        }
+        to_sign.update(hex::encode(canonical.finalize()).as_bytes());
+        url.push_str("&X-Amz-Signature=");
+        url.push_str(&hex::encode(to_sign.finalize().into_bytes()));
         // The URL's own end: its signing time (whole seconds, as `X-Amz-Date`) plus `X-Amz-Expires`.
         let signed_at = now.with_nanosecond(0).unwrap_or(now);
         let expires_at = signed_at + chrono::Duration::seconds(ttl.as_secs() as i64);

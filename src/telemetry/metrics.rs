@@ -70,6 +70,10 @@ pub mod names {
     pub const DB_POOL: &str = "media_db_pool_connections";
     /// Gauge of the pool's maximum size.
     pub const DB_POOL_MAX: &str = "media_db_pool_max_connections";
+    /// Gauge of the read lane's connections by `state` (`idle`, `in_use`; PostgreSQL service only).
+    pub const DB_READ_LANE: &str = "media_db_read_lane_connections";
+    /// Gauge of the read lane's size.
+    pub const DB_READ_LANE_MAX: &str = "media_db_read_lane_max_connections";
     /// Counter of TLS certificate reloads by `result` (`ok`, `error`).
     pub const TLS_RELOADS: &str = "media_tls_reloads_total";
     /// Gauge: 1 while this process hears other processes' cache invalidations (Postgres).
@@ -166,6 +170,8 @@ fn describe() {
     describe_gauge!(names::KEY_TENANTS, "Tenants with keys");
     describe_gauge!(names::DB_POOL, "Database connections by state");
     describe_gauge!(names::DB_POOL_MAX, "Largest database pool size");
+    describe_gauge!(names::DB_READ_LANE, "Read lane connections by state (presign, resolve, download reads)");
+    describe_gauge!(names::DB_READ_LANE_MAX, "Read lane size");
     describe_counter!(names::TLS_RELOADS, "TLS certificate reloads by result");
     describe_gauge!(names::CACHE_LISTENING, "1 while other processes' cache invalidations are heard (Postgres)");
     describe_counter!(names::LIMITS_FALLBACK, "Limit checks answered locally because Redis did not answer, by check");

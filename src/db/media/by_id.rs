@@ -15,6 +15,11 @@ impl MediaRepo {
         }
     }
 
+    /// The read lane's connections in use and idle, and its size (`None` without a lane).
+    pub fn read_lane_stats(&self) -> Option<(u32, usize, u32)> {
+        self.read_lane.as_ref().map(|lane| lane.stats())
+    }
+
     /// The row of `tenant`'s `id`, still sealed.
     pub(super) async fn row_by_id(&self, tenant: &str, id: &str) -> Result<Option<MediaRow>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2");
