@@ -63,6 +63,15 @@ fn bench_object_cipher(c: &mut Criterion) {
     let nonce = Nonce::<Aes256Gcm>::default();
     let ring = RingAes256Gcm::new(&[1u8; 32]);
     group.bench_function("ring", |b| b.iter(|| ring.encrypt_in_place_detached(&nonce, b"h", black_box(&mut segment))));
+    let aws = aws_lc_rs::aead::LessSafeKey::new(
+        aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &[1u8; 32]).unwrap(),
+    );
+    group.bench_function("aws_lc", |b| {
+        b.iter(|| {
+            let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key([0u8; 12]);
+            aws.seal_in_place_separate_tag(nonce, aws_lc_rs::aead::Aad::from(b"h"), black_box(&mut segment[..]))
+        })
+    });
     let rust = Aes256Gcm::new(&[1u8; 32].into());
     group.bench_function("rustcrypto", |b| {
         b.iter(|| rust.encrypt_in_place_detached(&nonce, b"h", black_box(&mut segment)))

@@ -122,17 +122,25 @@ impl Multipart {
         Ok(None)
     }
 
-    /// Appends the next input to `pending` (a copy: only for delimiter lines and headers).
+    /// Appends the next input to `pending` (a copy: only for delimiter lines and headers). A buffer
+    /// of the reader's own grows in place, doubling, so headers sent a byte at a time cost linear
+    /// copying, not quadratic.
     async fn more(&mut self, ended: &'static str) -> Result<(), FormError> {
         let chunk = self.input().await?.ok_or(FormError::Malformed(ended))?;
         if self.pending.is_empty() {
             self.pending = chunk;
-        } else {
-            let mut joined = BytesMut::with_capacity(self.pending.len() + chunk.len());
-            joined.extend_from_slice(&self.pending);
-            joined.extend_from_slice(&chunk);
-            self.pending = joined.freeze();
+            return Ok(());
         }
+        let mut joined = match std::mem::take(&mut self.pending).try_into_mut() {
+            Ok(own) => own,
+            Err(shared) => {
+                let mut copy = BytesMut::with_capacity((shared.len() + chunk.len()).max(2 * shared.len()));
+                copy.extend_from_slice(&shared);
+                copy
+            }
+        };
+        joined.extend_from_slice(&chunk);
+        self.pending = joined.freeze();
         Ok(())
     }
 
@@ -220,15 +228,18 @@ impl Multipart {
 
     /// `pending` up to `end` (consumed with it), reading more as needed, at most [`HEADERS_MAX`].
     async fn line(&mut self, end: &[u8], unterminated: &'static str) -> Result<Bytes, FormError> {
+        // Where `end` may still start: what was searched is not searched again.
+        let mut from = 0;
         loop {
-            if let Some(at) = memchr::memmem::find(&self.pending, end) {
-                let line = self.pending.split_to(at);
+            if let Some(at) = memchr::memmem::find(&self.pending[from..], end) {
+                let line = self.pending.split_to(from + at);
                 self.pending.advance(end.len());
                 return Ok(line);
             }
             if self.pending.len() > HEADERS_MAX {
                 return Err(FormError::Malformed("a part's headers are longer than 8 KiB"));
             }
+            from = self.pending.len().saturating_sub(end.len() - 1);
             self.more(unterminated).await?;
         }
     }
