@@ -2,9 +2,9 @@
 //! - `object_cipher_stream_1MiB/sealer_opener`: 1 MiB sealed by the service's `Sealer` from 16 KiB
 //!   pieces and opened by its `Opener`, each segment handed over in its own buffer, as the upload
 //!   and download streams do (`media::sealed`): the cipher with its framing and copies;
-//! - `aes_256_gcm_seal_64KiB/{ring,rustcrypto}`: one 64 KiB segment sealed in place by each AEAD
-//!   alone — ring's (`crypto::object::gcm`, what segments use) and RustCrypto's `Aes256Gcm`
-//!   (what they used before).
+//! - `aes_256_gcm_seal_64KiB/{ring,aws_lc,rustcrypto}`: one 64 KiB segment sealed in place by each
+//!   AEAD alone — ring's (`crypto::object::gcm`, what segments use), aws-lc's (the candidate it
+//!   was measured against) and RustCrypto's `Aes256Gcm` (what they used before).
 //!
 //! `cargo bench --bench object_cipher`; figures in `docs/performance.md`.
 

@@ -43,9 +43,10 @@ pub struct RandomRequestId;
 
 impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        let mut bytes = [0u8; 16];
+        let (mut bytes, mut text) = ([0u8; 16], [0u8; 32]);
         rand::thread_rng().fill_bytes(&mut bytes);
-        HeaderValue::from_str(&hex::encode(bytes)).ok().map(RequestId::new)
+        hex::encode_to_slice(bytes, &mut text).ok()?;
+        HeaderValue::from_bytes(&text).ok().map(RequestId::new)
     }
 }
 

@@ -81,6 +81,13 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// Lower-case hex of a SHA-256 output, on the stack (`hex::encode` builds a `String` char by char).
+fn hex_of(digest: &[u8; 32]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(digest, &mut out).expect("64 bytes hold 32 in hex");
+    out
+}
+
 /// The SigV4 signing key of `day` (`YYYYMMDD`) for S3 in `region`.
 fn signing_key(secret: &str, day: &str, region: &str) -> Zeroizing<[u8; 32]> {
     let mut prefixed = Zeroizing::new(String::with_capacity(4 + secret.len()));
@@ -235,9 +242,9 @@ impl GetSigner {
         for piece in ["AWS4-HMAC-SHA256\n", &stamp, "\n", &day, "/", &self.region, "/s3/aws4_request\n"] {
             to_sign.update(piece.as_bytes());
         }
-        to_sign.update(hex::encode(canonical.finalize()).as_bytes());
+        to_sign.update(&hex_of(&canonical.finalize().into()));
         url.push_str("&X-Amz-Signature=");
-        url.push_str(&hex::encode(to_sign.finalize().into_bytes()));
+        url.push_str(std::str::from_utf8(&hex_of(&to_sign.finalize().into_bytes().into())).expect("hex is ASCII"));
         // The URL's own end: its signing time (whole seconds, as `X-Amz-Date`) plus `X-Amz-Expires`.
         let signed_at = now.with_nanosecond(0).unwrap_or(now);
         let expires_at = signed_at + chrono::Duration::seconds(ttl.as_secs() as i64);
