@@ -210,7 +210,7 @@ impl GetSigner {
                 + access_key.len()
                 + disposition.len()
                 + content_type.len()
-                + token.as_ref().map_or(0, |t| t.len()),
+                + token.as_ref().map_or(0, |t| "&X-Amz-Security-Token=".len() + t.len()),
         );
         url.push_str(&self.base);
         url.push_str(&key);

@@ -50,10 +50,10 @@ async fn metrics_move_with_traffic() {
     assert!(moved("media_resolve_placeholders_count", &[]) >= 1.0);
     assert!(moved("media_auth_failures_total", &[("reason", "malformed")]) >= 1.0, "{after}");
     assert!(metric(&after, "media_db_pool_max_connections", &[]) >= 1.0);
-    // The default 10 connections: 3 are the read lane, whose presign read left one idle.
-    assert_eq!(metric(&after, "media_db_read_lane_max_connections", &[]), 3.0, "{after}");
-    assert!(metric(&after, "media_db_read_lane_connections", &[("state", "idle")]) >= 1.0, "{after}");
-    assert_eq!(metric(&after, "media_db_read_lane_connections", &[("state", "in_use")]), 0.0, "{after}");
+    // The read lane's gauges (their values: `read_lane::a_finished_read_keeps…`; the recorder is
+    // shared by the apps of this test process, so another one may have set them last).
+    assert!(metric(&after, "media_db_read_lane_max_connections", &[]) >= 1.0, "{after}");
+    assert!(after.contains("media_db_read_lane_connections{state=\"idle\"}"), "{after}");
     assert!(after.contains("media_rotation_rows_pending"), "the rotation backlog gauge is exported");
     for gauge in ["media_rotation_object_rows_pending", "media_plain_object_rows"] {
         assert!(after.contains(gauge), "{gauge} is exported");

@@ -1,8 +1,8 @@
 //! The server's read lane (`db::read_lane`) against a real PostgreSQL: a connection whose read ran
 //! to its end is reused as it is (no test round trip); one whose read was cut off half-way, or
 //! failed, is closed and never handed out again; one cut while idle is replaced; at most its size
-//! are out at once, and a caller waits no longer than the acquire timeout; a service with few
-//! connections still has a pool for its writes.
+//! are out at once, and a caller waits no longer than the acquire timeout; its use as `/metrics`
+//! reports it; a service with few connections still has a pool for its writes.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,9 +26,12 @@ async fn backend(lease: &mut Lease<'_>) -> i32 {
 #[tokio::test]
 async fn a_finished_read_keeps_its_connection_and_a_cut_off_or_failed_one_is_never_handed_out_again() {
     let (lane, _) = lane(2, Duration::from_secs(5)).await;
+    assert_eq!(lane.stats(), (0, 0, 2), "in use, idle, size: nothing opened yet");
     let mut lease = lane.acquire().await.unwrap();
     let first = backend(&mut lease).await;
+    assert_eq!(lane.stats(), (1, 0, 2));
     lease.done();
+    assert_eq!(lane.stats(), (0, 1, 2), "what /metrics reports");
     let mut lease = lane.acquire().await.unwrap();
     assert_eq!(backend(&mut lease).await, first, "a finished read gives its connection back as it is");
 
@@ -52,6 +55,8 @@ async fn a_finished_read_keeps_its_connection_and_a_cut_off_or_failed_one_is_nev
     assert!(third != first && third != second, "{first} {second} {third}");
     lease.done();
     assert_eq!(lane.idle(), 1);
+    lane.close().await;
+    assert_eq!(lane.stats(), (0, 0, 2), "closed at shutdown");
 }
 
 #[tokio::test]
