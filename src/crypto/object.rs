@@ -5,7 +5,7 @@
 //! Stored form: a [`HEADER_LEN`]-byte [`ObjectHeader`] — magic `JMO`, format, the DEK version, a
 //! random 32-byte salt and a random 7-byte nonce prefix — then the segments, each its ciphertext and
 //! a 16-byte GCM tag. Segments are RustCrypto's STREAM (`aead::stream::StreamBE32`) over
-//! AES-256-GCM (ring's, behind RustCrypto's trait: [`gcm`]): the nonce is the prefix, the
+//! AES-256-GCM (aws-lc's, behind RustCrypto's trait: [`gcm`]): the nonce is the prefix, the
 //! segment's 32-bit big-endian counter and a last-segment flag, so a segment moved, dropped,
 //! repeated, or a stream cut at a segment boundary or extended past its last segment, fails to open. The key is per object: HKDF-SHA256 of the tenant DEK with
 //! the salt, its info naming the format and the caller's context (tenant and storage key, each
@@ -30,7 +30,7 @@ use super::CryptoError;
 
 pub mod gcm;
 
-use gcm::RingAes256Gcm;
+use gcm::LcAes256Gcm;
 
 /// Plaintext bytes per segment.
 pub const SEGMENT_LEN: u64 = 64 * 1024;
@@ -147,7 +147,7 @@ pub fn span(range: Range<u64>, plain: u64) -> Result<Span, CryptoError> {
 
 /// One object's key and header: seals or opens its segments, in any order.
 pub struct ObjectCipher {
-    stream: StreamBE32<RingAes256Gcm>,
+    stream: StreamBE32<LcAes256Gcm>,
     header: [u8; HEADER_LEN as usize],
 }
 
@@ -179,7 +179,7 @@ impl ObjectCipher {
         Hkdf::<Sha256>::new(Some(&header.salt), dek.bytes())
             .expand_multi_info(&info, key.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        let aead = RingAes256Gcm::new(&key);
+        let aead = LcAes256Gcm::new(&key);
         let stream = StreamBE32::from_aead(aead, header.nonce_prefix.as_slice().into());
         Self { stream, header: header.to_bytes() }
     }
