@@ -38,6 +38,11 @@ mod oracle;
 
 /// Credentials are refreshed this long before they expire.
 const REFRESH_BEFORE: Duration = Duration::from_secs(300);
+/// After a refresh that left credentials inside [`REFRESH_BEFORE`] (a provider that hands out the
+/// same short-lived ones until they are nearly gone, or one that failed), the next is tried no
+/// sooner than this: presigns in between sign with what is there instead of each asking the
+/// provider again, one at a time.
+const RETRY_REFRESH_AFTER: Duration = Duration::from_secs(10);
 /// The shortest lifetime a URL is handed out with: credentials with less left (a refresh failed)
 /// sign nothing rather than a URL that is dead before the client can use it.
 const MIN_LIFETIME: Duration = Duration::from_secs(10);
@@ -61,8 +66,8 @@ pub struct GetSigner {
     region: String,
     provider: SharedCredentialsProvider,
     signing: Mutex<Option<Signing>>,
-    /// Held while the provider is asked for new credentials.
-    refresh: tokio::sync::Mutex<()>,
+    /// Held while the provider is asked for new credentials; when it was last asked.
+    refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for GetSigner {
@@ -125,23 +130,30 @@ impl GetSigner {
             (format!("{bucket_label}.{host}{port}"), format!("{prefix}/"))
         };
         let base = format!("{}://{host}{path}", endpoint.scheme());
-        let (signing, refresh) = (Mutex::new(None), tokio::sync::Mutex::new(()));
+        let (signing, refresh) = (Mutex::new(None), tokio::sync::Mutex::new(None));
         Ok(Self { base, host, path, region: region.to_owned(), provider, signing, refresh })
     }
 
     /// The credentials to sign with and the signing key of `day`, deriving it when the day or the
     /// credentials changed. One refresh runs at a time (the others wait for its result rather than
-    /// asking the provider too), and credentials not yet expired keep serving when a refresh fails.
+    /// asking the provider too), at most one per [`RETRY_REFRESH_AFTER`] while the credentials it
+    /// gave are still usable, and credentials not yet expired keep serving when a refresh fails.
     async fn signing(&self, day: &str) -> Result<(Credentials, Zeroizing<[u8; 32]>), StorageError> {
         let fresh = |c: &Credentials| c.expiry().is_none_or(|at| at > SystemTime::now() + REFRESH_BEFORE);
         let usable = |c: &Credentials| c.expiry().is_none_or(|at| at > SystemTime::now());
         if let Some(found) = self.cached(day, fresh) {
             return Ok(found);
         }
-        let _refreshing = self.refresh.lock().await;
+        let mut last_refresh = self.refresh.lock().await;
         if let Some(found) = self.cached(day, fresh) {
             return Ok(found);
         }
+        if last_refresh.is_some_and(|at| at.elapsed() < RETRY_REFRESH_AFTER) {
+            if let Some(found) = self.cached(day, usable) {
+                return Ok(found);
+            }
+        }
+        *last_refresh = Some(tokio::time::Instant::now());
         let credentials = match self.provider.provide_credentials().await {
             Ok(credentials) => credentials,
             Err(err) => {

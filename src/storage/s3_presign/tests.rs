@@ -65,7 +65,7 @@ async fn urls_are_the_ones_aws_sigv4_signs_for_the_same_inputs_and_time() {
 
 /// Hands out new credentials on every call, each expiring within the refresh margin.
 #[derive(Debug, Default)]
-struct Rotating(std::sync::atomic::AtomicUsize);
+struct Rotating(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
 impl ProvideCredentials for Rotating {
     fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
@@ -79,18 +79,29 @@ impl ProvideCredentials for Rotating {
     }
 }
 
-#[tokio::test]
-async fn refreshed_credentials_sign_with_their_own_key() {
+#[tokio::test(start_paused = true)]
+async fn refreshed_credentials_sign_with_their_own_key_and_short_lived_ones_are_not_asked_for_on_every_url() {
     let now: DateTime<Utc> = "2026-11-26T10:00:00Z".parse().expect("time");
-    let signer = GetSigner::new(None, "media", "eu-west-1", false, SharedCredentialsProvider::new(Rotating::default()))
-        .expect("signer");
-    let ttl = Duration::from_secs(60);
-    for n in 0..3 {
-        let ours = signer.get_url_at("k", "image/png", "inline", ttl, now).await.expect("signed").url;
+    let provider = Rotating::default();
+    let calls = provider.0.clone();
+    let signer =
+        GetSigner::new(None, "media", "eu-west-1", false, SharedCredentialsProvider::new(provider)).expect("signer");
+    let ttl = Duration::from_secs(30);
+    let signs_with = |url: &str, n: usize| {
         let credentials = Credentials::new(format!("AKID{n}"), format!("secret{n}"), None, None, "t");
         let theirs =
             oracle::signed_url(&signer.base, "eu-west-1", credentials, "k", ("image/png", "inline"), ttl, now.into());
-        assert_eq!(parts(&ours), parts(&theirs), "call {n} signs with the credentials it was just given");
+        parts(url) == parts(&theirs)
+    };
+    for n in 0..3 {
+        // Each refresh gives credentials inside the refresh margin (60 s left): until the retry
+        // delay has passed, URLs are signed with them and the provider is not asked again.
+        for _ in 0..5 {
+            let url = signer.get_url_at("k", "image/png", "inline", ttl, now).await.expect("signed").url;
+            assert!(signs_with(&url, n), "signed with the credentials of refresh {n}");
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), n + 1, "one refresh per retry delay");
+        tokio::time::advance(RETRY_REFRESH_AFTER).await;
     }
 }
 
@@ -135,7 +146,7 @@ impl ProvideCredentials for FailsAfterFirst {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn credentials_not_yet_expired_keep_signing_when_a_refresh_fails() {
     let now: DateTime<Utc> = "2026-11-26T10:00:00Z".parse().expect("time");
     let provider = FailsAfterFirst::default();
@@ -144,6 +155,7 @@ async fn credentials_not_yet_expired_keep_signing_when_a_refresh_fails() {
     let signer = GetSigner::new(None, "media", "eu-west-1", false, shared).expect("signer");
     let ttl = Duration::from_secs(60);
     let first = signer.get_url_at("k", "image/png", "inline", ttl, now).await.expect("signed");
+    tokio::time::advance(RETRY_REFRESH_AFTER).await;
     let second = signer.get_url_at("k", "image/png", "inline", ttl, now).await;
     assert_eq!(second.expect("the current credentials still sign"), first);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "a refresh was tried (and failed)");
