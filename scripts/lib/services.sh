@@ -170,6 +170,26 @@ stop_media_service() {
   psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS ${BENCH_URL##*/} WITH (FORCE)" >/dev/null 2>&1 || true
 }
 
+# A small PNG uploaded to the service started above; prints its id.
+small_media() {
+  curl -fsS -H "Authorization: Bearer $TOKEN" -H 'content-type: image/png' \
+    --data-binary @<(printf '\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR'; head -c 4096 /dev/urandom) "$BASE/v1/media" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
+}
+
+# A wrk Lua script that presigns the given ids in turn (each wrk thread from its own offset).
+presign_script() {
+  printf 'local ids = {'; printf '"%s",' "$@"; printf '}\n'
+  cat <<'LUA'
+i = 0
+setup = function(thread) thread:set("i", math.random(#ids)) end
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/v1/media/" .. ids[(i % #ids) + 1] .. "/presign")
+end
+LUA
+}
+
 # Resident set (VmRSS) and its peak (VmHWM) of a process, in KiB.
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }

@@ -14,8 +14,9 @@
 //! used (a server restart, a failover or a proxy's idle timeout may have cut it) and replaced when
 //! the ping fails, one older than [`MAX_LIFETIME`] or idle for [`IDLE_TIMEOUT`] is closed, and
 //! waiting for a connection ends after the pool's acquire timeout with the pool's error
-//! (`PoolTimedOut`). A closed connection keeps its slot until its close is done, so the lane never
-//! holds more than its size of server connections.
+//! (`PoolTimedOut`). A closed connection keeps its slot until its `Terminate` is sent. sqlx does
+//! not wait for the server after it, so a backend still running a cut-off statement lives until
+//! that statement ends: for that long the server may hold more backends than the lane's size.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,8 +49,8 @@ pub struct ReadLane {
 
 /// A connection of the lane, checked out. Give it back with [`Lease::done`] once its statement has
 /// run to its end; dropped otherwise, it is closed.
-pub struct Lease<'a> {
-    lane: &'a ReadLane,
+pub struct Lease {
+    lane: Arc<ReadLane>,
     conn: Option<(PgConnection, Instant)>,
     slot: Option<OwnedSemaphorePermit>,
 }
@@ -69,11 +70,11 @@ impl ReadLane {
     }
 
     /// A connection: the one used last if it is fit, else a new one.
-    pub async fn acquire(&self) -> Result<Lease<'_>, sqlx::Error> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, sqlx::Error> {
         let lease = async {
             let slot = self.slots.clone().acquire_owned().await.map_err(|_| sqlx::Error::PoolClosed)?;
             let conn = self.checkout().await?;
-            Ok(Lease { lane: self, conn: Some(conn), slot: Some(slot) })
+            Ok(Lease { lane: self.clone(), conn: Some(conn), slot: Some(slot) })
         };
         tokio::time::timeout(self.acquire_timeout, lease).await.map_err(|_| sqlx::Error::PoolTimedOut)?
     }
@@ -93,6 +94,11 @@ impl ReadLane {
             }
             return Ok((conn, opened));
         }
+    }
+
+    /// How long a caller waits for a connection (the pool's acquire timeout).
+    pub fn acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
     }
 
     /// Closes the idle connections (at shutdown; those checked out close as they come back).
@@ -117,7 +123,7 @@ impl ReadLane {
     }
 }
 
-impl Lease<'_> {
+impl Lease {
     /// The connection, for one statement in autocommit: never a transaction (`done` would hand it
     /// back inside it).
     pub fn conn(&mut self) -> &mut PgConnection {
@@ -140,7 +146,7 @@ impl Lease<'_> {
     }
 }
 
-impl Drop for Lease<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
         if let Some((conn, _)) = self.conn.take() {
             close(conn, self.slot.take());
@@ -148,9 +154,9 @@ impl Drop for Lease<'_> {
     }
 }
 
-/// Closes `conn` in the background (a `Terminate` to the server), holding `slot` until it is closed
-/// (a backend still running a cut-off statement lives until it reads the `Terminate`), when a
-/// runtime is there to do it; otherwise dropping it closes the socket.
+/// Closes `conn` in the background (a `Terminate` to the server, then the socket), holding `slot`
+/// until that is sent, when a runtime is there to do it; otherwise dropping it closes the socket.
+/// A backend still running a cut-off statement ends once the statement does.
 fn close(conn: PgConnection, slot: Option<OwnedSemaphorePermit>) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {

@@ -74,6 +74,11 @@ pub mod names {
     pub const DB_READ_LANE: &str = "media_db_read_lane_connections";
     /// Gauge of the read lane's size.
     pub const DB_READ_LANE_MAX: &str = "media_db_read_lane_max_connections";
+    /// Counter of statements the read lane ran for rows by id (coalesced reads share one), by
+    /// `result` (`ok`; `failed`: failed or out of time, its reads retried one by one).
+    pub const DB_READ_LANE_STATEMENTS: &str = "media_db_read_lane_statements_total";
+    /// Counter of rows by id the read lane's statements answered (over the statements: the batching).
+    pub const DB_READ_LANE_READS: &str = "media_db_read_lane_reads_total";
     /// Counter of TLS certificate reloads by `result` (`ok`, `error`).
     pub const TLS_RELOADS: &str = "media_tls_reloads_total";
     /// Gauge: 1 while this process hears other processes' cache invalidations (Postgres).
@@ -172,6 +177,11 @@ fn describe() {
     describe_gauge!(names::DB_POOL_MAX, "Largest database pool size");
     describe_gauge!(names::DB_READ_LANE, "Read lane connections by state (presign, resolve, download reads)");
     describe_gauge!(names::DB_READ_LANE_MAX, "Read lane size");
+    describe_counter!(
+        names::DB_READ_LANE_STATEMENTS,
+        "Statements the read lane ran for rows by id, by result (ok, failed)"
+    );
+    describe_counter!(names::DB_READ_LANE_READS, "Rows by id the read lane's statements answered (coalesced)");
     describe_counter!(names::TLS_RELOADS, "TLS certificate reloads by result");
     describe_gauge!(names::CACHE_LISTENING, "1 while other processes' cache invalidations are heard (Postgres)");
     describe_counter!(names::LIMITS_FALLBACK, "Limit checks answered locally because Redis did not answer, by check");

@@ -11,6 +11,7 @@ mod audit_privacy;
 mod auth;
 mod auth_policy;
 mod cli;
+mod coalesce;
 mod connections;
 mod dedup;
 mod encryption;

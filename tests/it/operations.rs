@@ -54,6 +54,9 @@ async fn metrics_move_with_traffic() {
     // shared by the apps of this test process, so another one may have set them last).
     assert!(metric(&after, "media_db_read_lane_max_connections", &[]) >= 1.0, "{after}");
     assert!(after.contains("media_db_read_lane_connections{state=\"idle\"}"), "{after}");
+    for counter in ["media_db_read_lane_reads_total", "media_db_read_lane_statements_total"] {
+        assert!(after.contains(counter), "{counter} is exported (values: `read_lane::reads_that_wait…`)");
+    }
     assert!(after.contains("media_rotation_rows_pending"), "the rotation backlog gauge is exported");
     for gauge in ["media_rotation_object_rows_pending", "media_plain_object_rows"] {
         assert!(after.contains(gauge), "{gauge} is exported");

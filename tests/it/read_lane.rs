@@ -5,6 +5,7 @@
 //! reports it; a service with few connections still has a pool for its writes.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use media_api::db::read_lane::{Lease, ReadLane};
@@ -13,13 +14,13 @@ use sqlx::Connection;
 
 use crate::support::app::fresh_postgres_url;
 
-async fn lane(size: u32, timeout: Duration) -> (ReadLane, PgConnectOptions) {
+async fn lane(size: u32, timeout: Duration) -> (Arc<ReadLane>, PgConnectOptions) {
     let options = PgConnectOptions::from_str(&fresh_postgres_url().await).unwrap();
-    (ReadLane::new(options.clone(), size, timeout), options)
+    (Arc::new(ReadLane::new(options.clone(), size, timeout)), options)
 }
 
 /// The server process behind a leased connection.
-async fn backend(lease: &mut Lease<'_>) -> i32 {
+async fn backend(lease: &mut Lease) -> i32 {
     sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(lease.conn()).await.unwrap()
 }
 

@@ -17,6 +17,7 @@
 mod by_id;
 mod cache;
 mod cipher;
+mod coalesce;
 #[macro_use]
 mod group;
 mod model;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+pub use coalesce::ReadCounts;
 pub use model::{Deletion, InsertOutcome, MediaRecord, MediaStatus, StoredMedia};
 pub use objects::{MoveOutcome, ObjectBatch, ObjectToMove, ObjectsToMove};
 pub use rotate::{PreparedBatch, ReencryptBatch};
@@ -104,7 +106,7 @@ pub struct MediaRepo {
     /// Raised by every forget: a row read before a forget is not cached after it.
     generation: Arc<AtomicU64>,
     /// The server's connections for reads by id (PostgreSQL), beside the pool.
-    read_lane: Option<Arc<ReadLane>>,
+    read_lane: Option<Arc<coalesce::LaneReads>>,
 }
 
 impl MediaRepo {
@@ -120,7 +122,7 @@ impl MediaRepo {
 
     /// The same repository, reading rows by id through `lane` (see [`ReadLane`]).
     pub fn with_read_lane(mut self, lane: Option<Arc<ReadLane>>) -> Self {
-        self.read_lane = lane;
+        self.read_lane = lane.map(|lane| Arc::new(coalesce::LaneReads::new(lane)));
         self
     }
 

@@ -112,7 +112,7 @@ impl Deletion {
     }
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub(super) struct MediaRow {
     pub(super) id: String,
     pub(super) tenant_id: String,

@@ -1,7 +1,7 @@
 //! `GET /metrics`: the Prometheus text exposition, on the main listener or — with
 //! `MEDIA_METRICS_ADDR` — only on a separate internal one.
 //!
-//! Event counters are recorded where events happen; state gauges (DB pool and read lane use, tenants with keys,
+//! Event counters are recorded where events happen; state gauges (DB pool and read lane use and the lane's statement counts, tenants with keys,
 //! rows waiting for rotation) are refreshed here at scrape time. The rotation backlog is a count
 //! over `media_objects`, so it is refreshed at most once a minute whatever the scrape rate.
 
@@ -42,6 +42,11 @@ async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
         ::metrics::gauge!(names::DB_READ_LANE, "state" => "idle").set(idle as f64);
         ::metrics::gauge!(names::DB_READ_LANE, "state" => "in_use").set(f64::from(in_use));
         ::metrics::gauge!(names::DB_READ_LANE_MAX).set(f64::from(max));
+    }
+    if let Some(counts) = state.media.coalesced_reads() {
+        ::metrics::counter!(names::DB_READ_LANE_STATEMENTS, "result" => "ok").absolute(counts.statements);
+        ::metrics::counter!(names::DB_READ_LANE_STATEMENTS, "result" => "failed").absolute(counts.failed);
+        ::metrics::counter!(names::DB_READ_LANE_READS).absolute(counts.reads);
     }
     let due = {
         let mut last = state.scrape.0.lock().unwrap_or_else(PoisonError::into_inner);

@@ -1,0 +1,164 @@
+//! Reads by id coalesced on the read lane (`db::media::coalesce`) against a real PostgreSQL: reads
+//! that wait for a busy lane share one statement and each caller gets its own row (its tenant's,
+//! or nothing); a caller that gave up leaves the queue; a leader whose client goes still answers
+//! the others; a statement that runs out of time is counted and its reads are read again alone.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use media_api::db::media::{MediaRecord, MediaRepo, ReadCounts};
+use media_api::db::read_lane::ReadLane;
+use media_api::db::tenant_keys::KeySettings;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::Connection;
+use tokio::task::JoinHandle;
+
+use crate::support::repository::{fixtures, new_media, Fixture};
+
+/// A PostgreSQL fixture, its repository reading through a lane of one connection, and that lane.
+async fn one_connection_lane(timeout: Duration) -> (Fixture, MediaRepo, Arc<ReadLane>, PgConnectOptions) {
+    let fx = fixtures(KeySettings::default()).await.into_iter().next().expect("the PostgreSQL fixture");
+    let options = PgConnectOptions::from_str(&fx.db_url).unwrap();
+    let lane = Arc::new(ReadLane::new(options.clone(), 1, timeout));
+    let repo = fx.repo.clone().with_read_lane(Some(lane.clone()));
+    (fx, repo, lane, options)
+}
+
+async fn stored(repo: &MediaRepo, tenant: &str, seed: u8) -> MediaRecord {
+    let media = new_media(tenant, &[seed; 64]);
+    repo.insert(&media).await.unwrap();
+    media
+}
+
+/// `repo.get` in a task of its own.
+fn read(repo: &MediaRepo, tenant: &str, id: &str) -> JoinHandle<Option<MediaRecord>> {
+    let (repo, tenant, id) = (repo.clone(), tenant.to_owned(), id.to_owned());
+    tokio::spawn(async move { repo.get(&tenant, &id).await.unwrap().map(|m| m.record) })
+}
+
+/// Waits until `until` holds (an event of another task), at most 30 s.
+async fn wait_for(what: &str, mut until: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while !until() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("waited 30 s for {what}"));
+}
+
+/// Waits until `n` reads are queued (each task queues itself on its first poll).
+async fn queued(repo: &MediaRepo, n: usize) {
+    wait_for(&format!("{n} queued reads"), || repo.queued_reads() == n).await;
+}
+
+/// Locks `media_objects` in a transaction of another session: statements on it wait.
+async fn lock_table(options: &PgConnectOptions) -> sqlx::PgConnection {
+    let mut locker = sqlx::PgConnection::connect_with(options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE media_objects IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
+    locker
+}
+
+/// Waits until one batch statement waits on the lock of [`lock_table`], at most 30 s.
+async fn batch_waits_on_lock(locker: &mut sqlx::PgConnection) {
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+        AND query LIKE '%FROM media_objects WHERE id = ANY%' AND datname = current_database()";
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut *locker).await.unwrap() != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    waited.await.expect("the batch statement waits on the lock within 30 s");
+}
+
+#[tokio::test]
+async fn reads_that_wait_for_a_busy_lane_share_one_statement_and_each_caller_gets_its_own_row() {
+    let (_fx, repo, lane, _) = one_connection_lane(Duration::from_secs(30)).await;
+    let (a1, a2, b1) =
+        (stored(&repo, "tenant-a", 1).await, stored(&repo, "tenant-a", 2).await, stored(&repo, "tenant-b", 3).await);
+    let counts = |statements, reads, failed| Some(ReadCounts { statements, reads, failed });
+    assert_eq!(repo.coalesced_reads(), counts(0, 0, 0), "inserts do not read through the lane");
+
+    // Idle lane: a read runs at once, alone.
+    assert_eq!(read(&repo, "tenant-a", &a1.id).await.unwrap().as_ref(), Some(&a1));
+    assert_eq!(repo.coalesced_reads(), counts(1, 1, 0));
+
+    let mut held = lane.acquire().await.unwrap();
+    sqlx::query("SELECT 1").execute(held.conn()).await.unwrap();
+    let gave_up = read(&repo, "tenant-a", &a2.id);
+    queued(&repo, 1).await;
+    gave_up.abort();
+    assert!(gave_up.await.unwrap_err().is_cancelled());
+    assert_eq!(repo.queued_reads(), 0, "a caller that gave up left the queue");
+    let asks = [
+        ("tenant-a", a1.id.as_str(), Some(&a1)),
+        ("tenant-a", a2.id.as_str(), Some(&a2)),
+        ("tenant-b", b1.id.as_str(), Some(&b1)),
+        ("tenant-a", b1.id.as_str(), None), // another tenant's id: nothing
+        ("tenant-b", "jan_0000000000000000000000000", None),
+        ("tenant-a", a1.id.as_str(), Some(&a1)), // the same row twice
+    ];
+    let mut tasks = Vec::new();
+    for (n, (tenant, id, _)) in asks.iter().enumerate() {
+        tasks.push(read(&repo, tenant, id));
+        queued(&repo, n + 1).await;
+    }
+    held.done();
+    for (task, (tenant, id, want)) in tasks.into_iter().zip(asks) {
+        assert_eq!(task.await.unwrap().as_ref(), want, "{tenant} {id}");
+    }
+    assert_eq!(repo.coalesced_reads(), counts(2, 7, 0), "the six waiting reads in one statement");
+    assert_eq!(repo.queued_reads(), 0);
+}
+
+#[tokio::test]
+async fn a_leader_whose_client_goes_still_answers_the_reads_it_took() {
+    let (_fx, repo, lane, options) = one_connection_lane(Duration::from_secs(30)).await;
+    let (a1, b1) = (stored(&repo, "tenant-a", 1).await, stored(&repo, "tenant-b", 2).await);
+    let mut held = lane.acquire().await.unwrap();
+    sqlx::query("SELECT 1").execute(held.conn()).await.unwrap();
+    let leader = read(&repo, "tenant-a", &a1.id);
+    queued(&repo, 1).await;
+    let follower = read(&repo, "tenant-b", &b1.id);
+    queued(&repo, 2).await;
+
+    let mut locker = lock_table(&options).await;
+    held.done(); // the first waiter (the leader) takes the connection and both reads
+    batch_waits_on_lock(&mut locker).await;
+    assert_eq!(repo.queued_reads(), 0, "both reads are in the waiting statement");
+    leader.abort(); // its client went
+    assert!(leader.await.unwrap_err().is_cancelled());
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    assert_eq!(follower.await.unwrap().as_ref(), Some(&b1));
+    let counts = repo.coalesced_reads().unwrap();
+    assert_eq!(
+        counts,
+        ReadCounts { statements: 1, reads: 2, failed: 0 },
+        "the follower's answer came from that statement"
+    );
+}
+
+#[tokio::test]
+async fn a_statement_without_an_answer_in_time_is_counted_and_its_reads_are_read_again_alone() {
+    let (_fx, repo, lane, options) = one_connection_lane(Duration::from_secs(4)).await;
+    let (a1, b1) = (stored(&repo, "tenant-a", 1).await, stored(&repo, "tenant-b", 2).await);
+    let mut held = lane.acquire().await.unwrap();
+    sqlx::query("SELECT 1").execute(held.conn()).await.unwrap();
+    let first = read(&repo, "tenant-a", &a1.id);
+    queued(&repo, 1).await;
+    let second = read(&repo, "tenant-b", &b1.id);
+    queued(&repo, 2).await;
+
+    let mut locker = lock_table(&options).await;
+    held.done();
+    batch_waits_on_lock(&mut locker).await;
+    // The second caller's own wait for a connection runs out first: its read is in the statement,
+    // so it waits for that answer instead of failing.
+    wait_for("the statement to run out of time", || repo.coalesced_reads().unwrap().failed == 1).await;
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    assert_eq!(first.await.unwrap().as_ref(), Some(&a1));
+    assert_eq!(second.await.unwrap().as_ref(), Some(&b1));
+    let counts = repo.coalesced_reads().unwrap();
+    assert_eq!(counts, ReadCounts { statements: 2, reads: 2, failed: 1 }, "each read again alone");
+}
