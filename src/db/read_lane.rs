@@ -79,6 +79,14 @@ impl ReadLane {
         tokio::time::timeout(self.acquire_timeout, lease).await.map_err(|_| sqlx::Error::PoolTimedOut)?
     }
 
+    /// A connection if one is free now (no caller waits for one), else `None` at once.
+    pub async fn try_acquire(self: &Arc<Self>) -> Option<Result<Lease, sqlx::Error>> {
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        let conn = tokio::time::timeout(self.acquire_timeout, self.checkout()).await;
+        let conn = conn.map_err(|_| sqlx::Error::PoolTimedOut).and_then(|conn| conn);
+        Some(conn.map(|conn| Lease { lane: self.clone(), conn: Some(conn), slot: Some(slot) }))
+    }
+
     async fn checkout(&self) -> Result<(PgConnection, Instant), sqlx::Error> {
         loop {
             let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();

@@ -1,12 +1,15 @@
 //! Reads of one row by id — presign, download, delete: the hot reads — coalesced on the server's
-//! read lane ([`crate::db::read_lane`]): a read joins one queue and then waits for a lane
-//! connection; whichever waiting read gets a connection first reads its own row and every other
-//! queued one in one statement, and each caller gets its own. Under load one statement and one
+//! read lane ([`crate::db::read_lane`]): a read that finds every lane connection busy joins one
+//! queue and waits for one; whichever waiting read gets a connection first reads its own row and
+//! every other queued one in one statement, and each caller gets its own. Under load one statement and one
 //! round trip carry many rows instead of one each, for the service and for PostgreSQL alike
 //! (docs/performance.md, session 13).
 //!
-//! - Nothing waits for company: a read that finds a connection free runs at once, alone (a plain
-//!   primary-key lookup, in the caller's task).
+//! - Nothing waits for company, and the lane's connections are all used: a read that finds a
+//!   connection free runs on it at once, alone (a plain primary-key lookup, in the caller's task);
+//!   only reads that find every connection busy queue, and the next connection to come free takes
+//!   them all. (Taking the queue on any free connection would gather every read into one
+//!   statement at a time and leave the others idle: slower than no coalescing, measured.)
 //! - Each caller gets only the row of its own tenant and id: the statement filters on both lists
 //!   and every row is matched to its callers on both. The same id asked for twice is read once.
 //! - A statement that carries other callers' reads runs in a task of its own, so a leader whose
@@ -115,6 +118,13 @@ impl LaneReads {
     /// The row of `tenant`'s `id`, still sealed: read in the next statement on the lane, whoever
     /// runs it.
     pub(crate) async fn row(self: &Arc<Self>, tenant: &str, id: &str) -> Result<Option<MediaRow>, DbError> {
+        if let Some(lease) = self.lane.try_acquire().await {
+            let mut lease = lease?;
+            let row = sqlx::query_as(SINGLE.as_str()).bind(tenant).bind(id).fetch_optional(lease.conn()).await?;
+            lease.done();
+            self.count(1);
+            return Ok(row);
+        }
         let (reply, mut answer) = oneshot::channel();
         let ticket = {
             let mut queue = self.queue();
