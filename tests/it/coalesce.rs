@@ -112,21 +112,37 @@ async fn reads_that_wait_for_a_busy_lane_share_one_statement_and_each_caller_get
     assert_eq!(repo.queued_reads(), 0);
 }
 
-#[tokio::test]
-async fn a_leader_whose_client_goes_still_answers_the_reads_it_took() {
-    let (_fx, repo, lane, options) = one_connection_lane(Duration::from_secs(30)).await;
+/// Two reads (tenant a's row, then tenant b's) in one statement that waits on a lock of
+/// `media_objects`, on a lane of one connection with `timeout`; the caller commits the lock
+/// holder's transaction to let it run.
+struct LockedBatch {
+    _fx: Fixture,
+    repo: MediaRepo,
+    rows: (MediaRecord, MediaRecord),
+    reads: (JoinHandle<Option<MediaRecord>>, JoinHandle<Option<MediaRecord>>),
+    locker: sqlx::PgConnection,
+}
+
+async fn locked_batch(timeout: Duration) -> LockedBatch {
+    let (fx, repo, lane, options) = one_connection_lane(timeout).await;
     let (a1, b1) = (stored(&repo, "tenant-a", 1).await, stored(&repo, "tenant-b", 2).await);
     let mut held = lane.acquire().await.unwrap();
     sqlx::query("SELECT 1").execute(held.conn()).await.unwrap();
-    let leader = read(&repo, "tenant-a", &a1.id);
+    let first = read(&repo, "tenant-a", &a1.id);
     queued(&repo, 1).await;
-    let follower = read(&repo, "tenant-b", &b1.id);
+    let second = read(&repo, "tenant-b", &b1.id);
     queued(&repo, 2).await;
-
     let mut locker = lock_table(&options).await;
     held.done(); // the first waiter (the leader) takes the connection and both reads
     batch_waits_on_lock(&mut locker).await;
     assert_eq!(repo.queued_reads(), 0, "both reads are in the waiting statement");
+    LockedBatch { _fx: fx, repo, rows: (a1, b1), reads: (first, second), locker }
+}
+
+#[tokio::test]
+async fn a_leader_whose_client_goes_still_answers_the_reads_it_took() {
+    let LockedBatch { _fx, repo, rows: (_, b1), reads: (leader, follower), mut locker } =
+        locked_batch(Duration::from_secs(30)).await;
     leader.abort(); // its client went
     assert!(leader.await.unwrap_err().is_cancelled());
     sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
@@ -141,18 +157,8 @@ async fn a_leader_whose_client_goes_still_answers_the_reads_it_took() {
 
 #[tokio::test]
 async fn a_statement_without_an_answer_in_time_is_counted_and_its_reads_are_read_again_alone() {
-    let (_fx, repo, lane, options) = one_connection_lane(Duration::from_secs(4)).await;
-    let (a1, b1) = (stored(&repo, "tenant-a", 1).await, stored(&repo, "tenant-b", 2).await);
-    let mut held = lane.acquire().await.unwrap();
-    sqlx::query("SELECT 1").execute(held.conn()).await.unwrap();
-    let first = read(&repo, "tenant-a", &a1.id);
-    queued(&repo, 1).await;
-    let second = read(&repo, "tenant-b", &b1.id);
-    queued(&repo, 2).await;
-
-    let mut locker = lock_table(&options).await;
-    held.done();
-    batch_waits_on_lock(&mut locker).await;
+    let LockedBatch { _fx, repo, rows: (a1, b1), reads: (first, second), mut locker } =
+        locked_batch(Duration::from_secs(4)).await;
     // The second caller's own wait for a connection runs out first: its read is in the statement,
     // so it waits for that answer instead of failing.
     wait_for("the statement to run out of time", || repo.coalesced_reads().unwrap().failed == 1).await;
