@@ -12,9 +12,11 @@
 //!
 //! As with the pool, a connection idle for [`PING_WHEN_IDLE_FOR`] or longer is pinged before it is
 //! used (a server restart, a failover or a proxy's idle timeout may have cut it) and replaced when
-//! the ping fails, one older than [`MAX_LIFETIME`] or idle for [`IDLE_TIMEOUT`] is closed, and
+//! the ping fails, one older than [`MAX_LIFETIME`] or idle for [`IDLE_TIMEOUT`] is closed (when the
+//! lane is next used: an idle lane keeps its connections), and
 //! waiting for a connection ends after the pool's acquire timeout with the pool's error
-//! (`PoolTimedOut`). A closed connection keeps its slot until its `Terminate` is sent. sqlx does
+//! (`PoolTimedOut`). A connection closed while checked out keeps its slot until its `Terminate` is
+//! sent (one closed from the idle list has no slot to keep). sqlx does
 //! not wait for the server after it, so a backend still running a cut-off statement lives until
 //! that statement ends: for that long the server may hold more backends than the lane's size.
 
@@ -141,10 +143,13 @@ impl Lease {
     /// Gives the connection back: its statement ran to its end, so it is ready for the next.
     pub fn done(mut self) {
         if let Some((conn, opened)) = self.conn.take() {
+            let mut idle = self.lane.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Under the idle lock: `close` empties the idle list under it after closing the slots,
+            // so a connection is either closed here or emptied out there, never left behind.
             if self.lane.slots.is_closed() {
+                drop(idle);
                 return close(conn, self.slot.take());
             }
-            let mut idle = self.lane.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             // The least recently used are at the bottom: those idle too long go now, not when reached.
             while idle.first().is_some_and(|oldest| oldest.since.elapsed() >= IDLE_TIMEOUT) {
                 close(idle.remove(0).conn, None);

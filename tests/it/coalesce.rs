@@ -60,17 +60,21 @@ async fn lock_table(options: &PgConnectOptions) -> sqlx::PgConnection {
     locker
 }
 
-/// Waits until one batch statement waits on the lock of [`lock_table`], at most 30 s.
-async fn batch_waits_on_lock(locker: &mut sqlx::PgConnection) {
+/// Waits until one statement whose text has `query` in it waits on the lock of [`lock_table`], at
+/// most 30 s.
+async fn waits_on_lock(locker: &mut sqlx::PgConnection, query: &str) {
     let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-        AND query LIKE '%FROM media_objects WHERE id = ANY%' AND datname = current_database()";
+        AND strpos(query, $1) > 0 AND datname = current_database()";
     let waited = tokio::time::timeout(Duration::from_secs(30), async {
-        while sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut *locker).await.unwrap() != 1 {
+        while sqlx::query_scalar::<_, i64>(sql).bind(query).fetch_one(&mut *locker).await.unwrap() != 1 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    waited.await.expect("the batch statement waits on the lock within 30 s");
+    waited.await.unwrap_or_else(|_| panic!("no statement with {query:?} waited on the lock within 30 s"));
 }
+
+/// The batch statement's text (rows by ids and tenants).
+const BATCH: &str = "FROM media_objects WHERE id = ANY";
 
 #[tokio::test]
 async fn reads_that_wait_for_a_busy_lane_share_one_statement_and_each_caller_gets_its_own_row() {
@@ -134,7 +138,7 @@ async fn locked_batch(timeout: Duration) -> LockedBatch {
     queued(&repo, 2).await;
     let mut locker = lock_table(&options).await;
     held.done(); // the first waiter (the leader) takes the connection and both reads
-    batch_waits_on_lock(&mut locker).await;
+    waits_on_lock(&mut locker, BATCH).await;
     assert_eq!(repo.queued_reads(), 0, "both reads are in the waiting statement");
     LockedBatch { _fx: fx, repo, rows: (a1, b1), reads: (first, second), locker }
 }
@@ -167,4 +171,23 @@ async fn a_statement_without_an_answer_in_time_is_counted_and_its_reads_are_read
     assert_eq!(second.await.unwrap().as_ref(), Some(&b1));
     let counts = repo.coalesced_reads().unwrap();
     assert_eq!(counts, ReadCounts { statements: 2, reads: 2, failed: 1 }, "each read again alone");
+}
+
+#[tokio::test]
+async fn a_queued_read_that_runs_alone_has_no_time_limit_of_its_own() {
+    let (_fx, repo, lane, options) = one_connection_lane(Duration::from_secs(1)).await;
+    let a1 = stored(&repo, "tenant-a", 1).await;
+    let mut held = lane.acquire().await.unwrap();
+    sqlx::query("SELECT 1").execute(held.conn()).await.unwrap();
+    let only = read(&repo, "tenant-a", &a1.id);
+    queued(&repo, 1).await;
+    let mut locker = lock_table(&options).await;
+    held.done(); // the queued read takes the connection: its own read alone, waiting on the lock
+    waits_on_lock(&mut locker, "FROM media_objects WHERE tenant_id = $1 AND id = $2").await;
+    // Longer than the lane's acquire timeout, which bounds only statements of several reads.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    assert_eq!(only.await.unwrap().as_ref(), Some(&a1));
+    let counts = repo.coalesced_reads().unwrap();
+    assert_eq!(counts, ReadCounts { statements: 1, reads: 1, failed: 0 }, "one read, not cut off and read again");
 }

@@ -1,19 +1,20 @@
 //! Reads of one row by id — presign, download, delete: the hot reads — coalesced on the server's
 //! read lane ([`crate::db::read_lane`]): a read that finds every lane connection busy joins one
 //! queue and waits for one; whichever waiting read gets a connection first reads its own row and
-//! every other queued one in one statement, and each caller gets its own. Under load one statement and one
-//! round trip carry many rows instead of one each, for the service and for PostgreSQL alike
+//! the other queued ones (up to 64) in one statement, and each caller gets its own. Under load one
+//! statement and one round trip carry many rows instead of one each, for the service and for PostgreSQL alike
 //! (docs/performance.md, session 13).
 //!
 //! - Nothing waits for company, and the lane's connections are all used: a read that finds a
 //!   connection free runs on it at once, alone (a plain primary-key lookup, in the caller's task);
 //!   only reads that find every connection busy queue, and the next connection to come free takes
-//!   them all. (Taking the queue on any free connection would gather every read into one
+//!   them (up to 64). (Taking the queue on any free connection would gather every read into one
 //!   statement at a time and leave the others idle: slower than no coalescing, measured.)
 //! - Each caller gets only the row of its own tenant and id: the statement filters on both lists
 //!   and every row is matched to its callers on both. The same id asked for twice is read once.
 //! - A statement that carries other callers' reads runs in a task of its own, so a leader whose
-//!   client goes away cancels nobody else's read. It is bounded by the lane's acquire timeout; when
+//!   client goes away cancels nobody else's read. It is bounded by the lane's acquire timeout (a
+//!   read alone is not: it waits as any statement of the pool, within the request's deadline); when
 //!   it fails or runs out of time its connection is closed, the failure logged and counted, and
 //!   each of its callers reads again alone (each then sees its own error, as without coalescing).
 //! - A caller that gives up takes its entry off the queue ([`Queued`]): the queue holds only the
@@ -48,7 +49,8 @@ pub struct ReadCounts {
     pub statements: u64,
     /// Reads they answered (over `statements`: the coalescing).
     pub reads: u64,
-    /// Statements that failed or ran out of time (their reads were each read again alone).
+    /// Statements carrying several reads that failed or ran out of time (their reads were each
+    /// read again alone).
     pub failed: u64,
 }
 
@@ -119,11 +121,7 @@ impl LaneReads {
     /// runs it.
     pub(crate) async fn row(self: &Arc<Self>, tenant: &str, id: &str) -> Result<Option<MediaRow>, DbError> {
         if let Some(lease) = self.lane.try_acquire().await {
-            let mut lease = lease?;
-            let row = sqlx::query_as(SINGLE.as_str()).bind(tenant).bind(id).fetch_optional(lease.conn()).await?;
-            lease.done();
-            self.count(1);
-            return Ok(row);
+            return self.read_one(lease?, tenant, id).await;
         }
         let (reply, mut answer) = oneshot::channel();
         let ticket = {
@@ -138,7 +136,9 @@ impl LaneReads {
             biased;
             answer = &mut answer => return self.answered(answer.ok().flatten(), tenant, id).await,
             lease = self.lane.acquire() => match lease {
-                Ok(lease) => self.lead(lease, ticket).await,
+                Ok(lease) => if let Some(own) = self.lead(lease, ticket, tenant, id).await {
+                    return own;
+                },
                 // Still queued: nobody is reading it, so the caller gets the lane's error.
                 Err(err) if self.queue().waiting.remove(&ticket).is_some() => return Err(err.into()),
                 Err(_) => {} // taken into a running statement: its answer comes
@@ -158,16 +158,28 @@ impl LaneReads {
 
     /// One read by itself, after its statement failed: its own answer or error.
     async fn alone(&self, tenant: &str, id: &str) -> Result<Option<MediaRow>, DbError> {
-        let mut lease = self.lane.acquire().await?;
+        self.read_one(self.lane.acquire().await?, tenant, id).await
+    }
+
+    /// One read on `lease`, in the caller's task, with no time limit of its own (the request's
+    /// deadline bounds it, as any statement of the pool): its own answer or error.
+    async fn read_one(&self, mut lease: Lease, tenant: &str, id: &str) -> Result<Option<MediaRow>, DbError> {
         let row = sqlx::query_as(SINGLE.as_str()).bind(tenant).bind(id).fetch_optional(lease.conn()).await?;
         lease.done();
         self.count(1);
         Ok(row)
     }
 
-    /// Takes the caller's own read (`ticket`) and the oldest others, up to [`MAX_BATCH`], and reads
-    /// them on `lease`: in the caller's task when it is the only one, else in a task of its own.
-    async fn lead(self: &Arc<Self>, lease: Lease, ticket: u64) {
+    /// Takes the caller's own read (`ticket`, of `tenant`'s `id`) and the oldest others, up to
+    /// [`MAX_BATCH`], and reads them on `lease`: when the caller's is the only one, in its task as
+    /// [`Self::read_one`] (its answer returned); else in a task of its own (answers by reply).
+    async fn lead(
+        self: &Arc<Self>,
+        lease: Lease,
+        ticket: u64,
+        tenant: &str,
+        id: &str,
+    ) -> Option<Result<Option<MediaRow>, DbError>> {
         let (batch, own) = {
             let mut queue = self.queue();
             let own = queue.waiting.remove(&ticket);
@@ -183,15 +195,17 @@ impl LaneReads {
         };
         match batch.len() {
             0 => lease.done(),
-            1 if own => self.run(lease, batch).await,
+            1 if own => return Some(self.read_one(lease, tenant, id).await),
             _ => {
                 let reads = self.clone();
                 tokio::spawn(async move { reads.run(lease, batch).await });
             }
         }
+        None
     }
 
-    /// Reads `batch` on `lease` within the acquire timeout and answers each caller.
+    /// Reads `batch` (other callers' reads among them) on `lease` within the acquire timeout and
+    /// answers each caller.
     async fn run(&self, mut lease: Lease, batch: Vec<Waiting>) {
         let rows = tokio::time::timeout(self.lane.acquire_timeout(), fetch(&mut lease, &batch)).await;
         let rows = match rows {
