@@ -35,8 +35,11 @@ impl MediaRepo {
         if let (Database::Postgres(_), Some(reads)) = (&self.db, &self.read_lane) {
             return reads.row(tenant, id).await;
         }
-        let sql = format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2");
-        Ok(crate::with_pool!(&self.db, |pool| sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(pool).await)?)
+        Ok(crate::with_pool!(&self.db, |pool| sqlx::query_as(super::coalesce::SINGLE.as_str())
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(pool)
+            .await)?)
     }
 
     /// The rows of `tenant` among `ids`, still sealed, in one query.

@@ -35,7 +35,7 @@ use crate::db::DbError;
 const MAX_BATCH: usize = 64;
 
 /// One row by its tenant and id.
-static SINGLE: LazyLock<String> =
+pub(super) static SINGLE: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {COLUMNS} FROM media_objects WHERE tenant_id = $1 AND id = $2"));
 /// Rows by ids (unique across tenants) and tenants: both lists filter, and each row is matched to
 /// its callers on both.
