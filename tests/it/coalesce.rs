@@ -132,11 +132,12 @@ async fn locked_batch(timeout: Duration) -> LockedBatch {
     let (a1, b1) = (stored(&repo, "tenant-a", 1).await, stored(&repo, "tenant-b", 2).await);
     let mut held = lane.acquire().await.unwrap();
     sqlx::query("SELECT 1").execute(held.conn()).await.unwrap();
+    // Locked before the reads queue: nothing slow runs while their waits for a connection run.
+    let mut locker = lock_table(&options).await;
     let first = read(&repo, "tenant-a", &a1.id);
     queued(&repo, 1).await;
     let second = read(&repo, "tenant-b", &b1.id);
     queued(&repo, 2).await;
-    let mut locker = lock_table(&options).await;
     held.done(); // the first waiter (the leader) takes the connection and both reads
     waits_on_lock(&mut locker, BATCH).await;
     assert_eq!(repo.queued_reads(), 0, "both reads are in the waiting statement");
@@ -175,17 +176,18 @@ async fn a_statement_without_an_answer_in_time_is_counted_and_its_reads_are_read
 
 #[tokio::test]
 async fn a_queued_read_that_runs_alone_has_no_time_limit_of_its_own() {
-    let (_fx, repo, lane, options) = one_connection_lane(Duration::from_secs(1)).await;
+    let (_fx, repo, lane, options) = one_connection_lane(Duration::from_secs(2)).await;
     let a1 = stored(&repo, "tenant-a", 1).await;
     let mut held = lane.acquire().await.unwrap();
     sqlx::query("SELECT 1").execute(held.conn()).await.unwrap();
+    // Locked before the read queues: nothing slow runs while its wait for a connection runs.
+    let mut locker = lock_table(&options).await;
     let only = read(&repo, "tenant-a", &a1.id);
     queued(&repo, 1).await;
-    let mut locker = lock_table(&options).await;
     held.done(); // the queued read takes the connection: its own read alone, waiting on the lock
     waits_on_lock(&mut locker, "FROM media_objects WHERE tenant_id = $1 AND id = $2").await;
     // Longer than the lane's acquire timeout, which bounds only statements of several reads.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
     assert_eq!(only.await.unwrap().as_ref(), Some(&a1));
     let counts = repo.coalesced_reads().unwrap();
