@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 
 use super::admission::peer_ip;
 use super::error::ApiError;
-use super::observe::CallerSlot;
+use super::observe::RequestSlot;
 use super::state::AppState;
 use crate::auth::{Permission, Principal};
 
@@ -72,8 +72,8 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
         match result {
             Ok(principal) => {
                 state.limits.check_principal(&principal, peer).await?;
-                if let Some(slot) = parts.extensions.get::<Arc<CallerSlot>>() {
-                    slot.set(&principal);
+                if let Some(slot) = parts.extensions.get::<Arc<RequestSlot>>() {
+                    slot.set_caller(&principal);
                 }
                 parts.extensions.insert(principal.clone());
                 Ok(Self(principal, PhantomData))

@@ -1,10 +1,11 @@
-//! The HTTP surface: [`router`] merges one router per resource and wraps them in the layers every
+//! The HTTP surface: [`router`] merges one router per resource and wraps it in the layers every
 //! response goes through, outermost first: CORS (only for `CORS_ALLOWED_ORIGINS`), request IDs (a
 //! sane inbound `X-Request-Id` is kept, anything else is replaced by a random one), the access log
-//! and HTTP metrics ([`observe`]), security headers (plus HSTS when serving TLS), admission (per-IP
-//! rate limit on unauthenticated routes, the deadline of non-upload routes — [`admission`]), error
-//! bodies with the request ID. [`server`] accepts connections (plain or TLS), caps them per client
-//! ([`connections`]) and drains them on shutdown.
+//! and HTTP metrics ([`observe`]), security headers (plus HSTS when serving TLS), error bodies with
+//! the request ID, panics answered as 500s; then the routes, each behind admission (per-IP rate
+//! limit on unauthenticated routes, the deadline of non-upload routes — [`admission`]). [`server`]
+//! accepts connections (plain or TLS), caps them per client ([`connections`]) and drains them on
+//! shutdown.
 
 pub mod admission;
 pub mod connections;
@@ -62,7 +63,7 @@ fn is_sane_request_id(value: &HeaderValue) -> bool {
 }
 
 /// Drops an inbound `X-Request-Id` that is not sane, so a fresh one is generated instead.
-async fn drop_insane_request_id(mut request: Request<axum::body::Body>) -> Request<axum::body::Body> {
+fn drop_insane_request_id(mut request: Request<axum::body::Body>) -> Request<axum::body::Body> {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let values = request.headers().get_all(&request_id);
     let mut iter = values.iter();
@@ -122,38 +123,42 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// The whole application router (`/metrics` included unless `MEDIA_METRICS_ADDR` moves it).
-pub fn router(state: AppState) -> Router {
+/// The whole application (`/metrics` included unless `MEDIA_METRICS_ADDR` moves it): the routes,
+/// admission as the one layer applied to each route (it needs the matched route), and every other
+/// layer applied once around the router. Layers added with `Router::layer` wrap each route in a box
+/// of their own, and the router clones a route's whole chain of boxes for every request; around
+/// the router they are plain values (see docs/performance.md, session 14).
+pub fn router(state: AppState) -> impl server::HttpService {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-    let (router, spec) = api_router(state.config.ops.metrics_addr.is_none()).split_for_parts();
+    let (routes, spec) = api_router(state.config.ops.metrics_addr.is_none()).split_for_parts();
     let spec = openapi::Spec::new(&openapi::finish(spec));
-    let mut router = router
-        .layer(axum::Extension(spec))
+    let routes = routes
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
         .layer(from_fn_with_state(state.clone(), admission::admission))
-        .layer(from_fn(error::attach_request_id));
-    for (name, value) in security_headers() {
-        router = router.layer(SetResponseHeaderLayer::if_not_present(name, value));
-    }
-    if state.config.ops.tls.is_some() {
-        router = router.layer(SetResponseHeaderLayer::overriding(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static(HSTS),
-        ));
-    }
-    let mut router = router.layer(
-        ServiceBuilder::new()
-            .layer(axum::middleware::map_request(drop_insane_request_id))
-            .layer(SetRequestIdLayer::new(request_id.clone(), RandomRequestId))
-            .layer(PropagateRequestIdLayer::new(request_id))
-            .layer(from_fn(observe::observe)),
-    );
-    if let Some(cors) = cors(&state.config.ops.cors_allowed_origins) {
-        router = router.layer(cors);
-    }
-    router.with_state(state)
+        .with_state(state.clone());
+    let hsts =
+        state.config.ops.tls.is_some().then(|| {
+            SetResponseHeaderLayer::overriding(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS))
+        });
+    let [h1, h2, h3, h4, h5] =
+        security_headers().map(|(name, value)| SetResponseHeaderLayer::if_not_present(name, value));
+    ServiceBuilder::new()
+        .option_layer(cors(&state.config.ops.cors_allowed_origins))
+        .map_request(drop_insane_request_id)
+        .layer(SetRequestIdLayer::new(request_id.clone(), RandomRequestId))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(from_fn(observe::observe))
+        .option_layer(hsts)
+        .layer(h1)
+        .layer(h2)
+        .layer(h3)
+        .layer(h4)
+        .layer(h5)
+        .layer(from_fn(error::attach_request_id))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
+        .layer(axum::Extension(spec))
+        .service(routes)
 }
 
 /// Every route with its OpenAPI entry (`/metrics` when it is served on the main listener).

@@ -1,14 +1,15 @@
 //! One access-log line and the HTTP metrics for every request.
 //!
-//! [`observe`] runs inside the request-ID layer, around each route: it counts the request body's
-//! bytes as the handler reads them, lets the auth extractor name the caller through a
-//! [`CallerSlot`], and when the response head is ready logs `request_id`, `tenant`, `subject`,
+//! [`observe`] runs inside the request-ID layer, around the router: it counts the request body's
+//! bytes as the handler reads them, lets admission (the first layer after routing) name the route
+//! and the auth extractor the caller through a [`RequestSlot`], and when the response head is ready
+//! logs `request_id`, `tenant`, `subject`,
 //! `method`, `route` (the template, never the raw path — IDs and signed-link keys stay out of
 //! logs and metric labels), `status`, `bytes_in`, `bytes_out` and `latency_ms` at target
 //! `media_api::access`, and records `media_http_requests_total` and the latency histogram.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::{Body, HttpBody};
@@ -24,19 +25,24 @@ use super::error::REQUEST_ID_HEADER;
 use crate::auth::Principal;
 use crate::telemetry::metrics::names;
 
-/// Where the auth extractor leaves the caller's tenant and subject for the access log.
+/// What the layers inside the router tell the access log and the metrics about a request: the
+/// route it matched (admission, the first layer after routing, sets it) and the authenticated
+/// caller (the auth extractor). Each is set at most once; a request no route matched has no route.
 #[derive(Debug, Default)]
-pub struct CallerSlot(Mutex<Option<(String, String)>>);
+pub struct RequestSlot {
+    route: OnceLock<MatchedPath>,
+    caller: OnceLock<Arc<Principal>>,
+}
 
-impl CallerSlot {
-    /// Records the authenticated caller.
-    pub fn set(&self, principal: &Principal) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((principal.tenant.clone(), principal.subject.clone()));
+impl RequestSlot {
+    /// Records the route template the request matched.
+    pub fn set_route(&self, route: &MatchedPath) {
+        let _ = self.route.set(route.clone());
     }
 
-    fn take(&self) -> (String, String) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_default()
+    /// Records the authenticated caller.
+    pub fn set_caller(&self, principal: &Arc<Principal>) {
+        let _ = self.caller.set(principal.clone());
     }
 }
 
@@ -103,17 +109,12 @@ impl Drop for InFlight {
 pub async fn observe(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = method_label(request.method());
-    // Shared, so the two metric labels below take it without copying.
-    let route = match request.extensions().get::<MatchedPath>() {
-        Some(matched) => SharedString::from(Arc::<str>::from(matched.as_str())),
-        None => SharedString::const_str(UNMATCHED),
-    };
     let request_id =
         request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let caller = Arc::new(CallerSlot::default());
+    let slot = Arc::new(RequestSlot::default());
     let bytes_in = Arc::new(AtomicU64::new(0));
     let (mut parts, body) = request.into_parts();
-    parts.extensions.insert(caller.clone());
+    parts.extensions.insert(slot.clone());
     let counter = bytes_in.clone();
     let body = Body::new(body.map_frame(move |frame| {
         if let Some(data) = frame.data_ref() {
@@ -126,6 +127,11 @@ pub async fn observe(request: Request, next: Next) -> Response {
     drop(in_flight);
 
     let latency = start.elapsed();
+    // Shared, so the two metric labels below take it without copying.
+    let route = match slot.route.get() {
+        Some(matched) => SharedString::from(Arc::<str>::from(matched.as_str())),
+        None => SharedString::const_str(UNMATCHED),
+    };
     let status = response.status().as_u16();
     let bytes_out =
         response.body().size_hint().exact().or_else(|| {
@@ -136,7 +142,9 @@ pub async fn observe(request: Request, next: Next) -> Response {
     metrics::histogram!(names::HTTP_DURATION, "method" => method, "route" => route.clone())
         .record(latency.as_secs_f64());
     let route = &*route;
-    let (tenant, subject) = caller.take();
+    let caller = slot.caller.get();
+    let tenant = caller.map_or("", |principal| principal.tenant.as_str());
+    let subject = caller.map_or("", |principal| principal.subject.as_str());
     tracing::info!(
         target: "media_api::access",
         request_id,

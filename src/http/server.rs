@@ -26,8 +26,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
-use axum::Router;
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -35,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use super::send_timeout::SendTimeout;
 
@@ -63,16 +66,38 @@ pub struct ServerOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// A listener and the router it serves.
-pub struct Server {
+/// What a [`Server`] serves: an HTTP service whose errors are responses, cloned for every request
+/// (an `axum::Router`, or the layers around one; hyper polls its futures unpinned).
+pub trait HttpService:
+    Service<Request, Response = Response, Error = Infallible, Future: Send + Unpin + 'static>
+    + Clone
+    + Send
+    + Sync
+    + Unpin
+    + 'static
+{
+}
+
+impl<T> HttpService for T where
+    T: Service<Request, Response = Response, Error = Infallible, Future: Send + Unpin + 'static>
+        + Clone
+        + Send
+        + Sync
+        + Unpin
+        + 'static
+{
+}
+
+/// A listener and the service it serves.
+pub struct Server<S> {
     listener: TcpListener,
-    router: Router,
+    router: S,
     options: ServerOptions,
 }
 
-impl Server {
+impl<S: HttpService> Server<S> {
     /// A server for `router` on an already bound listener.
-    pub fn new(listener: TcpListener, router: Router, options: ServerOptions) -> Self {
+    pub fn new(listener: TcpListener, router: S, options: ServerOptions) -> Self {
         Self { listener, router, options }
     }
 
@@ -195,8 +220,8 @@ impl Drop for OpenConnection {
 }
 
 /// One accepted connection.
-struct Connection {
-    router: Router,
+struct Connection<S> {
+    router: S,
     peer: SocketAddr,
     max_header_bytes: usize,
     head_timeout: Duration,
@@ -205,10 +230,11 @@ struct Connection {
     abort: CancellationToken,
 }
 
-impl Connection {
+impl<R: HttpService> Connection<R> {
     async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
         let Self { router, peer, max_header_bytes, head_timeout, send_timeout, finish, abort } = self;
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });

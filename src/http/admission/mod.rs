@@ -45,6 +45,7 @@ pub use self::budget::{Charge, MemoryBudget};
 use self::local::{CallerCount, LocalLimits};
 use self::shared::{Lease, SharedLimits};
 use super::error::ApiError;
+use super::observe::RequestSlot;
 use crate::auth::Principal;
 use crate::config::{Config, RateLimit, StorageConfig};
 pub use crate::domain::network::client_network;
@@ -320,25 +321,31 @@ fn is_public_route(route: &str) -> bool {
 }
 
 /// Admission for every route: the per-IP bucket where there is no principal, and the request
-/// deadline except on upload routes.
+/// deadline except on upload routes. The first layer after routing, it also tells the access log
+/// which route matched ([`RequestSlot`]).
 pub async fn admission(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    // Cloned (a reference count), so the request can move on.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    if let (Some(slot), Some(matched)) = (request.extensions().get::<Arc<RequestSlot>>(), &matched) {
+        slot.set_route(matched);
+    }
+    let route = matched.as_ref().map(MatchedPath::as_str);
     // Methods no route serves never reach an extractor: they spend the IP's bucket.
     let unserved_method = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::OPTIONS
     );
-    if route.as_deref() == Some("/readyz") {
+    if route == Some("/readyz") {
         if let Err(err) = state.limits.check_readyz(peer_ip(request.extensions())) {
             return err.into_response();
         }
-    } else if unserved_method || is_ip_limited(route.as_deref()) {
+    } else if unserved_method || is_ip_limited(route) {
         if let Err(err) = state.limits.check_ip(peer_ip(request.extensions())).await {
             return err.into_response();
         }
     }
     let method = request.method().as_str();
-    let is_upload = route.as_deref().is_some_and(|r| UPLOAD_ROUTES.iter().any(|(m, p)| *m == method && *p == r));
+    let is_upload = route.is_some_and(|r| UPLOAD_ROUTES.iter().any(|(m, p)| *m == method && *p == r));
     if is_upload {
         return next.run(request).await;
     }
