@@ -128,7 +128,7 @@ async fn listen(pool: &sqlx::PgPool, gate: &CacheGate, media: &MediaRepo, keys: 
     gate.set(true);
     while let Some(notification) = listener.try_recv().await? {
         match Change::parse(notification.payload()) {
-            Some(Change::Row { tenant, id }) => media.forget(&tenant, &id),
+            Some(Change::Row { id, .. }) => media.forget(&id),
             Some(Change::Tenant(tenant)) => {
                 keys.forget_tenant(&tenant);
                 media.forget_tenant(&tenant);

@@ -5,13 +5,15 @@
 //! IDs are resolved over and over.
 //!
 //! Bounded in time (`MEDIA_RECORD_CACHE_TTL`, default 5 s; 0 turns it off) and size
-//! ([`MAX_ENTRIES`]). Keyed by `(tenant, id)`, so tenant isolation is the database's. Deleting a
+//! ([`MAX_ENTRIES`]). The media repository keys it by id (unique across tenants) and serves an
+//! entry only to the tenant of its row. Deleting a
 //! media or shredding a tenant in this process drops its entries at once; in *another* process
 //! (a second replica, `media-api tenant shred`, `media-api sweep`) the change is seen here within
 //! the TTL — a presigned URL issued in that window points at an object that is already gone
 //! (S3 answers 404), and the decrypted fields (filename, storage key) stay in this process's
 //! memory at most that long after a shred. Operators who cannot accept that set the TTL to 0.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
@@ -34,11 +36,17 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     }
 
     /// The value, when present and fresh.
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         self.get_at(key, Instant::now())
     }
 
-    fn get_at(&self, key: &K, now: Instant) -> Option<V> {
+    fn get_at<Q: Hash + Eq + ?Sized>(&self, key: &Q, now: Instant) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let (at, value) = entries.get(key)?;
         (now.saturating_duration_since(*at) < self.ttl).then(|| value.clone())
@@ -62,13 +70,16 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     }
 
     /// Forgets one entry.
-    pub fn remove(&self, key: &K) {
+    pub fn remove<Q: Hash + Eq + ?Sized>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
     }
 
-    /// Forgets every entry whose key fails `keep`.
-    pub fn retain(&self, mut keep: impl FnMut(&K) -> bool) {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).retain(|key, _| keep(key));
+    /// Forgets every entry for which `keep` (given its key and value) is false.
+    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).retain(|key, (_, value)| keep(key, value));
     }
 }
 
@@ -96,7 +107,7 @@ mod tests {
         let key = |t: &str, i: &str| (t.to_owned(), i.to_owned());
         cache.remove(&key("a", "jan_1"));
         assert!(cache.get(&key("a", "jan_1")).is_none() && cache.get(&key("a", "jan_2")).is_some());
-        cache.retain(|(t, _)| t != "a");
+        cache.retain(|(t, _), _| t != "a");
         assert!(cache.get(&key("a", "jan_2")).is_none() && cache.get(&key("b", "jan_3")).is_some());
         assert!(TtlCache::<u8, u8>::new(Duration::ZERO).is_none(), "a zero TTL turns caching off");
     }

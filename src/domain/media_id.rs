@@ -24,12 +24,34 @@ pub fn new_id() -> String {
 
 /// Whether `text` is a well-formed ID.
 pub fn is_valid(text: &str) -> bool {
-    text.strip_prefix(PREFIX).is_some_and(|rest| rest.len() == ID_CHARS && rest.bytes().all(|b| ALPHABET.contains(&b)))
+    text.strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.len() == ID_CHARS && rest.bytes().all(|b| IN_ALPHABET[usize::from(b)]))
 }
+
+/// Whether each byte value is in [`ALPHABET`] (a table: a lookup per character, not a search).
+const IN_ALPHABET: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_holds_exactly_the_alphabet() {
+        for byte in 0..=255u8 {
+            let mut id = b"jan_0123456789abcdefghjkmnpqrs".to_vec();
+            id[17] = byte;
+            let valid = std::str::from_utf8(&id).is_ok_and(is_valid);
+            assert_eq!(valid, ALPHABET.contains(&byte), "byte {byte:#04x}");
+        }
+    }
 
     #[test]
     fn ids_are_prefixed_crockford_and_distinct() {

@@ -36,8 +36,8 @@ pub struct RequestSlot {
 
 impl RequestSlot {
     /// Records the route template the request matched.
-    pub fn set_route(&self, route: &MatchedPath) {
-        let _ = self.route.set(route.clone());
+    pub fn set_route(&self, route: MatchedPath) {
+        let _ = self.route.set(route);
     }
 
     /// Records the authenticated caller.

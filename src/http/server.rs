@@ -67,7 +67,9 @@ pub struct ServerOptions {
 }
 
 /// What a [`Server`] serves: an HTTP service whose errors are responses, cloned for every request
-/// (an `axum::Router`, or the layers around one; hyper polls its futures unpinned).
+/// (an `axum::Router`, or the layers around one). `Unpin`, service and futures alike, because the
+/// server drives connections with `poll_without_shutdown` (it keeps the socket for a lingering
+/// close), which requires it.
 pub trait HttpService:
     Service<Request, Response = Response, Error = Infallible, Future: Send + Unpin + 'static>
     + Clone

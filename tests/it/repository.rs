@@ -38,6 +38,26 @@ async fn rows_round_trip_and_reads_are_scoped_to_the_tenant() {
 }
 
 #[tokio::test]
+async fn a_cached_row_is_served_only_to_its_own_tenant() {
+    for fx in fixtures(KeySettings::default()).await {
+        let cached = fx.repo.clone().with_cache(std::time::Duration::from_secs(600));
+        let media = new_media("acme", b"png bytes cached");
+        assert_eq!(cached.insert(&media).await.unwrap(), InsertOutcome::Inserted);
+        assert_eq!(cached.get("acme", &media.id).await.unwrap().expect("row").record, media);
+        // Deleted behind the cache's back (a repository without it, as another process would):
+        // the owner is still served the cached copy, which shows the id is in the cache.
+        assert_eq!(fx.repo.delete("acme", &media.id, None, None).await.unwrap(), Deletion::Last);
+        assert!(cached.get("acme", &media.id).await.unwrap().is_some(), "{}: served from the cache", fx.db.backend());
+        // The cache is keyed by id alone: another tenant asking for that id gets nothing from it.
+        assert!(cached.get("other-tenant", &media.id).await.unwrap().is_none(), "{}", fx.db.backend());
+        let wanted = [media.id.clone()];
+        assert!(cached.get_many("other-tenant", &wanted).await.unwrap().is_empty(), "{}", fx.db.backend());
+        cached.forget(&media.id);
+        assert!(cached.get("acme", &media.id).await.unwrap().is_none(), "forgotten, and gone from the database");
+    }
+}
+
+#[tokio::test]
 async fn a_ciphertext_moved_to_another_row_column_or_tenant_fails_with_data_integrity() {
     for fx in fixtures(KeySettings::default()).await {
         let a = new_media("acme", b"a");

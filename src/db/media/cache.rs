@@ -1,8 +1,13 @@
 //! The repository's cache of decrypted *ready* rows: what a read may take from it, when a read's
 //! result may go in (the gate is open and nothing was forgotten since the read began), and
 //! forgetting (a delete here, or one another process announced).
+//!
+//! Rows are keyed by id alone (ids are unique across tenants: a unique index) and a hit is served
+//! only when the row's tenant is the reader's, so a lookup allocates no key; the row is shared
+//! (`Arc`) and copied for the caller outside the cache's lock.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::model::{MediaStatus, StoredMedia};
 use super::MediaRepo;
@@ -12,7 +17,7 @@ impl MediaRepo {
     pub fn forget_tenant(&self, tenant: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(cache) = &self.cache {
-            cache.retain(|(t, _)| t != tenant);
+            cache.retain(|_, media| media.record.tenant_id != tenant);
         }
     }
 
@@ -20,14 +25,15 @@ impl MediaRepo {
     pub fn forget_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(cache) = &self.cache {
-            cache.retain(|_| false);
+            cache.retain(|_, _| false);
         }
     }
 
     /// A cached row, while the gate is open.
     pub(super) fn cached(&self, tenant: &str, id: &str) -> Option<StoredMedia> {
         let cache = self.cache.as_ref().filter(|_| self.gate.is_open())?;
-        cache.get(&(tenant.to_owned(), id.to_owned()))
+        let hit = cache.get(id).filter(|media| media.record.tenant_id == tenant)?;
+        Some(StoredMedia::clone(&hit))
     }
 
     /// The generation to pass to [`Self::remember`] for rows about to be read.
@@ -36,21 +42,28 @@ impl MediaRepo {
     }
 
     /// Caches a row read at `generation`, unless something was forgotten since (the row may be the
-    /// one, deleted by another process after this read).
+    /// one, deleted by another process after this read). The generation is looked at again after
+    /// the row went in: a forget that came between the first look and the insert (it bumps the
+    /// generation, then removes) would otherwise find nothing to remove and leave the stale row
+    /// for the TTL; so the row is taken out again (at worst a fresher copy, a cache miss).
     pub(super) fn remember(&self, media: &StoredMedia, generation: u64) {
         match &self.cache {
             Some(cache) if is_cacheable(media) && self.gate.is_open() && self.generation() == generation => {
-                cache.put((media.record.tenant_id.clone(), media.record.id.clone()), media.clone());
+                cache.put(media.record.id.clone(), Arc::new(media.clone()));
+                if self.generation() != generation {
+                    cache.remove(media.record.id.as_str());
+                }
             }
             _ => {}
         }
     }
 
-    /// Drops a cached row (deleted here or, said the listener, in another process).
-    pub fn forget(&self, tenant: &str, id: &str) {
+    /// Drops a cached row (deleted here or, said the listener, in another process); the id alone
+    /// names it (unique across tenants).
+    pub fn forget(&self, id: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(cache) = &self.cache {
-            cache.remove(&(tenant.to_owned(), id.to_owned()));
+            cache.remove(id);
         }
     }
 }

@@ -100,7 +100,7 @@ mod objects; // after the macros it uses
 pub struct MediaRepo {
     db: Database,
     keys: Arc<TenantKeys>,
-    cache: Option<Arc<TtlCache<(String, String), StoredMedia>>>,
+    cache: Option<Arc<TtlCache<String, Arc<StoredMedia>>>>,
     /// Closed while changes by other processes cannot be heard (see [`super::notify`]).
     gate: CacheGate,
     /// Raised by every forget: a row read before a forget is not cached after it.
@@ -385,7 +385,7 @@ impl MediaRepo {
         status: Option<MediaStatus>,
         journal: Option<(&str, DateTime<Utc>)>,
     ) -> Result<Deletion, DbError> {
-        self.forget(tenant, id);
+        self.forget(id);
         let status = status.map(MediaStatus::as_str);
         let lock = group::lock_sql(&self.db);
         let deletion: Result<Deletion, DbError> = with_pool!(&self.db, |pool| async {
@@ -419,7 +419,7 @@ impl MediaRepo {
         .await);
         let deletion = deletion?;
         // Again after the delete: a read racing it may have cached the row meanwhile.
-        self.forget(tenant, id);
+        self.forget(id);
         if deletion.deleted() {
             notify::publish(&self.db, &Change::Row { tenant: tenant.to_owned(), id: id.to_owned() }).await;
         }

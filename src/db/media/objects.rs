@@ -274,7 +274,7 @@ impl MediaRepo {
             let encryptions = updates.iter().map(|(_, _, sealed)| sealed.count()).sum();
             self.count_encryptions(tenant, target, encryptions).await;
             for (id, _, _) in &updates {
-                self.forget(tenant, id);
+                self.forget(id);
                 notify::publish(&self.db, &Change::Row { tenant: tenant.to_owned(), id: id.clone() }).await;
             }
             Ok(Ok(MoveOutcome::Moved { rows: updates.len() as u64 }))

@@ -324,12 +324,11 @@ fn is_public_route(route: &str) -> bool {
 /// deadline except on upload routes. The first layer after routing, it also tells the access log
 /// which route matched ([`RequestSlot`]).
 pub async fn admission(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    // Cloned (a reference count), so the request can move on.
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    if let (Some(slot), Some(matched)) = (request.extensions().get::<Arc<RequestSlot>>(), &matched) {
-        slot.set_route(matched);
+    let route = request.extensions().get::<MatchedPath>();
+    if let (Some(slot), Some(route)) = (request.extensions().get::<Arc<RequestSlot>>(), route) {
+        slot.set_route(route.clone());
     }
-    let route = matched.as_ref().map(MatchedPath::as_str);
+    let route = route.map(MatchedPath::as_str);
     // Methods no route serves never reach an extractor: they spend the IP's bucket.
     let unserved_method = !matches!(
         *request.method(),
@@ -346,6 +345,7 @@ pub async fn admission(State(state): State<AppState>, request: Request, next: Ne
     }
     let method = request.method().as_str();
     let is_upload = route.is_some_and(|r| UPLOAD_ROUTES.iter().any(|(m, p)| *m == method && *p == r));
+    // The borrows of the request end here; it moves on below.
     if is_upload {
         return next.run(request).await;
     }
