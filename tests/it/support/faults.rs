@@ -417,10 +417,13 @@ pub async fn wait_for_acknowledged(stored: &Mutex<Vec<(String, String, String)>>
     }
 }
 
-/// Outcomes of requests sent within `from..to`, as (kind, status, code) → count.
+/// Outcomes by (kind, status, code) of the requests that ran wholly inside `from..to`: sent at or
+/// after `from` and answered before `to`. A request sent just before a fault begins and answered
+/// after it is in no healthy window (it may fail because of the fault: that is not a recovery
+/// failure).
 pub fn tally(log: &[Outcome], from: Instant, to: Instant) -> BTreeMap<(&'static str, u16, String), usize> {
     let mut counts = BTreeMap::new();
-    for outcome in log.iter().filter(|o| o.at >= from && o.at < to) {
+    for outcome in log.iter().filter(|o| o.at >= from && o.at + o.latency < to) {
         *counts.entry((outcome.kind, outcome.status, outcome.code.clone())).or_insert(0) += 1;
     }
     counts
