@@ -16,6 +16,7 @@ pub mod observe;
 pub mod openapi;
 pub mod range;
 pub mod request;
+pub mod response;
 pub mod routes;
 pub mod send_timeout;
 pub mod server;
