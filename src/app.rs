@@ -112,6 +112,8 @@ impl Application {
         if let Some(tls) = &self.tls {
             crate::http::tls::spawn_reloader(tls);
         }
+        let upkeep =
+            crate::telemetry::metrics::spawn_upkeep(state.metrics.clone(), crate::telemetry::metrics::UPKEEP_PERIOD);
         let stopping = tokio_util::sync::CancellationToken::new();
         let metrics_server = self.metrics_listener.map(|listener| {
             let server = Server::new(
@@ -150,6 +152,7 @@ impl Application {
         if let Some(invalidation) = &self.invalidation {
             invalidation.abort();
         }
+        upkeep.abort();
         let unfinished = state.service.drain(UPLOAD_CLEANUP_GRACE).await;
         if unfinished > 0 {
             tracing::warn!(uploads = unfinished, "uploads still cleaning up at exit; the sweeper will finish them");

@@ -8,14 +8,16 @@
 //!   pointer to it is cached for [`KeySettings::current_ttl`] (a few seconds), so a version activated
 //!   by `rotate-keys` in another process is picked up within that time.
 //! - Unwrapped keys are cached for [`KeySettings::key_ttl`]; a version's key never changes, the TTL
-//!   bounds how long a shredded tenant's key can outlive its row in another process.
+//!   bounds how long a shredded tenant's key can outlive its row in another process. Both caches
+//!   are [`TtlCache`]s: expired entries are swept out, not kept for every tenant ever seen (they
+//!   were: an issuer minting tenant ids grew them without bound, and a destroyed key's material
+//!   stayed in memory until the process ended).
 //! - Encryptions are counted per DEK version in the database; once a version passes the budget
 //!   (default 2^31, below the 2^32 random-nonce bound), the next write rolls a new version.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::crypto::envelope::{self, DataKey, KeyPurpose, KeySlot, WrappedKey};
 use crate::crypto::keyring::Keyring;
@@ -23,6 +25,7 @@ use crate::crypto::CryptoError;
 use crate::db::audit::chain::{self, Record};
 use crate::db::audit::SYSTEM_CHAIN;
 use crate::db::notify::{self, CacheGate, Change};
+use crate::db::ttl_cache::TtlCache;
 use crate::db::{Database, DbError};
 use crate::with_pool;
 
@@ -71,8 +74,10 @@ pub struct TenantKeys {
     db: Database,
     keyring: Arc<Keyring>,
     settings: KeySettings,
-    keys: RwLock<HashMap<SlotKey, (Arc<DataKey>, Instant)>>,
-    current: RwLock<HashMap<(String, KeyPurpose), (u32, Instant)>>,
+    /// Unwrapped keys by version, for `key_ttl` (`None`: a zero TTL, nothing cached).
+    keys: Option<TtlCache<SlotKey, Arc<DataKey>>>,
+    /// The current version per tenant and purpose, for `current_ttl`.
+    current: Option<TtlCache<(String, KeyPurpose), u32>>,
     /// Closed while changes by other processes cannot be heard (see [`super::notify`]).
     gate: CacheGate,
     /// Raised by every forget: a key read before a forget is not cached after it.
@@ -132,8 +137,8 @@ impl TenantKeys {
             db,
             keyring,
             settings,
-            keys: RwLock::default(),
-            current: RwLock::default(),
+            keys: TtlCache::new(settings.key_ttl),
+            current: TtlCache::new(settings.current_ttl),
             gate: CacheGate::open(),
             generation: AtomicU64::new(0),
         }
@@ -187,11 +192,9 @@ impl TenantKeys {
     async fn lookup(&self, tenant: &str, purpose: KeyPurpose, create: bool) -> Result<Option<Arc<DataKey>>, DbError> {
         let cached = self
             .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(tenant.to_owned(), purpose))
-            .filter(|(_, at)| self.gate.is_open() && at.elapsed() < self.settings.current_ttl)
-            .map(|(version, _)| *version);
+            .as_ref()
+            .filter(|_| self.gate.is_open())
+            .and_then(|current| current.get(&(tenant.to_owned(), purpose)));
         let version = match cached {
             Some(version) => version,
             None => {
@@ -201,11 +204,8 @@ impl TenantKeys {
                     None if create => self.first_version(tenant, purpose).await?,
                     None => return Ok(None),
                 };
-                if self.may_fill(generation) {
-                    self.current
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert((tenant.to_owned(), purpose), (version, Instant::now()));
+                if let Some(current) = self.current.as_ref().filter(|_| self.may_fill(generation)) {
+                    current.put((tenant.to_owned(), purpose), version);
                 }
                 version
             }
@@ -216,10 +216,8 @@ impl TenantKeys {
     /// The key of one version (to open values sealed under it).
     pub async fn version(&self, tenant: &str, purpose: KeyPurpose, version: u32) -> Result<Arc<DataKey>, DbError> {
         let slot_key = (tenant.to_owned(), purpose, version);
-        if let Some((key, at)) = self.keys.read().unwrap_or_else(PoisonError::into_inner).get(&slot_key) {
-            if self.gate.is_open() && at.elapsed() < self.settings.key_ttl {
-                return Ok(key.clone());
-            }
+        if let Some(key) = self.keys.as_ref().filter(|_| self.gate.is_open()).and_then(|keys| keys.get(&slot_key)) {
+            return Ok(key);
         }
         let generation = self.generation.load(Ordering::Acquire);
         let row: Option<(String, Option<Vec<u8>>, String)> =
@@ -236,8 +234,8 @@ impl TenantKeys {
         let token = String::from_utf8(wrapped).map_err(|_| CryptoError::Integrity)?;
         let slot = KeySlot { tenant, purpose, version };
         let key = Arc::new(envelope::unwrap(&self.keyring, slot, &WrappedKey { kek_id, token })?);
-        if self.may_fill(generation) {
-            self.keys.write().unwrap_or_else(PoisonError::into_inner).insert(slot_key, (key.clone(), Instant::now()));
+        if let Some(keys) = self.keys.as_ref().filter(|_| self.may_fill(generation)) {
+            keys.put(slot_key, key.clone());
         }
         Ok(key)
     }
@@ -280,7 +278,9 @@ impl TenantKeys {
     /// Concurrent rolls create one version (the loser of the insert uses the winner's).
     pub async fn roll(&self, tenant: &str, purpose: KeyPurpose) -> Result<u32, DbError> {
         let version = self.next_version(tenant, purpose).await?;
-        self.current.write().unwrap_or_else(PoisonError::into_inner).remove(&(tenant.to_owned(), purpose));
+        if let Some(current) = &self.current {
+            current.remove(&(tenant.to_owned(), purpose));
+        }
         notify::publish(&self.db, &Change::Tenant(tenant.to_owned())).await;
         Ok(version)
     }
@@ -310,15 +310,23 @@ impl TenantKeys {
     /// Forgets every cached key of `tenant` (after shredding, or when a test wants a cold cache).
     pub fn forget_tenant(&self, tenant: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.keys.write().unwrap_or_else(PoisonError::into_inner).retain(|(t, _, _), _| t != tenant);
-        self.current.write().unwrap_or_else(PoisonError::into_inner).retain(|(t, _), _| t != tenant);
+        if let Some(keys) = &self.keys {
+            keys.retain(|(t, _, _), _| t != tenant);
+        }
+        if let Some(current) = &self.current {
+            current.retain(|(t, _), _| t != tenant);
+        }
     }
 
     /// Forgets every cached key (the invalidation listener reconnected).
     pub fn forget_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.keys.write().unwrap_or_else(PoisonError::into_inner).clear();
-        self.current.write().unwrap_or_else(PoisonError::into_inner).clear();
+        if let Some(keys) = &self.keys {
+            keys.retain(|_, _| false);
+        }
+        if let Some(current) = &self.current {
+            current.retain(|_, _| false);
+        }
     }
 
     /// Every tenant that has keys, in order.

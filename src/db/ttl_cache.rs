@@ -5,13 +5,17 @@
 //! IDs are resolved over and over.
 //!
 //! Bounded in time (`MEDIA_RECORD_CACHE_TTL`, default 5 s; 0 turns it off) and size
-//! ([`MAX_ENTRIES`]). The media repository keys it by id (unique across tenants) and serves an
+//! ([`MAX_ENTRIES`]). Expired entries are not only refused but dropped: the first access after each
+//! TTL period sweeps them out, so the cache holds what was put in the last two periods (before,
+//! they stayed until the cache was full: every row read in a busy day, up to the cap, each with its
+//! decrypted fields). The media repository keys it by id (unique across tenants) and serves an
 //! entry only to the tenant of its row. Deleting a
 //! media or shredding a tenant in this process drops its entries at once; in *another* process
 //! (a second replica, `media-api tenant shred`, `media-api sweep`) the change is seen here within
 //! the TTL — a presigned URL issued in that window points at an object that is already gone
 //! (S3 answers 404), and the decrypted fields (filename, storage key) stay in this process's
-//! memory at most that long after a shred. Operators who cannot accept that set the TTL to 0.
+//! memory until the first access of the cache after two TTLs (on Postgres the invalidation
+//! listener drops them at once). Operators who cannot accept that set the TTL to 0.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -26,13 +30,31 @@ pub const MAX_ENTRIES: usize = 100_000;
 #[derive(Debug)]
 pub struct TtlCache<K, V> {
     ttl: Duration,
-    entries: Mutex<HashMap<K, (Instant, V)>>,
+    entries: Mutex<Entries<K, V>>,
+}
+
+/// The map and when its expired entries are next swept out.
+#[derive(Debug)]
+struct Entries<K, V> {
+    map: HashMap<K, (Instant, V)>,
+    next_sweep: Instant,
+}
+
+impl<K: Eq + Hash, V> Entries<K, V> {
+    /// Drops the expired entries when a TTL has passed since the last sweep.
+    fn sweep_if_due(&mut self, ttl: Duration, now: Instant) {
+        if now >= self.next_sweep {
+            self.map.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+            self.next_sweep = now + ttl;
+        }
+    }
 }
 
 impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     /// A cache keeping entries for `ttl`; `None` when `ttl` is zero (caching off).
     pub fn new(ttl: Duration) -> Option<Self> {
-        (!ttl.is_zero()).then(|| Self { ttl, entries: Mutex::new(HashMap::new()) })
+        let entries = Entries { map: HashMap::new(), next_sweep: Instant::now() + ttl };
+        (!ttl.is_zero()).then(|| Self { ttl, entries: Mutex::new(entries) })
     }
 
     /// The value, when present and fresh.
@@ -47,8 +69,9 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     where
         K: Borrow<Q>,
     {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let (at, value) = entries.get(key)?;
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.sweep_if_due(self.ttl, now);
+        let (at, value) = entries.map.get(key)?;
         (now.saturating_duration_since(*at) < self.ttl).then(|| value.clone())
     }
 
@@ -59,14 +82,15 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
 
     fn put_at(&self, key: K, value: V, now: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= MAX_ENTRIES {
+        entries.sweep_if_due(self.ttl, now);
+        if entries.map.len() >= MAX_ENTRIES {
             let ttl = self.ttl;
-            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
+            entries.map.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+            if entries.map.len() >= MAX_ENTRIES {
+                entries.map.clear();
             }
         }
-        entries.insert(key, (now, value));
+        entries.map.insert(key, (now, value));
     }
 
     /// Forgets one entry.
@@ -74,12 +98,12 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     where
         K: Borrow<Q>,
     {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).map.remove(key);
     }
 
     /// Forgets every entry for which `keep` (given its key and value) is false.
     pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).retain(|key, (_, value)| keep(key, value));
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).map.retain(|key, (_, value)| keep(key, value));
     }
 }
 
@@ -122,6 +146,24 @@ mod tests {
         let later = start + Duration::from_secs(2);
         cache.put_at(MAX_ENTRIES, 1, later);
         assert_eq!(cache.get_at(&MAX_ENTRIES, later), Some(1));
-        assert_eq!(cache.entries.lock().unwrap().len(), 1, "the expired entries were dropped");
+        assert_eq!(cache.entries.lock().unwrap().map.len(), 1, "the expired entries were dropped");
+    }
+
+    #[test]
+    fn expired_entries_are_swept_out_once_a_ttl_has_passed_not_only_when_full() {
+        let ttl = Duration::from_secs(5);
+        let cache: TtlCache<usize, usize> = TtlCache::new(ttl).expect("on");
+        let start = Instant::now();
+        for i in 0..1000 {
+            cache.put_at(i, i, start);
+        }
+        let held = |c: &TtlCache<usize, usize>| c.entries.lock().unwrap().map.len();
+        cache.put_at(1000, 1, start + ttl / 2);
+        assert_eq!(held(&cache), 1001, "nothing has expired yet");
+        // A read after two TTLs (no put since) drops every expired entry, the one it asks for too.
+        assert_eq!(cache.get_at(&1000, start + ttl * 2), None);
+        assert_eq!(held(&cache), 0, "the expired entries are gone, not only refused");
+        cache.put_at(7, 7, start + ttl * 2);
+        assert_eq!(cache.get_at(&7, start + ttl * 2), Some(7), "the cache works on after a sweep");
     }
 }

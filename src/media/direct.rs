@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::ingest::sources::clean_filename;
+use super::ingest::sources::{check_user_hint, clean_filename};
 use super::{MediaError, MediaService};
 use crate::auth::{Permission, Principal};
 use crate::db::media::{MediaRecord, MediaStatus};
@@ -40,6 +40,7 @@ pub struct Prepared {
 impl MediaService {
     /// Writes a pending row and presigns the PUT of its bytes.
     pub async fn prepare(&self, caller: &Principal, request: PrepareRequest) -> Result<Prepared, MediaError> {
+        check_user_hint(request.user_hint.as_deref())?;
         let declared = request.declared_type;
         let mime = canonical(&declared)
             .filter(|m| self.pipeline.allowlist().allows(m))

@@ -10,7 +10,7 @@ use futures::StreamExt;
 
 use super::ingest::pipeline::{Ingested, Upload};
 use super::ingest::sniff::DeclaredBy;
-use super::ingest::sources::decode_data_url;
+use super::ingest::sources::{check_user_hint, decode_data_url};
 use super::ingest::ByteStream;
 use super::{MediaError, MediaService};
 use crate::auth::Principal;
@@ -24,6 +24,7 @@ impl MediaService {
         body: ByteStream,
         hold: impl Send + 'static,
     ) -> Result<Ingested, MediaError> {
+        check_user_hint(upload.user_hint.as_deref())?;
         let pipeline = self.pipeline.clone();
         self.pipeline.detached(async move { pipeline.ingest(&caller, upload, body).await }, hold).await
     }
@@ -37,6 +38,7 @@ impl MediaService {
         user_hint: Option<String>,
         hold: impl Send + 'static,
     ) -> Result<Ingested, MediaError> {
+        check_user_hint(user_hint.as_deref())?;
         let (mime, bytes) = decode_data_url(&data_url, self.settings.max_bytes)?;
         drop(data_url);
         let upload = Upload {
@@ -58,6 +60,7 @@ impl MediaService {
         user_hint: Option<String>,
         hold: impl Send + 'static,
     ) -> Result<Ingested, MediaError> {
+        check_user_hint(user_hint.as_deref())?;
         let fetched = self.remote.fetch(url).await?;
         let upload = Upload {
             declared: fetched.content_type.map(|t| (DeclaredBy::Remote, t)).into_iter().collect(),

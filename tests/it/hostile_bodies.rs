@@ -62,6 +62,50 @@ async fn a_form_is_bounded_in_parts_text_and_whole_size() {
     }
 }
 
+/// The `user_id` hint is bounded on every way in (JSON, `X-Principal-Id`, `prepare-upload`), as the
+/// form's text parts are: past 1024 bytes a clear 400 and nothing stored; 1024 bytes are taken.
+#[tokio::test]
+async fn a_user_id_hint_is_bounded_on_every_way_in() {
+    for stack in STACKS {
+        let m = media_app(stack, &[]).await;
+        let alice = m.alice();
+        let before = m.counts().await;
+        let long = "u".repeat(1025);
+        let refused = |status: StatusCode, body: &serde_json::Value, how: &str| {
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("user_id_too_long")),
+                "{stack:?} {how}: {body}"
+            );
+            assert!(body["error"].as_str().unwrap().contains("at most 1024"), "{stack:?} {how}: {body}");
+        };
+
+        let json =
+            json!({"source": {"type": "data_url", "data_url": data_url("image/png", &png(900, 31))}, "user_id": long});
+        let request = m.http().post(m.url("/v1/media")).bearer_auth(&alice).json(&json);
+        let (status, body) = json_of(request.send().await.unwrap()).await;
+        refused(status, &body, "JSON upload");
+
+        let request = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
+        let request = request.header("x-principal-id", long.as_str()).body(png(900, 32));
+        let (status, body) = json_of(request.send().await.unwrap()).await;
+        refused(status, &body, "raw upload");
+
+        let prepare = json!({"mime_type": "image/png", "bytes": 900, "user_id": long});
+        let request = m.http().post(m.url("/v1/media/prepare-upload")).bearer_auth(&alice).json(&prepare);
+        let (status, body) = json_of(request.send().await.unwrap()).await;
+        refused(status, &body, "prepare-upload");
+        assert_eq!(m.counts().await, before, "{stack:?}: something was stored");
+
+        let fits = "u".repeat(1024);
+        let json =
+            json!({"source": {"type": "data_url", "data_url": data_url("image/png", &png(900, 33))}, "user_id": fits});
+        let request = m.http().post(m.url("/v1/media")).bearer_auth(&alice).json(&json);
+        let (status, body) = json_of(request.send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{stack:?}: a 1024-byte hint: {body}");
+    }
+}
+
 /// Waits until `m` has `free` upload slots free.
 async fn until_free(m: &MediaApp, free: usize, why: &str) {
     let started = Instant::now();

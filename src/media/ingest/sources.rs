@@ -14,6 +14,22 @@ use crate::media::error::MediaError;
 /// Longest filename kept (longer ones are cut at a character boundary).
 const MAX_FILENAME_CHARS: usize = 255;
 
+/// Longest `user_id` hint taken, in bytes (the multipart form's text-part bound too). The hint is
+/// encrypted into the row and kept decrypted in the row cache: unbounded, one JSON upload could
+/// store (and pin in every replica's cache) tens of megabytes in it.
+pub const MAX_USER_HINT_BYTES: usize = 1024;
+
+/// Refuses a `user_id` hint over [`MAX_USER_HINT_BYTES`], before anything is read or stored.
+pub fn check_user_hint(hint: Option<&str>) -> Result<(), MediaError> {
+    match hint {
+        Some(hint) if hint.len() > MAX_USER_HINT_BYTES => Err(MediaError::invalid(
+            "user_id_too_long",
+            format!("user_id is {} bytes long; at most {MAX_USER_HINT_BYTES} are accepted", hint.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A request body as a stream of chunks.
 pub fn body_stream(body: Body) -> ByteStream {
     body.into_data_stream().map_err(std::io::Error::other).boxed()
