@@ -6,7 +6,8 @@
 //!
 //! Bounded in time (`MEDIA_RECORD_CACHE_TTL`, default 5 s; 0 turns it off) and size
 //! ([`MAX_ENTRIES`]). Expired entries are not only refused but dropped: the first access after each
-//! TTL period sweeps them out, so the cache holds what was put in the last two periods (before,
+//! TTL period drops the generation put two periods ago ([`Generations`]), so the cache holds what
+//! was put in the last two periods (before,
 //! they stayed until the cache was full: every row read in a busy day, up to the cap, each with its
 //! decrypted fields). The media repository keys it by id (unique across tenants) and serves an
 //! entry only to the tenant of its row. Deleting a
@@ -23,37 +24,53 @@ use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Most entries held; past it expired entries are dropped, and if that is not enough, all.
+/// Most entries held; past it the older generation is dropped, and if that is not enough, all.
 pub const MAX_ENTRIES: usize = 100_000;
 
 /// Values by key, each served for `ttl` after it was put (see the module docs).
 #[derive(Debug)]
 pub struct TtlCache<K, V> {
     ttl: Duration,
-    entries: Mutex<Entries<K, V>>,
+    entries: Mutex<Generations<K, V>>,
 }
 
-/// The map and when its expired entries are next swept out.
+type Map<K, V> = HashMap<K, (Instant, V)>;
+
+/// Entries in two generations: `fresh` takes what is put in the current period, `older` what was
+/// put in the one before. When a period ends the older generation is dropped whole and `fresh`
+/// becomes it — in constant time under the lock, the entries freed after it is released — so an
+/// entry is held at most two periods, and served only for `ttl` after it was put.
 #[derive(Debug)]
-struct Entries<K, V> {
-    map: HashMap<K, (Instant, V)>,
-    next_sweep: Instant,
+struct Generations<K, V> {
+    fresh: Map<K, V>,
+    older: Map<K, V>,
+    /// When the current period ends; `None` for a TTL too long to add to a clock reading (never).
+    turn_at: Option<Instant>,
 }
 
-impl<K: Eq + Hash, V> Entries<K, V> {
-    /// Drops the expired entries when a TTL has passed since the last sweep.
-    fn sweep_if_due(&mut self, ttl: Duration, now: Instant) {
-        if now >= self.next_sweep {
-            self.map.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
-            self.next_sweep = now + ttl;
+impl<K: Eq + Hash, V> Generations<K, V> {
+    /// Ends the period if it is over: returns the generation dropped, to be freed after the lock.
+    fn turn_if_due(&mut self, ttl: Duration, now: Instant) -> Option<Map<K, V>> {
+        if self.turn_at.is_some_and(|at| now >= at) {
+            self.turn_at = now.checked_add(ttl);
+            return Some(std::mem::replace(&mut self.older, std::mem::take(&mut self.fresh)));
         }
+        None
+    }
+
+    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&(Instant, V)>
+    where
+        K: Borrow<Q>,
+    {
+        self.fresh.get(key).or_else(|| self.older.get(key))
     }
 }
 
 impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     /// A cache keeping entries for `ttl`; `None` when `ttl` is zero (caching off).
     pub fn new(ttl: Duration) -> Option<Self> {
-        let entries = Entries { map: HashMap::new(), next_sweep: Instant::now() + ttl };
+        let entries =
+            Generations { fresh: HashMap::new(), older: HashMap::new(), turn_at: Instant::now().checked_add(ttl) };
         (!ttl.is_zero()).then(|| Self { ttl, entries: Mutex::new(entries) })
     }
 
@@ -69,10 +86,13 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     where
         K: Borrow<Q>,
     {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.sweep_if_due(self.ttl, now);
-        let (at, value) = entries.map.get(key)?;
-        (now.saturating_duration_since(*at) < self.ttl).then(|| value.clone())
+        let (found, _dropped) = {
+            let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            let dropped = entries.turn_if_due(self.ttl, now);
+            let found = entries.get(key).filter(|(at, _)| now.saturating_duration_since(*at) < self.ttl);
+            (found.map(|(_, value)| value.clone()), dropped)
+        };
+        found
     }
 
     /// Remembers a value from now on.
@@ -82,15 +102,17 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
 
     fn put_at(&self, key: K, value: V, now: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.sweep_if_due(self.ttl, now);
-        if entries.map.len() >= MAX_ENTRIES {
-            let ttl = self.ttl;
-            entries.map.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
-            if entries.map.len() >= MAX_ENTRIES {
-                entries.map.clear();
+        let mut dropped = [entries.turn_if_due(self.ttl, now), None, None];
+        if entries.fresh.len() + entries.older.len() >= MAX_ENTRIES {
+            dropped[1] = Some(std::mem::take(&mut entries.older));
+            if entries.fresh.len() >= MAX_ENTRIES {
+                dropped[2] = Some(std::mem::take(&mut entries.fresh));
             }
         }
-        entries.map.insert(key, (now, value));
+        let replaced = entries.older.remove(&key);
+        entries.fresh.insert(key, (now, value));
+        drop(entries);
+        drop((dropped, replaced));
     }
 
     /// Forgets one entry.
@@ -98,12 +120,23 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     where
         K: Borrow<Q>,
     {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).map.remove(key);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.fresh.remove(key);
+        entries.older.remove(key);
     }
 
     /// Forgets every entry for which `keep` (given its key and value) is false.
     pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).map.retain(|key, (_, value)| keep(key, value));
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.fresh.retain(|key, (_, value)| keep(key, value));
+        entries.older.retain(|key, (_, value)| keep(key, value));
+    }
+
+    /// Entries held (fresh or not yet dropped).
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.fresh.len() + entries.older.len()
     }
 }
 
@@ -146,24 +179,38 @@ mod tests {
         let later = start + Duration::from_secs(2);
         cache.put_at(MAX_ENTRIES, 1, later);
         assert_eq!(cache.get_at(&MAX_ENTRIES, later), Some(1));
-        assert_eq!(cache.entries.lock().unwrap().map.len(), 1, "the expired entries were dropped");
+        assert_eq!(cache.held(), 1, "the expired entries were dropped");
     }
 
     #[test]
-    fn expired_entries_are_swept_out_once_a_ttl_has_passed_not_only_when_full() {
+    fn expired_entries_are_dropped_within_two_ttls_not_only_when_full() {
         let ttl = Duration::from_secs(5);
         let cache: TtlCache<usize, usize> = TtlCache::new(ttl).expect("on");
         let start = Instant::now();
         for i in 0..1000 {
             cache.put_at(i, i, start);
         }
-        let held = |c: &TtlCache<usize, usize>| c.entries.lock().unwrap().map.len();
         cache.put_at(1000, 1, start + ttl / 2);
-        assert_eq!(held(&cache), 1001, "nothing has expired yet");
-        // A read after two TTLs (no put since) drops every expired entry, the one it asks for too.
-        assert_eq!(cache.get_at(&1000, start + ttl * 2), None);
-        assert_eq!(held(&cache), 0, "the expired entries are gone, not only refused");
-        cache.put_at(7, 7, start + ttl * 2);
-        assert_eq!(cache.get_at(&7, start + ttl * 2), Some(7), "the cache works on after a sweep");
+        assert_eq!(cache.held(), 1001, "nothing has expired yet");
+        // One period later they move to the older generation: still served while fresh enough.
+        cache.put_at(1001, 2, start + ttl + ttl / 4);
+        assert_eq!(cache.get_at(&1000, start + ttl + ttl / 4), Some(1), "served for its whole TTL");
+        assert_eq!(cache.get_at(&0, start + ttl + ttl / 4), None, "expired: refused");
+        assert_eq!(cache.held(), 1002, "one turn drops nothing put in the period before");
+        // The next access after a second period drops them: not only refused, gone.
+        assert_eq!(cache.get_at(&1001, start + ttl * 3), None);
+        assert_eq!(cache.held(), 1, "only the entry put in the last period is left");
+        assert_eq!(cache.get_at(&1001, start + ttl * 3 + ttl), None);
+        assert_eq!(cache.held(), 0);
+        cache.put_at(7, 7, start + ttl * 4);
+        assert_eq!(cache.get_at(&7, start + ttl * 4), Some(7), "the cache works on after turns");
+    }
+
+    #[test]
+    fn a_ttl_too_long_for_the_clock_never_turns_and_never_panics() {
+        let cache: TtlCache<usize, usize> = TtlCache::new(Duration::MAX).expect("on");
+        let now = Instant::now();
+        cache.put_at(1, 1, now);
+        assert_eq!(cache.get_at(&1, now + Duration::from_secs(86_400)), Some(1));
     }
 }

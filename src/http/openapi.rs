@@ -131,7 +131,8 @@ pub struct Shredding(pub ErrorBody);
 /// Refusals of the upload routes.
 #[derive(IntoResponses)]
 pub enum UploadErrors {
-    /// Malformed body, empty file, unknown source type, blocked `remote_url`, interrupted upload.
+    /// Malformed body, empty file, unknown source type, blocked `remote_url`, interrupted upload, a
+    /// `user_id` hint (body or `X-Principal-Id`) over 1024 bytes (`user_id_too_long`).
     #[response(status = 400)]
     BadRequest(ErrorBody),
     /// The body did not arrive within `MEDIA_UPLOAD_TIMEOUT`, or no byte of it came for

@@ -42,7 +42,8 @@ struct PrepareUpload {
     /// `bytes_required` without it); optional on the filesystem backend.
     bytes: Option<u64>,
     filename: Option<String>,
-    /// A client hint only.
+    /// A client hint only. At most 1024 bytes (400 `user_id_too_long`).
+    #[schema(max_length = 1024)]
     user_id: Option<String>,
 }
 

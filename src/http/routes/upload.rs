@@ -69,7 +69,8 @@ struct JanUpload {
     source: JanSource,
     /// Filename to record (its extension must agree with the content).
     filename: Option<String>,
-    /// A client hint only; the token decides who uploads.
+    /// A client hint only; the token decides who uploads. At most 1024 bytes (400 `user_id_too_long`).
+    #[schema(max_length = 1024)]
     user_id: Option<String>,
 }
 
@@ -93,7 +94,8 @@ struct UploadForm {
     /// The file (its part's `Content-Type` and filename must agree with the content).
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
-    /// A client hint only.
+    /// A client hint only. At most 1024 bytes (400 `invalid_multipart`).
+    #[schema(max_length = 1024)]
     user_id: Option<String>,
     /// Filename to record when the `file` part has none.
     filename: Option<String>,
