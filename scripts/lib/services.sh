@@ -6,11 +6,16 @@ GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
 WORK="$(mktemp -d -t media-api-test.XXXXXX)"
 GARAGE_PID=""
 PG_STARTED=""
+SERVICES_STARTED=()  # pids from start_media_service, stopped at exit even when a run fails partway
 
 log() { printf "[%s] %s\n" "$(basename "$0")" "$*" >&2; }
 
 cleanup() {
   local status=$?
+  local pid
+  for pid in "${SERVICES_STARTED[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
   if [ -n "$GARAGE_PID" ] && kill -0 "$GARAGE_PID" 2>/dev/null; then
     kill "$GARAGE_PID" 2>/dev/null || true
     wait "$GARAGE_PID" 2>/dev/null || true
@@ -159,6 +164,7 @@ start_media_service() {
     MEDIA_RATE_LIMIT_RPS=0 MEDIA_RATE_LIMIT_IP_RPS=0 MEDIA_RATE_LIMIT_READYZ_RPS=0 MEDIA_MAX_CONNECTIONS_PER_IP=0 "$@" \
     "${CARGO_TARGET_DIR:-target}/release/media-api" >>"$WORK/server.log" 2>&1 &
   SERVER=$!
+  SERVICES_STARTED+=("$SERVER")
   BASE="http://127.0.0.1:$port"
   for _ in $(seq 1 100); do curl -fsS "$BASE/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   TOKEN="$(MEDIA_KEYS_DIR="$WORK/keys" "${CARGO_TARGET_DIR:-target}/release/media-api" token --tenant bench --sub bench --ttl 2h 2>/dev/null)"
@@ -167,6 +173,9 @@ start_media_service() {
 stop_media_service() {
   kill "$SERVER" 2>/dev/null || true
   wait "$SERVER" 2>/dev/null || true
+  local kept=() pid
+  for pid in "${SERVICES_STARTED[@]}"; do [ "$pid" = "$SERVER" ] || kept+=("$pid"); done
+  SERVICES_STARTED=("${kept[@]}")
   psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS ${BENCH_URL##*/} WITH (FORCE)" >/dev/null 2>&1 || true
 }
 
@@ -241,10 +250,12 @@ stop_redis() {
   return "$status"
 }
 
-# Chain onto the EXIT trap set above (whatever it is), Redis first.
+# Chain onto the EXIT trap set above (whatever it is), Redis first. The handlers run with errexit
+# off and see the script's own exit status: under `set -e` a failing script's status made the chain
+# stop after `stop_redis`, so `cleanup` never ran (Garage, services and $WORK were left behind).
 _redis_previous_trap="$(trap -p EXIT | sed -E "s/^trap -- '(.*)' EXIT$/\1/")"
 # shellcheck disable=SC2064
-trap "stop_redis; ${_redis_previous_trap:-:}" EXIT INT TERM
+trap "_exit_status=\$?; set +e; stop_redis; (exit \$_exit_status); ${_redis_previous_trap:-:}" EXIT INT TERM
 # ---------------------------------------------------------------- HAProxy (the multi-replica tests)
 # Exports HAPROXY_BIN for tests/it/fleet.rs: haproxy on PATH or /usr/sbin/haproxy, else Debian's
 # package. Installing it may start a system haproxy service; the tests ignore it (they run their
