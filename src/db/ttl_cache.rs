@@ -6,12 +6,11 @@
 //!
 //! Bounded in time (`MEDIA_RECORD_CACHE_TTL`, default 5 s; 0 turns it off) and size
 //! ([`MAX_ENTRIES`]). Expired entries are not only refused but dropped: the first access after each
-//! TTL period drops the generation put two periods ago ([`Generations`]), so the cache holds what
-//! was put in the last two periods (before,
-//! they stayed until the cache was full: every row read in a busy day, up to the cap, each with its
-//! decrypted fields). The media repository keys it by id (unique across tenants) and serves an
-//! entry only to the tenant of its row. Deleting a
-//! media or shredding a tenant in this process drops its entries at once; in *another* process
+//! TTL period drops the generation put two periods ago (`Generations`), so the cache holds what
+//! was put in the last two periods (before, they stayed until the cache was full: every row read
+//! in a busy day, up to the cap, each with its decrypted fields). The media repository keys it by
+//! id (unique across tenants) and serves an entry only to the tenant of its row. Deleting a media
+//! or shredding a tenant in this process drops its entries at once; in *another* process
 //! (a second replica, `media-api tenant shred`, `media-api sweep`) the change is seen here within
 //! the TTL — a presigned URL issued in that window points at an object that is already gone
 //! (S3 answers 404), and the decrypted fields (filename, storage key) stay in this process's
