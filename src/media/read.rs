@@ -12,7 +12,7 @@ use super::ingest::sniff::extension;
 use super::sealed::{self, SealedObject};
 use super::{MediaError, MediaService};
 use crate::auth::Principal;
-use crate::db::media::{MediaRecord, MediaStatus};
+use crate::db::media::{MediaRecord, MediaStatus, StoredMedia};
 use crate::domain::media_id::is_valid;
 use crate::storage::links::LinkedObject;
 use crate::storage::{content_disposition, BlobObject, ByteRange, PresignGet, PresignedRequest};
@@ -39,11 +39,16 @@ impl From<MediaRecord> for Found {
 impl MediaService {
     /// The caller's media with this id.
     pub async fn find(&self, caller: &Principal, id: &str) -> Result<Found, MediaError> {
+        Ok(Arc::unwrap_or_clone(self.find_shared(caller, id).await?).record.into())
+    }
+
+    /// [`Self::find`], the row shared with the row cache (read in place, not copied); the caller
+    /// looks at its status.
+    pub async fn find_shared(&self, caller: &Principal, id: &str) -> Result<Arc<StoredMedia>, MediaError> {
         if !is_valid(id) {
             return Err(MediaError::NotFound);
         }
-        let stored = self.repo.get(&caller.tenant, id).await?.ok_or(MediaError::NotFound)?;
-        Ok(stored.record.into())
+        self.repo.get_shared(&caller.tenant, id).await?.ok_or(MediaError::NotFound)
     }
 
     /// The caller's media with these ids (one query), or [`MediaError::MediaNotFound`] naming the

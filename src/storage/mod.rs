@@ -15,7 +15,6 @@ pub mod links;
 pub mod s3;
 pub mod s3_presign;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -271,11 +270,12 @@ pub fn content_disposition(disposition: &str, filename: &str) -> String {
         filename.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }),
     );
     out.push_str("\"; filename*=UTF-8''");
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in filename.bytes() {
         if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
             out.push(b as char);
         } else {
-            let _ = write!(out, "%{b:02X}");
+            out.extend(['%', HEX[usize::from(b >> 4)] as char, HEX[usize::from(b & 15)] as char]);
         }
     }
     out

@@ -5,7 +5,8 @@
 //! A presign is on the hot path of `/presign` and resolve, where the general signer cost most of
 //! the service's CPU per request (profiled in docs/performance.md: `aws-sigv4` 51 % of the
 //! instructions, a third of it the four HMACs deriving the signing key, the same all day). Here a
-//! URL costs one SHA-256 of a short canonical request and one HMAC. The URL is identical to the one
+//! URL costs one SHA-256 of a short canonical request and one HMAC, and a URL asked for again
+//! within the same second is the one already signed ([`memo`]). The URL is identical to the one
 //! `aws-sigv4` builds for the same inputs and time: the `oracle` test module signs with it and
 //! compares.
 //!
@@ -33,6 +34,7 @@ use zeroize::Zeroizing;
 
 use super::StorageError;
 
+mod memo;
 #[cfg(test)]
 mod oracle;
 
@@ -50,8 +52,17 @@ const MIN_LIFETIME: Duration = Duration::from_secs(10);
 /// Credentials in use and the signing key of one day derived from them.
 struct Signing {
     credentials: Credentials,
+    /// Counts the credentials a signer has had (the memo tells URLs of different ones apart).
+    generation: u64,
     /// `YYYYMMDD` the key was derived for.
     day: String,
+    key: Zeroizing<[u8; 32]>,
+}
+
+/// What a URL is signed with: the credentials, their generation and the day's key.
+struct Current {
+    credentials: Credentials,
+    generation: u64,
     key: Zeroizing<[u8; 32]>,
 }
 
@@ -66,6 +77,8 @@ pub struct GetSigner {
     region: String,
     provider: SharedCredentialsProvider,
     signing: Mutex<Option<Signing>>,
+    /// URLs signed this second, handed out again for the same inputs.
+    memo: memo::Memo,
     /// Held while the provider is asked for new credentials; when it was last asked.
     refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -131,14 +144,15 @@ impl GetSigner {
         };
         let base = format!("{}://{host}{path}", endpoint.scheme());
         let (signing, refresh) = (Mutex::new(None), tokio::sync::Mutex::new(None));
-        Ok(Self { base, host, path, region: region.to_owned(), provider, signing, refresh })
+        let memo = memo::Memo::default();
+        Ok(Self { base, host, path, region: region.to_owned(), provider, signing, memo, refresh })
     }
 
     /// The credentials to sign with and the signing key of `day`, deriving it when the day or the
     /// credentials changed. One refresh runs at a time (the others wait for its result rather than
     /// asking the provider too), at most one per [`RETRY_REFRESH_AFTER`] while the credentials it
     /// gave are still usable, and credentials not yet expired keep serving when a refresh fails.
-    async fn signing(&self, day: &str) -> Result<(Credentials, Zeroizing<[u8; 32]>), StorageError> {
+    async fn signing(&self, day: &str) -> Result<Current, StorageError> {
         let fresh = |c: &Credentials| c.expiry().is_none_or(|at| at > SystemTime::now() + REFRESH_BEFORE);
         let usable = |c: &Credentials| c.expiry().is_none_or(|at| at > SystemTime::now());
         if let Some(found) = self.cached(day, fresh) {
@@ -166,20 +180,25 @@ impl GetSigner {
             }
         };
         let key = signing_key(credentials.secret_access_key(), day, &self.region);
-        let signing = Signing { credentials: credentials.clone(), day: day.to_owned(), key: key.clone() };
-        *self.signing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signing);
-        Ok((credentials, key))
+        let mut guard = self.signing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generation = guard.as_ref().map_or(0, |s| s.generation + 1);
+        *guard = Some(Signing { credentials: credentials.clone(), generation, day: day.to_owned(), key: key.clone() });
+        Ok(Current { credentials, generation, key })
     }
 
     /// The cached credentials if `accept` takes them, with the signing key of `day`.
-    fn cached(&self, day: &str, accept: impl Fn(&Credentials) -> bool) -> Option<(Credentials, Zeroizing<[u8; 32]>)> {
+    fn cached(&self, day: &str, accept: impl Fn(&Credentials) -> bool) -> Option<Current> {
         let mut guard = self.signing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let signing = guard.as_mut().filter(|s| accept(&s.credentials))?;
         if signing.day != day {
             signing.key = signing_key(signing.credentials.secret_access_key(), day, &self.region);
             day.clone_into(&mut signing.day);
         }
-        Some((signing.credentials.clone(), signing.key.clone()))
+        Some(Current {
+            credentials: signing.credentials.clone(),
+            generation: signing.generation,
+            key: signing.key.clone(),
+        })
     }
 
     /// A URL that GETs `key` until `ttl` has passed (or the signing credentials expire, if that
@@ -203,7 +222,11 @@ impl GetSigner {
         now: DateTime<Utc>,
     ) -> Result<SignedUrl, StorageError> {
         let day = format!("{:04}{:02}{:02}", now.year(), now.month(), now.day());
-        let (credentials, signing_key) = self.signing(&day).await?;
+        let Current { credentials, generation, key: signing_key } = self.signing(&day).await?;
+        let asked = memo::Inputs { second: now.timestamp(), generation, key, content_type, content_disposition, ttl };
+        if let Some(signed) = self.memo.get(&asked) {
+            return Ok(signed);
+        }
         let ttl = within_lifetime(ttl, &credentials, now.into())?;
         let stamp = format!("{day}T{:02}{:02}{:02}Z", now.hour(), now.minute(), now.second());
         let key = fmt_label(key, EncodingStrategy::Greedy);
@@ -260,7 +283,9 @@ impl GetSigner {
         // The URL's own end: its signing time (whole seconds, as `X-Amz-Date`) plus `X-Amz-Expires`.
         let signed_at = now.with_nanosecond(0).unwrap_or(now);
         let expires_at = signed_at + chrono::Duration::seconds(ttl.as_secs() as i64);
-        Ok(SignedUrl { url, ttl, expires_at })
+        let signed = SignedUrl { url, ttl, expires_at };
+        self.memo.put(&asked, &signed);
+        Ok(signed)
     }
 
     /// The credentials presigned URLs are signed with now and `ttl` cut to what they have left (see
@@ -269,7 +294,7 @@ impl GetSigner {
     pub async fn credentials_for(&self, ttl: Duration) -> Result<(Credentials, Duration), StorageError> {
         let now = Utc::now();
         let day = format!("{:04}{:02}{:02}", now.year(), now.month(), now.day());
-        let (credentials, _) = self.signing(&day).await?;
+        let Current { credentials, .. } = self.signing(&day).await?;
         let ttl = within_lifetime(ttl, &credentials, now.into())?;
         Ok((credentials, ttl))
     }

@@ -4,7 +4,8 @@
 //!
 //! Rows are keyed by id alone (ids are unique across tenants: a unique index) and a hit is served
 //! only when the row's tenant is the reader's, so a lookup allocates no key; the row is shared
-//! (`Arc`) and copied for the caller outside the cache's lock.
+//! (`Arc`) with the reader, who copies it only to own it ([`MediaRepo::get`]; presign and download
+//! read it in place through [`MediaRepo::get_shared`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,10 +31,9 @@ impl MediaRepo {
     }
 
     /// A cached row, while the gate is open.
-    pub(super) fn cached(&self, tenant: &str, id: &str) -> Option<StoredMedia> {
+    pub(super) fn cached(&self, tenant: &str, id: &str) -> Option<Arc<StoredMedia>> {
         let cache = self.cache.as_ref().filter(|_| self.gate.is_open())?;
-        let hit = cache.get(id).filter(|media| media.record.tenant_id == tenant)?;
-        Some(StoredMedia::clone(&hit))
+        cache.get(id).filter(|media| media.record.tenant_id == tenant)
     }
 
     /// The generation to pass to [`Self::remember`] for rows about to be read.
@@ -46,10 +46,10 @@ impl MediaRepo {
     /// the row went in: a forget that came between the first look and the insert (it bumps the
     /// generation, then removes) would otherwise find nothing to remove and leave the stale row
     /// for the TTL; so the row is taken out again (at worst a fresher copy, a cache miss).
-    pub(super) fn remember(&self, media: &StoredMedia, generation: u64) {
+    pub(super) fn remember(&self, media: &Arc<StoredMedia>, generation: u64) {
         match &self.cache {
             Some(cache) if is_cacheable(media) && self.gate.is_open() && self.generation() == generation => {
-                cache.put(media.record.id.clone(), Arc::new(media.clone()));
+                cache.put(media.record.id.clone(), media.clone());
                 if self.generation() != generation {
                     cache.remove(media.record.id.as_str());
                 }

@@ -240,13 +240,19 @@ impl MediaRepo {
 
     /// The tenant's media with this id, decrypted; `None` when the tenant has no such id.
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<StoredMedia>, DbError> {
+        Ok(self.get_shared(tenant, id).await?.map(Arc::unwrap_or_clone))
+    }
+
+    /// [`Self::get`], the row shared with the cache rather than copied (a cached row costs no
+    /// allocation).
+    pub async fn get_shared(&self, tenant: &str, id: &str) -> Result<Option<Arc<StoredMedia>>, DbError> {
         if let Some(hit) = self.cached(tenant, id) {
             return Ok(Some(hit));
         }
         let generation = self.generation();
         match self.row_by_id(tenant, id).await? {
             Some(row) => {
-                let media = self.open_row(row).await?;
+                let media = Arc::new(self.open_row(row).await?);
                 self.remember(&media, generation);
                 Ok(Some(media))
             }
@@ -261,7 +267,7 @@ impl MediaRepo {
         let mut missing = Vec::with_capacity(ids.len());
         for id in ids {
             match self.cached(tenant, id) {
-                Some(hit) => out.push(hit),
+                Some(hit) => out.push(Arc::unwrap_or_clone(hit)),
                 None => missing.push(id.clone()),
             }
         }
@@ -270,9 +276,9 @@ impl MediaRepo {
         }
         let generation = self.generation();
         for row in self.rows_by_ids(tenant, &missing).await? {
-            let media = self.open_row(row).await?;
+            let media = Arc::new(self.open_row(row).await?);
             self.remember(&media, generation);
-            out.push(media);
+            out.push(Arc::unwrap_or_clone(media));
         }
         Ok(out)
     }

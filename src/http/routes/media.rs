@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Principal;
-use crate::db::media::MediaRecord;
+use crate::db::media::{MediaRecord, MediaStatus, StoredMedia};
 use crate::http::error::{ApiError, ApiQuery, MediaIdPath};
 use crate::http::extract::{Authenticated, CanRead, CanWrite};
 use crate::http::openapi::{AuthErrors, ErrorBody, NotFound, PendingErrors};
@@ -37,9 +37,32 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(download, remove)).routes(routes!(presign))
 }
 
+/// A ready media: the row as the row cache shares it, or one just verified.
+enum Loaded {
+    Shared(Arc<StoredMedia>),
+    /// A pending direct upload just verified (rare: boxed).
+    Verified(Box<MediaRecord>),
+}
+
+impl std::ops::Deref for Loaded {
+    type Target = MediaRecord;
+
+    fn deref(&self) -> &MediaRecord {
+        match self {
+            Self::Shared(stored) => &stored.record,
+            Self::Verified(record) => record,
+        }
+    }
+}
+
 /// The caller's media with this id, verified first when it is a pending direct upload.
-pub async fn load(state: &AppState, caller: &Arc<Principal>, id: &str) -> Result<MediaRecord, ApiError> {
-    ready(state, caller, state.service.find(caller, id).await?).await
+async fn load(state: &AppState, caller: &Arc<Principal>, id: &str) -> Result<Loaded, ApiError> {
+    let stored = state.service.find_shared(caller, id).await?;
+    if stored.record.status == MediaStatus::Ready {
+        return Ok(Loaded::Shared(stored));
+    }
+    let pending = Found::Pending(Arc::unwrap_or_clone(stored).record);
+    Ok(Loaded::Verified(Box::new(ready(state, caller, pending).await?)))
 }
 
 /// A media made ready: a pending direct upload is verified (sharing the storage of identical bytes,
@@ -129,10 +152,10 @@ async fn download(
     if !state.config.proxy_download || wants_json {
         let link = state.service.presign(&record, state.config.presign_ttl).await?;
         let metadata = MediaMetadata {
-            id: record.id,
-            mime: record.mime,
+            id: record.id.clone(),
+            mime: record.mime.clone(),
             bytes: record.size,
-            filename: record.filename,
+            filename: record.filename.clone(),
             url: link.url,
             expires_at: link.expires_at,
         };
@@ -179,8 +202,8 @@ async fn presign(
     let link = state.service.presign(&record, ttl).await?;
     let expires_in = (link.expires_at - Utc::now()).num_seconds().max(0);
     // The URL plus the id, the field names and two times: the whole body in one buffer.
-    let size = link.url.len() + record.id.len() + 128;
-    Ok(SizedJson(PresignResponse { id: record.id, url: link.url, expires_in, expires_at: link.expires_at }, size))
+    let size = link.url.len() + id.len() + 128;
+    Ok(SizedJson(PresignResponse { id, url: link.url, expires_in, expires_at: link.expires_at }, size))
 }
 
 /// Deletes the bytes and the row: the uploader, or a caller with `media:admin`.

@@ -54,6 +54,8 @@ async fn urls_are_the_ones_aws_sigv4_signs_for_the_same_inputs_and_time() {
                             now.into(),
                         );
                         assert_eq!(parts(&ours), parts(&theirs), "{endpoint:?} {key} at {time}");
+                        let again = signer.get_url_at(key, ty, disposition, ttl, now).await.expect("signed").url;
+                        assert_eq!(again, ours, "asked again in the same second: the same URL");
                         compared += 1;
                     }
                 }
@@ -217,4 +219,28 @@ async fn credentials_about_to_expire_sign_no_url_and_the_end_told_is_the_urls_ow
     let expected: DateTime<Utc> = "2026-11-26T10:05:00Z".parse().expect("time");
     assert_eq!(signed.expires_at, expected);
     assert!(signed.url.contains("X-Amz-Date=20261126T100000Z&X-Amz-Expires=300"), "{}", signed.url);
+}
+
+#[tokio::test]
+async fn a_url_asked_again_within_its_second_is_the_one_signed_and_the_next_second_signs_anew() {
+    let (ttl, signer) = (Duration::from_secs(300), signer_with(None, false, plain_credentials()));
+    let at = |time: &str| time.parse::<DateTime<Utc>>().expect("time");
+    let first =
+        signer.get_url_at("k", "image/png", "inline", ttl, at("2026-11-26T10:00:00.100Z")).await.expect("signed");
+    let again =
+        signer.get_url_at("k", "image/png", "inline", ttl, at("2026-11-26T10:00:00.900Z")).await.expect("signed");
+    assert_eq!(again, first);
+    // What a signer that never saw the first URL signs at that moment: the same.
+    let fresh = signer_with(None, false, plain_credentials());
+    let theirs =
+        fresh.get_url_at("k", "image/png", "inline", ttl, at("2026-11-26T10:00:00.900Z")).await.expect("signed");
+    assert_eq!(theirs, first);
+    let next = signer.get_url_at("k", "image/png", "inline", ttl, at("2026-11-26T10:00:01Z")).await.expect("signed");
+    assert!(next.url.contains("X-Amz-Date=20261126T100001Z&X-Amz-Expires=300"), "{}", next.url);
+    assert_eq!(next.expires_at, first.expires_at + chrono::Duration::seconds(1));
+    // Another lifetime or forced header in the same second: its own URL.
+    let shorter = signer.get_url_at("k", "image/png", "inline", Duration::from_secs(60), at("2026-11-26T10:00:01Z"));
+    assert!(shorter.await.expect("signed").url.contains("X-Amz-Expires=60&"));
+    let gif = signer.get_url_at("k", "image/gif", "inline", ttl, at("2026-11-26T10:00:01Z")).await.expect("signed");
+    assert!(gif.url.contains("response-content-type=image%2Fgif"), "{}", gif.url);
 }
