@@ -95,6 +95,26 @@ async fn a_user_id_hint_is_bounded_on_every_way_in() {
         let request = m.http().post(m.url("/v1/media/prepare-upload")).bearer_auth(&alice).json(&prepare);
         let (status, body) = json_of(request.send().await.unwrap()).await;
         refused(status, &body, "prepare-upload");
+
+        // The pipeline refuses it too, whoever calls it (not only the media service's routes).
+        let caller = media_api::auth::Principal {
+            subject: "alice".into(),
+            tenant: "tenant-a".into(),
+            issuer: None,
+            roles: Default::default(),
+            scopes: Default::default(),
+            permissions: [media_api::auth::Permission::Write].into_iter().collect(),
+            anonymous: false,
+        };
+        let upload = media_api::media::ingest::pipeline::Upload {
+            declared: Vec::new(),
+            filename: None,
+            user_hint: Some(long.clone()),
+            content_length: Some(900),
+        };
+        let body = futures::StreamExt::boxed(futures::stream::iter([Ok(Bytes::from(png(900, 34)))]));
+        let err = m.app.state.pipeline.ingest(&caller, upload, body).await.expect_err("a 1025-byte hint stored");
+        assert_eq!(err.code(), "user_id_too_long", "{stack:?}: {err}");
         assert_eq!(m.counts().await, before, "{stack:?}: something was stored");
 
         let fits = "u".repeat(1024);

@@ -195,8 +195,10 @@ impl Pipeline {
             .map_err(|err| MediaError::Interrupted(std::io::Error::other(err)))?
     }
 
-    /// Checks, stores and records one upload (see the module docs).
+    /// Checks, stores and records one upload (see the module docs). The media service refuses an
+    /// oversized `user_id` before it reads a body; it is checked here again for any other caller.
     pub async fn ingest(&self, caller: &Principal, upload: Upload, body: ByteStream) -> Result<Ingested, MediaError> {
+        super::sources::check_user_hint(upload.user_hint.as_deref())?;
         let (filename, user_hint) = (upload.filename.clone(), upload.user_hint.clone());
         let stored = self.store(&caller.tenant, upload, body).await?;
         let record = MediaRecord {
