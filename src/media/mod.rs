@@ -67,6 +67,8 @@ pub struct MediaService {
     pipeline: Pipeline,
     remote: RemoteFetcher,
     settings: MediaSettings,
+    /// `media_presigns_total`, looked up once (the recorder is installed before services are built).
+    presigns: metrics::Counter,
 }
 
 impl MediaService {
@@ -78,7 +80,9 @@ impl MediaService {
         remote: RemoteFetcher,
         settings: MediaSettings,
     ) -> Self {
-        Self { repo: pipeline.repo().clone(), blobs: pipeline.blobs().clone(), links, pipeline, remote, settings }
+        let (repo, blobs) = (pipeline.repo().clone(), pipeline.blobs().clone());
+        let presigns = metrics::counter!(crate::telemetry::metrics::names::PRESIGNS);
+        Self { repo, blobs, links, pipeline, remote, settings, presigns }
     }
 
     /// The settings applied.

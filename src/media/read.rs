@@ -16,7 +16,6 @@ use crate::db::media::{MediaRecord, MediaStatus, StoredMedia};
 use crate::domain::media_id::is_valid;
 use crate::storage::links::LinkedObject;
 use crate::storage::{content_disposition, BlobObject, ByteRange, PresignGet, PresignedRequest};
-use crate::telemetry::metrics::names;
 
 /// A media of the caller's tenant, as stored.
 #[derive(Debug)]
@@ -96,7 +95,7 @@ impl MediaService {
                 links.sign_sealed_get(&record.storage_key, ttl, &options.content_type, disposition, &object)
             }
         };
-        metrics::counter!(names::PRESIGNS).increment(1);
+        self.presigns.increment(1);
         Ok(link)
     }
 
