@@ -73,7 +73,8 @@ pub struct MediaService {
 
 impl MediaService {
     /// The use cases over the pipeline's rows and blob store, signing links with `links` (the
-    /// filesystem backend's), fetching `remote_url`s with `remote`.
+    /// filesystem backend's), fetching `remote_url`s with `remote`. Metrics go to the recorder
+    /// installed before this is called (none: not counted).
     pub fn new(
         pipeline: Pipeline,
         links: Option<Arc<LinkSigner>>,

@@ -224,10 +224,12 @@ impl GetSigner {
         let day = format!("{:04}{:02}{:02}", now.year(), now.month(), now.day());
         let Current { credentials, generation, key: signing_key } = self.signing(&day).await?;
         let asked = memo::Inputs { second: now.timestamp(), generation, key, content_type, content_disposition, ttl };
-        if let Some(signed) = self.memo.get(&asked) {
+        // Before the memo: credentials too close to their end sign nothing, memoised or not.
+        let ttl = within_lifetime(ttl, &credentials, now.into())?;
+        let slot = self.memo.slot(&asked);
+        if let Some(signed) = self.memo.get(slot, &asked) {
             return Ok(signed);
         }
-        let ttl = within_lifetime(ttl, &credentials, now.into())?;
         let stamp = format!("{day}T{:02}{:02}{:02}Z", now.hour(), now.minute(), now.second());
         let key = fmt_label(key, EncodingStrategy::Greedy);
 
@@ -284,7 +286,7 @@ impl GetSigner {
         let signed_at = now.with_nanosecond(0).unwrap_or(now);
         let expires_at = signed_at + chrono::Duration::seconds(ttl.as_secs() as i64);
         let signed = SignedUrl { url, ttl, expires_at };
-        self.memo.put(&asked, &signed);
+        self.memo.put(slot, &asked, &signed);
         Ok(signed)
     }
 

@@ -201,6 +201,8 @@ async fn presign(
     let record = load(&state, &caller.0, &id).await?;
     let link = state.service.presign(&record, ttl).await?;
     let expires_in = (link.expires_at - Utc::now()).num_seconds().max(0);
+    // The path's id is the row's: a lookup matches ids exactly, and only canonical ones parse.
+    debug_assert_eq!(id, record.id);
     Ok(PresignResponse { id, url: link.url, expires_in, expires_at: link.expires_at })
 }
 
@@ -242,8 +244,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_presign_answer_is_its_serde_json() {
-        let expires_at: DateTime<Utc> = "2026-11-27T19:00:01Z".parse().unwrap();
-        for (id, url) in [("jan_01", "https://s3/b/k?X-Amz-Signature=ab%2F"), ("odd\"id", "http://x/\\y\u{1}")] {
+        let cases = [
+            ("jan_01", "https://s3/b/k?X-Amz-Signature=ab%2F", "2026-11-27T19:00:01Z"),
+            ("odd\"id", "http://x/\\y\u{1}\u{7f}", "2026-11-27T19:00:01.123456789Z"),
+            ("ü", "https://x/\u{2028}€😀\t", "1970-01-01T00:00:00Z"),
+        ];
+        for (id, url, at) in cases {
+            let expires_at: DateTime<Utc> = at.parse().unwrap();
             let answer = PresignResponse { id: id.into(), url: url.into(), expires_in: 299, expires_at };
             let expected = serde_json::to_vec(&answer).unwrap();
             let response = answer.into_response();

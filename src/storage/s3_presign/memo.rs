@@ -67,20 +67,26 @@ impl Default for Memo {
     }
 }
 
+/// Where a URL's inputs are kept (hashed once per URL, for [`Memo::get`] and [`Memo::put`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slot(usize);
+
 impl Memo {
-    fn slot(&self, inputs: &Inputs<'_>) -> &Mutex<Option<Entry>> {
+    /// The slot of these inputs (the second and generation are not hashed: a URL of a later
+    /// second replaces the earlier one in the same slot).
+    pub fn slot(&self, inputs: &Inputs<'_>) -> Slot {
         let hash = self.hasher.hash_one((inputs.key, inputs.content_type, inputs.content_disposition, inputs.ttl));
-        &self.slots[(hash % SLOTS as u64) as usize]
+        Slot((hash % SLOTS as u64) as usize)
     }
 
     /// The URL signed for exactly these inputs, if it is still kept.
-    pub fn get(&self, inputs: &Inputs<'_>) -> Option<SignedUrl> {
-        let slot = self.slot(inputs).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    pub fn get(&self, slot: Slot, inputs: &Inputs<'_>) -> Option<SignedUrl> {
+        let slot = self.slots[slot.0].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         slot.as_ref().filter(|entry| entry.matches(inputs)).map(|entry| entry.signed.clone())
     }
 
     /// Keeps `signed`, the URL signed for `inputs`, in their slot.
-    pub fn put(&self, inputs: &Inputs<'_>, signed: &SignedUrl) {
+    pub fn put(&self, slot: Slot, inputs: &Inputs<'_>, signed: &SignedUrl) {
         let entry = Entry {
             second: inputs.second,
             generation: inputs.generation,
@@ -91,7 +97,7 @@ impl Memo {
             signed: signed.clone(),
         };
         // The entry it replaces is freed after the lock is released.
-        let _replaced = self.slot(inputs).lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(entry);
+        let _replaced = self.slots[slot.0].lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(entry);
     }
 }
 
@@ -117,17 +123,18 @@ mod tests {
     #[test]
     fn a_url_is_handed_out_only_for_the_same_inputs_second_and_credentials() {
         let memo = Memo::default();
-        memo.put(&inputs(100, "a"), &url("A"));
-        assert_eq!(memo.get(&inputs(100, "a")), Some(url("A")));
-        assert_eq!(memo.get(&inputs(101, "a")), None, "another second");
-        assert_eq!(memo.get(&inputs(100, "b")), None, "another key");
+        let get = |inputs: &Inputs<'_>| memo.get(memo.slot(inputs), inputs);
+        memo.put(memo.slot(&inputs(100, "a")), &inputs(100, "a"), &url("A"));
+        assert_eq!(get(&inputs(100, "a")), Some(url("A")));
+        assert_eq!(get(&inputs(101, "a")), None, "another second");
+        assert_eq!(get(&inputs(100, "b")), None, "another key");
         for other in [
             Inputs { generation: 2, ..inputs(100, "a") },
             Inputs { content_type: "image/gif", ..inputs(100, "a") },
             Inputs { content_disposition: "attachment", ..inputs(100, "a") },
             Inputs { ttl: Duration::from_secs(61), ..inputs(100, "a") },
         ] {
-            assert_eq!(memo.get(&other), None, "{other:?}");
+            assert_eq!(get(&other), None, "{other:?}");
         }
     }
 
@@ -135,12 +142,13 @@ mod tests {
     fn at_most_one_url_per_slot_is_kept_and_the_latest_wins() {
         let memo = Memo::default();
         let keys: Vec<String> = (0..4 * SLOTS).map(|n| format!("key-{n}")).collect();
+        let get = |inputs: &Inputs<'_>| memo.get(memo.slot(inputs), inputs);
         for key in &keys {
-            memo.put(&inputs(7, key), &url(key));
+            memo.put(memo.slot(&inputs(7, key)), &inputs(7, key), &url(key));
         }
-        let kept = keys.iter().filter(|key| memo.get(&inputs(7, key)).is_some()).count();
+        let kept = keys.iter().filter(|key| get(&inputs(7, key)).is_some()).count();
         let used = memo.slots.iter().filter(|slot| slot.lock().expect("slot").is_some()).count();
         assert!(kept <= SLOTS && kept == used, "kept {kept}, slots used {used}");
-        assert_eq!(memo.get(&inputs(7, &keys[4 * SLOTS - 1])), Some(url(&keys[4 * SLOTS - 1])), "the last put is kept");
+        assert_eq!(get(&inputs(7, &keys[4 * SLOTS - 1])), Some(url(&keys[4 * SLOTS - 1])), "the last put is kept");
     }
 }

@@ -244,3 +244,20 @@ async fn a_url_asked_again_within_its_second_is_the_one_signed_and_the_next_seco
     let gif = signer.get_url_at("k", "image/gif", "inline", ttl, at("2026-11-26T10:00:01Z")).await.expect("signed");
     assert!(gif.url.contains("response-content-type=image%2Fgif"), "{}", gif.url);
 }
+
+#[tokio::test]
+async fn a_memoised_url_is_not_handed_out_once_its_credentials_are_too_close_to_their_end() {
+    // Credentials ending half a second past a whole second, 20 minutes away (not refreshed).
+    let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(Utc::now().timestamp() as u64 + 1200);
+    let expiry = whole + Duration::from_millis(500);
+    let signer = GetSigner::new(None, "media", "eu-west-1", false, SharedCredentialsProvider::new(ExpiringAt(expiry)))
+        .expect("signer");
+    let ttl = Duration::from_secs(300);
+    // 10.5 s before the end: 10 whole seconds left, just enough; a URL of 10 s.
+    let second: DateTime<Utc> = (whole - Duration::from_secs(10)).into();
+    let first = signer.get_url_at("k", "image/png", "inline", ttl, second).await.expect("signed");
+    assert_eq!(first.ttl, Duration::from_secs(10));
+    // The same second, 0.9 s later: 9.6 s left, so no URL, although one of this second is kept.
+    let later = second + chrono::Duration::milliseconds(900);
+    assert!(signer.get_url_at("k", "image/png", "inline", ttl, later).await.is_err());
+}
