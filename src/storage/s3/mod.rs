@@ -5,8 +5,8 @@
 //! request, and a PUT is atomic: an interrupted body leaves no object and nothing to abort. Otherwise
 //! the body is cut into parts of `part_size` bytes; a body that ends inside the first part goes up as
 //! one `PutObject`, anything larger as a multipart upload with at most `upload_concurrency` parts in
-//! flight (memory ≈ part size × (concurrency + 1) at most, the body's own chunks, never copied into part
-//! buffers; see `upload`). Any error — a failing source stream, a refused
+//! memory, the one being filled included (buffers reused from part to part and upload to upload;
+//! see `part` and `upload`). Any error — a failing source stream, a refused
 //! part, the future being dropped — aborts the multipart upload so no part is left billed and
 //! invisible in the bucket.
 //!
@@ -43,9 +43,11 @@ pub(super) const BACKEND: &str = "s3";
 /// The largest object S3 takes in one `PutObject`.
 const MAX_STREAMED_PUT: u64 = 5 << 30;
 
+mod part;
 mod upload;
 
-use upload::{abort_upload, Part, SizedBody};
+use part::PartBuffers;
+use upload::{abort_upload, fill_part, SizedBody};
 
 /// Blobs in one S3 bucket.
 #[derive(Debug, Clone)]
@@ -56,6 +58,8 @@ pub struct S3BlobStore {
     bucket: String,
     part_size: usize,
     upload_concurrency: usize,
+    /// Part buffers, reused from upload to upload.
+    buffers: std::sync::Arc<PartBuffers>,
     sign_payload: bool,
 }
 
@@ -154,13 +158,15 @@ impl S3BlobStore {
             config.path_style,
             provider,
         )?);
+        let part_size = usize::try_from(config.part_size).unwrap_or(usize::MAX);
         Ok(Self {
             get_signer,
             client,
             presign_client,
             bucket: config.bucket.clone(),
-            part_size: usize::try_from(config.part_size).unwrap_or(usize::MAX),
+            part_size,
             upload_concurrency: config.upload_concurrency,
+            buffers: PartBuffers::new(part_size, config.upload_concurrency),
             sign_payload: config.sign_payload,
         })
     }
@@ -189,11 +195,11 @@ impl BlobStore for S3BlobStore {
 
     async fn put(&self, key: &str, content_type: &str, mut body: ByteStream) -> Result<u64, StorageError> {
         validate_key(key)?;
-        let mut first = Part::default();
+        let mut first = self.buffers.part();
         let mut carry = Bytes::new();
-        let ended = self.fill_part(&mut body, &mut first, &mut carry).await?;
+        let ended = fill_part(&mut body, &mut first, &mut carry).await?;
         if ended {
-            return self.put_single(key, content_type, first.joined()).await;
+            return self.put_single(key, content_type, first.into_bytes()).await;
         }
         self.put_multipart(key, content_type, first, body, carry).await
     }

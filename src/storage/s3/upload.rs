@@ -3,14 +3,9 @@
 //! with at most `upload_concurrency` parts in memory, aborted by [`MultipartGuard`] on any error or
 //! cancellation so no part is left billed and invisible in the bucket.
 //!
-//! A [`Part`] holds the body's chunks as they came (the server's read buffers, the multipart
-//! reader's slices) when they are at least 16 KiB long, and copies shorter ones together, so a
-//! client sending tiny chunks cannot make a part hold a handle (and a pinned read buffer) per
-//! byte. With unsigned payloads a part
-//! streams them to S3 one by one; with `MEDIA_S3_SIGN_PAYLOAD` (SigV4 must hash the part before
-//! sending it) they are joined into one buffer first. Either way the request body can be sent
-//! again — the SDK retries a part after a transient error (a 5xx, `SlowDown`, a reset connection)
-//! — so a part's chunks are kept until its request has answered.
+//! A part is one pooled buffer the body's chunks are copied into ([`super::part`]). Its request
+//! body can be sent again — the SDK retries a part after a transient error (a 5xx, `SlowDown`, a
+//! reset connection) — so the buffer is kept until its request has answered, then reused.
 //!
 //! The memory bound counts bytes: the next part is filled once the parts whose requests have not
 //! answered hold at most `upload_concurrency - 1` parts' worth of bytes ([`Held`]), so an upload
@@ -22,13 +17,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
-use aws_smithy_types::body::SdkBody;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use tokio::task::JoinSet;
 
 use aws_sdk_s3::error::DisplayErrorContext;
 
+use super::part::Part;
 use super::{sdk_error, S3BlobStore, BACKEND};
 use crate::storage::{ByteStream, StorageError};
 
@@ -114,83 +109,6 @@ impl Held {
     }
 }
 
-/// Chunks at least this long are kept as they came; shorter ones are copied together.
-const KEEP_MIN: usize = 16 * 1024;
-/// The buffer short chunks are copied into.
-const SMALL_BUFFER: usize = 64 * 1024;
-
-/// The chunks of one part (or of a whole small body), in order, `len` bytes in all.
-///
-/// A chunk of [`KEEP_MIN`] bytes or more is kept as it came (no copy); shorter ones are copied
-/// into a shared buffer. A client sending its body in tiny chunks (one byte each, say) would
-/// otherwise make a part hold a handle per byte — and pin the connection's read buffer each is a
-/// slice of — many times the part's size; this way a part of `n` bytes holds at most about
-/// `2 n / KEEP_MIN` handles and its memory stays close to `n`.
-#[derive(Default)]
-pub(super) struct Part {
-    chunks: Vec<Bytes>,
-    small: BytesMut,
-    len: usize,
-}
-
-impl Part {
-    /// Bytes in the part.
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-
-    fn push(&mut self, chunk: Bytes) {
-        self.len += chunk.len();
-        if chunk.len() >= KEEP_MIN {
-            self.flush_small();
-            self.chunks.push(chunk);
-            return;
-        }
-        if self.small.capacity() - self.small.len() < chunk.len() {
-            self.flush_small();
-            self.small.reserve(SMALL_BUFFER);
-        }
-        self.small.extend_from_slice(&chunk);
-    }
-
-    /// Moves what the small buffer holds into the chunk list.
-    fn flush_small(&mut self) {
-        if !self.small.is_empty() {
-            self.chunks.push(self.small.split().freeze());
-        }
-    }
-
-    /// The part as one buffer (a copy unless it is a single chunk).
-    pub(super) fn joined(mut self) -> Bytes {
-        self.flush_small();
-        if self.chunks.len() == 1 {
-            return self.chunks.pop().unwrap_or_default();
-        }
-        let mut joined = BytesMut::with_capacity(self.len);
-        for chunk in self.chunks {
-            joined.extend_from_slice(&chunk);
-        }
-        joined.freeze()
-    }
-
-    /// The part as a request body the SDK can send again: its chunks streamed, or one buffer when
-    /// the payload is signed (the signer reads the body before it is sent). The chunks live as long
-    /// as the body (every attempt sends them).
-    fn body(mut self, sign_payload: bool) -> S3Body {
-        if sign_payload {
-            return S3Body::from(self.joined());
-        }
-        self.flush_small();
-        let len = self.len as u64;
-        let chunks: Arc<[Bytes]> = self.chunks.into();
-        S3Body::new(SdkBody::retryable(move || {
-            let chunks = chunks.clone();
-            let stream = futures::stream::iter(0..chunks.len()).map(move |i| Ok(chunks[i].clone()));
-            SdkBody::from_body_1_x(SizedBody::new(stream.boxed(), len))
-        }))
-    }
-}
-
 /// Removes a multipart upload unless it was completed. Dropping the guard (an error path, or the
 /// upload future being cancelled) spawns the abort so no orphaned upload stays in the bucket.
 pub(super) struct MultipartGuard {
@@ -228,30 +146,28 @@ pub(super) async fn abort_upload(client: &Client, bucket: &str, key: &str, uploa
     }
 }
 
-impl S3BlobStore {
-    /// Reads from `body` until `part` holds a full part or the body ends; returns whether it ended.
-    /// A chunk crossing the part's end is split (no copy); its rest stays in `carry`.
-    pub(super) async fn fill_part(
-        &self,
-        body: &mut ByteStream,
-        part: &mut Part,
-        carry: &mut Bytes,
-    ) -> Result<bool, StorageError> {
-        loop {
-            if !carry.is_empty() {
-                let take = carry.len().min(self.part_size - part.len());
-                part.push(carry.split_to(take));
-            }
-            if part.len() == self.part_size {
-                return Ok(false);
-            }
-            match body.next().await {
-                Some(chunk) => *carry = chunk.map_err(StorageError::Source)?,
-                None => return Ok(true),
-            }
+/// Reads from `body` until `part` is full or the body ends; returns whether it ended. A chunk
+/// crossing the part's end is split; its rest stays in `carry`, and a chunk copied whole is
+/// released at once.
+pub(super) async fn fill_part(body: &mut ByteStream, part: &mut Part, carry: &mut Bytes) -> Result<bool, StorageError> {
+    loop {
+        let taken = part.fill_from(carry);
+        if taken == carry.len() {
+            *carry = Bytes::new();
+        } else {
+            carry.advance(taken);
+        }
+        if part.room() == 0 {
+            return Ok(false);
+        }
+        match body.next().await {
+            Some(chunk) => *carry = chunk.map_err(StorageError::Source)?,
+            None => return Ok(true),
         }
     }
+}
 
+impl S3BlobStore {
     /// A `PutObject` of `length` bytes of `body`.
     pub(super) fn put_object(
         &self,
@@ -351,8 +267,8 @@ impl S3BlobStore {
                     () = held.released.notified() => {}
                 }
             }
-            let mut part = Part::default();
-            let ended = self.fill_part(body, &mut part, carry).await?;
+            let mut part = self.buffers.part();
+            let ended = fill_part(body, &mut part, carry).await?;
             if part.len() > 0 {
                 next_part = Some(part);
             }
@@ -421,11 +337,11 @@ async fn upload_part(
         .upload_id(target.upload_id)
         .part_number(number)
         .content_length(length as i64)
-        .body(part.body(target.sign_payload))
+        .body(S3Body::from(part.into_bytes()))
         .customize();
     let request = if target.sign_payload { request } else { request.disable_payload_signing() };
     let output = request.send().await;
-    // The request, and with it the part's chunks, is gone once it has answered.
+    // The request, and with it the part's buffer, is gone once it has answered.
     held.release(length);
     let output = output.map_err(sdk_error("upload part"))?;
     let part = CompletedPart::builder().set_e_tag(output.e_tag().map(str::to_owned)).part_number(number).build();
@@ -446,52 +362,38 @@ fn join_part(
 
 #[cfg(test)]
 mod tests {
+    use super::super::part::PartBuffers;
     use super::*;
 
     #[tokio::test]
-    async fn a_part_sends_its_chunks_in_order_streamed_or_joined_and_again_for_a_retry() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    async fn parts_are_filled_across_chunks_in_order_and_their_body_can_be_sent_again() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let whole = Bytes::from(data.clone());
-        let part = || {
-            let mut part = Part::default();
-            for (start, end) in [(0, 1), (1, 65_537), (65_537, 65_544), (65_544, 100_000)] {
-                part.push(whole.slice(start..end));
-            }
-            part
-        };
-        assert_eq!(part().len(), data.len());
-        assert_eq!(part().joined(), data, "joined in order");
-        for sign_payload in [false, true] {
-            let body = part().body(sign_payload).into_inner();
+        // Chunks of 1 byte, of more than a part, and in between.
+        let cuts = [0, 1, 2, 3000, 3007, 9000, 9999, 10_000];
+        let chunks: Vec<std::io::Result<Bytes>> = cuts.windows(2).map(|w| Ok(whole.slice(w[0]..w[1]))).collect();
+        let mut body: ByteStream = futures::stream::iter(chunks).boxed();
+        let pool = PartBuffers::new(1024, 2);
+        let (mut carry, mut sent, mut parts) = (Bytes::new(), Vec::new(), 0);
+        loop {
+            let mut part = pool.part();
+            let ended = fill_part(&mut body, &mut part, &mut carry).await.expect("the body reads");
+            assert!(ended || part.len() == 1024, "only the last part is short");
+            parts += 1;
             // What the SDK does before a retry: a fresh copy of the body, read from the start.
-            let again = body.try_clone().expect("the SDK can send a part again");
-            for (attempt, body) in [body, again].into_iter().enumerate() {
-                let sent = S3Body::new(body).collect().await.expect("the body is read whole").into_bytes();
-                assert_eq!(sent, data, "sign_payload {sign_payload}, attempt {attempt}: the part's bytes in order");
+            let first = S3Body::from(part.into_bytes()).into_inner();
+            let again = first.try_clone().expect("the SDK can send a part again");
+            let again = S3Body::new(again).collect().await.expect("read whole").into_bytes();
+            let first = S3Body::new(first).collect().await.expect("read whole").into_bytes();
+            assert_eq!(first, again, "a retry sends the same bytes");
+            sent.extend_from_slice(&first);
+            if ended {
+                break;
             }
         }
-        assert!(Part::default().joined().is_empty());
-    }
-
-    #[test]
-    fn a_part_fed_tiny_chunks_holds_few_handles_and_every_byte_in_order() {
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        let whole = Bytes::from(data.clone());
-        let mut part = Part::default();
-        // One byte at a time, with a large chunk now and then.
-        let mut at = 0;
-        while at < data.len() {
-            let n = if at % 50_000 == 0 { KEEP_MIN } else { 1 };
-            let end = (at + n).min(data.len());
-            part.push(whole.slice(at..end));
-            at = end;
-        }
-        assert_eq!(part.len(), data.len());
-        part.flush_small();
-        let handles = part.chunks.len();
-        assert!(handles <= 2 * data.len() / KEEP_MIN + 2, "{handles} handles for {} bytes", data.len());
-        let large = part.chunks.iter().filter(|c| c.len() == KEEP_MIN).count();
-        assert_eq!(large, 6, "chunks of KEEP_MIN bytes are kept as they came");
-        assert_eq!(part.joined(), data, "every byte once, in order");
+        assert_eq!(parts, 10, "ten parts of at most 1024 bytes");
+        assert_eq!(sent, data, "every byte once, in order");
+        assert!(carry.is_empty());
+        assert_eq!(pool.part().len(), 0);
     }
 }
