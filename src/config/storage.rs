@@ -15,6 +15,8 @@ use crate::domain::storage_key::check_storage_key;
 
 /// The smallest part S3 accepts in a multipart upload (except the last one).
 pub const S3_MIN_PART_SIZE: u64 = 5 * MIB;
+/// The largest part S3 takes.
+pub const S3_MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 
 /// S3-compatible object storage settings (`MEDIA_S3_*`).
 #[derive(Debug, Clone)]
@@ -89,8 +91,11 @@ pub(super) fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Resul
         ));
     }
     let part_size = env.size("MEDIA_S3_PART_SIZE")?.unwrap_or(S3_MIN_PART_SIZE);
-    if part_size < S3_MIN_PART_SIZE {
-        return Err(ConfigError::new("MEDIA_S3_PART_SIZE", "must be at least 5 MiB (the S3 minimum)"));
+    if !(S3_MIN_PART_SIZE..=S3_MAX_PART_SIZE).contains(&part_size) {
+        return Err(ConfigError::new(
+            "MEDIA_S3_PART_SIZE",
+            "must be between 5 MiB and 5 GiB (the S3 limits; each upload holds MEDIA_S3_UPLOAD_CONCURRENCY buffers of it)",
+        ));
     }
     let upload_concurrency = env.parse::<usize>("MEDIA_S3_UPLOAD_CONCURRENCY", "a whole number")?.unwrap_or(2);
     if !(1..=16).contains(&upload_concurrency) {

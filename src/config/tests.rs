@@ -174,6 +174,22 @@ fn durations_and_sizes_parse_like_go_and_humans_write_them() {
 }
 
 #[test]
+fn a_part_size_outside_the_s3_limits_is_refused() {
+    let with = |size: &str| Config::from_vars(&vars(&[("MEDIA_S3_BUCKET", "b"), ("MEDIA_S3_PART_SIZE", size)]));
+    for refused in ["4MiB", "5121MiB", "1000GB"] {
+        let err = with(refused).expect_err(refused);
+        assert_eq!(err.var, "MEDIA_S3_PART_SIZE", "{refused}");
+        assert!(err.to_string().contains("between 5 MiB and 5 GiB"), "{err}");
+    }
+    for taken in ["5MiB", "5120MiB"] {
+        match with(taken).expect(taken).storage {
+            StorageConfig::S3(s3) => assert_eq!(s3.part_size, parse_size(taken).expect("a size")),
+            other => panic!("{taken}: S3 expected, got {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn presign_ttl_above_the_cap_is_refused() {
     let err = Config::from_vars(&vars(&[("MEDIA_S3_PRESIGN_TTL", "2h")])).unwrap_err();
     assert_eq!(err.var, "MEDIA_S3_PRESIGN_TTL");

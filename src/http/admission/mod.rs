@@ -22,7 +22,8 @@
 //! The concurrency cap always belongs to the process (it bounds its memory): a streamed upload
 //! takes one slot (it holds at most `MEDIA_S3_UPLOAD_CONCURRENCY` part buffers), a JSON data-URL
 //! upload — held in memory whole — takes as many slots as its worst case is worth, so resident
-//! memory stays near `MEDIA_MAX_CONCURRENT_UPLOADS × 2 × part size` whatever the mix.
+//! memory stays near `MEDIA_MAX_CONCURRENT_UPLOADS × MEDIA_S3_UPLOAD_CONCURRENCY × part size` (plus
+//! the store's idle part buffers) whatever the mix.
 
 mod budget;
 mod local;

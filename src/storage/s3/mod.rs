@@ -3,7 +3,7 @@
 //! Uploads stream with bounded memory. A body of known length (`put_sized`: a `Content-Length`, a
 //! copy) above one part goes up as one streamed `PutObject` without buffering — no part buffers, one
 //! request, and a PUT is atomic: an interrupted body leaves no object and nothing to abort. Otherwise
-//! the body is cut into parts of `part_size` bytes; a body that ends inside the first part goes up as
+//! the body is cut into parts of `part_size` bytes; a body of at most one part goes up as
 //! one `PutObject`, anything larger as a multipart upload with at most `upload_concurrency` parts in
 //! memory, the one being filled included (buffers reused from part to part and upload to upload;
 //! see `part` and `upload`). Any error — a failing source stream, a refused

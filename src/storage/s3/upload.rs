@@ -1,5 +1,5 @@
 //! Writing objects: a body of announced length streamed into one `PutObject` ([`SizedBody`]), a
-//! body that ends inside the first part as one `PutObject`, anything larger as a multipart upload
+//! body of at most one part as one `PutObject`, anything larger as a multipart upload
 //! with at most `upload_concurrency` parts in memory, aborted by [`MultipartGuard`] on any error or
 //! cancellation so no part is left billed and invisible in the bucket.
 //!
@@ -9,7 +9,9 @@
 //!
 //! The memory bound counts bytes: the next part is filled once the parts whose requests have not
 //! answered hold at most `upload_concurrency - 1` parts' worth of bytes ([`Held`]), so an upload
-//! holds at most `upload_concurrency` parts, the one being filled included.
+//! holds at most `upload_concurrency` parts, the one being filled included. (A request S3 answered
+//! early, before its body was sent, can keep its buffer a moment after it counts as released:
+//! hyper drops the body when it stops writing it.)
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -148,7 +150,8 @@ pub(super) async fn abort_upload(client: &Client, bucket: &str, key: &str, uploa
 
 /// Reads from `body` until `part` is full or the body ends; returns whether it ended. A chunk
 /// crossing the part's end is split; its rest stays in `carry`, and a chunk copied whole is
-/// released at once.
+/// released at once. A full part looks one chunk ahead, so a body ending exactly at a part's end
+/// says so (a body of exactly one part goes up as one `PutObject`, not a multipart upload).
 pub(super) async fn fill_part(body: &mut ByteStream, part: &mut Part, carry: &mut Bytes) -> Result<bool, StorageError> {
     loop {
         let taken = part.fill_from(carry);
@@ -157,7 +160,7 @@ pub(super) async fn fill_part(body: &mut ByteStream, part: &mut Part, carry: &mu
         } else {
             carry.advance(taken);
         }
-        if part.room() == 0 {
+        if part.room() == 0 && !carry.is_empty() {
             return Ok(false);
         }
         match body.next().await {
@@ -395,5 +398,28 @@ mod tests {
         assert_eq!(sent, data, "every byte once, in order");
         assert!(carry.is_empty());
         assert_eq!(pool.part().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_ending_exactly_at_a_parts_end_says_so_with_that_part() {
+        let pool = PartBuffers::new(1024, 2);
+        for cuts in [vec![0, 1024], vec![0, 1000, 1024], vec![0, 1024, 1024, 2048]] {
+            let whole = Bytes::from(vec![5u8; *cuts.last().expect("cuts")]);
+            let chunks: Vec<std::io::Result<Bytes>> = cuts.windows(2).map(|w| Ok(whole.slice(w[0]..w[1]))).collect();
+            let mut body: ByteStream = futures::stream::iter(chunks).boxed();
+            let mut carry = Bytes::new();
+            let mut fills = Vec::new();
+            loop {
+                let mut part = pool.part();
+                let ended = fill_part(&mut body, &mut part, &mut carry).await.expect("the body reads");
+                fills.push((part.len(), ended));
+                if ended {
+                    break;
+                }
+            }
+            let parts = whole.len() / 1024;
+            let expected: Vec<(usize, bool)> = (1..=parts).map(|n| (1024, n == parts)).collect();
+            assert_eq!(fills, expected, "chunks {cuts:?}: full parts, the last one saying the body ended");
+        }
     }
 }
