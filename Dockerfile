@@ -32,9 +32,11 @@ RUN mkdir -p src benches tests/it \
  && cargo build --release --locked --bin media-api \
  && rm -rf src
 
-# 2. The service itself. Only what the binary is built from is copied (the stub test and bench
+# 2. The service itself (build.rs sets its link options: packed relocations, glibc >= 2.36, which
+#    both images have). Only what the binary is built from is copied (the stub test and bench
 #    files stay: they only have to exist), so changes to tests/, benches/ or examples/ do not
 #    invalidate this layer. migrations/ is embedded by sqlx::migrate! at compile time.
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 RUN touch src/main.rs src/lib.rs \
