@@ -15,6 +15,8 @@ ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS build
+# 0 for a RUNTIME_IMAGE older than glibc 2.36 (build.rs: packed relocations need it).
+ARG MEDIA_API_LINK_RELR=1
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never CARGO_INCREMENTAL=0
 

@@ -8,7 +8,8 @@
 //!
 //! The loader needs glibc 2.36 or newer (Debian 12, Ubuntu 22.10, the Dockerfile's images). An older
 //! glibc refuses to start such a binary ("version `GLIBC_ABI_DT_RELR' not found"). To build for one,
-//! set `MEDIA_API_LINK_RELR=0`.
+//! set `MEDIA_API_LINK_RELR=0`: a cross build for an older glibc (cargo-zigbuild's `.2.17`
+//! targets, `cross` images) needs it too, since the target triple does not say the glibc version.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -14,6 +14,12 @@ use super::ConfigError;
 /// unfinished write as abandoned, so it never deletes an upload still running.
 pub const MAX_UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// `MEDIA_UPLOAD_MIN_RATE` when unset: 1 KiB/s, far below any real network, far above a trickle.
+const MIN_UPLOAD_RATE_DEFAULT: u64 = 1024;
+
+/// The largest `MEDIA_UPLOAD_MIN_RATE`: above it a mistyped unit would refuse ordinary uploads.
+const MAX_UPLOAD_MIN_RATE: u64 = 16 << 20;
+
 /// A token-bucket rate: `rps` requests per second on average, `burst` at once (0 turns it off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
@@ -64,6 +70,10 @@ pub struct OpsConfig {
     /// Longest wait for the next byte of an upload's body (`MEDIA_UPLOAD_IDLE_TIMEOUT`, default 30s):
     /// a client that stalls is answered 408 and frees its upload slots.
     pub upload_idle_timeout: Duration,
+    /// The fewest bytes per second an upload's body may bring, counted over windows of twice the
+    /// idle timeout spent waiting for it (`MEDIA_UPLOAD_MIN_RATE`, default 1 KiB, 0 = none, at most
+    /// 16 MiB): a client that trickles bytes is answered 408 and frees its upload slots.
+    pub upload_min_rate: u64,
     /// Largest request head (`MEDIA_MAX_HEADER_BYTES`, default 64 KiB, at least 8 KiB); 431 past it.
     pub max_header_bytes: usize,
     /// Connections served at once (`MEDIA_MAX_CONNECTIONS`, default 1024); more wait in the backlog.
@@ -244,6 +254,13 @@ pub(super) fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
     if upload_idle_timeout > upload_timeout {
         return Err(ConfigError::new("MEDIA_UPLOAD_IDLE_TIMEOUT", "must not be longer than MEDIA_UPLOAD_TIMEOUT"));
     }
+    let upload_min_rate = env.size("MEDIA_UPLOAD_MIN_RATE")?.unwrap_or(MIN_UPLOAD_RATE_DEFAULT);
+    if upload_min_rate > MAX_UPLOAD_MIN_RATE {
+        return Err(ConfigError::new(
+            "MEDIA_UPLOAD_MIN_RATE",
+            "must be at most 16MiB (bytes per second; 0 turns the minimum off)",
+        ));
+    }
     if tls.as_ref().is_some_and(|tls| tls.reload_interval < Duration::from_millis(100)) {
         return Err(ConfigError::new("MEDIA_TLS_RELOAD_INTERVAL", "must be at least 100ms"));
     }
@@ -275,6 +292,7 @@ pub(super) fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
         request_timeout: at_least_a_second("MEDIA_REQUEST_TIMEOUT", request_timeout)?,
         upload_timeout: at_least_a_second("MEDIA_UPLOAD_TIMEOUT", upload_timeout)?,
         upload_idle_timeout: at_least_a_second("MEDIA_UPLOAD_IDLE_TIMEOUT", upload_idle_timeout)?,
+        upload_min_rate,
         max_header_bytes: max_header_bytes as usize,
         max_connections,
         max_connections_per_ip,

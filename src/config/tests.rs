@@ -278,3 +278,14 @@ fn object_encryption_defaults_on_for_the_filesystem_and_off_for_s3_and_needs_lin
     assert!(complete.object_encryption && complete.link_signing_key.is_some());
     assert!(!format!("{complete:?}").contains(&link_key), "the link key is never shown");
 }
+
+#[test]
+fn the_upload_minimum_rate_defaults_to_a_kibibyte_and_is_checked() {
+    assert_eq!(Config::from_vars(&HashMap::new()).unwrap().ops.upload_min_rate, 1024);
+    assert_eq!(Config::from_vars(&vars(&[("MEDIA_UPLOAD_MIN_RATE", "0")])).unwrap().ops.upload_min_rate, 0, "off");
+    assert_eq!(Config::from_vars(&vars(&[("MEDIA_UPLOAD_MIN_RATE", "16KiB")])).unwrap().ops.upload_min_rate, 16 << 10);
+    for value in ["17MiB", "1GiB", "fast", "-1"] {
+        let err = Config::from_vars(&vars(&[("MEDIA_UPLOAD_MIN_RATE", value)])).unwrap_err();
+        assert_eq!(err.var, "MEDIA_UPLOAD_MIN_RATE", "{value}: {err}");
+    }
+}

@@ -135,8 +135,8 @@ pub enum UploadErrors {
     /// `user_id` hint (body or `X-Principal-Id`) over 1024 bytes (`user_id_too_long`).
     #[response(status = 400)]
     BadRequest(ErrorBody),
-    /// The body did not arrive within `MEDIA_UPLOAD_TIMEOUT`, or no byte of it came for
-    /// `MEDIA_UPLOAD_IDLE_TIMEOUT` (`upload_timeout`).
+    /// The body did not arrive within `MEDIA_UPLOAD_TIMEOUT`, no byte of it came for
+    /// `MEDIA_UPLOAD_IDLE_TIMEOUT`, or it came slower than `MEDIA_UPLOAD_MIN_RATE` (`upload_timeout`).
     #[response(status = 408)]
     Timeout(ErrorBody),
     /// Larger than `MEDIA_MAX_BYTES` (`too_large`).

@@ -207,6 +207,52 @@ async fn a_stalling_caller_holds_only_its_share_of_slots_and_is_cut_off_when_idl
 }
 
 #[tokio::test]
+async fn a_caller_trickling_bytes_is_stopped_at_the_minimum_rate_and_leaves_nothing() {
+    for stack in STACKS {
+        // Windows of 6 s of waiting (twice the idle timeout) must bring 6 KiB each.
+        let vars = [("MEDIA_UPLOAD_IDLE_TIMEOUT", "3s"), ("MEDIA_UPLOAD_MIN_RATE", "1KiB")];
+        let m = media_app(stack, &vars).await;
+        let mallory = m.token("tenant-m", "mallory", &[]);
+        let before = m.counts().await;
+        let free = m.app.state.limits.free_upload_slots();
+
+        // A PNG's first 2 KiB (past the sniffed prefix: storing begins), then ten bytes every
+        // 100 ms: never idle for 3 s (a 30-fold margin), but under 3 KiB in the first window.
+        let image = png(50_000, 3);
+        let (tx, body) = channel_body();
+        let request = m.http().post(m.url("/v1/media")).bearer_auth(&mallory).header("content-type", "image/png");
+        let upload = tokio::spawn(request.body(body).send());
+        let trickle = tokio::spawn(async move {
+            tx.send(Ok(Bytes::copy_from_slice(&image[..2048]))).await.unwrap();
+            for piece in image[2048..].chunks(10) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tx.send(Ok(Bytes::copy_from_slice(piece))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (status, body) = json_of(upload.await.unwrap().unwrap()).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::REQUEST_TIMEOUT, Some("upload_timeout")), "{body}");
+        let why = body["error"].as_str().unwrap();
+        assert!(why.contains("slower than MEDIA_UPLOAD_MIN_RATE (1024 bytes/s)"), "{stack:?}: {why}");
+        trickle.abort();
+        until_free(&m, free, "the trickled upload's slot never came back").await;
+
+        // The same bytes at once are stored: the minimum is no bar to a client that sends.
+        let (status, body) = json_of(m.upload_raw(&mallory, "image/png", png(50_000, 3)).await).await;
+        assert_eq!(status, StatusCode::OK, "{stack:?}: {body}");
+        let started = Instant::now();
+        while m.counts().await != (before.0 + 1, before.1 + 1) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{stack:?}: the trickled upload left something behind"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn resolve_calls_share_a_memory_budget_and_past_it_are_told_to_retry() {
     let vars = [("MEDIA_RESOLVE_MAX_BYTES", "1MiB"), ("MEDIA_RESOLVE_BUDGET", "2MiB")];
     let m = media_app(crate::support::app::Stack::SqliteFs, &vars).await;

@@ -2,13 +2,14 @@
 //! `Retry-After`), a per-IP bucket of its own for `/readyz` (its answers are cheap, shared and at
 //! most 1 s old, but it stays unauthenticated), the per-caller upload cap (429
 //! `too_many_uploads`), the upload concurrency cap (503 `busy`), request deadlines (503 `timeout`),
-//! upload body deadlines (408 `upload_timeout`: the whole body within `MEDIA_UPLOAD_TIMEOUT`, no
-//! gap longer than `MEDIA_UPLOAD_IDLE_TIMEOUT`).
+//! upload body deadlines ([`body`]: 408 `upload_timeout` for a body not whole within
+//! `MEDIA_UPLOAD_TIMEOUT`, with a gap longer than `MEDIA_UPLOAD_IDLE_TIMEOUT`, or slower than
+//! `MEDIA_UPLOAD_MIN_RATE`).
 //!
 //! The per-caller cap counts slots, not requests: a JSON upload counts the slots it holds (at most
 //! the whole cap), so one caller never holds more than `MEDIA_MAX_UPLOADS_PER_CALLER` slots of the
-//! process and a caller that stalls is cut off after the idle timeout; the other slots stay free
-//! for everyone else.
+//! process, and a caller that stalls or trickles is cut off (idle timeout, minimum rate); the
+//! other slots stay free for everyone else.
 //!
 //! The buckets are keyed by `issuer\0subject` (authenticated callers, in the auth extractor) or by
 //! the TCP peer's network (unauthenticated routes, and callers whose token was refused, so a flood
@@ -25,6 +26,7 @@
 //! memory stays near `MEDIA_MAX_CONCURRENT_UPLOADS × MEDIA_S3_UPLOAD_CONCURRENCY × part size` (plus
 //! the store's idle part buffers) whatever the mix.
 
+mod body;
 mod budget;
 mod local;
 mod shared;
@@ -33,15 +35,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::MatchedPath;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use self::body::{body_with_deadline, BodyTimeouts};
 pub use self::budget::{Charge, MemoryBudget};
 use self::local::{CallerCount, LocalLimits};
 use self::shared::{Lease, SharedLimits};
@@ -258,46 +259,6 @@ pub async fn deadline(State(state): State<AppState>, request: Request, next: Nex
         Ok(response) => response,
         Err(_) => ApiError::Timeout { seconds: limit.as_secs() }.into_response(),
     }
-}
-
-/// The time limits of an upload's body (`MEDIA_UPLOAD_TIMEOUT`, `MEDIA_UPLOAD_IDLE_TIMEOUT`).
-#[derive(Debug, Clone, Copy)]
-pub struct BodyTimeouts {
-    /// The whole body must have arrived this long after the request began.
-    pub total: Duration,
-    /// The longest wait for the next chunk.
-    pub idle: Duration,
-}
-
-impl BodyTimeouts {
-    /// The upload timeouts of the configuration.
-    pub fn of(config: &Config) -> Self {
-        Self { total: config.ops.upload_timeout, idle: config.ops.upload_idle_timeout }
-    }
-}
-
-/// `body`, failing with a timeout error once `limits.total` has passed since the call or when no
-/// chunk came for `limits.idle`: an upload that trickles in or stalls is stopped (and cleaned up by
-/// the pipeline like any interrupted upload), which frees its upload slots. Both answer 408.
-pub fn body_with_deadline(body: Body, limits: BodyTimeouts) -> Body {
-    let deadline = tokio::time::Instant::now() + limits.total;
-    let stream = futures::stream::unfold(Some(body.into_data_stream()), move |state| async move {
-        let mut stream = state?;
-        let idle_until = tokio::time::Instant::now() + limits.idle;
-        match tokio::time::timeout_at(deadline.min(idle_until), stream.next()).await {
-            Ok(Some(item)) => Some((item.map_err(std::io::Error::other), Some(stream))),
-            Ok(None) => None,
-            Err(_) => {
-                let why = if idle_until < deadline {
-                    format!("no byte of the upload arrived for {} s (MEDIA_UPLOAD_IDLE_TIMEOUT)", limits.idle.as_secs())
-                } else {
-                    format!("the upload took longer than MEDIA_UPLOAD_TIMEOUT ({} s)", limits.total.as_secs())
-                };
-                Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)), None))
-            }
-        }
-    });
-    Body::from_stream(stream)
 }
 
 /// Routes that move a whole upload: no request deadline (their bodies carry `MEDIA_UPLOAD_TIMEOUT`
