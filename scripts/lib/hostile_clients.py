@@ -2,7 +2,7 @@
 
     python3 scripts/lib/hostile_clients.py BASE SERVER_PID ATTACKER_TOKEN VICTIM_TOKEN
 
-Runs four attacks against the service at BASE (http://127.0.0.1:PORT), one after the other. For each
+Runs five attacks against the service at BASE (http://127.0.0.1:PORT), one after the other. For each
 it prints the service's RSS growth (peak VmHWM during the attack minus VmRSS before it; the peak is
 reset through /proc/PID/clear_refs first), what the attacker got, and the statuses and latencies of a
 bystander probing /healthz from 127.0.0.1 every 100 ms on a fresh connection (as an orchestrator
@@ -284,6 +284,54 @@ def upload_stall(victims=20, workers=4):
             "next_refused": refused, "victim_answers": dict(answers), "stalled_saw": dict(stalled)}
 
 
+# ---------------------------------------------------------------- e) upload trickle
+def upload_trickle(every=5.0, give_up=180.0):
+    """Opens raw uploads (as many as the attacker is admitted, at most 16) that each send a byte
+    every `every` s — never idle for MEDIA_UPLOAD_IDLE_TIMEOUT — until answered or `give_up` s."""
+    opened = time.monotonic()
+    held, refused = [], None
+    for _ in range(16):
+        s, answer = stalled_upload("image/png", 10 * MIB, PNG)
+        if s is None:
+            refused = answer
+            break
+        held.append(s)
+    answers, cut_after = Counter(), []
+    open_ = list(held)
+    while open_ and time.monotonic() - opened < give_up:
+        readable = select.select(open_, [], [], every)[0]
+        for s in readable:
+            data = s.recv(65536)
+            status, code = parse_answer(data) if data else ("closed", "")
+            why = ""
+            if data:
+                try:
+                    why = json.loads(data.partition(b"\r\n\r\n")[2]).get("error", "")
+                except ValueError:
+                    why = ""
+            answers[(status, code, "MEDIA_UPLOAD_MIN_RATE" if "MEDIA_UPLOAD_MIN_RATE" in why else why[:60])] += 1
+            cut_after.append(time.monotonic() - opened)
+            open_.remove(s)
+            s.close()
+        for s in open_:
+            try:
+                s.sendall(b"\0")
+            except OSError:
+                pass
+    for s in open_:
+        answers[("still open", "", "")] += 1
+        s.close()
+    # The slots came back: the same caller's next upload, sent at once, is stored (a slot may be
+    # released just after its answer was sent: 429 is retried for up to 5 s).
+    for _ in range(10):
+        after = post("/v1/media", ATTACKER, "image/png", PNG + os.urandom(4096), timeout=60)
+        if after[0] != "429":
+            break
+        time.sleep(0.5)
+    return {"admitted": len(held), "next_refused": refused, "answers": dict(answers),
+            "cut_after_s": (min(cut_after), max(cut_after)) if cut_after else None, "upload_after": after}
+
+
 def fmt(counter):
     return ", ".join(f"{k if isinstance(k, str) else ' '.join(x for x in k if x)} ×{v}" for k, v in counter.items())
 
@@ -314,6 +362,17 @@ def main():
     print(f"   victim (4 at a time): {fmt(d['victim_answers'])}")
     ok = all(str(k[0]).startswith("2") for k in d["victim_answers"])
     results.append(verdict(ok, "every victim upload 2xx"))
+
+    e, growth, seen = measured("e) upload trickle: one caller's uploads each send a byte every 5 s "
+                               "(never idle for MEDIA_UPLOAD_IDLE_TIMEOUT)", upload_trickle)
+    refused = " ".join(e["next_refused"]) if e["next_refused"] else "none"
+    cut = "never" if not e["cut_after_s"] else f"{e['cut_after_s'][0]:.0f}-{e['cut_after_s'][1]:.0f} s after they opened"
+    print(f"   attacker: {e['admitted']} uploads admitted, the next one: {refused}; answers {fmt(e['answers'])}, "
+          f"cut {cut}; its next upload sent at once: {' '.join(x for x in e['upload_after'] if x)}")
+    ok = (set(e["answers"]) == {("408", "upload_timeout", "MEDIA_UPLOAD_MIN_RATE")}
+          and str(e["upload_after"][0]).startswith("2") and growth <= 64)
+    results.append(verdict(ok, "every trickled upload 408 naming MEDIA_UPLOAD_MIN_RATE, the caller's slots back, "
+                               "RSS growth <= 64 MiB"))
     print(f"\n{sum(results)}/{len(results)} PASS")
 
 
