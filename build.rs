@@ -18,6 +18,8 @@ fn main() {
         && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
     let wanted = std::env::var("MEDIA_API_LINK_RELR").as_deref() != Ok("0");
     if linux_gnu && wanted {
-        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+        // Every target of the package (the service, its tests, examples and benches), so that
+        // `examples/upload_rss` measures memory as the service has it.
+        println!("cargo:rustc-link-arg=-Wl,-z,pack-relative-relocs");
     }
 }
