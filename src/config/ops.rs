@@ -15,7 +15,7 @@ use super::ConfigError;
 pub const MAX_UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// `MEDIA_UPLOAD_MIN_RATE` when unset: 1 KiB/s, far below any real network, far above a trickle.
-const MIN_UPLOAD_RATE_DEFAULT: u64 = 1024;
+const DEFAULT_UPLOAD_MIN_RATE: u64 = 1024;
 
 /// The largest `MEDIA_UPLOAD_MIN_RATE`: above it a mistyped unit would refuse ordinary uploads.
 const MAX_UPLOAD_MIN_RATE: u64 = 16 << 20;
@@ -254,7 +254,7 @@ pub(super) fn ops_config(env: &Env<'_>) -> Result<OpsConfig, ConfigError> {
     if upload_idle_timeout > upload_timeout {
         return Err(ConfigError::new("MEDIA_UPLOAD_IDLE_TIMEOUT", "must not be longer than MEDIA_UPLOAD_TIMEOUT"));
     }
-    let upload_min_rate = env.size("MEDIA_UPLOAD_MIN_RATE")?.unwrap_or(MIN_UPLOAD_RATE_DEFAULT);
+    let upload_min_rate = env.size("MEDIA_UPLOAD_MIN_RATE")?.unwrap_or(DEFAULT_UPLOAD_MIN_RATE);
     if upload_min_rate > MAX_UPLOAD_MIN_RATE {
         return Err(ConfigError::new(
             "MEDIA_UPLOAD_MIN_RATE",
