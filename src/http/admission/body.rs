@@ -16,7 +16,7 @@
 //!   polled again later would restart that wait; none does (the part filler, the sniffed prefix and
 //!   hyper's client all poll to completion).
 //! - `tokio::time::timeout` polls the body before its timer. A body whose chunks are always ready
-//!   when the pipeline asks (the pipeline the slow side) is not cut by `MEDIA_UPLOAD_TIMEOUT`; the
+//!   when the pipeline asks (the pipeline being the slow side) is not cut by `MEDIA_UPLOAD_TIMEOUT`; the
 //!   blob store's own timeouts bound that case.
 //! - When `MEDIA_UPLOAD_TIMEOUT` is no longer than one window, the total limit comes first and the
 //!   rate is never checked.
