@@ -10,6 +10,27 @@ SERVICES_STARTED=()  # pids from start_media_service, stopped at exit even when 
 
 log() { printf "[%s] %s\n" "$(basename "$0")" "$*" >&2; }
 
+# BENCH_CPUS=split: PostgreSQL (a throwaway cluster) and Garage run on the last CPU alone, and this
+# script with everything it starts (the service, the load clients, pgbench) on the others. That is
+# how the service is deployed — S3 and the database are other machines, so the service's CPU does
+# not come out of theirs — and on a 2-core machine it is the only way to see whether the service
+# keeps up with them rather than how three processes share two cores. BENCH_CPUS=shared (the
+# default): everything shares every CPU.
+BENCH_CPUS="${BENCH_CPUS:-shared}"
+BACKEND_PIN=()
+case "$BENCH_CPUS" in
+  shared) ;;
+  split)
+    cpus="$(nproc)"
+    [ "$cpus" -ge 2 ] || { log "BENCH_CPUS=split needs at least 2 CPUs; this machine has $cpus"; exit 1; }
+    command -v taskset >/dev/null || { log "BENCH_CPUS=split needs taskset (util-linux)"; exit 1; }
+    BACKEND_PIN=(taskset -c "$((cpus - 1))")
+    taskset -p -c "0-$((cpus - 2))" $$ >/dev/null
+    log "CPUs split: PostgreSQL and Garage on CPU $((cpus - 1)), the service and its clients on 0-$((cpus - 2))"
+    ;;
+  *) log "BENCH_CPUS must be shared or split, not $BENCH_CPUS"; exit 1 ;;
+esac
+
 cleanup() {
   local status=$?
   local pid
@@ -44,6 +65,12 @@ random_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 pg_ready() { command -v pg_isready >/dev/null 2>&1 && pg_isready -q -d "$1"; }
 
 ensure_postgres() {
+  if [ "$BENCH_CPUS" = split ]; then
+    # A cluster of its own, started on the backend CPU (the machine's server shares every CPU).
+    command -v initdb >/dev/null 2>&1 || { log "BENCH_CPUS=split needs initdb and pg_ctl on PATH"; exit 1; }
+    start_throwaway_postgres
+    return
+  fi
   if [ -n "${DATABASE_URL:-}" ]; then
     log "PostgreSQL: using \$DATABASE_URL"
     return
@@ -73,7 +100,7 @@ start_throwaway_postgres() {
   mkdir -p "$WORK/pg"
   [ "$(id -u)" = 0 ] && chown postgres "$WORK" "$WORK/pg"
   as_pg_owner initdb -D "$WORK/pg" -U postgres -A trust >/dev/null
-  as_pg_owner pg_ctl -D "$WORK/pg" -o "-p $port -k $WORK -c listen_addresses=127.0.0.1" -l "$WORK/pg/server.log" -w start >/dev/null
+  as_pg_owner "${BACKEND_PIN[@]}" pg_ctl -D "$WORK/pg" -o "-p $port -k $WORK -c listen_addresses=127.0.0.1" -l "$WORK/pg/server.log" -w start >/dev/null
   PG_STARTED=1
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
   log "PostgreSQL: started a throwaway cluster on 127.0.0.1:$port"
@@ -121,7 +148,7 @@ api_bind_addr = "127.0.0.1:$s3_port"
 api_bind_addr = "127.0.0.1:$admin_port"
 TOML
   local garage=("$bin" -c "$dir/garage.toml")
-  RUST_LOG=warn "${garage[@]}" server >"$dir/garage.log" 2>&1 &
+  RUST_LOG=warn "${BACKEND_PIN[@]}" "${garage[@]}" server >"$dir/garage.log" 2>&1 &
   GARAGE_PID=$!
   export GARAGE_BIN="$bin"
   for _ in $(seq 1 60); do
