@@ -157,15 +157,16 @@ impl Authenticator {
         self.verify(bearer_token(value)?).await
     }
 
-    /// Verifies a bare token and returns its principal.
-    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+    /// Verifies a bare token (its bytes) and returns its principal.
+    pub async fn verify(&self, token: &[u8]) -> Result<Arc<Principal>, AuthError> {
         if token.len() > token::MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(token).into();
         if let Some(principal) = self.verified.get(&digest) {
             return Ok(principal);
         }
+        let token = std::str::from_utf8(token).map_err(|_| AuthError::Malformed)?;
         let generation = self.verified.generation();
         let inspected = token::inspect(token, &self.algorithms)?;
         let cache = self.issuers.get(&inspected.issuer).ok_or(AuthError::Issuer)?;
@@ -246,18 +247,23 @@ fn remote_cache(
 }
 
 /// The token of a `Bearer` credential (the scheme is case-insensitive, RFC 7235); a header value
-/// with anything but visible ASCII and tabs is malformed.
-fn bearer_token(value: &[u8]) -> Result<&str, AuthError> {
+/// with anything but visible ASCII and tabs is malformed. Bytes, all ASCII: a token found in the
+/// verified cache is never turned into a `str`.
+fn bearer_token(value: &[u8]) -> Result<&[u8], AuthError> {
     // Every byte looked at, no early exit: the loop vectorizes (a token is hundreds of bytes).
     if !value.iter().fold(true, |ok, b| ok & (*b == b'\t' || (0x20..0x7f).contains(b))) {
         return Err(AuthError::Malformed);
     }
-    let value = std::str::from_utf8(value).map_err(|_| AuthError::Malformed)?.trim();
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    // Only tabs and spaces can be whitespace here: trimming ASCII whitespace is `str::trim`.
+    let value = value.trim_ascii();
+    let (scheme, token) = match memchr::memchr(b' ', value) {
+        Some(space) => (&value[..space], &value[space + 1..]),
+        None => (value, &b""[..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Err(AuthError::WrongScheme);
     }
-    let token = token.trim();
+    let token = token.trim_ascii();
     if token.is_empty() {
         return Err(AuthError::Malformed);
     }
@@ -315,8 +321,18 @@ mod tests {
     #[test]
     fn bearer_scheme_is_case_insensitive_and_other_schemes_are_refused() {
         let header = |v: &str| v.as_bytes().to_vec();
-        assert_eq!(bearer_token(&header("Bearer abc")).unwrap(), "abc");
-        assert_eq!(bearer_token(&header("bearer   abc ")).unwrap(), "abc");
+        assert_eq!(bearer_token(&header("Bearer abc")).unwrap(), b"abc");
+        assert_eq!(bearer_token(&header("bearer   abc ")).unwrap(), b"abc");
+        assert_eq!(
+            bearer_token(&header("BEARER x y\t ")).unwrap(),
+            b"x y",
+            "the token is what follows the first space"
+        );
+        assert_eq!(bearer_token(&header("Bearer\tabc")), Err(AuthError::WrongScheme), "a tab does not end the scheme");
+        assert_eq!(bearer_token(&header(" Bearer abc")).unwrap(), b"abc");
+        assert_eq!(bearer_token(&header("Bearer  \t ")), Err(AuthError::Malformed));
+        assert_eq!(bearer_token(&header("Bearer abc\u{e9}")), Err(AuthError::Malformed));
+        assert_eq!(bearer_token(&header("Bearer abc\r\n")), Err(AuthError::Malformed));
         assert_eq!(bearer_token(&header("Basic dXNlcg==")), Err(AuthError::WrongScheme));
         assert_eq!(bearer_token(&header("Bearr abc")), Err(AuthError::WrongScheme));
         assert_eq!(bearer_token(&header("abc")), Err(AuthError::WrongScheme));

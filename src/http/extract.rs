@@ -75,7 +75,6 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
                 if let Some(slot) = parts.extensions.get::<Arc<RequestSlot>>() {
                     slot.set_caller(&principal);
                 }
-                parts.extensions.insert(principal.clone());
                 Ok(Self(principal, PhantomData))
             }
             Err(err) => {

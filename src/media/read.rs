@@ -113,5 +113,5 @@ impl MediaService {
 
 /// The download name of a media: its filename, or `<id>.<ext>`.
 pub fn download_name(record: &MediaRecord) -> String {
-    record.filename.clone().unwrap_or_else(|| format!("{}.{}", record.id, extension(&record.mime)))
+    record.filename.clone().unwrap_or_else(|| [record.id.as_str(), ".", extension(&record.mime)].concat())
 }

@@ -261,25 +261,46 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
 }
 
 /// `attachment`/`inline` disposition with an RFC 6266-safe filename: an ASCII fallback (quotes,
-/// backslashes and controls replaced) plus the exact name percent-encoded in `filename*`.
+/// backslashes and controls replaced, one `_` per other character) plus the exact name
+/// percent-encoded in `filename*`. Built byte by byte into one buffer: it is part of every
+/// presign and download.
 pub fn content_disposition(disposition: &str, filename: &str) -> String {
-    let mut out = String::with_capacity(disposition.len() + 32 + filename.len() * 4);
-    out.push_str(disposition);
-    out.push_str("; filename=\"");
-    out.extend(
-        filename.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }),
-    );
-    out.push_str("\"; filename*=UTF-8''");
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let fallback = |c: char| match u8::try_from(c) {
+        Ok(b) if (b.is_ascii_graphic() && b != b'"' && b != b'\\') || b == b' ' => b,
+        _ => b'_',
+    };
+    let mut out = Vec::with_capacity(disposition.len() + 32 + filename.len() * 4);
+    out.extend_from_slice(disposition.as_bytes());
+    out.extend_from_slice(b"; filename=\"");
+    if filename.is_ascii() {
+        out.extend(filename.bytes().map(|b| fallback(char::from(b))));
+    } else {
+        out.extend(filename.chars().map(fallback));
+    }
+    out.extend_from_slice(b"\"; filename*=UTF-8''");
     for b in filename.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            out.push(b as char);
+        if ATTR_CHAR[usize::from(b)] {
+            out.push(b);
         } else {
-            out.extend(['%', HEX[usize::from(b >> 4)] as char, HEX[usize::from(b & 15)] as char]);
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
     }
-    out
+    String::from_utf8(out).expect("every byte written is ASCII")
 }
+
+/// The bytes RFC 5987's `attr-char` leaves unencoded.
+const ATTR_CHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'!' | b'#' | b'$' | b'&' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
+        b += 1;
+    }
+    table
+};
 
 /// Builds the configured blob store. The filesystem backend needs `links`, the signer of the
 /// service's own blob links.
@@ -328,5 +349,46 @@ mod tests {
         assert!(!header.contains('\r') && !header.contains('\n'));
         assert!(header.starts_with("attachment; filename=\"a_b__.html; x=1 _.png\"; filename*=UTF-8''"));
         assert!(header.ends_with("a%22b%0D%0A.html%3B%20x%3D1%20%C3%BC.png"), "{header}");
+    }
+
+    /// The header as first written, char by char: the byte-wise one must build the same.
+    fn content_disposition_reference(disposition: &str, filename: &str) -> String {
+        let mut out = format!("{disposition}; filename=\"");
+        out.extend(filename.chars().map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        }));
+        out.push_str("\"; filename*=UTF-8''");
+        for b in filename.bytes() {
+            if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn content_disposition_is_the_char_by_char_header() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        let alphabet: Vec<char> = (0u8..128).map(char::from).chain("éü€😀\u{7f}\u{80}\u{a0}ÿ".chars()).collect();
+        let mut names = vec![String::new(), "jan_0sj67cz0qc8rxtgbn980mvdrhf.png".to_owned(), "a\"b\\c".to_owned()];
+        names.extend(
+            (0..2000).map(|_| (0..rng.gen_range(1..40)).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect()),
+        );
+        for name in &names {
+            for disposition in ["inline", "attachment"] {
+                assert_eq!(
+                    content_disposition(disposition, name),
+                    content_disposition_reference(disposition, name),
+                    "{name:?}"
+                );
+            }
+        }
     }
 }

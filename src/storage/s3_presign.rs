@@ -106,6 +106,21 @@ fn hex_of(digest: &[u8; 32]) -> [u8; 64] {
     out
 }
 
+/// SigV4's date of `now`: `YYYYMMDD`. Digit by digit (it is found before every presign, memoised or
+/// not); a year past 9999 is left to `format!`.
+fn sigv4_day(now: &DateTime<Utc>) -> String {
+    let year = now.year();
+    if !(0..=9999).contains(&year) {
+        return format!("{:04}{:02}{:02}", year, now.month(), now.day());
+    }
+    let mut day = String::with_capacity(8);
+    for n in [year as u32 / 100, year as u32 % 100, now.month(), now.day()] {
+        day.push(char::from(b'0' + (n / 10) as u8));
+        day.push(char::from(b'0' + (n % 10) as u8));
+    }
+    day
+}
+
 /// The SigV4 signing key of `day` (`YYYYMMDD`) for S3 in `region`.
 fn signing_key(secret: &str, day: &str, region: &str) -> Zeroizing<[u8; 32]> {
     let mut prefixed = Zeroizing::new(String::with_capacity(4 + secret.len()));
@@ -221,7 +236,7 @@ impl GetSigner {
         ttl: Duration,
         now: DateTime<Utc>,
     ) -> Result<SignedUrl, StorageError> {
-        let day = format!("{:04}{:02}{:02}", now.year(), now.month(), now.day());
+        let day = sigv4_day(&now);
         let Current { credentials, generation, key: signing_key } = self.signing(&day).await?;
         let asked = memo::Inputs { second: now.timestamp(), generation, key, content_type, content_disposition, ttl };
         // Before the memo: credentials too close to their end sign nothing, memoised or not.
@@ -295,7 +310,7 @@ impl GetSigner {
     /// with exactly these credentials for the cut to hold.
     pub async fn credentials_for(&self, ttl: Duration) -> Result<(Credentials, Duration), StorageError> {
         let now = Utc::now();
-        let day = format!("{:04}{:02}{:02}", now.year(), now.month(), now.day());
+        let day = sigv4_day(&now);
         let Current { credentials, .. } = self.signing(&day).await?;
         let ttl = within_lifetime(ttl, &credentials, now.into())?;
         Ok((credentials, ttl))

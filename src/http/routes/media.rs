@@ -27,7 +27,7 @@ use crate::http::extract::{Authenticated, CanRead, CanWrite};
 use crate::http::openapi::{AuthErrors, ErrorBody, NotFound, PendingErrors};
 use crate::http::range::parse_range;
 use crate::http::request::header_text;
-use crate::http::response::push_json_str;
+use crate::http::response::{push_json_str, push_json_time};
 use crate::http::state::AppState;
 use crate::media::read::{download_name, Found};
 use crate::storage::content_disposition;
@@ -215,8 +215,10 @@ impl IntoResponse for PresignResponse {
         push_json_str(&mut body, &self.id);
         body.extend_from_slice(b",\"url\":");
         push_json_str(&mut body, &self.url);
-        body.extend_from_slice(format!(",\"expires_in\":{},\"expires_at\":", self.expires_in).as_bytes());
-        serde_json::to_writer(&mut body, &self.expires_at).expect("a time serialises into a Vec");
+        body.extend_from_slice(b",\"expires_in\":");
+        body.extend_from_slice(itoa::Buffer::new().format(self.expires_in).as_bytes());
+        body.extend_from_slice(b",\"expires_at\":");
+        push_json_time(&mut body, &self.expires_at);
         body.push(b'}');
         ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
     }

@@ -261,3 +261,18 @@ async fn a_memoised_url_is_not_handed_out_once_its_credentials_are_too_close_to_
     let later = second + chrono::Duration::milliseconds(900);
     assert!(signer.get_url_at("k", "image/png", "inline", ttl, later).await.is_err());
 }
+
+#[test]
+fn the_sigv4_day_is_the_formatted_date() {
+    let at = |secs: i64| DateTime::<Utc>::from_timestamp(secs, 0).expect("in range");
+    let days = (0..6000i64).map(|d| d * 86_400 * 29 - 62_135_596_800).chain([
+        0,
+        1_764_288_000,
+        253_402_300_799,
+        253_402_300_800,
+    ]);
+    for secs in days {
+        let now = at(secs);
+        assert_eq!(sigv4_day(&now), format!("{:04}{:02}{:02}", now.year(), now.month(), now.day()), "{now}");
+    }
+}
