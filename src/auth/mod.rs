@@ -248,7 +248,8 @@ fn remote_cache(
 
 /// The token of a `Bearer` credential (the scheme is case-insensitive, RFC 7235); a header value
 /// with anything but visible ASCII and tabs is malformed. Bytes, all ASCII: a token found in the
-/// verified cache is never turned into a `str`.
+/// verified cache is never turned into a `str` (safe: only tokens that were valid UTF-8 and
+/// verified are cached, and another byte string would need a SHA-256 second preimage to hit one).
 fn bearer_token(value: &[u8]) -> Result<&[u8], AuthError> {
     // Every byte looked at, no early exit: the loop vectorizes (a token is hundreds of bytes).
     if !value.iter().fold(true, |ok, b| ok & (*b == b'\t' || (0x20..0x7f).contains(b))) {
@@ -333,6 +334,9 @@ mod tests {
         assert_eq!(bearer_token(&header("Bearer  \t ")), Err(AuthError::Malformed));
         assert_eq!(bearer_token(&header("Bearer abc\u{e9}")), Err(AuthError::Malformed));
         assert_eq!(bearer_token(&header("Bearer abc\r\n")), Err(AuthError::Malformed));
+        // Whitespace `str::trim` would take but visible ASCII excludes: refused before any trim.
+        assert_eq!(bearer_token(&header("Bearer abc\u{b}")), Err(AuthError::Malformed));
+        assert_eq!(bearer_token(&header("\u{c}Bearer abc")), Err(AuthError::Malformed));
         assert_eq!(bearer_token(&header("Basic dXNlcg==")), Err(AuthError::WrongScheme));
         assert_eq!(bearer_token(&header("Bearr abc")), Err(AuthError::WrongScheme));
         assert_eq!(bearer_token(&header("abc")), Err(AuthError::WrongScheme));

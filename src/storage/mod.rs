@@ -286,7 +286,7 @@ pub fn content_disposition(disposition: &str, filename: &str) -> String {
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
     }
-    String::from_utf8(out).expect("every byte written is ASCII")
+    String::from_utf8(out).expect("the disposition as given, then ASCII")
 }
 
 /// The bytes RFC 5987's `attr-char` leaves unencoded.

@@ -107,7 +107,7 @@ fn hex_of(digest: &[u8; 32]) -> [u8; 64] {
 }
 
 /// SigV4's date of `now`: `YYYYMMDD`. Digit by digit (it is found before every presign, memoised or
-/// not); a year past 9999 is left to `format!`.
+/// not); a year outside 0–9999 is left to `format!`.
 fn sigv4_day(now: &DateTime<Utc>) -> String {
     let year = now.year();
     if !(0..=9999).contains(&year) {

@@ -6,9 +6,12 @@
 //! media (an avatar in every payload a resolve rewrites, an image a whole chat opens) is signed
 //! about once a second instead of once per request.
 //!
-//! A fixed number of slots, each holding one URL; a URL takes the slot its inputs hash to (foldhash
-//! with a per-process random seed: a fifth of SipHash's work on these ~150 bytes; a collision only
-//! costs a signature, never a wrong URL), replacing what was there. An
+//! A fixed number of slots, each holding one URL; a URL takes the slot its inputs hash to, replacing
+//! what was there. The slot hash is foldhash, seeded per process but not from the OS's random
+//! source: whoever could steer collisions would only make presigns miss the memo and be signed
+//! (an entry is used only when every input matches), as asking for more than [`SLOTS`] media or
+//! other `?ttl=` values already does. SipHash was about 980 of a cached presign's instructions
+//! here, foldhash about 200 (`scripts/profile-presign`). An
 //! entry is used only when its inputs, second and credentials generation all match; stale entries
 //! are simply never matched again. Memory is bounded by [`SLOTS`] URLs.
 
