@@ -351,3 +351,46 @@ async fn a_part_answered_with_a_transient_error_is_sent_again_and_the_object_is_
     let read = collect(app.state.blobs.get(&key, None).await.expect("get").body).await;
     assert_eq!(sha256_hex(&read), sha256_hex(&data), "the object holds every byte once, in order");
 }
+
+#[tokio::test]
+async fn a_part_is_sent_while_it_fills_and_a_body_ending_inside_one_leaves_the_object_whole() {
+    use crate::support::app::spawn_app_with;
+    use crate::support::s3_proxy::{Fault, S3Proxy};
+    // No fault: the proxy records the requests as they start.
+    let proxy = S3Proxy::start(Fault { matches: |_, _| false, times: 0 }).await;
+    let app = spawn_app_with(Stack::PostgresS3, &[("MEDIA_S3_ENDPOINT", &proxy.endpoint)]).await;
+    let part = media_api::config::S3_MIN_PART_SIZE as usize;
+    let data = payload(3 * part + 12_345, 32);
+    // The body stops half-way through part 2 until the test lets it go on.
+    let (go_on, gate) = tokio::sync::oneshot::channel::<()>();
+    let rest = data.slice(part + part / 2..);
+    let body = chunked(data.slice(..part + part / 2))
+        .chain(futures::stream::once(async move { gate.await.map(|()| chunked(rest)).expect("gate") }).flatten())
+        .boxed();
+    let (blobs, key) = (app.state.blobs.clone(), key("live"));
+    let upload = tokio::spawn({
+        let key = key.clone();
+        async move { blobs.put(&key, "application/octet-stream", body).await }
+    });
+    fn part_request(n: usize) -> impl Fn(&String) -> bool {
+        move |seen| seen.starts_with("PUT ") && seen.split(['?', '&']).any(|p| p == format!("partNumber={n}"))
+    }
+    let mut started = false;
+    for _ in 0..3000 {
+        started = proxy.seen().iter().any(part_request(2));
+        if started || upload.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(started, "part 2's request started before part 2 was full: {:?}", proxy.seen());
+    go_on.send(()).expect("the upload still reads its body");
+    let written = upload.await.expect("upload task").expect("put");
+    assert_eq!(written, data.len() as u64);
+    let seen = proxy.seen();
+    for n in [1, 2, 3] {
+        assert_eq!(seen.iter().filter(|r| part_request(n)(r)).count(), 1, "full part {n} sent once: {seen:?}");
+    }
+    let read = collect(app.state.blobs.get(&key, None).await.expect("get").body).await;
+    assert_eq!(sha256_hex(&read), sha256_hex(&data), "the object holds every byte once, in order");
+}

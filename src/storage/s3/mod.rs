@@ -6,7 +6,7 @@
 //! the body is cut into parts of `part_size` bytes; a body of at most one part goes up as
 //! one `PutObject`, anything larger as a multipart upload with at most `upload_concurrency` parts in
 //! memory, the one being filled included (buffers reused from part to part and upload to upload;
-//! see `part` and `upload`). Any error — a failing source stream, a refused
+//! see `part`), each part after the first sent while it fills (see `upload`). Any error — a failing source stream, a refused
 //! part, the future being dropped — aborts the multipart upload so no part is left billed and
 //! invisible in the bucket.
 //!
@@ -47,7 +47,7 @@ mod part;
 mod upload;
 
 use part::PartBuffers;
-use upload::{abort_upload, fill_part, SizedBody};
+use upload::{abort_upload, fill_part, streaming_timeouts, SizedBody};
 
 /// Blobs in one S3 bucket.
 #[derive(Debug, Clone)]
@@ -197,9 +197,9 @@ impl BlobStore for S3BlobStore {
         validate_key(key)?;
         let mut first = self.buffers.part();
         let mut carry = Bytes::new();
-        let ended = fill_part(&mut body, &mut first, &mut carry).await?;
+        let ended = fill_part(&mut body, &mut first, &mut carry, None).await?;
         if ended {
-            return self.put_single(key, content_type, first.into_bytes()).await;
+            return self.put_single(key, content_type, first).await;
         }
         self.put_multipart(key, content_type, first, body, carry).await
     }
@@ -221,16 +221,7 @@ impl BlobStore for S3BlobStore {
         let request = self
             .put_object(key, content_type, length, S3Body::from_body_1_x(body))
             .customize()
-            // The client's read timeout covers the whole request, body included: a slow client
-            // is bounded by MEDIA_UPLOAD_TIMEOUT upstream, so this request gets the longest one.
-            .config_override(
-                aws_sdk_s3::config::Builder::default().timeout_config(
-                    aws_config::timeout::TimeoutConfig::builder()
-                        .connect_timeout(Duration::from_secs(5))
-                        .read_timeout(crate::config::MAX_UPLOAD_TIMEOUT + Duration::from_secs(60))
-                        .build(),
-                ),
-            )
+            .config_override(streaming_timeouts())
             .disable_payload_signing();
         let result = request.send().await;
         // The source's own error (client gone, limit, deadline) says more than the SDK's wrapper.

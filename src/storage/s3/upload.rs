@@ -3,15 +3,23 @@
 //! with at most `upload_concurrency` parts in memory, aborted by [`MultipartGuard`] on any error or
 //! cancellation so no part is left billed and invisible in the bucket.
 //!
-//! A part is one pooled buffer the body's chunks are copied into ([`super::part`]). Its request
-//! body can be sent again — the SDK retries a part after a transient error (a 5xx, `SlowDown`, a
-//! reset connection) — so the buffer is kept until its request has answered, then reused.
+//! A part is one pooled buffer the body's chunks are copied into ([`super::part`]). The first part
+//! is sent whole once full (the upload is only created once the body is known to be longer). Each
+//! later part is sent *live*: its request starts with the part's first bytes, announcing a full
+//! part, and takes each segment as it is cut, so S3 is never left waiting while a part fills (with
+//! two buffers, two whole parts sent side by side finished together and S3 then idled while the
+//! next one filled). A live request that fails, or that is cut short because the body ended inside
+//! its part (the last part, shorter than announced), is followed by the whole part from the same
+//! buffer, which the SDK sends again after a transient error (a 5xx, `SlowDown`, a reset
+//! connection). The buffer is kept until the part's request has answered, then reused. A signed
+//! payload (`MEDIA_S3_SIGN_PAYLOAD`, which SigV4 hashes before sending) sends every part whole.
 //!
 //! The memory bound counts bytes: the next part is filled once the parts whose requests have not
-//! answered hold at most `upload_concurrency - 1` parts' worth of bytes ([`Held`]), so an upload
-//! holds at most `upload_concurrency` parts, the one being filled included. (A request S3 answered
-//! early, before its body was sent, can keep its buffer a moment after it counts as released:
-//! hyper drops the body when it stops writing it.)
+//! answered hold at most `upload_concurrency - 1` parts' worth of bytes ([`Held`]; a live part
+//! counts as full), so an upload holds at most `upload_concurrency` parts, the one being filled
+//! included. (A request S3 answered early, before its body was sent, can keep its buffer a moment
+//! after it counts as released: hyper drops the body when it stops writing it; the pool then hands
+//! out a new buffer rather than the one still read.)
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -148,17 +156,33 @@ pub(super) async fn abort_upload(client: &Client, bucket: &str, key: &str, uploa
     }
 }
 
+/// Where a live part's segments go: the body of its request.
+pub(super) type LiveSegments = futures::channel::mpsc::UnboundedSender<std::io::Result<Bytes>>;
+
 /// Reads from `body` until `part` is full or the body ends; returns whether it ended. A chunk
 /// crossing the part's end is split; its rest stays in `carry`, and a chunk copied whole is
 /// released at once. A full part looks one chunk ahead, so a body ending exactly at a part's end
-/// says so (a body of exactly one part goes up as one `PutObject`, not a multipart upload).
-pub(super) async fn fill_part(body: &mut ByteStream, part: &mut Part, carry: &mut Bytes) -> Result<bool, StorageError> {
+/// says so (a body of exactly one part goes up as one `PutObject`, not a multipart upload), and a
+/// part after one that did not end gets at least one byte.
+///
+/// With `live`, the part's segments are passed on as they are cut, to a request sending the part
+/// while it fills; a body ending inside the part passes on nothing more (that request is cut short).
+pub(super) async fn fill_part(
+    body: &mut ByteStream,
+    part: &mut Part,
+    carry: &mut Bytes,
+    live: Option<&LiveSegments>,
+) -> Result<bool, StorageError> {
     loop {
         let taken = part.fill_from(carry);
         if taken == carry.len() {
             *carry = Bytes::new();
         } else {
             carry.advance(taken);
+        }
+        if let (Some(live), Some(segment)) = (live, part.cut()) {
+            // A request that already failed takes nothing: its part is sent whole (`send_live`).
+            let _ = live.unbounded_send(Ok(segment));
         }
         if part.room() == 0 && !carry.is_empty() {
             return Ok(false);
@@ -168,6 +192,18 @@ pub(super) async fn fill_part(body: &mut ByteStream, part: &mut Part, carry: &mu
             None => return Ok(true),
         }
     }
+}
+
+/// Timeouts of a request whose body comes from the client as it sends it: the client's read
+/// timeout covers the whole request, body included, and a slow client is bounded by
+/// MEDIA_UPLOAD_TIMEOUT upstream, so such a request gets the longest one.
+pub(super) fn streaming_timeouts() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .read_timeout(crate::config::MAX_UPLOAD_TIMEOUT + std::time::Duration::from_secs(60))
+            .build(),
+    )
 }
 
 impl S3BlobStore {
@@ -183,11 +219,13 @@ impl S3BlobStore {
         request.content_length(length as i64).body(body)
     }
 
-    pub(super) async fn put_single(&self, key: &str, content_type: &str, data: Bytes) -> Result<u64, StorageError> {
-        let length = data.len() as u64;
-        let request = self.put_object(key, content_type, length, S3Body::from(data)).customize();
+    /// A `PutObject` of one part's bytes (a body that ended inside its first part).
+    pub(super) async fn put_single(&self, key: &str, content_type: &str, mut part: Part) -> Result<u64, StorageError> {
+        let length = part.len() as u64;
+        let request = self.put_object(key, content_type, length, part.body()).customize();
         let request = if self.sign_payload { request } else { request.disable_payload_signing() };
         request.send().await.map_err(sdk_error("put"))?;
+        drop(part);
         Ok(length)
     }
 
@@ -231,6 +269,8 @@ impl S3BlobStore {
         }
     }
 
+    /// The parts after the first: each sent live while it fills (see the module docs), or, with a
+    /// signed payload (which SigV4 hashes before sending), whole once full.
     pub(super) async fn upload_parts(
         &self,
         upload: &MultipartGuard,
@@ -238,62 +278,39 @@ impl S3BlobStore {
         body: &mut ByteStream,
         carry: &mut Bytes,
     ) -> Result<u64, StorageError> {
-        let mut in_flight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
-        let mut completed = Vec::new();
-        let held = Arc::new(Held::default());
+        let mut parts = Parts { in_flight: JoinSet::new(), completed: Vec::new(), held: Arc::default(), number: 0 };
         let budget = (self.upload_concurrency - 1) * self.part_size;
-        let mut total = 0u64;
-        let mut next_part = Some(first_part);
-        let mut part_number = 0i32;
-        while let Some(part) = next_part.take() {
-            part_number += 1;
-            total += part.len() as u64;
-            held.add(part.len());
-            in_flight.spawn(upload_part(
-                self.client.clone(),
-                upload_target(upload, self.sign_payload),
-                part_number,
-                part,
-                held.clone(),
-            ));
+        let mut total = first_part.len() as u64;
+        let first_len = first_part.len();
+        parts.spawn(self, upload, Sending::Whole(first_part), first_len);
+        loop {
             // Fill the next part only once the parts not answered yet hold at most `budget` bytes
             // (see the module docs).
-            loop {
-                while let Some(joined) = in_flight.try_join_next() {
-                    completed.push(join_part(Some(joined))?);
-                }
-                if held.get() <= budget {
-                    break;
-                }
-                tokio::select! {
-                    joined = in_flight.join_next() => completed.push(join_part(joined)?),
-                    () = held.released.notified() => {}
-                }
-            }
+            parts.wait_until_held_at_most(budget).await?;
             let mut part = self.buffers.part();
-            let ended = fill_part(body, &mut part, carry).await?;
-            if part.len() > 0 {
-                next_part = Some(part);
-            }
+            let ended = if self.sign_payload {
+                let ended = fill_part(body, &mut part, carry, None).await?;
+                total += part.len() as u64;
+                let length = part.len();
+                parts.spawn(self, upload, Sending::Whole(part), length);
+                ended
+            } else {
+                let (segments, live) = futures::channel::mpsc::unbounded();
+                let (filled, part_when_filled) = tokio::sync::oneshot::channel();
+                let live = Sending::Live { segments: live.boxed(), filled: part_when_filled, size: self.part_size };
+                parts.spawn(self, upload, live, self.part_size);
+                let ended = fill_part(body, &mut part, carry, Some(&segments)).await?;
+                total += part.len() as u64;
+                // Ends the live body: whole if the part is full, cut short (and so sent whole) if not.
+                drop(segments);
+                let _ = filled.send(part);
+                ended
+            };
             if ended {
                 break;
             }
         }
-        if let Some(last) = next_part {
-            part_number += 1;
-            total += last.len() as u64;
-            held.add(last.len());
-            in_flight.spawn(upload_part(
-                self.client.clone(),
-                upload_target(upload, self.sign_payload),
-                part_number,
-                last,
-                held.clone(),
-            ));
-        }
-        while !in_flight.is_empty() {
-            completed.push(join_part(in_flight.join_next().await)?);
-        }
+        let mut completed = parts.finish().await?;
         completed.sort_by_key(|part| part.part_number());
         self.client
             .complete_multipart_upload()
@@ -308,47 +325,134 @@ impl S3BlobStore {
     }
 }
 
-/// Bucket, key and upload id of a multipart upload, owned so part tasks can be spawned.
+/// The part requests of one multipart upload.
+struct Parts {
+    in_flight: JoinSet<Result<CompletedPart, StorageError>>,
+    completed: Vec<CompletedPart>,
+    held: Arc<Held>,
+    number: i32,
+}
+
+impl Parts {
+    /// Starts the next part's request; `counted` bytes of buffers are held until it answers.
+    fn spawn(&mut self, store: &S3BlobStore, upload: &MultipartGuard, sending: Sending, counted: usize) {
+        self.number += 1;
+        self.held.add(counted);
+        let target = UploadTarget {
+            client: store.client.clone(),
+            bucket: upload.bucket.clone(),
+            key: upload.key.clone(),
+            upload_id: upload.upload_id.clone(),
+            sign_payload: store.sign_payload,
+            number: self.number,
+        };
+        let held = self.held.clone();
+        self.in_flight.spawn(async move {
+            let result = match sending {
+                Sending::Whole(part) => send_whole(&target, part).await,
+                Sending::Live { segments, filled, size } => send_live(&target, segments, filled, size).await,
+            };
+            // The request, and with it the part's buffer, is gone once it has answered.
+            held.release(counted);
+            result
+        });
+    }
+
+    /// Collects answered parts until the parts not answered yet hold at most `budget` bytes.
+    async fn wait_until_held_at_most(&mut self, budget: usize) -> Result<(), StorageError> {
+        loop {
+            while let Some(joined) = self.in_flight.try_join_next() {
+                self.completed.push(join_part(Some(joined))?);
+            }
+            if self.held.get() <= budget {
+                return Ok(());
+            }
+            tokio::select! {
+                joined = self.in_flight.join_next() => self.completed.push(join_part(joined)?),
+                () = self.held.released.notified() => {}
+            }
+        }
+    }
+
+    /// Every part, once all have answered.
+    async fn finish(mut self) -> Result<Vec<CompletedPart>, StorageError> {
+        while !self.in_flight.is_empty() {
+            self.completed.push(join_part(self.in_flight.join_next().await)?);
+        }
+        Ok(self.completed)
+    }
+}
+
+/// How a part's request gets its body.
+enum Sending {
+    /// The part, full or the last one, sent whole.
+    Whole(Part),
+    /// The part sent while it fills: its segments as they are cut, for a request announcing a full
+    /// part of `size` bytes; then the part itself, once full or once the body ended inside it.
+    Live { segments: ByteStream, filled: tokio::sync::oneshot::Receiver<Part>, size: usize },
+}
+
+/// Where a part goes: the client, the multipart upload and the part's number, owned so part tasks
+/// can be spawned.
 struct UploadTarget {
+    client: Client,
     bucket: String,
     key: String,
     upload_id: String,
     sign_payload: bool,
+    number: i32,
 }
 
-fn upload_target(upload: &MultipartGuard, sign_payload: bool) -> UploadTarget {
-    UploadTarget {
-        bucket: upload.bucket.clone(),
-        key: upload.key.clone(),
-        upload_id: upload.upload_id.clone(),
-        sign_payload,
+impl UploadTarget {
+    fn request(&self, length: usize) -> aws_sdk_s3::operation::upload_part::builders::UploadPartFluentBuilder {
+        self.client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(self.number)
+            .content_length(length as i64)
+    }
+
+    fn completed(&self, output: &aws_sdk_s3::operation::upload_part::UploadPartOutput) -> CompletedPart {
+        CompletedPart::builder().set_e_tag(output.e_tag().map(str::to_owned)).part_number(self.number).build()
     }
 }
 
-async fn upload_part(
-    client: Client,
-    target: UploadTarget,
-    number: i32,
-    part: Part,
-    held: Arc<Held>,
-) -> Result<CompletedPart, StorageError> {
-    let length = part.len();
-    let request = client
-        .upload_part()
-        .bucket(target.bucket)
-        .key(target.key)
-        .upload_id(target.upload_id)
-        .part_number(number)
-        .content_length(length as i64)
-        .body(S3Body::from(part.into_bytes()))
-        .customize();
+/// Sends the whole part; the SDK sends it again after a transient error.
+async fn send_whole(target: &UploadTarget, mut part: Part) -> Result<CompletedPart, StorageError> {
+    let request = target.request(part.len()).body(part.body()).customize();
     let request = if target.sign_payload { request } else { request.disable_payload_signing() };
-    let output = request.send().await;
-    // The request, and with it the part's buffer, is gone once it has answered.
-    held.release(length);
-    let output = output.map_err(sdk_error("upload part"))?;
-    let part = CompletedPart::builder().set_e_tag(output.e_tag().map(str::to_owned)).part_number(number).build();
-    Ok(part)
+    let output = request.send().await.map_err(sdk_error("upload part"))?;
+    drop(part);
+    Ok(target.completed(&output))
+}
+
+/// Sends a part as it fills. A request that fails (the SDK cannot send a streamed body again) or
+/// that is cut short because the body ended inside the part (the last part, shorter than the
+/// request announced) is followed by the whole part, from the same buffer, once it is filled; S3
+/// keeps the last request of a part number. A body that failed ends the part's request and the
+/// upload with it.
+async fn send_live(
+    target: &UploadTarget,
+    segments: ByteStream,
+    filled: tokio::sync::oneshot::Receiver<Part>,
+    size: usize,
+) -> Result<CompletedPart, StorageError> {
+    let body = S3Body::from_body_1_x(SizedBody::new(segments, size as u64));
+    let request = target.request(size).body(body).customize().config_override(streaming_timeouts());
+    match request.disable_payload_signing().send().await {
+        Ok(output) => Ok(target.completed(&output)),
+        Err(err) => match filled.await {
+            Ok(part) => {
+                if part.len() == size {
+                    tracing::debug!(part = target.number, error = %DisplayErrorContext(&err), "sending the part again whole");
+                }
+                send_whole(target, part).await
+            }
+            Err(_) => Err(sdk_error("upload part")(err)),
+        },
+    }
 }
 
 /// The part of a finished upload task.
@@ -380,11 +484,11 @@ mod tests {
         let (mut carry, mut sent, mut parts) = (Bytes::new(), Vec::new(), 0);
         loop {
             let mut part = pool.part();
-            let ended = fill_part(&mut body, &mut part, &mut carry).await.expect("the body reads");
+            let ended = fill_part(&mut body, &mut part, &mut carry, None).await.expect("the body reads");
             assert!(ended || part.len() == 1024, "only the last part is short");
             parts += 1;
             // What the SDK does before a retry: a fresh copy of the body, read from the start.
-            let first = S3Body::from(part.into_bytes()).into_inner();
+            let first = part.body().into_inner();
             let again = first.try_clone().expect("the SDK can send a part again");
             let again = S3Body::new(again).collect().await.expect("read whole").into_bytes();
             let first = S3Body::new(first).collect().await.expect("read whole").into_bytes();
@@ -411,7 +515,7 @@ mod tests {
             let mut fills = Vec::new();
             loop {
                 let mut part = pool.part();
-                let ended = fill_part(&mut body, &mut part, &mut carry).await.expect("the body reads");
+                let ended = fill_part(&mut body, &mut part, &mut carry, None).await.expect("the body reads");
                 fills.push((part.len(), ended));
                 if ended {
                     break;
