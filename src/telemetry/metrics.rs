@@ -41,6 +41,10 @@ pub mod names {
     pub const UPLOADS: &str = "media_uploads_total";
     /// Counter of refused uploads by `reason` (the error code).
     pub const UPLOAD_REJECTIONS: &str = "media_upload_rejections_total";
+    /// Counter of S3 parts sent again whole after their live request, by `reason`: `short` (the
+    /// body ended inside the part: once per multipart upload not ending on a part boundary),
+    /// `failed` (the request failed), `unanswered` (no answer in time once the part was filled).
+    pub const S3_PART_RESENDS: &str = "media_s3_part_resends_total";
     /// Gauge of uploads holding a slot.
     pub const UPLOADS_IN_FLIGHT: &str = "media_uploads_in_flight";
     /// Counter of 429 answers by `scope` (`principal`, `ip`, `readyz`).
@@ -173,6 +177,10 @@ fn describe() {
     describe_counter!(names::UPLOAD_BYTES, Unit::Bytes, "Bytes of accepted uploads");
     describe_counter!(names::UPLOADS, "Accepted uploads by result (stored, deduped)");
     describe_counter!(names::UPLOAD_REJECTIONS, "Refused uploads by reason (error code)");
+    describe_counter!(
+        names::S3_PART_RESENDS,
+        "S3 parts sent again whole after their live request, by reason (short, failed, unanswered)"
+    );
     describe_gauge!(names::UPLOADS_IN_FLIGHT, "Uploads holding a concurrency slot");
     describe_counter!(names::RATE_LIMITED, "Requests answered 429 by scope (principal, ip, readyz)");
     describe_counter!(names::AUTH_FAILURES, "Refused bearer tokens by reason");

@@ -43,6 +43,7 @@ mod reconcile;
 mod replicas;
 mod repository;
 mod rotation;
+mod s3_uploads;
 mod shred;
 mod shutdown;
 mod storage_contract;

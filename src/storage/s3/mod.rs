@@ -47,7 +47,7 @@ mod part;
 mod upload;
 
 use part::PartBuffers;
-use upload::{abort_upload, fill_part, streaming_timeouts, SizedBody};
+use upload::{abort_upload, fill_part, streaming_config, SizedBody};
 
 /// Blobs in one S3 bucket.
 #[derive(Debug, Clone)]
@@ -221,7 +221,7 @@ impl BlobStore for S3BlobStore {
         let request = self
             .put_object(key, content_type, length, S3Body::from_body_1_x(body))
             .customize()
-            .config_override(streaming_timeouts())
+            .config_override(streaming_config())
             .disable_payload_signing();
         let result = request.send().await;
         // The source's own error (client gone, limit, deadline) says more than the SDK's wrapper.

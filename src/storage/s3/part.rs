@@ -105,6 +105,11 @@ impl Part {
         (enough && !self.buf.is_empty()).then(|| self.cut_all())
     }
 
+    /// The bytes copied in since the last cut, as a segment, however few; `None` if there are none.
+    pub(super) fn cut_any(&mut self) -> Option<Bytes> {
+        (!self.buf.is_empty()).then(|| self.cut_all())
+    }
+
     fn cut_all(&mut self) -> Bytes {
         let segment = self.buf.split().freeze();
         self.cut += segment.len();
@@ -205,6 +210,7 @@ mod tests {
         part.fill_from(b"!");
         assert_eq!(part.cut().expect("the part is full"), &b"!"[..]);
         assert_eq!(part.room(), 0);
+        assert_eq!(part.cut_any(), None, "nothing left to cut");
     }
 
     #[tokio::test]
@@ -216,7 +222,7 @@ mod tests {
             let mut from = 0;
             for &to in &cuts {
                 part.fill_from(&data[from..to]);
-                part.cut();
+                part.cut_any();
                 from = to;
             }
             part.fill_from(&data[from..]);

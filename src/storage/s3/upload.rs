@@ -23,6 +23,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -156,6 +157,13 @@ pub(super) async fn abort_upload(client: &Client, bucket: &str, key: &str, uploa
     }
 }
 
+/// A live part's bytes not cut yet are cut once they are this old.
+const LIVE_CUT_AFTER: Duration = Duration::from_secs(1);
+
+/// How long S3 may take to answer a live part once the part has all its bytes, before the part is
+/// sent whole instead: the read timeout of a whole part's request.
+const LIVE_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Where a live part's segments go: the body of its request.
 pub(super) type LiveSegments = futures::channel::mpsc::UnboundedSender<std::io::Result<Bytes>>;
 
@@ -173,6 +181,7 @@ pub(super) async fn fill_part(
     carry: &mut Bytes,
     live: Option<&LiveSegments>,
 ) -> Result<bool, StorageError> {
+    let mut last_cut = Instant::now();
     loop {
         let taken = part.fill_from(carry);
         if taken == carry.len() {
@@ -180,9 +189,18 @@ pub(super) async fn fill_part(
         } else {
             carry.advance(taken);
         }
-        if let (Some(live), Some(segment)) = (live, part.cut()) {
-            // A request that already failed takes nothing: its part is sent whole (`send_live`).
-            let _ = live.unbounded_send(Ok(segment));
+        if let Some(live) = live {
+            // Enough new bytes, or a slow client's bytes once a second (S3 drops a request whose
+            // body stays idle for long; AWS after about 20 s).
+            let segment = match part.cut() {
+                None if last_cut.elapsed() >= LIVE_CUT_AFTER => part.cut_any(),
+                cut => cut,
+            };
+            if let Some(segment) = segment {
+                last_cut = Instant::now();
+                // A request that already failed takes nothing: its part is sent whole (`send_live`).
+                let _ = live.unbounded_send(Ok(segment));
+            }
         }
         if part.room() == 0 && !carry.is_empty() {
             return Ok(false);
@@ -194,16 +212,21 @@ pub(super) async fn fill_part(
     }
 }
 
-/// Timeouts of a request whose body comes from the client as it sends it: the client's read
+/// The settings of a request whose body comes from the client as it sends it. The client's read
 /// timeout covers the whole request, body included, and a slow client is bounded by
-/// MEDIA_UPLOAD_TIMEOUT upstream, so such a request gets the longest one.
-pub(super) fn streaming_timeouts() -> aws_sdk_s3::config::Builder {
-    aws_sdk_s3::config::Builder::default().timeout_config(
-        aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .read_timeout(crate::config::MAX_UPLOAD_TIMEOUT + std::time::Duration::from_secs(60))
-            .build(),
-    )
+/// MEDIA_UPLOAD_TIMEOUT upstream, so such a request gets the longest one. The SDK's stalled-stream
+/// protection for uploads is off: it failed the request when the body gave nothing for 5 s, but a
+/// client may pause up to MEDIA_UPLOAD_IDLE_TIMEOUT (30 s by default), which admission enforces.
+pub(super) fn streaming_config() -> aws_sdk_s3::config::Builder {
+    use aws_sdk_s3::config::StalledStreamProtectionConfig;
+    aws_sdk_s3::config::Builder::default()
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(crate::config::MAX_UPLOAD_TIMEOUT + Duration::from_secs(60))
+                .build(),
+        )
+        .stalled_stream_protection(StalledStreamProtectionConfig::enabled().upload_enabled(false).build())
 }
 
 impl S3BlobStore {
@@ -428,31 +451,56 @@ async fn send_whole(target: &UploadTarget, mut part: Part) -> Result<CompletedPa
     Ok(target.completed(&output))
 }
 
-/// Sends a part as it fills. A request that fails (the SDK cannot send a streamed body again) or
-/// that is cut short because the body ended inside the part (the last part, shorter than the
-/// request announced) is followed by the whole part, from the same buffer, once it is filled; S3
-/// keeps the last request of a part number. A body that failed ends the part's request and the
-/// upload with it.
+/// Sends a part as it fills. A request that fails (the SDK cannot send a streamed body again), that
+/// is cut short because the body ended inside the part (the last part, shorter than the request
+/// announced), or that S3 leaves unanswered for [`LIVE_ANSWER_TIMEOUT`] after the part is filled
+/// (the request is dropped, which closes its connection) is followed by the whole part, from the
+/// same buffer; S3 keeps the last request of a part number. A body that failed ends the part's
+/// request and the upload with it.
 async fn send_live(
     target: &UploadTarget,
     segments: ByteStream,
-    filled: tokio::sync::oneshot::Receiver<Part>,
+    mut filled: tokio::sync::oneshot::Receiver<Part>,
     size: usize,
 ) -> Result<CompletedPart, StorageError> {
     let body = S3Body::from_body_1_x(SizedBody::new(segments, size as u64));
-    let request = target.request(size).body(body).customize().config_override(streaming_timeouts());
-    match request.disable_payload_signing().send().await {
-        Ok(output) => Ok(target.completed(&output)),
-        Err(err) => match filled.await {
-            Ok(part) => {
-                if part.len() == size {
-                    tracing::debug!(part = target.number, error = %DisplayErrorContext(&err), "sending the part again whole");
+    let request = target.request(size).body(body).customize().config_override(streaming_config());
+    let mut send = Box::pin(request.disable_payload_signing().send());
+    let (mut part, mut filler_gone) = (None, false);
+    let mut answer_by = tokio::time::Instant::now();
+    let answer = loop {
+        tokio::select! {
+            answer = &mut send => break Some(answer),
+            handed = &mut filled, if part.is_none() && !filler_gone => match handed {
+                Ok(filled) => {
+                    part = Some(filled);
+                    answer_by = tokio::time::Instant::now() + LIVE_ANSWER_TIMEOUT;
                 }
-                send_whole(target, part).await
-            }
-            Err(_) => Err(sdk_error("upload part")(err)),
+                Err(_) => filler_gone = true,
+            },
+            () = tokio::time::sleep_until(answer_by), if part.is_some() => break None,
+        }
+    };
+    drop(send);
+    let (error, reason) = match answer {
+        Some(Ok(output)) => return Ok(target.completed(&output)),
+        Some(Err(err)) => (sdk_error("upload part")(err), "failed"),
+        None => (StorageError::backend(BACKEND, "upload part", "no answer"), "unanswered"),
+    };
+    let part = match part {
+        Some(part) => part,
+        None if !filler_gone => match filled.await {
+            Ok(part) => part,
+            Err(_) => return Err(error),
         },
+        None => return Err(error),
+    };
+    let reason = if part.len() < size { "short" } else { reason };
+    if reason != "short" {
+        tracing::debug!(part = target.number, %error, reason, "sending the part again whole");
     }
+    metrics::counter!(crate::telemetry::metrics::names::S3_PART_RESENDS, "reason" => reason).increment(1);
+    send_whole(target, part).await
 }
 
 /// The part of a finished upload task.

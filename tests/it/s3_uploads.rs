@@ -1,0 +1,141 @@
+//! How S3 uploads use their requests, seen through a recording proxy in front of Garage
+//! (`support::s3_proxy`): a transient error on a part, parts sent while they fill, the last part
+//! cut short and sent whole, and a client pausing mid-upload.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use media_api::config::{MIB, S3_MIN_PART_SIZE};
+use media_api::storage::ByteStream;
+
+use crate::support::app::{chunked, collect, payload, random_hex, sha256_hex, spawn_app_with, Stack, TestApp};
+use crate::support::s3_proxy::{Fault, S3Proxy};
+
+const PART: usize = S3_MIN_PART_SIZE as usize;
+
+/// An app whose S3 requests go through a proxy answering the first `times` requests that
+/// `matches` accepts with `503 SlowDown`.
+async fn app_behind_proxy(fault: Fault) -> (TestApp, S3Proxy) {
+    let proxy = S3Proxy::start(fault).await;
+    let app = spawn_app_with(Stack::PostgresS3, &[("MEDIA_S3_ENDPOINT", &proxy.endpoint)]).await;
+    (app, proxy)
+}
+
+const NO_FAULT: Fault = Fault { matches: |_, _| false, times: 0 };
+
+/// Requests the proxy saw for part `n` of a multipart upload.
+fn part_requests(proxy: &S3Proxy, n: usize) -> usize {
+    let wanted = format!("partNumber={n}");
+    proxy.seen().iter().filter(|r| r.starts_with("PUT ") && r.split(['?', '&']).any(|p| p == wanted)).count()
+}
+
+/// `data` as a chunked body that stops at each of `stops` until its sender is told to go on.
+fn gated(data: &Bytes, stops: &[usize]) -> (ByteStream, Vec<tokio::sync::oneshot::Sender<()>>) {
+    let mut body: ByteStream = futures::stream::empty().boxed();
+    let mut senders = Vec::new();
+    let mut from = 0;
+    for &stop in stops.iter().chain([&data.len()]) {
+        let piece = chunked(data.slice(from..stop));
+        body = if from == 0 {
+            piece
+        } else {
+            let (go_on, gate) = tokio::sync::oneshot::channel::<()>();
+            senders.push(go_on);
+            body.chain(futures::stream::once(async move { gate.await.map(|()| piece).expect("gate") }).flatten())
+                .boxed()
+        };
+        from = stop;
+    }
+    (body, senders)
+}
+
+/// Waits (30 s at most) until the proxy has seen `count` requests for part `n`.
+async fn wait_for_part_request(proxy: &S3Proxy, n: usize, count: usize) {
+    for _ in 0..3000 {
+        if part_requests(proxy, n) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("part {n}'s request #{count} never started: {:?}", proxy.seen());
+}
+
+async fn assert_stored(app: &TestApp, key: &str, data: &[u8]) {
+    let read = collect(app.state.blobs.get(key, None).await.expect("get").body).await;
+    assert_eq!(sha256_hex(&read), sha256_hex(data), "the object holds every byte once, in order");
+}
+
+#[tokio::test]
+async fn a_part_answered_with_a_transient_error_is_sent_again_whole_and_the_object_is_whole() {
+    // The second part of every multipart upload, the first two times it is sent: `503 SlowDown`.
+    // Part 2 goes live first; after the first 503 it is sent whole, and the SDK sends that again.
+    let (app, proxy) = app_behind_proxy(Fault {
+        matches: |method, target| method == "PUT" && target.contains("partNumber=2"),
+        times: 2,
+    })
+    .await;
+    let data = payload(3 * PART + 12_345, 31);
+    let key = format!("retry/{}", random_hex(8));
+    let written = app.state.blobs.put(&key, "application/octet-stream", chunked(data.clone())).await;
+    assert_eq!(written.expect("the upload survives two transient errors"), data.len() as u64);
+    assert_eq!(proxy.failed(), 2, "the faults were injected");
+    assert_eq!(part_requests(&proxy, 2), 3, "part 2 was sent live, whole, and whole again: {:?}", proxy.seen());
+    assert_stored(&app, &key, &data).await;
+}
+
+#[tokio::test]
+async fn a_part_is_sent_while_it_fills_and_a_body_ending_inside_one_leaves_the_object_whole() {
+    let (app, proxy) = app_behind_proxy(NO_FAULT).await;
+    // Parts 1–3 full, part 4 half: the body stops half-way through part 2 and again in part 4.
+    let data = payload(3 * PART + PART / 2, 32);
+    let (body, mut gates) = gated(&data, &[PART + PART / 2, 3 * PART + PART / 4]);
+    let (blobs, key) = (app.state.blobs.clone(), format!("live/{}", random_hex(8)));
+    let upload = tokio::spawn({
+        let key = key.clone();
+        async move { blobs.put(&key, "application/octet-stream", body).await }
+    });
+    // Part 2's request starts before part 2 is full (the body is stopped half-way through it).
+    wait_for_part_request(&proxy, 2, 1).await;
+    gates.remove(0).send(()).expect("the upload still reads its body");
+    // Part 4's too: announcing a full part, which the body will not fill.
+    wait_for_part_request(&proxy, 4, 1).await;
+    gates.remove(0).send(()).expect("the upload still reads its body");
+    let written = upload.await.expect("upload task").expect("put");
+    assert_eq!(written, data.len() as u64);
+    for n in [1, 2, 3] {
+        assert_eq!(part_requests(&proxy, n), 1, "full part {n} sent once: {:?}", proxy.seen());
+    }
+    assert_eq!(part_requests(&proxy, 4), 2, "the last part, cut short, then sent whole: {:?}", proxy.seen());
+    assert_stored(&app, &key, &data).await;
+}
+
+#[tokio::test]
+async fn a_client_pausing_mid_upload_keeps_its_s3_requests() {
+    // The SDK's stalled-stream protection fails an upload request whose body yields nothing for
+    // 5 s; a client may pause longer (MEDIA_UPLOAD_IDLE_TIMEOUT, 30 s by default).
+    const PAUSE: Duration = Duration::from_secs(7);
+    let (app, proxy) = app_behind_proxy(NO_FAULT).await;
+    let paused = |data: &Bytes, at: usize| -> ByteStream {
+        let pause = futures::stream::once(async {
+            tokio::time::sleep(PAUSE).await;
+            Ok(Bytes::new())
+        });
+        chunked(data.slice(..at)).chain(pause).chain(chunked(data.slice(at..))).boxed()
+    };
+    // One streamed PutObject (a Content-Length above one part) and one multipart upload, paused
+    // half-way through part 2, at the same time.
+    let sized = payload(12 * MIB as usize, 78);
+    let multipart = payload(3 * PART, 79);
+    let (sized_key, multipart_key) = (format!("paused/{}", random_hex(8)), format!("paused/{}", random_hex(8)));
+    let blobs = &app.state.blobs;
+    let (sized_put, multipart_put) = tokio::join!(
+        blobs.put_sized(&sized_key, "image/png", sized.len() as u64, paused(&sized, 7 * MIB as usize)),
+        blobs.put(&multipart_key, "image/png", paused(&multipart, PART + PART / 2)),
+    );
+    assert_eq!(sized_put.expect("the streamed PutObject survives the pause"), sized.len() as u64);
+    assert_eq!(multipart_put.expect("the multipart upload survives the pause"), multipart.len() as u64);
+    assert_eq!(part_requests(&proxy, 2), 1, "part 2 was sent once, across the pause: {:?}", proxy.seen());
+    assert_stored(&app, &sized_key, &sized).await;
+    assert_stored(&app, &multipart_key, &multipart).await;
+}
