@@ -43,11 +43,13 @@ pub(super) const BACKEND: &str = "s3";
 /// The largest object S3 takes in one `PutObject`.
 const MAX_STREAMED_PUT: u64 = 5 << 30;
 
+mod fill;
 mod part;
 mod upload;
 
+use fill::{fill_part, Live};
 use part::PartBuffers;
-use upload::{abort_upload, fill_part, streaming_config, SizedBody};
+use upload::{abort_upload, streaming_config, SizedBody};
 
 /// Blobs in one S3 bucket.
 #[derive(Debug, Clone)]
@@ -197,7 +199,7 @@ impl BlobStore for S3BlobStore {
         validate_key(key)?;
         let mut first = self.buffers.part();
         let mut carry = Bytes::new();
-        let ended = fill_part(&mut body, &mut first, &mut carry, None).await?;
+        let ended = fill_part(&mut body, &mut first, &mut carry, &mut Live::Never).await?;
         if ended {
             return self.put_single(key, content_type, first).await;
         }

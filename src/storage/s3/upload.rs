@@ -4,15 +4,17 @@
 //! cancellation so no part is left billed and invisible in the bucket.
 //!
 //! A part is one pooled buffer the body's chunks are copied into ([`super::part`]). The first part
-//! is sent whole once full (the upload is only created once the body is known to be longer). Each
-//! later part is sent *live*: its request starts with the part's first bytes, announcing a full
-//! part, and takes each segment as it is cut, so S3 is never left waiting while a part fills (with
-//! two buffers, two whole parts sent side by side finished together and S3 then idled while the
-//! next one filled). A live request that fails, or that is cut short because the body ended inside
-//! its part (the last part, shorter than announced), is followed by the whole part from the same
-//! buffer, which the SDK sends again after a transient error (a 5xx, `SlowDown`, a reset
-//! connection). The buffer is kept until the part's request has answered, then reused. A signed
-//! payload (`MEDIA_S3_SIGN_PAYLOAD`, which SigV4 hashes before sending) sends every part whole.
+//! is sent whole once full (the upload is only created once the body is known to be longer). A
+//! later part is sent whole once full too, unless S3 runs out of work first: as soon as no other
+//! part's request is in flight, the part goes *live* ([`super::fill`]): its request starts at once,
+//! announcing a full part, and takes each segment as it is cut, so S3 is not left waiting while a
+//! part fills (with two buffers, two whole parts sent side by side finished together and S3 then
+//! idled while the next one filled). A live request that fails, that is cut short because the body
+//! ended inside its part (the last part, shorter than announced), or that S3 leaves unanswered, is
+//! followed by the whole part from the same buffer, which the SDK sends again after a transient
+//! error (a 5xx, `SlowDown`, a reset connection). The buffer is kept until the part's request has
+//! answered, then reused. A signed payload (`MEDIA_S3_SIGN_PAYLOAD`, which SigV4 hashes before
+//! sending) sends every part whole.
 //!
 //! The memory bound counts bytes: the next part is filled once the parts whose requests have not
 //! answered hold at most `upload_concurrency - 1` parts' worth of bytes ([`Held`]; a live part
@@ -21,19 +23,20 @@
 //! after it counts as released: hyper drops the body when it stops writing it; the pool then hands
 //! out a new buffer rather than the one still read.)
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinSet;
 
 use aws_sdk_s3::error::DisplayErrorContext;
 
+use super::fill::{fill_part, Held, Live};
 use super::part::Part;
 use super::{sdk_error, S3BlobStore, BACKEND};
 use crate::storage::{ByteStream, StorageError};
@@ -98,28 +101,6 @@ impl http_body::Body for SizedBody {
     }
 }
 
-/// Bytes of an upload's parts whose requests have not answered yet, and a wake-up when one did.
-#[derive(Default)]
-struct Held {
-    bytes: AtomicUsize,
-    released: tokio::sync::Notify,
-}
-
-impl Held {
-    fn add(&self, n: usize) {
-        self.bytes.fetch_add(n, Ordering::AcqRel);
-    }
-
-    fn release(&self, n: usize) {
-        self.bytes.fetch_sub(n, Ordering::AcqRel);
-        self.released.notify_one();
-    }
-
-    fn get(&self) -> usize {
-        self.bytes.load(Ordering::Acquire)
-    }
-}
-
 /// Removes a multipart upload unless it was completed. Dropping the guard (an error path, or the
 /// upload future being cancelled) spawns the abort so no orphaned upload stays in the bucket.
 pub(super) struct MultipartGuard {
@@ -157,60 +138,9 @@ pub(super) async fn abort_upload(client: &Client, bucket: &str, key: &str, uploa
     }
 }
 
-/// A live part's bytes not cut yet are cut once they are this old.
-const LIVE_CUT_AFTER: Duration = Duration::from_secs(1);
-
 /// How long S3 may take to answer a live part once the part has all its bytes, before the part is
 /// sent whole instead: the read timeout of a whole part's request.
 const LIVE_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Where a live part's segments go: the body of its request.
-pub(super) type LiveSegments = futures::channel::mpsc::UnboundedSender<std::io::Result<Bytes>>;
-
-/// Reads from `body` until `part` is full or the body ends; returns whether it ended. A chunk
-/// crossing the part's end is split; its rest stays in `carry`, and a chunk copied whole is
-/// released at once. A full part looks one chunk ahead, so a body ending exactly at a part's end
-/// says so (a body of exactly one part goes up as one `PutObject`, not a multipart upload), and a
-/// part after one that did not end gets at least one byte.
-///
-/// With `live`, the part's segments are passed on as they are cut, to a request sending the part
-/// while it fills; a body ending inside the part passes on nothing more (that request is cut short).
-pub(super) async fn fill_part(
-    body: &mut ByteStream,
-    part: &mut Part,
-    carry: &mut Bytes,
-    live: Option<&LiveSegments>,
-) -> Result<bool, StorageError> {
-    let mut last_cut = Instant::now();
-    loop {
-        let taken = part.fill_from(carry);
-        if taken == carry.len() {
-            *carry = Bytes::new();
-        } else {
-            carry.advance(taken);
-        }
-        if let Some(live) = live {
-            // Enough new bytes, or a slow client's bytes once a second (S3 drops a request whose
-            // body stays idle for long; AWS after about 20 s).
-            let segment = match part.cut() {
-                None if last_cut.elapsed() >= LIVE_CUT_AFTER => part.cut_any(),
-                cut => cut,
-            };
-            if let Some(segment) = segment {
-                last_cut = Instant::now();
-                // A request that already failed takes nothing: its part is sent whole (`send_live`).
-                let _ = live.unbounded_send(Ok(segment));
-            }
-        }
-        if part.room() == 0 && !carry.is_empty() {
-            return Ok(false);
-        }
-        match body.next().await {
-            Some(chunk) => *carry = chunk.map_err(StorageError::Source)?,
-            None => return Ok(true),
-        }
-    }
-}
 
 /// The settings of a request whose body comes from the client as it sends it. The client's read
 /// timeout covers the whole request, body included, and a slow client is bounded by
@@ -292,8 +222,8 @@ impl S3BlobStore {
         }
     }
 
-    /// The parts after the first: each sent live while it fills (see the module docs), or, with a
-    /// signed payload (which SigV4 hashes before sending), whole once full.
+    /// The parts after the first: each sent whole once full, or live while it fills once S3 has
+    /// nothing else to do (see the module docs).
     pub(super) async fn upload_parts(
         &self,
         upload: &MultipartGuard,
@@ -311,24 +241,32 @@ impl S3BlobStore {
             // (see the module docs).
             parts.wait_until_held_at_most(budget).await?;
             let mut part = self.buffers.part();
-            let ended = if self.sign_payload {
-                let ended = fill_part(body, &mut part, carry, None).await?;
-                total += part.len() as u64;
-                let length = part.len();
-                parts.spawn(self, upload, Sending::Whole(part), length);
-                ended
-            } else {
+            let held = parts.held.clone();
+            let mut filled = None;
+            let mut start = || {
                 let (segments, live) = futures::channel::mpsc::unbounded();
-                let (filled, part_when_filled) = tokio::sync::oneshot::channel();
-                let live = Sending::Live { segments: live.boxed(), filled: part_when_filled, size: self.part_size };
+                let (part_filled, when_filled) = tokio::sync::oneshot::channel();
+                let live = Sending::Live { segments: live.boxed(), filled: when_filled, size: self.part_size };
                 parts.spawn(self, upload, live, self.part_size);
-                let ended = fill_part(body, &mut part, carry, Some(&segments)).await?;
-                total += part.len() as u64;
-                // Ends the live body: whole if the part is full, cut short (and so sent whole) if not.
-                drop(segments);
-                let _ = filled.send(part);
-                ended
+                filled = Some(part_filled);
+                segments
             };
+            // A signed payload is hashed before it is sent: such parts go whole.
+            let mut live = match self.sign_payload {
+                true => Live::Never,
+                false => Live::WhenIdle { held: &held, start: &mut start },
+            };
+            let ended = fill_part(body, &mut part, carry, &mut live).await?;
+            // Ends a live body: whole if the part is full, cut short (and so sent whole) if not.
+            drop(live.started());
+            total += part.len() as u64;
+            match filled {
+                Some(filled) => drop(filled.send(part)),
+                None => {
+                    let length = part.len();
+                    parts.spawn(self, upload, Sending::Whole(part), length);
+                }
+            }
             if ended {
                 break;
             }
@@ -392,7 +330,7 @@ impl Parts {
             }
             tokio::select! {
                 joined = self.in_flight.join_next() => self.completed.push(join_part(joined)?),
-                () = self.held.released.notified() => {}
+                () = self.held.released() => {}
             }
         }
     }
@@ -512,66 +450,5 @@ fn join_part(
         Some(Ok(Err(err))) => Err(err),
         Some(Err(join_error)) => Err(StorageError::backend(BACKEND, "upload part", join_error)),
         None => Err(StorageError::backend(BACKEND, "upload part", "no part upload was running")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::part::PartBuffers;
-    use super::*;
-
-    #[tokio::test]
-    async fn parts_are_filled_across_chunks_in_order_and_their_body_can_be_sent_again() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let whole = Bytes::from(data.clone());
-        // Chunks of 1 byte, of more than a part, and in between.
-        let cuts = [0, 1, 2, 3000, 3007, 9000, 9999, 10_000];
-        let chunks: Vec<std::io::Result<Bytes>> = cuts.windows(2).map(|w| Ok(whole.slice(w[0]..w[1]))).collect();
-        let mut body: ByteStream = futures::stream::iter(chunks).boxed();
-        let pool = PartBuffers::new(1024, 2);
-        let (mut carry, mut sent, mut parts) = (Bytes::new(), Vec::new(), 0);
-        loop {
-            let mut part = pool.part();
-            let ended = fill_part(&mut body, &mut part, &mut carry, None).await.expect("the body reads");
-            assert!(ended || part.len() == 1024, "only the last part is short");
-            parts += 1;
-            // What the SDK does before a retry: a fresh copy of the body, read from the start.
-            let first = part.body().into_inner();
-            let again = first.try_clone().expect("the SDK can send a part again");
-            let again = S3Body::new(again).collect().await.expect("read whole").into_bytes();
-            let first = S3Body::new(first).collect().await.expect("read whole").into_bytes();
-            assert_eq!(first, again, "a retry sends the same bytes");
-            sent.extend_from_slice(&first);
-            if ended {
-                break;
-            }
-        }
-        assert_eq!(parts, 10, "ten parts of at most 1024 bytes");
-        assert_eq!(sent, data, "every byte once, in order");
-        assert!(carry.is_empty());
-        assert_eq!(pool.part().len(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_body_ending_exactly_at_a_parts_end_says_so_with_that_part() {
-        let pool = PartBuffers::new(1024, 2);
-        for cuts in [vec![0, 1024], vec![0, 1000, 1024], vec![0, 1024, 1024, 2048]] {
-            let whole = Bytes::from(vec![5u8; *cuts.last().expect("cuts")]);
-            let chunks: Vec<std::io::Result<Bytes>> = cuts.windows(2).map(|w| Ok(whole.slice(w[0]..w[1]))).collect();
-            let mut body: ByteStream = futures::stream::iter(chunks).boxed();
-            let mut carry = Bytes::new();
-            let mut fills = Vec::new();
-            loop {
-                let mut part = pool.part();
-                let ended = fill_part(&mut body, &mut part, &mut carry, None).await.expect("the body reads");
-                fills.push((part.len(), ended));
-                if ended {
-                    break;
-                }
-            }
-            let parts = whole.len() / 1024;
-            let expected: Vec<(usize, bool)> = (1..=parts).map(|n| (1024, n == parts)).collect();
-            assert_eq!(fills, expected, "chunks {cuts:?}: full parts, the last one saying the body ended");
-        }
     }
 }
