@@ -42,7 +42,7 @@ pub mod names {
     /// Counter of refused uploads by `reason` (the error code).
     pub const UPLOAD_REJECTIONS: &str = "media_upload_rejections_total";
     /// Counter of S3 parts sent again whole after their live request, by `reason`: `short` (the
-    /// body ended inside the part: once per multipart upload not ending on a part boundary),
+    /// body ended inside the live part, which happens when S3 was idle while the last part filled),
     /// `failed` (the request failed), `unanswered` (no answer in time once the part was filled).
     pub const S3_PART_RESENDS: &str = "media_s3_part_resends_total";
     /// Gauge of uploads holding a slot.

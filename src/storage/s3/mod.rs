@@ -6,7 +6,7 @@
 //! the body is cut into parts of `part_size` bytes; a body of at most one part goes up as
 //! one `PutObject`, anything larger as a multipart upload with at most `upload_concurrency` parts in
 //! memory, the one being filled included (buffers reused from part to part and upload to upload;
-//! see `part`), each part after the first sent while it fills (see `upload`). Any error — a failing source stream, a refused
+//! see `part`), a part sent while it fills when S3 would otherwise wait for it (see `fill`). Any error — a failing source stream, a refused
 //! part, the future being dropped — aborts the multipart upload so no part is left billed and
 //! invisible in the bucket.
 //!
