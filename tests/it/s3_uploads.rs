@@ -76,8 +76,16 @@ async fn a_part_answered_with_a_transient_error_is_sent_again_whole_and_the_obje
     })
     .await;
     let data = payload(3 * PART + 12_345, 31);
-    let key = format!("retry/{}", random_hex(8));
-    let written = app.state.blobs.put(&key, "application/octet-stream", chunked(data.clone())).await;
+    // The body stops half-way through part 2 until part 2 has gone live (part 1 answered).
+    let (body, mut gates) = gated(&data, &[PART + PART / 2]);
+    let (blobs, key) = (app.state.blobs.clone(), format!("retry/{}", random_hex(8)));
+    let upload = tokio::spawn({
+        let key = key.clone();
+        async move { blobs.put(&key, "application/octet-stream", body).await }
+    });
+    wait_for_part_request(&proxy, 2, 1).await;
+    gates.remove(0).send(()).expect("the upload still reads its body");
+    let written = upload.await.expect("upload task");
     assert_eq!(written.expect("the upload survives two transient errors"), data.len() as u64);
     assert_eq!(proxy.failed(), 2, "the faults were injected");
     assert_eq!(part_requests(&proxy, 2), 3, "part 2 was sent live, whole, and whole again: {:?}", proxy.seen());

@@ -9,7 +9,7 @@
 //! part the body ends inside is cut short and sent again whole.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
@@ -92,7 +92,7 @@ pub(super) async fn fill_part(
     carry: &mut Bytes,
     live: &mut Live<'_>,
 ) -> Result<bool, StorageError> {
-    let mut last_cut = Instant::now();
+    let mut last_cut = tokio::time::Instant::now();
     let mut cut_now = false;
     loop {
         let taken = part.fill_from(carry);
@@ -102,7 +102,8 @@ pub(super) async fn fill_part(
             carry.advance(taken);
         }
         let start = match live {
-            Live::WhenIdle { held, start } if held.get() == 0 => Some(start()),
+            // A full part waits only for its look-ahead chunk: it is sent whole.
+            Live::WhenIdle { held, start } if held.get() == 0 && part.room() > 0 => Some(start()),
             _ => None,
         };
         if let Some(segments) = start {
@@ -117,7 +118,7 @@ pub(super) async fn fill_part(
                 cut => cut,
             };
             if let Some(segment) = segment {
-                (last_cut, cut_now) = (Instant::now(), false);
+                (last_cut, cut_now) = (tokio::time::Instant::now(), false);
                 // A request that already failed takes nothing: its part is sent whole (`send_live`).
                 let _ = segments.unbounded_send(Ok(segment));
             }
@@ -126,15 +127,23 @@ pub(super) async fn fill_part(
             return Ok(false);
         }
         let next = match live {
-            Live::WhenIdle { held, .. } => tokio::select! {
+            Live::WhenIdle { held, .. } if part.room() > 0 => tokio::select! {
                 biased;
                 chunk = body.next() => Some(chunk),
                 () = held.none() => None,
             },
+            // Bytes not cut yet are cut once they are `LIVE_CUT_AFTER` old, even while the client
+            // pauses.
+            Live::Started(_) if part.uncut() > 0 => tokio::select! {
+                biased;
+                chunk = body.next() => Some(chunk),
+                () = tokio::time::sleep_until(last_cut + LIVE_CUT_AFTER) => None,
+            },
             _ => Some(body.next().await),
         };
         match next {
-            // S3 has nothing left to do: the part goes live at the loop's top.
+            // S3 has nothing left to do (the part goes live), or bytes are due to be cut: both at
+            // the loop's top.
             None => {}
             Some(Some(chunk)) => *carry = chunk.map_err(StorageError::Source)?,
             Some(None) => return Ok(true),
@@ -255,5 +264,25 @@ mod tests {
         let ended = fill_part(&mut body, &mut part, &mut carry, &mut live).await.expect("reads");
         assert!(!ended && part.room() == 0 && carry.len() == 476, "a full part, the rest carried");
         assert!(live.started().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_parts_few_bytes_are_passed_on_within_a_second_while_the_client_pauses() {
+        let pool = PartBuffers::new(1024, 2); // segments of at least 16 bytes
+        let (segments, mut passed) = futures::channel::mpsc::unbounded();
+        let mut live = Live::Started(segments);
+        // Five bytes, then a client that sends nothing more.
+        let mut body: ByteStream =
+            futures::stream::iter([Ok(Bytes::from_static(b"hello"))]).chain(futures::stream::pending()).boxed();
+        let (mut part, mut carry) = (pool.part(), Bytes::new());
+        let began = tokio::time::Instant::now();
+        tokio::select! {
+            _ = fill_part(&mut body, &mut part, &mut carry, &mut live) => panic!("the body never ends"),
+            () = tokio::time::sleep(5 * LIVE_CUT_AFTER) => panic!("the five bytes were never passed on"),
+            segment = passed.next() => {
+                assert_eq!(segment.expect("a segment").expect("bytes"), &b"hello"[..]);
+                assert!(began.elapsed() >= LIVE_CUT_AFTER, "fewer bytes than a segment wait for their second");
+            }
+        }
     }
 }

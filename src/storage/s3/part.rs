@@ -91,6 +91,11 @@ impl Part {
         self.pool.part_size - self.len()
     }
 
+    /// Bytes copied in and not cut yet.
+    pub(super) fn uncut(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Appends the first `room()` bytes of `data` at most; returns how many it took.
     pub(super) fn fill_from(&mut self, data: &[u8]) -> usize {
         let take = data.len().min(self.room());

@@ -20,8 +20,9 @@
 //! answered hold at most `upload_concurrency - 1` parts' worth of bytes ([`Held`]; a live part
 //! counts as full), so an upload holds at most `upload_concurrency` parts, the one being filled
 //! included. (A request S3 answered early, before its body was sent, can keep its buffer a moment
-//! after it counts as released: hyper drops the body when it stops writing it; the pool then hands
-//! out a new buffer rather than the one still read.)
+//! after it counts as released: hyper drops the body when it stops writing it; so can a live
+//! request dropped for a whole resend, whose connection task notices a moment later. The pool then
+//! hands out a new buffer rather than the one still read: briefly one buffer more.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -408,6 +409,7 @@ async fn send_live(
     let mut answer_by = tokio::time::Instant::now();
     let answer = loop {
         tokio::select! {
+            biased;
             answer = &mut send => break Some(answer),
             handed = &mut filled, if part.is_none() && !filler_gone => match handed {
                 Ok(filled) => {
