@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use media_api::config::{MIB, S3_MIN_PART_SIZE};
-use media_api::storage::ByteStream;
+use media_api::storage::{ByteStream, StorageError};
 
 use crate::support::app::{chunked, collect, payload, random_hex, sha256_hex, spawn_app_with, Stack, TestApp};
 use crate::support::s3_proxy::{Fault, S3Proxy};
@@ -61,6 +61,28 @@ async fn wait_for_part_request(proxy: &S3Proxy, n: usize, count: usize) {
     panic!("part {n}'s request #{count} never started: {:?}", proxy.seen());
 }
 
+/// Uploads `data` with the body stopping at each `(offset, part)` of `stops` until the proxy has
+/// seen part `part`'s request start; returns the upload's result and its key.
+async fn put_gated(
+    app: &TestApp,
+    proxy: &S3Proxy,
+    data: &Bytes,
+    stops: &[(usize, usize)],
+) -> (Result<u64, StorageError>, String) {
+    let offsets: Vec<usize> = stops.iter().map(|&(offset, _)| offset).collect();
+    let (body, gates) = gated(data, &offsets);
+    let (blobs, key) = (app.state.blobs.clone(), format!("gated/{}", random_hex(8)));
+    let upload = tokio::spawn({
+        let key = key.clone();
+        async move { blobs.put(&key, "application/octet-stream", body).await }
+    });
+    for (gate, &(_, part)) in gates.into_iter().zip(stops) {
+        wait_for_part_request(proxy, part, 1).await;
+        gate.send(()).expect("the upload still reads its body");
+    }
+    (upload.await.expect("upload task"), key)
+}
+
 async fn assert_stored(app: &TestApp, key: &str, data: &[u8]) {
     let read = collect(app.state.blobs.get(key, None).await.expect("get").body).await;
     assert_eq!(sha256_hex(&read), sha256_hex(data), "the object holds every byte once, in order");
@@ -77,15 +99,7 @@ async fn a_part_answered_with_a_transient_error_is_sent_again_whole_and_the_obje
     .await;
     let data = payload(3 * PART + 12_345, 31);
     // The body stops half-way through part 2 until part 2 has gone live (part 1 answered).
-    let (body, mut gates) = gated(&data, &[PART + PART / 2]);
-    let (blobs, key) = (app.state.blobs.clone(), format!("retry/{}", random_hex(8)));
-    let upload = tokio::spawn({
-        let key = key.clone();
-        async move { blobs.put(&key, "application/octet-stream", body).await }
-    });
-    wait_for_part_request(&proxy, 2, 1).await;
-    gates.remove(0).send(()).expect("the upload still reads its body");
-    let written = upload.await.expect("upload task");
+    let (written, key) = put_gated(&app, &proxy, &data, &[(PART + PART / 2, 2)]).await;
     assert_eq!(written.expect("the upload survives two transient errors"), data.len() as u64);
     assert_eq!(proxy.failed(), 2, "the faults were injected");
     assert_eq!(part_requests(&proxy, 2), 3, "part 2 was sent live, whole, and whole again: {:?}", proxy.seen());
@@ -97,19 +111,10 @@ async fn a_part_is_sent_while_it_fills_and_a_body_ending_inside_one_leaves_the_o
     let (app, proxy) = app_behind_proxy(NO_FAULT).await;
     // Parts 1–3 full, part 4 half: the body stops half-way through part 2 and again in part 4.
     let data = payload(3 * PART + PART / 2, 32);
-    let (body, mut gates) = gated(&data, &[PART + PART / 2, 3 * PART + PART / 4]);
-    let (blobs, key) = (app.state.blobs.clone(), format!("live/{}", random_hex(8)));
-    let upload = tokio::spawn({
-        let key = key.clone();
-        async move { blobs.put(&key, "application/octet-stream", body).await }
-    });
-    // Part 2's request starts before part 2 is full (the body is stopped half-way through it).
-    wait_for_part_request(&proxy, 2, 1).await;
-    gates.remove(0).send(()).expect("the upload still reads its body");
-    // Part 4's too: announcing a full part, which the body will not fill.
-    wait_for_part_request(&proxy, 4, 1).await;
-    gates.remove(0).send(()).expect("the upload still reads its body");
-    let written = upload.await.expect("upload task").expect("put");
+    // Part 2's request starts before part 2 is full (the body is stopped half-way through it), and
+    // part 4's too, announcing a full part, which the body will not fill.
+    let (written, key) = put_gated(&app, &proxy, &data, &[(PART + PART / 2, 2), (3 * PART + PART / 4, 4)]).await;
+    let written = written.expect("put");
     assert_eq!(written, data.len() as u64);
     for n in [1, 2, 3] {
         assert_eq!(part_requests(&proxy, n), 1, "full part {n} sent once: {:?}", proxy.seen());
