@@ -6,9 +6,9 @@
 //! the body is cut into parts of `part_size` bytes; a body of at most one part goes up as
 //! one `PutObject`, anything larger as a multipart upload with at most `upload_concurrency` parts in
 //! memory, the one being filled included (buffers reused from part to part and upload to upload;
-//! see `part`), a part sent while it fills when S3 would otherwise wait for it (see `fill`). Any error — a failing source stream, a refused
-//! part, the future being dropped — aborts the multipart upload so no part is left billed and
-//! invisible in the bucket.
+//! see `part`), a part sent while it fills when S3 would otherwise wait for it (see `fill`). Any
+//! error — a failing source stream, a refused part, the future being dropped — aborts the multipart
+//! upload so no part is left billed and invisible in the bucket.
 //!
 //! Presigned URLs are signed by a second client configured for `MEDIA_S3_PUBLIC_ENDPOINT` when that
 //! is set, so the URL a client gets is exactly the one that was signed (never rewritten afterwards).

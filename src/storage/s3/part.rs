@@ -12,9 +12,10 @@
 //!
 //! A part's bytes leave it as *segments*: [`Bytes`] views of its buffer, cut from what was copied in
 //! ([`Part::cut`]), so a part can be sent while it is still being filled (a live part, see
-//! `upload`) and sent again whole from the same memory ([`Part::body`]). A segment is cut only
-//! from at least `part_size / SEGMENTS` new bytes (or at the part's end), so a client sending one
-//! byte at a time cannot make a part hold millions of views.
+//! `fill`) and sent again whole from the same memory ([`Part::body`]). A segment is cut only
+//! from at least `part_size / SEGMENTS` new bytes (or at the part's end, or by [`Part::cut_any`],
+//! which `fill` calls at most once a second), so a client sending one byte at a time cannot make a
+//! part hold millions of views.
 //!
 //! The buffer returns to the pool when the part is dropped; the next part reclaims it
 //! ([`BytesMut::try_reclaim`]) only when no segment of it is left (a request still holding one
