@@ -11,7 +11,8 @@
 //!
 //! Files: [`model`] (plaintext records), [`sql`], [`cipher`] (sealing a row), [`group`] (dedup
 //! groups: shared objects and their references), [`rotate`] (re-encryption batches), [`objects`]
-//! (moving objects to a new DEK version); decrypted
+//! (moving objects to a new DEK version), [`listing`] (rows across tenants for the sweeper and the
+//! admin commands); decrypted
 //! ready rows are cached for a few seconds in a [`TtlCache`](crate::db::ttl_cache::TtlCache).
 
 mod by_id;
@@ -20,6 +21,7 @@ mod cipher;
 mod coalesce;
 #[macro_use]
 mod group;
+mod listing;
 mod model;
 mod rotate;
 mod sql;
@@ -358,26 +360,6 @@ impl MediaRepo {
         result
     }
 
-    /// Up to `limit` rows (any tenant) that are past their retention, or pending since before
-    /// `pending_before`, after the `(tenant, id)` cursor: `(tenant, id)` pairs for the sweeper.
-    pub async fn sweepable(
-        &self,
-        now: DateTime<Utc>,
-        pending_before: DateTime<Utc>,
-        after: Option<&(String, String)>,
-        limit: u32,
-    ) -> Result<Vec<(String, String)>, DbError> {
-        let (tenant, id) = after.map_or(("", ""), |(t, i)| (t.as_str(), i.as_str()));
-        Ok(with_pool!(&self.db, |pool| sqlx::query_as(SWEEPABLE)
-            .bind(now)
-            .bind(pending_before)
-            .bind(tenant)
-            .bind(id)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await)?)
-    }
-
     /// Deletes the tenant's row — only while its status is still `status`, when given — and says
     /// what it did: whether other rows of its group ([`group`]) still reference its object
     /// ([`Deletion::Shared`]) or it was the last ([`Deletion::Last`]). With `journal` (the key of the
@@ -430,41 +412,6 @@ impl MediaRepo {
             notify::publish(&self.db, &Change::Row { tenant: tenant.to_owned(), id: id.to_owned() }).await;
         }
         Ok(deletion)
-    }
-
-    /// Every tenant that has media rows.
-    pub async fn tenants(&self) -> Result<Vec<String>, DbError> {
-        Ok(with_pool!(&self.db, |pool| sqlx::query_scalar(TENANTS).fetch_all(pool).await)?)
-    }
-
-    /// Up to `limit` of the tenant's rows after `after` (id order) with their decrypted storage keys,
-    /// or the error that kept a storage key from being read.
-    pub async fn storage_keys(
-        &self,
-        tenant: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, Result<String, DbError>)>, DbError> {
-        let rows: Vec<(String, i32, Vec<u8>)> = with_pool!(&self.db, |pool| sqlx::query_as(SELECT_STORAGE_KEYS)
-            .bind(tenant)
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, version, sealed) in rows {
-            let key = match u32::try_from(version) {
-                Ok(version) => match self.keys.version(tenant, KeyPurpose::Dek, version).await {
-                    Ok(dek) => {
-                        RowCipher { cipher: &FieldCipher::new(&dek), tenant, id: &id }.open_text("storage_key", &sealed)
-                    }
-                    Err(err) => Err(err),
-                },
-                Err(_) => Err(CryptoError::Integrity.into()),
-            };
-            out.push((id, key));
-        }
-        Ok(out)
     }
 
     async fn open_row(&self, row: MediaRow) -> Result<StoredMedia, DbError> {
