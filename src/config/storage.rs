@@ -3,6 +3,7 @@
 //! service's own signed links (`MEDIA_LINK_SIGNING_KEY`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use url::Url;
@@ -17,6 +18,8 @@ use crate::domain::storage_key::check_storage_key;
 pub const S3_MIN_PART_SIZE: u64 = 5 * MIB;
 /// The largest part S3 takes.
 pub const S3_MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
+/// How long S3 may take to answer by default (`MEDIA_S3_READ_TIMEOUT`).
+pub const DEFAULT_S3_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// S3-compatible object storage settings (`MEDIA_S3_*`).
 #[derive(Debug, Clone)]
@@ -44,6 +47,11 @@ pub struct S3Config {
     /// pass over every byte. Off, uploads are sent `UNSIGNED-PAYLOAD` and their integrity in
     /// transit rests on TLS (use an `https` endpoint outside a trusted network).
     pub sign_payload: bool,
+    /// How long S3 may take to answer a request once it is sent (`MEDIA_S3_READ_TIMEOUT`, default
+    /// 60s, 1s – 10m): an attempt left unanswered longer fails and is retried; a part sent while it
+    /// filled is sent again whole. Requests whose body comes from a client get the upload timeout
+    /// on top.
+    pub read_timeout: Duration,
     /// Extra trusted roots (`MEDIA_CA_FILE`).
     pub ca: Option<CaBundle>,
 }
@@ -101,6 +109,10 @@ pub(super) fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Resul
     if !(1..=16).contains(&upload_concurrency) {
         return Err(ConfigError::new("MEDIA_S3_UPLOAD_CONCURRENCY", "must be between 1 and 16"));
     }
+    let read_timeout = env.duration("MEDIA_S3_READ_TIMEOUT")?.unwrap_or(DEFAULT_S3_READ_TIMEOUT);
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&read_timeout) {
+        return Err(ConfigError::new("MEDIA_S3_READ_TIMEOUT", "must be between 1s and 10m"));
+    }
     Ok(StorageConfig::S3(Box::new(S3Config {
         path_style: env.bool("MEDIA_S3_USE_PATH_STYLE")?.unwrap_or(endpoint.is_some()),
         public_endpoint: env.url("MEDIA_S3_PUBLIC_ENDPOINT")?,
@@ -112,6 +124,7 @@ pub(super) fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Resul
         part_size,
         upload_concurrency,
         sign_payload: env.bool("MEDIA_S3_SIGN_PAYLOAD")?.unwrap_or(false),
+        read_timeout,
         ca: None,
     })))
 }

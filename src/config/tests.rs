@@ -190,6 +190,26 @@ fn a_part_size_outside_the_s3_limits_is_refused() {
 }
 
 #[test]
+fn the_s3_read_timeout_defaults_to_a_minute_and_is_bounded() {
+    let with = |value: Option<&str>| {
+        let mut set = vec![("MEDIA_S3_BUCKET", "b")];
+        set.extend(value.map(|v| ("MEDIA_S3_READ_TIMEOUT", v)));
+        Config::from_vars(&vars(&set))
+    };
+    for (given, expected) in [(None, 60), (Some("1s"), 1), (Some("2m"), 120), (Some("10m"), 600)] {
+        match with(given).expect("accepted").storage {
+            StorageConfig::S3(s3) => assert_eq!(s3.read_timeout, Duration::from_secs(expected), "{given:?}"),
+            other => panic!("{given:?}: S3 expected, got {other:?}"),
+        }
+    }
+    for refused in ["0s", "11m", "soon"] {
+        let err = with(Some(refused)).expect_err(refused);
+        assert_eq!(err.var, "MEDIA_S3_READ_TIMEOUT", "{refused}");
+    }
+    assert!(with(Some("0s")).unwrap_err().to_string().contains("between 1s and 10m"));
+}
+
+#[test]
 fn presign_ttl_above_the_cap_is_refused() {
     let err = Config::from_vars(&vars(&[("MEDIA_S3_PRESIGN_TTL", "2h")])).unwrap_err();
     assert_eq!(err.var, "MEDIA_S3_PRESIGN_TTL");

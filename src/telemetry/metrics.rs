@@ -45,6 +45,9 @@ pub mod names {
     /// body ended inside the live part, which happens when S3 was idle while the last part filled),
     /// `failed` (the request failed), `unanswered` (no answer in time once the part was filled).
     pub const S3_PART_RESENDS: &str = "media_s3_part_resends_total";
+    /// Histogram of S3 request attempts by `operation` (the S3 API name) and `outcome` (`ok`,
+    /// `client_error`, `server_error`, `no_answer`): the time from signing to the answer's head.
+    pub const S3_REQUEST_DURATION: &str = "media_s3_request_duration_seconds";
     /// Gauge of uploads holding a slot.
     pub const UPLOADS_IN_FLIGHT: &str = "media_uploads_in_flight";
     /// Counter of 429 answers by `scope` (`principal`, `ip`, `readyz`).
@@ -180,6 +183,11 @@ fn describe() {
     describe_counter!(
         names::S3_PART_RESENDS,
         "S3 parts sent again whole after their live request, by reason (short, failed, unanswered)"
+    );
+    describe_histogram!(
+        names::S3_REQUEST_DURATION,
+        Unit::Seconds,
+        "S3 request attempts by operation and outcome (ok, client_error, server_error, no_answer)"
     );
     describe_gauge!(names::UPLOADS_IN_FLIGHT, "Uploads holding a concurrency slot");
     describe_counter!(names::RATE_LIMITED, "Requests answered 429 by scope (principal, ip, readyz)");

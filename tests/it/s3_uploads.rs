@@ -1,6 +1,7 @@
 //! How S3 uploads use their requests, seen through a recording proxy in front of Garage
 //! (`support::s3_proxy`): a transient error on a part, parts sent while they fill, the last part
-//! cut short and sent whole, and a client pausing mid-upload.
+//! cut short and sent whole, a part S3 never answers, and a client pausing mid-upload; and what
+//! `/metrics` says of those requests.
 
 use std::time::Duration;
 
@@ -10,19 +11,34 @@ use media_api::config::{MIB, S3_MIN_PART_SIZE};
 use media_api::storage::{ByteStream, StorageError};
 
 use crate::support::app::{chunked, collect, payload, random_hex, sha256_hex, spawn_app_with, Stack, TestApp};
+use crate::support::connections::metrics_text;
+use crate::support::limits::metric;
 use crate::support::s3_proxy::{Fault, S3Proxy};
 
 const PART: usize = S3_MIN_PART_SIZE as usize;
 
 /// An app whose S3 requests go through a proxy answering the first `times` requests that
-/// `matches` accepts with `503 SlowDown`.
-async fn app_behind_proxy(fault: Fault) -> (TestApp, S3Proxy) {
+/// `matches` accepts with `503 SlowDown` (or never, with `hang`), and S3's `MEDIA_S3_READ_TIMEOUT`.
+async fn app_behind_proxy_waiting(fault: Fault, read_timeout: &str) -> (TestApp, S3Proxy) {
     let proxy = S3Proxy::start(fault).await;
-    let app = spawn_app_with(Stack::PostgresS3, &[("MEDIA_S3_ENDPOINT", &proxy.endpoint)]).await;
+    let overrides = [("MEDIA_S3_ENDPOINT", proxy.endpoint.as_str()), ("MEDIA_S3_READ_TIMEOUT", read_timeout)];
+    let app = spawn_app_with(Stack::PostgresS3, &overrides).await;
     (app, proxy)
 }
 
-const NO_FAULT: Fault = Fault { matches: |_, _| false, times: 0 };
+/// The same with the default read timeout.
+async fn app_behind_proxy(fault: Fault) -> (TestApp, S3Proxy) {
+    app_behind_proxy_waiting(fault, "60s").await
+}
+
+/// The attempts `/metrics` has timed for S3 `operation` with `outcome`, over every app of the test
+/// process (the recorder is shared: compare before and after).
+async fn s3_attempts(app: &TestApp, operation: &str, outcome: &str) -> f64 {
+    let text = metrics_text(&app.http, &app.address).await;
+    metric(&text, "media_s3_request_duration_seconds_count", &[("operation", operation), ("outcome", outcome)])
+}
+
+const NO_FAULT: Fault = Fault { matches: |_, _| false, times: 0, hang: false };
 
 /// Requests the proxy saw for part `n` of a multipart upload.
 fn part_requests(proxy: &S3Proxy, n: usize) -> usize {
@@ -95,8 +111,11 @@ async fn a_part_answered_with_a_transient_error_is_sent_again_whole_and_the_obje
     let (app, proxy) = app_behind_proxy(Fault {
         matches: |method, target| method == "PUT" && target.contains("partNumber=2"),
         times: 2,
+        hang: false,
     })
     .await;
+    let failed_before = s3_attempts(&app, "UploadPart", "server_error").await;
+    let ok_before = s3_attempts(&app, "UploadPart", "ok").await;
     let data = payload(3 * PART + 12_345, 31);
     // The body stops half-way through part 2 until part 2 has gone live (part 1 answered).
     let (written, key) = put_gated(&app, &proxy, &data, &[(PART + PART / 2, 2)]).await;
@@ -104,6 +123,59 @@ async fn a_part_answered_with_a_transient_error_is_sent_again_whole_and_the_obje
     assert_eq!(proxy.failed(), 2, "the faults were injected");
     assert_eq!(part_requests(&proxy, 2), 3, "part 2 was sent live, whole, and whole again: {:?}", proxy.seen());
     assert_stored(&app, &key, &data).await;
+    // Each attempt is timed: the two 503s, and at least this upload's four answered parts.
+    assert!(s3_attempts(&app, "UploadPart", "server_error").await - failed_before >= 2.0, "the 503s are in /metrics");
+    assert!(s3_attempts(&app, "UploadPart", "ok").await - ok_before >= 4.0, "the parts are in /metrics");
+}
+
+#[tokio::test]
+async fn a_part_s3_never_answers_is_sent_again_after_the_read_timeout_and_the_object_is_whole() {
+    // The first request of part 1 (always sent whole) hangs: the SDK gives up on it after
+    // MEDIA_S3_READ_TIMEOUT and sends it again.
+    let (app, proxy) = app_behind_proxy_waiting(
+        Fault { matches: |method, target| method == "PUT" && target.contains("partNumber=1"), times: 1, hang: true },
+        "2s",
+    )
+    .await;
+    let unanswered_before = s3_attempts(&app, "UploadPart", "no_answer").await;
+    let data = payload(2 * PART + 4321, 33);
+    let key = format!("hung/{}", random_hex(8));
+    let written = app.state.blobs.put(&key, "application/octet-stream", chunked(data.clone())).await;
+    assert_eq!(written.expect("the upload survives a request S3 never answers"), data.len() as u64);
+    assert_eq!(proxy.failed(), 1, "the fault was injected");
+    assert_eq!(part_requests(&proxy, 1), 2, "part 1 was sent twice: {:?}", proxy.seen());
+    assert_stored(&app, &key, &data).await;
+    assert!(
+        s3_attempts(&app, "UploadPart", "no_answer").await - unanswered_before >= 1.0,
+        "the timeout is in /metrics"
+    );
+}
+
+#[tokio::test]
+async fn a_live_part_s3_never_answers_is_sent_again_whole_after_the_read_timeout() {
+    // The first request of part 2, which goes live, hangs once it has every byte of the part.
+    let (app, proxy) = app_behind_proxy_waiting(
+        Fault { matches: |method, target| method == "PUT" && target.contains("partNumber=2"), times: 1, hang: true },
+        "2s",
+    )
+    .await;
+    let resent_before = metric(
+        &metrics_text(&app.http, &app.address).await,
+        "media_s3_part_resends_total",
+        &[("reason", "unanswered")],
+    );
+    let data = payload(3 * PART + 999, 34);
+    let (written, key) = put_gated(&app, &proxy, &data, &[(PART + PART / 2, 2)]).await;
+    assert_eq!(written.expect("the upload survives a live part S3 never answers"), data.len() as u64);
+    assert_eq!(proxy.failed(), 1, "the fault was injected");
+    assert_eq!(part_requests(&proxy, 2), 2, "part 2 was sent live, then whole: {:?}", proxy.seen());
+    assert_stored(&app, &key, &data).await;
+    let resent = metric(
+        &metrics_text(&app.http, &app.address).await,
+        "media_s3_part_resends_total",
+        &[("reason", "unanswered")],
+    );
+    assert!(resent - resent_before >= 1.0, "the resend is counted as unanswered");
 }
 
 #[tokio::test]

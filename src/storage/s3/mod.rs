@@ -13,7 +13,8 @@
 //! Presigned URLs are signed by a second client configured for `MEDIA_S3_PUBLIC_ENDPOINT` when that
 //! is set, so the URL a client gets is exactly the one that was signed (never rewritten afterwards).
 //! Payload checksums beyond SigV4's own are only sent when an operation requires them, which keeps
-//! the SDK compatible with S3 servers that do not implement the newer checksum trailers.
+//! the SDK compatible with S3 servers that do not implement the newer checksum trailers. Every
+//! attempt's duration is recorded by operation and outcome (see `observe`).
 
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
@@ -44,6 +45,7 @@ pub(super) const BACKEND: &str = "s3";
 const MAX_STREAMED_PUT: u64 = 5 << 30;
 
 mod fill;
+mod observe;
 mod part;
 mod upload;
 
@@ -63,6 +65,8 @@ pub struct S3BlobStore {
     /// Part buffers, reused from upload to upload.
     buffers: std::sync::Arc<PartBuffers>,
     sign_payload: bool,
+    /// `MEDIA_S3_READ_TIMEOUT`.
+    read_timeout: Duration,
 }
 
 pub(super) fn sdk_error<E>(operation: &'static str) -> impl Fn(SdkError<E, HttpResponse>) -> StorageError
@@ -108,7 +112,7 @@ impl S3BlobStore {
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
-                    .read_timeout(Duration::from_secs(60))
+                    .read_timeout(config.read_timeout)
                     .build(),
             );
         if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
@@ -134,7 +138,8 @@ impl S3BlobStore {
                 .retry_partition(retries.clone())
                 .force_path_style(config.path_style)
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+                .interceptor(observe::RequestMetrics);
             if let Some(endpoint) = endpoint {
                 builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
             }
@@ -170,6 +175,7 @@ impl S3BlobStore {
             upload_concurrency: config.upload_concurrency,
             buffers: PartBuffers::new(part_size, config.upload_concurrency),
             sign_payload: config.sign_payload,
+            read_timeout: config.read_timeout,
         })
     }
 
@@ -223,7 +229,7 @@ impl BlobStore for S3BlobStore {
         let request = self
             .put_object(key, content_type, length, S3Body::from_body_1_x(body))
             .customize()
-            .config_override(streaming_config())
+            .config_override(streaming_config(self.read_timeout))
             .disable_payload_signing();
         let result = request.send().await;
         // The source's own error (client gone, limit, deadline) says more than the SDK's wrapper.

@@ -139,22 +139,19 @@ pub(super) async fn abort_upload(client: &Client, bucket: &str, key: &str, uploa
     }
 }
 
-/// How long S3 may take to answer a live part once the part has all its bytes, before the part is
-/// sent whole instead: the read timeout of a whole part's request.
-const LIVE_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// The settings of a request whose body comes from the client as it sends it. The client's read
 /// timeout covers the whole request, body included, and a slow client is bounded by
-/// MEDIA_UPLOAD_TIMEOUT upstream, so such a request gets the longest one. The SDK's stalled-stream
+/// MEDIA_UPLOAD_TIMEOUT upstream, so such a request gets the longest one on top of S3's own
+/// `read_timeout` (`MEDIA_S3_READ_TIMEOUT`). The SDK's stalled-stream
 /// protection for uploads is off: it failed the request when the body gave nothing for 5 s, but a
 /// client may pause up to MEDIA_UPLOAD_IDLE_TIMEOUT (30 s by default), which admission enforces.
-pub(super) fn streaming_config() -> aws_sdk_s3::config::Builder {
+pub(super) fn streaming_config(read_timeout: Duration) -> aws_sdk_s3::config::Builder {
     use aws_sdk_s3::config::StalledStreamProtectionConfig;
     aws_sdk_s3::config::Builder::default()
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
-                .read_timeout(crate::config::MAX_UPLOAD_TIMEOUT + Duration::from_secs(60))
+                .read_timeout(crate::config::MAX_UPLOAD_TIMEOUT + read_timeout)
                 .build(),
         )
         .stalled_stream_protection(StalledStreamProtectionConfig::enabled().upload_enabled(false).build())
@@ -306,6 +303,7 @@ impl Parts {
             key: upload.key.clone(),
             upload_id: upload.upload_id.clone(),
             sign_payload: store.sign_payload,
+            read_timeout: store.read_timeout,
             number: self.number,
         };
         let held = self.held.clone();
@@ -362,6 +360,9 @@ struct UploadTarget {
     key: String,
     upload_id: String,
     sign_payload: bool,
+    /// How long S3 may take to answer a live part once the part has all its bytes, before the part
+    /// is sent whole instead: the read timeout of a whole part's request.
+    read_timeout: Duration,
     number: i32,
 }
 
@@ -392,7 +393,7 @@ async fn send_whole(target: &UploadTarget, mut part: Part) -> Result<CompletedPa
 
 /// Sends a part as it fills. A request that fails (the SDK cannot send a streamed body again), that
 /// is cut short because the body ended inside the part (the last part, shorter than the request
-/// announced), or that S3 leaves unanswered for [`LIVE_ANSWER_TIMEOUT`] after the part is filled
+/// announced), or that S3 leaves unanswered for the read timeout after the part is filled
 /// (the request is dropped, which closes its connection) is followed by the whole part, from the
 /// same buffer; S3 keeps the last request of a part number. A body that failed ends the part's
 /// request and the upload with it.
@@ -403,7 +404,7 @@ async fn send_live(
     size: usize,
 ) -> Result<CompletedPart, StorageError> {
     let body = S3Body::from_body_1_x(SizedBody::new(segments, size as u64));
-    let request = target.request(size).body(body).customize().config_override(streaming_config());
+    let request = target.request(size).body(body).customize().config_override(streaming_config(target.read_timeout));
     let mut send = Box::pin(request.disable_payload_signing().send());
     let (mut part, mut filler_gone) = (None, false);
     let mut answer_by = tokio::time::Instant::now();
@@ -414,7 +415,7 @@ async fn send_live(
             handed = &mut filled, if part.is_none() && !filler_gone => match handed {
                 Ok(filled) => {
                     part = Some(filled);
-                    answer_by = tokio::time::Instant::now() + LIVE_ANSWER_TIMEOUT;
+                    answer_by = tokio::time::Instant::now() + target.read_timeout;
                 }
                 Err(_) => filler_gone = true,
             },

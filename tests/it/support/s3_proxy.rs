@@ -1,7 +1,7 @@
 //! An HTTP proxy in front of Garage that answers chosen S3 requests with a transient error (`503
-//! SlowDown`, as S3 does under load) and forwards every other request untouched (same `Host`, so
-//! SigV4 signatures still verify), counting the bytes GETs fetch: what the retry and range tests
-//! point `MEDIA_S3_ENDPOINT` at.
+//! SlowDown`, as S3 does under load) or never answers them (a store that hangs), and forwards every
+//! other request untouched (same `Host`, so SigV4 signatures still verify), counting the bytes GETs
+//! fetch: what the retry, timeout and range tests point `MEDIA_S3_ENDPOINT` at.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,10 +15,11 @@ use futures::StreamExt;
 use super::app::s3_env;
 
 /// Which requests fail: those whose method and path-and-query `matches` accepts, the first
-/// `times` of them.
+/// `times` of them; `hang`: read the request to its end and never answer, instead of a 503.
 pub struct Fault {
     pub matches: fn(&str, &str) -> bool,
     pub times: usize,
+    pub hang: bool,
 }
 
 struct Shared {
@@ -83,6 +84,9 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     if fail {
         // Read the request to its end first, as S3 does, so the client sees the answer.
         let _ = axum::body::to_bytes(body, usize::MAX).await;
+        if shared.fault.hang {
+            std::future::pending::<()>().await;
+        }
         let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
                    <Message>Please reduce your request rate.</Message></Error>";
         return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/xml")], xml).into_response();
