@@ -128,6 +128,10 @@ async fn a_part_answered_with_a_transient_error_is_sent_again_whole_and_the_obje
     assert!(s3_attempts(&app, "UploadPart", "ok").await - ok_before >= 4.0, "the parts are in /metrics");
 }
 
+/// Well past the 2 s read timeout the hang tests set, well before the default 60 s: an upload that
+/// has not ended by then waited for the default.
+const BEFORE_THE_DEFAULT: Duration = Duration::from_secs(40);
+
 #[tokio::test]
 async fn a_part_s3_never_answers_is_sent_again_after_the_read_timeout_and_the_object_is_whole() {
     // The first request of part 1 (always sent whole) hangs: the SDK gives up on it after
@@ -140,7 +144,10 @@ async fn a_part_s3_never_answers_is_sent_again_after_the_read_timeout_and_the_ob
     let unanswered_before = s3_attempts(&app, "UploadPart", "no_answer").await;
     let data = payload(2 * PART + 4321, 33);
     let key = format!("hung/{}", random_hex(8));
-    let written = app.state.blobs.put(&key, "application/octet-stream", chunked(data.clone())).await;
+    let written =
+        tokio::time::timeout(BEFORE_THE_DEFAULT, app.state.blobs.put(&key, "image/png", chunked(data.clone())))
+            .await
+            .expect("the hung request was given up after MEDIA_S3_READ_TIMEOUT (2 s), not the default minute");
     assert_eq!(written.expect("the upload survives a request S3 never answers"), data.len() as u64);
     assert_eq!(proxy.failed(), 1, "the fault was injected");
     assert_eq!(part_requests(&proxy, 1), 2, "part 1 was sent twice: {:?}", proxy.seen());
@@ -165,7 +172,10 @@ async fn a_live_part_s3_never_answers_is_sent_again_whole_after_the_read_timeout
         &[("reason", "unanswered")],
     );
     let data = payload(3 * PART + 999, 34);
-    let (written, key) = put_gated(&app, &proxy, &data, &[(PART + PART / 2, 2)]).await;
+    let (written, key) =
+        tokio::time::timeout(BEFORE_THE_DEFAULT, put_gated(&app, &proxy, &data, &[(PART + PART / 2, 2)]))
+            .await
+            .expect("the hung live part was sent again after MEDIA_S3_READ_TIMEOUT (2 s), not the default minute");
     assert_eq!(written.expect("the upload survives a live part S3 never answers"), data.len() as u64);
     assert_eq!(proxy.failed(), 1, "the fault was injected");
     assert_eq!(part_requests(&proxy, 2), 2, "part 2 was sent live, then whole: {:?}", proxy.seen());
