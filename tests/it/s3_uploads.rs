@@ -234,3 +234,30 @@ async fn a_client_pausing_mid_upload_keeps_its_s3_requests() {
     assert_stored(&app, &sized_key, &sized).await;
     assert_stored(&app, &multipart_key, &multipart).await;
 }
+
+#[tokio::test]
+async fn a_part_that_fails_for_good_ends_the_upload_while_the_client_is_still_sending() {
+    // Every request for part 1 is answered 503: the SDK gives up after its attempts.
+    let (app, proxy) = app_behind_proxy(Fault {
+        matches: |method, target| method == "PUT" && target.contains("partNumber=1"),
+        times: usize::MAX,
+        hang: false,
+    })
+    .await;
+    // A client that sends part 1 and half of part 2, then nothing: without being told, it would
+    // wait for its upload's answer until its own timeout.
+    let data = payload(PART + PART / 2, 35);
+    let body = chunked(data.clone()).chain(futures::stream::pending()).boxed();
+    let key = format!("doomed/{}", random_hex(8));
+    let put = app.state.blobs.put(&key, "image/png", body);
+    let err = tokio::time::timeout(Duration::from_secs(40), put)
+        .await
+        .expect("the upload ends once part 1 failed, though its body has not")
+        .expect_err("part 1 was never stored");
+    assert!(matches!(err, StorageError::Backend { .. }), "a storage failure: {err}");
+    assert!(err.to_string().contains("SlowDown"), "the failed part's own error is reported: {err}");
+    assert!(part_requests(&proxy, 1) >= 2, "the SDK tried part 1 again before giving up: {:?}", proxy.seen());
+    let aborted = proxy.seen().iter().any(|r| r.starts_with("DELETE ") && r.contains("uploadId="));
+    assert!(aborted, "the multipart upload was aborted: {:?}", proxy.seen());
+    assert!(app.state.blobs.get(&key, None).await.is_err(), "nothing was stored");
+}

@@ -8,14 +8,18 @@
 //! keeps S3 busy is sent whole, so a body ending inside it (the last part) costs nothing more; a live
 //! part the body ends inside is cut short and sent again whole.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
 
 use super::part::Part;
+use super::BACKEND;
 use crate::storage::{ByteStream, StorageError};
+
+/// What [`fill_part`] stops with when another part failed (the caller reports that part's error).
+pub(super) const PART_FAILED: &str = "another part of the upload failed";
 
 /// A live part's bytes not cut yet are cut once they are this old.
 const LIVE_CUT_AFTER: Duration = Duration::from_secs(1);
@@ -23,11 +27,14 @@ const LIVE_CUT_AFTER: Duration = Duration::from_secs(1);
 /// Where a live part's segments go: the body of its request.
 pub(super) type LiveSegments = futures::channel::mpsc::UnboundedSender<std::io::Result<Bytes>>;
 
-/// Bytes of an upload's parts whose requests have not answered yet, and a wake-up when one did.
+/// Bytes of an upload's parts whose requests have not answered yet, and a wake-up when one did;
+/// whether one failed, and a wake-up when it did.
 #[derive(Default)]
 pub(super) struct Held {
     bytes: AtomicUsize,
     released: tokio::sync::Notify,
+    failed: AtomicBool,
+    failure: tokio::sync::Notify,
 }
 
 impl Held {
@@ -47,6 +54,23 @@ impl Held {
     /// Waits for the next release.
     pub(super) async fn released(&self) {
         self.released.notified().await;
+    }
+
+    /// Marks the upload failed: a part's request failed for good.
+    pub(super) fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.failure.notify_one();
+    }
+
+    pub(super) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Waits until a part's request failed for good.
+    async fn failed(&self) {
+        while !self.has_failed() {
+            self.failure.notified().await;
+        }
     }
 
     /// Waits until no part's request is in flight (every part holds at least one byte).
@@ -86,15 +110,22 @@ impl Live<'_> {
 ///
 /// A live part's segments are passed on as they are cut (see [`Live`]); a body ending inside the
 /// part passes on nothing more (its request is cut short).
+///
+/// With `parts`, the fill stops as soon as one of them failed for good ([`Held::fail`]), with
+/// [`PART_FAILED`]: a slow client is told at once, not once it has sent the rest of the part.
 pub(super) async fn fill_part(
     body: &mut ByteStream,
     part: &mut Part,
     carry: &mut Bytes,
     live: &mut Live<'_>,
+    parts: Option<&Held>,
 ) -> Result<bool, StorageError> {
     let mut last_cut = tokio::time::Instant::now();
     let mut cut_now = false;
     loop {
+        if parts.is_some_and(Held::has_failed) {
+            return Err(StorageError::backend(BACKEND, "upload part", PART_FAILED));
+        }
         let taken = part.fill_from(carry);
         if taken == carry.len() {
             *carry = Bytes::new();
@@ -126,20 +157,43 @@ pub(super) async fn fill_part(
         if part.room() == 0 && !carry.is_empty() {
             return Ok(false);
         }
-        let next = match live {
-            Live::WhenIdle { held, .. } if part.room() > 0 => tokio::select! {
-                biased;
-                chunk = body.next() => Some(chunk),
-                () = held.none() => None,
-            },
+        let next = {
+            // S3 has run out of work: the part goes live (at the loop's top).
+            let idle = match live {
+                Live::WhenIdle { held, .. } if part.room() > 0 => Some(&**held),
+                _ => None,
+            };
             // Bytes not cut yet are cut once they are `LIVE_CUT_AFTER` old, even while the client
             // pauses.
-            Live::Started(_) if part.uncut() > 0 => tokio::select! {
+            let due = match live {
+                Live::Started(_) if part.uncut() > 0 => Some(last_cut + LIVE_CUT_AFTER),
+                _ => None,
+            };
+            let failed = async {
+                match parts {
+                    Some(parts) => parts.failed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let idle = async {
+                match idle {
+                    Some(held) => held.none().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let due = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
                 biased;
                 chunk = body.next() => Some(chunk),
-                () = tokio::time::sleep_until(last_cut + LIVE_CUT_AFTER) => None,
-            },
-            _ => Some(body.next().await),
+                () = failed => return Err(StorageError::backend(BACKEND, "upload part", PART_FAILED)),
+                () = idle => None,
+                () = due => None,
+            }
         };
         match next {
             // S3 has nothing left to do (the part goes live), or bytes are due to be cut: both at
@@ -170,7 +224,8 @@ mod tests {
         let (mut carry, mut sent, mut parts) = (Bytes::new(), Vec::new(), 0);
         loop {
             let mut part = pool.part();
-            let ended = fill_part(&mut body, &mut part, &mut carry, &mut Live::Never).await.expect("the body reads");
+            let ended =
+                fill_part(&mut body, &mut part, &mut carry, &mut Live::Never, None).await.expect("the body reads");
             assert!(ended || part.len() == 1024, "only the last part is short");
             parts += 1;
             // What the SDK does before a retry: a fresh copy of the body, read from the start.
@@ -202,7 +257,7 @@ mod tests {
             loop {
                 let mut part = pool.part();
                 let ended =
-                    fill_part(&mut body, &mut part, &mut carry, &mut Live::Never).await.expect("the body reads");
+                    fill_part(&mut body, &mut part, &mut carry, &mut Live::Never, None).await.expect("the body reads");
                 fills.push((part.len(), ended));
                 if ended {
                     break;
@@ -233,7 +288,7 @@ mod tests {
         };
         let (mut part, mut carry) = (pool.part(), Bytes::new());
         let mut live = Live::WhenIdle { held: &held, start: &mut start };
-        let fill = fill_part(&mut body, &mut part, &mut carry, &mut live);
+        let fill = fill_part(&mut body, &mut part, &mut carry, &mut live, None);
         let drive = async {
             // `join!` polls the fill first: the body has stopped after 300 bytes and the other
             // request is still in flight.
@@ -261,7 +316,7 @@ mod tests {
         let mut start = || -> LiveSegments { panic!("a part filled while S3 is busy is sent whole") };
         let (mut part, mut carry) = (pool.part(), Bytes::new());
         let mut live = Live::WhenIdle { held: &held, start: &mut start };
-        let ended = fill_part(&mut body, &mut part, &mut carry, &mut live).await.expect("reads");
+        let ended = fill_part(&mut body, &mut part, &mut carry, &mut live, None).await.expect("reads");
         assert!(!ended && part.room() == 0 && carry.len() == 476, "a full part, the rest carried");
         assert!(live.started().is_none());
     }
@@ -277,12 +332,34 @@ mod tests {
         let (mut part, mut carry) = (pool.part(), Bytes::new());
         let began = tokio::time::Instant::now();
         tokio::select! {
-            _ = fill_part(&mut body, &mut part, &mut carry, &mut live) => panic!("the body never ends"),
+            _ = fill_part(&mut body, &mut part, &mut carry, &mut live, None) => panic!("the body never ends"),
             () = tokio::time::sleep(5 * LIVE_CUT_AFTER) => panic!("the five bytes were never passed on"),
             segment = passed.next() => {
                 assert_eq!(segment.expect("a segment").expect("bytes"), &b"hello"[..]);
                 assert!(began.elapsed() >= LIVE_CUT_AFTER, "fewer bytes than a segment wait for their second");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_fill_stops_as_soon_as_another_part_failed_while_the_client_still_sends() {
+        let pool = PartBuffers::new(1024, 2);
+        let held = Held::default();
+        held.add(1024); // part 1's request, in flight
+                        // A client that sent 100 bytes of part 2 and then pauses.
+        let mut body: ByteStream =
+            futures::stream::iter([Ok(Bytes::from(vec![4u8; 100]))]).chain(futures::stream::pending()).boxed();
+        let (mut part, mut carry) = (pool.part(), Bytes::new());
+        let mut live = Live::Never;
+        let fill = fill_part(&mut body, &mut part, &mut carry, &mut live, Some(&held));
+        let fail = async {
+            tokio::task::yield_now().await;
+            held.fail();
+            held.release(1024);
+        };
+        let (stopped, ()) = tokio::join!(fill, fail);
+        let err = stopped.expect_err("the fill stops without waiting for the rest of the part");
+        assert!(err.to_string().contains(PART_FAILED), "{err}");
+        assert_eq!(part.len(), 100, "it had taken what the client sent");
     }
 }

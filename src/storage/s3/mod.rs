@@ -205,7 +205,7 @@ impl BlobStore for S3BlobStore {
         validate_key(key)?;
         let mut first = self.buffers.part();
         let mut carry = Bytes::new();
-        let ended = fill_part(&mut body, &mut first, &mut carry, &mut Live::Never).await?;
+        let ended = fill_part(&mut body, &mut first, &mut carry, &mut Live::Never, None).await?;
         if ended {
             return self.put_single(key, content_type, first).await;
         }

@@ -16,6 +16,9 @@
 //! answered, then reused. A signed payload (`MEDIA_S3_SIGN_PAYLOAD`, which SigV4 hashes before
 //! sending) sends every part whole.
 //!
+//! A part whose request fails for good (after the SDK's attempts) fails the upload at once, even
+//! while the next part is still filling from a slow client ([`Held::fail`]); the upload is aborted.
+//!
 //! The memory bound counts bytes: the next part is filled once the parts whose requests have not
 //! answered hold at most `upload_concurrency - 1` parts' worth of bytes ([`Held`]; a live part
 //! counts as full), so an upload holds at most `upload_concurrency` parts, the one being filled
@@ -254,7 +257,14 @@ impl S3BlobStore {
                 true => Live::Never,
                 false => Live::WhenIdle { held: &held, start: &mut start },
             };
-            let ended = fill_part(body, &mut part, carry, &mut live).await?;
+            let ended = match fill_part(body, &mut part, carry, &mut live, Some(&held)).await {
+                // Another part failed for good: its error is the upload's.
+                Err(stopped) if held.has_failed() => {
+                    drop(live);
+                    return Err(parts.failure().await.unwrap_or(stopped));
+                }
+                filled => filled?,
+            };
             // Ends a live body: whole if the part is full, cut short (and so sent whole) if not.
             drop(live.started());
             total += part.len() as u64;
@@ -312,6 +322,10 @@ impl Parts {
                 Sending::Whole(part) => send_whole(&target, part).await,
                 Sending::Live { segments, filled, size } => send_live(&target, segments, filled, size).await,
             };
+            // A part that failed fails the upload: the fill stops at once (`fill_part`).
+            if result.is_err() {
+                held.fail();
+            }
             // The request, and with it the part's buffer, is gone once it has answered.
             held.release(counted);
             result
@@ -332,6 +346,16 @@ impl Parts {
                 () = self.held.released() => {}
             }
         }
+    }
+
+    /// The error of the first part that failed, waiting for it if none has yet.
+    async fn failure(mut self) -> Option<StorageError> {
+        while let Some(joined) = self.in_flight.join_next().await {
+            if let Err(err) = join_part(Some(joined)) {
+                return Some(err);
+            }
+        }
+        None
     }
 
     /// Every part, once all have answered.
