@@ -50,6 +50,10 @@ cleanup() {
     log "last lines of the Garage log:"
     tail -n 20 "$WORK/garage/garage.log" >&2 || true
   fi
+  if [ "$status" -ne 0 ] && [ -f "$WORK/server.log" ]; then
+    log "last lines of the media-api log (every service started here):"
+    tail -n 40 "$WORK/server.log" >&2 || true
+  fi
   rm -rf "$WORK"
   exit "$status"
 }

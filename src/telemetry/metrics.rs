@@ -46,7 +46,7 @@ pub mod names {
     /// `failed` (the request failed), `unanswered` (no answer in time once the part was filled).
     pub const S3_PART_RESENDS: &str = "media_s3_part_resends_total";
     /// Histogram of S3 request attempts by `operation` (the S3 API name) and `outcome` (`ok`,
-    /// `client_error`, `server_error`, `no_answer`): the time from signing to the answer's head.
+    /// `client_error`, `server_error`, `no_answer`): the time from sending to the answer's head.
     pub const S3_REQUEST_DURATION: &str = "media_s3_request_duration_seconds";
     /// Gauge of uploads holding a slot.
     pub const UPLOADS_IN_FLIGHT: &str = "media_uploads_in_flight";
@@ -108,9 +108,9 @@ pub mod names {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Latency buckets in seconds: 1 ms to 60 s.
-const LATENCY_BUCKETS: [f64; 14] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0];
+/// Latency buckets in seconds: 1 ms to 30 min (an S3 request streaming a slow client's upload).
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0, 300.0, 1800.0];
 /// Placeholder-count buckets.
 const COUNT_BUCKETS: [f64; 9] = [0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 256.0];
 

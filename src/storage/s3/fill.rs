@@ -134,7 +134,8 @@ pub(super) async fn fill_part(
         }
         let start = match live {
             // A full part waits only for its look-ahead chunk: it is sent whole.
-            Live::WhenIdle { held, start } if held.get() == 0 && part.room() > 0 => Some(start()),
+            // Not for an upload that already failed (its last part's release made `held` 0).
+            Live::WhenIdle { held, start } if held.get() == 0 && part.room() > 0 && !held.has_failed() => Some(start()),
             _ => None,
         };
         if let Some(segments) = start {
@@ -357,7 +358,8 @@ mod tests {
             held.fail();
             held.release(1024);
         };
-        let (stopped, ()) = tokio::join!(fill, fail);
+        let both = async { tokio::join!(fill, fail) };
+        let (stopped, ()) = tokio::time::timeout(Duration::from_secs(10), both).await.expect("the fill stopped");
         let err = stopped.expect_err("the fill stops without waiting for the rest of the part");
         assert!(err.to_string().contains(PART_FAILED), "{err}");
         assert_eq!(part.len(), 100, "it had taken what the client sent");

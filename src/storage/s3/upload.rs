@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 
 use aws_sdk_s3::error::DisplayErrorContext;
 
-use super::fill::{fill_part, Held, Live};
+use super::fill::{fill_part, Held, Live, PART_FAILED};
 use super::part::Part;
 use super::{sdk_error, S3BlobStore, BACKEND};
 use crate::storage::{ByteStream, StorageError};
@@ -142,21 +142,39 @@ pub(super) async fn abort_upload(client: &Client, bucket: &str, key: &str, uploa
     }
 }
 
+/// The slowest S3 is expected to take a request's body: a request sending `n` MiB gets `n` seconds
+/// more than `MEDIA_S3_READ_TIMEOUT` (the SDK's read timeout runs from the request's first byte to
+/// the answer's head, so it covers sending the body too).
+const SEND_SECONDS_PER_MIB: u64 = 1;
+
+/// How long a request sending `bytes` of body may take before it is given up: `read_timeout` for
+/// S3 to answer, plus the time to send the bytes at the slowest expected rate.
+pub(super) fn time_to_answer(read_timeout: Duration, bytes: u64) -> Duration {
+    read_timeout + Duration::from_secs(bytes.div_ceil(crate::config::MIB) * SEND_SECONDS_PER_MIB)
+}
+
+fn timeouts(read_timeout: Duration) -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(read_timeout)
+        .build()
+}
+
+/// The settings of a request sending `bytes` of body held in memory (a part, a small object).
+pub(super) fn sending_config(read_timeout: Duration, bytes: u64) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().timeout_config(timeouts(time_to_answer(read_timeout, bytes)))
+}
+
 /// The settings of a request whose body comes from the client as it sends it. The client's read
-/// timeout covers the whole request, body included, and a slow client is bounded by
-/// MEDIA_UPLOAD_TIMEOUT upstream, so such a request gets the longest one on top of S3's own
-/// `read_timeout` (`MEDIA_S3_READ_TIMEOUT`). The SDK's stalled-stream
-/// protection for uploads is off: it failed the request when the body gave nothing for 5 s, but a
-/// client may pause up to MEDIA_UPLOAD_IDLE_TIMEOUT (30 s by default), which admission enforces.
+/// timeout covers the whole request, body included, and a slow client is bounded by its upload
+/// timeout upstream (at most `MAX_UPLOAD_TIMEOUT`), so such a request gets the longest one on top
+/// of S3's own `read_timeout` (`MEDIA_S3_READ_TIMEOUT`). The SDK's stalled-stream protection for
+/// uploads is off: it failed the request when the body gave nothing for 5 s, but a client may pause
+/// up to MEDIA_UPLOAD_IDLE_TIMEOUT (30 s by default), which admission enforces.
 pub(super) fn streaming_config(read_timeout: Duration) -> aws_sdk_s3::config::Builder {
     use aws_sdk_s3::config::StalledStreamProtectionConfig;
     aws_sdk_s3::config::Builder::default()
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .read_timeout(crate::config::MAX_UPLOAD_TIMEOUT + read_timeout)
-                .build(),
-        )
+        .timeout_config(timeouts(crate::config::MAX_UPLOAD_TIMEOUT + read_timeout))
         .stalled_stream_protection(StalledStreamProtectionConfig::enabled().upload_enabled(false).build())
 }
 
@@ -177,6 +195,7 @@ impl S3BlobStore {
     pub(super) async fn put_single(&self, key: &str, content_type: &str, mut part: Part) -> Result<u64, StorageError> {
         let length = part.len() as u64;
         let request = self.put_object(key, content_type, length, part.body()).customize();
+        let request = request.config_override(sending_config(self.read_timeout, length));
         let request = if self.sign_payload { request } else { request.disable_payload_signing() };
         request.send().await.map_err(sdk_error("put"))?;
         drop(part);
@@ -259,9 +278,10 @@ impl S3BlobStore {
             };
             let ended = match fill_part(body, &mut part, carry, &mut live, Some(&held)).await {
                 // Another part failed for good: its error is the upload's.
-                Err(stopped) if held.has_failed() => {
+                Err(StorageError::Backend { message, .. }) if message == PART_FAILED => {
                     drop(live);
-                    return Err(parts.failure().await.unwrap_or(stopped));
+                    let stopped = || StorageError::backend(BACKEND, "upload part", PART_FAILED);
+                    return Err(parts.failure().await.unwrap_or_else(stopped));
                 }
                 filled => filled?,
             };
@@ -384,8 +404,9 @@ struct UploadTarget {
     key: String,
     upload_id: String,
     sign_payload: bool,
-    /// How long S3 may take to answer a live part once the part has all its bytes, before the part
-    /// is sent whole instead: the read timeout of a whole part's request.
+    /// `MEDIA_S3_READ_TIMEOUT`: with [`time_to_answer`], how long a whole part's request may take,
+    /// and how long S3 may take to answer a live part once the part has all its bytes, before the
+    /// part is sent whole instead.
     read_timeout: Duration,
     number: i32,
 }
@@ -409,6 +430,7 @@ impl UploadTarget {
 /// Sends the whole part; the SDK sends it again after a transient error.
 async fn send_whole(target: &UploadTarget, mut part: Part) -> Result<CompletedPart, StorageError> {
     let request = target.request(part.len()).body(part.body()).customize();
+    let request = request.config_override(sending_config(target.read_timeout, part.len() as u64));
     let request = if target.sign_payload { request } else { request.disable_payload_signing() };
     let output = request.send().await.map_err(sdk_error("upload part"))?;
     drop(part);
@@ -417,7 +439,7 @@ async fn send_whole(target: &UploadTarget, mut part: Part) -> Result<CompletedPa
 
 /// Sends a part as it fills. A request that fails (the SDK cannot send a streamed body again), that
 /// is cut short because the body ended inside the part (the last part, shorter than the request
-/// announced), or that S3 leaves unanswered for the read timeout after the part is filled
+/// announced), or that S3 leaves unanswered for [`time_to_answer`] after the part is filled
 /// (the request is dropped, which closes its connection) is followed by the whole part, from the
 /// same buffer; S3 keeps the last request of a part number. A body that failed ends the part's
 /// request and the upload with it.
@@ -439,7 +461,8 @@ async fn send_live(
             handed = &mut filled, if part.is_none() && !filler_gone => match handed {
                 Ok(filled) => {
                     part = Some(filled);
-                    answer_by = tokio::time::Instant::now() + target.read_timeout;
+                    // Bytes of the part may still be on their way to S3.
+                    answer_by = tokio::time::Instant::now() + time_to_answer(target.read_timeout, size as u64);
                 }
                 Err(_) => filler_gone = true,
             },
