@@ -8,7 +8,8 @@
 //! memory, the one being filled included (buffers reused from part to part and upload to upload;
 //! see `part`), a part sent while it fills when S3 would otherwise wait for it (see `fill`). Any
 //! error — a failing source stream, a refused part, the future being dropped — aborts the multipart
-//! upload so no part is left billed and invisible in the bucket.
+//! upload so no part is left billed and invisible in the bucket. A body of announced length is a
+//! `sized` body.
 //!
 //! Presigned URLs are signed by a second client configured for `MEDIA_S3_PUBLIC_ENDPOINT` when that
 //! is set, so the URL a client gets is exactly the one that was signed (never rewritten afterwards).
@@ -47,11 +48,13 @@ const MAX_STREAMED_PUT: u64 = 5 << 30;
 mod fill;
 mod observe;
 mod part;
+mod sized;
 mod upload;
 
 use fill::{fill_part, Live};
 use part::PartBuffers;
-use upload::{abort_upload, streaming_config, SizedBody};
+use sized::SizedBody;
+use upload::{abort_upload, streaming_config};
 
 /// Blobs in one S3 bucket.
 #[derive(Debug, Clone)]
