@@ -11,6 +11,11 @@
 //!   and with the form's `Content-Length` (curl sends it for `-F` files).
 //! - `direct <base> <token> <MiB>`: `prepare-upload`, then the same bytes PUT straight to the
 //!   presigned URL (the service is not in the data path; only the PUT is timed).
+//!
+//!   After the timing, each of these deletes what it stored (`DELETE /v1/media/{id}`; a direct PUT is
+//!   first completed, so that its staged object goes too): a long benchmark run holds on the disk only
+//!   what Garage has not yet freed (it frees a deleted object's blocks ten minutes later). With
+//!   `MEDIA_LOAD_KEEP=1` the media stay.
 //! - `download <base> <token> <MiB> <rounds>`: uploads one file of `MiB`, then per round reads it
 //!   whole through the service (`GET /v1/media/{id}`, proxied) and straight from S3 through its
 //!   presigned URL, one after the other; MiB/s of each read.
@@ -75,6 +80,11 @@ fn generated(len: u64, seed: u64) -> reqwest::Body {
     reqwest::Body::wrap_stream(load::generated(len, seed, PNG_HEAD))
 }
 
+/// `MEDIA_LOAD_KEEP=1`: what a run stores stays (see the module docs).
+fn keep() -> bool {
+    std::env::var("MEDIA_LOAD_KEEP").is_ok_and(|keep| keep == "1")
+}
+
 struct Target {
     http: reqwest::Client,
     base: String,
@@ -135,6 +145,28 @@ impl Target {
         Ok(response.json().await?)
     }
 
+    /// Deletes media `id` (untimed), unless `MEDIA_LOAD_KEEP=1`.
+    async fn discard(&self, id: &str) -> anyhow::Result<()> {
+        if keep() {
+            return Ok(());
+        }
+        let response = self.http.delete(format!("{}/v1/media/{id}", self.base)).bearer_auth(&self.token).send().await?;
+        anyhow::ensure!(response.status().is_success(), "DELETE {id} answered {}", response.status());
+        Ok(())
+    }
+
+    /// Completes the direct upload `id` (its staged object is deleted on the way), then deletes it.
+    async fn discard_direct(&self, id: &str) -> anyhow::Result<()> {
+        if keep() {
+            return Ok(());
+        }
+        let url = format!("{}/v1/media/{id}/complete", self.base);
+        let response = self.http.post(url).bearer_auth(&self.token).send().await?;
+        anyhow::ensure!(response.status().is_success(), "complete {id} answered {}", response.status());
+        let stored: Value = response.json().await?;
+        self.discard(stored["id"].as_str().unwrap_or(id)).await
+    }
+
     async fn direct(&self, len: u64) -> anyhow::Result<f64> {
         let prepared: Value = self
             .http
@@ -154,6 +186,8 @@ impl Target {
         let response = request.send().await?;
         let elapsed = started.elapsed().as_secs_f64();
         anyhow::ensure!(response.status().is_success(), "direct PUT answered {}", response.status());
+        let id = prepared["id"].as_str().ok_or_else(|| anyhow::anyhow!("no id: {prepared}"))?;
+        self.discard_direct(id).await?;
         Ok(elapsed)
     }
 }
@@ -402,6 +436,7 @@ fn main() -> anyhow::Result<()> {
                 let stored = target.upload_as(Form::parse(form).expect("an upload mode"), len, fresh_seed()).await?;
                 let seconds = started.elapsed().as_secs_f64();
                 anyhow::ensure!(stored["bytes"].as_u64() == Some(len), "{form} stored {} bytes, not {len}", stored["bytes"]);
+                target.discard(stored["id"].as_str().unwrap_or_default()).await?;
                 Ok(json!({"mode": form, "mib": len >> 20, "seconds": seconds, "mib_per_s": (len >> 20) as f64 / seconds}))
             }
             "direct" => {
