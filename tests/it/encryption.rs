@@ -393,9 +393,9 @@ async fn turning_encryption_on_keeps_plain_objects_readable_and_dedup_spans_both
 
 #[tokio::test]
 async fn a_range_read_fetches_only_its_segments_from_s3() {
-    use crate::support::s3_proxy::{Fault, S3Proxy};
+    use crate::support::s3_proxy::{Answer, Fault, S3Proxy};
     // A proxy that fails nothing and counts the bytes S3 sends back.
-    let proxy = S3Proxy::start(Fault { matches: |_, _| false, times: 0, hang: false }).await;
+    let proxy = S3Proxy::start(Fault { matches: |_, _| false, times: 0, answer: Answer::SlowDown }).await;
     let m = media_app(Stack::PostgresS3, &[ON, ("MEDIA_S3_ENDPOINT", &proxy.endpoint)]).await;
     let alice = m.alice();
     let image = png(16 << 20, 12);

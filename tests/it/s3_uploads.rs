@@ -13,7 +13,7 @@ use media_api::storage::{ByteStream, StorageError};
 use crate::support::app::{chunked, collect, payload, random_hex, sha256_hex, spawn_app_with, Stack, TestApp};
 use crate::support::connections::metrics_text;
 use crate::support::limits::metric;
-use crate::support::s3_proxy::{Fault, S3Proxy};
+use crate::support::s3_proxy::{Answer, Fault, S3Proxy};
 
 const PART: usize = S3_MIN_PART_SIZE as usize;
 
@@ -38,7 +38,7 @@ async fn s3_attempts(app: &TestApp, operation: &str, outcome: &str) -> f64 {
     metric(&text, "media_s3_request_duration_seconds_count", &[("operation", operation), ("outcome", outcome)])
 }
 
-const NO_FAULT: Fault = Fault { matches: |_, _| false, times: 0, hang: false };
+const NO_FAULT: Fault = Fault { matches: |_, _| false, times: 0, answer: Answer::SlowDown };
 
 /// Requests the proxy saw for part `n` of a multipart upload.
 fn part_requests(proxy: &S3Proxy, n: usize) -> usize {
@@ -111,7 +111,7 @@ async fn a_part_answered_with_a_transient_error_is_sent_again_whole_and_the_obje
     let (app, proxy) = app_behind_proxy(Fault {
         matches: |method, target| method == "PUT" && target.contains("partNumber=2"),
         times: 2,
-        hang: false,
+        answer: Answer::SlowDown,
     })
     .await;
     let failed_before = s3_attempts(&app, "UploadPart", "server_error").await;
@@ -137,7 +137,11 @@ async fn a_part_s3_never_answers_is_sent_again_after_the_read_timeout_and_the_ob
     // The first request of part 1 (always sent whole) hangs: the SDK gives up on it after
     // MEDIA_S3_READ_TIMEOUT and sends it again.
     let (app, proxy) = app_behind_proxy_waiting(
-        Fault { matches: |method, target| method == "PUT" && target.contains("partNumber=1"), times: 1, hang: true },
+        Fault {
+            matches: |method, target| method == "PUT" && target.contains("partNumber=1"),
+            times: 1,
+            answer: Answer::Never,
+        },
         "2s",
     )
     .await;
@@ -162,7 +166,11 @@ async fn a_part_s3_never_answers_is_sent_again_after_the_read_timeout_and_the_ob
 async fn a_live_part_s3_never_answers_is_sent_again_whole_after_the_read_timeout() {
     // The first request of part 2, which goes live, hangs once it has every byte of the part.
     let (app, proxy) = app_behind_proxy_waiting(
-        Fault { matches: |method, target| method == "PUT" && target.contains("partNumber=2"), times: 1, hang: true },
+        Fault {
+            matches: |method, target| method == "PUT" && target.contains("partNumber=2"),
+            times: 1,
+            answer: Answer::Never,
+        },
         "2s",
     )
     .await;
@@ -241,7 +249,7 @@ async fn a_part_that_fails_for_good_ends_the_upload_while_the_client_is_still_se
     let (app, proxy) = app_behind_proxy(Fault {
         matches: |method, target| method == "PUT" && target.contains("partNumber=1"),
         times: usize::MAX,
-        hang: false,
+        answer: Answer::SlowDown,
     })
     .await;
     // A client that sends part 1 and half of part 2, then nothing: without being told, it would
@@ -260,4 +268,29 @@ async fn a_part_that_fails_for_good_ends_the_upload_while_the_client_is_still_se
     let aborted = proxy.seen().iter().any(|r| r.starts_with("DELETE ") && r.contains("uploadId="));
     assert!(aborted, "the multipart upload was aborted: {:?}", proxy.seen());
     assert!(app.state.blobs.get(&key, None).await.is_err(), "nothing was stored");
+}
+
+#[tokio::test]
+async fn a_store_that_stops_reading_a_streamed_upload_gets_the_client_a_503_without_waiting_for_the_upload_timeout() {
+    use crate::support::media::{json_of, media_app, png};
+    // Every PutObject (a raw upload with its Content-Length above one part streams into one): S3
+    // takes its first MiB, then neither reads further nor answers, as Garage with a full disk did.
+    let proxy = S3Proxy::start(Fault {
+        matches: |method, target| method == "PUT" && target.contains("x-id=PutObject"),
+        times: usize::MAX,
+        answer: Answer::StopReadingAfter(MIB as usize),
+    })
+    .await;
+    let overrides = [("MEDIA_S3_ENDPOINT", proxy.endpoint.as_str()), ("MEDIA_S3_READ_TIMEOUT", "2s")];
+    let m = media_app(Stack::PostgresS3, &overrides).await;
+    let alice = m.alice();
+    let upload = m.upload_raw(&alice, "image/png", png(16 * MIB as usize, 36));
+    let answered = tokio::time::timeout(BEFORE_THE_DEFAULT, upload)
+        .await
+        .expect("the stalled store was given up on after 2 s + 5 s, not the 30 min a client may take to send");
+    let (status, answer) = json_of(answered).await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["code"], "storage_unavailable", "{answer}");
+    assert!(proxy.failed() >= 1, "the upload went to the stalled PutObject: {:?}", proxy.seen());
+    assert_eq!(m.counts().await, (0, 0), "no row and no object are left");
 }

@@ -2,7 +2,9 @@
 //!
 //! Uploads stream with bounded memory. A body of known length (`put_sized`: a `Content-Length`, a
 //! copy) above one part goes up as one streamed `PutObject` without buffering — no part buffers, one
-//! request, and a PUT is atomic: an interrupted body leaves no object and nothing to abort. Otherwise
+//! request, and a PUT is atomic: an interrupted body leaves no object and nothing to abort; a store
+//! that stops taking its bytes, or answering, is given up on after what a part's request may take
+//! (`sized::Stall`), not after the longest upload time its read timeout allows for the client. Otherwise
 //! the body is cut into parts of `part_size` bytes; a body of at most one part goes up as
 //! one `PutObject`, anything larger as a multipart upload with at most `upload_concurrency` parts in
 //! memory, the one being filled included (buffers reused from part to part and upload to upload;
@@ -54,7 +56,7 @@ mod upload;
 use fill::{fill_part, Live};
 use part::PartBuffers;
 use sized::SizedBody;
-use upload::{abort_upload, streaming_config};
+use upload::{abort_upload, streaming_config, time_to_answer};
 
 /// Blobs in one S3 bucket.
 #[derive(Debug, Clone)]
@@ -228,13 +230,22 @@ impl BlobStore for S3BlobStore {
         }
         validate_key(key)?;
         let body = SizedBody::new(body, length);
-        let (failure, sent) = (body.failure.clone(), body.sent.clone());
+        let (failure, sent, stall) = (body.failure.clone(), body.sent.clone(), body.stall.clone());
         let request = self
             .put_object(key, content_type, length, S3Body::from_body_1_x(body))
             .customize()
             .config_override(streaming_config(self.read_timeout))
             .disable_payload_signing();
-        let result = request.send().await;
+        // A store that stops taking the body (or answering once it has it) is given up on after
+        // what a part's request may take, not the longest upload time: the client is told at once.
+        let waited = time_to_answer(self.read_timeout, self.part_size as u64);
+        let result = tokio::select! {
+            result = request.send() => result,
+            () = stall.exceeded(waited) => {
+                let why = format!("S3 took no byte of the upload, nor answered, for {} s", waited.as_secs());
+                return Err(StorageError::backend(BACKEND, "put", why));
+            }
+        };
         // The source's own error (client gone, limit, deadline) says more than the SDK's wrapper.
         let failed = failure.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(err) = failed {

@@ -1,12 +1,23 @@
 //! A body of announced length streamed from its source into one S3 request (a `PutObject` of a
 //! `Content-Length` upload, a part sent while it fills): what it passed, and the source's error when
 //! it failed, are kept for the caller, which tells a failing client from a failing store by them.
+//!
+//! It also keeps the time the request has been waiting on the store ([`Stall`]): from handing a
+//! chunk over until the request asks for the next one. The HTTP client asks again once the chunk
+//! is on its way (its write buffer has room), so a store that stops reading the request leaves the
+//! body unasked, and the client's body unread, for as long as it likes; the caller gives up on the
+//! request when that lasts too long ([`Stall::exceeded`]). After the last byte, the wait for the
+//! store's answer counts the same way. Time spent waiting for the source (a slow client) is not
+//! counted: the upload's own deadlines bound it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio::time::Instant;
 
 use crate::storage::ByteStream;
 
@@ -20,11 +31,37 @@ pub(super) struct SizedBody {
     pub(super) sent: Arc<AtomicU64>,
     /// The source's error, when it failed.
     pub(super) failure: Arc<Mutex<Option<std::io::Error>>>,
+    /// Since when the request has held its last chunk without asking for the next.
+    pub(super) stall: Arc<Stall>,
+}
+
+/// Since when a request has been waiting on the store, if it is (see the module docs).
+#[derive(Default)]
+pub(super) struct Stall {
+    since: Mutex<Option<Instant>>,
+}
+
+impl Stall {
+    fn set(&self, since: Option<Instant>) {
+        *self.since.lock().unwrap_or_else(PoisonError::into_inner) = since;
+    }
+
+    /// Completes once the request has waited on the store for `bound` in one go.
+    pub(super) async fn exceeded(&self, bound: Duration) {
+        loop {
+            let since = *self.since.lock().unwrap_or_else(PoisonError::into_inner);
+            match since {
+                Some(since) if since.elapsed() >= bound => return,
+                Some(since) => tokio::time::sleep_until(since + bound).await,
+                None => tokio::time::sleep(bound).await,
+            }
+        }
+    }
 }
 
 impl SizedBody {
     pub(super) fn new(inner: ByteStream, length: u64) -> Self {
-        Self { inner: Mutex::new(inner), length, sent: Arc::default(), failure: Arc::default() }
+        Self { inner: Mutex::new(inner), length, sent: Arc::default(), failure: Arc::default(), stall: Arc::default() }
     }
 
     fn fail(&self, err: std::io::Error) -> Box<dyn std::error::Error + Send + Sync> {
@@ -43,9 +80,12 @@ impl http_body::Body for SizedBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        // Asked for more: whatever comes next, the store is not the one being waited for.
+        this.stall.set(None);
         let inner = this.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
         match futures::ready!(inner.poll_next_unpin(cx)) {
             Some(Ok(chunk)) => {
+                this.stall.set(Some(Instant::now()));
                 let sent = this.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
                 if sent > this.length {
                     let err = std::io::Error::new(std::io::ErrorKind::InvalidData, "the body is longer than announced");
@@ -61,11 +101,66 @@ impl http_body::Body for SizedBody {
                 );
                 std::task::Poll::Ready(Some(Err(this.fail(err))))
             }
-            None => std::task::Poll::Ready(None),
+            None => {
+                // Every byte handed over: what is left is the store's answer.
+                this.stall.set(Some(Instant::now()));
+                std::task::Poll::Ready(None)
+            }
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(self.length)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    const BOUND: Duration = Duration::from_secs(5);
+
+    /// A body of two chunks, the second only once `go_on` is sent (a client that pauses).
+    fn paused_body() -> (SizedBody, tokio::sync::oneshot::Sender<()>) {
+        let (go_on, gate) = tokio::sync::oneshot::channel::<()>();
+        let first = futures::stream::iter([Ok(Bytes::from_static(b"first"))]);
+        let second = futures::stream::once(async move {
+            gate.await.expect("gate");
+            Ok(Bytes::from_static(b"second"))
+        });
+        (SizedBody::new(first.chain(second).boxed(), 11), go_on)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_the_request_does_not_follow_up_counts_as_waiting_on_the_store() {
+        let (mut body, _go_on) = paused_body();
+        body.frame().await.expect("a frame").expect("data");
+        let started = Instant::now();
+        // The request holds "first" and asks for nothing more: the store is being waited for.
+        body.stall.exceeded(BOUND).await;
+        assert_eq!(started.elapsed(), BOUND, "given up exactly one bound after the chunk was handed over");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_pausing_client_is_not_waiting_on_the_store() {
+        let (mut body, go_on) = paused_body();
+        body.frame().await.expect("a frame").expect("data");
+        let stall = body.stall.clone();
+        // The request asks for the next chunk, which the client sends only after 4 bounds.
+        let reader = tokio::spawn(async move { body.frame().await.expect("a frame").expect("data") });
+        let client = tokio::spawn(async move {
+            tokio::time::sleep(BOUND * 4).await;
+            go_on.send(()).expect("the body still waits");
+        });
+        tokio::select! {
+            () = stall.exceeded(BOUND) => panic!("a client's pause was held against the store"),
+            read = reader => assert_eq!(read.expect("reader").into_data().expect("data"), "second"),
+        }
+        client.await.expect("client");
+        // Once "second" is handed over and not followed up, the store is waited for again.
+        let handed = Instant::now();
+        stall.exceeded(BOUND).await;
+        assert_eq!(handed.elapsed(), BOUND);
     }
 }

@@ -1,5 +1,6 @@
 //! An HTTP proxy in front of Garage that answers chosen S3 requests with a transient error (`503
-//! SlowDown`, as S3 does under load) or never answers them (a store that hangs), and forwards every
+//! SlowDown`, as S3 does under load), never answers them (a store that hangs), or stops reading
+//! their body partway and never answers (a store whose disk is full), and forwards every
 //! other request untouched (same `Host`, so SigV4 signatures still verify), counting the bytes GETs
 //! fetch: what the retry, timeout and range tests point `MEDIA_S3_ENDPOINT` at.
 
@@ -15,11 +16,22 @@ use futures::StreamExt;
 use super::app::s3_env;
 
 /// Which requests fail: those whose method and path-and-query `matches` accepts, the first
-/// `times` of them; `hang`: read the request to its end and never answer, instead of a 503.
+/// `times` of them, and how.
 pub struct Fault {
     pub matches: fn(&str, &str) -> bool,
     pub times: usize,
-    pub hang: bool,
+    pub answer: Answer,
+}
+
+/// How a failing request is answered.
+#[derive(Clone, Copy)]
+pub enum Answer {
+    /// Read to its end, then `503 SlowDown`.
+    SlowDown,
+    /// Read to its end, then never answered.
+    Never,
+    /// Read until at least this many body bytes came, then neither read further nor answered.
+    StopReadingAfter(usize),
 }
 
 struct Shared {
@@ -70,6 +82,20 @@ impl S3Proxy {
     }
 }
 
+/// Reads `body` until `wanted` bytes came, then holds the rest unread (the sender's writes stall)
+/// and never answers.
+async fn stop_reading_after(body: Body, wanted: usize) -> Response {
+    let mut body = body.into_data_stream();
+    let mut read = 0;
+    while read < wanted {
+        match body.next().await {
+            Some(Ok(chunk)) => read += chunk.len(),
+            _ => break,
+        }
+    }
+    std::future::pending().await
+}
+
 const HOP_BY_HOP: [&str; 5] = ["connection", "keep-alive", "transfer-encoding", "te", "upgrade"];
 
 async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -82,9 +108,12 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < shared.fault.times).then_some(n + 1))
             .is_ok();
     if fail {
+        if let Answer::StopReadingAfter(wanted) = shared.fault.answer {
+            return stop_reading_after(body, wanted).await;
+        }
         // Read the request to its end first, as S3 does, so the client sees the answer.
         let _ = axum::body::to_bytes(body, usize::MAX).await;
-        if shared.fault.hang {
+        if let Answer::Never = shared.fault.answer {
             std::future::pending::<()>().await;
         }
         let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
