@@ -233,6 +233,20 @@ LUA
 # Resident set (VmRSS) and its peak (VmHWM) of a process, in KiB.
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# CPU ticks (user + system) process $1 has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Waits (10 s at most) until process $1 is idle: under 5 % of a CPU over half a second. A benchmark
+# step that starts while Garage still works through the last one's aftermath (a delete's metadata,
+# a completed upload's copy) pays for it.
+wait_idle() {
+  local pid="$1" hz before after
+  hz="$(getconf CLK_TCK)"
+  for _ in $(seq 1 20); do
+    before="$(cpu_ticks "$pid")"; sleep 0.5; after="$(cpu_ticks "$pid")"
+    [ $(((after - before) * 100)) -lt $((hz * 5 / 2)) ] && return 0
+  done
+  log "process $pid still busy after 10 s; going on"
+}
 
 # ---------------------------------------------------------------- Redis (shared limits)
 # A throwaway redis-server (Debian's `redis-server`, installed with apt-get when missing) on a free
