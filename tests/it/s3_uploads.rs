@@ -216,9 +216,11 @@ async fn a_part_is_sent_while_it_fills_and_a_body_ending_inside_one_leaves_the_o
 #[tokio::test]
 async fn a_client_pausing_mid_upload_keeps_its_s3_requests() {
     // The SDK's stalled-stream protection fails an upload request whose body yields nothing for
-    // 5 s; a client may pause longer (MEDIA_UPLOAD_IDLE_TIMEOUT, 30 s by default).
-    const PAUSE: Duration = Duration::from_secs(7);
-    let (app, proxy) = app_behind_proxy(NO_FAULT).await;
+    // 5 s; a client may pause longer (MEDIA_UPLOAD_IDLE_TIMEOUT, 30 s by default). The pause is
+    // also longer than a stalled store is waited for (MEDIA_S3_READ_TIMEOUT 2 s + 5 s): waiting
+    // for the client is not waiting for the store.
+    const PAUSE: Duration = Duration::from_secs(10);
+    let (app, proxy) = app_behind_proxy_waiting(NO_FAULT, "2s").await;
     let paused = |data: &Bytes, at: usize| -> ByteStream {
         let pause = futures::stream::once(async {
             tokio::time::sleep(PAUSE).await;
@@ -281,10 +283,12 @@ async fn a_store_that_stops_reading_a_streamed_upload_gets_the_client_a_503_with
         answer: Answer::StopReadingAfter(MIB as usize),
     })
     .await;
-    let overrides = [("MEDIA_S3_ENDPOINT", proxy.endpoint.as_str()), ("MEDIA_S3_READ_TIMEOUT", "2s")];
+    let overrides =
+        [("MEDIA_S3_ENDPOINT", proxy.endpoint.as_str()), ("MEDIA_S3_READ_TIMEOUT", "2s"), ("MEDIA_MAX_BYTES", "64MiB")];
     let m = media_app(Stack::PostgresS3, &overrides).await;
     let alice = m.alice();
-    let upload = m.upload_raw(&alice, "image/png", png(16 * MIB as usize, 36));
+    // Far more than the socket buffers between the client and the proxy hold: S3 stops mid-body.
+    let upload = m.upload_raw(&alice, "image/png", png(48 * MIB as usize, 36));
     let answered = tokio::time::timeout(BEFORE_THE_DEFAULT, upload)
         .await
         .expect("the stalled store was given up on after 2 s + 5 s, not the 30 min a client may take to send");

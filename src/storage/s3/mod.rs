@@ -240,9 +240,15 @@ impl BlobStore for S3BlobStore {
         // what a part's request may take, not the longest upload time: the client is told at once.
         let waited = time_to_answer(self.read_timeout, self.part_size as u64);
         let result = tokio::select! {
+            biased;
             result = request.send() => result,
             () = stall.exceeded(waited) => {
-                let why = format!("S3 took no byte of the upload, nor answered, for {} s", waited.as_secs());
+                // Had S3 every byte, it may still store the object: delete it (the reconcile pass
+                // removes one that lands after this delete).
+                if sent.load(Ordering::Relaxed) == length {
+                    let _ = self.delete(key).await;
+                }
+                let why = format!("S3 took no further byte of the upload, nor answered, for {} s", waited.as_secs());
                 return Err(StorageError::backend(BACKEND, "put", why));
             }
         };
