@@ -243,10 +243,12 @@ impl BlobStore for S3BlobStore {
             biased;
             result = request.send() => result,
             () = stall.exceeded(waited) => {
-                // Had S3 every byte, it may still store the object: delete it (the reconcile pass
-                // removes one that lands after this delete).
+                // Had S3 every byte, it may still store the object: delete it, in the background
+                // (a stalled store may take its time to answer; the client is told now), and the
+                // reconcile pass removes one that lands after this delete.
                 if sent.load(Ordering::Relaxed) == length {
-                    let _ = self.delete(key).await;
+                    let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_owned());
+                    tokio::spawn(async move { client.delete_object().bucket(bucket).key(key).send().await });
                 }
                 let why = format!("S3 took no further byte of the upload, nor answered, for {} s", waited.as_secs());
                 return Err(StorageError::backend(BACKEND, "put", why));
