@@ -207,11 +207,13 @@ async fn encrypted_objects_keep_ranges_etags_forced_headers_and_links() {
 #[tokio::test]
 async fn an_encrypted_link_stops_working_after_its_ttl() {
     for stack in STACKS {
-        let m = media_app(stack, &[ON, ("MEDIA_S3_PRESIGN_TTL", "1s")]).await;
+        // 5 s: the first read comes right after the upload even on a busy machine (1 s did not
+        // always); the sleep is never shorter than asked, so the second read is past the TTL.
+        let m = media_app(stack, &[ON, ("MEDIA_S3_PRESIGN_TTL", "5s")]).await;
         let (_, uploaded) = json_of(m.upload_raw(&m.alice(), "image/png", png(800, 14)).await).await;
         let url = uploaded["url"].as_str().unwrap().to_owned();
-        assert_eq!(m.http().get(&url).send().await.unwrap().status(), StatusCode::OK);
-        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        assert_eq!(m.http().get(&url).send().await.unwrap().status(), StatusCode::OK, "{stack:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(6500)).await;
         let (status, body) = json_of(m.http().get(&url).send().await.unwrap()).await;
         assert_eq!((status, body["code"].as_str()), (StatusCode::FORBIDDEN, Some("link_expired")), "{stack:?}");
     }
