@@ -12,6 +12,9 @@
 //! - `direct <base> <token> <MiB>`: `prepare-upload`, then the same bytes PUT straight to the
 //!   presigned URL (the service is not in the data path; only the PUT is timed).
 //!
+//!   Each of these reports the CPU seconds spent during the timed section by this process
+//!   (`client`) and by the processes `MEDIA_LOAD_CPU_PIDS` names (`garage=PID,service=PID`).
+//!
 //!   After the timing, each of these deletes what it stored (`DELETE /v1/media/{id}`; a direct PUT is
 //!   first completed, so that its staged object goes too): a long benchmark run holds on the disk only
 //!   what Garage has not yet freed (it frees a deleted object's blocks ten minutes later). With
@@ -167,7 +170,8 @@ impl Target {
         self.discard(stored["id"].as_str().unwrap_or(id)).await
     }
 
-    async fn direct(&self, len: u64) -> anyhow::Result<f64> {
+    /// Seconds of the PUT, and the CPU each watched process spent meanwhile.
+    async fn direct(&self, len: u64) -> anyhow::Result<(f64, Value)> {
         let prepared: Value = self
             .http
             .post(format!("{}/v1/media/prepare-upload", self.base))
@@ -182,14 +186,20 @@ impl Target {
         for (name, value) in prepared["headers"].as_object().into_iter().flatten() {
             request = request.header(name.as_str(), value.as_str().unwrap_or_default());
         }
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), load::CpuClocks::start());
         let response = request.send().await?;
-        let elapsed = started.elapsed().as_secs_f64();
+        let (elapsed, cpu_s) = (started.elapsed().as_secs_f64(), cpu.spent());
         anyhow::ensure!(response.status().is_success(), "direct PUT answered {}", response.status());
         let id = prepared["id"].as_str().ok_or_else(|| anyhow::anyhow!("no id: {prepared}"))?;
         self.discard_direct(id).await?;
-        Ok(elapsed)
+        Ok((elapsed, cpu_s))
     }
+}
+
+/// The report of one timed upload of `len` bytes: its rate, and the CPU seconds each watched
+/// process spent meanwhile (`load::CpuClocks`).
+fn timed_upload(mode: &str, len: u64, seconds: f64, cpu_s: Value) -> Value {
+    json!({"mode": mode, "mib": len >> 20, "seconds": seconds, "mib_per_s": (len >> 20) as f64 / seconds, "cpu_s": cpu_s})
 }
 
 /// Reads a response's body to its end; MiB/s from the request to the last byte.
@@ -432,17 +442,21 @@ fn main() -> anyhow::Result<()> {
         match mode.as_str() {
             form @ ("upload" | "chunked" | "form" | "form-len") => {
                 let len = number(3)? * 1024 * 1024;
-                let started = Instant::now();
+                let (started, cpu) = (Instant::now(), load::CpuClocks::start());
                 let stored = target.upload_as(Form::parse(form).expect("an upload mode"), len, fresh_seed()).await?;
-                let seconds = started.elapsed().as_secs_f64();
-                anyhow::ensure!(stored["bytes"].as_u64() == Some(len), "{form} stored {} bytes, not {len}", stored["bytes"]);
+                let (seconds, cpu_s) = (started.elapsed().as_secs_f64(), cpu.spent());
+                anyhow::ensure!(
+                    stored["bytes"].as_u64() == Some(len),
+                    "{form} stored {} bytes, not {len}",
+                    stored["bytes"]
+                );
                 target.discard(stored["id"].as_str().unwrap_or_default()).await?;
-                Ok(json!({"mode": form, "mib": len >> 20, "seconds": seconds, "mib_per_s": (len >> 20) as f64 / seconds}))
+                Ok(timed_upload(form, len, seconds, cpu_s))
             }
             "direct" => {
                 let len = number(3)? * 1024 * 1024;
-                let seconds = target.direct(len).await?;
-                Ok(json!({"mode": "direct", "mib": len >> 20, "seconds": seconds, "mib_per_s": (len >> 20) as f64 / seconds}))
+                let (seconds, cpu_s) = target.direct(len).await?;
+                Ok(timed_upload("direct", len, seconds, cpu_s))
             }
             "read" => {
                 let (id, len) = (args.get(3).cloned().unwrap_or_default(), number(4)? * 1024 * 1024);

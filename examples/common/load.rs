@@ -76,3 +76,41 @@ pub async fn expect_success(response: reqwest::Response, what: &str) -> anyhow::
     response.bytes().await?;
     Ok(())
 }
+
+/// CPU time (user + system) of chosen processes over a timed section: this process (`client`) and
+/// those `MEDIA_LOAD_CPU_PIDS` names (`garage=123,service=456`), read from `/proc/<pid>/stat` (all
+/// threads; 10 ms ticks). What each side spent per byte shows where a throughput ratio comes from.
+pub struct CpuClocks {
+    started: Vec<(String, String, f64)>,
+}
+
+impl CpuClocks {
+    pub fn start() -> Self {
+        let mut watched = vec![("client".to_owned(), "self".to_owned())];
+        let pids = std::env::var("MEDIA_LOAD_CPU_PIDS").unwrap_or_default();
+        for named in pids.split(',').filter(|s| !s.is_empty()) {
+            if let Some((name, pid)) = named.split_once('=') {
+                watched.push((name.to_owned(), pid.to_owned()));
+            }
+        }
+        let started =
+            watched.into_iter().filter_map(|(name, pid)| Some((name, pid.clone(), cpu_seconds(&pid)?))).collect();
+        Self { started }
+    }
+
+    /// Seconds of CPU each process spent since `start`, as a JSON object.
+    pub fn spent(&self) -> serde_json::Value {
+        let spent =
+            self.started.iter().filter_map(|(name, pid, at)| Some((name.clone(), (cpu_seconds(pid)? - at).into())));
+        serde_json::Value::Object(spent.collect())
+    }
+}
+
+/// User + system CPU seconds of process `pid` so far (fields 14 and 15 of its stat line).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux ABI this runs on.
+    Some(ticks as f64 / 100.0)
+}

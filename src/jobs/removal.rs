@@ -102,6 +102,17 @@ impl Removal {
         Ok(true)
     }
 
+    /// [`Removal::discard`] in a task of its own, waited for at most `wait`: an upload that failed
+    /// because the store stalled is answered then, not after the delete's own attempts on the same
+    /// stalled store. A delete still running goes on; its journal entry stays until it ends (the
+    /// sweeper retries one that fails, or one a restart cut short).
+    pub async fn discard_within(&self, storage_key: &str, wait: Duration) {
+        let (removal, key) = (self.clone(), storage_key.to_owned());
+        let deleting = tokio::spawn(async move { removal.discard(&key).await });
+        // Dropping the handle after `wait` leaves the task running.
+        let _ = tokio::time::timeout(wait, deleting).await;
+    }
+
     /// Deletes an object no row references, then its journal entry. When either fails the entry
     /// stays and the sweeper retries (logged).
     pub async fn discard(&self, storage_key: &str) {

@@ -45,6 +45,10 @@ pub mod names {
     /// body ended inside the live part, which happens when S3 was idle while the last part filled),
     /// `failed` (the request failed), `unanswered` (no answer in time once the part was filled).
     pub const S3_PART_RESENDS: &str = "media_s3_part_resends_total";
+    /// Counter of streamed `PutObject`s given up because S3 stopped taking their body or answering
+    /// (`sized::Stall`), by `stage`: `body` (S3 took no further byte), `answer` (S3 had every byte
+    /// and did not answer).
+    pub const S3_PUT_STALLS: &str = "media_s3_put_stalls_total";
     /// Histogram of S3 request attempts by `operation` (the S3 API name) and `outcome` (`ok`,
     /// `client_error`, `server_error`, `no_answer`): the time from sending to the answer's head.
     pub const S3_REQUEST_DURATION: &str = "media_s3_request_duration_seconds";
@@ -183,6 +187,10 @@ fn describe() {
     describe_counter!(
         names::S3_PART_RESENDS,
         "S3 parts sent again whole after their live request, by reason (short, failed, unanswered)"
+    );
+    describe_counter!(
+        names::S3_PUT_STALLS,
+        "Streamed S3 PutObjects given up on a stalled store, by stage (body, answer)"
     );
     describe_histogram!(
         names::S3_REQUEST_DURATION,

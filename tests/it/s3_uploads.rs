@@ -1,7 +1,7 @@
 //! How S3 uploads use their requests, seen through a recording proxy in front of Garage
 //! (`support::s3_proxy`): a transient error on a part, parts sent while they fill, the last part
-//! cut short and sent whole, a part S3 never answers, and a client pausing mid-upload; and what
-//! `/metrics` says of those requests.
+//! cut short and sent whole, a part S3 never answers, a client pausing mid-upload, and a streamed
+//! `PutObject` S3 stops reading or never answers; and what `/metrics` says of those requests.
 
 use std::time::Duration;
 
@@ -272,13 +272,31 @@ async fn a_part_that_fails_for_good_ends_the_upload_while_the_client_is_still_se
     assert!(app.state.blobs.get(&key, None).await.is_err(), "nothing was stored");
 }
 
+/// `media_s3_put_stalls_total{stage}` so far, over every app of the test process.
+async fn put_stalls(app: &TestApp, stage: &str) -> f64 {
+    metric(&metrics_text(&app.http, &app.address).await, "media_s3_put_stalls_total", &[("stage", stage)])
+}
+
+/// Waits until the proxy has seen a request `wanted` accepts; panics with what it saw if none
+/// came within `BEFORE_THE_DEFAULT`.
+async fn wait_for_request(proxy: &S3Proxy, what: &str, wanted: impl Fn(&str) -> bool) {
+    let seen = || proxy.seen().iter().any(|r| wanted(r));
+    let waited = tokio::time::timeout(BEFORE_THE_DEFAULT, async {
+        while !seen() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("{what}: {:?}", proxy.seen()));
+}
+
 #[tokio::test]
 async fn a_store_that_stops_reading_a_streamed_upload_gets_the_client_a_503_without_waiting_for_the_upload_timeout() {
     use crate::support::media::{json_of, media_app, png};
-    // Every PutObject (a raw upload with its Content-Length above one part streams into one): S3
-    // takes its first MiB, then neither reads further nor answers, as Garage with a full disk did.
+    // S3 takes the first MiB of every PutObject (a raw upload with its Content-Length above one part
+    // streams into one), then neither reads further nor answers, as Garage with a full disk did; nor
+    // does it answer deletes.
     let proxy = S3Proxy::start(Fault {
-        matches: |method, target| method == "PUT" && target.contains("x-id=PutObject"),
+        matches: |method, target| (method == "PUT" && target.contains("x-id=PutObject")) || method == "DELETE",
         times: usize::MAX,
         answer: Answer::StopReadingAfter(MIB as usize),
     })
@@ -286,15 +304,49 @@ async fn a_store_that_stops_reading_a_streamed_upload_gets_the_client_a_503_with
     let overrides =
         [("MEDIA_S3_ENDPOINT", proxy.endpoint.as_str()), ("MEDIA_S3_READ_TIMEOUT", "2s"), ("MEDIA_MAX_BYTES", "64MiB")];
     let m = media_app(Stack::PostgresS3, &overrides).await;
+    let stalls_before = put_stalls(&m.app, "body").await;
     let alice = m.alice();
     // Far more than the socket buffers between the client and the proxy hold: S3 stops mid-body.
     let upload = m.upload_raw(&alice, "image/png", png(48 * MIB as usize, 36));
     let answered = tokio::time::timeout(BEFORE_THE_DEFAULT, upload)
         .await
         .expect("the stalled store was given up on after 2 s + 5 s, not the 30 min a client may take to send");
+    let deletes = proxy.seen().iter().filter(|r| r.starts_with("DELETE ")).count();
     let (status, answer) = json_of(answered).await;
     assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{answer}");
     assert_eq!(answer["code"], "storage_unavailable", "{answer}");
     assert!(proxy.failed() >= 1, "the upload went to the stalled PutObject: {:?}", proxy.seen());
     assert_eq!(m.counts().await, (0, 0), "no row and no object are left");
+    assert_eq!(put_stalls(&m.app, "body").await - stalls_before, 1.0, "the give-up is counted as stage=body");
+    // The delete of the key (which the SDK tries 3 times, 2 s each, on this store) did not hold
+    // the answer; it was sent, and is left to run (the sweeper retries it).
+    assert!(deletes < 3, "the client was answered before the delete had run its attempts: {:?}", proxy.seen());
+    wait_for_request(&proxy, "the key was deleted", |r| r.starts_with("DELETE ")).await;
+}
+
+#[tokio::test]
+async fn a_streamed_put_s3_reads_to_its_end_and_never_answers_is_given_up_and_its_key_deleted() {
+    // S3 reads every PutObject to its end, then never answers: it may still store the object.
+    let (app, proxy) = app_behind_proxy_waiting(
+        Fault {
+            matches: |method, target| method == "PUT" && target.contains("x-id=PutObject"),
+            times: usize::MAX,
+            answer: Answer::Never,
+        },
+        "2s",
+    )
+    .await;
+    let stalls_before = put_stalls(&app, "answer").await;
+    let data = payload(3 * PART, 37);
+    let key = format!("unanswered/{}", random_hex(8));
+    let put = app.state.blobs.put_sized(&key, "image/png", data.len() as u64, chunked(data));
+    let err = tokio::time::timeout(BEFORE_THE_DEFAULT, put)
+        .await
+        .expect("the unanswered PutObject was given up after 2 s + 5 s, not the 30 min a client may take to send")
+        .expect_err("nothing was stored");
+    assert!(err.to_string().contains("nor answered"), "the stall is the error: {err}");
+    assert_eq!(put_stalls(&app, "answer").await - stalls_before, 1.0, "the give-up is counted as stage=answer");
+    // The store itself deletes the key (in the background), whoever called it.
+    let deleted = |r: &str| r.starts_with("DELETE ") && r.split('?').next().is_some_and(|r| r.ends_with(&key));
+    wait_for_request(&proxy, "the key S3 had every byte of was deleted", deleted).await;
 }

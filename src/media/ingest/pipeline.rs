@@ -40,6 +40,9 @@ use crate::media::rekey::reseal_unrecorded;
 use crate::media::sealed::Sealing;
 use crate::storage::{BlobStore, StorageError};
 
+/// How long a failed upload's answer waits for the delete of its key (see `Removal::discard_within`).
+const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the client said about the file (everything is checked against the bytes).
 #[derive(Debug, Clone, Default)]
 pub struct Upload {
@@ -271,8 +274,10 @@ impl Pipeline {
             (written, _) => written,
         };
         if let Err(err) = stored {
-            // Normally nothing was written; the delete makes sure before the entry goes.
-            self.discard(&key).await;
+            // Normally nothing was written; the delete makes sure before the entry goes. A store
+            // that stalled (the likely cause) may stall the delete too: the client is not kept
+            // waiting for it longer than `DISCARD_WAIT`.
+            self.removal.discard_within(&key, DISCARD_WAIT).await;
             return Err(self.put_error(err));
         }
         let sha256 = tally.sha256.finalize().into();

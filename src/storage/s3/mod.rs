@@ -246,10 +246,13 @@ impl BlobStore for S3BlobStore {
                 // Had S3 every byte, it may still store the object: delete it, in the background
                 // (a stalled store may take its time to answer; the client is told now), and the
                 // reconcile pass removes one that lands after this delete.
-                if sent.load(Ordering::Relaxed) == length {
+                let had_every_byte = sent.load(Ordering::Relaxed) == length;
+                if had_every_byte {
                     let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_owned());
                     tokio::spawn(async move { client.delete_object().bucket(bucket).key(key).send().await });
                 }
+                let stage = if had_every_byte { "answer" } else { "body" };
+                metrics::counter!(crate::telemetry::metrics::names::S3_PUT_STALLS, "stage" => stage).increment(1);
                 let why = format!("S3 took no further byte of the upload, nor answered, for {} s", waited.as_secs());
                 return Err(StorageError::backend(BACKEND, "put", why));
             }
