@@ -8,12 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use crate::db::audit::AuditLog;
 use crate::db::journal;
 use crate::db::media::{Deletion, MediaRecord, MediaRepo, MediaStatus};
 use crate::db::{Database, DbError};
 use crate::storage::BlobStore;
+
+/// Deletes of failed uploads' keys running at once in the background ([`Removal::discard_failed`]).
+pub const BACKGROUND_DISCARDS: usize = 64;
 
 /// Deletes rows and objects (cheap to clone).
 #[derive(Clone)]
@@ -26,6 +31,8 @@ pub struct Removal {
     staging_ttl: Duration,
     /// The prefix of every key the service creates (`MEDIA_STORAGE_PREFIX`).
     key_prefix: Arc<str>,
+    /// Permits for background deletes of failed uploads' keys ([`BACKGROUND_DISCARDS`]).
+    discards: Arc<Semaphore>,
 }
 
 impl Removal {
@@ -39,7 +46,8 @@ impl Removal {
         key_prefix: &str,
     ) -> Self {
         let audit = AuditLog::new(media.keys().clone());
-        Self { blobs, media, db, audit, staging_ttl, key_prefix: Arc::from(key_prefix) }
+        let discards = Arc::new(Semaphore::new(BACKGROUND_DISCARDS));
+        Self { blobs, media, db, audit, staging_ttl, key_prefix: Arc::from(key_prefix), discards }
     }
 
     /// The metadata database (rows, blob journal).
@@ -102,13 +110,33 @@ impl Removal {
         Ok(true)
     }
 
-    /// [`Removal::discard`] in a task of its own, waited for at most `wait`: an upload that failed
-    /// because the store stalled is answered then, not after the delete's own attempts on the same
-    /// stalled store. A delete still running goes on; its journal entry stays until it ends (the
-    /// sweeper retries one that fails, or one a restart cut short).
-    pub async fn discard_within(&self, storage_key: &str, wait: Duration) {
+    /// What a failed upload leaves: its key, journaled before its first byte. The object is deleted
+    /// in a task of its own (tracked by `tasks`, so a shutdown drains it), waited for at most `wait`:
+    /// an upload that failed because the store stalled is answered then, not after the delete's own
+    /// attempts on the same stalled store. When the store failed (`store_failed`, rather than the
+    /// client), the journal entry stays: a request the store left unanswered may still land its
+    /// object after the delete, and the sweeper deletes the key again once the entry is
+    /// `--abandoned-after` old. At most [`BACKGROUND_DISCARDS`] such deletes run at once, so a client
+    /// making uploads fail fast on a store whose deletes hang cannot pile up tasks and connections;
+    /// past that, the key is left to the sweeper.
+    pub async fn discard_failed(&self, storage_key: &str, store_failed: bool, wait: Duration, tasks: &TaskTracker) {
+        let Ok(permit) = self.discards.clone().try_acquire_owned() else {
+            tracing::warn!(key = storage_key, "too many deletes of failed uploads running: the sweeper will delete it");
+            return;
+        };
         let (removal, key) = (self.clone(), storage_key.to_owned());
-        let deleting = tokio::spawn(async move { removal.discard(&key).await });
+        let deleting = tasks.spawn(async move {
+            match store_failed {
+                true => match removal.blobs.delete(&key).await {
+                    Ok(()) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot delete a failed upload's object: the sweeper will retry")
+                    }
+                },
+                false => removal.discard(&key).await,
+            }
+            drop(permit);
+        });
         // Dropping the handle after `wait` leaves the task running.
         let _ = tokio::time::timeout(wait, deleting).await;
     }

@@ -46,8 +46,8 @@ pub mod names {
     /// `failed` (the request failed), `unanswered` (no answer in time once the part was filled).
     pub const S3_PART_RESENDS: &str = "media_s3_part_resends_total";
     /// Counter of streamed `PutObject`s given up because S3 stopped taking their body or answering
-    /// (`sized::Stall`), by `stage`: `body` (S3 took no further byte), `answer` (S3 had every byte
-    /// and did not answer).
+    /// (`sized::Stall`), by `stage`: `body` (S3 took no further byte), `answer` (every byte was
+    /// handed to the connection and S3 did not answer).
     pub const S3_PUT_STALLS: &str = "media_s3_put_stalls_total";
     /// Histogram of S3 request attempts by `operation` (the S3 API name) and `outcome` (`ok`,
     /// `client_error`, `server_error`, `no_answer`): the time from sending to the answer's head.

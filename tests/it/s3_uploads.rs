@@ -350,3 +350,37 @@ async fn a_streamed_put_s3_reads_to_its_end_and_never_answers_is_given_up_and_it
     let deleted = |r: &str| r.starts_with("DELETE ") && r.split('?').next().is_some_and(|r| r.ends_with(&key));
     wait_for_request(&proxy, "the key S3 had every byte of was deleted", deleted).await;
 }
+
+#[tokio::test]
+async fn an_upload_the_store_failed_stays_journaled_for_the_sweeper_and_one_the_client_failed_does_not() {
+    use crate::support::media::{json_of, media_app, png};
+    // S3 answers every PutObject 503 SlowDown (deletes work).
+    let proxy = S3Proxy::start(Fault {
+        matches: |method, target| method == "PUT" && target.contains("x-id=PutObject"),
+        times: usize::MAX,
+        answer: Answer::SlowDown,
+    })
+    .await;
+    let overrides = [("MEDIA_S3_ENDPOINT", proxy.endpoint.as_str()), ("MEDIA_MAX_BYTES", "1MiB")];
+    let m = media_app(Stack::PostgresS3, &overrides).await;
+    let alice = m.alice();
+    // The client's failure: a body sent without a length runs past the limit mid-stream. Nothing
+    // can land later: the key's delete closes its journal entry.
+    let over = chunked(Bytes::from(png(2 * MIB as usize, 38)));
+    let request = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
+    let (status, answer) = json_of(request.body(reqwest::Body::wrap_stream(over)).send().await.unwrap()).await;
+    assert_eq!(status, reqwest::StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(m.journaled().await, 0, "a client's failure leaves no journal entry");
+    // The store's failure: a request it did not complete may still land an object after the
+    // delete, so the key stays journaled and the sweeper deletes it again once the entry is old.
+    let (status, answer) = json_of(m.upload_raw(&alice, "image/png", png(512 * 1024, 39)).await).await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["code"], "storage_unavailable", "{answer}");
+    assert!(proxy.failed() >= 1, "the upload went to the failing PutObject: {:?}", proxy.seen());
+    assert!(proxy.seen().iter().any(|r| r.starts_with("DELETE ")), "the key was deleted at once: {:?}", proxy.seen());
+    assert_eq!(m.journaled().await, 1, "the store's failure stays journaled");
+    assert_eq!(m.counts().await, (0, 0), "no row and no object are left");
+    let swept = m.sweep_all().await;
+    assert_eq!((swept.orphans_deleted, swept.failed), (1, 0), "{swept:?}");
+    assert_eq!(m.journaled().await, 0, "the sweeper ended the entry");
+}

@@ -40,7 +40,7 @@ use crate::media::rekey::reseal_unrecorded;
 use crate::media::sealed::Sealing;
 use crate::storage::{BlobStore, StorageError};
 
-/// How long a failed upload's answer waits for the delete of its key (see `Removal::discard_within`).
+/// How long a failed upload's answer waits for the delete of its key (see `Removal::discard_failed`).
 const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the client said about the file (everything is checked against the bytes).
@@ -274,10 +274,11 @@ impl Pipeline {
             (written, _) => written,
         };
         if let Err(err) = stored {
-            // Normally nothing was written; the delete makes sure before the entry goes. A store
-            // that stalled (the likely cause) may stall the delete too: the client is not kept
-            // waiting for it longer than `DISCARD_WAIT`.
-            self.removal.discard_within(&key, DISCARD_WAIT).await;
+            // Normally nothing was written; the delete makes sure (and when the store failed, the
+            // sweeper makes sure again later). A store that stalled may stall the delete too: the
+            // client is not kept waiting for it longer than `DISCARD_WAIT`.
+            let store_failed = !matches!(err, StorageError::Source(_));
+            self.removal.discard_failed(&key, store_failed, DISCARD_WAIT, &self.tasks).await;
             return Err(self.put_error(err));
         }
         let sha256 = tally.sha256.finalize().into();

@@ -244,8 +244,9 @@ impl BlobStore for S3BlobStore {
             result = request.send() => result,
             () = stall.exceeded(waited) => {
                 // Had S3 every byte, it may still store the object: delete it, in the background
-                // (a stalled store may take its time to answer; the client is told now), and the
-                // reconcile pass removes one that lands after this delete.
+                // (a stalled store may take its time to answer; the client is told now). One that
+                // lands after this delete is the caller's to remove (the upload pipeline keeps such
+                // a key journaled for the sweeper; the reconcile pass finds any other).
                 let had_every_byte = sent.load(Ordering::Relaxed) == length;
                 if had_every_byte {
                     let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_owned());
