@@ -11,6 +11,9 @@
 //!   and with the form's `Content-Length` (curl sends it for `-F` files).
 //! - `direct <base> <token> <MiB>`: `prepare-upload`, then the same bytes PUT straight to the
 //!   presigned URL (the service is not in the data path; only the PUT is timed).
+//! - `direct-parts <base> <token> <MiB>`: the same bytes straight to S3 as a multipart upload by the
+//!   plain SDK, parts as the service cuts them (`common/direct_parts.rs`): what multipart costs the
+//!   store, without the service.
 //!
 //!   Each of these reports the CPU seconds spent during the timed section by this process
 //!   (`client`) and by the processes `MEDIA_LOAD_CPU_PIDS` names (`garage=PID,service=PID`).
@@ -41,6 +44,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+#[path = "common/direct_parts.rs"]
+mod direct_parts;
 #[path = "common/load.rs"]
 mod load;
 
@@ -170,8 +175,9 @@ impl Target {
         self.discard(stored["id"].as_str().unwrap_or(id)).await
     }
 
-    /// Seconds of the PUT, and the CPU each watched process spent meanwhile.
-    async fn direct(&self, len: u64) -> anyhow::Result<(f64, Value)> {
+    /// When the PUT started (seconds since the epoch), its seconds, and the CPU each watched process
+    /// spent meanwhile.
+    async fn direct(&self, len: u64) -> anyhow::Result<(f64, f64, Value)> {
         let prepared: Value = self
             .http
             .post(format!("{}/v1/media/prepare-upload", self.base))
@@ -186,20 +192,28 @@ impl Target {
         for (name, value) in prepared["headers"].as_object().into_iter().flatten() {
             request = request.header(name.as_str(), value.as_str().unwrap_or_default());
         }
-        let (started, cpu) = (Instant::now(), load::CpuClocks::start());
+        let (started_unix, started, cpu) = (unix_now(), Instant::now(), load::CpuClocks::start());
         let response = request.send().await?;
         let (elapsed, cpu_s) = (started.elapsed().as_secs_f64(), cpu.spent());
         anyhow::ensure!(response.status().is_success(), "direct PUT answered {}", response.status());
         let id = prepared["id"].as_str().ok_or_else(|| anyhow::anyhow!("no id: {prepared}"))?;
         self.discard_direct(id).await?;
-        Ok((elapsed, cpu_s))
+        Ok((started_unix, elapsed, cpu_s))
     }
 }
 
 /// The report of one timed upload of `len` bytes: its rate, and the CPU seconds each watched
 /// process spent meanwhile (`load::CpuClocks`).
-fn timed_upload(mode: &str, len: u64, seconds: f64, cpu_s: Value) -> Value {
-    json!({"mode": mode, "mib": len >> 20, "seconds": seconds, "mib_per_s": (len >> 20) as f64 / seconds, "cpu_s": cpu_s})
+/// `started_unix` is when it started, in seconds since the epoch (`scripts/trace-s3-parts` lines
+/// it up with the service's log).
+fn timed_upload(mode: &str, len: u64, started_unix: f64, seconds: f64, cpu_s: Value) -> Value {
+    let mib_per_s = (len >> 20) as f64 / seconds;
+    json!({"mode": mode, "mib": len >> 20, "started_unix": started_unix, "seconds": seconds, "mib_per_s": mib_per_s, "cpu_s": cpu_s})
+}
+
+/// Now, in seconds since the epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64())
 }
 
 /// Reads a response's body to its end; MiB/s from the request to the last byte.
@@ -427,7 +441,7 @@ async fn mixed(target: Arc<Target>, rate: u64, seconds: u64) -> anyhow::Result<V
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(base), Some(token)) = (args.first(), args.get(1), args.get(2)) else {
-        anyhow::bail!("usage: media_load <upload|chunked|form|form-len|direct|download|read|resolve|presign|flood|mixed> <base-url> <token> <args…>");
+        anyhow::bail!("usage: media_load <upload|chunked|form|form-len|direct|direct-parts|download|read|resolve|presign|flood|mixed> <base-url> <token> <args…>");
     };
     let number = |i: usize| -> anyhow::Result<u64> {
         Ok(args.get(i).ok_or_else(|| anyhow::anyhow!("missing argument {i}"))?.parse()?)
@@ -442,7 +456,7 @@ fn main() -> anyhow::Result<()> {
         match mode.as_str() {
             form @ ("upload" | "chunked" | "form" | "form-len") => {
                 let len = number(3)? * 1024 * 1024;
-                let (started, cpu) = (Instant::now(), load::CpuClocks::start());
+                let (started_unix, started, cpu) = (unix_now(), Instant::now(), load::CpuClocks::start());
                 let stored = target.upload_as(Form::parse(form).expect("an upload mode"), len, fresh_seed()).await?;
                 let (seconds, cpu_s) = (started.elapsed().as_secs_f64(), cpu.spent());
                 anyhow::ensure!(
@@ -451,12 +465,25 @@ fn main() -> anyhow::Result<()> {
                     stored["bytes"]
                 );
                 target.discard(stored["id"].as_str().unwrap_or_default()).await?;
-                Ok(timed_upload(form, len, seconds, cpu_s))
+                Ok(timed_upload(form, len, started_unix, seconds, cpu_s))
             }
             "direct" => {
                 let len = number(3)? * 1024 * 1024;
-                let (seconds, cpu_s) = target.direct(len).await?;
-                Ok(timed_upload("direct", len, seconds, cpu_s))
+                let (started_unix, seconds, cpu_s) = target.direct(len).await?;
+                Ok(timed_upload("direct", len, started_unix, seconds, cpu_s))
+            }
+            "direct-parts" => {
+                let len = number(3)? * 1024 * 1024;
+                let (s3, bucket) = direct_parts::client()?;
+                let key = format!("bench-direct-parts/{:016x}", fresh_seed());
+                let body = load::generated(len, fresh_seed(), PNG_HEAD);
+                let (started_unix, started, cpu) = (unix_now(), Instant::now(), load::CpuClocks::start());
+                direct_parts::upload(&s3, &bucket, &key, body).await?;
+                let (seconds, cpu_s) = (started.elapsed().as_secs_f64(), cpu.spent());
+                if !keep() {
+                    s3.delete_object().bucket(&bucket).key(&key).send().await?;
+                }
+                Ok(timed_upload("direct-parts", len, started_unix, seconds, cpu_s))
             }
             "read" => {
                 let (id, len) = (args.get(3).cloned().unwrap_or_default(), number(4)? * 1024 * 1024);
