@@ -6,7 +6,9 @@
 //! and stops the body with [`PrefixTooLarge`] when a chunk arrives after more than [`PREFIX_MAX`]
 //! went by: a request holds at most that much plus one chunk (the server's read buffer) before its
 //! file streams; a chunk carrying the last headers and the file's first bytes together always
-//! passes. After the file part the handler reads no further.
+//! passes. After the file part the handler reads no further, unless the blob store asks for the
+//! bytes after it: a file streamed under a length guessed from the form's `Content-Length`
+//! ([`file_length_guess`]) that turned out shorter is made up with them (`BlobStore::put_expecting`).
 //!
 //! Beside that byte bound: at most [`MAX_PARTS_BEFORE_FILE`] parts may come before the file, the
 //! text parts are at most [`TEXT_PART_MAX`] bytes each, a part's headers at most
@@ -42,6 +44,16 @@ pub const FORM_OVERHEAD: u64 = PREFIX_MAX + 1024 * 1024;
 /// The largest multipart body accepted when files may be `max_bytes` long.
 pub fn whole_body_max(max_bytes: u64) -> u64 {
     max_bytes.saturating_add(FORM_OVERHEAD)
+}
+
+/// The length of a form's file part, guessed from the form's `Content-Length` and `consumed`, the
+/// bytes before the file's data, on the way curl, browsers and the usual libraries close a form:
+/// the file is the last part and `CRLF--boundary--CRLF` follows it. `None` when the form is too
+/// short for that. A part or an epilogue after the file makes the file shorter than the guess; a
+/// closing delimiter without its line break, two bytes longer (see `storage::s3::expected`).
+pub fn file_length_guess(form_length: u64, consumed: u64, boundary: &str) -> Option<u64> {
+    let closing = "\r\n--".len() + boundary.len() + "--\r\n".len();
+    form_length.checked_sub(consumed)?.checked_sub(closing as u64)
 }
 
 /// The boundary of a `multipart/form-data` content type (1 to 70 characters, RFC 2046).
@@ -137,6 +149,14 @@ mod tests {
         assert!(body.next().await.unwrap().is_ok());
         reached.set();
         assert!(body.next().await.unwrap().is_ok() && body.next().await.unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_file_length_is_guessed_for_a_form_closed_the_usual_way() {
+        // 10 bytes before the file, 1000 of file, then CRLF--b--CRLF (4 + 1 + 4 bytes).
+        assert_eq!(file_length_guess(10 + 1000 + 9, 10, "b"), Some(1000));
+        assert_eq!(file_length_guess(10 + 8, 10, "b"), None, "too short for the closing delimiter");
+        assert_eq!(file_length_guess(5, 10, "b"), None);
     }
 
     #[test]

@@ -3,8 +3,29 @@
 //! `axum::Json` goes through serde_json, which escapes every string byte by byte and starts from
 //! a 128-byte buffer; the presign answer (a URL of 500–700 bytes, asked for tens of thousands of
 //! times a second) is written by hand with [`push_json_str`] and [`push_json_time`] instead.
+//!
+//! [`streamed`] is the body of a download.
 
+use axum::body::Body;
 use chrono::{DateTime, Datelike, Timelike, Utc};
+use futures::StreamExt;
+
+use crate::storage::ByteStream;
+
+/// The response body of a download streaming `body`. A stream that fails part-way (a store gone,
+/// an encrypted segment failing its check) aborts the response, and the client sees the body cut
+/// short. Before that, the connection gets one turn to send what it holds — the head and the bytes
+/// before the failure: hyper drops its unsent buffer with the connection, so a failure arriving
+/// in the same turn as the bytes before it (a busy machine, a store answering fast) would
+/// otherwise close the connection without an answer.
+pub fn streamed(body: ByteStream) -> Body {
+    Body::from_stream(body.then(|chunk| async move {
+        if chunk.is_err() {
+            tokio::task::yield_now().await;
+        }
+        chunk
+    }))
+}
 
 /// Appends `value` as a JSON string. serde_json escapes byte by byte through a table; a string
 /// with nothing to escape (a presigned URL, an id) is found so in one pass the compiler vectorises

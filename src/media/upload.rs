@@ -46,6 +46,7 @@ impl MediaService {
             filename,
             user_hint,
             content_length: Some(bytes.len() as u64),
+            expected: None,
         };
         let body: ByteStream = futures::stream::once(async move { Ok(bytes) }).boxed();
         self.upload(caller, upload, body, hold).await
@@ -67,6 +68,7 @@ impl MediaService {
             filename: filename.or(fetched.filename),
             user_hint,
             content_length: fetched.content_length,
+            expected: None,
         };
         self.upload(caller, upload, fetched.body, hold).await
     }

@@ -192,6 +192,27 @@ pub trait BlobStore: Send + Sync + 'static {
         self.put(key, content_type, exact_length(body, length)).await
     }
 
+    /// [`BlobStore::put`] of a body that is probably `expected` bytes long but may not be: a
+    /// multipart form's file, whose length is guessed from the form's `Content-Length`. A store
+    /// may announce the guess and stream the body in one request, then make a wrong guess good: a
+    /// body that ends short is followed in that request by bytes of `after` (what the client sent
+    /// after the body, so nothing is written that the client did not send) and cut back to its
+    /// own length; one that runs longer, by at most a part, has the rest appended. Either way the
+    /// object holds the body's bytes exactly, and the count of them is returned. `after` is read
+    /// only when the body ends short; it ending first fails the upload. On any error nothing is
+    /// left.
+    async fn put_expecting(
+        &self,
+        key: &str,
+        content_type: &str,
+        expected: u64,
+        body: ByteStream,
+        after: ByteStream,
+    ) -> Result<u64, StorageError> {
+        let _ = (expected, after);
+        self.put(key, content_type, body).await
+    }
+
     /// Reads an object, or a byte range of it, as a stream.
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<BlobObject, StorageError>;
 

@@ -49,6 +49,10 @@ pub mod names {
     /// (`sized::Stall`), by `stage`: `body` (S3 took no further byte), `answer` (every byte was
     /// handed to the connection and S3 did not answer).
     pub const S3_PUT_STALLS: &str = "media_s3_put_stalls_total";
+    /// Counter of streamed `PutObject`s of a guessed length (a form's file) rebuilt afterwards
+    /// because the guess was wrong, by `reason`: `short` (the file ended first: a part or an
+    /// epilogue after it), `long` (a closing delimiter without its line break).
+    pub const S3_PUT_REBUILDS: &str = "media_s3_put_rebuilds_total";
     /// Histogram of S3 request attempts by `operation` (the S3 API name) and `outcome` (`ok`,
     /// `client_error`, `server_error`, `no_answer`): the time from sending to the answer's head.
     pub const S3_REQUEST_DURATION: &str = "media_s3_request_duration_seconds";
@@ -191,6 +195,10 @@ fn describe() {
     describe_counter!(
         names::S3_PUT_STALLS,
         "Streamed S3 PutObjects given up on a stalled store, by stage (body, answer)"
+    );
+    describe_counter!(
+        names::S3_PUT_REBUILDS,
+        "Streamed S3 PutObjects of a guessed length rebuilt to the real one, by reason (short, long)"
     );
     describe_histogram!(
         names::S3_REQUEST_DURATION,

@@ -111,6 +111,7 @@ async fn a_user_id_hint_is_bounded_on_every_way_in() {
             filename: None,
             user_hint: Some(long.clone()),
             content_length: Some(900),
+            expected: None,
         };
         let body = futures::StreamExt::boxed(futures::stream::iter([Ok(Bytes::from(png(900, 34)))]));
         let err = m.app.state.pipeline.ingest(&caller, upload, body).await.expect_err("a 1025-byte hint stored");

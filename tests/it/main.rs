@@ -18,6 +18,7 @@ mod encryption;
 mod exclusion;
 mod faults;
 mod fleet;
+mod form_puts;
 #[cfg(feature = "fuzzing")]
 mod fuzz_regressions;
 

@@ -289,19 +289,69 @@ impl Multipart {
         }
     }
 
+    /// The bytes of the body consumed so far: after [`Multipart::next_part`], where the part's
+    /// body begins.
+    pub fn consumed(&self) -> u64 {
+        let unread = self.pending.len() + self.queued.as_ref().map_or(0, Bytes::len);
+        self.read - unread as u64
+    }
+
     /// The current part's body as a stream of slices (the reader goes with it).
     pub fn into_body(self) -> BoxStream<'static, Result<Bytes, FormError>> {
-        futures::stream::unfold(self, |mut form| async move {
+        self.into_body_and_after().0
+    }
+
+    /// The current part's body as a stream of slices, and the body's raw bytes after it (its
+    /// delimiter, any parts after it, the closing delimiter, the epilogue), which come once the
+    /// part's stream has ended, still bounded by the reader's `max`. The second stream fails when
+    /// the first was dropped or failed before its end.
+    pub fn into_body_and_after(
+        self,
+    ) -> (BoxStream<'static, Result<Bytes, FormError>>, BoxStream<'static, Result<Bytes, FormError>>) {
+        let (ended, when_ended) = futures::channel::oneshot::channel::<Multipart>();
+        let body = futures::stream::unfold(Some((self, ended)), |state| async move {
+            let (mut form, ended) = state?;
             match form.chunk().await {
-                Ok(Some(slice)) => Some((Ok(slice), form)),
-                Ok(None) => None,
+                Ok(Some(slice)) => Some((Ok(slice), Some((form, ended)))),
+                Ok(None) => {
+                    // The reader goes on to whoever wants the rest.
+                    let _ = ended.send(form);
+                    None
+                }
                 Err(err) => {
                     form.state = State::Done;
-                    Some((Err(err), form))
+                    Some((Err(err), None))
                 }
             }
         })
-        .boxed()
+        .boxed();
+        let after = futures::stream::once(async move {
+            let unfinished = FormError::Malformed("the part before it did not end");
+            let mut form = when_ended.await.map_err(|_| unfinished)?;
+            // The part's closing delimiter was consumed with its end: it comes first.
+            let delimiter = Bytes::from(form.delimiter.clone());
+            let pending = std::mem::take(&mut form.pending);
+            let first = [delimiter, pending, form.queued.take().unwrap_or_default()];
+            let first = futures::stream::iter(first).map(Ok);
+            let rest = futures::stream::unfold(Some(form), |form| async move {
+                let mut form = form?;
+                match form.input().await {
+                    Ok(Some(chunk)) => Some((Ok(chunk), Some(form))),
+                    Ok(None) => None,
+                    Err(err) => Some((Err(err), None)),
+                }
+            });
+            let nonempty =
+                |chunk: &Result<Bytes, FormError>| futures::future::ready(!matches!(chunk, Ok(c) if c.is_empty()));
+            Ok::<_, FormError>(first.chain(rest).filter(nonempty))
+        })
+        .map(|opened| match opened {
+            Ok(rest) => rest.boxed(),
+            Err(err) => futures::stream::iter([Err(err)]).boxed(),
+        })
+        .flatten()
+        .boxed();
+        (body, after)
     }
 }
 

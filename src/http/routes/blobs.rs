@@ -94,7 +94,7 @@ async fn download(
     let link = verify(&state, "GET", &key, query)?;
     let range = parse_range(&headers)?;
     let object = state.service.open_linked(&key, &link, range).await?;
-    let mut response = Response::new(Body::from_stream(object.body));
+    let mut response = Response::new(crate::http::response::streamed(object.body));
     let out = response.headers_mut();
     out.insert(header::CONTENT_TYPE, header_value("content type", &link.content_type)?);
     if let Some(disposition) = &link.content_disposition {

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -168,7 +167,7 @@ async fn download(
         }
     }
     let object = state.service.open(&record, parse_range(&headers)?).await?;
-    let mut response = Response::new(Body::from_stream(object.body));
+    let mut response = Response::new(crate::http::response::streamed(object.body));
     let out = response.headers_mut();
     let value = |text: &str| HeaderValue::from_str(text).map_err(|_| ApiError::NotFound);
     out.insert(header::CONTENT_TYPE, value(&record.mime)?);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::Json;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ use crate::http::form::multipart::Multipart;
 use crate::http::openapi::{AuthErrors, Shredding, UploadErrors};
 use crate::http::request::{content_length, header_text, read_limited};
 use crate::http::state::AppState;
-use crate::media::ingest::pipeline::{Ingested, Upload};
+use crate::media::ingest::pipeline::{Expected, Ingested, Upload};
 use crate::media::ingest::sniff::DeclaredBy;
 use crate::media::ingest::sources::{body_stream, clean_filename, raw_filename};
 use crate::telemetry::metrics::names;
@@ -139,6 +140,7 @@ async fn upload(
             filename: raw_filename(headers, query.filename.as_deref()),
             user_hint: header_text(headers, "x-principal-id"),
             content_length: content_length(headers),
+            expected: None,
         };
         state.service.upload(caller.0.clone(), upload, body_stream(request.into_body()), slot).await.map_err(Into::into)
     })?;
@@ -223,7 +225,8 @@ async fn upload_multipart(
 ) -> Result<Ingested, ApiError> {
     let boundary = form::boundary(content_type)?;
     let max_bytes = state.config.max_bytes;
-    if content_length(request.headers()).is_some_and(|length| length > form::whole_body_max(max_bytes)) {
+    let form_length = content_length(request.headers());
+    if form_length.is_some_and(|length| length > form::whole_body_max(max_bytes)) {
         return Err(ApiError::TooLarge { limit: max_bytes });
     }
     let reached = form::FileReached::default();
@@ -239,14 +242,21 @@ async fn upload_multipart(
         match part.name.as_deref() {
             Some("file") => {
                 reached.set();
+                let length =
+                    form_length.and_then(|form| form::file_length_guess(form, multipart.consumed(), &boundary));
+                let (body, after) = multipart.into_body_and_after();
+                let io = |slice: Result<Bytes, _>| slice.map_err(std::io::Error::other);
                 let upload = Upload {
                     declared: part.content_type.map(|m| (DeclaredBy::Part, m)).into_iter().collect(),
                     filename: part.filename.as_deref().and_then(clean_filename).or(filename),
                     user_hint,
                     content_length: None,
+                    // Past the limit the body is refused as it streams, as without a guess.
+                    expected: length
+                        .filter(|&length| length <= max_bytes)
+                        .map(|length| Expected { length, after: after.map(io).boxed() }),
                 };
-                let body = multipart.into_body().map(|slice| slice.map_err(std::io::Error::other)).boxed();
-                return Ok(state.service.upload(caller, upload, body, slot).await?);
+                return Ok(state.service.upload(caller, upload, body.map(io).boxed(), slot).await?);
             }
             Some("user_id") => user_hint = Some(small_text(&mut multipart, max_bytes).await?),
             Some("filename") => filename = clean_filename(&small_text(&mut multipart, max_bytes).await?),

@@ -43,8 +43,19 @@ use crate::storage::{BlobStore, StorageError};
 /// How long a failed upload's answer waits for the delete of its key (see `Removal::discard_failed`).
 const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// `length` zero bytes, in slices of one static block.
+fn zeros(length: u64) -> ByteStream {
+    static BLOCK: [u8; 64 * 1024] = [0; 64 * 1024];
+    let block = BLOCK.len() as u64;
+    let slices = (0..length.div_ceil(block)).map(move |i| {
+        let len = (length - i * block).min(block) as usize;
+        Ok(Bytes::from_static(&BLOCK[..len]))
+    });
+    stream::iter(slices).boxed()
+}
+
 /// What the client said about the file (everything is checked against the bytes).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Upload {
     /// Declared types and where they came from (the filename's extension is added by the pipeline).
     pub declared: Vec<(DeclaredBy, String)>,
@@ -54,6 +65,25 @@ pub struct Upload {
     pub user_hint: Option<String>,
     /// The body's announced length, when known.
     pub content_length: Option<u64>,
+    /// Without `content_length`: the length the body probably has (see [`Expected`]).
+    pub expected: Option<Expected>,
+}
+
+/// A length a body probably has, from what the request says around it (a multipart form's file:
+/// the form's `Content-Length` less what precedes the file and the closing delimiter), and what the
+/// request holds after the body. The blob store may stream the body in one request announcing the
+/// length and make a wrong guess good (see `BlobStore::put_expecting`).
+pub struct Expected {
+    /// The probable length of the body, in bytes.
+    pub length: u64,
+    /// The request's bytes after the body (read only when the body ends short of `length`).
+    pub after: ByteStream,
+}
+
+impl std::fmt::Debug for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expected").field("length", &self.length).finish_non_exhaustive()
+    }
 }
 
 /// Bytes that passed the checks and are stored.
@@ -257,14 +287,23 @@ impl Pipeline {
             false => None,
         };
         let object_dek_version = sealing.as_ref().map(|sealing| sealing.dek_version);
-        let (stream, length) = match sealing {
-            Some(sealing) => (sealing.seal(stream), upload.content_length.map(sealed_len)),
-            None => (stream, upload.content_length),
+        let stored_len = |length: u64| if sealing.is_some() { sealed_len(length) } else { length };
+        let length = upload.content_length.map(stored_len);
+        let expected = upload.expected.map(|expected| {
+            // A sealed file shorter than guessed leaves the tags of the segments it lacks to make
+            // up beyond the client's bytes: at most the guess's sealing overhead, in zeros.
+            let overhead = stored_len(expected.length) - expected.length;
+            (stored_len(expected.length), expected.after.chain(zeros(overhead)).boxed())
+        });
+        let stream = match sealing {
+            Some(sealing) => sealing.seal(stream),
+            None => stream,
         };
         journal::open(&self.db, &key).await?;
-        let written = match length {
-            Some(length) => self.blobs.put_sized(&key, &mime, length, stream).await,
-            None => self.blobs.put(&key, &mime, stream).await,
+        let written = match (length, expected) {
+            (Some(length), _) => self.blobs.put_sized(&key, &mime, length, stream).await,
+            (None, Some((length, after))) => self.blobs.put_expecting(&key, &mime, length, stream, after).await,
+            (None, None) => self.blobs.put(&key, &mime, stream).await,
         };
         let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner));
         let stored = match (written, object_dek_version) {

@@ -11,7 +11,8 @@
 //! see `part`), a part sent while it fills when S3 would otherwise wait for it (see `fill`). Any
 //! error — a failing source stream, a refused part, the future being dropped — aborts the multipart
 //! upload so no part is left billed and invisible in the bucket. A body of announced length is a
-//! `sized` body.
+//! `sized` body; one of guessed length (a form's file) is streamed the same way and rebuilt when
+//! the guess was wrong (`expected`).
 //!
 //! Presigned URLs are signed by a second client configured for `MEDIA_S3_PUBLIC_ENDPOINT` when that
 //! is set, so the URL a client gets is exactly the one that was signed (never rewritten afterwards).
@@ -47,6 +48,7 @@ pub(super) const BACKEND: &str = "s3";
 /// The largest object S3 takes in one `PutObject`.
 const MAX_STREAMED_PUT: u64 = 5 << 30;
 
+mod expected;
 mod fill;
 mod observe;
 mod part;
@@ -268,6 +270,22 @@ impl BlobStore for S3BlobStore {
         }
         result.map_err(sdk_error("put"))?;
         Ok(sent.load(Ordering::Relaxed))
+    }
+
+    async fn put_expecting(
+        &self,
+        key: &str,
+        content_type: &str,
+        expected: u64,
+        body: ByteStream,
+        after: ByteStream,
+    ) -> Result<u64, StorageError> {
+        // As `put_sized`: a guess within one part, or past one `PutObject`, is not worth it.
+        if self.sign_payload || expected <= self.part_size as u64 || expected > MAX_STREAMED_PUT {
+            return self.put(key, content_type, body).await;
+        }
+        validate_key(key)?;
+        self.put_guessed(key, content_type, expected, body, after).await
     }
 
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<BlobObject, StorageError> {

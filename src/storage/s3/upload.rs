@@ -56,9 +56,18 @@ pub(super) struct MultipartGuard {
 }
 
 impl MultipartGuard {
-    async fn abort(mut self) {
+    /// Keeps the upload when `result` is a success (the work completed it), else aborts it.
+    pub(super) async fn settle<T>(mut self, result: Result<T, StorageError>) -> Result<T, StorageError> {
         self.done = true;
-        abort_upload(&self.client, &self.bucket, &self.key, &self.upload_id).await;
+        if result.is_err() {
+            abort_upload(&self.client, &self.bucket, &self.key, &self.upload_id).await;
+        }
+        result
+    }
+
+    /// The upload's key and id.
+    pub(super) fn target(&self) -> (&str, &str) {
+        (&self.key, &self.upload_id)
     }
 }
 
@@ -142,14 +151,8 @@ impl S3BlobStore {
         Ok(length)
     }
 
-    pub(super) async fn put_multipart(
-        &self,
-        key: &str,
-        content_type: &str,
-        first_part: Part,
-        mut body: ByteStream,
-        mut carry: Bytes,
-    ) -> Result<u64, StorageError> {
+    /// Creates a multipart upload of `key`, aborted when its guard is dropped unfinished.
+    pub(super) async fn create_upload(&self, key: &str, content_type: &str) -> Result<MultipartGuard, StorageError> {
         let created = self
             .client
             .create_multipart_upload()
@@ -162,24 +165,45 @@ impl S3BlobStore {
         let upload_id = created
             .upload_id()
             .ok_or_else(|| StorageError::backend(BACKEND, "create multipart upload", "no upload id returned"))?;
-        let guard = MultipartGuard {
+        Ok(MultipartGuard {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             key: key.to_owned(),
             upload_id: upload_id.to_owned(),
             done: false,
-        };
-        match self.upload_parts(&guard, first_part, &mut body, &mut carry).await {
-            Ok(total) => {
-                let mut guard = guard;
-                guard.done = true;
-                Ok(total)
-            }
-            Err(err) => {
-                guard.abort().await;
-                Err(err)
-            }
-        }
+        })
+    }
+
+    pub(super) async fn put_multipart(
+        &self,
+        key: &str,
+        content_type: &str,
+        first_part: Part,
+        mut body: ByteStream,
+        mut carry: Bytes,
+    ) -> Result<u64, StorageError> {
+        let upload = self.create_upload(key, content_type).await?;
+        let result = self.upload_parts(&upload, first_part, &mut body, &mut carry).await;
+        upload.settle(result).await
+    }
+
+    /// Completes `upload` with `parts`.
+    pub(super) async fn complete_upload(
+        &self,
+        upload: &MultipartGuard,
+        mut parts: Vec<CompletedPart>,
+    ) -> Result<(), StorageError> {
+        parts.sort_by_key(|part| part.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&upload.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(sdk_error("complete multipart upload"))?;
+        Ok(())
     }
 
     /// The parts after the first: each sent whole once full, or live while it fills once S3 has
@@ -239,17 +263,8 @@ impl S3BlobStore {
                 break;
             }
         }
-        let mut completed = parts.finish().await?;
-        completed.sort_by_key(|part| part.part_number());
-        self.client
-            .complete_multipart_upload()
-            .bucket(&upload.bucket)
-            .key(&upload.key)
-            .upload_id(&upload.upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
-            .send()
-            .await
-            .map_err(sdk_error("complete multipart upload"))?;
+        let completed = parts.finish().await?;
+        self.complete_upload(upload, completed).await?;
         Ok(total)
     }
 }

@@ -232,3 +232,47 @@ async fn short_boundaries_frame_parts_as_multer_does_for_every_chunking() {
     }
     assert_eq!(compared, 5 * 6);
 }
+
+/// Reads `body` (in chunks of `sizes`) up to its `file` part: where the file's data begins, the
+/// file, and what the form holds after it.
+async fn file_and_after(body: &[u8], sizes: &[usize]) -> (u64, Vec<u8>, Result<Vec<u8>, String>) {
+    let mut reader = Multipart::new(source(body, sizes), BOUNDARY, u64::MAX);
+    while reader.next_part().await.unwrap().expect("a file part").name.as_deref() != Some("file") {}
+    let consumed = reader.consumed();
+    let (mut file_stream, after_stream) = reader.into_body_and_after();
+    let mut file = Vec::new();
+    while let Some(slice) = file_stream.next().await {
+        file.extend_from_slice(&slice.unwrap());
+    }
+    let after: Vec<_> = after_stream.collect().await;
+    let after = after.into_iter().try_fold(Vec::new(), |mut all, chunk| {
+        all.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        Ok(all)
+    });
+    (consumed, file, after)
+}
+
+#[tokio::test]
+async fn the_file_begins_where_consumed_says_and_the_raw_body_after_it_follows_its_stream() {
+    let file = b"\x89PNG\r\n\x1a\n-- not a delimiter\r\n--";
+    let body = form(&[("user_id", None, b"u-1"), ("file", Some("a.png"), file), ("note", None, b"after")], b"pre\r\n");
+    for sizes in [&[1][..], &[7, 3], &[64], &[100_000]] {
+        let (consumed, read, after) = file_and_after(&body, sizes).await;
+        let at = consumed as usize;
+        assert_eq!(&body[at..at + file.len()], file, "chunks of {sizes:?}");
+        assert_eq!(read, file, "chunks of {sizes:?}");
+        assert_eq!(after.unwrap(), &body[at + file.len()..], "every byte after the file, once: {sizes:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_bytes_after_a_file_fail_when_its_stream_was_dropped_before_its_end() {
+    let body = form(&[("file", Some("a.png"), &[7u8; 5000])], b"");
+    let mut reader = Multipart::new(source(&body, &[100]), BOUNDARY, u64::MAX);
+    reader.next_part().await.unwrap().expect("the file part");
+    let (mut file_stream, after_stream) = reader.into_body_and_after();
+    file_stream.next().await.expect("a first slice").unwrap();
+    drop(file_stream);
+    let after: Vec<_> = after_stream.collect().await;
+    assert!(matches!(after.as_slice(), [Err(FormError::Malformed(_))]), "{after:?}");
+}
