@@ -69,6 +69,42 @@ pub fn push_json_time(out: &mut Vec<u8>, at: &DateTime<Utc>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    /// What a client reads of a 300 KB download whose stream has its first 200 KB and then a
+    /// failure ready at once (a store answering fast, a busy server): the whole connection's bytes.
+    async fn read_failing_download(body: fn(ByteStream) -> Body) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let route = axum::routing::get(move || async move {
+            let chunks = [Ok(Bytes::from(vec![b'a'; 100_000])), Ok(Bytes::from(vec![b'b'; 100_000]))];
+            let failing = futures::stream::iter(chunks.into_iter().chain([Err(std::io::Error::other("tampered"))]));
+            let mut response = axum::response::Response::new(body(failing.boxed()));
+            response.headers_mut().insert(axum::http::header::CONTENT_LENGTH, 300_000.into());
+            response
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listener");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new().route("/", route)).await });
+        let mut client = tokio::net::TcpStream::connect(address).await.expect("connect");
+        client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("request");
+        let mut read = Vec::new();
+        let _ = client.read_to_end(&mut read).await;
+        String::from_utf8_lossy(&read).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_download_failing_part_way_sends_its_head_and_the_bytes_before_the_failure() {
+        for _ in 0..20 {
+            let read = read_failing_download(streamed).await;
+            assert!(read.starts_with("HTTP/1.1 200 OK"), "the head was sent: {:?}", &read[..read.len().min(60)]);
+            let body = &read[read.find("\r\n\r\n").expect("a head") + 4..];
+            assert!(body.len() < 300_000, "cut short");
+            assert!(body.bytes().all(|b| b == b'a' || b == b'b'), "only the bytes before the failure");
+        }
+        // Without the turn, hyper drops the head with the connection (why `streamed` exists).
+        let plain = read_failing_download(Body::from_stream).await;
+        assert_eq!(plain, "", "a failure in the same turn as the head loses it");
+    }
 
     #[test]
     fn times_are_written_as_serde_json_writes_them() {

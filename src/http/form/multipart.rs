@@ -54,6 +54,9 @@ pub enum FormError {
     Malformed(&'static str),
 }
 
+/// Bytes read from a form.
+pub type FormStream = BoxStream<'static, Result<Bytes, FormError>>;
+
 /// The headers of a part that matter to a form.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartHead {
@@ -297,7 +300,7 @@ impl Multipart {
     }
 
     /// The current part's body as a stream of slices (the reader goes with it).
-    pub fn into_body(self) -> BoxStream<'static, Result<Bytes, FormError>> {
+    pub fn into_body(self) -> FormStream {
         self.into_body_and_after().0
     }
 
@@ -305,9 +308,7 @@ impl Multipart {
     /// delimiter, any parts after it, the closing delimiter, the epilogue), which come once the
     /// part's stream has ended, still bounded by the reader's `max`. The second stream fails when
     /// the first was dropped or failed before its end.
-    pub fn into_body_and_after(
-        self,
-    ) -> (BoxStream<'static, Result<Bytes, FormError>>, BoxStream<'static, Result<Bytes, FormError>>) {
+    pub fn into_body_and_after(self) -> (FormStream, FormStream) {
         let (ended, when_ended) = futures::channel::oneshot::channel::<Multipart>();
         let body = futures::stream::unfold(Some((self, ended)), |state| async move {
             let (mut form, ended) = state?;
