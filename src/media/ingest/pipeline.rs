@@ -24,8 +24,11 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 
+pub use super::upload::{Expected, Upload};
+
 use super::limit::{is_limit_exceeded, limit_stream};
 use super::sniff::{Allowlist, DeclaredBy, SNIFF_BYTES};
+use super::upload::zeros;
 use super::ByteStream;
 use crate::auth::Principal;
 use crate::crypto::object::sealed_len;
@@ -42,49 +45,6 @@ use crate::storage::{BlobStore, StorageError};
 
 /// How long a failed upload's answer waits for the delete of its key (see `Removal::discard_failed`).
 const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// `length` zero bytes, in slices of one static block.
-fn zeros(length: u64) -> ByteStream {
-    static BLOCK: [u8; 64 * 1024] = [0; 64 * 1024];
-    let block = BLOCK.len() as u64;
-    let slices = (0..length.div_ceil(block)).map(move |i| {
-        let len = (length - i * block).min(block) as usize;
-        Ok(Bytes::from_static(&BLOCK[..len]))
-    });
-    stream::iter(slices).boxed()
-}
-
-/// What the client said about the file (everything is checked against the bytes).
-#[derive(Debug, Default)]
-pub struct Upload {
-    /// Declared types and where they came from (the filename's extension is added by the pipeline).
-    pub declared: Vec<(DeclaredBy, String)>,
-    /// Original filename.
-    pub filename: Option<String>,
-    /// The jan `user_id` hint (recorded, never trusted).
-    pub user_hint: Option<String>,
-    /// The body's announced length, when known.
-    pub content_length: Option<u64>,
-    /// Without `content_length`: the length the body probably has (see [`Expected`]).
-    pub expected: Option<Expected>,
-}
-
-/// A length a body probably has, from what the request says around it (a multipart form's file:
-/// the form's `Content-Length` less what precedes the file and the closing delimiter), and what the
-/// request holds after the body. The blob store may stream the body in one request announcing the
-/// length and make a wrong guess good (see `BlobStore::put_expecting`).
-pub struct Expected {
-    /// The probable length of the body, in bytes.
-    pub length: u64,
-    /// The request's bytes after the body (read only when the body ends short of `length`).
-    pub after: ByteStream,
-}
-
-impl std::fmt::Debug for Expected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Expected").field("length", &self.length).finish_non_exhaustive()
-    }
-}
 
 /// Bytes that passed the checks and are stored.
 #[derive(Debug)]
