@@ -199,8 +199,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// after the body, so nothing is written that the client did not send) and cut back to its
     /// own length; one that runs longer, by at most a part, has the rest appended. Either way the
     /// object holds the body's bytes exactly, and the count of them is returned. `after` is read
-    /// only when the body ends short; it ending first fails the upload. On any error nothing is
-    /// left.
+    /// only when the body ends short; it ending first fails the upload. On an error, an object
+    /// may be left under `key`: the caller deletes it (the upload pipeline journals every key).
     async fn put_expecting(
         &self,
         key: &str,

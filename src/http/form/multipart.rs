@@ -13,7 +13,8 @@
 //!
 //! What it reads: an optional preamble; per part a delimiter line (transport padding of spaces
 //! and tabs allowed), its header lines up to an empty line, and its body up to the next
-//! delimiter; the closing `--boundary--` ends the form (the epilogue is not read). The first
+//! delimiter; the closing `--boundary--` ends the form (the epilogue is not read, unless asked for
+//! with the rest of the body after a part: [`Multipart::into_body_and_after`]). The first
 //! delimiter need not follow a line break (multer's reading: a preamble ending in a bare LF). The whole body is bounded by `max`
 //! bytes ([`FormError::TooLarge`]).
 //!

@@ -28,7 +28,7 @@ pub use super::upload::{Expected, Upload};
 
 use super::limit::{is_limit_exceeded, limit_stream};
 use super::sniff::{Allowlist, DeclaredBy, SNIFF_BYTES};
-use super::upload::zeros;
+use super::sources::{zeroed, zeros};
 use super::ByteStream;
 use crate::auth::Principal;
 use crate::crypto::object::sealed_len;
@@ -250,10 +250,11 @@ impl Pipeline {
         let stored_len = |length: u64| if sealing.is_some() { sealed_len(length) } else { length };
         let length = upload.content_length.map(stored_len);
         let expected = upload.expected.map(|expected| {
-            // A sealed file shorter than guessed leaves the tags of the segments it lacks to make
-            // up beyond the client's bytes: at most the guess's sealing overhead, in zeros.
+            // A file shorter than guessed is made up with zeros, one per byte the client sent after
+            // it (none of those bytes reaches the store, where the object is then cut back) — and,
+            // sealed, the header and tags the guess counted beyond the file's: at most its overhead.
             let overhead = stored_len(expected.length) - expected.length;
-            (stored_len(expected.length), expected.after.chain(zeros(overhead)).boxed())
+            (stored_len(expected.length), zeroed(expected.after).chain(zeros(overhead)).boxed())
         });
         let stream = match sealing {
             Some(sealing) => sealing.seal(stream),

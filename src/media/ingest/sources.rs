@@ -1,6 +1,7 @@
 //! Upload sources turned into what the pipeline takes: a raw request body as a [`ByteStream`], the
 //! filename a client gave (`Content-Disposition`, `X-Filename`, `?filename=`), and jan v1 data URLs
-//! (checked against the size limit before they are decoded).
+//! (checked against the size limit before they are decoded); and bodies of zero bytes ([`zeros`],
+//! [`zeroed`]), which make up a guessed length without writing anything the client chose.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
@@ -133,6 +134,28 @@ pub fn decode_data_url(url: &str, max_bytes: u64) -> Result<(Option<String>, Byt
     Ok((mime, Bytes::from(bytes)))
 }
 
+/// `length` zero bytes, in slices of one static block.
+pub fn zeros(length: u64) -> ByteStream {
+    static BLOCK: [u8; 64 * 1024] = [0; 64 * 1024];
+    let block = BLOCK.len() as u64;
+    let slices = (0..length.div_ceil(block)).map(move |i| {
+        let len = (length - i * block).min(block) as usize;
+        Ok(Bytes::from_static(&BLOCK[..len]))
+    });
+    futures::stream::iter(slices).boxed()
+}
+
+/// As many zero bytes as `body` holds, as it delivers them: it is read to its end (and fails when
+/// it does), but none of its bytes are passed on.
+pub fn zeroed(body: ByteStream) -> ByteStream {
+    body.map(|chunk| match chunk {
+        Ok(chunk) => zeros(chunk.len() as u64),
+        Err(err) => futures::stream::iter([Err(err)]).boxed(),
+    })
+    .flatten()
+    .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +197,19 @@ mod tests {
         {
             assert!(matches!(decode_data_url(bad, 100), Err(MediaError::Invalid { .. })), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_zeroed_body_is_as_long_as_the_body_and_fails_where_it_does() {
+        let body = futures::stream::iter([
+            Ok(Bytes::from(vec![7u8; 100_000])),
+            Ok(Bytes::from_static(b"abc")),
+            Err(std::io::Error::other("gone")),
+        ]);
+        let out: Vec<_> = zeroed(body.boxed()).collect().await;
+        let (bytes, errors): (Vec<_>, Vec<_>) = out.into_iter().partition(Result::is_ok);
+        let bytes: Vec<u8> = bytes.into_iter().flat_map(|b| b.unwrap().to_vec()).collect();
+        assert_eq!((bytes.len(), bytes.iter().all(|b| *b == 0)), (100_003, true));
+        assert_eq!(errors.len(), 1, "the body's failure is passed on");
     }
 }

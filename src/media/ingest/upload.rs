@@ -1,22 +1,8 @@
 //! What a client says about an upload ([`Upload`]): declared types, filename, hint, and its length,
 //! announced or probable ([`Expected`]), which the pipeline checks against the bytes.
 
-use bytes::Bytes;
-use futures::{stream, StreamExt};
-
 use super::sniff::DeclaredBy;
 use super::ByteStream;
-
-/// `length` zero bytes, in slices of one static block.
-pub(super) fn zeros(length: u64) -> ByteStream {
-    static BLOCK: [u8; 64 * 1024] = [0; 64 * 1024];
-    let block = BLOCK.len() as u64;
-    let slices = (0..length.div_ceil(block)).map(move |i| {
-        let len = (length - i * block).min(block) as usize;
-        Ok(Bytes::from_static(&BLOCK[..len]))
-    });
-    stream::iter(slices).boxed()
-}
 
 /// What the client said about the file (everything is checked against the bytes).
 #[derive(Debug, Default)]

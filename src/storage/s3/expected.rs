@@ -7,16 +7,18 @@
 //! part and the closing delimiter ends with a line break). When it does not, the object is rebuilt
 //! after the `PutObject` by a multipart upload whose first part is copied from the object in place
 //! (`UploadPartCopy`, which S3 and Garage serve without the bytes leaving the store):
-//! - **short** (a part or an epilogue follows the file): the request is completed with what the
-//!   client sent after the file (`after`) — not with bytes of the service's own, so a client cannot
-//!   make the service write more than it sent (a sealed file's `after` also holds zeros for the
-//!   tags of the segments it lacks: at most 16 bytes per 64 KiB, see `media::ingest::pipeline`) —
-//!   and the object is rebuilt from its first bytes;
-//! - **long** (a closing delimiter without its line break: at most two bytes more): the rest of the
-//!   body, at most one part, is appended as a second part.
+//! - **short** (a part or an epilogue follows the file): the request is completed with as many
+//!   bytes as the client sent after the file (`after`; the pipeline passes zeros in their place, so
+//!   nothing the client chose beyond its file reaches the store, and a client cannot make the
+//!   service write more than it sent, but for a sealed object's header and tags), and the object is
+//!   rebuilt from its first bytes;
+//! - **long** (a closing delimiter without its line break: at most two bytes more, with a tag when
+//!   sealed): the rest of the body, at most [`TAIL_MAX`] bytes, is appended as a second part.
 //!
-//! Either way the object holds the body's bytes exactly once the call returns; on any error it is
-//! deleted (and the pipeline's journal still holds its key for the sweeper).
+//! The object is thus written twice under its key in those cases, both times before any row refers
+//! to it. Once the call returns it holds the body's bytes exactly; on an error the caller removes
+//! what is left (the pipeline deletes the key, which its journal holds for the sweeper).
+//! Keys need no encoding in `x-amz-copy-source`: they are `[A-Za-z0-9._/-]` (`check_storage_key`).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -104,15 +106,19 @@ fn announced(body: ByteStream, after: ByteStream, expected: u64, leftover: Arc<M
     .boxed()
 }
 
+/// The most a body may run past its guess: a form's file runs at most two bytes past it (a close
+/// without its line break), sealed one tag more.
+pub(super) const TAIL_MAX: usize = 64;
+
 /// The rest of a body that reached its guess: `carry`, then what `body` still holds, at most
-/// `max` bytes (a body running on past that fails).
+/// `max` bytes (a body running on past that fails as the source's fault).
 async fn rest_of(carry: Bytes, mut body: ByteStream, max: usize) -> Result<Bytes, StorageError> {
     let mut rest = BytesMut::from(carry);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(StorageError::Source)?;
         if rest.len() + chunk.len() > max {
             let why = format!("the body runs more than {max} bytes past its expected length");
-            return Err(StorageError::backend(BACKEND, "put", why));
+            return Err(StorageError::Source(std::io::Error::new(std::io::ErrorKind::InvalidData, why)));
         }
         rest.extend_from_slice(&chunk);
     }
@@ -133,22 +139,18 @@ impl S3BlobStore {
         let sent = announced(body, after, expected, leftover.clone());
         self.put_sized(key, content_type, expected, sent).await?;
         let leftover = std::mem::take(&mut *leftover.lock().unwrap_or_else(PoisonError::into_inner));
-        let result = match leftover {
+        match leftover {
             Leftover::Short(kept) => self.rebuild(key, content_type, kept, Bytes::new(), "short").await,
-            Leftover::Reached { carry, body } => match rest_of(carry, body, self.part_size).await {
-                Ok(tail) if tail.is_empty() => Ok(expected),
-                Ok(tail) => self.rebuild(key, content_type, expected, tail, "long").await,
-                Err(err) => Err(err),
-            },
-            Leftover::Unknown => Err(StorageError::backend(BACKEND, "put", "the request ended before its body")),
-        };
-        if result.is_err() {
-            // The announced object is there: it must not outlive the failure.
-            if let Err(err) = self.delete(key).await {
-                tracing::warn!(key, error = %err, "could not delete an object whose rebuild failed");
+            Leftover::Reached { carry, body } => {
+                let tail = rest_of(carry, body, TAIL_MAX).await?;
+                match tail.is_empty() {
+                    true => Ok(expected),
+                    false => self.rebuild(key, content_type, expected, tail, "long").await,
+                }
             }
+            // A request that succeeded took its every byte, so the body reached the guess or ended.
+            Leftover::Unknown => Err(StorageError::backend(BACKEND, "put", "the request ended before its body")),
         }
-        result
     }
 
     /// Replaces the object at `key` with its first `kept` bytes followed by `tail`: a multipart
@@ -163,10 +165,6 @@ impl S3BlobStore {
     ) -> Result<u64, StorageError> {
         metrics::counter!(names::S3_PUT_REBUILDS, "reason" => reason).increment(1);
         let total = kept + tail.len() as u64;
-        if kept == 0 {
-            // Nothing to copy (a store refuses an empty range): the tail is the object.
-            return self.put(key, content_type, futures::stream::iter([Ok(tail)]).boxed()).await;
-        }
         let upload = self.create_upload(key, content_type).await?;
         let result = self.rebuilt_parts(&upload, kept, tail).await;
         upload.settle(result).await.map(|()| total)
@@ -182,12 +180,16 @@ impl S3BlobStore {
             .upload_id(upload_id)
             .part_number(1)
             .copy_source(format!("{}/{key}", self.bucket))
-            .copy_source_range(format!("bytes=0-{}", kept - 1))
+            .copy_source_range(format!("bytes=0-{}", kept.saturating_sub(1)))
+            .customize()
+            // Some stores answer a copy once it is done: it gets the time sending its bytes would.
+            .config_override(sending_config(self.read_timeout, kept))
             .send()
             .await
             .map_err(sdk_error("upload part copy"))?;
         let etag = copied.copy_part_result().and_then(|result| result.e_tag()).map(str::to_owned);
-        let mut parts = vec![CompletedPart::builder().set_e_tag(etag).part_number(1).build()];
+        let etag = etag.ok_or_else(|| StorageError::backend(BACKEND, "upload part copy", "no ETag returned"))?;
+        let mut parts = vec![CompletedPart::builder().e_tag(etag).part_number(1).build()];
         if !tail.is_empty() {
             let length = tail.len() as u64;
             let request = self
