@@ -536,11 +536,13 @@ async fn remote_urls_cannot_reach_private_addresses() {
 #[tokio::test]
 async fn a_presigned_url_stops_working_after_its_ttl() {
     for stack in STACKS {
-        let m = media_app(stack, &[("MEDIA_S3_PRESIGN_TTL", "1s")]).await;
+        // 5 s: the first read comes right after the upload even on a busy machine (1 s did not
+        // always, in CI); the sleep is never shorter than asked, so the second read is past the TTL.
+        let m = media_app(stack, &[("MEDIA_S3_PRESIGN_TTL", "5s")]).await;
         let (_, uploaded) = json_of(m.upload_raw(&m.alice(), "image/png", png(800, 14)).await).await;
         let url = uploaded["url"].as_str().unwrap().to_owned();
-        assert_eq!(m.http().get(&url).send().await.unwrap().status(), StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(m.http().get(&url).send().await.unwrap().status(), StatusCode::OK, "{stack:?}");
+        tokio::time::sleep(Duration::from_millis(6500)).await;
         let late = m.http().get(&url).send().await.unwrap().status();
         assert!(late.is_client_error(), "{stack:?}: {late}");
     }
