@@ -224,20 +224,29 @@ async fn read_exactly(body: &mut ByteStream, length: usize) -> Result<Bytes, Med
 }
 
 /// The plaintext of the segments `body` holds: `skip` bytes dropped at the start, `length` kept.
+/// A segment failing its check ends the stream with an error, after the plaintext of the segments
+/// before it — also those that came in the same chunk — so how the store's bytes happen to be
+/// chunked never changes what the client receives.
 fn opened(body: ByteStream, opener: Opener, skip: u64, length: u64) -> ByteStream {
     struct State {
         body: ByteStream,
         opener: Option<Opener>,
         skip: u64,
         left: u64,
+        /// The error to answer once the plaintext before it went out.
+        failure: Option<std::io::Error>,
     }
-    let state = State { body, opener: Some(opener), skip, left: length };
+    let state = State { body, opener: Some(opener), skip, left: length, failure: None };
     stream::unfold(state, |mut state| async move {
         loop {
+            if let Some(err) = state.failure.take() {
+                return Some((Err(err), state));
+            }
             let opener = state.opener.as_mut()?;
             let mut out = Vec::new();
             let result = match state.body.next().await {
                 // A segment completed is handed over in the opener's own buffer (no copy into `out`).
+                // On an error, `out` still holds the segments of the chunk that authenticated.
                 Some(Ok(chunk)) => opener.push(&chunk, &mut out).map_err(|_| tampered()),
                 Some(Err(err)) => Err(err),
                 None => state.opener.take().map_or(Ok(()), |o| o.finish(&mut out)).map_err(|_| tampered()),
@@ -250,7 +259,7 @@ fn opened(body: ByteStream, opener: Opener, skip: u64, length: u64) -> ByteStrea
                     );
                     metrics::counter!(names::OBJECT_INTEGRITY_FAILURES).increment(1);
                 }
-                return Some((Err(err), state));
+                state.failure = Some(err);
             }
             let mut piece = Bytes::from(out);
             let skipped = state.skip.min(piece.len() as u64);
