@@ -11,6 +11,8 @@
 //!   and with the form's `Content-Length` (curl sends it for `-F` files).
 //! - `direct <base> <token> <MiB>`: `prepare-upload`, then the same bytes PUT straight to the
 //!   presigned URL (the service is not in the data path; only the PUT is timed).
+//! - `direct-chunked <base> <token> <MiB>`: the same bytes straight to S3 as one `PutObject` without
+//!   a `Content-Length` (`common/direct_parts.rs`).
 //! - `direct-parts <base> <token> <MiB>`: the same bytes straight to S3 as a multipart upload by the
 //!   plain SDK, parts as the service cuts them (`common/direct_parts.rs`): what multipart costs the
 //!   store, without the service.
@@ -441,7 +443,7 @@ async fn mixed(target: Arc<Target>, rate: u64, seconds: u64) -> anyhow::Result<V
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(base), Some(token)) = (args.first(), args.get(1), args.get(2)) else {
-        anyhow::bail!("usage: media_load <upload|chunked|form|form-len|direct|direct-parts|download|read|resolve|presign|flood|mixed> <base-url> <token> <args…>");
+        anyhow::bail!("usage: media_load <upload|chunked|form|form-len|direct|direct-parts|direct-chunked|download|read|resolve|presign|flood|mixed> <base-url> <token> <args…>");
     };
     let number = |i: usize| -> anyhow::Result<u64> {
         Ok(args.get(i).ok_or_else(|| anyhow::anyhow!("missing argument {i}"))?.parse()?)
@@ -472,18 +474,22 @@ fn main() -> anyhow::Result<()> {
                 let (started_unix, seconds, cpu_s) = target.direct(len).await?;
                 Ok(timed_upload("direct", len, started_unix, seconds, cpu_s))
             }
-            "direct-parts" => {
+            direct @ ("direct-parts" | "direct-chunked") => {
                 let len = number(3)? * 1024 * 1024;
                 let (s3, bucket) = direct_parts::client()?;
-                let key = format!("bench-direct-parts/{:016x}", fresh_seed());
+                let key = format!("bench-{direct}/{:016x}", fresh_seed());
                 let body = load::generated(len, fresh_seed(), PNG_HEAD);
                 let (started_unix, started, cpu) = (unix_now(), Instant::now(), load::CpuClocks::start());
-                direct_parts::upload(&s3, &bucket, &key, body).await?;
+                if direct == "direct-parts" {
+                    direct_parts::upload(&s3, &bucket, &key, body).await?;
+                } else {
+                    direct_parts::put_chunked(&s3, &bucket, &key, body).await?;
+                }
                 let (seconds, cpu_s) = (started.elapsed().as_secs_f64(), cpu.spent());
                 if !keep() {
                     s3.delete_object().bucket(&bucket).key(&key).send().await?;
                 }
-                Ok(timed_upload("direct-parts", len, started_unix, seconds, cpu_s))
+                Ok(timed_upload(direct, len, started_unix, seconds, cpu_s))
             }
             "read" => {
                 let (id, len) = (args.get(3).cloned().unwrap_or_default(), number(4)? * 1024 * 1024);

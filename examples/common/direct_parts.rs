@@ -9,6 +9,10 @@
 //! is the same requests without the service, so its ratio to the direct `PutObject` is what
 //! multipart itself costs the store, and a form's ratio to it is what the service costs.
 //!
+//! `put_chunked` is the other reference for a body of unknown length: one `PutObject` whose body is
+//! sent with `Transfer-Encoding: chunked` and no `Content-Length` (unsigned payload), which Garage
+//! takes and AWS refuses (411).
+//!
 //! S3 is found from `MEDIA_TEST_S3_ENDPOINT`, `_REGION`, `_BUCKET`, `_ACCESS_KEY` and
 //! `_SECRET_KEY` (`scripts/lib/services.sh` exports them when it starts Garage).
 
@@ -102,4 +106,34 @@ pub async fn upload(
         .send()
         .await?;
     Ok(parts)
+}
+
+/// Uploads `body` to `key` as one `PutObject` of unknown length (see the module docs).
+pub async fn put_chunked(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    body: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+) -> anyhow::Result<()> {
+    let body = S3Body::from_body_1_x(Unsized(std::sync::Mutex::new(body)));
+    let request = client.put_object().bucket(bucket).key(key).body(body);
+    request.customize().disable_payload_signing().send().await?;
+    Ok(())
+}
+
+/// A stream as a request body of unknown length (`Sync`, as the SDK wants, through a mutex only
+/// reached through `&mut`).
+struct Unsized(std::sync::Mutex<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>>);
+
+impl http_body::Body for Unsized {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let stream = self.get_mut().0.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        stream.poll_next_unpin(cx).map(|chunk| chunk.map(|chunk| chunk.map(http_body::Frame::data)))
+    }
 }

@@ -36,7 +36,7 @@ pub use env::{parse_bool, parse_duration, parse_size, redact_url, MIB};
 pub use issuer_tenants::IssuerTenants;
 pub use keys::KeyringSource;
 pub use ops::{CaBundle, OpsConfig, RateLimit, RedisConfig, TlsConfig, MAX_UPLOAD_TIMEOUT};
-pub use storage::{FsConfig, S3Config, StorageConfig, S3_MIN_PART_SIZE};
+pub use storage::{ChunkedPut, FsConfig, S3Config, StorageConfig, S3_MIN_PART_SIZE};
 
 use crate::domain::link_key::{LinkKey, LINK_KEY_RULE};
 use auth::auth_config;

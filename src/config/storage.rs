@@ -8,7 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use super::env::{Env, MIB};
+use super::env::{parse_bool, Env, MIB};
 use super::ops::CaBundle;
 use super::ConfigError;
 use crate::domain::mime::{may_be_allowed, DEFAULT_ALLOWED};
@@ -52,8 +52,26 @@ pub struct S3Config {
     /// filled is sent again whole. Requests whose body comes from a client get the upload timeout
     /// on top.
     pub read_timeout: Duration,
+    /// Whether a body of unknown length above one part (a chunked upload, a form without a
+    /// `Content-Length`) goes up as one `PutObject` sent with `Transfer-Encoding: chunked`
+    /// (`MEDIA_S3_CHUNKED_PUT`, default `auto`).
+    pub chunked_put: ChunkedPut,
     /// Extra trusted roots (`MEDIA_CA_FILE`).
     pub ca: Option<CaBundle>,
+}
+
+/// `MEDIA_S3_CHUNKED_PUT`: whether a body of unknown length is sent as one `PutObject` without a
+/// `Content-Length` instead of a multipart upload. Garage and Ceph take such a request; AWS S3
+/// and MinIO refuse it (411 Length Required).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkedPut {
+    /// `auto`: the first such upload asks the store with a one-byte request to the upload's own
+    /// key; its answer holds for the life of the process.
+    Auto,
+    /// `true`: always (the store is known to take it).
+    Always,
+    /// `false`: never; such bodies go up as multipart uploads.
+    Never,
 }
 
 /// Local filesystem blob storage settings (embedded default).
@@ -125,8 +143,23 @@ pub(super) fn storage_config(env: &Env<'_>, data_dir: &std::path::Path) -> Resul
         upload_concurrency,
         sign_payload: env.bool("MEDIA_S3_SIGN_PAYLOAD")?.unwrap_or(false),
         read_timeout,
+        chunked_put: chunked_put(env)?,
         ca: None,
     })))
+}
+
+fn chunked_put(env: &Env<'_>) -> Result<ChunkedPut, ConfigError> {
+    match env.get("MEDIA_S3_CHUNKED_PUT") {
+        None => Ok(ChunkedPut::Auto),
+        Some(value) if value.eq_ignore_ascii_case("auto") => Ok(ChunkedPut::Auto),
+        Some(value) => match parse_bool(&value) {
+            Some(true) => Ok(ChunkedPut::Always),
+            Some(false) => Ok(ChunkedPut::Never),
+            None => {
+                Err(ConfigError::new("MEDIA_S3_CHUNKED_PUT", format!("expected auto, true or false, got {value:?}")))
+            }
+        },
+    }
 }
 
 pub(super) fn storage_prefix(env: &Env<'_>) -> Result<String, ConfigError> {

@@ -190,6 +190,25 @@ fn a_part_size_outside_the_s3_limits_is_refused() {
 }
 
 #[test]
+fn chunked_puts_default_to_asking_the_store_and_take_auto_true_or_false() {
+    let with = |value: Option<&str>| {
+        let mut set = vec![("MEDIA_S3_BUCKET", "b")];
+        set.extend(value.map(|v| ("MEDIA_S3_CHUNKED_PUT", v)));
+        Config::from_vars(&vars(&set))
+    };
+    let cases = [(None, ChunkedPut::Auto), (Some("AUTO"), ChunkedPut::Auto), (Some("true"), ChunkedPut::Always)];
+    for (given, expected) in cases.into_iter().chain([(Some("off"), ChunkedPut::Never)]) {
+        match with(given).expect("accepted").storage {
+            StorageConfig::S3(s3) => assert_eq!(s3.chunked_put, expected, "{given:?}"),
+            other => panic!("S3 expected, got {other:?}"),
+        }
+    }
+    let err = with(Some("sometimes")).expect_err("refused");
+    assert_eq!(err.var, "MEDIA_S3_CHUNKED_PUT");
+    assert!(err.to_string().contains("auto, true or false"), "{err}");
+}
+
+#[test]
 fn the_s3_read_timeout_defaults_to_a_minute_and_is_bounded() {
     let with = |value: Option<&str>| {
         let mut set = vec![("MEDIA_S3_BUCKET", "b")];

@@ -179,6 +179,20 @@ pub trait BlobStore: Send + Sync + 'static {
     /// only when the stream ended cleanly; on any error (or if the future is dropped) nothing is left.
     async fn put(&self, key: &str, content_type: &str, body: ByteStream) -> Result<u64, StorageError>;
 
+    /// [`BlobStore::put`] of a body of unknown length known to hold at most `at_most` bytes (the
+    /// upload limit; the body fails past it). A store may use the bound to send a body of unknown
+    /// length in one request when it fits one.
+    async fn put_at_most(
+        &self,
+        key: &str,
+        content_type: &str,
+        at_most: u64,
+        body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        let _ = at_most;
+        self.put(key, content_type, body).await
+    }
+
     /// [`BlobStore::put`] of a body whose length is known in advance (a `Content-Length`, or an
     /// object being copied). A store may use it to stream the body in one request instead of
     /// buffering parts; a body that ends early or runs long fails, leaving nothing.

@@ -1,7 +1,7 @@
 //! A multipart form with a `Content-Length` (what curl, browsers and the usual libraries send): its
 //! file goes up to S3 as one streamed `PutObject` of a length guessed from the form's length, not
-//! as a multipart upload, seen through the recording S3 proxy (`support::s3_proxy`). A form the
-//! guess misses — a part or an epilogue after the file, a closing delimiter without its line break —
+//! as a multipart upload (nor a chunked `PutObject`), seen through the recording S3 proxy
+//! (`support::s3_proxy`). A form the guess misses — a part or an epilogue after the file, a closing delimiter without its line break —
 //! is stored as exactly its file, plain or sealed; a client that stops sending after its file stores
 //! nothing.
 
@@ -55,26 +55,6 @@ async fn post_form(m: &MediaApp, body: reqwest::Body) -> reqwest::Result<reqwest
     request.header("content-type", format!("multipart/form-data; boundary={BOUNDARY}")).body(body).send().await
 }
 
-/// The S3 operation of a request the proxy saw (`PUT /bucket/key?x-id=PutObject`, …).
-fn operation(request: &str) -> String {
-    let query: Vec<&str> = request.split(['?', '&']).skip(1).collect();
-    if let Some(id) = query.iter().find_map(|p| p.strip_prefix("x-id=")) {
-        return id.to_owned();
-    }
-    let method = request.split(' ').next().unwrap_or_default();
-    match (method, query.contains(&"uploads"), query.iter().any(|p| p.starts_with("uploadId="))) {
-        ("POST", true, _) => "CreateMultipartUpload".into(),
-        ("POST", _, true) => "CompleteMultipartUpload".into(),
-        ("DELETE", _, true) => "AbortMultipartUpload".into(),
-        _ => request.to_owned(),
-    }
-}
-
-/// The S3 requests of `operation` the proxy saw.
-fn requests(proxy: &S3Proxy, wanted: &str) -> usize {
-    proxy.seen().iter().filter(|request| operation(request) == wanted).count()
-}
-
 /// The bytes the media `id` downloads.
 async fn downloaded(m: &MediaApp, id: &str) -> Vec<u8> {
     let response = m.get(&m.alice(), &format!("/v1/media/{id}")).send().await.unwrap();
@@ -102,21 +82,23 @@ async fn upload(m: &MediaApp, body: Vec<u8>, with_length: bool, file: &[u8]) -> 
 
 #[tokio::test]
 async fn a_form_with_a_length_goes_up_as_one_put_object_and_one_without_as_a_multipart_upload() {
-    let (m, proxy) = app_behind_proxy(&[]).await;
+    // Chunked PutObjects off: a form without a length then goes up in parts (`chunked_puts` has
+    // the same form as one chunked PutObject).
+    let (m, proxy) = app_behind_proxy(&[("MEDIA_S3_CHUNKED_PUT", "false")]).await;
     let file = png(FILE, 1);
     upload(&m, form(&file, closed().as_bytes()), true, &file).await;
     let seen = proxy.seen();
-    assert_eq!(requests(&proxy, "PutObject"), 1, "one PutObject: {seen:?}");
+    assert_eq!(proxy.requests("PutObject"), 1, "one PutObject: {seen:?}");
     let multipart = ["CreateMultipartUpload", "UploadPart", "UploadPartCopy", "CompleteMultipartUpload"];
-    assert!(multipart.iter().all(|op| requests(&proxy, op) == 0), "no multipart upload: {seen:?}");
+    assert!(multipart.iter().all(|op| proxy.requests(op) == 0), "no multipart upload: {seen:?}");
 
     // The same form without a length cannot be guessed: parts.
     let other = png(FILE, 2);
     upload(&m, form(&other, closed().as_bytes()), false, &other).await;
-    assert_eq!(requests(&proxy, "PutObject"), 1, "{:?}", proxy.seen());
-    assert_eq!(requests(&proxy, "CreateMultipartUpload"), 1, "{:?}", proxy.seen());
-    assert_eq!(requests(&proxy, "CompleteMultipartUpload"), 1, "{:?}", proxy.seen());
-    assert!(requests(&proxy, "UploadPart") >= 3, "three parts: {:?}", proxy.seen());
+    assert_eq!(proxy.requests("PutObject"), 1, "{:?}", proxy.seen());
+    assert_eq!(proxy.requests("CreateMultipartUpload"), 1, "{:?}", proxy.seen());
+    assert_eq!(proxy.requests("CompleteMultipartUpload"), 1, "{:?}", proxy.seen());
+    assert!(proxy.requests("UploadPart") >= 3, "three parts: {:?}", proxy.seen());
     assert_eq!(m.counts().await, (2, 2), "two rows, two objects, no upload left open");
 }
 
@@ -139,10 +121,10 @@ async fn a_form_the_guess_misses_is_stored_as_exactly_its_file_plain_or_sealed()
             upload(&m, form(&file, tail.as_bytes()), true, &file).await;
             let seen = proxy.seen();
             // One PutObject announcing the guess, then one copy of its first bytes into part 1.
-            assert_eq!(requests(&proxy, "PutObject"), i + 1, "{what}, encryption {encryption}: {seen:?}");
-            assert_eq!(requests(&proxy, "UploadPartCopy"), i + 1, "{what}, encryption {encryption}: {seen:?}");
+            assert_eq!(proxy.requests("PutObject"), i + 1, "{what}, encryption {encryption}: {seen:?}");
+            assert_eq!(proxy.requests("UploadPartCopy"), i + 1, "{what}, encryption {encryption}: {seen:?}");
             let tails = shapes[..=i].iter().filter(|shape| shape.2 == "long").count();
-            assert_eq!(requests(&proxy, "UploadPart"), tails, "{what}: the tail is a second part: {seen:?}");
+            assert_eq!(proxy.requests("UploadPart"), tails, "{what}: the tail is a second part: {seen:?}");
         }
         let after = metrics_text(&m.app.http, &m.app.address).await;
         assert!(rebuilt("short", &after) >= rebuilt("short", &before) + 3.0, "{encryption}");
@@ -183,7 +165,7 @@ async fn a_client_that_stops_sending_after_its_file_stores_nothing() {
     }
     // The file's guessed PutObject has started and waits for the rest.
     let mut waited = 0;
-    while requests(&proxy, "PutObject") == 0 {
+    while proxy.requests("PutObject") == 0 {
         assert!(waited < 3000, "no PutObject started: {:?}", proxy.seen());
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         waited += 1;
@@ -199,5 +181,5 @@ async fn a_client_that_stops_sending_after_its_file_stores_nothing() {
         waited += 1;
     }
     assert_eq!(m.counts().await, before, "nothing stored, no upload left open");
-    assert_eq!(requests(&proxy, "UploadPartCopy"), 0, "nothing was rebuilt: {:?}", proxy.seen());
+    assert_eq!(proxy.requests("UploadPartCopy"), 0, "nothing was rebuilt: {:?}", proxy.seen());
 }

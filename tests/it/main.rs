@@ -10,6 +10,7 @@ mod audit;
 mod audit_privacy;
 mod auth;
 mod auth_policy;
+mod chunked_puts;
 mod cli;
 mod coalesce;
 mod connections;

@@ -249,6 +249,7 @@ impl Pipeline {
         let object_dek_version = sealing.as_ref().map(|sealing| sealing.dek_version);
         let stored_len = |length: u64| if sealing.is_some() { sealed_len(length) } else { length };
         let length = upload.content_length.map(stored_len);
+        let at_most = stored_len(self.max_bytes);
         let expected = upload.expected.map(|expected| {
             // A file shorter than guessed is made up with zeros, one per byte the client sent after
             // it (none of those bytes reaches the store, where the object is then cut back) — and,
@@ -264,7 +265,7 @@ impl Pipeline {
         let written = match (length, expected) {
             (Some(length), _) => self.blobs.put_sized(&key, &mime, length, stream).await,
             (None, Some((length, after))) => self.blobs.put_expecting(&key, &mime, length, stream, after).await,
-            (None, None) => self.blobs.put(&key, &mime, stream).await,
+            (None, None) => self.blobs.put_at_most(&key, &mime, at_most, stream).await,
         };
         let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner));
         let stored = match (written, object_dek_version) {

@@ -4,8 +4,9 @@
 //! copy) above one part goes up as one streamed `PutObject` without buffering — no part buffers, one
 //! request, and a PUT is atomic: an interrupted body leaves no object and nothing to abort; a store
 //! that stops taking its bytes, or answering, is given up on after what a part's request may take
-//! (`sized::Stall`), not after the longest upload time its read timeout allows for the client. Otherwise
-//! the body is cut into parts of `part_size` bytes; a body of at most one part goes up as
+//! (`sized::Stall`), not after the longest upload time its read timeout allows for the client. So
+//! does a body of unknown length above one part, sent chunked, on stores that take that
+//! (`streamed`, `MEDIA_S3_CHUNKED_PUT`). Otherwise the body is cut into parts of `part_size` bytes; a body of at most one part goes up as
 //! one `PutObject`, anything larger as a multipart upload with at most `upload_concurrency` parts in
 //! memory, the one being filled included (buffers reused from part to part and upload to upload;
 //! see `part`), a part sent while it fills when S3 would otherwise wait for it (see `fill`). Any
@@ -20,8 +21,6 @@
 //! the SDK compatible with S3 servers that do not implement the newer checksum trailers. Every
 //! attempt's duration is recorded by operation and outcome (see `observe`).
 
-use std::sync::atomic::Ordering;
-use std::sync::PoisonError;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,7 +29,6 @@ use aws_sdk_s3::config::retry::{RetryPartition, TokenBucket};
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use chrono::{Timelike, Utc};
@@ -53,12 +51,14 @@ mod fill;
 mod observe;
 mod part;
 mod sized;
+mod streamed;
 mod upload;
 
 use fill::{fill_part, Live};
 use part::PartBuffers;
 use sized::SizedBody;
-use upload::{abort_upload, streaming_config, time_to_answer};
+use streamed::ChunkedPuts;
+use upload::abort_upload;
 
 /// Blobs in one S3 bucket.
 #[derive(Debug, Clone)]
@@ -74,6 +74,8 @@ pub struct S3BlobStore {
     sign_payload: bool,
     /// `MEDIA_S3_READ_TIMEOUT`.
     read_timeout: Duration,
+    /// Whether bodies of unknown length go up as one chunked `PutObject` (`MEDIA_S3_CHUNKED_PUT`).
+    chunked: std::sync::Arc<ChunkedPuts>,
 }
 
 pub(super) fn sdk_error<E>(operation: &'static str) -> impl Fn(SdkError<E, HttpResponse>) -> StorageError
@@ -183,6 +185,7 @@ impl S3BlobStore {
             buffers: PartBuffers::new(part_size, config.upload_concurrency),
             sign_payload: config.sign_payload,
             read_timeout: config.read_timeout,
+            chunked: std::sync::Arc::new(ChunkedPuts::new(config.chunked_put)),
         })
     }
 
@@ -231,45 +234,17 @@ impl BlobStore for S3BlobStore {
             return self.put(key, content_type, super::exact_length(body, length)).await;
         }
         validate_key(key)?;
-        let body = SizedBody::new(body, length);
-        let (failure, sent, stall) = (body.failure.clone(), body.sent.clone(), body.stall.clone());
-        let request = self
-            .put_object(key, content_type, length, S3Body::from_body_1_x(body))
-            .customize()
-            .config_override(streaming_config(self.read_timeout))
-            .disable_payload_signing();
-        // A store that stops taking the body (or answering once it has it) is given up on after
-        // what a part's request may take, not the longest upload time: the client is told at once.
-        let waited = time_to_answer(self.read_timeout, self.part_size as u64);
-        let result = tokio::select! {
-            biased;
-            result = request.send() => result,
-            () = stall.exceeded(waited) => {
-                // Had S3 every byte, it may still store the object: delete it, in the background
-                // (a stalled store may take its time to answer; the client is told now). One that
-                // lands after this delete is the caller's to remove (the upload pipeline keeps such
-                // a key journaled for the sweeper; the reconcile pass finds any other).
-                let had_every_byte = sent.load(Ordering::Relaxed) == length;
-                if had_every_byte {
-                    let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_owned());
-                    tokio::spawn(async move { client.delete_object().bucket(bucket).key(key).send().await });
-                }
-                let stage = if had_every_byte { "answer" } else { "body" };
-                metrics::counter!(crate::telemetry::metrics::names::S3_PUT_STALLS, "stage" => stage).increment(1);
-                let why = format!("S3 took no further byte of the upload, nor answered, for {} s", waited.as_secs());
-                return Err(StorageError::backend(BACKEND, "put", why));
-            }
-        };
-        // The source's own error (client gone, limit, deadline) says more than the SDK's wrapper.
-        let failed = failure.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(err) = failed {
-            if result.is_ok() {
-                self.delete(key).await?;
-            }
-            return Err(StorageError::Source(err));
-        }
-        result.map_err(sdk_error("put"))?;
-        Ok(sent.load(Ordering::Relaxed))
+        self.put_streamed(key, content_type, SizedBody::new(body, length)).await
+    }
+
+    async fn put_at_most(
+        &self,
+        key: &str,
+        content_type: &str,
+        at_most: u64,
+        body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        self.put_unknown_length(key, content_type, at_most, body).await
     }
 
     async fn put_expecting(

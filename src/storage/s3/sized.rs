@@ -1,6 +1,8 @@
-//! A body of announced length streamed from its source into one S3 request (a `PutObject` of a
-//! `Content-Length` upload, a part sent while it fills): what it passed, and the source's error when
-//! it failed, are kept for the caller, which tells a failing client from a failing store by them.
+//! A body streamed from its source into one S3 request — of announced length (a `PutObject` of a
+//! `Content-Length` upload, a part sent while it fills), or of unknown length below a bound (a
+//! `PutObject` sent with `Transfer-Encoding: chunked`, see `chunked`): what it passed, whether it
+//! ended, and the source's error when it failed, are kept for the caller, which tells a failing
+//! client from a failing store by them.
 //!
 //! It also keeps the time the request has been waiting on the store ([`Stall`]): from handing a
 //! chunk over until the request asks for the next one. The HTTP client asks again once the chunk
@@ -10,7 +12,7 @@
 //! store's answer counts the same way. Time spent waiting for the source (a slow client) is not
 //! counted: the upload's own deadlines bound it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use std::time::Duration;
@@ -21,14 +23,18 @@ use tokio::time::Instant;
 
 use crate::storage::ByteStream;
 
-/// A body of announced length streamed into one request: it counts what it passes, fails when the
-/// source does or when the source runs past `length`, and keeps the source's error for the caller.
-/// `Sync` (which the SDK requires) through a mutex only ever reached through `&mut`.
+/// A body streamed into one request: it counts what it passes, fails when the source does, when
+/// the source runs past `length`, or (`exact`) ends before it, and keeps the source's error for the
+/// caller. `Sync` (which the SDK requires) through a mutex only ever reached through `&mut`.
 pub(super) struct SizedBody {
     inner: Mutex<ByteStream>,
+    /// The announced length (`exact`), or the most the body may hold.
     length: u64,
+    exact: bool,
     /// Bytes passed so far.
     pub(super) sent: Arc<AtomicU64>,
+    /// Whether the source ended cleanly (every byte handed over).
+    pub(super) ended: Arc<AtomicBool>,
     /// The source's error, when it failed.
     pub(super) failure: Arc<Mutex<Option<std::io::Error>>>,
     /// Since when the request has held its last chunk without asking for the next.
@@ -60,8 +66,27 @@ impl Stall {
 }
 
 impl SizedBody {
+    /// A body of exactly `length` bytes (sent with that `Content-Length`).
     pub(super) fn new(inner: ByteStream, length: u64) -> Self {
-        Self { inner: Mutex::new(inner), length, sent: Arc::default(), failure: Arc::default(), stall: Arc::default() }
+        Self {
+            inner: Mutex::new(inner),
+            length,
+            exact: true,
+            sent: Arc::default(),
+            ended: Arc::default(),
+            failure: Arc::default(),
+            stall: Arc::default(),
+        }
+    }
+
+    /// The announced length, for a body of one.
+    pub(super) fn exact_length(&self) -> Option<u64> {
+        self.exact.then_some(self.length)
+    }
+
+    /// A body of unknown length, at most `bound` bytes (sent chunked).
+    pub(super) fn at_most(inner: ByteStream, bound: u64) -> Self {
+        Self { exact: false, ..Self::new(inner, bound) }
     }
 
     fn fail(&self, err: std::io::Error) -> Box<dyn std::error::Error + Send + Sync> {
@@ -87,14 +112,16 @@ impl http_body::Body for SizedBody {
             Some(Ok(chunk)) => {
                 let sent = this.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
                 if sent > this.length {
-                    let err = std::io::Error::new(std::io::ErrorKind::InvalidData, "the body is longer than announced");
+                    let why =
+                        if this.exact { "the body is longer than announced" } else { "the body is past its bound" };
+                    let err = std::io::Error::new(std::io::ErrorKind::InvalidData, why);
                     return std::task::Poll::Ready(Some(Err(this.fail(err))));
                 }
                 this.stall.set(Some(Instant::now()));
                 std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
             }
             Some(Err(err)) => std::task::Poll::Ready(Some(Err(this.fail(err)))),
-            None if this.sent.load(Ordering::Relaxed) < this.length => {
+            None if this.exact && this.sent.load(Ordering::Relaxed) < this.length => {
                 let err = std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "the body ended before its announced length",
@@ -105,13 +132,17 @@ impl http_body::Body for SizedBody {
                 // Every byte handed over: what is left is the store's answer. (hyper does not ask
                 // again once the announced length is written; the last chunk's time then stands.)
                 this.stall.set(Some(Instant::now()));
+                this.ended.store(true, Ordering::Relaxed);
                 std::task::Poll::Ready(None)
             }
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.length)
+        match self.exact {
+            true => http_body::SizeHint::with_exact(self.length),
+            false => http_body::SizeHint::default(),
+        }
     }
 }
 

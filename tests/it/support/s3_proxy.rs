@@ -1,6 +1,7 @@
 //! An HTTP proxy in front of Garage that answers chosen S3 requests with a transient error (`503
-//! SlowDown`, as S3 does under load), never answers them (a store that hangs), or stops reading
-//! their body partway and never answers (a store whose disk is full), and forwards every
+//! SlowDown`, as S3 does under load), never answers them (a store that hangs), stops reading
+//! their body partway and never answers (a store whose disk is full), or refuses a chunked one
+//! with `411` (as AWS S3 and MinIO do: the one AWS behaviour the tests stand in for), and forwards every
 //! other request untouched (same `Host`, so SigV4 signatures still verify), counting the bytes GETs
 //! fetch: what the retry, timeout and range tests point `MEDIA_S3_ENDPOINT` at.
 
@@ -32,6 +33,9 @@ pub enum Answer {
     Never,
     /// Read until at least this many body bytes came, then neither read further nor answered.
     StopReadingAfter(usize),
+    /// A request without a `Content-Length` (a chunked body) answered `411 MissingContentLength` at
+    /// once, its body unread, as AWS S3 and MinIO answer a chunked `PutObject`; others forwarded.
+    LengthRequired,
 }
 
 struct Shared {
@@ -80,6 +84,26 @@ impl S3Proxy {
     pub fn seen(&self) -> Vec<String> {
         self.shared.seen.lock().unwrap().clone()
     }
+
+    /// The requests of S3 operation `wanted` (`PutObject`, `UploadPart`, …) seen so far.
+    pub fn requests(&self, wanted: &str) -> usize {
+        self.seen().iter().filter(|request| operation(request) == wanted).count()
+    }
+}
+
+/// The S3 operation of a request the proxy saw (`PUT /bucket/key?x-id=PutObject`, …).
+pub fn operation(request: &str) -> String {
+    let query: Vec<&str> = request.split(['?', '&']).skip(1).collect();
+    if let Some(id) = query.iter().find_map(|p| p.strip_prefix("x-id=")) {
+        return id.to_owned();
+    }
+    let method = request.split(' ').next().unwrap_or_default();
+    match (method, query.contains(&"uploads"), query.iter().any(|p| p.starts_with("uploadId="))) {
+        ("POST", true, _) => "CreateMultipartUpload".into(),
+        ("POST", _, true) => "CompleteMultipartUpload".into(),
+        ("DELETE", _, true) => "AbortMultipartUpload".into(),
+        _ => request.to_owned(),
+    }
 }
 
 /// Reads `body` until `wanted` bytes came, then holds the rest unread (the sender's writes stall)
@@ -102,12 +126,20 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     let (parts, body) = request.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     shared.seen.lock().unwrap().push(format!("{} {target}", parts.method));
+    let without_length = !parts.headers.contains_key(axum::http::header::CONTENT_LENGTH);
+    let refusable = !matches!(shared.fault.answer, Answer::LengthRequired) || without_length;
     let fail = (shared.fault.matches)(parts.method.as_str(), &target)
+        && refusable
         && shared
             .failed
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < shared.fault.times).then_some(n + 1))
             .is_ok();
     if fail {
+        if let Answer::LengthRequired = shared.fault.answer {
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>MissingContentLength</Code>\
+                       <Message>You must provide the Content-Length HTTP header.</Message></Error>";
+            return (StatusCode::LENGTH_REQUIRED, [("content-type", "application/xml")], xml).into_response();
+        }
         if let Answer::StopReadingAfter(wanted) = shared.fault.answer {
             return stop_reading_after(body, wanted).await;
         }

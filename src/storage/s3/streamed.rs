@@ -1,0 +1,220 @@
+//! One streamed `PutObject`: a body sent from its source as it comes, without part buffers — of
+//! announced length (`put_sized`: a `Content-Length` upload, a copy), or of unknown length below a
+//! bound, sent with `Transfer-Encoding: chunked` (`put_at_most`: a chunked upload, a form without a
+//! `Content-Length`).
+//!
+//! A chunked `PutObject` is what a direct PUT of unknown length is; it is as fast, and holds one
+//! part buffer only while the first part decides whether the body is small. Not every store takes
+//! it: Garage and Ceph do, AWS S3 and MinIO answer 411 Length Required. `MEDIA_S3_CHUNKED_PUT`
+//! says so ([`ChunkedPut`]); with `auto` the first upload that would use it asks the store first, with
+//! a one-byte chunked `PutObject` to its own key (fresh, journaled, and overwritten by the upload
+//! itself, so nothing outside the upload's key is ever written), and the answer holds for the life
+//! of the process. A store that cannot be asked (down, timing out) is asked again by the next
+//! upload; meanwhile bodies go up as multipart uploads.
+//!
+//! An interrupted chunked body is never a complete request: the body ends only with its last
+//! chunk, which is sent only after the source ended cleanly, so a client that dies, runs past
+//! the limit or misses its deadline leaves the store a cut request, which it refuses (the upload
+//! pipeline deletes the key anyway).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::PoisonError;
+
+use aws_sdk_s3::primitives::ByteStream as S3Body;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::fill::{fill_part, Live};
+use super::sized::SizedBody;
+use super::upload::{sending_config, streaming_config, time_to_answer};
+use super::{sdk_error, S3BlobStore, BACKEND, MAX_STREAMED_PUT};
+use crate::config::ChunkedPut;
+use crate::storage::{validate_key, ByteStream, StorageError};
+
+/// What is known of the store's taking chunked `PutObject`s (see the module docs).
+#[derive(Debug)]
+pub(super) struct ChunkedPuts {
+    setting: ChunkedPut,
+    /// With `auto`: [`UNKNOWN`], [`TAKEN`] or [`REFUSED`].
+    known: AtomicU8,
+}
+
+const UNKNOWN: u8 = 0;
+const TAKEN: u8 = 1;
+const REFUSED: u8 = 2;
+
+impl ChunkedPuts {
+    pub(super) fn new(setting: ChunkedPut) -> Self {
+        Self { setting, known: AtomicU8::new(UNKNOWN) }
+    }
+
+    /// Whether chunked puts may be used at all: not when they are off, or known to be refused.
+    fn may(&self) -> bool {
+        match self.setting {
+            ChunkedPut::Never => false,
+            ChunkedPut::Always => true,
+            ChunkedPut::Auto => self.known.load(Ordering::Relaxed) != REFUSED,
+        }
+    }
+}
+
+/// How a store answered a chunked `PutObject`: taken, refused for what it is, or no answer to
+/// go by (a transient failure).
+fn verdict(status: Option<u16>) -> Option<bool> {
+    match status {
+        // Length Required (AWS, MinIO), Bad Request, Not Implemented: the request's kind is refused.
+        Some(400 | 411 | 501) => Some(false),
+        _ => None,
+    }
+}
+
+impl S3BlobStore {
+    /// A `PutObject` of `body` streamed as it comes, in a [`SizedBody`] (exact or bounded): given
+    /// up on when the store stops taking bytes or answering for what a part's request may take.
+    pub(super) async fn put_streamed(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: SizedBody,
+    ) -> Result<u64, StorageError> {
+        let (failure, sent, ended, stall) =
+            (body.failure.clone(), body.sent.clone(), body.ended.clone(), body.stall.clone());
+        let exact = body.exact_length();
+        let request = self.client.put_object().bucket(&self.bucket).key(key).content_type(content_type);
+        let request = match exact {
+            Some(length) => request.content_length(length as i64),
+            None => request,
+        };
+        let request = request
+            .body(S3Body::from_body_1_x(body))
+            .customize()
+            .config_override(streaming_config(self.read_timeout))
+            .disable_payload_signing();
+        // A store that stops taking the body (or answering once it has it) is given up on after
+        // what a part's request may take, not the longest upload time: the client is told at once.
+        let waited = time_to_answer(self.read_timeout, self.part_size as u64);
+        let result = tokio::select! {
+            biased;
+            result = request.send() => result,
+            () = stall.exceeded(waited) => {
+                // Had S3 every byte, it may still store the object: delete it, in the background
+                // (a stalled store may take its time to answer; the client is told now). One that
+                // lands after this delete is the caller's to remove (the upload pipeline keeps such
+                // a key journaled for the sweeper; the reconcile pass finds any other).
+                // (hyper does not ask a body of announced length again after its last byte.)
+                let had_every_byte =
+                    ended.load(Ordering::Relaxed) || exact.is_some_and(|length| sent.load(Ordering::Relaxed) == length);
+                if had_every_byte {
+                    let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_owned());
+                    tokio::spawn(async move { client.delete_object().bucket(bucket).key(key).send().await });
+                }
+                let stage = if had_every_byte { "answer" } else { "body" };
+                metrics::counter!(crate::telemetry::metrics::names::S3_PUT_STALLS, "stage" => stage).increment(1);
+                let why = format!("S3 took no further byte of the upload, nor answered, for {} s", waited.as_secs());
+                return Err(StorageError::backend(BACKEND, "put", why));
+            }
+        };
+        // The source's own error (client gone, limit, deadline) says more than the SDK's wrapper.
+        let failed = failure.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(err) = failed {
+            if result.is_ok() {
+                use crate::storage::BlobStore;
+                self.delete(key).await?;
+            }
+            return Err(StorageError::Source(err));
+        }
+        result.map_err(sdk_error("put"))?;
+        Ok(sent.load(Ordering::Relaxed))
+    }
+
+    /// `BlobStore::put_at_most`: a body of unknown length, at most `at_most` bytes. Its first part
+    /// is read first: a body that ends within it goes up as one `PutObject` of that length; a
+    /// longer one as one chunked `PutObject` when the store takes those (see the module docs),
+    /// else as a multipart upload.
+    pub(super) async fn put_unknown_length(
+        &self,
+        key: &str,
+        content_type: &str,
+        at_most: u64,
+        mut body: ByteStream,
+    ) -> Result<u64, StorageError> {
+        use crate::storage::BlobStore;
+        let worth_it = !self.sign_payload && at_most > self.part_size as u64 && at_most <= MAX_STREAMED_PUT;
+        if !(worth_it && self.chunked.may()) {
+            return self.put(key, content_type, body).await;
+        }
+        validate_key(key)?;
+        let mut first = self.buffers.part();
+        let mut carry = Bytes::new();
+        if fill_part(&mut body, &mut first, &mut carry, &mut Live::Never, None).await? {
+            return self.put_single(key, content_type, first).await;
+        }
+        if !self.takes_chunked_puts(key).await {
+            return self.put_multipart(key, content_type, first, body, carry).await;
+        }
+        // The first part's bytes go out as one chunk, a view of its buffer (which the pool takes
+        // back once the request let go of it).
+        let head = first.cut_any().unwrap_or_default();
+        drop(first);
+        let body = futures::stream::iter([Ok(head), Ok(carry)]).chain(body).boxed();
+        self.put_streamed(key, content_type, SizedBody::at_most(body, at_most)).await
+    }
+
+    /// Whether the store takes a chunked `PutObject`; with `auto`, asked once (see the module docs).
+    async fn takes_chunked_puts(&self, key: &str) -> bool {
+        if self.chunked.setting == ChunkedPut::Always {
+            return true;
+        }
+        match self.chunked.known.load(Ordering::Relaxed) {
+            TAKEN => return true,
+            REFUSED => return false,
+            _ => {}
+        }
+        let one = futures::stream::iter([Ok(Bytes::from_static(b"\0"))]).boxed();
+        let request = self.client.put_object().bucket(&self.bucket).key(key);
+        let request = request.body(S3Body::from_body_1_x(SizedBody::at_most(one, 1))).customize();
+        let answer =
+            request.config_override(sending_config(self.read_timeout, 1)).disable_payload_signing().send().await;
+        let found = match &answer {
+            Ok(_) => Some(true),
+            Err(err) => verdict(err.raw_response().map(|r| r.status().as_u16())),
+        };
+        match found {
+            Some(taken) => {
+                self.chunked.known.store(if taken { TAKEN } else { REFUSED }, Ordering::Relaxed);
+                tracing::info!(
+                    taken,
+                    "asked the store whether it takes a PutObject without a Content-Length (MEDIA_S3_CHUNKED_PUT=auto): \
+                     uploads of unknown length go up as {}",
+                    if taken { "one chunked PutObject" } else { "multipart uploads" }
+                );
+            }
+            None => {
+                let err = answer.err().map(|e| sdk_error::<_>("put")(e).to_string()).unwrap_or_default();
+                tracing::warn!(error = %err, "could not ask the store about chunked PutObjects; this upload goes up in parts");
+            }
+        }
+        found == Some(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_of_the_request_s_kind_is_remembered_and_a_transient_failure_is_not() {
+        for refused in [400, 411, 501] {
+            assert_eq!(verdict(Some(refused)), Some(false), "{refused}");
+        }
+        for transient in [None, Some(403), Some(500), Some(503)] {
+            assert_eq!(verdict(transient), None, "{transient:?}");
+        }
+        let never = ChunkedPuts::new(ChunkedPut::Never);
+        assert!(!never.may());
+        let auto = ChunkedPuts::new(ChunkedPut::Auto);
+        assert!(auto.may(), "unknown: asked");
+        auto.known.store(REFUSED, Ordering::Relaxed);
+        assert!(!auto.may(), "refused: not asked again");
+    }
+}
