@@ -10,8 +10,8 @@
 //! multipart itself costs the store, and a form's ratio to it is what the service costs.
 //!
 //! `put_chunked` is the other reference for a body of unknown length: one `PutObject` whose body is
-//! sent with `Transfer-Encoding: chunked` and no `Content-Length` (unsigned payload), which Garage
-//! takes and AWS refuses (411).
+//! sent with `Transfer-Encoding: chunked` in chunks of 1 MiB and no `Content-Length` (unsigned
+//! payload), as the service sends one; Garage takes it and AWS refuses it (411).
 //!
 //! S3 is found from `MEDIA_TEST_S3_ENDPOINT`, `_REGION`, `_BUCKET`, `_ACCESS_KEY` and
 //! `_SECRET_KEY` (`scripts/lib/services.sh` exports them when it starts Garage).
@@ -115,7 +115,12 @@ pub async fn put_chunked(
     key: &str,
     body: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
 ) -> anyhow::Result<()> {
-    let body = S3Body::from_body_1_x(Unsized(std::sync::Mutex::new(body)));
+    // In chunks of 1 MiB, as the service sends them (16 of the generator's 64 KiB).
+    let frames = body.ready_chunks(16).map(|chunks| {
+        let chunks: std::io::Result<Vec<bytes::Bytes>> = chunks.into_iter().collect();
+        chunks.map(|chunks| bytes::Bytes::from(chunks.concat()))
+    });
+    let body = S3Body::from_body_1_x(Unsized(std::sync::Mutex::new(frames.boxed())));
     let request = client.put_object().bucket(bucket).key(key).body(body);
     request.customize().disable_payload_signing().send().await?;
     Ok(())

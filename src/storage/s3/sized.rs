@@ -105,6 +105,10 @@ impl http_body::Body for SizedBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if this.ended.load(Ordering::Relaxed) {
+            // Asked again after its end (the SDK's body wrappers may): the source is not polled again.
+            return std::task::Poll::Ready(None);
+        }
         // Asked for more: whatever comes next, the store is not the one being waited for.
         this.stall.set(None);
         let inner = this.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
@@ -162,6 +166,21 @@ mod tests {
             Ok(Bytes::from_static(b"second"))
         });
         (SizedBody::new(first.chain(second).boxed(), 11), go_on)
+    }
+
+    #[tokio::test]
+    async fn a_body_asked_again_after_its_end_does_not_poll_its_source_again() {
+        // An unfold panics when polled after its end; the SDK's body wrappers may ask again.
+        let source =
+            futures::stream::unfold(
+                false,
+                |done| async move { (!done).then(|| (Ok(Bytes::from_static(b"all")), true)) },
+            );
+        let mut body = SizedBody::at_most(source.boxed(), 10);
+        assert_eq!(body.frame().await.expect("a frame").expect("data").into_data().expect("data"), "all");
+        assert!(body.frame().await.is_none(), "the end");
+        assert!(body.frame().await.is_none(), "still the end, the source left alone");
+        assert!(body.ended.load(Ordering::Relaxed));
     }
 
     #[tokio::test(start_paused = true)]
