@@ -6,10 +6,11 @@
 //! that stops taking its bytes, or answering, is given up on after what a part's request may take
 //! (`sized::Stall`), not after the longest upload time its read timeout allows for the client. So
 //! does a body of unknown length above one part, sent chunked, on stores that take that
-//! (`streamed`, `MEDIA_S3_CHUNKED_PUT`). Otherwise the body is cut into parts of `part_size` bytes; a body of at most one part goes up as
-//! one `PutObject`, anything larger as a multipart upload with at most `upload_concurrency` parts in
-//! memory, the one being filled included (buffers reused from part to part and upload to upload;
-//! see `part`), a part sent while it fills when S3 would otherwise wait for it (see `fill`). Any
+//! (`streamed`, `MEDIA_S3_CHUNKED_PUT`). Otherwise the body is cut into parts of `part_size`
+//! bytes; a body of at most one part goes up as one `PutObject`, anything larger as a multipart
+//! upload with at most `upload_concurrency` parts in memory, the one being filled included (buffers
+//! reused from part to part and upload to upload; see `part`), a part sent while it fills when S3
+//! would otherwise wait for it (see `fill`). Any
 //! error — a failing source stream, a refused part, the future being dropped — aborts the multipart
 //! upload so no part is left billed and invisible in the bucket. A body of announced length is a
 //! `sized` body; one of guessed length (a form's file) is streamed the same way and rebuilt when
