@@ -65,8 +65,8 @@ pub struct S3Config {
 /// and MinIO refuse it (411 Length Required).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkedPut {
-    /// `auto`: the first such upload asks the store with a one-byte request to the upload's own
-    /// key; its answer holds for the life of the process.
+    /// `auto`: the first such upload asks the store with a one-byte request to a key beside its
+    /// own, deleted at once; its answer holds for the life of the process.
     Auto,
     /// `true`: always (the store is known to take it).
     Always,

@@ -35,6 +35,8 @@ pub(super) struct SizedBody {
     pub(super) sent: Arc<AtomicU64>,
     /// Whether the source ended cleanly (every byte handed over).
     pub(super) ended: Arc<AtomicBool>,
+    /// Whether the body failed: asked again, it fails again, never ends cleanly.
+    failed: bool,
     /// The source's error, when it failed.
     pub(super) failure: Arc<Mutex<Option<std::io::Error>>>,
     /// Since when the request has held its last chunk without asking for the next.
@@ -74,6 +76,7 @@ impl SizedBody {
             exact: true,
             sent: Arc::default(),
             ended: Arc::default(),
+            failed: false,
             failure: Arc::default(),
             stall: Arc::default(),
         }
@@ -89,7 +92,8 @@ impl SizedBody {
         Self { exact: false, ..Self::new(inner, bound) }
     }
 
-    fn fail(&self, err: std::io::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    fn fail(&mut self, err: std::io::Error) -> Box<dyn std::error::Error + Send + Sync> {
+        self.failed = true;
         let message = err.to_string();
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(err);
         message.into()
@@ -108,6 +112,10 @@ impl http_body::Body for SizedBody {
         if this.ended.load(Ordering::Relaxed) {
             // Asked again after its end (the SDK's body wrappers may): the source is not polled again.
             return std::task::Poll::Ready(None);
+        }
+        if this.failed {
+            // Asked again after a failure: a chunked body must never end cleanly after one.
+            return std::task::Poll::Ready(Some(Err("the body failed".into())));
         }
         // Asked for more: whatever comes next, the store is not the one being waited for.
         this.stall.set(None);
@@ -181,6 +189,13 @@ mod tests {
         assert!(body.frame().await.is_none(), "the end");
         assert!(body.frame().await.is_none(), "still the end, the source left alone");
         assert!(body.ended.load(Ordering::Relaxed));
+
+        // A body whose source failed fails again when asked again, and never ends.
+        let failing = futures::stream::iter([Err(std::io::Error::other("gone"))]);
+        let mut body = SizedBody::at_most(failing.boxed(), 10);
+        assert!(body.frame().await.expect("a frame").is_err());
+        assert!(body.frame().await.expect("still a frame").is_err(), "not a clean end");
+        assert!(!body.ended.load(Ordering::Relaxed));
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,8 +7,8 @@
 //! part buffer only while the first part decides whether the body is small. Not every store takes
 //! it: Garage and Ceph do, AWS S3 and MinIO answer 411 Length Required. `MEDIA_S3_CHUNKED_PUT`
 //! says so ([`ChunkedPut`]); with `auto` the first upload that would use it asks the store first, with
-//! a one-byte chunked `PutObject` to its own key (fresh, journaled, and overwritten by the upload
-//! itself, so nothing outside the upload's key is ever written), and the answer holds for the life
+//! a one-byte chunked `PutObject` to a key beside its own (`<key>.chunked-put-probe`, deleted at
+//! once, so a late answer never lands on the upload's object), and the answer holds for the life
 //! of the process. A store that cannot be asked (down, timing out) is asked again by the next
 //! upload; meanwhile bodies go up as multipart uploads.
 //!
@@ -158,6 +158,13 @@ impl S3BlobStore {
             return Err(StorageError::Source(err));
         }
         result.map_err(sdk_error("put"))?;
+        if exact.is_none() && !ended.load(Ordering::Relaxed) {
+            // A chunked request has no length the store could check: an answer before its last
+            // chunk (a middlebox answering early) may have stored a cut object.
+            use crate::storage::BlobStore;
+            self.delete(key).await?;
+            return Err(StorageError::backend(BACKEND, "put", "S3 answered before the whole body was sent"));
+        }
         Ok(sent.load(Ordering::Relaxed))
     }
 
@@ -204,8 +211,11 @@ impl S3BlobStore {
             REFUSED => return false,
             _ => {}
         }
+        // A key of its own beside the upload's, deleted at once: a question answered late can
+        // never land on the upload's object.
+        let probe = format!("{key}.chunked-put-probe");
         let one = futures::stream::iter([Ok(Bytes::from_static(b"\0"))]).boxed();
-        let request = self.client.put_object().bucket(&self.bucket).key(key);
+        let request = self.client.put_object().bucket(&self.bucket).key(&probe);
         let request = request.body(S3Body::from_body_1_x(SizedBody::at_most(one, 1))).customize();
         let answer =
             request.config_override(sending_config(self.read_timeout, 1)).disable_payload_signing().send().await;
@@ -213,9 +223,17 @@ impl S3BlobStore {
             Ok(_) => Some(true),
             Err(err) => verdict(err.raw_response().map(|r| r.status().as_u16())),
         };
+        if found != Some(false) {
+            // Whatever the answer, the probe's byte may be stored: it goes (the reconcile pass
+            // removes it under the prefix if this delete fails).
+            use crate::storage::BlobStore;
+            let _ = self.delete(&probe).await;
+        }
         match found {
             Some(taken) => {
-                self.chunked.known.store(if taken { TAKEN } else { REFUSED }, Ordering::Relaxed);
+                // The first verdict stands (uploads asking at once may answer both ways).
+                let verdict = if taken { TAKEN } else { REFUSED };
+                let _ = self.chunked.known.compare_exchange(UNKNOWN, verdict, Ordering::Relaxed, Ordering::Relaxed);
                 tracing::info!(
                     taken,
                     "asked the store whether it takes a PutObject without a Content-Length (MEDIA_S3_CHUNKED_PUT=auto): \
@@ -238,7 +256,7 @@ mod tests {
 
     #[tokio::test]
     async fn small_chunks_are_gathered_into_frames_and_large_ones_pass_whole() {
-        let sizes = [1usize, 70_000, FRAME, 5, FRAME - 1, 300_000, 3 * FRAME, 10];
+        let sizes = [FRAME, 1, 70_000, FRAME, 5, FRAME - 1, 300_000, 3 * FRAME, 10];
         let data: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i % 251) as u8).collect();
         let mut at = 0;
         let chunks: Vec<std::io::Result<Bytes>> = sizes
@@ -250,7 +268,7 @@ mod tests {
             .collect();
         let frames: Vec<Bytes> = framed(futures::stream::iter(chunks).boxed()).map(|f| f.unwrap()).collect().await;
         let lengths: Vec<usize> = frames.iter().map(Bytes::len).collect();
-        assert_eq!(lengths, [1 + 70_000 + FRAME, 5 + FRAME - 1, 300_000 + 3 * FRAME, 10]);
+        assert_eq!(lengths, [FRAME, 1 + 70_000 + FRAME, 5 + FRAME - 1, 300_000 + 3 * FRAME, 10]);
         assert_eq!(frames.concat(), data, "every byte, in order");
         let failing = futures::stream::iter([Ok(Bytes::from_static(b"abc")), Err(std::io::Error::other("gone"))]);
         let items: Vec<std::io::Result<Bytes>> = framed(failing.boxed()).collect().await;

@@ -33,8 +33,10 @@ pub enum Answer {
     Never,
     /// Read until at least this many body bytes came, then neither read further nor answered.
     StopReadingAfter(usize),
-    /// A request without a `Content-Length` (a chunked body) answered `411 MissingContentLength` at
-    /// once, its body unread, as AWS S3 and MinIO answer a chunked `PutObject`; others forwarded.
+    /// A request without a `Content-Length` (a chunked body) read to its end, then answered `411
+    /// MissingContentLength`, as AWS S3 and MinIO answer a chunked `PutObject`; others forwarded.
+    /// (Answering before the body, as AWS may, left the proxy's connection to be reused half-read:
+    /// a later request on it failed now and then, a race of this proxy's, see the session 26 note.)
     LengthRequired,
 }
 
@@ -136,6 +138,7 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             .is_ok();
     if fail {
         if let Answer::LengthRequired = shared.fault.answer {
+            let _ = axum::body::to_bytes(body, usize::MAX).await;
             let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>MissingContentLength</Code>\
                        <Message>You must provide the Content-Length HTTP header.</Message></Error>";
             return (StatusCode::LENGTH_REQUIRED, [("content-type", "application/xml")], xml).into_response();
