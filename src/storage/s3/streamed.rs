@@ -224,10 +224,11 @@ impl S3BlobStore {
             Err(err) => verdict(err.raw_response().map(|r| r.status().as_u16())),
         };
         if found != Some(false) {
-            // Whatever the answer, the probe's byte may be stored: it goes (the reconcile pass
-            // removes it under the prefix if this delete fails).
-            use crate::storage::BlobStore;
-            let _ = self.delete(&probe).await;
+            // Whatever the answer, the probe's byte may be stored: it goes, in the background (a
+            // store that did not answer may stall the delete too; the upload does not wait for it,
+            // and the reconcile pass removes the key under the prefix if this delete fails).
+            let (client, bucket) = (self.client.clone(), self.bucket.clone());
+            tokio::spawn(async move { client.delete_object().bucket(bucket).key(probe).send().await });
         }
         match found {
             Some(taken) => {
