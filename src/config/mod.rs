@@ -36,7 +36,7 @@ pub use env::{parse_bool, parse_duration, parse_size, redact_url, MIB};
 pub use issuer_tenants::IssuerTenants;
 pub use keys::KeyringSource;
 pub use ops::{CaBundle, OpsConfig, RateLimit, RedisConfig, TlsConfig, MAX_UPLOAD_TIMEOUT};
-pub use storage::{ChunkedPut, FsConfig, S3Config, StorageConfig, S3_MIN_PART_SIZE};
+pub use storage::{ChunkedPut, FsConfig, S3Config, StorageConfig, S3_MAX_UPLOAD_PARTS, S3_MIN_PART_SIZE};
 
 use crate::domain::link_key::{LinkKey, LINK_KEY_RULE};
 use auth::auth_config;
@@ -260,6 +260,9 @@ impl Config {
     fn validate(&self, env: &Env<'_>) -> Result<(), ConfigError> {
         if self.max_bytes == 0 {
             return Err(ConfigError::new("MEDIA_MAX_BYTES", "must be greater than 0"));
+        }
+        if let StorageConfig::S3(s3) = &self.storage {
+            storage::check_part_count(self.max_bytes, s3.part_size)?;
         }
         if self.dek_encryption_budget == 0 || self.dek_encryption_budget > 1 << 32 {
             return Err(ConfigError::new(

@@ -18,6 +18,27 @@ use crate::domain::storage_key::check_storage_key;
 pub const S3_MIN_PART_SIZE: u64 = 5 * MIB;
 /// The largest part S3 takes.
 pub const S3_MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
+/// The most parts a multipart upload has: each owns two of S3's 10 000 part numbers, one for its
+/// first request and one for the whole part sent after a live request (`storage::s3::upload`).
+pub const S3_MAX_UPLOAD_PARTS: u64 = 5_000;
+
+/// Checks that the largest upload (`max_bytes`, plus what object encryption adds, under 0.1 %)
+/// fits in [`S3_MAX_UPLOAD_PARTS`] parts of `part_size`.
+pub(super) fn check_part_count(max_bytes: u64, part_size: u64) -> Result<(), super::ConfigError> {
+    let largest = max_bytes.saturating_add(max_bytes / 1024).saturating_add(MIB);
+    if largest.div_ceil(part_size) <= S3_MAX_UPLOAD_PARTS {
+        return Ok(());
+    }
+    let wanted = largest.div_ceil(S3_MAX_UPLOAD_PARTS).div_ceil(MIB);
+    Err(super::ConfigError::new(
+        "MEDIA_S3_PART_SIZE",
+        format!(
+            "is too small for MEDIA_MAX_BYTES ({max_bytes} bytes): an upload has at most {S3_MAX_UPLOAD_PARTS} \
+             parts; set it to at least {wanted}MiB"
+        ),
+    ))
+}
+
 /// How long S3 may take to answer by default (`MEDIA_S3_READ_TIMEOUT`).
 pub const DEFAULT_S3_READ_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -190,6 +190,21 @@ fn a_part_size_outside_the_s3_limits_is_refused() {
 }
 
 #[test]
+fn a_limit_that_would_need_more_parts_than_an_upload_has_names_the_part_size_it_needs() {
+    let with = |max: &str, part: &str| {
+        Config::from_vars(&vars(&[("MEDIA_S3_BUCKET", "b"), ("MEDIA_MAX_BYTES", max), ("MEDIA_S3_PART_SIZE", part)]))
+    };
+    // 5000 parts of 5 MiB hold 24.4 GiB: 24 GiB fits, encryption's overhead included; 25 GiB does not.
+    with("24GiB", "5MiB").expect("24 GiB in 5 MiB parts");
+    let err = with("25GiB", "5MiB").expect_err("25 GiB in 5 MiB parts");
+    assert_eq!(err.var, "MEDIA_S3_PART_SIZE");
+    assert!(err.to_string().contains("at most 5000 parts; set it to at least 6MiB"), "{err}");
+    with("25GiB", "6MiB").expect("the size it names is taken");
+    // The filesystem store has no parts.
+    Config::from_vars(&vars(&[("MEDIA_MAX_BYTES", "1024GiB")])).expect("no parts without S3");
+}
+
+#[test]
 fn chunked_puts_default_to_asking_the_store_and_take_auto_true_or_false() {
     let with = |value: Option<&str>| {
         let mut set = vec![("MEDIA_S3_BUCKET", "b")];

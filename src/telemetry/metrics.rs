@@ -53,6 +53,10 @@ pub mod names {
     /// because the guess was wrong, by `reason`: `short` (the file ended first: a part or an
     /// epilogue after it), `long` (a closing delimiter without its line break).
     pub const S3_PUT_REBUILDS: &str = "media_s3_put_rebuilds_total";
+    /// Counter of questions asking the store whether it takes a chunked `PutObject`
+    /// (`MEDIA_S3_CHUNKED_PUT=auto`), by `answer`: `taken`, `refused`, `undecided` (a failure that
+    /// says nothing: asked again after a while).
+    pub const S3_CHUNKED_PUT_QUESTIONS: &str = "media_s3_chunked_put_questions_total";
     /// Histogram of S3 request attempts by `operation` (the S3 API name) and `outcome` (`ok`,
     /// `client_error`, `server_error`, `no_answer`): the time from sending to the answer's head.
     pub const S3_REQUEST_DURATION: &str = "media_s3_request_duration_seconds";
@@ -199,6 +203,10 @@ fn describe() {
     describe_counter!(
         names::S3_PUT_REBUILDS,
         "Streamed S3 PutObjects of a guessed length rebuilt to the real one, by reason (short, long)"
+    );
+    describe_counter!(
+        names::S3_CHUNKED_PUT_QUESTIONS,
+        "Questions whether the store takes a chunked PutObject, by answer (taken, refused, undecided)"
     );
     describe_histogram!(
         names::S3_REQUEST_DURATION,

@@ -131,6 +131,56 @@ async fn a_store_refusing_chunked_put_objects_is_asked_once_and_gets_multipart_u
 }
 
 #[tokio::test]
+async fn a_question_the_store_leaves_undecided_sends_uploads_in_parts_and_is_not_asked_by_every_upload() {
+    // Every question is answered 503 SlowDown (a store under load, or down): no verdict.
+    let proxy = S3Proxy::start(Fault {
+        matches: |method, target| method == "PUT" && target.contains(".chunked-put-probe"),
+        times: usize::MAX,
+        answer: Answer::SlowDown,
+    })
+    .await;
+    let m = app_behind(&proxy, &[]).await;
+    let questions = |answer| {
+        let app = &m.app;
+        async move {
+            let text = crate::support::connections::metrics_text(&app.http, &app.address).await;
+            crate::support::limits::metric(&text, "media_s3_chunked_put_questions_total", &[("answer", answer)])
+        }
+    };
+    let undecided = questions("undecided").await;
+    upload_unsized(&m, &png(FILE, 41), false).await;
+    upload_unsized(&m, &png(FILE + 5, 42), true).await;
+    // The SDK does not send a streamed body again: one request per question.
+    assert_eq!((proxy.failed(), proxy.requests("PutObject")), (1, 1), "asked once: {:?}", proxy.seen());
+    assert!(questions("undecided").await > undecided, "counted as undecided");
+    assert_eq!(proxy.requests("CompleteMultipartUpload"), 2, "both went up in parts: {:?}", proxy.seen());
+    assert_eq!(m.counts().await, (2, 2), "two rows, two objects, nothing of the question");
+}
+
+#[tokio::test]
+async fn a_chunked_put_object_refused_after_the_question_said_yes_sends_later_uploads_in_parts() {
+    // The question goes through; the uploads' own chunked PutObjects are answered 411 (a store
+    // changed behind a running fleet, or a proxy in front of it that refuses them).
+    let proxy = S3Proxy::start(Fault {
+        matches: |method, target| method == "PUT" && target.contains("x-id=PutObject") && !target.contains("-probe"),
+        times: usize::MAX,
+        answer: Answer::LengthRequired,
+    })
+    .await;
+    let m = app_behind(&proxy, &[]).await;
+    let request = m.http().post(m.url("/v1/media")).header("content-type", "image/png").bearer_auth(m.alice());
+    let (status, answer) = json_of(request.body(no_length(&png(FILE, 51))).send().await.unwrap()).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("storage_unavailable")));
+    assert_eq!((proxy.requests("PutObject"), proxy.failed()), (2, 1), "asked, then refused: {:?}", proxy.seen());
+    // From then on: in parts, no question, no chunked PutObject.
+    upload_unsized(&m, &png(FILE, 52), false).await;
+    upload_unsized(&m, &png(FILE, 53), true).await;
+    assert_eq!(proxy.requests("PutObject"), 2, "{:?}", proxy.seen());
+    assert_eq!(proxy.requests("CompleteMultipartUpload"), 2, "{:?}", proxy.seen());
+    assert_eq!(m.counts().await, (2, 2), "the refused upload left nothing");
+}
+
+#[tokio::test]
 async fn a_chunked_put_object_cut_by_its_source_leaves_no_object() {
     let proxy = S3Proxy::start(NO_FAULT).await;
     let m = app_behind(&proxy, &[]).await;
@@ -158,8 +208,14 @@ async fn a_chunked_put_object_cut_by_its_source_leaves_no_object() {
 
 #[tokio::test]
 async fn an_upload_cut_by_its_client_or_its_limit_mid_put_object_stores_nothing() {
+    for encryption in ["off", "on"] {
+        cut_mid_put_object(encryption).await;
+    }
+}
+
+async fn cut_mid_put_object(encryption: &str) {
     let proxy = S3Proxy::start(NO_FAULT).await;
-    let m = app_behind(&proxy, &[("MEDIA_MAX_BYTES", "10MiB")]).await;
+    let m = app_behind(&proxy, &[("MEDIA_MAX_BYTES", "10MiB"), ("MEDIA_OBJECT_ENCRYPTION", encryption)]).await;
     // A first upload asks the store.
     upload_unsized(&m, &png(6 << 20, 30), false).await;
     let puts = proxy.requests("PutObject");

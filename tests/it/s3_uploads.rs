@@ -40,10 +40,25 @@ async fn s3_attempts(app: &TestApp, operation: &str, outcome: &str) -> f64 {
 
 const NO_FAULT: Fault = Fault { matches: |_, _| false, times: 0, answer: Answer::SlowDown };
 
+/// The S3 part number of an `UploadPart` request (`PUT …?partNumber=n&…`).
+fn part_number(target: &str) -> Option<usize> {
+    target.split(['?', '&']).find_map(|p| p.strip_prefix("partNumber=")).and_then(|n| n.parse().ok())
+}
+
+/// Whether `target` sends part `n` (from 1) of a multipart upload: part `n` owns S3 part numbers
+/// `2n - 1` (its first request) and `2n` (sent whole after a live request).
+fn is_part(target: &str, n: usize) -> bool {
+    part_number(target).is_some_and(|number| number.div_ceil(2) == n)
+}
+
 /// Requests the proxy saw for part `n` of a multipart upload.
 fn part_requests(proxy: &S3Proxy, n: usize) -> usize {
-    let wanted = format!("partNumber={n}");
-    proxy.seen().iter().filter(|r| r.starts_with("PUT ") && r.split(['?', '&']).any(|p| p == wanted)).count()
+    proxy.seen().iter().filter(|r| r.starts_with("PUT ") && is_part(r, n)).count()
+}
+
+/// Requests the proxy saw under S3 part number `number`.
+fn numbered_requests(proxy: &S3Proxy, number: usize) -> usize {
+    proxy.seen().iter().filter(|r| r.starts_with("PUT ") && part_number(r) == Some(number)).count()
 }
 
 /// `data` as a chunked body that stops at each of `stops` until its sender is told to go on.
@@ -109,7 +124,7 @@ async fn a_part_answered_with_a_transient_error_is_sent_again_whole_and_the_obje
     // The second part of every multipart upload, the first two times it is sent: `503 SlowDown`.
     // Part 2 goes live first; after the first 503 it is sent whole, and the SDK sends that again.
     let (app, proxy) = app_behind_proxy(Fault {
-        matches: |method, target| method == "PUT" && target.contains("partNumber=2"),
+        matches: |method, target| method == "PUT" && is_part(target, 2),
         times: 2,
         answer: Answer::SlowDown,
     })
@@ -137,11 +152,7 @@ async fn a_part_s3_never_answers_is_sent_again_after_the_read_timeout_and_the_ob
     // The first request of part 1 (always sent whole) hangs: the SDK gives up on it after
     // MEDIA_S3_READ_TIMEOUT and sends it again.
     let (app, proxy) = app_behind_proxy_waiting(
-        Fault {
-            matches: |method, target| method == "PUT" && target.contains("partNumber=1"),
-            times: 1,
-            answer: Answer::Never,
-        },
+        Fault { matches: |method, target| method == "PUT" && is_part(target, 1), times: 1, answer: Answer::Never },
         "2s",
     )
     .await;
@@ -166,11 +177,7 @@ async fn a_part_s3_never_answers_is_sent_again_after_the_read_timeout_and_the_ob
 async fn a_live_part_s3_never_answers_is_sent_again_whole_after_the_read_timeout() {
     // The first request of part 2, which goes live, hangs once it has every byte of the part.
     let (app, proxy) = app_behind_proxy_waiting(
-        Fault {
-            matches: |method, target| method == "PUT" && target.contains("partNumber=2"),
-            times: 1,
-            answer: Answer::Never,
-        },
+        Fault { matches: |method, target| method == "PUT" && is_part(target, 2), times: 1, answer: Answer::Never },
         "2s",
     )
     .await;
@@ -210,6 +217,8 @@ async fn a_part_is_sent_while_it_fills_and_a_body_ending_inside_one_leaves_the_o
         assert_eq!(part_requests(&proxy, n), 1, "full part {n} sent once: {:?}", proxy.seen());
     }
     assert_eq!(part_requests(&proxy, 4), 2, "the last part, cut short, then sent whole: {:?}", proxy.seen());
+    // The whole part went under its own number: the cut request can never shadow it.
+    assert_eq!((numbered_requests(&proxy, 7), numbered_requests(&proxy, 8)), (1, 1), "{:?}", proxy.seen());
     assert_stored(&app, &key, &data).await;
 }
 
@@ -249,7 +258,7 @@ async fn a_client_pausing_mid_upload_keeps_its_s3_requests() {
 async fn a_part_that_fails_for_good_ends_the_upload_while_the_client_is_still_sending() {
     // Every request for part 1 is answered 503: the SDK gives up after its attempts.
     let (app, proxy) = app_behind_proxy(Fault {
-        matches: |method, target| method == "PUT" && target.contains("partNumber=1"),
+        matches: |method, target| method == "PUT" && is_part(target, 1),
         times: usize::MAX,
         answer: Answer::SlowDown,
     })
@@ -291,31 +300,49 @@ async fn wait_for_request(proxy: &S3Proxy, what: &str, wanted: impl Fn(&str) -> 
 
 #[tokio::test]
 async fn a_store_that_stops_reading_a_streamed_upload_gets_the_client_a_503_without_waiting_for_the_upload_timeout() {
-    use crate::support::media::{json_of, media_app, png};
     // S3 takes the first MiB of every PutObject (a raw upload with its Content-Length above one part
     // streams into one), then neither reads further nor answers, as Garage with a full disk did; nor
     // does it answer deletes.
+    // The same for a body of unknown length, which goes up as one chunked PutObject
+    // (MEDIA_S3_CHUNKED_PUT=true: no question first).
+    for length_known in [true, false] {
+        a_store_that_stops_reading(length_known).await;
+    }
+}
+
+async fn a_store_that_stops_reading(length_known: bool) {
+    use crate::support::media::{json_of, media_app, png};
     let proxy = S3Proxy::start(Fault {
         matches: |method, target| (method == "PUT" && target.contains("x-id=PutObject")) || method == "DELETE",
         times: usize::MAX,
         answer: Answer::StopReadingAfter(MIB as usize),
     })
     .await;
-    let overrides =
-        [("MEDIA_S3_ENDPOINT", proxy.endpoint.as_str()), ("MEDIA_S3_READ_TIMEOUT", "2s"), ("MEDIA_MAX_BYTES", "64MiB")];
+    let overrides = [
+        ("MEDIA_S3_ENDPOINT", proxy.endpoint.as_str()),
+        ("MEDIA_S3_READ_TIMEOUT", "2s"),
+        ("MEDIA_MAX_BYTES", "64MiB"),
+        ("MEDIA_S3_CHUNKED_PUT", "true"),
+    ];
     let m = media_app(Stack::PostgresS3, &overrides).await;
     let stalls_before = put_stalls(&m.app, "body").await;
     let alice = m.alice();
     // Far more than the socket buffers between the client and the proxy hold: S3 stops mid-body.
-    let upload = m.upload_raw(&alice, "image/png", png(48 * MIB as usize, 36));
+    let file = png(48 * MIB as usize, 36);
+    let request = m.http().post(m.url("/v1/media")).bearer_auth(&alice).header("content-type", "image/png");
+    let upload = match length_known {
+        true => request.body(file).send(),
+        false => request.body(reqwest::Body::wrap_stream(chunked(Bytes::from(file)))).send(),
+    };
     let answered = tokio::time::timeout(BEFORE_THE_DEFAULT, upload)
         .await
         .expect("the stalled store was given up on after 2 s + 5 s, not the 30 min a client may take to send");
     let deletes = proxy.seen().iter().filter(|r| r.starts_with("DELETE ")).count();
-    let (status, answer) = json_of(answered).await;
+    let (status, answer) = json_of(answered.expect("an answer, before the body was sent")).await;
     assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{answer}");
     assert_eq!(answer["code"], "storage_unavailable", "{answer}");
     assert!(proxy.failed() >= 1, "the upload went to the stalled PutObject: {:?}", proxy.seen());
+    assert_eq!(proxy.requests("CreateMultipartUpload"), 0, "one PutObject, not parts: {:?}", proxy.seen());
     assert_eq!(m.counts().await, (0, 0), "no row and no object are left");
     assert_eq!(put_stalls(&m.app, "body").await - stalls_before, 1.0, "the give-up is counted as stage=body");
     // The delete of the key (which the SDK tries 3 times, 2 s each, on this store) did not hold

@@ -9,8 +9,11 @@
 //! says so ([`ChunkedPut`]); with `auto` the first upload that would use it asks the store first, with
 //! a one-byte chunked `PutObject` to a key beside its own (`<key>.chunked-put-probe`, deleted at
 //! once, so a late answer never lands on the upload's object), and the answer holds for the life
-//! of the process. A store that cannot be asked (down, timing out) is asked again by the next
-//! upload; meanwhile bodies go up as multipart uploads.
+//! of the process, unless a chunked `PutObject` is later refused for what it is (a store changed
+//! behind a running fleet): then uploads go up in parts from the next one on. A store that cannot
+//! be asked (down, timing out, answering something else) is asked again by an upload
+//! [`ASK_AGAIN_AFTER`] later; meanwhile bodies go up as multipart uploads. Every question counts in
+//! `media_s3_chunked_put_questions_total` by `answer`.
 //!
 //! An interrupted chunked body is never a complete request: the body ends only with its last
 //! chunk, which is sent only after the source ended cleanly, so a client that dies, runs past
@@ -18,8 +21,11 @@
 //! pipeline deletes the key anyway).
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::PoisonError;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -37,7 +43,13 @@ pub(super) struct ChunkedPuts {
     setting: ChunkedPut,
     /// With `auto`: [`UNKNOWN`], [`TAKEN`] or [`REFUSED`].
     known: AtomicU8,
+    /// With `auto` and no verdict: no question before this (set by an undecided one), so a store
+    /// that is down is not asked by every upload.
+    quiet_until: Mutex<Option<tokio::time::Instant>>,
 }
+
+/// How long after a question the store left undecided the next one may be asked.
+pub(super) const ASK_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
 const UNKNOWN: u8 = 0;
 const TAKEN: u8 = 1;
@@ -45,7 +57,43 @@ const REFUSED: u8 = 2;
 
 impl ChunkedPuts {
     pub(super) fn new(setting: ChunkedPut) -> Self {
-        Self { setting, known: AtomicU8::new(UNKNOWN) }
+        Self { setting, known: AtomicU8::new(UNKNOWN), quiet_until: Mutex::default() }
+    }
+
+    /// Whether a question may be asked now: not within [`ASK_AGAIN_AFTER`] of an undecided one.
+    /// (Uploads that start together may each ask: the first verdict stands.)
+    fn may_ask(&self) -> bool {
+        let quiet = self.quiet_until.lock().unwrap_or_else(PoisonError::into_inner);
+        quiet.is_none_or(|until| tokio::time::Instant::now() >= until)
+    }
+
+    /// Records a question's `answer` (taken, refused, or none to go by).
+    fn answered(&self, answer: Option<bool>) {
+        let label = match answer {
+            Some(true) => "taken",
+            Some(false) => "refused",
+            None => "undecided",
+        };
+        metrics::counter!(crate::telemetry::metrics::names::S3_CHUNKED_PUT_QUESTIONS, "answer" => label).increment(1);
+        let mut quiet = self.quiet_until.lock().unwrap_or_else(PoisonError::into_inner);
+        *quiet = answer.is_none().then(|| tokio::time::Instant::now() + ASK_AGAIN_AFTER);
+        if let Some(taken) = answer {
+            // The first verdict stands (uploads asking at once may answer both ways).
+            let verdict = if taken { TAKEN } else { REFUSED };
+            let _ = self.known.compare_exchange(UNKNOWN, verdict, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// A chunked `PutObject` was refused for what it is: with `auto`, uploads of unknown length go
+    /// up in parts from now on, whatever an earlier question found.
+    fn refused(&self, code: Option<&str>) {
+        if self.setting == ChunkedPut::Auto && self.known.swap(REFUSED, Ordering::Relaxed) != REFUSED {
+            tracing::warn!(
+                code = code.unwrap_or("-"),
+                "the store refused a chunked PutObject (MEDIA_S3_CHUNKED_PUT=auto): \
+                 uploads of unknown length go up as multipart uploads from now on"
+            );
+        }
     }
 
     /// Whether chunked puts may be used at all: not when they are off, or known to be refused.
@@ -92,14 +140,22 @@ fn framed(body: ByteStream) -> ByteStream {
     .boxed()
 }
 
-/// How a store answered a chunked `PutObject`: taken, refused for what it is, or no answer to
-/// go by (a transient failure).
-fn verdict(status: Option<u16>) -> Option<bool> {
-    match status {
-        // Length Required (AWS, MinIO), Bad Request, Not Implemented: the request's kind is refused.
-        Some(400 | 411 | 501) => Some(false),
-        _ => None,
+/// Whether a store's error answer (`status`, S3 error `code`) to a chunked `PutObject` refuses
+/// the request's kind: 411 Length Required (AWS, MinIO), 501 Not Implemented, or a 400 saying
+/// the length is missing or the encoding not implemented. Anything else (a transient failure, a
+/// 400 for another reason) is no verdict.
+fn refuses_chunked(status: Option<u16>, code: Option<&str>) -> bool {
+    match (status, code) {
+        (Some(411 | 501), _) => true,
+        (Some(400), Some(code)) => matches!(code, "MissingContentLength" | "NotImplemented"),
+        _ => false,
     }
+}
+
+/// [`refuses_chunked`] of an SDK error, and the store's error code.
+fn refusal<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> (bool, Option<&str>) {
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    (refuses_chunked(status, err.code()), err.code())
 }
 
 impl S3BlobStore {
@@ -157,6 +213,11 @@ impl S3BlobStore {
             }
             return Err(StorageError::Source(err));
         }
+        if let (Err(err), None) = (&result, exact) {
+            if let (true, code) = refusal(err) {
+                self.chunked.refused(code);
+            }
+        }
         result.map_err(sdk_error("put"))?;
         if exact.is_none() && !ended.load(Ordering::Relaxed) {
             // A chunked request has no length the store could check: an answer before its last
@@ -209,6 +270,7 @@ impl S3BlobStore {
         match self.chunked.known.load(Ordering::Relaxed) {
             TAKEN => return true,
             REFUSED => return false,
+            _ if !self.chunked.may_ask() => return false,
             _ => {}
         }
         // A key of its own beside the upload's, deleted at once: a question answered late can
@@ -219,10 +281,14 @@ impl S3BlobStore {
         let request = request.body(S3Body::from_body_1_x(SizedBody::at_most(one, 1))).customize();
         let answer =
             request.config_override(sending_config(self.read_timeout, 1)).disable_payload_signing().send().await;
-        let found = match &answer {
-            Ok(_) => Some(true),
-            Err(err) => verdict(err.raw_response().map(|r| r.status().as_u16())),
+        let (found, code) = match &answer {
+            Ok(_) => (Some(true), None),
+            Err(err) => match refusal(err) {
+                (true, code) => (Some(false), code),
+                (false, code) => (None, code),
+            },
         };
+        self.chunked.answered(found);
         if found != Some(false) {
             // Whatever the answer, the probe's byte may be stored: it goes, in the background (a
             // store that did not answer may stall the delete too; the upload does not wait for it,
@@ -232,11 +298,9 @@ impl S3BlobStore {
         }
         match found {
             Some(taken) => {
-                // The first verdict stands (uploads asking at once may answer both ways).
-                let verdict = if taken { TAKEN } else { REFUSED };
-                let _ = self.chunked.known.compare_exchange(UNKNOWN, verdict, Ordering::Relaxed, Ordering::Relaxed);
                 tracing::info!(
                     taken,
+                    code = code.unwrap_or("-"),
                     "asked the store whether it takes a PutObject without a Content-Length (MEDIA_S3_CHUNKED_PUT=auto): \
                      uploads of unknown length go up as {}",
                     if taken { "one chunked PutObject" } else { "multipart uploads" }
@@ -244,7 +308,11 @@ impl S3BlobStore {
             }
             None => {
                 let err = answer.err().map(|e| sdk_error::<_>("put")(e).to_string()).unwrap_or_default();
-                tracing::warn!(error = %err, "could not ask the store about chunked PutObjects; this upload goes up in parts");
+                tracing::warn!(
+                    error = %err,
+                    "could not ask the store about chunked PutObjects; uploads go up in parts for {} s, then it is asked again",
+                    ASK_AGAIN_AFTER.as_secs()
+                );
             }
         }
         found == Some(true)
@@ -277,18 +345,39 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_of_the_request_s_kind_is_remembered_and_a_transient_failure_is_not() {
-        for refused in [400, 411, 501] {
-            assert_eq!(verdict(Some(refused)), Some(false), "{refused}");
+    fn a_refusal_of_the_request_s_kind_is_a_verdict_and_a_transient_failure_is_not() {
+        let refused = [(411, None), (501, None), (411, Some("X")), (400, Some("MissingContentLength"))];
+        for (status, code) in refused.into_iter().chain([(400, Some("NotImplemented"))]) {
+            assert!(refuses_chunked(Some(status), code), "{status} {code:?}");
         }
-        for transient in [None, Some(403), Some(500), Some(503)] {
-            assert_eq!(verdict(transient), None, "{transient:?}");
+        let transient = [(None, None), (Some(400), None), (Some(400), Some("InvalidRequest")), (Some(403), None)];
+        for (status, code) in transient.into_iter().chain([(Some(500), None), (Some(503), Some("SlowDown"))]) {
+            assert!(!refuses_chunked(status, code), "{status:?} {code:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_undecided_question_is_asked_again_only_after_a_while_and_a_verdict_stands_until_refused() {
         let never = ChunkedPuts::new(ChunkedPut::Never);
         assert!(!never.may());
+        never.refused(None);
+        assert_eq!(never.known.load(Ordering::Relaxed), UNKNOWN, "only auto learns");
         let auto = ChunkedPuts::new(ChunkedPut::Auto);
-        assert!(auto.may(), "unknown: asked");
-        auto.known.store(REFUSED, Ordering::Relaxed);
-        assert!(!auto.may(), "refused: not asked again");
+        assert!(auto.may() && auto.may_ask(), "unknown: asked");
+        auto.answered(None);
+        assert!(auto.may() && !auto.may_ask(), "undecided: not asked again at once");
+        tokio::time::advance(ASK_AGAIN_AFTER - Duration::from_millis(1)).await;
+        assert!(!auto.may_ask(), "nor just before the wait is over");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(auto.may_ask(), "asked again after it");
+        auto.answered(Some(true));
+        auto.answered(Some(false));
+        assert_eq!(auto.known.load(Ordering::Relaxed), TAKEN, "the first verdict stands");
+        assert!(auto.may_ask() && auto.may());
+        auto.refused(Some("MissingContentLength"));
+        assert!(!auto.may(), "a refused chunked PutObject turns them off");
+        let always = ChunkedPuts::new(ChunkedPut::Always);
+        always.refused(None);
+        assert!(always.may(), "told to, it goes on (the refusal is the client's 503)");
     }
 }

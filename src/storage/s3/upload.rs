@@ -16,6 +16,14 @@
 //! answered, then reused. A signed payload (`MEDIA_S3_SIGN_PAYLOAD`, which SigV4 hashes before
 //! sending) sends every part whole.
 //!
+//! Each part owns two part numbers: `2k - 1` for its first request, `2k` for the whole part sent
+//! after a live request ([`PartNumbers`]). A store need not order two requests of one part number
+//! as they were sent: Garage registers a part when its first block arrives, so a cut live request
+//! still on its way (through a proxy, say) could register after the whole part that followed it,
+//! and the upload's completion then found an unfinished part (`InvalidPart`). Under its own number
+//! the cut request can never shadow the part. S3 takes any ascending list of part numbers, gaps
+//! included; an upload has at most [`crate::config::S3_MAX_UPLOAD_PARTS`] parts.
+//!
 //! A part whose request fails for good (after the SDK's attempts) fails the upload at once, even
 //! while the next part is still filling from a slow client ([`Held::fail`]); the upload is aborted.
 //!
@@ -274,13 +282,36 @@ struct Parts {
     in_flight: JoinSet<Result<CompletedPart, StorageError>>,
     completed: Vec<CompletedPart>,
     held: Arc<Held>,
+    /// Parts started so far.
     number: i32,
+}
+
+/// The S3 part numbers of part `k` (from 1): its first request's, and the whole part's sent after
+/// a live request (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct PartNumbers {
+    first: i32,
+    resend: i32,
+}
+
+impl PartNumbers {
+    fn of(k: i32) -> Self {
+        Self { first: 2 * k - 1, resend: 2 * k }
+    }
 }
 
 impl Parts {
     /// Starts the next part's request; `counted` bytes of buffers are held until it answers.
     fn spawn(&mut self, store: &S3BlobStore, upload: &MultipartGuard, sending: Sending, counted: usize) {
         self.number += 1;
+        let numbers = PartNumbers::of(self.number);
+        if numbers.resend > MAX_PART_NUMBER {
+            // Config validation keeps MEDIA_MAX_BYTES within the parts an upload may have.
+            let err = StorageError::backend(BACKEND, "upload part", "the upload has more parts than S3 takes");
+            self.in_flight.spawn(async move { Err(err) });
+            self.held.fail();
+            return;
+        }
         self.held.add(counted);
         let target = UploadTarget {
             client: store.client.clone(),
@@ -289,12 +320,12 @@ impl Parts {
             upload_id: upload.upload_id.clone(),
             sign_payload: store.sign_payload,
             read_timeout: store.read_timeout,
-            number: self.number,
+            numbers,
         };
         let held = self.held.clone();
         self.in_flight.spawn(async move {
             let result = match sending {
-                Sending::Whole(part) => send_whole(&target, part).await,
+                Sending::Whole(part) => send_whole(&target, part, target.numbers.first).await,
                 Sending::Live { segments, filled, size } => send_live(&target, segments, filled, size).await,
             };
             // A part that failed fails the upload: the fill stops at once (`fill_part`).
@@ -363,41 +394,49 @@ struct UploadTarget {
     /// and how long S3 may take to answer a live part once the part has all its bytes, before the
     /// part is sent whole instead.
     read_timeout: Duration,
-    number: i32,
+    numbers: PartNumbers,
 }
 
+/// The largest part number S3 takes.
+const MAX_PART_NUMBER: i32 = 10_000;
+
 impl UploadTarget {
-    fn request(&self, length: usize) -> aws_sdk_s3::operation::upload_part::builders::UploadPartFluentBuilder {
+    fn request(
+        &self,
+        number: i32,
+        length: usize,
+    ) -> aws_sdk_s3::operation::upload_part::builders::UploadPartFluentBuilder {
         self.client
             .upload_part()
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(&self.upload_id)
-            .part_number(self.number)
+            .part_number(number)
             .content_length(length as i64)
-    }
-
-    fn completed(&self, output: &aws_sdk_s3::operation::upload_part::UploadPartOutput) -> CompletedPart {
-        CompletedPart::builder().set_e_tag(output.e_tag().map(str::to_owned)).part_number(self.number).build()
     }
 }
 
-/// Sends the whole part; the SDK sends it again after a transient error.
-async fn send_whole(target: &UploadTarget, mut part: Part) -> Result<CompletedPart, StorageError> {
-    let request = target.request(part.len()).body(part.body()).customize();
+/// What the completion lists for part `number`.
+fn completed(number: i32, output: &aws_sdk_s3::operation::upload_part::UploadPartOutput) -> CompletedPart {
+    CompletedPart::builder().set_e_tag(output.e_tag().map(str::to_owned)).part_number(number).build()
+}
+
+/// Sends the whole part as part `number`; the SDK sends it again after a transient error.
+async fn send_whole(target: &UploadTarget, mut part: Part, number: i32) -> Result<CompletedPart, StorageError> {
+    let request = target.request(number, part.len()).body(part.body()).customize();
     let request = request.config_override(sending_config(target.read_timeout, part.len() as u64));
     let request = if target.sign_payload { request } else { request.disable_payload_signing() };
     let output = request.send().await.map_err(sdk_error("upload part"))?;
     drop(part);
-    Ok(target.completed(&output))
+    Ok(completed(number, &output))
 }
 
 /// Sends a part as it fills. A request that fails (the SDK cannot send a streamed body again), that
 /// is cut short because the body ended inside the part (the last part, shorter than the request
 /// announced), or that S3 leaves unanswered for [`time_to_answer`] after the part is filled
 /// (the request is dropped, which closes its connection) is followed by the whole part, from the
-/// same buffer; S3 keeps the last request of a part number. A body that failed ends the part's
-/// request and the upload with it.
+/// same buffer, under the part's second number (see the module docs). A body that failed ends the
+/// part's request and the upload with it.
 async fn send_live(
     target: &UploadTarget,
     segments: ByteStream,
@@ -405,7 +444,8 @@ async fn send_live(
     size: usize,
 ) -> Result<CompletedPart, StorageError> {
     let body = S3Body::from_body_1_x(SizedBody::new(segments, size as u64));
-    let request = target.request(size).body(body).customize().config_override(streaming_config(target.read_timeout));
+    let request = target.request(target.numbers.first, size).body(body).customize();
+    let request = request.config_override(streaming_config(target.read_timeout));
     let mut send = Box::pin(request.disable_payload_signing().send());
     let (mut part, mut filler_gone) = (None, false);
     let mut answer_by = tokio::time::Instant::now();
@@ -426,7 +466,7 @@ async fn send_live(
     };
     drop(send);
     let (error, reason) = match answer {
-        Some(Ok(output)) => return Ok(target.completed(&output)),
+        Some(Ok(output)) => return Ok(completed(target.numbers.first, &output)),
         Some(Err(err)) => (sdk_error("upload part")(err), "failed"),
         None => (StorageError::backend(BACKEND, "upload part", "no answer"), "unanswered"),
     };
@@ -440,10 +480,10 @@ async fn send_live(
     };
     let reason = if part.len() < size { "short" } else { reason };
     if reason != "short" {
-        tracing::debug!(part = target.number, %error, reason, "sending the part again whole");
+        tracing::debug!(part = target.numbers.first, %error, reason, "sending the part again whole");
     }
     metrics::counter!(crate::telemetry::metrics::names::S3_PART_RESENDS, "reason" => reason).increment(1);
-    send_whole(target, part).await
+    send_whole(target, part, target.numbers.resend).await
 }
 
 /// The part of a finished upload task.
