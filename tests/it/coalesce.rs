@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use media_api::db::media::{MediaRecord, MediaRepo, ReadCounts};
-use media_api::db::read_lane::ReadLane;
+use media_api::db::read_lane::{Lease, ReadLane};
 use media_api::db::tenant_keys::KeySettings;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::Connection;
@@ -18,9 +18,14 @@ use crate::support::repository::{fixtures, new_media, Fixture};
 
 /// A PostgreSQL fixture, its repository reading through a lane of one connection, and that lane.
 async fn one_connection_lane(timeout: Duration) -> (Fixture, MediaRepo, Arc<ReadLane>, PgConnectOptions) {
+    lane_of(1, timeout).await
+}
+
+/// The same with a lane of `size` connections.
+async fn lane_of(size: u32, timeout: Duration) -> (Fixture, MediaRepo, Arc<ReadLane>, PgConnectOptions) {
     let fx = fixtures(KeySettings::default()).await.into_iter().next().expect("the PostgreSQL fixture");
     let options = PgConnectOptions::from_str(&fx.db_url).unwrap();
-    let lane = Arc::new(ReadLane::new(options.clone(), 1, timeout));
+    let lane = Arc::new(ReadLane::new(options.clone(), size, timeout));
     let repo = fx.repo.clone().with_read_lane(Some(lane.clone()));
     (fx, repo, lane, options)
 }
@@ -66,7 +71,14 @@ async fn waits_on_lock(locker: &mut sqlx::PgConnection, query: &str) {
     let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
         AND strpos(query, $1) > 0 AND datname = current_database()";
     let waited = tokio::time::timeout(Duration::from_secs(30), async {
-        while sqlx::query_scalar::<_, i64>(sql).bind(query).fetch_one(&mut *locker).await.unwrap() != 1 {
+        loop {
+            // The locker is inside its transaction, where PostgreSQL keeps the first view of
+            // pg_stat_activity to the transaction's end: without this, a first look taken before
+            // the statement began waiting was all the loop ever saw (a busy machine's failure).
+            sqlx::query("SELECT pg_stat_clear_snapshot()").execute(&mut *locker).await.unwrap();
+            if sqlx::query_scalar::<_, i64>(sql).bind(query).fetch_one(&mut *locker).await.unwrap() == 1 {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -117,21 +129,26 @@ async fn reads_that_wait_for_a_busy_lane_share_one_statement_and_each_caller_get
 }
 
 /// Two reads (tenant a's row, then tenant b's) in one statement that waits on a lock of
-/// `media_objects`, on a lane of one connection with `timeout`; the caller commits the lock
-/// holder's transaction to let it run.
+/// `media_objects`, on a lane of `size` connections with `timeout`, the other connections held
+/// (`spare`); the caller commits the lock holder's transaction to let it run.
 struct LockedBatch {
     _fx: Fixture,
     repo: MediaRepo,
     rows: (MediaRecord, MediaRecord),
     reads: (JoinHandle<Option<MediaRecord>>, JoinHandle<Option<MediaRecord>>),
     locker: sqlx::PgConnection,
+    spare: Vec<Lease>,
 }
 
-async fn locked_batch(timeout: Duration) -> LockedBatch {
-    let (fx, repo, lane, options) = one_connection_lane(timeout).await;
+async fn locked_batch(size: u32, timeout: Duration) -> LockedBatch {
+    let (fx, repo, lane, options) = lane_of(size, timeout).await;
     let (a1, b1) = (stored(&repo, "tenant-a", 1).await, stored(&repo, "tenant-b", 2).await);
     let mut held = lane.acquire().await.unwrap();
     sqlx::query("SELECT 1").execute(held.conn()).await.unwrap();
+    let mut spare = Vec::new();
+    for _ in 1..size {
+        spare.push(lane.acquire().await.unwrap());
+    }
     // Locked before the reads queue: nothing slow runs while their waits for a connection run.
     let mut locker = lock_table(&options).await;
     let first = read(&repo, "tenant-a", &a1.id);
@@ -141,13 +158,13 @@ async fn locked_batch(timeout: Duration) -> LockedBatch {
     held.done(); // the first waiter (the leader) takes the connection and both reads
     waits_on_lock(&mut locker, BATCH).await;
     assert_eq!(repo.queued_reads(), 0, "both reads are in the waiting statement");
-    LockedBatch { _fx: fx, repo, rows: (a1, b1), reads: (first, second), locker }
+    LockedBatch { _fx: fx, repo, rows: (a1, b1), reads: (first, second), locker, spare }
 }
 
 #[tokio::test]
 async fn a_leader_whose_client_goes_still_answers_the_reads_it_took() {
-    let LockedBatch { _fx, repo, rows: (_, b1), reads: (leader, follower), mut locker } =
-        locked_batch(Duration::from_secs(30)).await;
+    let LockedBatch { _fx, repo, rows: (_, b1), reads: (leader, follower), mut locker, .. } =
+        locked_batch(1, Duration::from_secs(30)).await;
     leader.abort(); // its client went
     assert!(leader.await.unwrap_err().is_cancelled());
     sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
@@ -162,11 +179,15 @@ async fn a_leader_whose_client_goes_still_answers_the_reads_it_took() {
 
 #[tokio::test]
 async fn a_statement_without_an_answer_in_time_is_counted_and_its_reads_are_read_again_alone() {
-    let LockedBatch { _fx, repo, rows: (a1, b1), reads: (first, second), mut locker } =
-        locked_batch(Duration::from_secs(4)).await;
+    // Two connections, one held: the statement's, and one for the reads read again alone, which
+    // then wait for no connection (a lane of one had them wait up to its 4 s for the first to get
+    // its answer, a bound a stalled machine could pass).
+    let LockedBatch { _fx, repo, rows: (a1, b1), reads: (first, second), mut locker, spare } =
+        locked_batch(2, Duration::from_secs(4)).await;
     // The second caller's own wait for a connection runs out first: its read is in the statement,
     // so it waits for that answer instead of failing.
     wait_for("the statement to run out of time", || repo.coalesced_reads().unwrap().failed == 1).await;
+    drop(spare); // its connection closes and its slot is free
     sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
     assert_eq!(first.await.unwrap().as_ref(), Some(&a1));
     assert_eq!(second.await.unwrap().as_ref(), Some(&b1));
