@@ -30,11 +30,15 @@ pub(super) fn check_part_count(max_bytes: u64, part_size: u64) -> Result<(), sup
         return Ok(());
     }
     let wanted = largest.div_ceil(S3_MAX_UPLOAD_PARTS).div_ceil(MIB);
+    let advice = match wanted * MIB <= S3_MAX_PART_SIZE {
+        true => format!("set it to at least {wanted}MiB"),
+        false => "no part size is large enough: lower MEDIA_MAX_BYTES".to_owned(),
+    };
     Err(super::ConfigError::new(
         "MEDIA_S3_PART_SIZE",
         format!(
             "is too small for MEDIA_MAX_BYTES ({max_bytes} bytes): an upload has at most {S3_MAX_UPLOAD_PARTS} \
-             parts; set it to at least {wanted}MiB"
+             parts; {advice}"
         ),
     ))
 }

@@ -200,6 +200,8 @@ fn a_limit_that_would_need_more_parts_than_an_upload_has_names_the_part_size_it_
     assert_eq!(err.var, "MEDIA_S3_PART_SIZE");
     assert!(err.to_string().contains("at most 5000 parts; set it to at least 6MiB"), "{err}");
     with("25GiB", "6MiB").expect("the size it names is taken");
+    let err = with("30720GiB", "5120MiB").expect_err("30 TiB: more than 5000 parts of the largest size");
+    assert!(err.to_string().contains("no part size is large enough: lower MEDIA_MAX_BYTES"), "{err}");
     // The filesystem store has no parts.
     Config::from_vars(&vars(&[("MEDIA_MAX_BYTES", "1024GiB")])).expect("no parts without S3");
 }

@@ -1,6 +1,7 @@
 //! Work that must run once at a time across every process on the database: the sweeper and
 //! `reconcile` (one pass at a time in a fleet), and rotation and shredding of one tenant (which
-//! exclude each other). A [`JobLock`] is held until it is dropped.
+//! exclude each other). A [`JobLock`] is held until it is released ([`JobLock::release`]: at
+//! once) or dropped.
 //!
 //! On Postgres it is a session advisory lock on a connection of its own, taken out of the pool:
 //! dropping the lock closes that connection, and a process that dies (`kill -9`) loses its
@@ -59,10 +60,16 @@ impl Drop for JobLock {
 }
 
 impl JobLock {
-    /// Releases the lock now, closing its session cleanly (dropping it releases it too).
+    /// Releases the lock: once this returns, another process can take it. (Dropping the lock
+    /// releases it too, but a moment later on Postgres: once the server has seen its session
+    /// close, which closing it does not wait for.)
     pub async fn release(mut self) {
         if let Holder::Session(session) = &mut self.holder {
-            if let Some(session) = session.take() {
+            if let Some(mut session) = session.take() {
+                let unlock = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key(&self.name));
+                if let Err(err) = unlock.execute(&mut session).await {
+                    tracing::warn!(lock = %self.name, error = %err, "could not release a lock at once; its session's end releases it");
+                }
                 let _ = session.close().await;
             }
         }

@@ -53,7 +53,7 @@ async fn a_held_tenant_lock_refuses_rotation_and_shred_and_held_job_locks_skip_t
         let reconciling = locks::try_lock(&state.db, locks::RECONCILE).await.unwrap().expect("free");
         let busy = reconcile(state.pipeline.removal(), Duration::ZERO, true).await.unwrap_err();
         assert!(matches!(busy, ReconcileError::Busy), "{stack:?}: {busy}");
-        drop(reconciling);
+        reconciling.release().await;
         assert!(reconcile(state.pipeline.removal(), Duration::ZERO, true).await.is_ok(), "{stack:?}");
     }
 }

@@ -43,8 +43,9 @@ pub(super) struct ChunkedPuts {
     setting: ChunkedPut,
     /// With `auto`: [`UNKNOWN`], [`TAKEN`] or [`REFUSED`].
     known: AtomicU8,
-    /// With `auto` and no verdict: no question before this (set by an undecided one), so a store
-    /// that is down is not asked by every upload.
+    /// With `auto` and no verdict: no question before this (set when one is asked, and again when
+    /// it comes back undecided), so one question is out at a time and a store that is down is not
+    /// asked by every upload.
     quiet_until: Mutex<Option<tokio::time::Instant>>,
 }
 
@@ -60,11 +61,17 @@ impl ChunkedPuts {
         Self { setting, known: AtomicU8::new(UNKNOWN), quiet_until: Mutex::default() }
     }
 
-    /// Whether a question may be asked now: not within [`ASK_AGAIN_AFTER`] of an undecided one.
-    /// (Uploads that start together may each ask: the first verdict stands.)
-    fn may_ask(&self) -> bool {
-        let quiet = self.quiet_until.lock().unwrap_or_else(PoisonError::into_inner);
-        quiet.is_none_or(|until| tokio::time::Instant::now() >= until)
+    /// Whether this upload asks the question now: not while another's question is out (for up to
+    /// [`ASK_AGAIN_AFTER`]), nor within that of an undecided one. Uploads that do not ask go up
+    /// in parts.
+    fn claim_question(&self) -> bool {
+        let mut quiet = self.quiet_until.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = tokio::time::Instant::now();
+        if quiet.is_some_and(|until| now < until) {
+            return false;
+        }
+        *quiet = Some(now + ASK_AGAIN_AFTER);
+        true
     }
 
     /// Records a question's `answer` (taken, refused, or none to go by).
@@ -84,11 +91,13 @@ impl ChunkedPuts {
         }
     }
 
-    /// A chunked `PutObject` was refused for what it is: with `auto`, uploads of unknown length go
-    /// up in parts from now on, whatever an earlier question found.
-    fn refused(&self, code: Option<&str>) {
+    /// The store refused a chunked `PutObject` (any 4xx: the question's one byte was taken, so the
+    /// request's kind at its size, or something in front of the store, is refused): with `auto`,
+    /// uploads of unknown length go up in parts from now on, whatever the question found.
+    fn refused(&self, status: u16, code: Option<&str>) {
         if self.setting == ChunkedPut::Auto && self.known.swap(REFUSED, Ordering::Relaxed) != REFUSED {
             tracing::warn!(
+                status,
                 code = code.unwrap_or("-"),
                 "the store refused a chunked PutObject (MEDIA_S3_CHUNKED_PUT=auto): \
                  uploads of unknown length go up as multipart uploads from now on"
@@ -214,8 +223,8 @@ impl S3BlobStore {
             return Err(StorageError::Source(err));
         }
         if let (Err(err), None) = (&result, exact) {
-            if let (true, code) = refusal(err) {
-                self.chunked.refused(code);
+            if let Some(status) = err.raw_response().map(|r| r.status().as_u16()).filter(|s| (400..500).contains(s)) {
+                self.chunked.refused(status, err.code());
             }
         }
         result.map_err(sdk_error("put"))?;
@@ -270,7 +279,7 @@ impl S3BlobStore {
         match self.chunked.known.load(Ordering::Relaxed) {
             TAKEN => return true,
             REFUSED => return false,
-            _ if !self.chunked.may_ask() => return false,
+            _ if !self.chunked.claim_question() => return false,
             _ => {}
         }
         // A key of its own beside the upload's, deleted at once: a question answered late can
@@ -360,24 +369,26 @@ mod tests {
     async fn an_undecided_question_is_asked_again_only_after_a_while_and_a_verdict_stands_until_refused() {
         let never = ChunkedPuts::new(ChunkedPut::Never);
         assert!(!never.may());
-        never.refused(None);
+        never.refused(411, None);
         assert_eq!(never.known.load(Ordering::Relaxed), UNKNOWN, "only auto learns");
         let auto = ChunkedPuts::new(ChunkedPut::Auto);
-        assert!(auto.may() && auto.may_ask(), "unknown: asked");
+        assert!(auto.may() && auto.claim_question(), "unknown: asked");
+        assert!(!auto.claim_question(), "one question out at a time");
+        tokio::time::advance(Duration::from_secs(2)).await;
         auto.answered(None);
-        assert!(auto.may() && !auto.may_ask(), "undecided: not asked again at once");
+        assert!(auto.may() && !auto.claim_question(), "undecided: not asked again at once");
         tokio::time::advance(ASK_AGAIN_AFTER - Duration::from_millis(1)).await;
-        assert!(!auto.may_ask(), "nor just before the wait is over");
+        assert!(!auto.claim_question(), "nor just before the wait after the answer is over");
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(auto.may_ask(), "asked again after it");
+        assert!(auto.claim_question(), "asked again after it");
         auto.answered(Some(true));
         auto.answered(Some(false));
         assert_eq!(auto.known.load(Ordering::Relaxed), TAKEN, "the first verdict stands");
-        assert!(auto.may_ask() && auto.may());
-        auto.refused(Some("MissingContentLength"));
+        assert!(auto.claim_question() && auto.may(), "a verdict leaves no wait behind");
+        auto.refused(413, None);
         assert!(!auto.may(), "a refused chunked PutObject turns them off");
         let always = ChunkedPuts::new(ChunkedPut::Always);
-        always.refused(None);
+        always.refused(411, Some("MissingContentLength"));
         assert!(always.may(), "told to, it goes on (the refusal is the client's 503)");
     }
 }

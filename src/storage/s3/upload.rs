@@ -22,7 +22,10 @@
 //! still on its way (through a proxy, say) could register after the whole part that followed it,
 //! and the upload's completion then found an unfinished part (`InvalidPart`). Under its own number
 //! the cut request can never shadow the part. S3 takes any ascending list of part numbers, gaps
-//! included; an upload has at most [`crate::config::S3_MAX_UPLOAD_PARTS`] parts.
+//! included; an upload has at most [`crate::config::S3_MAX_UPLOAD_PARTS`] parts. (The SDK's own
+//! retry of a whole part after a reset connection reuses its number; a first attempt the store
+//! registers after that retry could still shadow it: rarer, as that needs a connection reset, and
+//! left as it is.)
 //!
 //! A part whose request fails for good (after the SDK's attempts) fails the upload at once, even
 //! while the next part is still filling from a slow client ([`Held::fail`]); the upload is aborted.
@@ -397,8 +400,8 @@ struct UploadTarget {
     numbers: PartNumbers,
 }
 
-/// The largest part number S3 takes.
-const MAX_PART_NUMBER: i32 = 10_000;
+/// The largest part number an upload uses: two per part (S3 takes up to 10 000).
+const MAX_PART_NUMBER: i32 = 2 * crate::config::S3_MAX_UPLOAD_PARTS as i32;
 
 impl UploadTarget {
     fn request(
@@ -480,7 +483,7 @@ async fn send_live(
     };
     let reason = if part.len() < size { "short" } else { reason };
     if reason != "short" {
-        tracing::debug!(part = target.numbers.first, %error, reason, "sending the part again whole");
+        tracing::debug!(part = target.numbers.resend / 2, %error, reason, "sending the part again whole");
     }
     metrics::counter!(crate::telemetry::metrics::names::S3_PART_RESENDS, "reason" => reason).increment(1);
     send_whole(target, part, target.numbers.resend).await
