@@ -137,6 +137,8 @@ async fn a_part_answered_with_a_transient_error_is_sent_again_whole_and_the_obje
     assert_eq!(written.expect("the upload survives two transient errors"), data.len() as u64);
     assert_eq!(proxy.failed(), 2, "the faults were injected");
     assert_eq!(part_requests(&proxy, 2), 3, "part 2 was sent live, whole, and whole again: {:?}", proxy.seen());
+    // Live under its first number (3), then whole under its second (4), where the SDK sends it again.
+    assert_eq!((numbered_requests(&proxy, 3), numbered_requests(&proxy, 4)), (1, 2), "{:?}", proxy.seen());
     assert_stored(&app, &key, &data).await;
     // Each attempt is timed: the two 503s, and at least this upload's four answered parts.
     assert!(s3_attempts(&app, "UploadPart", "server_error").await - failed_before >= 2.0, "the 503s are in /metrics");
