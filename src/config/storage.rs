@@ -91,7 +91,8 @@ pub struct S3Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkedPut {
     /// `auto`: the first such upload asks the store with a one-byte request to a key beside its
-    /// own, deleted at once; its answer holds for the life of the process.
+    /// own, deleted at once; its answer holds for the life of the process, unless a chunked
+    /// `PutObject` is refused later (then multipart uploads).
     Auto,
     /// `true`: always (the store is known to take it).
     Always,

@@ -223,7 +223,10 @@ impl S3BlobStore {
             return Err(StorageError::Source(err));
         }
         if let (Err(err), None) = (&result, exact) {
-            if let Some(status) = err.raw_response().map(|r| r.status().as_u16()).filter(|s| (400..500).contains(s)) {
+            // Not a store's timeout of an idle body (`RequestTimeout`): a slow client causes that,
+            // and must not turn chunked puts off for everyone.
+            let status = err.raw_response().map(|r| r.status().as_u16()).filter(|s| (400..500).contains(s));
+            if let (Some(status), false) = (status, err.code() == Some("RequestTimeout")) {
                 self.chunked.refused(status, err.code());
             }
         }
