@@ -181,6 +181,29 @@ async fn a_chunked_put_object_refused_after_the_question_said_yes_sends_later_up
 }
 
 #[tokio::test]
+async fn a_store_timing_out_one_slow_body_leaves_chunked_put_objects_on() {
+    // The question goes through; the first upload's chunked PutObject is answered 400
+    // RequestTimeout (S3's answer to a body left idle: a slow client's doing, not the store
+    // refusing chunked bodies). That upload fails; the next ones still go up as one PutObject.
+    let proxy = S3Proxy::start(Fault {
+        matches: |method, target| method == "PUT" && target.contains("x-id=PutObject") && !target.contains("-probe"),
+        times: 1,
+        answer: Answer::RequestTimeout,
+    })
+    .await;
+    let m = app_behind(&proxy, &[]).await;
+    let request = m.http().post(m.url("/v1/media")).header("content-type", "image/png").bearer_auth(m.alice());
+    let (status, answer) = json_of(request.body(no_length(&png(FILE, 54))).send().await.unwrap()).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("storage_unavailable")));
+    assert_eq!((proxy.requests("PutObject"), proxy.failed()), (2, 1), "asked, then timed out: {:?}", proxy.seen());
+    upload_unsized(&m, &png(FILE, 55), false).await;
+    upload_unsized(&m, &png(FILE, 56), true).await;
+    assert_eq!(proxy.requests("PutObject"), 4, "still one chunked PutObject each: {:?}", proxy.seen());
+    assert_eq!(multipart_requests(&proxy), 0, "nothing in parts: {:?}", proxy.seen());
+    assert_eq!(m.counts().await, (2, 2), "the timed-out upload left nothing");
+}
+
+#[tokio::test]
 async fn a_chunked_put_object_cut_by_its_source_leaves_no_object() {
     let proxy = S3Proxy::start(NO_FAULT).await;
     let m = app_behind(&proxy, &[]).await;

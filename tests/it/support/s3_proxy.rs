@@ -38,6 +38,9 @@ pub enum Answer {
     /// (Answering before the body, as AWS may, left the proxy's connection to be reused half-read:
     /// a later request on it failed now and then, a race of this proxy's, see the session 26 note.)
     LengthRequired,
+    /// Read to its end, then `400 RequestTimeout`, as S3 answers a body left idle too long (a slow
+    /// client's upload streamed through).
+    RequestTimeout,
 }
 
 struct Shared {
@@ -150,6 +153,11 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         let _ = axum::body::to_bytes(body, usize::MAX).await;
         if let Answer::Never = shared.fault.answer {
             std::future::pending::<()>().await;
+        }
+        if let Answer::RequestTimeout = shared.fault.answer {
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>RequestTimeout</Code><Message>Your socket \
+                       connection to the server was not read from or written to within the timeout period.</Message></Error>";
+            return (StatusCode::BAD_REQUEST, [("content-type", "application/xml")], xml).into_response();
         }
         let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
                    <Message>Please reduce your request rate.</Message></Error>";
