@@ -235,9 +235,13 @@ async fn timed_read(request: reqwest::RequestBuilder, len: u64) -> anyhow::Resul
 async fn download(target: Arc<Target>, len: u64, rounds: u64) -> anyhow::Result<Value> {
     let id = target.upload(len, 9).await?["id"].as_str().unwrap_or_default().to_owned();
     let (mut proxied, mut direct) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let through = target.http.get(format!("{}/v1/media/{id}", target.base)).bearer_auth(&target.token);
-        proxied.push(timed_read(through, len).await?);
+    for round in 0..rounds {
+        // The order turns every round, so neither read always comes first (after the upload, or
+        // after the other read).
+        let through = || target.http.get(format!("{}/v1/media/{id}", target.base)).bearer_auth(&target.token);
+        if round % 2 == 0 {
+            proxied.push(timed_read(through(), len).await?);
+        }
         let presigned: Value = target
             .http
             .get(format!("{}/v1/media/{id}/presign", target.base))
@@ -248,6 +252,9 @@ async fn download(target: Arc<Target>, len: u64, rounds: u64) -> anyhow::Result<
             .await?;
         let url = presigned["url"].as_str().ok_or_else(|| anyhow::anyhow!("no url: {presigned}"))?;
         direct.push(timed_read(target.http.get(url), len).await?);
+        if round % 2 == 1 {
+            proxied.push(timed_read(through(), len).await?);
+        }
     }
     Ok(json!({"mode": "download", "mib": len >> 20, "proxied_mib_per_s": proxied, "direct_mib_per_s": direct}))
 }
