@@ -44,6 +44,7 @@ use super::send_timeout::SendTimeout;
 
 use super::connections::PerIpConnections;
 use crate::telemetry::metrics::names;
+use crate::telemetry::throttle::LogEvery;
 
 /// At most one log line a minute says connections are being refused over the per-IP cap.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -182,26 +183,24 @@ impl<S: HttpService> Server<S> {
 }
 
 /// Counts and logs connections closed over the per-IP cap (the log at most once a minute).
-#[derive(Default)]
-struct RefusalLog {
-    last_logged: Option<std::time::Instant>,
-    since_logged: u64,
+struct RefusalLog(LogEvery);
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        Self(LogEvery::new(REFUSAL_LOG_EVERY))
+    }
 }
 
 impl RefusalLog {
     fn record(&mut self, peer: SocketAddr) {
         metrics::counter!(names::CONNECTIONS_REFUSED, "reason" => "per_ip").increment(1);
-        self.since_logged += 1;
-        if self.last_logged.is_some_and(|at| at.elapsed() < REFUSAL_LOG_EVERY) {
-            return;
+        if let Some(refused) = self.0.record() {
+            tracing::warn!(
+                %peer,
+                refused,
+                "closing connections over MEDIA_MAX_CONNECTIONS_PER_IP (behind a proxy, raise it or set 0)"
+            );
         }
-        tracing::warn!(
-            %peer,
-            refused = self.since_logged,
-            "closing connections over MEDIA_MAX_CONNECTIONS_PER_IP (behind a proxy, raise it or set 0)"
-        );
-        self.last_logged = Some(std::time::Instant::now());
-        self.since_logged = 0;
     }
 }
 

@@ -16,9 +16,14 @@ use crate::db::journal;
 use crate::db::media::{Deletion, MediaRecord, MediaRepo, MediaStatus};
 use crate::db::{Database, DbError};
 use crate::storage::BlobStore;
+use crate::telemetry::metrics::names;
+use crate::telemetry::throttle::LogEvery;
 
 /// Deletes of failed uploads' keys running at once in the background ([`Removal::discard_failed`]).
 pub const BACKGROUND_DISCARDS: usize = 64;
+
+/// How often a failed upload's delete left to the sweeper is logged (each one is counted).
+const DEFERRED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Deletes rows and objects (cheap to clone).
 #[derive(Clone)]
@@ -33,6 +38,8 @@ pub struct Removal {
     key_prefix: Arc<str>,
     /// Permits for background deletes of failed uploads' keys ([`BACKGROUND_DISCARDS`]).
     discards: Arc<Semaphore>,
+    /// The warning when no permit is free, at most once per [`DEFERRED_LOG_EVERY`].
+    deferred: Arc<LogEvery>,
 }
 
 impl Removal {
@@ -47,7 +54,8 @@ impl Removal {
     ) -> Self {
         let audit = AuditLog::new(media.keys().clone());
         let discards = Arc::new(Semaphore::new(BACKGROUND_DISCARDS));
-        Self { blobs, media, db, audit, staging_ttl, key_prefix: Arc::from(key_prefix), discards }
+        let deferred = Arc::new(LogEvery::new(DEFERRED_LOG_EVERY));
+        Self { blobs, media, db, audit, staging_ttl, key_prefix: Arc::from(key_prefix), discards, deferred }
     }
 
     /// The metadata database (rows, blob journal).
@@ -118,10 +126,18 @@ impl Removal {
     /// object after the delete, and the sweeper deletes the key again once the entry is
     /// `--abandoned-after` old. At most [`BACKGROUND_DISCARDS`] such deletes run at once, so a client
     /// making uploads fail fast on a store whose deletes hang cannot pile up tasks and connections;
-    /// past that, the key is left to the sweeper.
+    /// past that, the key is left to the sweeper (counted in `media_failed_upload_deletes_deferred_total`,
+    /// logged at most once a minute: such a client could otherwise write a line per upload).
     pub async fn discard_failed(&self, storage_key: &str, store_failed: bool, wait: Duration, tasks: &TaskTracker) {
         let Ok(permit) = self.discards.clone().try_acquire_owned() else {
-            tracing::warn!(key = storage_key, "too many deletes of failed uploads running: the sweeper will delete it");
+            metrics::counter!(names::DISCARDS_DEFERRED).increment(1);
+            if let Some(deferred) = self.deferred.record() {
+                tracing::warn!(
+                    key = storage_key,
+                    deferred,
+                    "too many deletes of failed uploads running: the sweeper will delete their objects"
+                );
+            }
             return;
         };
         let (removal, key) = (self.clone(), storage_key.to_owned());

@@ -45,6 +45,9 @@ pub mod names {
     /// body ended inside the live part, which happens when S3 was idle while the last part filled),
     /// `failed` (the request failed), `unanswered` (no answer in time once the part was filled).
     pub const S3_PART_RESENDS: &str = "media_s3_part_resends_total";
+    /// Counter of failed uploads whose object delete was left to the sweeper because
+    /// `BACKGROUND_DISCARDS` deletes were already running (a store whose deletes hang).
+    pub const DISCARDS_DEFERRED: &str = "media_failed_upload_deletes_deferred_total";
     /// Counter of streamed `PutObject`s given up because S3 stopped taking their body or answering
     /// (`sized::Stall`), by `stage`: `body` (S3 took no further byte), `answer` (every byte was
     /// handed to the connection and S3 did not answer).
@@ -195,6 +198,10 @@ fn describe() {
     describe_counter!(
         names::S3_PART_RESENDS,
         "S3 parts sent again whole after their live request, by reason (short, failed, unanswered)"
+    );
+    describe_counter!(
+        names::DISCARDS_DEFERRED,
+        "Failed uploads whose object delete was left to the sweeper: too many deletes were running"
     );
     describe_counter!(
         names::S3_PUT_STALLS,

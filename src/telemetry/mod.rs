@@ -1,8 +1,10 @@
 //! Telemetry: log output (JSON lines by default, or human-readable text, filtered by `LOG_LEVEL`,
-//! every line passed through [`redact`]) and Prometheus [`metrics`].
+//! every line passed through [`redact`]; warnings a flood could repeat go through [`throttle`]) and
+//! Prometheus [`metrics`].
 
 pub mod metrics;
 pub mod redact;
+pub mod throttle;
 
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
