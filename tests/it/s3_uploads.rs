@@ -1,7 +1,8 @@
 //! How S3 uploads use their requests, seen through a recording proxy in front of Garage
 //! (`support::s3_proxy`): a transient error on a part, parts sent while they fill, the last part
 //! cut short and sent whole, a part S3 never answers, a client pausing mid-upload, and a streamed
-//! `PutObject` S3 stops reading or never answers; and what `/metrics` says of those requests.
+//! `PutObject` S3 stops reading or never answers; failed uploads' deletes on a store whose deletes
+//! hang (at most 64 at once, the rest left to the sweeper); and what `/metrics` says of those requests.
 
 use std::time::Duration;
 
@@ -413,4 +414,39 @@ async fn an_upload_the_store_failed_stays_journaled_for_the_sweeper_and_one_the_
     let swept = m.sweep_all().await;
     assert_eq!((swept.orphans_deleted, swept.failed), (1, 0), "{swept:?}");
     assert_eq!(m.journaled().await, 0, "the sweeper ended the entry");
+}
+
+#[tokio::test]
+async fn failed_uploads_whose_deletes_hang_past_the_cap_are_left_to_the_sweeper_and_counted() {
+    use media_api::jobs::removal::BACKGROUND_DISCARDS;
+    // Every DeleteObject is left unanswered: a store whose deletes hang while uploads keep failing.
+    let fault = Fault { matches: |method, _| method == "DELETE", times: usize::MAX, answer: Answer::Never };
+    let (app, proxy) = app_behind_proxy(fault).await;
+    let deferred = || async {
+        metric(&metrics_text(&app.http, &app.address).await, "media_failed_upload_deletes_deferred_total", &[])
+    };
+    let before = deferred().await;
+    let (removal, tasks) = (app.state.pipeline.removal(), tokio_util::task::TaskTracker::new());
+    let keys: Vec<String> = (0..BACKGROUND_DISCARDS + 3).map(|_| app.state.pipeline.new_storage_key()).collect();
+    for key in &keys {
+        // Journaled before its first byte, as every upload's key is.
+        media_api::db::journal::open(&app.state.db, key).await.unwrap();
+        removal.discard_failed(key, true, Duration::ZERO, &tasks).await;
+    }
+    // The first 64 deletes reach the store and hang there; the 3 past the cap are never sent.
+    let deletes = || proxy.seen().iter().filter(|r| r.starts_with("DELETE ")).count();
+    let waited = tokio::time::timeout(BEFORE_THE_DEFAULT, async {
+        while deletes() < BACKGROUND_DISCARDS {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("{} of {BACKGROUND_DISCARDS} deletes sent", deletes()));
+    assert_eq!(deferred().await - before, 3.0, "the three past the cap are counted");
+    let sent: Vec<String> = proxy.seen().into_iter().filter(|r| r.starts_with("DELETE ")).collect();
+    assert_eq!(sent.len(), BACKGROUND_DISCARDS, "nothing past the cap went to the store");
+    let journaled = media_api::db::journal::keys(&app.state.db).await.unwrap();
+    for key in &keys[BACKGROUND_DISCARDS..] {
+        assert!(!sent.iter().any(|r| r.contains(key.as_str())), "{key} was left to the sweeper");
+        assert!(journaled.contains(key), "{key} stays journaled, for the sweeper");
+    }
 }
