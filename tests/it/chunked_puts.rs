@@ -157,19 +157,23 @@ async fn a_question_the_store_leaves_undecided_sends_uploads_in_parts_and_is_not
     assert_eq!(m.counts().await, (2, 2), "two rows, two objects, nothing of the question");
 }
 
+/// An app behind a proxy answering the uploads' own `PutObject`s (not the question's) with
+/// `answer`, `times` times, and the answer to a first chunked upload (seed `seed`) through it.
+async fn first_put_object_answered(times: usize, answer: Answer, seed: u64) -> (S3Proxy, MediaApp, StatusCode, Value) {
+    let matches =
+        |method: &str, target: &str| method == "PUT" && target.contains("x-id=PutObject") && !target.contains("-probe");
+    let proxy = S3Proxy::start(Fault { matches, times, answer }).await;
+    let m = app_behind(&proxy, &[]).await;
+    let request = m.http().post(m.url("/v1/media")).header("content-type", "image/png").bearer_auth(m.alice());
+    let (status, answer) = json_of(request.body(no_length(&png(FILE, seed))).send().await.unwrap()).await;
+    (proxy, m, status, answer)
+}
+
 #[tokio::test]
 async fn a_chunked_put_object_refused_after_the_question_said_yes_sends_later_uploads_in_parts() {
     // The question goes through; the uploads' own chunked PutObjects are answered 411 (a store
     // changed behind a running fleet, or a proxy in front of it that refuses them).
-    let proxy = S3Proxy::start(Fault {
-        matches: |method, target| method == "PUT" && target.contains("x-id=PutObject") && !target.contains("-probe"),
-        times: usize::MAX,
-        answer: Answer::LengthRequired,
-    })
-    .await;
-    let m = app_behind(&proxy, &[]).await;
-    let request = m.http().post(m.url("/v1/media")).header("content-type", "image/png").bearer_auth(m.alice());
-    let (status, answer) = json_of(request.body(no_length(&png(FILE, 51))).send().await.unwrap()).await;
+    let (proxy, m, status, answer) = first_put_object_answered(usize::MAX, Answer::LengthRequired, 51).await;
     assert_eq!((status, answer["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("storage_unavailable")));
     assert_eq!((proxy.requests("PutObject"), proxy.failed()), (2, 1), "asked, then refused: {:?}", proxy.seen());
     // From then on: in parts, no question, no chunked PutObject.
@@ -185,15 +189,7 @@ async fn a_store_timing_out_one_slow_body_leaves_chunked_put_objects_on() {
     // The question goes through; the first upload's chunked PutObject is answered 400
     // RequestTimeout (S3's answer to a body left idle: a slow client's doing, not the store
     // refusing chunked bodies). That upload fails; the next ones still go up as one PutObject.
-    let proxy = S3Proxy::start(Fault {
-        matches: |method, target| method == "PUT" && target.contains("x-id=PutObject") && !target.contains("-probe"),
-        times: 1,
-        answer: Answer::RequestTimeout,
-    })
-    .await;
-    let m = app_behind(&proxy, &[]).await;
-    let request = m.http().post(m.url("/v1/media")).header("content-type", "image/png").bearer_auth(m.alice());
-    let (status, answer) = json_of(request.body(no_length(&png(FILE, 54))).send().await.unwrap()).await;
+    let (proxy, m, status, answer) = first_put_object_answered(1, Answer::RequestTimeout, 54).await;
     assert_eq!((status, answer["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("storage_unavailable")));
     assert_eq!((proxy.requests("PutObject"), proxy.failed()), (2, 1), "asked, then timed out: {:?}", proxy.seen());
     upload_unsized(&m, &png(FILE, 55), false).await;
